@@ -1,0 +1,217 @@
+//! `check`: prove the repository is whole. Structure first (index, packs,
+//! snapshots, trees, every referenced blob indexed), then with `read_data`
+//! every pack is read, its name and header verified and every blob
+//! authenticated and hashed.
+
+use crate::repo::index::BlobLocation;
+use crate::repo::pack::{self, BlobType};
+use crate::repo::{Id, RepoError, Repository, decode_blob};
+use crate::storage::FileType;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// What `check` found.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct CheckReport {
+    /// Snapshots checked.
+    pub snapshots: usize,
+    /// Trees read.
+    pub trees: usize,
+    /// Packs in the index.
+    pub packs: usize,
+    /// Packs read in full (with `read_data`).
+    pub packs_read: usize,
+    /// Packs present in storage but in no index (harmless leftovers of an
+    /// interrupted backup).
+    pub unreferenced_packs: Vec<String>,
+    /// Errors, each naming the object; the repository is damaged if any.
+    pub errors: Vec<String>,
+}
+
+/// Check the repository. Errors that stop the check early (storage down,
+/// wrong key) are returned as `Err`; damage is listed in the report.
+pub async fn check(repo: &Arc<Repository>, read_data: bool) -> Result<CheckReport, RepoError> {
+    let mut report = CheckReport::default();
+
+    // Index files: every one must load.
+    let mut index_packs: HashMap<Id, Vec<(Id, BlobLocation)>> = HashMap::new();
+    for (name, _) in repo.backend().list(FileType::Index).await? {
+        match repo.load_index_file(&name).await {
+            Ok(file) => {
+                for p in file.packs {
+                    let entry = index_packs.entry(p.id).or_default();
+                    for b in p.blobs {
+                        entry.push((
+                            b.id,
+                            BlobLocation {
+                                pack: p.id,
+                                kind: b.kind,
+                                offset: b.offset,
+                                length: b.length,
+                                uncompressed_length: b.uncompressed_length,
+                            },
+                        ));
+                    }
+                }
+            }
+            Err(e) => report.errors.push(format!("index/{name}: {e}")),
+        }
+    }
+    repo.load_index().await.ok();
+    report.packs = index_packs.len();
+
+    // Packs: indexed ones must exist; stored ones should be indexed.
+    let stored: HashMap<String, u64> = repo
+        .backend()
+        .list(FileType::Pack)
+        .await?
+        .into_iter()
+        .collect();
+    for pack in index_packs.keys() {
+        if !stored.contains_key(&pack.to_hex()) {
+            report.errors.push(format!(
+                "pack {pack}: referenced by the index but missing from storage"
+            ));
+        }
+    }
+    for name in stored.keys() {
+        if Id::parse(name).is_none_or(|id| !index_packs.contains_key(&id)) {
+            report.unreferenced_packs.push(name.clone());
+        }
+    }
+    report.unreferenced_packs.sort();
+
+    // Snapshots and trees.
+    let snapshots = match repo.snapshots().await {
+        Ok(s) => s,
+        Err(e) => {
+            report.errors.push(e.to_string());
+            Vec::new()
+        }
+    };
+    report.snapshots = snapshots.len();
+    let mut seen_trees = HashSet::new();
+    let mut todo: Vec<(Id, String)> = snapshots
+        .iter()
+        .map(|(id, s)| (s.tree, format!("snapshot {}", id.short())))
+        .collect();
+    while let Some((tree_id, context)) = todo.pop() {
+        if !seen_trees.insert(tree_id) {
+            continue;
+        }
+        let tree = match repo.load_tree(&tree_id).await {
+            Ok(t) => t,
+            Err(e) => {
+                report
+                    .errors
+                    .push(format!("tree {tree_id} (in {context}): {e}"));
+                continue;
+            }
+        };
+        report.trees += 1;
+        for node in tree.nodes {
+            match node.kind.as_str() {
+                "file" => match &node.content {
+                    None => report.errors.push(format!(
+                        "tree {tree_id}: file {:?} has no content list",
+                        node.name
+                    )),
+                    Some(content) => {
+                        for blob in content {
+                            match repo.locate(blob) {
+                                Some(loc) if loc.kind == BlobType::Data => {}
+                                _ => report.errors.push(format!(
+                                    "tree {tree_id}: file {:?}: data blob {blob} is not in the index",
+                                    node.name
+                                )),
+                            }
+                        }
+                    }
+                },
+                "dir" => match node.subtree {
+                    Some(sub) => todo.push((sub, format!("{context}/{}", node.name))),
+                    None => report.errors.push(format!(
+                        "tree {tree_id}: directory {:?} has no subtree",
+                        node.name
+                    )),
+                },
+                _ => {}
+            }
+        }
+    }
+
+    if read_data {
+        let mut packs: Vec<_> = index_packs.into_iter().collect();
+        packs.sort_by_key(|(id, _)| *id);
+        for (pack_id, blobs) in packs {
+            if !stored.contains_key(&pack_id.to_hex()) {
+                continue;
+            }
+            report.packs_read += 1;
+            let name = pack_id.to_hex();
+            let bytes = match repo.backend().load(FileType::Pack, &name).await {
+                Ok(b) => b,
+                Err(e) => {
+                    report.errors.push(format!("pack {pack_id}: {e}"));
+                    continue;
+                }
+            };
+            let key = repo.key().clone();
+            let errors =
+                tokio::task::spawn_blocking(move || verify_pack(&key, pack_id, &bytes, &blobs))
+                    .await
+                    .map_err(|e| RepoError::Corrupt {
+                        what: format!("pack {pack_id}"),
+                        reason: e.to_string(),
+                    })?;
+            report.errors.extend(errors);
+        }
+    }
+    Ok(report)
+}
+
+fn verify_pack(
+    key: &crate::repo::crypto::Key,
+    pack_id: Id,
+    bytes: &[u8],
+    blobs: &[(Id, BlobLocation)],
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    if Id::hash(bytes) != pack_id {
+        errors.push(format!(
+            "pack {pack_id}: content does not match its name (SHA-256): the file is damaged"
+        ));
+    }
+    let header = (|| {
+        let trailer: [u8; 4] = bytes.get(bytes.len().checked_sub(4)?..)?.try_into().ok()?;
+        let hlen = pack::header_length_from_trailer(&trailer, bytes.len() as u64).ok()? as usize;
+        let start = bytes.len() - 4 - hlen;
+        pack::parse_header(key, &bytes[start..bytes.len() - 4]).ok()
+    })();
+    match header {
+        None => errors.push(format!("pack {pack_id}: header is damaged or unreadable")),
+        Some(entries) => {
+            let in_header: HashSet<(Id, u32)> = entries.iter().map(|e| (e.id, e.offset)).collect();
+            for (id, loc) in blobs {
+                if !in_header.contains(&(*id, loc.offset)) {
+                    errors.push(format!(
+                        "pack {pack_id}: blob {id} is in the index but not in the pack header"
+                    ));
+                }
+            }
+        }
+    }
+    for (id, loc) in blobs {
+        let start = loc.offset as usize;
+        let Some(stored) = bytes.get(start..start + loc.length as usize) else {
+            errors.push(format!(
+                "pack {pack_id}: blob {id} lies beyond the end of the pack"
+            ));
+            continue;
+        };
+        if let Err(e) = decode_blob(key, id, loc, stored) {
+            errors.push(format!("pack {pack_id}: blob {id}: {e}"));
+        }
+    }
+    errors
+}

@@ -1,0 +1,229 @@
+//! `cairn backup`: run an adapter's backup and record a snapshot.
+
+use super::{Global, Outcome, out};
+use crate::pipeline::{Pipeline, PipelineOptions};
+use crate::repo::snapshot::Snapshot;
+use crate::runtime::{AdapterSource, BackupRequest, Grants, Limits, Runtime};
+use anyhow::{Context, bail};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Flags of `backup`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Files and directories to back up (granted read-only to the adapter).
+    #[arg(required = true)]
+    paths: Vec<String>,
+    /// Leave out entries matching this glob (a pattern without `/` matches names at any depth).
+    #[arg(short = 'e', long)]
+    exclude: Vec<String>,
+    /// Back up temporary files too (TEMP.*, tmp/ directories, *.tmp, *.swp).
+    #[arg(long)]
+    no_exclude_temporary: bool,
+    /// Add a tag to the snapshot (repeatable).
+    #[arg(long)]
+    tag: Vec<String>,
+    /// Host name to record instead of this host's.
+    #[arg(long)]
+    host: Option<String>,
+    /// Read every file even when the parent snapshot has it unchanged.
+    #[arg(long)]
+    force: bool,
+    /// The adapter: a bundled name or a path to a `.wasm` component.
+    #[arg(long, default_value = "filesystem")]
+    adapter: String,
+    /// Adapter configuration as a JSON object (for adapters other than filesystem).
+    #[arg(long)]
+    adapter_config: Option<String>,
+    /// zstd level for new data (0 stores it uncompressed).
+    #[arg(long, default_value_t = 3)]
+    compression: i32,
+    /// Adapter memory cap in MiB.
+    #[arg(long, default_value_t = 512)]
+    memory_limit: usize,
+    /// Adapter deadline in seconds.
+    #[arg(long)]
+    timeout: Option<u64>,
+}
+
+/// Make a path absolute and clean without resolving symlinks, as restic does.
+fn absolute(p: &str) -> anyhow::Result<String> {
+    let path = std::path::Path::new(p);
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(path)
+    };
+    let mut parts: Vec<String> = Vec::new();
+    for c in abs.components() {
+        match c {
+            std::path::Component::Normal(s) => parts.push(
+                s.to_str()
+                    .with_context(|| format!("path {p:?} is not valid UTF-8"))?
+                    .to_string(),
+            ),
+            std::path::Component::ParentDir => {
+                parts.pop();
+            }
+            _ => {}
+        }
+    }
+    Ok(format!("/{}", parts.join("/")))
+}
+
+/// Run `backup`.
+pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
+    let started = chrono::Local::now().fixed_offset();
+    let clock = Instant::now();
+    let mut paths = Vec::new();
+    let mut grants = Grants::default();
+    for p in &a.paths {
+        let abs = absolute(p)?;
+        std::fs::symlink_metadata(&abs).with_context(|| format!("backup path {abs}"))?;
+        grants
+            .add(&abs, false)
+            .with_context(|| format!("backup path {abs}"))?;
+        paths.push(abs);
+    }
+    paths.sort();
+    let source = AdapterSource::parse(&a.adapter);
+    let adapter_name = source.name();
+    let config = match (&source, &a.adapter_config) {
+        (_, Some(json)) => {
+            serde_json::from_str(json).context("--adapter-config is not valid JSON")?
+        }
+        (AdapterSource::Bundled(n), None) if n == "filesystem" => serde_json::json!({
+            "paths": paths, "exclude": a.exclude, "exclude-temporary": !a.no_exclude_temporary,
+        }),
+        _ => serde_json::json!({}),
+    };
+    if a.compression < 0 || a.compression > 22 {
+        bail!("--compression {} is out of range 0..=22", a.compression);
+    }
+
+    let repo = g.open().await?;
+    let lock = repo.lock(false).await?;
+    let hostname = a.host.clone().unwrap_or_else(crate::util::hostname);
+    let parent = if a.force {
+        None
+    } else {
+        repo.snapshots().await?.into_iter().rev().find(|(_, s)| {
+            s.hostname == hostname && s.paths == paths && s.adapter() == adapter_name
+        })
+    };
+    let opts = PipelineOptions {
+        compression_level: a.compression,
+        ..Default::default()
+    };
+    let pipeline = Pipeline::start(repo.clone(), opts);
+    let stats = pipeline.stats().clone();
+    let progress = (!g.json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.enable_steady_tick(Duration::from_millis(200));
+        let stats = stats.clone();
+        let bar2 = bar.clone();
+        tokio::spawn(async move {
+            loop {
+                let read = stats.bytes_in.load(Ordering::Relaxed);
+                let stored = stats.bytes_stored.load(Ordering::Relaxed);
+                bar2.set_message(format!(
+                    "read {}, stored {}",
+                    indicatif::HumanBytes(read),
+                    indicatif::HumanBytes(stored)
+                ));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        bar
+    });
+
+    let runtime = Runtime::new()?;
+    let limits = Limits {
+        memory: a.memory_limit << 20,
+        timeout: a
+            .timeout
+            .map(Duration::from_secs)
+            .unwrap_or(Limits::default().timeout),
+    };
+    let req = BackupRequest {
+        pipeline,
+        grants,
+        config,
+        parent_tree: parent.as_ref().map(|(_, s)| s.tree),
+        inherit_stderr: false,
+    };
+    let outcome = runtime.backup(&source, req, &limits).await;
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = lock.release().await;
+            return Err(e.context("backup failed; no snapshot was written"));
+        }
+    };
+    let snapshot = Snapshot {
+        time: started,
+        parent: parent.as_ref().map(|(id, _)| *id),
+        tree: outcome.tree,
+        paths: paths.clone(),
+        hostname,
+        username: whoami::username(),
+        uid: rustix::process::getuid().as_raw(),
+        gid: rustix::process::getgid().as_raw(),
+        excludes: a.exclude.clone(),
+        tags: a.tag.clone(),
+        original: None,
+        program_version: format!("cairn {}", env!("CARGO_PKG_VERSION")),
+        cairn_adapter: Some(adapter_name.clone()),
+    };
+    let id = repo.save_snapshot(&snapshot).await?;
+    lock.release().await?;
+
+    let s = &outcome.stats;
+    let incomplete = !outcome.skipped.is_empty();
+    for (path, reason) in &outcome.skipped {
+        eprintln!("cairn: could not read {path}: {reason}");
+    }
+    if g.json {
+        out(serde_json::json!({
+            "message_type": "summary",
+            "snapshot_id": id.to_hex(),
+            "parent": parent.map(|(p, _)| p.to_hex()),
+            "adapter": adapter_name,
+            "files": outcome.files,
+            "directories": outcome.directories,
+            "files_unchanged": outcome.unchanged,
+            "skipped": outcome.skipped.iter().map(|(p, r)| serde_json::json!({"path": p, "reason": r})).collect::<Vec<_>>(),
+            "bytes_read": s.bytes_in.load(Ordering::Relaxed),
+            "bytes_new": s.bytes_new.load(Ordering::Relaxed),
+            "bytes_stored": s.bytes_stored.load(Ordering::Relaxed),
+            "blobs_new": s.blobs_new.load(Ordering::Relaxed),
+            "packs": s.packs.load(Ordering::Relaxed),
+            "duration_seconds": clock.elapsed().as_secs_f64(),
+            "complete": !incomplete,
+        }));
+    } else {
+        out(format!(
+            "Files: {} ({} unchanged), directories: {}, skipped: {}",
+            outcome.files,
+            outcome.unchanged,
+            outcome.directories,
+            outcome.skipped.len()
+        ));
+        out(format!(
+            "Read {}, new {}, stored {} in {:.1}s",
+            indicatif::HumanBytes(s.bytes_in.load(Ordering::Relaxed)),
+            indicatif::HumanBytes(s.bytes_new.load(Ordering::Relaxed)),
+            indicatif::HumanBytes(s.bytes_stored.load(Ordering::Relaxed)),
+            clock.elapsed().as_secs_f64()
+        ));
+        out(format!("snapshot {} saved", id.short()));
+    }
+    Ok(if incomplete {
+        Outcome::Incomplete
+    } else {
+        Outcome::Ok
+    })
+}

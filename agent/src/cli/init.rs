@@ -1,0 +1,30 @@
+//! `cairn init`: create a repository.
+
+use super::{Global, Outcome, out};
+use crate::repo::Repository;
+
+/// Flags of `init`.
+#[derive(clap::Args, Debug)]
+pub struct Args {}
+
+/// Run `init`.
+pub async fn run(g: &Global, _: Args) -> anyhow::Result<Outcome> {
+    let backend = g.backend()?;
+    let password = g.password(true)?;
+    let location = backend.location();
+    let repo = Repository::init(backend, &password).await?;
+    if g.json {
+        out(
+            serde_json::json!({"message_type": "initialized", "id": repo.config().id, "repository": location}),
+        );
+    } else {
+        out(format!(
+            "created Cairn repository {} at {location}",
+            &repo.config().id[..10]
+        ));
+        out(
+            "Please note that knowledge of your password is required to access the repository. Losing it means your data is irrecoverably lost.",
+        );
+    }
+    Ok(Outcome::Ok)
+}

@@ -1,0 +1,16 @@
+//! Cairn: a per-node backup agent.
+//!
+//! A host process runs one sandboxed WebAssembly adapter component per data
+//! service ([`runtime`]). The adapter decides what to back up and how to
+//! restore it; the host moves the bytes natively through content-defined
+//! chunking, deduplication, zstd and encryption ([`pipeline`]) into a
+//! restic-format repository ([`repo`]) on a [`storage::Backend`].
+
+pub mod check;
+pub mod cli;
+pub mod pipeline;
+pub mod repo;
+pub mod restore;
+pub mod runtime;
+pub mod storage;
+pub mod util;

@@ -1,0 +1,403 @@
+//! The write path: chunk -> hash -> dedup -> compress -> encrypt -> pack ->
+//! upload, as concurrent stages joined by bounded channels.
+//!
+//! The producer (a file pump, or an adapter writing bytes) chunks on its own
+//! task and hands whole chunks to a pool of worker threads, one per core, that
+//! hash, deduplicate, compress and encrypt. A packer gathers encrypted blobs
+//! into ~16 MiB packs and a bounded number of uploads store them. Channel
+//! capacities bound memory whatever the size of the data.
+
+pub mod chunker;
+pub mod tree_builder;
+
+use crate::repo::index::{IndexFile, IndexPack};
+use crate::repo::pack::{BlobType, PackBuilder};
+use crate::repo::{Id, RepoError, Repository};
+use crate::storage::FileType;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// Packs are closed once their blobs reach this size.
+pub const PACK_SIZE: usize = 16 * 1024 * 1024;
+/// An index file is written every this many packs, so an interrupted backup
+/// does not have to upload the same data again.
+const PACKS_PER_INDEX: usize = 64;
+
+/// Pipeline settings.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// zstd level for blobs (0 stores every blob uncompressed).
+    pub compression_level: i32,
+    /// Worker threads for hashing, compression and encryption.
+    pub workers: usize,
+    /// Pack uploads in flight at once.
+    pub uploads: usize,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions {
+            compression_level: 3,
+            workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            uploads: 4,
+        }
+    }
+}
+
+/// Counters of what the pipeline did.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Bytes handed to the pipeline.
+    pub bytes_in: AtomicU64,
+    /// Plaintext bytes of blobs that were new to the repository.
+    pub bytes_new: AtomicU64,
+    /// Bytes written to storage (packs and index files).
+    pub bytes_stored: AtomicU64,
+    /// Blobs stored.
+    pub blobs_new: AtomicU64,
+    /// Blobs found in the repository already.
+    pub blobs_known: AtomicU64,
+    /// Packs written.
+    pub packs: AtomicU64,
+}
+
+struct Job {
+    data: Vec<u8>,
+    kind: BlobType,
+    id: Option<Id>,
+    reply: Option<oneshot::Sender<Id>>,
+}
+
+struct Sealed {
+    id: Id,
+    kind: BlobType,
+    bytes: Vec<u8>,
+    uncompressed_length: Option<u32>,
+}
+
+/// A running write pipeline over one repository.
+pub struct Pipeline {
+    repo: Arc<Repository>,
+    jobs: async_channel::Sender<Job>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    packer: tokio::task::JoinHandle<Result<(), RepoError>>,
+    stats: Arc<Stats>,
+}
+
+/// A blob's id, available once a worker has hashed it.
+pub struct PendingId(oneshot::Receiver<Id>);
+
+impl PendingId {
+    /// Wait for the id.
+    pub async fn get(self) -> Result<Id, RepoError> {
+        self.0.await.map_err(|_| RepoError::Corrupt {
+            what: "backup pipeline".into(),
+            reason: "a worker stopped before hashing a chunk".into(),
+        })
+    }
+}
+
+impl Pipeline {
+    /// Start the stages.
+    pub fn start(repo: Arc<Repository>, opts: PipelineOptions) -> Self {
+        let workers_n = opts.workers.max(1);
+        let (jobs_tx, jobs_rx) = async_channel::bounded::<Job>(workers_n * 2);
+        let (sealed_tx, sealed_rx) = async_channel::bounded::<Sealed>(workers_n * 2);
+        let in_flight = Arc::new(Mutex::new(HashSet::<Id>::new()));
+        let stats = Arc::new(Stats::default());
+        let workers = (0..workers_n)
+            .map(|i| {
+                let rx = jobs_rx.clone();
+                let tx = sealed_tx.clone();
+                let repo = Arc::clone(&repo);
+                let in_flight = Arc::clone(&in_flight);
+                let stats = Arc::clone(&stats);
+                let level = opts.compression_level;
+                std::thread::Builder::new()
+                    .name(format!("cairn-worker-{i}"))
+                    .spawn(move || worker(rx, tx, repo, in_flight, stats, level))
+                    .expect("spawn worker thread")
+            })
+            .collect();
+        drop(sealed_tx);
+        let packer = tokio::spawn(packer(
+            Arc::clone(&repo),
+            sealed_rx,
+            Arc::clone(&stats),
+            opts.uploads.max(1),
+        ));
+        Pipeline {
+            repo,
+            jobs: jobs_tx,
+            workers,
+            packer,
+            stats,
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// The repository written to.
+    pub fn repo(&self) -> &Arc<Repository> {
+        &self.repo
+    }
+
+    /// Queue a data chunk; its id arrives once hashed.
+    pub async fn add_data(&self, data: Vec<u8>) -> Result<PendingId, RepoError> {
+        self.stats
+            .bytes_in
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.send(Job {
+            data,
+            kind: BlobType::Data,
+            id: None,
+            reply: Some(tx),
+        })
+        .await?;
+        Ok(PendingId(rx))
+    }
+
+    /// A handle that queues data chunks from a blocking thread (a file pump).
+    pub fn data_sender(&self) -> DataSender {
+        DataSender {
+            jobs: self.jobs.clone(),
+            stats: Arc::clone(&self.stats),
+        }
+    }
+
+    /// Queue a tree whose id the caller computed.
+    pub async fn add_tree(&self, id: Id, data: Vec<u8>) -> Result<(), RepoError> {
+        self.send(Job {
+            data,
+            kind: BlobType::Tree,
+            id: Some(id),
+            reply: None,
+        })
+        .await
+    }
+
+    async fn send(&self, job: Job) -> Result<(), RepoError> {
+        // A closed channel means a later stage failed; `finish` reports why.
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| RepoError::PipelineStopped)
+    }
+
+    /// Flush every pack and index. After `Ok`, every blob handed in is
+    /// stored and indexed.
+    pub async fn finish(self) -> Result<Arc<Stats>, RepoError> {
+        self.jobs.close();
+        let workers = self.workers;
+        tokio::task::spawn_blocking(move || {
+            for w in workers {
+                let _ = w.join();
+            }
+        })
+        .await
+        .map_err(|e| RepoError::Corrupt {
+            what: "backup pipeline".into(),
+            reason: e.to_string(),
+        })?;
+        match self.packer.await {
+            Ok(r) => r?,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+        Ok(self.stats)
+    }
+}
+
+/// Queues data chunks from a blocking thread.
+#[derive(Clone)]
+pub struct DataSender {
+    jobs: async_channel::Sender<Job>,
+    stats: Arc<Stats>,
+}
+
+impl DataSender {
+    /// Queue a data chunk, blocking while the workers are busy.
+    pub fn add_blocking(&self, data: Vec<u8>) -> Result<PendingId, RepoError> {
+        self.stats
+            .bytes_in
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send_blocking(Job {
+                data,
+                kind: BlobType::Data,
+                id: None,
+                reply: Some(tx),
+            })
+            .map_err(|_| RepoError::PipelineStopped)?;
+        Ok(PendingId(rx))
+    }
+}
+
+fn worker(
+    rx: async_channel::Receiver<Job>,
+    tx: async_channel::Sender<Sealed>,
+    repo: Arc<Repository>,
+    in_flight: Arc<Mutex<HashSet<Id>>>,
+    stats: Arc<Stats>,
+    level: i32,
+) {
+    while let Ok(job) = rx.recv_blocking() {
+        let id = job.id.unwrap_or_else(|| Id::hash(&job.data));
+        if let Some(reply) = job.reply {
+            let _ = reply.send(id);
+        }
+        let known = repo.with_index(|i| i.contains(&id));
+        if known || !in_flight.lock().expect("in-flight lock").insert(id) {
+            stats.blobs_known.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        stats.blobs_new.fetch_add(1, Ordering::Relaxed);
+        stats
+            .bytes_new
+            .fetch_add(job.data.len() as u64, Ordering::Relaxed);
+        let compressed = if level > 0 {
+            zstd::bulk::compress(&job.data, level)
+                .ok()
+                .filter(|c| c.len() < job.data.len())
+        } else {
+            None
+        };
+        let (plain, uncompressed_length) = match &compressed {
+            Some(c) => (c.as_slice(), Some(job.data.len() as u32)),
+            None => (job.data.as_slice(), None),
+        };
+        let bytes = repo.key().encrypt(plain);
+        let sealed = Sealed {
+            id,
+            kind: job.kind,
+            bytes,
+            uncompressed_length,
+        };
+        if tx.send_blocking(sealed).is_err() {
+            // The packer failed; it has recorded why. Stop taking work.
+            rx.close();
+            return;
+        }
+    }
+}
+
+async fn packer(
+    repo: Arc<Repository>,
+    rx: async_channel::Receiver<Sealed>,
+    stats: Arc<Stats>,
+    uploads: usize,
+) -> Result<(), RepoError> {
+    let mut data = PackBuilder::with_capacity(PACK_SIZE + chunker::MAX_SIZE);
+    let mut trees = PackBuilder::with_capacity(1024 * 1024);
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut pending_index: Vec<IndexPack> = Vec::new();
+    let result: Result<(), RepoError> = async {
+        while let Ok(blob) = rx.recv().await {
+            let builder = match blob.kind {
+                BlobType::Data => &mut data,
+                BlobType::Tree => &mut trees,
+            };
+            builder.add(blob.id, blob.kind, &blob.bytes, blob.uncompressed_length);
+            if builder.len() >= PACK_SIZE {
+                let full = std::mem::replace(
+                    builder,
+                    PackBuilder::with_capacity(PACK_SIZE + chunker::MAX_SIZE),
+                );
+                while in_flight.len() >= uploads {
+                    collect(&mut in_flight, &mut pending_index).await?;
+                }
+                in_flight.spawn(upload(Arc::clone(&repo), full, Arc::clone(&stats)));
+                if pending_index.len() >= PACKS_PER_INDEX {
+                    write_index(&repo, &mut pending_index, &stats).await?;
+                }
+            }
+        }
+        for builder in [data, trees] {
+            if !builder.is_empty() {
+                in_flight.spawn(upload(Arc::clone(&repo), builder, Arc::clone(&stats)));
+            }
+        }
+        while !in_flight.is_empty() {
+            collect(&mut in_flight, &mut pending_index).await?;
+        }
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        rx.close();
+        // Index what did reach storage, so a retry need not upload it again.
+        while let Some(r) = in_flight.join_next().await {
+            if let Ok(Ok(p)) = r {
+                pending_index.push(p);
+            }
+        }
+    }
+    write_index(&repo, &mut pending_index, &stats).await?;
+    result
+}
+
+async fn collect(
+    set: &mut tokio::task::JoinSet<Result<IndexPack, RepoError>>,
+    pending: &mut Vec<IndexPack>,
+) -> Result<(), RepoError> {
+    if let Some(r) = set.join_next().await {
+        match r {
+            Ok(pack) => pending.push(pack?),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+    Ok(())
+}
+
+async fn upload(
+    repo: Arc<Repository>,
+    builder: PackBuilder,
+    stats: Arc<Stats>,
+) -> Result<IndexPack, RepoError> {
+    let key = repo.key().clone();
+    let (bytes, id, blobs) = tokio::task::spawn_blocking(move || builder.finish(&key))
+        .await
+        .map_err(|e| RepoError::Corrupt {
+            what: "pack".into(),
+            reason: e.to_string(),
+        })?;
+    let size = bytes.len() as u64;
+    repo.backend()
+        .save(FileType::Pack, &id.to_hex(), bytes)
+        .await?;
+    stats.bytes_stored.fetch_add(size, Ordering::Relaxed);
+    stats.packs.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(pack = %id.short(), bytes = size, blobs = blobs.len(), "Pack stored.");
+    let entry = IndexPack::new(id, &blobs);
+    repo.index_add(&entry);
+    Ok(entry)
+}
+
+async fn write_index(
+    repo: &Repository,
+    pending: &mut Vec<IndexPack>,
+    stats: &Stats,
+) -> Result<(), RepoError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let file = IndexFile {
+        supersedes: None,
+        packs: std::mem::take(pending),
+    };
+    let json = serde_json::to_vec(&file).expect("index serialises");
+    let id = repo.save_unpacked(FileType::Index, &json).await?;
+    stats
+        .bytes_stored
+        .fetch_add(json.len() as u64, Ordering::Relaxed);
+    tracing::debug!(index = %id.short(), packs = file.packs.len(), "Index stored.");
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! Turns a depth-first stream of entries into restic trees, bottom-up.
+//!
+//! Only the directories on the path from the root to the current entry are
+//! held in memory, so memory grows with depth and directory width, not with
+//! the number of files. A directory is sealed (sorted, serialised, stored)
+//! as soon as an entry outside it arrives.
+
+use super::Pipeline;
+use crate::repo::tree::{Node, Tree};
+use crate::repo::{Id, RepoError};
+
+/// An entry that breaks the depth-first order or the naming rules.
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    /// The path is not absolute, or has an empty, `.` or `..` component.
+    #[error("invalid entry path {0:?}: paths are absolute with no empty, '.' or '..' components")]
+    InvalidPath(String),
+    /// The entry's directory was already sealed, or the entry came twice.
+    #[error("entry {0:?} arrived out of order or twice: entries must be emitted depth-first")]
+    OutOfOrder(String),
+    /// Storing a tree failed.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+}
+
+struct OpenDir {
+    /// The directory's own node (none for the snapshot root).
+    node: Option<Node>,
+    children: Vec<Node>,
+    /// Names of sealed child directories, to catch re-entry.
+    sealed: std::collections::HashSet<String>,
+}
+
+/// Builds the trees of one snapshot.
+pub struct TreeBuilder {
+    /// Open directories from the root down; `stack[0]` is the root.
+    stack: Vec<OpenDir>,
+    /// Path components of `stack[1..]`.
+    path: Vec<String>,
+    /// Trees stored, for statistics.
+    pub trees: u64,
+}
+
+/// Split an absolute entry path into validated components.
+pub fn split_path(path: &str) -> Result<Vec<String>, TreeError> {
+    let rest = path
+        .strip_prefix('/')
+        .ok_or_else(|| TreeError::InvalidPath(path.into()))?;
+    if rest.is_empty() {
+        return Ok(Vec::new());
+    }
+    rest.split('/')
+        .map(|c| match c {
+            "" | "." | ".." => Err(TreeError::InvalidPath(path.into())),
+            c => Ok(c.to_string()),
+        })
+        .collect()
+}
+
+impl Default for TreeBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TreeBuilder {
+    /// An empty snapshot.
+    pub fn new() -> Self {
+        TreeBuilder {
+            stack: vec![OpenDir {
+                node: None,
+                children: Vec::new(),
+                sealed: Default::default(),
+            }],
+            path: Vec::new(),
+            trees: 0,
+        }
+    }
+
+    /// Make `dir` (components) the innermost open directory: seal what is not
+    /// on its path, open what is missing with nodes from `make_dir`.
+    pub async fn enter(
+        &mut self,
+        dir: &[String],
+        pipeline: &Pipeline,
+        make_dir: &mut (dyn FnMut(&[String]) -> Node + Send),
+    ) -> Result<(), TreeError> {
+        let common = self
+            .path
+            .iter()
+            .zip(dir)
+            .take_while(|(a, b)| a == b)
+            .count();
+        while self.path.len() > common {
+            self.seal_top(pipeline).await?;
+        }
+        for depth in common..dir.len() {
+            let name = &dir[depth];
+            let top = self.stack.last().expect("root");
+            if top.sealed.contains(name) || top.children.iter().any(|n| &n.name == name) {
+                return Err(TreeError::OutOfOrder(format!(
+                    "/{}",
+                    dir[..=depth].join("/")
+                )));
+            }
+            let mut node = make_dir(&dir[..=depth]);
+            node.name = name.clone();
+            self.stack.push(OpenDir {
+                node: Some(node),
+                children: Vec::new(),
+                sealed: Default::default(),
+            });
+            self.path.push(name.clone());
+        }
+        Ok(())
+    }
+
+    /// Add a non-directory node at `path`, or open a directory node there.
+    pub async fn add(
+        &mut self,
+        path: &str,
+        node: Node,
+        pipeline: &Pipeline,
+        make_dir: &mut (dyn FnMut(&[String]) -> Node + Send),
+    ) -> Result<(), TreeError> {
+        let comps = split_path(path)?;
+        let Some((name, parent)) = comps.split_last() else {
+            return Err(TreeError::InvalidPath(path.into()));
+        };
+        self.enter(parent, pipeline, make_dir).await?;
+        let top = self.stack.last_mut().expect("root");
+        if top.sealed.contains(name) || top.children.iter().any(|n| &n.name == name) {
+            return Err(TreeError::OutOfOrder(path.into()));
+        }
+        let mut node = node;
+        node.name = name.clone();
+        if node.kind == "dir" {
+            self.stack.push(OpenDir {
+                node: Some(node),
+                children: Vec::new(),
+                sealed: Default::default(),
+            });
+            self.path.push(name.clone());
+        } else {
+            top.children.push(node);
+        }
+        Ok(())
+    }
+
+    async fn seal_top(&mut self, pipeline: &Pipeline) -> Result<(), TreeError> {
+        let dir = self.stack.pop().expect("non-root");
+        self.path.pop();
+        let mut node = dir.node.expect("non-root has a node");
+        node.subtree = Some(store_tree(dir.children, pipeline).await?);
+        self.trees += 1;
+        let parent = self.stack.last_mut().expect("root");
+        parent.sealed.insert(node.name.clone());
+        parent.children.push(node);
+        Ok(())
+    }
+
+    /// Seal everything; returns the root tree's id.
+    pub async fn finish(mut self, pipeline: &Pipeline) -> Result<Id, TreeError> {
+        while self.stack.len() > 1 {
+            self.seal_top(pipeline).await?;
+        }
+        let root = self.stack.pop().expect("root");
+        self.trees += 1;
+        Ok(store_tree(root.children, pipeline).await?)
+    }
+}
+
+async fn store_tree(mut nodes: Vec<Node>, pipeline: &Pipeline) -> Result<Id, RepoError> {
+    nodes.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+    let bytes = Tree { nodes }.to_bytes();
+    let id = Id::hash(&bytes);
+    pipeline.add_tree(id, bytes).await?;
+    Ok(id)
+}

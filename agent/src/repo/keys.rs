@@ -1,0 +1,130 @@
+//! Key files: the master key, encrypted under a key derived from the
+//! password with scrypt, stored in plain JSON under `keys/`.
+
+use super::b64;
+use super::crypto::{Key, KeyJson};
+use chrono::{DateTime, Local};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+/// scrypt cost used for new key files: restic's usual calibration result
+/// (N = 2^15, r = 8, p = 1), about 32 MiB and a tenth of a second.
+pub const DEFAULT_LOG_N: u8 = 15;
+
+/// A key file as restic writes it.
+#[derive(Serialize, Deserialize)]
+pub struct KeyFile {
+    created: DateTime<Local>,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    hostname: String,
+    kdf: String,
+    #[serde(rename = "N")]
+    n: u64,
+    r: u32,
+    p: u32,
+    #[serde(with = "b64")]
+    salt: Vec<u8>,
+    #[serde(with = "b64")]
+    data: Vec<u8>,
+}
+
+/// Why a key file did not open.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The key file is not valid JSON of the expected shape.
+    #[error("malformed key file: {0}")]
+    Malformed(String),
+    /// The password does not open this key file.
+    #[error("wrong password")]
+    WrongPassword,
+}
+
+fn derive(password: &str, salt: &[u8], log_n: u8, r: u32, p: u32) -> Result<Key, KeyError> {
+    let params = scrypt::Params::new(log_n, r, p, 64)
+        .map_err(|e| KeyError::Malformed(format!("scrypt parameters: {e}")))?;
+    let mut out = [0u8; 64];
+    scrypt::scrypt(password.as_bytes(), salt, &params, &mut out)
+        .map_err(|e| KeyError::Malformed(format!("scrypt: {e}")))?;
+    Ok(Key::from_kdf_output(&out))
+}
+
+impl KeyFile {
+    /// Wrap `master` under `password` with scrypt cost `2^log_n`.
+    pub fn create(master: &Key, password: &str, log_n: u8) -> Result<Self, KeyError> {
+        let mut salt = vec![0u8; 64];
+        rand::rngs::OsRng.fill_bytes(&mut salt);
+        let (r, p) = (8, 1);
+        let user_key = derive(password, &salt, log_n, r, p)?;
+        let plaintext = serde_json::to_vec(&master.to_json())
+            .map_err(|e| KeyError::Malformed(e.to_string()))?;
+        Ok(KeyFile {
+            created: Local::now(),
+            username: whoami::username(),
+            hostname: crate::util::hostname(),
+            kdf: "scrypt".into(),
+            n: 1u64 << log_n,
+            r,
+            p,
+            salt,
+            data: user_key.encrypt(&plaintext),
+        })
+    }
+
+    /// Parse a stored key file.
+    pub fn parse(bytes: &[u8]) -> Result<Self, KeyError> {
+        serde_json::from_slice(bytes).map_err(|e| KeyError::Malformed(e.to_string()))
+    }
+
+    /// Open the master key with `password`.
+    pub fn open(&self, password: &str) -> Result<Key, KeyError> {
+        if self.kdf != "scrypt" {
+            return Err(KeyError::Malformed(format!(
+                "unsupported kdf {:?}",
+                self.kdf
+            )));
+        }
+        if !self.n.is_power_of_two() || self.n < 2 {
+            return Err(KeyError::Malformed(format!(
+                "scrypt N {} is not a power of two",
+                self.n
+            )));
+        }
+        let user_key = derive(
+            password,
+            &self.salt,
+            self.n.trailing_zeros() as u8,
+            self.r,
+            self.p,
+        )?;
+        let plaintext = user_key
+            .decrypt(&self.data)
+            .map_err(|_| KeyError::WrongPassword)?;
+        let json: KeyJson =
+            serde_json::from_slice(&plaintext).map_err(|e| KeyError::Malformed(e.to_string()))?;
+        Key::from_json(&json)
+            .ok_or_else(|| KeyError::Malformed("master key has wrong length".into()))
+    }
+
+    /// Serialised bytes, as stored.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("key file serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrap_and_open() {
+        let master = Key::random();
+        let file = KeyFile::create(&master, "secret", 10).unwrap();
+        let parsed = KeyFile::parse(&file.to_bytes()).unwrap();
+        let opened = parsed.open("secret").unwrap();
+        let ct = master.encrypt(b"x");
+        assert_eq!(opened.decrypt(&ct).unwrap(), b"x");
+        assert!(matches!(parsed.open("wrong"), Err(KeyError::WrongPassword)));
+    }
+}

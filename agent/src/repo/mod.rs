@@ -1,0 +1,510 @@
+//! A restic-format (version 2) repository: keys, config, packs, index,
+//! trees, snapshots and locks over a [`Backend`].
+//!
+//! Objects other than `config` and key files are encrypted with the master
+//! key and named by the SHA-256 of their stored bytes. "Unpacked" files
+//! (snapshots, index, locks) are zstd-compressed behind a version byte, as
+//! format version 2 prescribes.
+
+pub mod b64;
+pub mod config;
+pub mod crypto;
+pub mod id;
+pub mod index;
+pub mod keys;
+pub mod lock;
+pub mod pack;
+pub mod snapshot;
+pub mod tree;
+
+use crate::storage::{Backend, FileType, StorageError};
+use config::Config;
+use crypto::Key;
+pub use id::Id;
+use index::{BlobLocation, Index, IndexFile};
+use keys::KeyFile;
+use lock::Lock;
+use snapshot::Snapshot;
+use std::io::Read;
+use std::sync::{Arc, RwLock};
+use tree::Tree;
+
+/// The most an unpacked file (index, snapshot, lock) may decompress to;
+/// anything larger is treated as damage, not allocated.
+const MAX_UNPACKED: u64 = 1 << 30;
+
+/// Errors from repository operations. Each names the object it is about.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RepoError {
+    /// No key file opens with the given password.
+    #[error("wrong password, or no key in repository {location} opens with it")]
+    WrongPassword {
+        /// The repository.
+        location: String,
+    },
+    /// The location holds no repository.
+    #[error("{location} is not a Cairn/restic repository (no config file); run `cairn init` first")]
+    NotARepository {
+        /// The location given.
+        location: String,
+    },
+    /// The repository already exists.
+    #[error("a repository already exists at {location}")]
+    AlreadyExists {
+        /// The location given.
+        location: String,
+    },
+    /// The config uses a format this version does not read.
+    #[error("repository {location} has format version {version}; Cairn reads versions 1 and 2")]
+    UnsupportedVersion {
+        /// The repository.
+        location: String,
+        /// The version found.
+        version: u32,
+    },
+    /// The storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// An object failed authentication or does not parse.
+    #[error("{what} is damaged: {reason}")]
+    Corrupt {
+        /// The file or blob, named.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The index knows no such blob.
+    #[error("blob {0} is not in the index (the repository is missing data; run `cairn check`)")]
+    BlobNotFound(Id),
+    /// No snapshot matches.
+    #[error("no snapshot matches {0:?}")]
+    SnapshotNotFound(String),
+    /// More than one snapshot matches an id prefix.
+    #[error("snapshot id prefix {0:?} is ambiguous")]
+    AmbiguousSnapshot(String),
+    /// The write pipeline stopped after a failure in a later stage; finishing
+    /// the pipeline reports that failure.
+    #[error("the backup pipeline stopped after a storage failure")]
+    PipelineStopped,
+    /// Another process holds a conflicting lock.
+    #[error("repository is locked {0}")]
+    Locked(String),
+}
+
+impl RepoError {
+    fn corrupt(what: impl Into<String>, reason: impl ToString) -> Self {
+        RepoError::Corrupt {
+            what: what.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// An open repository.
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+    key: Key,
+    config: Config,
+    index: RwLock<Index>,
+}
+
+fn file_label(t: FileType, name: &str) -> String {
+    match t {
+        FileType::Config => "config".to_string(),
+        FileType::Pack => format!("pack {name}"),
+        _ => format!("{}/{name}", t.dir()),
+    }
+}
+
+impl Repository {
+    /// Create a new repository with a fresh master key.
+    pub async fn init(backend: Arc<dyn Backend>, password: &str) -> Result<Self, RepoError> {
+        Self::init_with_cost(backend, password, keys::DEFAULT_LOG_N).await
+    }
+
+    /// [`Repository::init`] with an explicit scrypt cost (tests use a cheap one).
+    pub async fn init_with_cost(
+        backend: Arc<dyn Backend>,
+        password: &str,
+        log_n: u8,
+    ) -> Result<Self, RepoError> {
+        match backend.size(FileType::Config, "config").await {
+            Ok(_) => {
+                return Err(RepoError::AlreadyExists {
+                    location: backend.location(),
+                });
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+        backend.create().await?;
+        let key = Key::random();
+        let config = Config::generate();
+        let key_file = KeyFile::create(&key, password, log_n)
+            .map_err(|e| RepoError::corrupt("new key file", e))?;
+        let key_bytes = key_file.to_bytes();
+        backend
+            .save(FileType::Key, &Id::hash(&key_bytes).to_hex(), key_bytes)
+            .await?;
+        // The config is stored as plain (uncompressed) JSON, encrypted: every
+        // restic version reads that form, whatever it assumes before loading.
+        let config_json = serde_json::to_vec(&config).expect("config serialises");
+        backend
+            .save(FileType::Config, "config", key.encrypt(&config_json))
+            .await?;
+        Ok(Repository {
+            backend,
+            key,
+            config,
+            index: RwLock::new(Index::default()),
+        })
+    }
+
+    /// Open a repository: find a key file the password opens, read the config.
+    /// The index is not loaded; call [`Repository::load_index`].
+    pub async fn open(backend: Arc<dyn Backend>, password: &str) -> Result<Self, RepoError> {
+        let location = backend.location();
+        let config_bytes = match backend.load(FileType::Config, "config").await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Err(RepoError::NotARepository { location }),
+            Err(e) => return Err(e.into()),
+        };
+        let mut key = None;
+        for (name, _) in backend.list(FileType::Key).await? {
+            let bytes = backend.load(FileType::Key, &name).await?;
+            let Ok(file) = KeyFile::parse(&bytes) else {
+                tracing::warn!(key = %name, "Skipping malformed key file.");
+                continue;
+            };
+            let password = password.to_string();
+            let opened = tokio::task::spawn_blocking(move || file.open(&password))
+                .await
+                .map_err(|e| RepoError::corrupt(format!("keys/{name}"), e))?;
+            if let Ok(k) = opened {
+                key = Some(k);
+                break;
+            }
+        }
+        let key = key.ok_or(RepoError::WrongPassword {
+            location: location.clone(),
+        })?;
+        let plain = key
+            .decrypt(&config_bytes)
+            .map_err(|e| RepoError::corrupt("config", e))?;
+        let plain = decompress_unpacked(&plain, "config")?;
+        let config: Config =
+            serde_json::from_slice(&plain).map_err(|e| RepoError::corrupt("config", e))?;
+        if config.version != 1 && config.version != 2 {
+            return Err(RepoError::UnsupportedVersion {
+                location,
+                version: config.version,
+            });
+        }
+        Ok(Repository {
+            backend,
+            key,
+            config,
+            index: RwLock::new(Index::default()),
+        })
+    }
+
+    /// The storage backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// The master key.
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// The repository config.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Read every index file into memory. Returns the number of index files.
+    pub async fn load_index(&self) -> Result<usize, RepoError> {
+        let files = self.backend.list(FileType::Index).await?;
+        let mut index = Index::default();
+        for (name, _) in &files {
+            let file = self.load_index_file(name).await?;
+            index.add_file(&file);
+        }
+        *self.index.write().expect("index lock") = index;
+        Ok(files.len())
+    }
+
+    /// Parse one index file.
+    pub async fn load_index_file(&self, name: &str) -> Result<IndexFile, RepoError> {
+        let plain = self.load_unpacked(FileType::Index, name).await?;
+        serde_json::from_slice(&plain).map_err(|e| RepoError::corrupt(format!("index/{name}"), e))
+    }
+
+    /// Run `f` with read access to the in-memory index.
+    pub fn with_index<T>(&self, f: impl FnOnce(&Index) -> T) -> T {
+        f(&self.index.read().expect("index lock"))
+    }
+
+    /// Add freshly written packs to the in-memory index.
+    pub fn index_add(&self, pack: &index::IndexPack) {
+        self.index.write().expect("index lock").add_pack(pack);
+    }
+
+    /// Encrypt (and for format 2, compress) a JSON document and store it
+    /// under the SHA-256 of its stored bytes.
+    pub async fn save_unpacked(&self, t: FileType, plaintext: &[u8]) -> Result<Id, RepoError> {
+        let body = if self.config.version >= 2 {
+            let mut v = vec![2u8];
+            v.extend(
+                zstd::bulk::compress(plaintext, 3).map_err(|e| RepoError::corrupt("zstd", e))?,
+            );
+            v
+        } else {
+            plaintext.to_vec()
+        };
+        let stored = self.key.encrypt(&body);
+        let id = Id::hash(&stored);
+        self.backend.save(t, &id.to_hex(), stored).await?;
+        Ok(id)
+    }
+
+    /// Load, authenticate and decompress an unpacked file.
+    pub async fn load_unpacked(&self, t: FileType, name: &str) -> Result<Vec<u8>, RepoError> {
+        let stored = self.backend.load(t, name).await?;
+        let label = file_label(t, name);
+        if Id::hash(&stored).to_hex() != name {
+            return Err(RepoError::corrupt(
+                label,
+                "its content does not match its name (SHA-256)",
+            ));
+        }
+        let plain = self
+            .key
+            .decrypt(&stored)
+            .map_err(|e| RepoError::corrupt(&label, e))?;
+        decompress_unpacked(&plain, &label)
+    }
+
+    /// Where a blob is stored.
+    pub fn locate(&self, id: &Id) -> Option<BlobLocation> {
+        self.index.read().expect("index lock").get(id).copied()
+    }
+
+    /// Read a blob: fetch, authenticate, decompress and check its SHA-256.
+    pub async fn load_blob(&self, id: &Id) -> Result<Vec<u8>, RepoError> {
+        let loc = self.locate(id).ok_or(RepoError::BlobNotFound(*id))?;
+        let stored = self
+            .backend
+            .load_range(
+                FileType::Pack,
+                &loc.pack.to_hex(),
+                loc.offset as u64,
+                loc.length as u64,
+            )
+            .await?;
+        decode_blob(&self.key, id, &loc, &stored)
+    }
+
+    /// Read and parse a tree.
+    pub async fn load_tree(&self, id: &Id) -> Result<Tree, RepoError> {
+        let bytes = self.load_blob(id).await?;
+        serde_json::from_slice(&bytes).map_err(|e| RepoError::corrupt(format!("tree {id}"), e))
+    }
+
+    /// Every snapshot, oldest first.
+    pub async fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>, RepoError> {
+        let mut out = Vec::new();
+        for (name, _) in self.backend.list(FileType::Snapshot).await? {
+            let plain = self.load_unpacked(FileType::Snapshot, &name).await?;
+            let snap: Snapshot = serde_json::from_slice(&plain)
+                .map_err(|e| RepoError::corrupt(format!("snapshots/{name}"), e))?;
+            let id = Id::parse(&name)
+                .ok_or_else(|| RepoError::corrupt(format!("snapshots/{name}"), "bad file name"))?;
+            out.push((id, snap));
+        }
+        out.sort_by_key(|(_, s)| s.time);
+        Ok(out)
+    }
+
+    /// Find a snapshot by `latest` or a unique id prefix.
+    pub async fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot), RepoError> {
+        let all = self.snapshots().await?;
+        if spec == "latest" {
+            return all
+                .into_iter()
+                .last()
+                .ok_or(RepoError::SnapshotNotFound(spec.into()));
+        }
+        let mut found: Vec<_> = all
+            .into_iter()
+            .filter(|(id, _)| id.to_hex().starts_with(spec))
+            .collect();
+        match found.len() {
+            0 => Err(RepoError::SnapshotNotFound(spec.into())),
+            1 => Ok(found.remove(0)),
+            _ => Err(RepoError::AmbiguousSnapshot(spec.into())),
+        }
+    }
+
+    /// Store a snapshot; returns its id.
+    pub async fn save_snapshot(&self, snap: &Snapshot) -> Result<Id, RepoError> {
+        let json = serde_json::to_vec(snap).expect("snapshot serialises");
+        self.save_unpacked(FileType::Snapshot, &json).await
+    }
+
+    /// Take a lock (shared, or exclusive), removing stale locks on the way.
+    /// The lock is refreshed in the background until released.
+    pub async fn lock(self: &Arc<Self>, exclusive: bool) -> Result<LockGuard, RepoError> {
+        self.check_locks(exclusive, None).await?;
+        let lock = Lock::for_this_process(exclusive);
+        let id = self
+            .save_unpacked(FileType::Lock, &serde_json::to_vec(&lock).expect("lock"))
+            .await?;
+        // Someone may have locked between our look and our write: look again.
+        if let Err(e) = self.check_locks(exclusive, Some(id)).await {
+            let _ = self.backend.remove(FileType::Lock, &id.to_hex()).await;
+            return Err(e);
+        }
+        let current = Arc::new(tokio::sync::Mutex::new(id));
+        let refresher = {
+            let repo = Arc::clone(self);
+            let current = Arc::clone(&current);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(lock::REFRESH_EVERY).await;
+                    let lock = Lock::for_this_process(exclusive);
+                    let json = serde_json::to_vec(&lock).expect("lock");
+                    let mut cur = current.lock().await;
+                    match repo.save_unpacked(FileType::Lock, &json).await {
+                        Ok(new) => {
+                            let _ = repo.backend.remove(FileType::Lock, &cur.to_hex()).await;
+                            *cur = new;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Could not refresh the repository lock.")
+                        }
+                    }
+                }
+            })
+        };
+        Ok(LockGuard {
+            repo: Arc::clone(self),
+            current,
+            refresher,
+        })
+    }
+
+    async fn check_locks(&self, exclusive: bool, ours: Option<Id>) -> Result<(), RepoError> {
+        for (name, _) in self.backend.list(FileType::Lock).await? {
+            if ours.map(|o| o.to_hex()) == Some(name.clone()) {
+                continue;
+            }
+            let lock: Lock = match self.load_unpacked(FileType::Lock, &name).await {
+                Ok(plain) => match serde_json::from_slice(&plain) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(lock = %name, error = %e, "Ignoring an unreadable lock.");
+                        continue;
+                    }
+                },
+                // Removed by its holder while we listed.
+                Err(RepoError::Storage(e)) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            };
+            if lock.is_stale() {
+                tracing::info!(lock = %name, host = %lock.hostname, pid = lock.pid, "Removing a stale lock.");
+                self.backend.remove(FileType::Lock, &name).await?;
+                continue;
+            }
+            if exclusive || lock.exclusive {
+                return Err(RepoError::Locked(format!(
+                    "{}by pid {} on {} (user {}) since {}",
+                    if lock.exclusive { "exclusively " } else { "" },
+                    lock.pid,
+                    lock.hostname,
+                    lock.username,
+                    lock.time
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A held lock; call [`LockGuard::release`] when done.
+pub struct LockGuard {
+    repo: Arc<Repository>,
+    current: Arc<tokio::sync::Mutex<Id>>,
+    refresher: tokio::task::JoinHandle<()>,
+}
+
+impl LockGuard {
+    /// Stop refreshing and remove the lock file.
+    pub async fn release(self) -> Result<(), RepoError> {
+        self.refresher.abort();
+        let id = *self.current.lock().await;
+        self.repo
+            .backend
+            .remove(FileType::Lock, &id.to_hex())
+            .await?;
+        Ok(())
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        self.refresher.abort();
+    }
+}
+
+/// Decrypt, decompress and authenticate one stored blob.
+pub fn decode_blob(
+    key: &Key,
+    id: &Id,
+    loc: &BlobLocation,
+    stored: &[u8],
+) -> Result<Vec<u8>, RepoError> {
+    let label = || format!("blob {id} in pack {}", loc.pack);
+    let plain = key
+        .decrypt(stored)
+        .map_err(|e| RepoError::corrupt(label(), e))?;
+    let plain = match loc.uncompressed_length {
+        Some(len) => zstd::bulk::decompress(&plain, len as usize)
+            .map_err(|e| RepoError::corrupt(label(), format!("zstd: {e}")))?,
+        None => plain,
+    };
+    if Id::hash(&plain) != *id {
+        return Err(RepoError::corrupt(
+            label(),
+            "content does not match its id (SHA-256)",
+        ));
+    }
+    Ok(plain)
+}
+
+/// Undo format 2's optional compression of unpacked files: JSON starts with
+/// `{` or `[`; anything else must be version byte 2 followed by zstd.
+fn decompress_unpacked(plain: &[u8], label: &str) -> Result<Vec<u8>, RepoError> {
+    match plain.first() {
+        None | Some(b'{') | Some(b'[') => Ok(plain.to_vec()),
+        Some(2) => {
+            let mut out = Vec::new();
+            let decoder = zstd::stream::read::Decoder::new(&plain[1..])
+                .map_err(|e| RepoError::corrupt(label, e))?;
+            decoder
+                .take(MAX_UNPACKED + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| RepoError::corrupt(label, format!("zstd: {e}")))?;
+            if out.len() as u64 > MAX_UNPACKED {
+                return Err(RepoError::corrupt(label, "decompresses to more than 1 GiB"));
+            }
+            Ok(out)
+        }
+        Some(b) => Err(RepoError::corrupt(
+            label,
+            format!("unknown encoding byte {b:#x}"),
+        )),
+    }
+}

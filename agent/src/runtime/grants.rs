@@ -1,0 +1,391 @@
+//! Capability grants: the host paths a job may touch, opened as capability
+//! handles. Every path an adapter names is resolved against them; nothing
+//! outside a grant is reachable, and the final component of a path is never
+//! followed if it is a symbolic link.
+
+use cap_fs_ext::DirExt;
+use rustix::fs::{AtFlags, Mode, OFlags};
+use std::os::fd::OwnedFd;
+
+/// A granted path, opened.
+struct Grant {
+    /// Absolute path as the adapter names it (and as it is on the host).
+    path: String,
+    /// The directory holding the grant: the grant itself, or for a granted
+    /// file, its parent (only that file is then reachable).
+    dir: cap_std::fs::Dir,
+    /// For a granted file: its name inside `dir`.
+    only: Option<String>,
+    writable: bool,
+}
+
+/// Why a path was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    /// The path is outside every grant (or malformed).
+    #[error("{0}: not inside a path this job grants")]
+    Denied(String),
+    /// Write access to a read-only grant.
+    #[error("{0}: this job grants read-only access")]
+    ReadOnly(String),
+    /// The operating system refused.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl GrantError {
+    pub(crate) fn io(path: &str, source: impl Into<std::io::Error>) -> Self {
+        GrantError::Io {
+            path: path.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// The set of paths a job may use.
+#[derive(Default)]
+pub struct Grants {
+    grants: Vec<Grant>,
+}
+
+/// A resolved path: the directory it lives in and its final name (`None`
+/// for the grant root itself).
+pub struct Resolved<'a> {
+    /// The directory holding the entry (opened safely inside the grant).
+    pub parent: cap_std::fs::Dir,
+    /// The entry's name inside `parent`; `None` means `parent` is the entry.
+    pub name: Option<String>,
+    /// The path as given, for messages.
+    pub path: &'a str,
+}
+
+/// Normalise an absolute path: no empty, `.` or `..` components, no trailing `/`.
+pub fn normalise(path: &str) -> Option<String> {
+    let rest = path.strip_prefix('/')?;
+    let mut out = String::new();
+    for c in rest.split('/') {
+        match c {
+            "" => continue,
+            "." | ".." => return None,
+            c => {
+                out.push('/');
+                out.push_str(c);
+            }
+        }
+    }
+    Some(if out.is_empty() { "/".into() } else { out })
+}
+
+impl Grants {
+    /// Grant `path` (a directory or a file), read-only or read-write.
+    pub fn add(&mut self, path: &str, writable: bool) -> Result<(), GrantError> {
+        let norm = normalise(path).ok_or_else(|| GrantError::Denied(path.into()))?;
+        let meta = std::fs::metadata(&norm).map_err(|e| GrantError::io(&norm, e))?;
+        let (dir_path, only) = if meta.is_dir() {
+            (norm.clone(), None)
+        } else {
+            let (parent, name) = norm
+                .rsplit_once('/')
+                .ok_or_else(|| GrantError::Denied(path.into()))?;
+            (
+                if parent.is_empty() {
+                    "/".into()
+                } else {
+                    parent.to_string()
+                },
+                Some(name.to_string()),
+            )
+        };
+        let dir = cap_std::fs::Dir::open_ambient_dir(&dir_path, cap_std::ambient_authority())
+            .map_err(|e| GrantError::io(&dir_path, e))?;
+        self.grants.push(Grant {
+            path: norm,
+            dir,
+            only,
+            writable,
+        });
+        Ok(())
+    }
+
+    /// The granted paths, in the order granted.
+    pub fn paths(&self) -> Vec<String> {
+        self.grants.iter().map(|g| g.path.clone()).collect()
+    }
+
+    /// Create directory `path` and its missing parents inside a writable grant.
+    pub fn create_dir_all(&self, path: &str) -> Result<(), GrantError> {
+        let norm = normalise(path).ok_or_else(|| GrantError::Denied(path.into()))?;
+        let mut prefix = String::new();
+        for comp in norm.split('/').filter(|c| !c.is_empty()) {
+            prefix.push('/');
+            prefix.push_str(comp);
+            match self.resolve(&prefix, true) {
+                // Ancestors of the grant itself are not ours to create.
+                Err(GrantError::Denied(_)) if prefix.len() < norm.len() => continue,
+                Err(e) => return Err(e),
+                Ok(r) => r.create_dir()?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolve `path` inside a grant; `write` asks for write access.
+    pub fn resolve<'a>(&self, path: &'a str, write: bool) -> Result<Resolved<'a>, GrantError> {
+        let norm = normalise(path).ok_or_else(|| GrantError::Denied(path.into()))?;
+        let grant = self
+            .grants
+            .iter()
+            .filter(|g| {
+                norm == g.path || g.path == "/" || norm.starts_with(&format!("{}/", g.path))
+            })
+            .max_by_key(|g| g.path.len())
+            .ok_or_else(|| GrantError::Denied(path.into()))?;
+        if write && !grant.writable {
+            return Err(GrantError::ReadOnly(path.into()));
+        }
+        let rel = norm[grant.path.len()..].trim_start_matches('/');
+        if let Some(only) = &grant.only {
+            if !rel.is_empty() {
+                return Err(GrantError::Denied(path.into()));
+            }
+            let parent = grant.dir.try_clone().map_err(|e| GrantError::io(path, e))?;
+            return Ok(Resolved {
+                parent,
+                name: Some(only.clone()),
+                path,
+            });
+        }
+        if rel.is_empty() {
+            let parent = grant.dir.try_clone().map_err(|e| GrantError::io(path, e))?;
+            return Ok(Resolved {
+                parent,
+                name: None,
+                path,
+            });
+        }
+        let (dir_rel, name) = match rel.rsplit_once('/') {
+            Some((d, n)) => (Some(d), n),
+            None => (None, rel),
+        };
+        // cap-std resolves the intermediate components without ever leaving
+        // the grant, even through symbolic links.
+        let parent = match dir_rel {
+            Some(d) => grant.dir.open_dir(d),
+            None => grant.dir.try_clone(),
+        }
+        .map_err(|e| GrantError::io(path, e))?;
+        Ok(Resolved {
+            parent,
+            name: Some(name.to_string()),
+            path,
+        })
+    }
+}
+
+impl Resolved<'_> {
+    /// `lstat` of the entry.
+    pub fn stat(&self) -> Result<rustix::fs::Stat, GrantError> {
+        match &self.name {
+            Some(n) => rustix::fs::statat(&self.parent, n.as_str(), AtFlags::SYMLINK_NOFOLLOW),
+            None => rustix::fs::fstat(&self.parent),
+        }
+        .map_err(|e| GrantError::io(self.path, e))
+    }
+
+    /// The target of a symbolic link.
+    pub fn read_link(&self) -> Result<String, GrantError> {
+        let name = self
+            .name
+            .as_deref()
+            .ok_or_else(|| GrantError::Denied(self.path.into()))?;
+        let target = rustix::fs::readlinkat(&self.parent, name, Vec::new())
+            .map_err(|e| GrantError::io(self.path, e))?;
+        target.into_string().map_err(|_| {
+            GrantError::io(
+                self.path,
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "link target is not UTF-8"),
+            )
+        })
+    }
+
+    /// Open the entry for reading, refusing a symbolic link.
+    pub fn open_read(&self) -> Result<std::fs::File, GrantError> {
+        let fd: OwnedFd = match &self.name {
+            Some(n) => rustix::fs::openat(
+                &self.parent,
+                n.as_str(),
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| GrantError::io(self.path, e))?,
+            None => {
+                return Err(GrantError::io(
+                    self.path,
+                    std::io::Error::other("is a directory"),
+                ));
+            }
+        };
+        Ok(std::fs::File::from(fd))
+    }
+
+    /// Create or truncate the entry for writing, refusing a symbolic link.
+    pub fn create_write(&self) -> Result<std::fs::File, GrantError> {
+        let name = self
+            .name
+            .as_deref()
+            .ok_or_else(|| GrantError::Denied(self.path.into()))?;
+        let fd = rustix::fs::openat(
+            &self.parent,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| GrantError::io(self.path, e))?;
+        Ok(std::fs::File::from(fd))
+    }
+
+    /// The sorted names inside the directory.
+    pub fn list_dir(&self) -> Result<(Vec<String>, Vec<String>), GrantError> {
+        let dir = match &self.name {
+            Some(n) => self.parent.open_dir_nofollow(n),
+            None => self.parent.try_clone(),
+        }
+        .map_err(|e| GrantError::io(self.path, e))?;
+        let mut names = Vec::new();
+        let mut not_utf8 = Vec::new();
+        for entry in dir.entries().map_err(|e| GrantError::io(self.path, e))? {
+            let entry = entry.map_err(|e| GrantError::io(self.path, e))?;
+            match entry.file_name().into_string() {
+                Ok(n) => names.push(n),
+                Err(raw) => not_utf8.push(raw.to_string_lossy().into_owned()),
+            }
+        }
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        Ok((names, not_utf8))
+    }
+
+    /// Create this directory (and missing parents are the caller's job).
+    pub fn create_dir(&self) -> Result<(), GrantError> {
+        let Some(name) = &self.name else {
+            return Ok(());
+        };
+        match rustix::fs::mkdirat(&self.parent, name.as_str(), Mode::from_raw_mode(0o700)) {
+            Ok(()) => Ok(()),
+            Err(rustix::io::Errno::EXIST) => {
+                let st = self.stat()?;
+                if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                    Ok(())
+                } else {
+                    Err(GrantError::io(
+                        self.path,
+                        std::io::Error::other("exists and is not a directory"),
+                    ))
+                }
+            }
+            Err(e) => Err(GrantError::io(self.path, e)),
+        }
+    }
+
+    /// Create a symbolic link, replacing a non-directory already there.
+    pub fn create_symlink(&self, target: &str) -> Result<(), GrantError> {
+        let name = self
+            .name
+            .as_deref()
+            .ok_or_else(|| GrantError::Denied(self.path.into()))?;
+        match rustix::fs::unlinkat(&self.parent, name, AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(GrantError::io(self.path, e)),
+        }
+        rustix::fs::symlinkat(target, &self.parent, name).map_err(|e| GrantError::io(self.path, e))
+    }
+
+    /// Apply permissions, ownership and times without following a final link.
+    /// Ownership is applied only when running as root; other failures to
+    /// chown are ignored like restic does for unprivileged restores.
+    pub fn set_metadata(
+        &self,
+        mode: Option<u32>,
+        owner: Option<(u32, u32)>,
+        times: Option<(rustix::fs::Timespec, rustix::fs::Timespec)>,
+    ) -> Result<(), GrantError> {
+        let is_link = self.stat()?.st_mode & libc::S_IFMT == libc::S_IFLNK;
+        let (fd, name): (&cap_std::fs::Dir, &str) =
+            (&self.parent, self.name.as_deref().unwrap_or("."));
+        if let Some((uid, gid)) = owner {
+            if rustix::process::geteuid().is_root() {
+                rustix::fs::chownat(
+                    fd,
+                    name,
+                    Some(rustix::fs::Uid::from_raw(uid)),
+                    Some(rustix::fs::Gid::from_raw(gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| GrantError::io(self.path, e))?;
+            }
+        }
+        if let (Some(mode), false) = (mode, is_link) {
+            rustix::fs::chmodat(
+                fd,
+                name,
+                Mode::from_raw_mode(mode & 0o7777),
+                AtFlags::empty(),
+            )
+            .map_err(|e| GrantError::io(self.path, e))?;
+        }
+        if let Some((atime, mtime)) = times {
+            let ts = rustix::fs::Timestamps {
+                last_access: atime,
+                last_modification: mtime,
+            };
+            rustix::fs::utimensat(fd, name, &ts, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| GrantError::io(self.path, e))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises_and_refuses_dot_dot() {
+        assert_eq!(normalise("/a//b/").as_deref(), Some("/a/b"));
+        assert_eq!(normalise("/").as_deref(), Some("/"));
+        assert_eq!(normalise("/a/../etc"), None);
+        assert_eq!(normalise("relative"), None);
+    }
+
+    #[test]
+    fn paths_outside_or_through_links_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("ok"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("out")).unwrap();
+        let mut g = Grants::default();
+        g.add(root.to_str().unwrap(), false).unwrap();
+        let ok = format!("{}/ok", root.display());
+        assert!(g.resolve(&ok, false).unwrap().open_read().is_ok());
+        assert!(matches!(g.resolve(&ok, true), Err(GrantError::ReadOnly(_))));
+        assert!(matches!(
+            g.resolve("/etc/passwd", false),
+            Err(GrantError::Denied(_))
+        ));
+        let through_link = format!("{}/out/passwd", root.display());
+        assert!(
+            g.resolve(&through_link, false).is_err(),
+            "a link must not lead out of the grant"
+        );
+        let link = format!("{}/out", root.display());
+        assert!(
+            g.resolve(&link, false).unwrap().open_read().is_err(),
+            "a final link is not followed"
+        );
+    }
+}

@@ -1,0 +1,867 @@
+//! The host side of the adapter interface: what each WIT import does.
+//!
+//! Errors an adapter can act on (a path outside its grant, an unreadable
+//! file) are returned as WIT `adapter-error` values. Host faults (storage
+//! down, the pipeline stopped) trap the guest with a [`HostFault`], so the
+//! job fails whatever the adapter would have done with the error.
+
+use super::bindings::cairn::adapter::{archive, fs, log, snapshot, types};
+use super::grants::{GrantError, Grants};
+use super::meta;
+use super::{Limits, store_limits};
+use crate::pipeline::chunker::{Chunker, ChunkerParams};
+use crate::pipeline::tree_builder::{TreeBuilder, TreeError, split_path};
+use crate::pipeline::{PendingId, Pipeline, Stats};
+use crate::repo::tree::{Node, Tree, go_mode};
+use crate::repo::{Id, RepoError, Repository};
+use crate::restore::{ContentReader, Walker};
+use std::io::{Read, Write};
+use std::sync::Arc;
+use types::{AdapterError, EntryKind, Metadata};
+use wasmtime::StoreLimits;
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime_wasi::WasiCtx;
+
+/// Bytes read from a file per step of a native pump.
+const PUMP_BLOCK: usize = 1024 * 1024;
+/// Largest single `read` handed to an adapter.
+const MAX_READ: u32 = 4 * 1024 * 1024;
+
+type HostResult<T> = wasmtime::Result<Result<T, AdapterError>>;
+
+/// A failure of the host itself; it traps the guest and fails the job.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HostFault(pub String);
+
+fn fault(e: impl std::fmt::Display) -> wasmtime::Error {
+    wasmtime::Error::new(HostFault(e.to_string()))
+}
+
+fn grant_error(e: GrantError) -> AdapterError {
+    match e {
+        GrantError::Denied(_) | GrantError::ReadOnly(_) => AdapterError::Denied(e.to_string()),
+        GrantError::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            AdapterError::NotFound(e.to_string())
+        }
+        GrantError::Io { .. } => AdapterError::Io(e.to_string()),
+    }
+}
+
+/// Repository errors: damage is the adapter's business (it may report
+/// it); anything else is a host fault.
+fn repo_error(e: RepoError) -> wasmtime::Result<AdapterError> {
+    match e {
+        RepoError::Corrupt { .. } | RepoError::BlobNotFound(_) => {
+            Ok(AdapterError::Corrupt(e.to_string()))
+        }
+        other => Err(fault(other)),
+    }
+}
+
+fn tree_error(e: TreeError) -> wasmtime::Result<AdapterError> {
+    match e {
+        TreeError::Repo(r) => Err(fault(r)),
+        other => Ok(AdapterError::Other(other.to_string())),
+    }
+}
+
+/// What a backup job needs from its caller.
+pub struct BackupRequest {
+    /// The running write pipeline.
+    pub pipeline: Pipeline,
+    /// Paths the adapter may read.
+    pub grants: Grants,
+    /// The adapter's configuration.
+    pub config: serde_json::Value,
+    /// The parent snapshot's root tree, for unchanged-file detection.
+    pub parent_tree: Option<Id>,
+    /// Let the adapter write to our stderr.
+    pub inherit_stderr: bool,
+}
+
+/// What a finished backup produced.
+pub struct BackupOutcome {
+    /// The snapshot's root tree.
+    pub tree: Id,
+    /// The adapter's own count.
+    pub files: u64,
+    /// Directories emitted.
+    pub directories: u64,
+    /// Entries the adapter could not read, with the reason.
+    pub skipped: Vec<(String, String)>,
+    /// Files re-used from the parent without reading.
+    pub unchanged: u64,
+    /// The pipeline's counters.
+    pub stats: Arc<Stats>,
+}
+
+/// What a restore job needs from its caller.
+pub struct RestoreRequest {
+    /// The repository.
+    pub repo: Arc<Repository>,
+    /// The snapshot's root tree.
+    pub tree: Id,
+    /// Absolute paths inside the snapshot to restore (empty: all).
+    pub include: Vec<String>,
+    /// Paths the adapter may write (and read).
+    pub grants: Grants,
+    /// The adapter's configuration.
+    pub config: serde_json::Value,
+    /// Let the adapter write to our stderr.
+    pub inherit_stderr: bool,
+}
+
+/// What a restore or verify produced.
+pub enum RestoreOutcome {
+    /// A restore's summary.
+    Restored(types::RestoreSummary),
+    /// A verification's report.
+    Verified(types::VerifyReport),
+}
+
+/// An open file or stream being written.
+pub struct WriterState {
+    path: String,
+    node: Node,
+    chunker: Option<Chunker>,
+    pending: Vec<PendingId>,
+    size: u64,
+    finished: bool,
+}
+
+/// An open entry being read.
+pub struct ReaderState {
+    path: String,
+    reader: ContentReader,
+}
+
+/// The parent snapshot's trees along the current path, for unchanged-file
+/// detection without reloading trees for every file.
+struct ParentTrees {
+    root: Id,
+    /// (directory path, its tree), from the root down.
+    chain: Vec<(String, Arc<Tree>)>,
+}
+
+impl ParentTrees {
+    async fn lookup(&mut self, repo: &Repository, path: &str) -> Result<Option<Node>, RepoError> {
+        let Some((dir, name)) = path.rsplit_once('/') else {
+            return Ok(None);
+        };
+        // Keep the part of the chain that leads to `dir`.
+        self.chain
+            .retain(|(p, _)| p.is_empty() || dir == p || dir.starts_with(&format!("{p}/")));
+        if self.chain.is_empty() {
+            let root = repo.load_tree(&self.root).await?;
+            self.chain.push((String::new(), Arc::new(root)));
+        }
+        while self.chain.last().map(|(p, _)| p.as_str()) != Some(dir) {
+            let (p, tree) = self.chain.last().expect("root is in the chain");
+            let rest = dir[p.len()..].trim_start_matches('/');
+            let next = rest.split('/').next().unwrap_or_default();
+            let Some(sub) = tree
+                .nodes
+                .iter()
+                .find(|n| n.name == next && n.kind == "dir")
+                .and_then(|n| n.subtree)
+            else {
+                return Ok(None);
+            };
+            let sub_path = format!("{p}/{next}");
+            let tree = repo.load_tree(&sub).await?;
+            self.chain.push((sub_path, Arc::new(tree)));
+        }
+        let (_, tree) = self.chain.last().expect("dir is in the chain");
+        Ok(tree.nodes.iter().find(|n| n.name == name).cloned())
+    }
+}
+
+struct BackupJob {
+    pipeline: Pipeline,
+    tree: TreeBuilder,
+    params: ChunkerParams,
+    parent: Option<ParentTrees>,
+    writer_open: Option<String>,
+    abandoned: Option<String>,
+    skipped: Vec<(String, String)>,
+    unchanged: u64,
+    files: u64,
+    directories: u64,
+}
+
+struct RestoreJob {
+    repo: Arc<Repository>,
+    root: Id,
+    walker: Walker,
+    /// The last file entry handed out, so `open` of it needs no tree walk.
+    last: Option<(String, Vec<Id>)>,
+}
+
+enum Job {
+    Backup(Box<BackupJob>),
+    Restore(Box<RestoreJob>),
+}
+
+/// The data of one job's store.
+pub struct HostState {
+    pub(super) wasi: WasiCtx,
+    pub(super) table: ResourceTable,
+    pub(super) limits: StoreLimits,
+    adapter: String,
+    grants: Grants,
+    config: String,
+    job: Job,
+}
+
+/// A directory node for a path the adapter did not emit itself (a parent of
+/// a backed-up root): the host's own metadata when the path exists.
+fn synthesized_dir(comps: &[String]) -> Node {
+    let path = format!("/{}", comps.join("/"));
+    let meta = rustix::fs::lstat(path.as_str())
+        .ok()
+        .filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+        .map(|st| meta::metadata_from_stat(&st).1)
+        .unwrap_or_else(|| Metadata {
+            mode: 0o755,
+            mtime: None,
+            atime: None,
+            ctime: None,
+            uid: None,
+            gid: None,
+            size: None,
+            inode: None,
+            device: None,
+            links: None,
+        });
+    let mut node = meta::node_from(EntryKind::Directory, &meta);
+    node.mode = go_mode::from_unix(meta.mode, go_mode::DIR);
+    node
+}
+
+impl HostState {
+    pub(super) fn for_backup(
+        adapter: String,
+        wasi: WasiCtx,
+        limits: &Limits,
+        req: BackupRequest,
+    ) -> Self {
+        let params = ChunkerParams::new(req.pipeline.repo().config().chunker_polynomial.0);
+        HostState {
+            wasi,
+            table: super::new_table(),
+            limits: store_limits(limits),
+            adapter,
+            grants: req.grants,
+            config: req.config.to_string(),
+            job: Job::Backup(Box::new(BackupJob {
+                pipeline: req.pipeline,
+                tree: TreeBuilder::new(),
+                params,
+                parent: req.parent_tree.map(|root| ParentTrees {
+                    root,
+                    chain: Vec::new(),
+                }),
+                writer_open: None,
+                abandoned: None,
+                skipped: Vec::new(),
+                unchanged: 0,
+                files: 0,
+                directories: 0,
+            })),
+        }
+    }
+
+    pub(super) async fn for_restore(
+        adapter: String,
+        wasi: WasiCtx,
+        limits: &Limits,
+        req: RestoreRequest,
+    ) -> anyhow::Result<Self> {
+        let walker = Walker::new(Arc::clone(&req.repo), req.tree, req.include).await?;
+        Ok(HostState {
+            wasi,
+            table: super::new_table(),
+            limits: store_limits(limits),
+            adapter,
+            grants: req.grants,
+            config: req.config.to_string(),
+            job: Job::Restore(Box::new(RestoreJob {
+                repo: req.repo,
+                root: req.tree,
+                walker,
+                last: None,
+            })),
+        })
+    }
+
+    pub(super) fn config_json(&self) -> String {
+        self.config.clone()
+    }
+
+    fn backup(&mut self) -> wasmtime::Result<&mut BackupJob> {
+        match &mut self.job {
+            Job::Backup(b) => Ok(b),
+            Job::Restore(_) => Err(fault("archive calls are only available during a backup")),
+        }
+    }
+
+    fn restore(&mut self) -> wasmtime::Result<&mut RestoreJob> {
+        match &mut self.job {
+            Job::Restore(r) => Ok(r),
+            Job::Backup(_) => Err(fault(
+                "snapshot calls are only available during a restore or verify",
+            )),
+        }
+    }
+
+    /// Seal the snapshot's trees and flush the pipeline. `result` is what
+    /// the adapter's `backup` returned; on failure the pipeline is still
+    /// flushed (so stored packs are indexed) and the failure returned.
+    pub(super) async fn finish_backup(
+        self,
+        result: anyhow::Result<types::BackupSummary>,
+    ) -> anyhow::Result<BackupOutcome> {
+        let Job::Backup(job) = self.job else {
+            anyhow::bail!("not a backup job")
+        };
+        let job = *job;
+        let adapter = self.adapter;
+        let result = result.and_then(|s| match (&job.writer_open, &job.abandoned) {
+            (_, Some(p)) => Err(anyhow::anyhow!(
+                "adapter {adapter}: abandoned entry {p} without finishing it"
+            )),
+            (Some(p), _) => Err(anyhow::anyhow!(
+                "adapter {adapter}: returned with entry {p} still open"
+            )),
+            _ => Ok(s),
+        });
+        let (summary, tree_root) = match result {
+            Ok(summary) => match job.tree.finish(&job.pipeline).await {
+                Ok(root) => (Ok(summary), Some(root)),
+                Err(e) => (Err(anyhow::anyhow!("adapter {adapter}: {e}")), None),
+            },
+            Err(e) => (Err(e), None),
+        };
+        let stats = job.pipeline.finish().await;
+        let summary = summary?;
+        let stats = stats?;
+        Ok(BackupOutcome {
+            tree: tree_root.expect("set on success"),
+            files: summary.files.max(job.files),
+            directories: summary.directories.max(job.directories),
+            skipped: job.skipped,
+            unchanged: job.unchanged,
+            stats,
+        })
+    }
+}
+
+impl types::Host for HostState {}
+
+impl log::Host for HostState {
+    async fn write(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        let adapter = self.adapter.as_str();
+        match level {
+            log::Level::Trace => tracing::trace!(adapter, "{message}"),
+            log::Level::Debug => tracing::debug!(adapter, "{message}"),
+            log::Level::Info => tracing::info!(adapter, "{message}"),
+            log::Level::Warn => tracing::warn!(adapter, "{message}"),
+            log::Level::Error => tracing::error!(adapter, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+impl BackupJob {
+    async fn add_node(&mut self, path: &str, node: Node) -> HostResult<()> {
+        if let Some(open) = &self.writer_open {
+            return Ok(Err(AdapterError::Other(format!(
+                "cannot add {path}: entry {open} is still open"
+            ))));
+        }
+        let mut make_dir = synthesized_dir;
+        match self
+            .tree
+            .add(path, node, &self.pipeline, &mut make_dir)
+            .await
+        {
+            Ok(()) => Ok(Ok(())),
+            Err(e) => Ok(Err(tree_error(e)?)),
+        }
+    }
+
+    fn begin(&mut self, path: String, meta: Metadata) -> Result<WriterState, AdapterError> {
+        if let Some(open) = &self.writer_open {
+            return Err(AdapterError::Other(format!(
+                "cannot begin {path}: entry {open} is still open"
+            )));
+        }
+        if let Err(e) = split_path(&path) {
+            return Err(AdapterError::Other(e.to_string()));
+        }
+        self.writer_open = Some(path.clone());
+        Ok(WriterState {
+            node: meta::node_from(EntryKind::File, &meta),
+            path,
+            chunker: Some(Chunker::new(self.params.clone())),
+            pending: Vec::new(),
+            size: 0,
+            finished: false,
+        })
+    }
+}
+
+impl archive::Host for HostState {
+    async fn begin_file(
+        &mut self,
+        path: String,
+        meta: Metadata,
+    ) -> HostResult<Resource<WriterState>> {
+        self.begin_entry(path, meta).await
+    }
+
+    async fn begin_stream(
+        &mut self,
+        path: String,
+        meta: Metadata,
+    ) -> HostResult<Resource<WriterState>> {
+        self.begin_entry(path, meta).await
+    }
+
+    async fn add_directory(&mut self, path: String, meta: Metadata) -> HostResult<()> {
+        let job = self.backup()?;
+        job.directories += 1;
+        job.add_node(&path, meta::node_from(EntryKind::Directory, &meta))
+            .await
+    }
+
+    async fn add_symlink(
+        &mut self,
+        path: String,
+        target: String,
+        meta: Metadata,
+    ) -> HostResult<()> {
+        let mut node = meta::node_from(EntryKind::Symlink, &meta);
+        node.linktarget = target;
+        node.size = 0;
+        self.backup()?.add_node(&path, node).await
+    }
+
+    async fn reuse_unchanged(&mut self, path: String, meta: Metadata) -> HostResult<bool> {
+        let job = self.backup()?;
+        let Some(parent) = job.parent.as_mut() else {
+            return Ok(Ok(false));
+        };
+        let repo = Arc::clone(job.pipeline.repo());
+        let old = match parent.lookup(&repo, &path).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(%path, error = %e, "Parent snapshot unreadable here; reading the file again.");
+                None
+            }
+        };
+        let Some(old) = old else { return Ok(Ok(false)) };
+        let same = old.kind == "file"
+            && Some(old.size) == meta.size
+            && old.mtime.is_some()
+            && old.mtime == meta::to_time(meta.mtime)
+            && meta.inode.is_some_and(|i| i == old.inode);
+        let content = old.content.clone().unwrap_or_default();
+        if !same || !repo.with_index(|i| content.iter().all(|b| i.contains(b))) {
+            return Ok(Ok(false));
+        }
+        let mut node = meta::node_from(EntryKind::File, &meta);
+        node.content = Some(content);
+        job.files += 1;
+        job.unchanged += 1;
+        job.add_node(&path, node).await.map(|r| r.map(|()| true))
+    }
+
+    async fn skip(&mut self, path: String, reason: String) -> wasmtime::Result<()> {
+        tracing::warn!(adapter = %self.adapter, %path, %reason, "Entry could not be read; the backup will be incomplete.");
+        self.backup()?.skipped.push((path, reason));
+        Ok(())
+    }
+}
+
+impl HostState {
+    async fn begin_entry(
+        &mut self,
+        path: String,
+        meta: Metadata,
+    ) -> HostResult<Resource<WriterState>> {
+        let job = self.backup()?;
+        // Validate the order now, so a misplaced entry fails at its start.
+        let comps = match split_path(&path) {
+            Ok(c) if !c.is_empty() => c,
+            _ => {
+                return Ok(Err(AdapterError::Other(format!(
+                    "invalid entry path {path:?}"
+                ))));
+            }
+        };
+        let mut make_dir = synthesized_dir;
+        if let Err(e) = job
+            .tree
+            .enter(&comps[..comps.len() - 1], &job.pipeline, &mut make_dir)
+            .await
+        {
+            return Ok(Err(tree_error(e)?));
+        }
+        let writer = match job.begin(path, meta) {
+            Ok(w) => w,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(Ok(self.table.push(writer)?))
+    }
+}
+
+impl archive::HostEntryWriter for HostState {
+    async fn write(&mut self, w: Resource<WriterState>, bytes: Vec<u8>) -> HostResult<()> {
+        let writer = self.table.get_mut(&w)?;
+        let chunks = writer
+            .chunker
+            .as_mut()
+            .map(|c| c.push(&bytes))
+            .unwrap_or_default();
+        writer.size += bytes.len() as u64;
+        let mut ids = Vec::with_capacity(chunks.len());
+        {
+            let job = self.backup()?;
+            for c in chunks {
+                ids.push(job.pipeline.add_data(c).await.map_err(fault)?);
+            }
+        }
+        self.table.get_mut(&w)?.pending.extend(ids);
+        Ok(Ok(()))
+    }
+
+    async fn pump_file(&mut self, w: Resource<WriterState>, path: String) -> HostResult<u64> {
+        let file = match self
+            .grants
+            .resolve(&path, false)
+            .and_then(|r| r.open_read())
+        {
+            Ok(f) => f,
+            Err(e) => return Ok(Err(grant_error(e))),
+        };
+        let job = self.backup()?;
+        let sender = job.pipeline.data_sender();
+        let params = job.params.clone();
+        let writer = self.table.get_mut(&w)?;
+        let Some(mut chunker) = writer.chunker.take() else {
+            return Ok(Err(AdapterError::Other(format!(
+                "entry {} is already finished",
+                writer.path
+            ))));
+        };
+        let pumped = tokio::task::spawn_blocking(move || {
+            let mut file = file;
+            let mut pending = Vec::new();
+            let mut total = 0u64;
+            let mut buf = vec![0u8; PUMP_BLOCK];
+            let outcome = loop {
+                let n = match file.read(&mut buf) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => break Err(Ok(AdapterError::Io(format!("{path}: {e}")))),
+                };
+                total += n as u64;
+                let mut stopped = None;
+                for chunk in chunker.push(&buf[..n]) {
+                    match sender.add_blocking(chunk) {
+                        Ok(p) => pending.push(p),
+                        Err(e) => {
+                            stopped = Some(e);
+                            break;
+                        }
+                    }
+                }
+                if let Some(e) = stopped {
+                    break Err(Err(e));
+                }
+            };
+            (chunker, pending, total, outcome)
+        })
+        .await
+        .map_err(fault)?;
+        let (chunker, pending, total, outcome) = pumped;
+        let writer = self.table.get_mut(&w)?;
+        match outcome {
+            Ok(()) => {
+                writer.chunker = Some(chunker);
+                writer.pending.extend(pending);
+                writer.size += total;
+                Ok(Ok(total))
+            }
+            Err(Ok(adapter_error)) => {
+                // A half-read file must not be stored as if whole: the entry
+                // is reset to empty, and the adapter decides what to do.
+                writer.chunker = Some(Chunker::new(params));
+                writer.pending.clear();
+                writer.size = 0;
+                Ok(Err(adapter_error))
+            }
+            Err(Err(repo)) => Err(fault(repo)),
+        }
+    }
+
+    async fn finish(&mut self, w: Resource<WriterState>) -> HostResult<u64> {
+        let writer = self.table.get_mut(&w)?;
+        if writer.finished {
+            return Ok(Err(AdapterError::Other(format!(
+                "entry {} is already finished",
+                writer.path
+            ))));
+        }
+        writer.finished = true;
+        let last = writer.chunker.as_mut().and_then(|c| c.finish());
+        let pending = std::mem::take(&mut writer.pending);
+        let mut node = writer.node.clone();
+        let path = writer.path.clone();
+        let size = writer.size;
+        let job = self.backup()?;
+        let mut ids = Vec::with_capacity(pending.len() + 1);
+        for p in pending {
+            ids.push(p.get().await.map_err(fault)?);
+        }
+        if let Some(last) = last {
+            ids.push(
+                job.pipeline
+                    .add_data(last)
+                    .await
+                    .map_err(fault)?
+                    .get()
+                    .await
+                    .map_err(fault)?,
+            );
+        }
+        node.content = Some(ids);
+        node.size = size;
+        job.writer_open = None;
+        job.files += 1;
+        match job.add_node(&path, node).await? {
+            Ok(()) => Ok(Ok(size)),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    async fn drop(&mut self, w: Resource<WriterState>) -> wasmtime::Result<()> {
+        let writer = self.table.delete(w)?;
+        if !writer.finished {
+            if let Job::Backup(job) = &mut self.job {
+                job.writer_open = None;
+                job.abandoned.get_or_insert(writer.path);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl snapshot::Host for HostState {
+    async fn next_entry(&mut self) -> HostResult<Option<snapshot::Entry>> {
+        let job = self.restore()?;
+        loop {
+            let next = match job.walker.next().await {
+                Ok(n) => n,
+                Err(e) => return Ok(Err(repo_error(e)?)),
+            };
+            let Some(entry) = next else {
+                return Ok(Ok(None));
+            };
+            let Some(kind) = meta::kind_of(&entry.node) else {
+                tracing::info!(path = %entry.path, kind = %entry.node.kind, "Not restorable by adapters; left out.");
+                continue;
+            };
+            if kind == EntryKind::File {
+                job.last = Some((
+                    entry.path.clone(),
+                    entry.node.content.clone().unwrap_or_default(),
+                ));
+            }
+            let link_target = (kind == EntryKind::Symlink).then(|| entry.node.linktarget.clone());
+            return Ok(Ok(Some(snapshot::Entry {
+                meta: meta::metadata_of(&entry.node),
+                path: entry.path,
+                kind,
+                link_target,
+            })));
+        }
+    }
+
+    async fn open(&mut self, path: String) -> HostResult<Resource<ReaderState>> {
+        let job = self.restore()?;
+        let content = match &job.last {
+            Some((p, c)) if *p == path => c.clone(),
+            _ => match crate::restore::lookup(&job.repo, job.root, &path).await {
+                Ok(Some(n)) if n.kind == "file" => n.content.unwrap_or_default(),
+                Ok(_) => {
+                    return Ok(Err(AdapterError::NotFound(format!(
+                        "{path}: no such file in the snapshot"
+                    ))));
+                }
+                Err(e) => return Ok(Err(repo_error(e)?)),
+            },
+        };
+        let reader = ReaderState {
+            reader: ContentReader::new(Arc::clone(&job.repo), content),
+            path,
+        };
+        Ok(Ok(self.table.push(reader)?))
+    }
+}
+
+impl snapshot::HostEntryReader for HostState {
+    async fn read(&mut self, r: Resource<ReaderState>, max: u32) -> HostResult<Vec<u8>> {
+        let reader = self.table.get_mut(&r)?;
+        match reader.reader.read(max.min(MAX_READ) as usize).await {
+            Ok(b) => Ok(Ok(b)),
+            Err(e) => Ok(Err(repo_error(e)?)),
+        }
+    }
+
+    async fn pump_to_file(&mut self, r: Resource<ReaderState>, path: String) -> HostResult<u64> {
+        let file = match self
+            .grants
+            .resolve(&path, true)
+            .and_then(|r| r.create_write())
+        {
+            Ok(f) => f,
+            Err(e) => return Ok(Err(grant_error(e))),
+        };
+        let mut out = std::io::BufWriter::with_capacity(PUMP_BLOCK, file);
+        let reader = self.table.get_mut(&r)?;
+        let mut total = 0u64;
+        loop {
+            match reader.reader.next_blob().await {
+                Ok(Some(blob)) => {
+                    if let Err(e) = out.write_all(&blob) {
+                        return Ok(Err(AdapterError::Io(format!("{path}: {e}"))));
+                    }
+                    total += blob.len() as u64;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let entry = reader.path.clone();
+                    let mut err = repo_error(e)?;
+                    if let AdapterError::Corrupt(m) = &mut err {
+                        *m = format!("{entry}: {m}");
+                    }
+                    return Ok(Err(err));
+                }
+            }
+        }
+        if let Err(e) = out.flush() {
+            return Ok(Err(AdapterError::Io(format!("{path}: {e}"))));
+        }
+        Ok(Ok(total))
+    }
+
+    async fn discard(&mut self, r: Resource<ReaderState>) -> HostResult<u64> {
+        let reader = self.table.get_mut(&r)?;
+        let mut total = 0u64;
+        loop {
+            match reader.reader.next_blob().await {
+                Ok(Some(blob)) => total += blob.len() as u64,
+                Ok(None) => return Ok(Ok(total)),
+                Err(e) => return Ok(Err(repo_error(e)?)),
+            }
+        }
+    }
+
+    async fn drop(&mut self, r: Resource<ReaderState>) -> wasmtime::Result<()> {
+        self.table.delete(r)?;
+        Ok(())
+    }
+}
+
+impl fs::Host for HostState {
+    async fn granted_paths(&mut self) -> wasmtime::Result<Vec<String>> {
+        Ok(self.grants.paths())
+    }
+
+    async fn stat(&mut self, path: String) -> HostResult<fs::FileStat> {
+        let resolved = match self.grants.resolve(&path, false) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(grant_error(e))),
+        };
+        let st = match resolved.stat() {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(grant_error(e))),
+        };
+        let (kind, meta) = meta::metadata_from_stat(&st);
+        let link_target = if kind == Some(EntryKind::Symlink) {
+            match resolved.read_link() {
+                Ok(t) => Some(t),
+                Err(e) => return Ok(Err(grant_error(e))),
+            }
+        } else {
+            None
+        };
+        Ok(Ok(fs::FileStat {
+            kind,
+            meta,
+            link_target,
+        }))
+    }
+
+    async fn list_dir(&mut self, path: String) -> HostResult<Vec<String>> {
+        let listed = self.grants.resolve(&path, false).and_then(|r| r.list_dir());
+        match listed {
+            Ok((names, not_utf8)) => {
+                for raw in not_utf8 {
+                    let entry = format!("{}/{raw}", path.trim_end_matches('/'));
+                    let reason = "name is not valid UTF-8".to_string();
+                    tracing::warn!(path = %entry, "Left out: its name is not valid UTF-8.");
+                    if let Job::Backup(job) = &mut self.job {
+                        job.skipped.push((entry, reason));
+                    }
+                }
+                Ok(Ok(names))
+            }
+            Err(e) => Ok(Err(grant_error(e))),
+        }
+    }
+
+    async fn create_dir(&mut self, path: String) -> HostResult<()> {
+        Ok(self.grants.create_dir_all(&path).map_err(grant_error))
+    }
+
+    async fn create_symlink(&mut self, path: String, target: String) -> HostResult<()> {
+        Ok(self
+            .grants
+            .resolve(&path, true)
+            .and_then(|r| r.create_symlink(&target))
+            .map_err(grant_error))
+    }
+
+    async fn set_metadata(&mut self, path: String, m: Metadata) -> HostResult<()> {
+        let owner = m.uid.zip(m.gid);
+        let times = m.mtime.map(|mt| {
+            let at = m.atime.unwrap_or(mt);
+            (
+                rustix::fs::Timespec {
+                    tv_sec: at.seconds,
+                    tv_nsec: at.nanoseconds as _,
+                },
+                rustix::fs::Timespec {
+                    tv_sec: mt.seconds,
+                    tv_nsec: mt.nanoseconds as _,
+                },
+            )
+        });
+        Ok(self
+            .grants
+            .resolve(&path, true)
+            .and_then(|r| r.set_metadata(Some(m.mode), owner, times))
+            .map_err(grant_error))
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send() {
+    fn is_send<T: Send>() {}
+    is_send::<HostState>();
+}

@@ -1,0 +1,377 @@
+//! The adapter runtime: wasmtime with the component model and WASI 0.2.
+//!
+//! One [`Engine`](wasmtime::Engine) per process, compiled components cached
+//! on disk, one [`Store`](wasmtime::Store) per job holding only what the job
+//! grants. A job's limits (memory cap, deadline) are enforced by the store's
+//! resource limiter and by epoch interruption with a ticking epoch.
+
+mod grants;
+mod host;
+mod meta;
+
+pub use grants::{GrantError, Grants};
+pub use host::{BackupOutcome, BackupRequest, RestoreOutcome, RestoreRequest};
+
+use anyhow::{Context, anyhow};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+
+/// The bundled adapter components, built by `build.rs`.
+pub mod bundled {
+    include!(concat!(env!("OUT_DIR"), "/adapters.rs"));
+
+    /// The bytes of a bundled adapter by name.
+    pub fn get(name: &str) -> Option<&'static [u8]> {
+        match name {
+            "filesystem" => Some(FILESYSTEM),
+            _ => None,
+        }
+    }
+}
+
+#[allow(missing_docs)]
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "adapter",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "cairn:adapter/archive.entry-writer": crate::runtime::host::WriterState,
+            "cairn:adapter/snapshot.entry-reader": crate::runtime::host::ReaderState,
+        },
+    });
+}
+
+use bindings::cairn::adapter::types::AdapterError;
+
+/// How often the epoch ticks; deadlines are counted in ticks.
+const TICK: Duration = Duration::from_millis(50);
+
+/// Limits applied to one adapter job.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest linear memory the adapter may grow to, in bytes.
+    pub memory: usize,
+    /// Wall-clock budget for the whole job.
+    pub timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory: 512 << 20,
+            timeout: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Which adapter to run: bundled by name, or a component file.
+#[derive(Debug, Clone)]
+pub enum AdapterSource {
+    /// A bundled adapter.
+    Bundled(String),
+    /// A `.wasm` component on disk.
+    File(PathBuf),
+}
+
+impl AdapterSource {
+    /// `filesystem` names a bundled adapter; anything with a `/` or ending
+    /// in `.wasm` is a file.
+    pub fn parse(s: &str) -> Self {
+        if s.contains('/') || s.ends_with(".wasm") {
+            AdapterSource::File(PathBuf::from(s))
+        } else {
+            AdapterSource::Bundled(s.to_string())
+        }
+    }
+
+    /// The adapter's name, for messages.
+    pub fn name(&self) -> String {
+        match self {
+            AdapterSource::Bundled(n) => n.clone(),
+            AdapterSource::File(p) => p
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| p.display().to_string()),
+        }
+    }
+}
+
+/// The process-wide runtime.
+pub struct Runtime {
+    engine: Engine,
+    linker: Arc<Linker<host::HostState>>,
+    cache_dir: Option<PathBuf>,
+    _ticker: std::thread::JoinHandle<()>,
+}
+
+/// Where compiled components are cached: `$CAIRN_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/cairn`, else `~/.cache/cairn`.
+fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("CAIRN_CACHE_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(d).join("cairn"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/cairn"))
+}
+
+impl Runtime {
+    /// Create the engine, the linker and the epoch ticker.
+    pub fn new() -> anyhow::Result<Self> {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true).wasm_component_model(true);
+        let engine = Engine::new(&config).map_err(|e| anyhow!("creating the wasm engine: {e}"))?;
+        let mut linker = Linker::<host::HostState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| anyhow!("linking WASI: {e}"))?;
+        bindings::Adapter::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| anyhow!("linking the Cairn host: {e}"))?;
+        let ticker_engine = engine.weak();
+        let ticker = std::thread::Builder::new()
+            .name("cairn-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker_engine.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            })
+            .context("spawning the epoch thread")?;
+        Ok(Runtime {
+            engine,
+            linker: Arc::new(linker),
+            cache_dir: default_cache_dir(),
+            _ticker: ticker,
+        })
+    }
+
+    /// Load (from the cache when possible) and compile an adapter.
+    pub fn load(&self, source: &AdapterSource) -> anyhow::Result<Component> {
+        let name = source.name();
+        let bytes: Vec<u8> = match source {
+            AdapterSource::Bundled(n) => bundled::get(n)
+                .ok_or_else(|| {
+                    anyhow!("unknown adapter {n:?}: the bundled adapters are: filesystem")
+                })?
+                .to_vec(),
+            AdapterSource::File(p) => {
+                std::fs::read(p).with_context(|| format!("reading adapter {}", p.display()))?
+            }
+        };
+        let key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            self.engine.precompile_compatibility_hash().hash(&mut h);
+            format!(
+                "{}-{:016x}",
+                crate::repo::Id::hash(&bytes).to_hex(),
+                h.finish()
+            )
+        };
+        let cached = self
+            .cache_dir
+            .as_ref()
+            .map(|d| d.join("components").join(format!("{key}.cwasm")));
+        if let Some(path) = &cached {
+            if path.exists() {
+                // SAFETY: the file was written by `Component::serialize` of
+                // this engine configuration (its name carries the engine's
+                // compatibility hash and the source's SHA-256), in a cache
+                // directory owned by the user running Cairn.
+                match unsafe { Component::deserialize_file(&self.engine, path) } {
+                    Ok(c) => {
+                        tracing::debug!(adapter = %name, "Loaded compiled adapter from cache.");
+                        return Ok(c);
+                    }
+                    Err(e) => {
+                        tracing::warn!(adapter = %name, error = %e, "Ignoring an unusable cached component.")
+                    }
+                }
+            }
+        }
+        let component = Component::new(&self.engine, &bytes)
+            .map_err(|e| anyhow!("adapter {name}: not a valid WebAssembly component: {e}"))?;
+        if let Some(path) = cached {
+            if let Ok(serialized) = component.serialize() {
+                let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+                let written = path
+                    .parent()
+                    .map(std::fs::create_dir_all)
+                    .transpose()
+                    .is_ok()
+                    && std::fs::write(&tmp, serialized).is_ok()
+                    && std::fs::rename(&tmp, &path).is_ok();
+                if !written {
+                    let _ = std::fs::remove_file(&tmp);
+                    tracing::debug!(path = %path.display(), "Could not cache the compiled adapter.");
+                }
+            }
+        }
+        Ok(component)
+    }
+
+    fn store(&self, state: host::HostState, limits: &Limits) -> Store<host::HostState> {
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        let ticks = (limits.timeout.as_millis() / TICK.as_millis()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+        store
+    }
+
+    async fn instantiate(
+        &self,
+        component: &Component,
+        store: &mut Store<host::HostState>,
+        adapter: &str,
+    ) -> anyhow::Result<bindings::Adapter> {
+        bindings::Adapter::instantiate_async(&mut *store, component, &self.linker)
+            .await
+            .map_err(|e| anyhow!("adapter {adapter}: cannot be instantiated: {e}"))
+    }
+}
+
+/// WASI context for a job: its grants preopened at the same paths as on the
+/// host, no network, no environment, no arguments, stderr only if asked.
+fn wasi_ctx(grants: &Grants, writable: bool, inherit_stderr: bool) -> anyhow::Result<WasiCtx> {
+    let mut b = WasiCtx::builder();
+    b.allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    if inherit_stderr {
+        b.inherit_stderr();
+    }
+    let perms = if writable {
+        FsPerms::ReadWrite
+    } else {
+        FsPerms::ReadOnly
+    };
+    for p in grants.paths() {
+        if std::path::Path::new(&p).is_dir() {
+            b.preopened_dir(&p, &p, perms)
+                .map_err(|e| anyhow!("preopening {p}: {e}"))?;
+        }
+    }
+    Ok(b.build())
+}
+
+/// Turn what a call into an adapter produced into one error naming the
+/// adapter and the reason: a trap, an exhausted limit, or its own error.
+fn explain<T>(
+    adapter: &str,
+    limits: &Limits,
+    result: Result<wasmtime::Result<Result<T, AdapterError>>, tokio::time::error::Elapsed>,
+) -> anyhow::Result<T> {
+    match result {
+        Err(_) => Err(anyhow!(
+            "adapter {adapter}: timed out after {:?}",
+            limits.timeout
+        )),
+        Ok(Ok(Ok(v))) => Ok(v),
+        Ok(Ok(Err(e))) => Err(anyhow!("adapter {adapter}: {}", meta::describe_error(&e))),
+        Ok(Err(trap)) => {
+            if let Some(host_fault) = trap.downcast_ref::<host::HostFault>() {
+                return Err(anyhow!("adapter {adapter}: {host_fault}"));
+            }
+            let msg = match trap.downcast_ref::<wasmtime::Trap>() {
+                Some(wasmtime::Trap::Interrupt) => format!(
+                    "timed out after {:?} (deadline reached while running)",
+                    limits.timeout
+                ),
+                Some(wasmtime::Trap::OutOfFuel) => "ran out of fuel".into(),
+                _ if format!("{trap:?}").contains("memory")
+                    && format!("{trap:?}").contains("limit") =>
+                {
+                    format!("exceeded its memory limit of {} MiB", limits.memory >> 20)
+                }
+                Some(t) => format!("trapped: {t}"),
+                None => format!("failed: {trap:#}"),
+            };
+            Err(anyhow!("adapter {adapter}: {msg}"))
+        }
+    }
+}
+
+impl Runtime {
+    /// Run an adapter's `backup` and write its snapshot content through the
+    /// pipeline. No snapshot is written here; the caller writes it only
+    /// after this returns `Ok`.
+    pub async fn backup(
+        &self,
+        source: &AdapterSource,
+        req: BackupRequest,
+        limits: &Limits,
+    ) -> anyhow::Result<BackupOutcome> {
+        let adapter = source.name();
+        let component = self.load(source)?;
+        let wasi = wasi_ctx(&req.grants, false, req.inherit_stderr)?;
+        let state = host::HostState::for_backup(adapter.clone(), wasi, limits, req);
+        let mut store = self.store(state, limits);
+        let instance = self.instantiate(&component, &mut store, &adapter).await?;
+        let config = store.data().config_json();
+        let result =
+            tokio::time::timeout(limits.timeout, instance.call_backup(&mut store, &config)).await;
+        let summary = explain(&adapter, limits, result);
+        let state = store.into_data();
+        state.finish_backup(summary).await
+    }
+
+    /// Run an adapter's `restore` (or `verify` when `verify` is set) over a
+    /// snapshot. Returns a human summary.
+    pub async fn restore(
+        &self,
+        source: &AdapterSource,
+        req: RestoreRequest,
+        limits: &Limits,
+        verify: bool,
+    ) -> anyhow::Result<host::RestoreOutcome> {
+        let adapter = source.name();
+        let component = self.load(source)?;
+        let wasi = wasi_ctx(&req.grants, true, req.inherit_stderr)?;
+        let state = host::HostState::for_restore(adapter.clone(), wasi, limits, req).await?;
+        let mut store = self.store(state, limits);
+        let instance = self.instantiate(&component, &mut store, &adapter).await?;
+        let config = store.data().config_json();
+        if verify {
+            let result =
+                tokio::time::timeout(limits.timeout, instance.call_verify(&mut store, &config))
+                    .await;
+            let report = explain(&adapter, limits, result)?;
+            Ok(host::RestoreOutcome::Verified(report))
+        } else {
+            let result =
+                tokio::time::timeout(limits.timeout, instance.call_restore(&mut store, &config))
+                    .await;
+            let summary = explain(&adapter, limits, result)?;
+            Ok(host::RestoreOutcome::Restored(summary))
+        }
+    }
+}
+
+impl WasiView for host::HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+pub(crate) fn store_limits(limits: &Limits) -> StoreLimits {
+    StoreLimitsBuilder::new()
+        .memory_size(limits.memory)
+        .trap_on_grow_failure(true)
+        .instances(4)
+        .build()
+}
+
+pub(crate) fn new_table() -> ResourceTable {
+    ResourceTable::new()
+}

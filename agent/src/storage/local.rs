@@ -1,0 +1,213 @@
+//! A repository in a local directory, laid out exactly as restic's local
+//! backend lays it out. Writes go to a temporary file in `.tmp/`, are synced,
+//! and renamed into place, so a crash never leaves a half-written object.
+
+use super::{Backend, FileType, StorageError};
+use async_trait::async_trait;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A local-directory backend.
+pub struct LocalBackend {
+    root: PathBuf,
+    counter: AtomicU64,
+}
+
+impl LocalBackend {
+    /// A backend rooted at `root` (which need not exist yet).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalBackend {
+            root: root.into(),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    fn path(&self, t: FileType, name: &str) -> PathBuf {
+        match t {
+            FileType::Config => self.root.join("config"),
+            FileType::Pack => {
+                let sub = name.get(..2).unwrap_or("00");
+                self.root.join("data").join(sub).join(name)
+            }
+            _ => self.root.join(t.dir()).join(name),
+        }
+    }
+
+    fn io_err(&self, name: &Path, source: std::io::Error) -> StorageError {
+        let name = name
+            .strip_prefix(&self.root)
+            .unwrap_or(name)
+            .display()
+            .to_string();
+        if source.kind() == std::io::ErrorKind::NotFound {
+            StorageError::NotFound {
+                location: self.location(),
+                name,
+            }
+        } else {
+            StorageError::Io {
+                location: self.location(),
+                name,
+                source,
+            }
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[async_trait]
+impl Backend for LocalBackend {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    async fn create(&self) -> Result<(), StorageError> {
+        let config = self.path(FileType::Config, "config");
+        if config.exists() {
+            return Err(StorageError::Io {
+                location: self.location(),
+                name: "config".into(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "a repository already exists here",
+                ),
+            });
+        }
+        let mut dirs = vec![self.root.join(".tmp")];
+        for t in FileType::ALL {
+            if t != FileType::Config {
+                dirs.push(self.root.join(t.dir()));
+            }
+        }
+        for i in 0..=255u8 {
+            dirs.push(self.root.join("data").join(format!("{i:02x}")));
+        }
+        for d in dirs {
+            std::fs::create_dir_all(&d).map_err(|e| self.io_err(&d, e))?;
+        }
+        Ok(())
+    }
+
+    async fn save(&self, t: FileType, name: &str, data: Vec<u8>) -> Result<(), StorageError> {
+        let dest = self.path(t, name);
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .root
+            .join(".tmp")
+            .join(format!("{name}-{}-{n}", std::process::id()));
+        let location = self.location();
+        let root = self.root.clone();
+        blocking(move || {
+            let err = |p: &Path, e: std::io::Error| {
+                let name = p.strip_prefix(&root).unwrap_or(p).display().to_string();
+                StorageError::Io {
+                    location: location.clone(),
+                    name,
+                    source: e,
+                }
+            };
+            if let Some(parent) = tmp.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| err(parent, e))?;
+            }
+            let mut f = std::fs::File::create(&tmp).map_err(|e| err(&tmp, e))?;
+            f.write_all(&data).map_err(|e| err(&tmp, e))?;
+            f.sync_all().map_err(|e| err(&tmp, e))?;
+            drop(f);
+            let dir = dest.parent().unwrap_or(&root).to_path_buf();
+            if let Err(e) = std::fs::rename(&tmp, &dest) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(err(&dest, e));
+                }
+                // The data/xx folder is missing (a repository made by a tool
+                // that creates them lazily): create it and try again.
+                std::fs::create_dir_all(&dir).map_err(|e| err(&dir, e))?;
+                std::fs::rename(&tmp, &dest).map_err(|e| err(&dest, e))?;
+            }
+            sync_dir(&dir).map_err(|e| err(&dir, e))
+        })
+        .await
+    }
+
+    async fn load(&self, t: FileType, name: &str) -> Result<Vec<u8>, StorageError> {
+        let path = self.path(t, name);
+        std::fs::read(&path).map_err(|e| self.io_err(&path, e))
+    }
+
+    async fn load_range(
+        &self,
+        t: FileType,
+        name: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<Vec<u8>, StorageError> {
+        let path = self.path(t, name);
+        let read = || -> std::io::Result<Vec<u8>> {
+            let mut f = std::fs::File::open(&path)?;
+            f.seek(SeekFrom::Start(offset))?;
+            let mut buf = vec![0u8; length as usize];
+            f.read_exact(&mut buf)?;
+            Ok(buf)
+        };
+        read().map_err(|e| self.io_err(&path, e))
+    }
+
+    async fn size(&self, t: FileType, name: &str) -> Result<u64, StorageError> {
+        let path = self.path(t, name);
+        std::fs::metadata(&path)
+            .map(|m| m.len())
+            .map_err(|e| self.io_err(&path, e))
+    }
+
+    async fn list(&self, t: FileType) -> Result<Vec<(String, u64)>, StorageError> {
+        let base = self.root.join(t.dir());
+        let mut dirs = vec![base.clone()];
+        if t == FileType::Pack {
+            dirs.clear();
+            let entries = std::fs::read_dir(&base).map_err(|e| self.io_err(&base, e))?;
+            for e in entries {
+                let e = e.map_err(|e| self.io_err(&base, e))?;
+                if e.file_type().map(|ft| ft.is_dir()).unwrap_or(false) {
+                    dirs.push(e.path());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for dir in dirs {
+            let entries = std::fs::read_dir(&dir).map_err(|e| self.io_err(&dir, e))?;
+            for e in entries {
+                let e = e.map_err(|e| self.io_err(&dir, e))?;
+                let meta = e.metadata().map_err(|err| self.io_err(&e.path(), err))?;
+                if meta.is_file() {
+                    if let Some(name) = e.file_name().to_str() {
+                        out.push((name.to_string(), meta.len()));
+                    }
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    async fn remove(&self, t: FileType, name: &str) -> Result<(), StorageError> {
+        let path = self.path(t, name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.io_err(&path, e)),
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Where repository files live. [`Backend`] is the one trait every store
+//! implements (a local directory now, S3 next); the repository layer above it
+//! encrypts, compresses and names the files.
+
+pub mod local;
+
+use async_trait::async_trait;
+
+/// The kinds of file in a restic-format repository, each in its own folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileType {
+    /// The single `config` file.
+    Config,
+    /// Key files under `keys/`.
+    Key,
+    /// Snapshot files under `snapshots/`.
+    Snapshot,
+    /// Index files under `index/`.
+    Index,
+    /// Pack files under `data/xx/`.
+    Pack,
+    /// Lock files under `locks/`.
+    Lock,
+}
+
+impl FileType {
+    /// The folder the type lives in (empty for the config file).
+    pub fn dir(self) -> &'static str {
+        match self {
+            FileType::Config => "",
+            FileType::Key => "keys",
+            FileType::Snapshot => "snapshots",
+            FileType::Index => "index",
+            FileType::Pack => "data",
+            FileType::Lock => "locks",
+        }
+    }
+
+    /// Every type, in the order `init` creates their folders.
+    pub const ALL: [FileType; 6] = [
+        FileType::Config,
+        FileType::Key,
+        FileType::Snapshot,
+        FileType::Index,
+        FileType::Pack,
+        FileType::Lock,
+    ];
+}
+
+/// A storage fault, naming the object and the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The object does not exist.
+    #[error("{location}: {name} does not exist")]
+    NotFound {
+        /// The store, as a user would name it.
+        location: String,
+        /// The object's path inside the store.
+        name: String,
+    },
+    /// Any other I/O failure.
+    #[error("{location}: {name}: {source}")]
+    Io {
+        /// The store, as a user would name it.
+        location: String,
+        /// The object's path inside the store.
+        name: String,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+}
+
+impl StorageError {
+    /// Whether the error means the object is absent.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StorageError::NotFound { .. })
+    }
+}
+
+/// A file store holding one repository. Names are the file names restic uses
+/// (hex ids, or `config`); the backend decides the layout below its root.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Where the store is, for messages (a path, or an `s3:` URL).
+    fn location(&self) -> String;
+    /// Create the store's folders; fails if a repository config already exists.
+    async fn create(&self) -> Result<(), StorageError>;
+    /// Store `data` under `name` atomically: readers see the whole file or none.
+    async fn save(&self, t: FileType, name: &str, data: Vec<u8>) -> Result<(), StorageError>;
+    /// Read a whole file.
+    async fn load(&self, t: FileType, name: &str) -> Result<Vec<u8>, StorageError>;
+    /// Read `length` bytes at `offset`.
+    async fn load_range(
+        &self,
+        t: FileType,
+        name: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<Vec<u8>, StorageError>;
+    /// The size of a file.
+    async fn size(&self, t: FileType, name: &str) -> Result<u64, StorageError>;
+    /// The names and sizes of every file of type `t`.
+    async fn list(&self, t: FileType) -> Result<Vec<(String, u64)>, StorageError>;
+    /// Delete a file; deleting a missing file is not an error.
+    async fn remove(&self, t: FileType, name: &str) -> Result<(), StorageError>;
+}

@@ -1,0 +1,66 @@
+//! A test adapter that misbehaves on request, to prove the host contains it:
+//! `{"fault": "trap" | "loop" | "oom" | "write-then-trap" | "error" | "none"}`.
+
+use cairn_sdk::{
+    Adapter, BackupSummary, Error, Info, Metadata, RestoreSummary, VerifyReport, archive,
+};
+use std::io::Write;
+
+struct Faulty;
+
+#[derive(serde::Deserialize)]
+struct Config {
+    fault: String,
+}
+
+impl Adapter for Faulty {
+    type BackupConfig = Config;
+    type RestoreConfig = serde_json::Value;
+    type VerifyConfig = serde_json::Value;
+
+    fn info() -> Info {
+        Info::new("faulty", "0.0.0", "Misbehaves on request (tests only).")
+    }
+
+    fn backup(config: Config) -> Result<BackupSummary, Error> {
+        // Emit something first, so a fault after it must not leave a snapshot.
+        let mut w = archive::begin_stream("/faulty/data", &Metadata::with_mode(0o644))?;
+        w.write_all(&vec![7u8; 100_000])?;
+        w.finish()?;
+        match config.fault.as_str() {
+            "trap" => unreachable_trap(),
+            "loop" => {
+                let mut x: u64 = 0;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            "oom" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 16 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "error" => Err(Error::Other("the faulty adapter was asked to fail".into())),
+            _ => Ok(BackupSummary {
+                files: 1,
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn restore(_: serde_json::Value) -> Result<RestoreSummary, Error> {
+        Ok(RestoreSummary::default())
+    }
+
+    fn verify(_: serde_json::Value) -> Result<VerifyReport, Error> {
+        Ok(VerifyReport::default())
+    }
+}
+
+fn unreachable_trap() -> ! {
+    std::process::abort()
+}
+
+cairn_sdk::export_adapter!(Faulty);
