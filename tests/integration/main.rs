@@ -1,1 +1,7 @@
+//! Cairn's integration tests: the real `cairn` binary, the real `restic`
+//! binary and real files. One test binary, one module per area.
 
+mod common;
+mod faults;
+mod filesystem;
+mod restic;

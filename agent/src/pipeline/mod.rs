@@ -53,7 +53,8 @@ impl Default for PipelineOptions {
 pub struct Stats {
     /// Bytes handed to the pipeline.
     pub bytes_in: AtomicU64,
-    /// Plaintext bytes of blobs that were new to the repository.
+    /// Plaintext bytes of file data that was new to the repository (trees
+    /// are not counted).
     pub bytes_new: AtomicU64,
     /// Bytes written to storage (packs and index files).
     pub bytes_stored: AtomicU64,
@@ -260,9 +261,9 @@ fn worker(
             continue;
         }
         stats.blobs_new.fetch_add(1, Ordering::Relaxed);
-        stats
-            .bytes_new
-            .fetch_add(job.data.len() as u64, Ordering::Relaxed);
+        if job.kind == BlobType::Data {
+            stats.bytes_new.fetch_add(job.data.len() as u64, Ordering::Relaxed);
+        }
         let compressed = if level > 0 {
             zstd::bulk::compress(&job.data, level)
                 .ok()

@@ -291,6 +291,12 @@ impl Resolved<'_> {
         }
     }
 
+    /// Remove the entry if it is a file or link.
+    pub fn remove_file(&self) -> Result<(), GrantError> {
+        let name = self.name.as_deref().ok_or_else(|| GrantError::Denied(self.path.into()))?;
+        rustix::fs::unlinkat(&self.parent, name, AtFlags::empty()).map_err(|e| GrantError::io(self.path, e))
+    }
+
     /// Create a symbolic link, replacing a non-directory already there.
     pub fn create_symlink(&self, target: &str) -> Result<(), GrantError> {
         let name = self

@@ -18,7 +18,6 @@ use crate::restore::{ContentReader, Walker};
 use std::io::{Read, Write};
 use std::sync::Arc;
 use types::{AdapterError, EntryKind, Metadata};
-use wasmtime::StoreLimits;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::WasiCtx;
 
@@ -207,7 +206,7 @@ enum Job {
 pub struct HostState {
     pub(super) wasi: WasiCtx,
     pub(super) table: ResourceTable,
-    pub(super) limits: StoreLimits,
+    pub(super) limits: super::JobLimiter,
     adapter: String,
     grants: Grants,
     config: String,
@@ -744,7 +743,13 @@ impl snapshot::HostEntryReader for HostState {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let entry = reader.path.clone();
+                    // Never leave a file that looks restored but is not:
+                    // remove what was written before the damaged blob.
+                    drop(out);
+                    if let Ok(r) = self.grants.resolve(&path, true) {
+                        let _ = r.remove_file();
+                    }
+                    let entry = self.table.get(&r)?.path.clone();
                     let mut err = repo_error(e)?;
                     if let AdapterError::Corrupt(m) = &mut err {
                         *m = format!("{entry}: {m}");

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 /// The bundled adapter components, built by `build.rs`.
@@ -280,6 +281,9 @@ fn explain<T>(
             if let Some(host_fault) = trap.downcast_ref::<host::HostFault>() {
                 return Err(anyhow!("adapter {adapter}: {host_fault}"));
             }
+            if let Some(oom) = trap.downcast_ref::<MemoryLimitExceeded>() {
+                return Err(anyhow!("adapter {adapter}: {oom}"));
+            }
             let msg = match trap.downcast_ref::<wasmtime::Trap>() {
                 Some(wasmtime::Trap::Interrupt) => format!(
                     "timed out after {:?} (deadline reached while running)",
@@ -364,12 +368,64 @@ impl WasiView for host::HostState {
     }
 }
 
-pub(crate) fn store_limits(limits: &Limits) -> StoreLimits {
-    StoreLimitsBuilder::new()
-        .memory_size(limits.memory)
-        .trap_on_grow_failure(true)
-        .instances(4)
-        .build()
+/// The adapter asked for more memory than its job allows.
+#[derive(Debug, thiserror::Error)]
+#[error("exceeded its memory limit of {limit_mib} MiB (asked for {desired_mib} MiB)")]
+pub struct MemoryLimitExceeded {
+    limit_mib: usize,
+    desired_mib: usize,
+}
+
+/// Caps an adapter's linear memories; growing past the cap traps with
+/// [`MemoryLimitExceeded`], which names the limit.
+pub(crate) struct JobLimiter {
+    memory: usize,
+    inner: StoreLimits,
+}
+
+impl wasmtime::ResourceLimiter for JobLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory {
+            return Err(wasmtime::Error::new(MemoryLimitExceeded {
+                limit_mib: self.memory >> 20,
+                desired_mib: desired >> 20,
+            }));
+        }
+        self.inner.memory_growing(current, desired, maximum)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}
+
+pub(crate) fn store_limits(limits: &Limits) -> JobLimiter {
+    JobLimiter {
+        memory: limits.memory,
+        inner: StoreLimitsBuilder::new().instances(16).tables(64).memories(16).build(),
+    }
 }
 
 pub(crate) fn new_table() -> ResourceTable {

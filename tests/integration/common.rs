@@ -1,0 +1,219 @@
+//! Shared test helpers: a scratch repository, running `cairn` and `restic`,
+//! building fixture trees, and comparing trees with an independent tool.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// A scratch directory holding a repository and test data.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        Scratch { dir: tempfile::Builder::new().prefix("cairn-test-").tempdir().expect("tempdir") }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn repo(&self) -> PathBuf {
+        self.path("repo")
+    }
+
+    /// A `cairn` command with the repository and password set.
+    pub fn cairn_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        c.args(args)
+            .env("CAIRN_REPOSITORY", self.repo())
+            .env("CAIRN_PASSWORD", PASSWORD)
+            .env("CAIRN_CACHE_DIR", cache_dir())
+            .env_remove("CAIRN_PASSWORD_FILE")
+            .env_remove("CAIRN_LOG");
+        c
+    }
+
+    /// Run `cairn`, returning its output whatever the exit code.
+    pub fn cairn(&self, args: &[&str]) -> Output {
+        self.cairn_cmd(args).output().expect("run cairn")
+    }
+
+    /// Run `cairn` and require success.
+    pub fn cairn_ok(&self, args: &[&str]) -> String {
+        let out = self.cairn(args);
+        assert!(out.status.success(), "cairn {args:?} failed: {}\n{}", out.status, text(&out));
+        String::from_utf8(out.stdout).expect("utf-8 stdout")
+    }
+
+    /// Run `cairn ... --json` and parse the last line of its output.
+    pub fn cairn_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let stdout = self.cairn_ok(&all);
+        let last = stdout.lines().last().expect("some JSON output");
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("not JSON ({e}): {last}"))
+    }
+
+    pub fn init(&self) {
+        self.cairn_ok(&["init"]);
+    }
+
+    /// A `restic` command on the same repository.
+    pub fn restic(&self, args: &[&str]) -> Output {
+        let out = Command::new("restic")
+            .args(args)
+            .env("RESTIC_REPOSITORY", self.repo())
+            .env("RESTIC_PASSWORD", PASSWORD)
+            .env("RESTIC_CACHE_DIR", self.path("restic-cache"))
+            .output()
+            .expect("run restic: is it installed? (tests/run installs it)");
+        out
+    }
+
+    pub fn restic_ok(&self, args: &[&str]) -> String {
+        let out = self.restic(args);
+        assert!(out.status.success(), "restic {args:?} failed: {}\n{}", out.status, text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The number of snapshots, according to cairn.
+    pub fn snapshot_count(&self) -> usize {
+        self.cairn_json(&["snapshots"]).as_array().expect("array").len()
+    }
+}
+
+/// Compiled components are cached across tests (that cache is itself tested).
+pub fn cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("component-cache")
+}
+
+/// stdout and stderr, for assertion messages.
+pub fn text(out: &Output) -> String {
+    format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Deterministic pseudo-random bytes (xorshift), incompressible.
+pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+pub fn set_mtime(path: &Path, secs: i64, nanos: u32) {
+    let f = std::fs::File::options().write(true).open(path).or_else(|_| std::fs::File::open(path)).expect("open");
+    let t = std::time::UNIX_EPOCH + std::time::Duration::new(secs as u64, nanos);
+    f.set_times(std::fs::FileTimes::new().set_modified(t).set_accessed(t)).expect("set times");
+}
+
+/// A tree with the awkward cases: empty, large, sparse and compressible
+/// files, nested directories, symlinks (one pointing out of the tree),
+/// hard links, odd names, unusual modes and fixed mtimes.
+pub fn make_fixture(root: &Path) {
+    let w = |rel: &str, data: &[u8]| {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, data).expect("write");
+    };
+    w("empty", b"");
+    w("one", b"1");
+    w("docs/readme.txt", b"hello, restore\n");
+    w("docs/nested/deeper/leaf.bin", &random_bytes(70_000, 1));
+    w("large-random.bin", &random_bytes(6 * 1024 * 1024 + 123, 2));
+    w("large-text.txt", "compressible line of text\n".repeat(200_000).as_bytes());
+    w("names/with space", b"space");
+    w("names/ünïcødé ☃", b"unicode");
+    w("names/new\nline", b"newline");
+    w("names/quote\"and\\backslash", b"quote");
+    std::fs::create_dir_all(root.join("empty-dir")).expect("mkdir");
+    // Sparse: 64 MiB with one byte at the end.
+    let sparse = std::fs::File::create(root.join("sparse.img")).expect("create");
+    sparse.set_len(64 * 1024 * 1024).expect("set_len");
+    drop(sparse);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(root.join("sparse.img"))
+        .and_then(|mut f| {
+            use std::io::{Seek, SeekFrom, Write};
+            f.seek(SeekFrom::Start(64 * 1024 * 1024 - 1))?;
+            f.write_all(b"!")
+        })
+        .expect("sparse write");
+    std::os::unix::fs::symlink("docs/readme.txt", root.join("link-relative")).expect("symlink");
+    std::os::unix::fs::symlink("/etc/hostname", root.join("link-out")).expect("symlink");
+    std::os::unix::fs::symlink("does/not/exist", root.join("link-dangling")).expect("symlink");
+    std::fs::hard_link(root.join("one"), root.join("hardlink-to-one")).expect("hard link");
+    std::fs::set_permissions(root.join("docs/readme.txt"), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    std::fs::set_permissions(root.join("one"), std::fs::Permissions::from_mode(0o751)).expect("chmod");
+    std::fs::set_permissions(root.join("docs/nested"), std::fs::Permissions::from_mode(0o2750)).expect("chmod");
+    for (i, rel) in ["empty", "one", "docs/readme.txt", "large-random.bin", "names/new\nline"].iter().enumerate() {
+        set_mtime(&root.join(rel), 1_600_000_000 + i as i64 * 1000, 123_456_789);
+    }
+    // Directory times last, after their content is written.
+    for rel in ["docs/nested/deeper", "docs/nested", "docs", "names", "empty-dir"] {
+        set_mtime(&root.join(rel), 1_500_000_000, 5);
+    }
+}
+
+/// Compare two trees with `diff -r --no-dereference` (an independent tool)
+/// and compare modes, mtimes, sizes and link targets entry by entry.
+pub fn assert_same_tree(expected: &Path, actual: &Path) {
+    let out = Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(expected)
+        .arg(actual)
+        .output()
+        .expect("run diff");
+    assert!(out.status.success(), "diff -r found differences:\n{}", text(&out));
+    compare_metadata(expected, actual, Path::new(""));
+}
+
+fn compare_metadata(a_root: &Path, b_root: &Path, rel: &Path) {
+    let a = a_root.join(rel);
+    let b = b_root.join(rel);
+    let ma = std::fs::symlink_metadata(&a).expect("stat expected");
+    let mb = std::fs::symlink_metadata(&b).unwrap_or_else(|e| panic!("{} missing: {e}", b.display()));
+    assert_eq!(ma.file_type(), mb.file_type(), "type of {}", rel.display());
+    if ma.file_type().is_symlink() {
+        assert_eq!(std::fs::read_link(&a).unwrap(), std::fs::read_link(&b).unwrap(), "link {}", rel.display());
+        return;
+    }
+    assert_eq!(ma.mode() & 0o7777, mb.mode() & 0o7777, "mode of {}", rel.display());
+    assert_eq!((ma.mtime(), ma.mtime_nsec()), (mb.mtime(), mb.mtime_nsec()), "mtime of {}", rel.display());
+    if ma.is_file() {
+        assert_eq!(ma.len(), mb.len(), "size of {}", rel.display());
+    }
+    if ma.is_dir() {
+        let mut names: Vec<_> = std::fs::read_dir(&a).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        for n in names {
+            compare_metadata(a_root, b_root, &rel.join(n));
+        }
+    }
+}
+
+/// Every pack file of a local repository, largest first.
+pub fn packs(repo: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for sub in std::fs::read_dir(repo.join("data")).expect("data dir") {
+        for f in std::fs::read_dir(sub.expect("entry").path()).expect("subdir") {
+            out.push(f.expect("entry").path());
+        }
+    }
+    out.sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)));
+    out
+}
