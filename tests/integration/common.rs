@@ -14,7 +14,12 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new() -> Self {
-        Scratch { dir: tempfile::Builder::new().prefix("cairn-test-").tempdir().expect("tempdir") }
+        Scratch {
+            dir: tempfile::Builder::new()
+                .prefix("cairn-test-")
+                .tempdir()
+                .expect("tempdir"),
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -45,7 +50,12 @@ impl Scratch {
     /// Run `cairn` and require success.
     pub fn cairn_ok(&self, args: &[&str]) -> String {
         let out = self.cairn(args);
-        assert!(out.status.success(), "cairn {args:?} failed: {}\n{}", out.status, text(&out));
+        assert!(
+            out.status.success(),
+            "cairn {args:?} failed: {}\n{}",
+            out.status,
+            text(&out)
+        );
         String::from_utf8(out.stdout).expect("utf-8 stdout")
     }
 
@@ -64,25 +74,32 @@ impl Scratch {
 
     /// A `restic` command on the same repository.
     pub fn restic(&self, args: &[&str]) -> Output {
-        let out = Command::new("restic")
+        Command::new("restic")
             .args(args)
             .env("RESTIC_REPOSITORY", self.repo())
             .env("RESTIC_PASSWORD", PASSWORD)
             .env("RESTIC_CACHE_DIR", self.path("restic-cache"))
             .output()
-            .expect("run restic: is it installed? (tests/run installs it)");
-        out
+            .expect("run restic: is it installed? (tests/run installs it)")
     }
 
     pub fn restic_ok(&self, args: &[&str]) -> String {
         let out = self.restic(args);
-        assert!(out.status.success(), "restic {args:?} failed: {}\n{}", out.status, text(&out));
+        assert!(
+            out.status.success(),
+            "restic {args:?} failed: {}\n{}",
+            out.status,
+            text(&out)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// The number of snapshots, according to cairn.
     pub fn snapshot_count(&self) -> usize {
-        self.cairn_json(&["snapshots"]).as_array().expect("array").len()
+        self.cairn_json(&["snapshots"])
+            .as_array()
+            .expect("array")
+            .len()
     }
 }
 
@@ -93,7 +110,11 @@ pub fn cache_dir() -> PathBuf {
 
 /// stdout and stderr, for assertion messages.
 pub fn text(out: &Output) -> String {
-    format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 pub fn stderr(out: &Output) -> String {
@@ -115,9 +136,14 @@ pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
 }
 
 pub fn set_mtime(path: &Path, secs: i64, nanos: u32) {
-    let f = std::fs::File::options().write(true).open(path).or_else(|_| std::fs::File::open(path)).expect("open");
+    let f = std::fs::File::options()
+        .write(true)
+        .open(path)
+        .or_else(|_| std::fs::File::open(path))
+        .expect("open");
     let t = std::time::UNIX_EPOCH + std::time::Duration::new(secs as u64, nanos);
-    f.set_times(std::fs::FileTimes::new().set_modified(t).set_accessed(t)).expect("set times");
+    f.set_times(std::fs::FileTimes::new().set_modified(t).set_accessed(t))
+        .expect("set times");
 }
 
 /// A tree with the awkward cases: empty, large, sparse and compressible
@@ -134,7 +160,10 @@ pub fn make_fixture(root: &Path) {
     w("docs/readme.txt", b"hello, restore\n");
     w("docs/nested/deeper/leaf.bin", &random_bytes(70_000, 1));
     w("large-random.bin", &random_bytes(6 * 1024 * 1024 + 123, 2));
-    w("large-text.txt", "compressible line of text\n".repeat(200_000).as_bytes());
+    w(
+        "large-text.txt",
+        "compressible line of text\n".repeat(200_000).as_bytes(),
+    );
     w("names/with space", b"space");
     w("names/ünïcødé ☃", b"unicode");
     w("names/new\nline", b"newline");
@@ -157,14 +186,42 @@ pub fn make_fixture(root: &Path) {
     std::os::unix::fs::symlink("/etc/hostname", root.join("link-out")).expect("symlink");
     std::os::unix::fs::symlink("does/not/exist", root.join("link-dangling")).expect("symlink");
     std::fs::hard_link(root.join("one"), root.join("hardlink-to-one")).expect("hard link");
-    std::fs::set_permissions(root.join("docs/readme.txt"), std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    std::fs::set_permissions(root.join("one"), std::fs::Permissions::from_mode(0o751)).expect("chmod");
-    std::fs::set_permissions(root.join("docs/nested"), std::fs::Permissions::from_mode(0o2750)).expect("chmod");
-    for (i, rel) in ["empty", "one", "docs/readme.txt", "large-random.bin", "names/new\nline"].iter().enumerate() {
-        set_mtime(&root.join(rel), 1_600_000_000 + i as i64 * 1000, 123_456_789);
+    std::fs::set_permissions(
+        root.join("docs/readme.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod");
+    std::fs::set_permissions(root.join("one"), std::fs::Permissions::from_mode(0o751))
+        .expect("chmod");
+    std::fs::set_permissions(
+        root.join("docs/nested"),
+        std::fs::Permissions::from_mode(0o2750),
+    )
+    .expect("chmod");
+    for (i, rel) in [
+        "empty",
+        "one",
+        "docs/readme.txt",
+        "large-random.bin",
+        "names/new\nline",
+    ]
+    .iter()
+    .enumerate()
+    {
+        set_mtime(
+            &root.join(rel),
+            1_600_000_000 + i as i64 * 1000,
+            123_456_789,
+        );
     }
     // Directory times last, after their content is written.
-    for rel in ["docs/nested/deeper", "docs/nested", "docs", "names", "empty-dir"] {
+    for rel in [
+        "docs/nested/deeper",
+        "docs/nested",
+        "docs",
+        "names",
+        "empty-dir",
+    ] {
         set_mtime(&root.join(rel), 1_500_000_000, 5);
     }
 }
@@ -178,7 +235,11 @@ pub fn assert_same_tree(expected: &Path, actual: &Path) {
         .arg(actual)
         .output()
         .expect("run diff");
-    assert!(out.status.success(), "diff -r found differences:\n{}", text(&out));
+    assert!(
+        out.status.success(),
+        "diff -r found differences:\n{}",
+        text(&out)
+    );
     compare_metadata(expected, actual, Path::new(""));
 }
 
@@ -186,19 +247,38 @@ fn compare_metadata(a_root: &Path, b_root: &Path, rel: &Path) {
     let a = a_root.join(rel);
     let b = b_root.join(rel);
     let ma = std::fs::symlink_metadata(&a).expect("stat expected");
-    let mb = std::fs::symlink_metadata(&b).unwrap_or_else(|e| panic!("{} missing: {e}", b.display()));
+    let mb =
+        std::fs::symlink_metadata(&b).unwrap_or_else(|e| panic!("{} missing: {e}", b.display()));
     assert_eq!(ma.file_type(), mb.file_type(), "type of {}", rel.display());
     if ma.file_type().is_symlink() {
-        assert_eq!(std::fs::read_link(&a).unwrap(), std::fs::read_link(&b).unwrap(), "link {}", rel.display());
+        assert_eq!(
+            std::fs::read_link(&a).unwrap(),
+            std::fs::read_link(&b).unwrap(),
+            "link {}",
+            rel.display()
+        );
         return;
     }
-    assert_eq!(ma.mode() & 0o7777, mb.mode() & 0o7777, "mode of {}", rel.display());
-    assert_eq!((ma.mtime(), ma.mtime_nsec()), (mb.mtime(), mb.mtime_nsec()), "mtime of {}", rel.display());
+    assert_eq!(
+        ma.mode() & 0o7777,
+        mb.mode() & 0o7777,
+        "mode of {}",
+        rel.display()
+    );
+    assert_eq!(
+        (ma.mtime(), ma.mtime_nsec()),
+        (mb.mtime(), mb.mtime_nsec()),
+        "mtime of {}",
+        rel.display()
+    );
     if ma.is_file() {
         assert_eq!(ma.len(), mb.len(), "size of {}", rel.display());
     }
     if ma.is_dir() {
-        let mut names: Vec<_> = std::fs::read_dir(&a).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let mut names: Vec<_> = std::fs::read_dir(&a)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         names.sort();
         for n in names {
             compare_metadata(a_root, b_root, &rel.join(n));

@@ -8,10 +8,18 @@ use std::process::Command;
 fn wrong_password_is_refused() {
     let s = Scratch::new();
     s.init();
-    let out = s.cairn_cmd(&["snapshots"]).env("CAIRN_PASSWORD", "wrong").output().unwrap();
+    let out = s
+        .cairn_cmd(&["snapshots"])
+        .env("CAIRN_PASSWORD", "wrong")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(stderr(&out).contains("wrong password"), "{}", text(&out));
-    assert!(stderr(&out).contains(s.repo().to_str().unwrap()), "must name the repository: {}", text(&out));
+    assert!(
+        stderr(&out).contains(s.repo().to_str().unwrap()),
+        "must name the repository: {}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -19,13 +27,29 @@ fn missing_repository_and_non_repository_are_named() {
     let s = Scratch::new();
     let out = s.cairn(&["snapshots"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(stderr(&out).contains("not a Cairn/restic repository"), "{}", text(&out));
-    assert!(stderr(&out).contains(s.repo().to_str().unwrap()), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("not a Cairn/restic repository"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stderr(&out).contains(s.repo().to_str().unwrap()),
+        "{}",
+        text(&out)
+    );
 
     std::fs::create_dir_all(s.path("plain")).unwrap();
-    let out = s.cairn_cmd(&["snapshots"]).env("CAIRN_REPOSITORY", s.path("plain")).output().unwrap();
+    let out = s
+        .cairn_cmd(&["snapshots"])
+        .env("CAIRN_REPOSITORY", s.path("plain"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(stderr(&out).contains("not a Cairn/restic repository"), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("not a Cairn/restic repository"),
+        "{}",
+        text(&out)
+    );
 
     // init twice is refused and changes nothing.
     s.init();
@@ -42,7 +66,11 @@ fn missing_backup_path_is_named() {
     let missing = s.path("no-such-dir");
     let out = s.cairn(&["backup", missing.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(stderr(&out).contains(missing.to_str().unwrap()), "{}", text(&out));
+    assert!(
+        stderr(&out).contains(missing.to_str().unwrap()),
+        "{}",
+        text(&out)
+    );
     assert_eq!(s.snapshot_count(), 0);
 }
 
@@ -70,20 +98,43 @@ fn flipped_byte_in_a_pack_is_found_and_never_restored() {
     let out = s.cairn(&["check", "--read-data"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let report = String::from_utf8_lossy(&out.stdout);
-    assert!(report.contains(&format!("pack {pack_id}")), "must name the pack:\n{}", text(&out));
-    assert!(report.contains("blob "), "must name the blob:\n{}", text(&out));
+    assert!(
+        report.contains(&format!("pack {pack_id}")),
+        "must name the pack:\n{}",
+        text(&out)
+    );
+    assert!(
+        report.contains("blob "),
+        "must name the blob:\n{}",
+        text(&out)
+    );
 
     let target = s.path("out");
     let out = s.cairn(&["restore", "latest", "--target", target.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(stderr(&out).contains("data.bin"), "must name the file: {}", text(&out));
-    assert!(stderr(&out).contains(&pack_id), "must name the pack: {}", text(&out));
+    assert!(
+        stderr(&out).contains("data.bin"),
+        "must name the file: {}",
+        text(&out)
+    );
+    assert!(
+        stderr(&out).contains(&pack_id),
+        "must name the pack: {}",
+        text(&out)
+    );
     let restored = target.join(src.strip_prefix("/").unwrap()).join("data.bin");
-    assert!(!restored.exists(), "a damaged file must not be left looking restored");
+    assert!(
+        !restored.exists(),
+        "a damaged file must not be left looking restored"
+    );
 
     // restic agrees that the pack is damaged.
     let out = s.restic(&["check", "--read-data"]);
-    assert!(!out.status.success(), "restic must also see the damage: {}", text(&out));
+    assert!(
+        !out.status.success(),
+        "restic must also see the damage: {}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -94,10 +145,23 @@ fn an_invalid_component_is_refused() {
     let bogus = s.path("bogus.wasm");
     std::fs::write(&bogus, b"\0asm this is not a component").unwrap();
     s.init();
-    let out = s.cairn(&["backup", src.to_str().unwrap(), "--adapter", bogus.to_str().unwrap()]);
+    let out = s.cairn(&[
+        "backup",
+        src.to_str().unwrap(),
+        "--adapter",
+        bogus.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(stderr(&out).contains("adapter bogus"), "must name the adapter: {}", text(&out));
-    assert!(stderr(&out).contains("not a valid WebAssembly component"), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("adapter bogus"),
+        "must name the adapter: {}",
+        text(&out)
+    );
+    assert!(
+        stderr(&out).contains("not a valid WebAssembly component"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(s.snapshot_count(), 0);
 }
 
@@ -122,7 +186,10 @@ fn faulty(s: &Scratch, fault: &str, extra: &[&str]) -> std::process::Output {
 fn assert_contained(s: &Scratch, out: &std::process::Output, reason: &str) {
     assert_eq!(out.status.code(), Some(1), "{}", text(out));
     let err = stderr(out);
-    assert!(err.contains("adapter cairn_test_adapter_faulty"), "must name the adapter: {err}");
+    assert!(
+        err.contains("adapter cairn_test_adapter_faulty"),
+        "must name the adapter: {err}"
+    );
     assert!(err.contains(reason), "must say why ({reason}): {err}");
     assert!(err.contains("no snapshot was written"), "{err}");
     assert_eq!(s.snapshot_count(), 0);
@@ -148,7 +215,10 @@ fn a_looping_adapter_hits_its_deadline() {
     let started = std::time::Instant::now();
     let out = faulty(&s, "loop", &["--timeout", "2"]);
     assert_contained(&s, &out, "timed out after 2s");
-    assert!(started.elapsed() < std::time::Duration::from_secs(60), "the deadline must stop the loop");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "the deadline must stop the loop"
+    );
 }
 
 #[test]
@@ -175,13 +245,18 @@ fn an_unreadable_file_makes_the_backup_incomplete() {
     std::fs::write(src.join("readable.txt"), b"fine").unwrap();
     std::fs::write(src.join("secret.txt"), b"locked").unwrap();
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(src.join("secret.txt"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    std::fs::set_permissions(
+        src.join("secret.txt"),
+        std::fs::Permissions::from_mode(0o000),
+    )
+    .unwrap();
     s.init();
     // root reads anything: drop the capabilities that let it, as an
     // unprivileged operator would run.
     let mut cmd = if rustix::process::geteuid().is_root() {
         let mut c = Command::new("setpriv");
-        c.args(["--bounding-set", "-dac_override,-dac_read_search", "--"]).arg(env!("CARGO_BIN_EXE_cairn"));
+        c.args(["--bounding-set", "-dac_override,-dac_read_search", "--"])
+            .arg(env!("CARGO_BIN_EXE_cairn"));
         c
     } else {
         Command::new(env!("CARGO_BIN_EXE_cairn"))
@@ -194,14 +269,30 @@ fn an_unreadable_file_makes_the_backup_incomplete() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert!(stderr(&out).contains("secret.txt"), "must name the file: {}", text(&out));
+    assert!(
+        stderr(&out).contains("secret.txt"),
+        "must name the file: {}",
+        text(&out)
+    );
     let summary: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
     assert_eq!(summary["complete"], false, "{summary}");
-    assert_eq!(summary["skipped"][0]["path"], format!("{}/secret.txt", src.display()), "{summary}");
-    s.cairn_ok(&["restore", "latest", "--target", s.path("out").to_str().unwrap()]);
+    assert_eq!(
+        summary["skipped"][0]["path"],
+        format!("{}/secret.txt", src.display()),
+        "{summary}"
+    );
+    s.cairn_ok(&[
+        "restore",
+        "latest",
+        "--target",
+        s.path("out").to_str().unwrap(),
+    ]);
     let out_dir = s.path("out").join(src.strip_prefix("/").unwrap());
-    assert_eq!(std::fs::read(out_dir.join("readable.txt")).unwrap(), b"fine");
+    assert_eq!(
+        std::fs::read(out_dir.join("readable.txt")).unwrap(),
+        b"fine"
+    );
 }
 
 #[test]
@@ -213,17 +304,30 @@ fn kill_9_mid_backup_leaves_a_repository_that_checks() {
     let big = s.path("big");
     std::fs::create_dir_all(&big).unwrap();
     for i in 0..12 {
-        std::fs::write(big.join(format!("part-{i}.bin")), random_bytes(16 * 1024 * 1024, 100 + i)).unwrap();
+        std::fs::write(
+            big.join(format!("part-{i}.bin")),
+            random_bytes(16 * 1024 * 1024, 100 + i),
+        )
+        .unwrap();
     }
     s.init();
     s.cairn_ok(&["backup", small.to_str().unwrap()]);
     let packs_before = packs(&s.repo()).len();
 
-    let mut child = s.cairn_cmd(&["backup", big.to_str().unwrap()]).spawn().unwrap();
+    let mut child = s
+        .cairn_cmd(&["backup", big.to_str().unwrap()])
+        .spawn()
+        .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while packs(&s.repo()).len() < packs_before + 2 {
-        assert!(child.try_wait().unwrap().is_none(), "the backup finished before it could be killed");
-        assert!(std::time::Instant::now() < deadline, "no pack was written in time");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup finished before it could be killed"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no pack was written in time"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     child.kill().unwrap(); // SIGKILL
@@ -234,13 +338,32 @@ fn kill_9_mid_backup_leaves_a_repository_that_checks() {
     // The repository checks; the killed process's lock is recognised as
     // stale and removed by the next command; the earlier snapshot is intact.
     s.cairn_ok(&["check", "--read-data"]);
-    assert_eq!(std::fs::read_dir(s.repo().join("locks")).unwrap().count(), 0, "stale lock removed");
+    assert_eq!(
+        std::fs::read_dir(s.repo().join("locks")).unwrap().count(),
+        0,
+        "stale lock removed"
+    );
     assert_eq!(s.snapshot_count(), 1);
     s.restic_ok(&["check", "--read-data"]);
     let done = s.cairn_json(&["backup", big.to_str().unwrap()]);
     assert_eq!(done["complete"], true, "{done}");
-    s.cairn_ok(&["restore", "latest", "--target", s.path("out").to_str().unwrap()]);
+    s.cairn_ok(&[
+        "restore",
+        "latest",
+        "--target",
+        s.path("out").to_str().unwrap(),
+    ]);
     assert_same_tree(&big, &s.path("out").join(big.strip_prefix("/").unwrap()));
-    s.cairn_ok(&["restore", "--include", small.to_str().unwrap(), s.cairn_json(&["snapshots"])[0]["id"].as_str().unwrap(), "--target", s.path("out-small").to_str().unwrap()]);
-    assert_same_tree(&small, &s.path("out-small").join(small.strip_prefix("/").unwrap()));
+    s.cairn_ok(&[
+        "restore",
+        "--include",
+        small.to_str().unwrap(),
+        s.cairn_json(&["snapshots"])[0]["id"].as_str().unwrap(),
+        "--target",
+        s.path("out-small").to_str().unwrap(),
+    ]);
+    assert_same_tree(
+        &small,
+        &s.path("out-small").join(small.strip_prefix("/").unwrap()),
+    );
 }

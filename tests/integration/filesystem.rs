@@ -4,7 +4,9 @@ use crate::common::*;
 use std::path::Path;
 
 fn restored(scratch: &Scratch, target: &str, src: &Path) -> std::path::PathBuf {
-    scratch.path(target).join(src.strip_prefix("/").expect("absolute"))
+    scratch
+        .path(target)
+        .join(src.strip_prefix("/").expect("absolute"))
 }
 
 #[test]
@@ -23,17 +25,28 @@ fn round_trip_is_byte_identical_with_metadata() {
     assert!(listing.contains("/names/new\nline"), "{listing}");
     assert!(listing.contains("/link-out"), "{listing}");
 
-    s.cairn_ok(&["restore", "latest", "--target", s.path("out").to_str().unwrap()]);
+    s.cairn_ok(&[
+        "restore",
+        "latest",
+        "--target",
+        s.path("out").to_str().unwrap(),
+    ]);
     let out = restored(&s, "out", &src);
     assert_same_tree(&src, &out);
     // The symlink pointing out of the tree is stored as a link, not followed.
-    assert_eq!(std::fs::read_link(out.join("link-out")).unwrap(), Path::new("/etc/hostname"));
+    assert_eq!(
+        std::fs::read_link(out.join("link-out")).unwrap(),
+        Path::new("/etc/hostname")
+    );
     // Hard links come back at least as files with the same bytes.
     assert_eq!(std::fs::read(out.join("hardlink-to-one")).unwrap(), b"1");
 
     let verify = s.cairn_json(&["verify", "latest"]);
     assert_eq!(verify["problems"].as_array().unwrap().len(), 0, "{verify}");
-    assert!(verify["bytes"].as_u64().unwrap() > 64 * 1024 * 1024, "{verify}");
+    assert!(
+        verify["bytes"].as_u64().unwrap() > 64 * 1024 * 1024,
+        "{verify}"
+    );
     s.cairn_ok(&["check", "--read-data"]);
 }
 
@@ -41,23 +54,60 @@ fn round_trip_is_byte_identical_with_metadata() {
 fn excludes_and_temporary_file_rules() {
     let s = Scratch::new();
     let src = s.path("src");
-    for rel in ["keep.txt", "TEMP.scratch", "a.tmp", "b.swp", "tmp/inside", "sub/tmp/x", "sub/keep.log", "sub/c.tmp", "skip-me/file"] {
+    for rel in [
+        "keep.txt",
+        "TEMP.scratch",
+        "a.tmp",
+        "b.swp",
+        "tmp/inside",
+        "sub/tmp/x",
+        "sub/keep.log",
+        "sub/c.tmp",
+        "skip-me/file",
+    ] {
         let p = src.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, rel).unwrap();
     }
     s.init();
     let skip_dir = format!("{}/skip-me", src.display());
-    s.cairn_ok(&["backup", src.to_str().unwrap(), "--exclude", "*.log", "--exclude", &skip_dir]);
+    s.cairn_ok(&[
+        "backup",
+        src.to_str().unwrap(),
+        "--exclude",
+        "*.log",
+        "--exclude",
+        &skip_dir,
+    ]);
     let listing = s.cairn_ok(&["ls", "latest"]);
-    let names: Vec<&str> = listing.lines().filter_map(|l| l.strip_prefix(src.to_str().unwrap())).collect();
+    let names: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.strip_prefix(src.to_str().unwrap()))
+        .collect();
     assert_eq!(names, ["", "/keep.txt", "/sub"], "listing:\n{listing}");
 
     // With the temporary-file rules off, only the explicit excludes apply.
-    s.cairn_ok(&["backup", src.to_str().unwrap(), "--no-exclude-temporary", "--exclude", "*.log"]);
+    s.cairn_ok(&[
+        "backup",
+        src.to_str().unwrap(),
+        "--no-exclude-temporary",
+        "--exclude",
+        "*.log",
+    ]);
     let listing = s.cairn_ok(&["ls", "latest"]);
-    for expected in ["/TEMP.scratch", "/a.tmp", "/b.swp", "/tmp/inside", "/sub/tmp/x", "/sub/c.tmp", "/skip-me/file"] {
-        assert!(listing.contains(&format!("{}{expected}", src.display())), "{expected} missing:\n{listing}");
+    for expected in [
+        "/TEMP.scratch",
+        "/a.tmp",
+        "/b.swp",
+        "/tmp/inside",
+        "/sub/tmp/x",
+        "/sub/c.tmp",
+        "/skip-me/file",
+    ] {
+        assert!(
+            listing.contains(&format!("{}{expected}", src.display())),
+            "{expected} missing:\n{listing}"
+        );
     }
     assert!(!listing.contains("keep.log"), "{listing}");
 }
@@ -76,7 +126,10 @@ fn unchanged_files_are_not_read_again_and_data_deduplicates() {
 
     let second = s.cairn_json(&["backup", src.to_str().unwrap()]);
     assert_eq!(second["files_unchanged"], 2, "{second}");
-    assert_eq!(second["bytes_read"], 0, "unchanged files must not be read: {second}");
+    assert_eq!(
+        second["bytes_read"], 0,
+        "unchanged files must not be read: {second}"
+    );
     assert_eq!(second["parent"], first["snapshot_id"], "{second}");
 
     // One changed file is read again; the other is reused.
@@ -88,9 +141,17 @@ fn unchanged_files_are_not_read_again_and_data_deduplicates() {
     // --force reads everything, and identical content is not stored again.
     let forced = s.cairn_json(&["backup", "--force", src.to_str().unwrap()]);
     assert_eq!(forced["files_unchanged"], 0, "{forced}");
-    assert_eq!(forced["bytes_new"], 0, "identical data must deduplicate: {forced}");
+    assert_eq!(
+        forced["bytes_new"], 0,
+        "identical data must deduplicate: {forced}"
+    );
 
-    s.cairn_ok(&["restore", "latest", "--target", s.path("out").to_str().unwrap()]);
+    s.cairn_ok(&[
+        "restore",
+        "latest",
+        "--target",
+        s.path("out").to_str().unwrap(),
+    ]);
     assert_same_tree(&src, &restored(&s, "out", &src));
     assert_eq!(s.snapshot_count(), 4);
 }
@@ -103,10 +164,20 @@ fn include_restores_only_the_chosen_subtree() {
     s.init();
     s.cairn_ok(&["backup", src.to_str().unwrap()]);
     let docs = format!("{}/docs", src.display());
-    s.cairn_ok(&["restore", "latest", "--target", s.path("out").to_str().unwrap(), "--include", &docs]);
+    s.cairn_ok(&[
+        "restore",
+        "latest",
+        "--target",
+        s.path("out").to_str().unwrap(),
+        "--include",
+        &docs,
+    ]);
     let out = restored(&s, "out", &src);
     assert_same_tree(&src.join("docs"), &out.join("docs"));
-    let top: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let top: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(top, ["docs"], "only docs/ must be restored");
 }
 
@@ -125,8 +196,16 @@ fn single_file_and_several_roots() {
     let snaps = s.cairn_json(&["snapshots"]);
     let paths = snaps[0]["paths"].as_array().unwrap();
     assert_eq!(paths.len(), 2, "{snaps}");
-    s.cairn_ok(&["restore", "latest", "--target", s.path("out").to_str().unwrap()]);
-    assert_eq!(std::fs::read(restored(&s, "out", &single)).unwrap(), b"single");
+    s.cairn_ok(&[
+        "restore",
+        "latest",
+        "--target",
+        s.path("out").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(restored(&s, "out", &single)).unwrap(),
+        b"single"
+    );
     assert_same_tree(&a, &restored(&s, "out", &a));
 }
 
@@ -137,14 +216,31 @@ fn compiled_adapters_are_cached_on_disk() {
     let src = s.path("src");
     std::fs::create_dir_all(&src).unwrap();
     s.init();
-    let out = s.cairn_cmd(&["backup", src.to_str().unwrap()]).env("CAIRN_CACHE_DIR", &cache).output().unwrap();
+    let out = s
+        .cairn_cmd(&["backup", src.to_str().unwrap()])
+        .env("CAIRN_CACHE_DIR", &cache)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    let cached: Vec<_> = std::fs::read_dir(cache.join("components")).unwrap().map(|e| e.unwrap().path()).collect();
+    let cached: Vec<_> = std::fs::read_dir(cache.join("components"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(cached.len(), 1, "{cached:?}");
-    assert!(cached[0].extension().is_some_and(|e| e == "cwasm"), "{cached:?}");
+    assert!(
+        cached[0].extension().is_some_and(|e| e == "cwasm"),
+        "{cached:?}"
+    );
     let before = std::fs::metadata(&cached[0]).unwrap().modified().unwrap();
-    let out = s.cairn_cmd(&["backup", src.to_str().unwrap()]).env("CAIRN_CACHE_DIR", &cache).output().unwrap();
+    let out = s
+        .cairn_cmd(&["backup", src.to_str().unwrap()])
+        .env("CAIRN_CACHE_DIR", &cache)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let after = std::fs::metadata(&cached[0]).unwrap().modified().unwrap();
-    assert_eq!(before, after, "the second run must load the cached component, not recompile it");
+    assert_eq!(
+        before, after,
+        "the second run must load the cached component, not recompile it"
+    );
 }

@@ -1,3 +1,8 @@
+#![expect(
+    clippy::unwrap_used,
+    reason = "test code: a failed unwrap is a failed test, with its location"
+)]
+
 //! Cairn's integration tests: the real `cairn` binary, the real `restic`
 //! binary and real files. One test binary, one module per area.
 

@@ -13,19 +13,39 @@ fn restic_reads_what_cairn_writes() {
     std::fs::write(src.join("added-later.txt"), b"second snapshot").unwrap();
     let second = s.cairn_json(&["backup", src.to_str().unwrap()]);
 
-    let snaps: serde_json::Value = serde_json::from_str(&s.restic_ok(&["snapshots", "--json"])).unwrap();
-    let ids: Vec<&str> = snaps.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    let snaps: serde_json::Value =
+        serde_json::from_str(&s.restic_ok(&["snapshots", "--json"])).unwrap();
+    let ids: Vec<&str> = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids.len(), 2, "{snaps}");
-    assert!(ids.contains(&first["snapshot_id"].as_str().unwrap()), "{snaps}");
-    assert!(ids.contains(&second["snapshot_id"].as_str().unwrap()), "{snaps}");
-    assert!(snaps.to_string().contains("\"first\""), "tags must survive: {snaps}");
+    assert!(
+        ids.contains(&first["snapshot_id"].as_str().unwrap()),
+        "{snaps}"
+    );
+    assert!(
+        ids.contains(&second["snapshot_id"].as_str().unwrap()),
+        "{snaps}"
+    );
+    assert!(
+        snaps.to_string().contains("\"first\""),
+        "tags must survive: {snaps}"
+    );
 
     let ls = s.restic_ok(&["ls", "latest"]);
     assert!(ls.contains("/names/new\nline"), "{ls}");
     assert!(ls.contains("/added-later.txt"), "{ls}");
 
     s.restic_ok(&["check", "--read-data"]);
-    s.restic_ok(&["restore", "latest", "--target", s.path("restic-out").to_str().unwrap()]);
+    s.restic_ok(&[
+        "restore",
+        "latest",
+        "--target",
+        s.path("restic-out").to_str().unwrap(),
+    ]);
     let out = s.path("restic-out").join(src.strip_prefix("/").unwrap());
     assert_same_tree(&src, &out);
 }
@@ -51,7 +71,12 @@ fn cairn_reads_what_restic_writes() {
     let verify = s.cairn_json(&["verify", "latest"]);
     assert_eq!(verify["problems"].as_array().unwrap().len(), 0, "{verify}");
 
-    s.cairn_ok(&["restore", "latest", "--target", s.path("out").to_str().unwrap()]);
+    s.cairn_ok(&[
+        "restore",
+        "latest",
+        "--target",
+        s.path("out").to_str().unwrap(),
+    ]);
     let out = s.path("out").join(src.strip_prefix("/").unwrap());
     assert_same_tree(&src, &out);
 

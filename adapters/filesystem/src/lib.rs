@@ -118,14 +118,13 @@ impl Walk {
                 return Ok(());
             }
         };
-        if let Some(name) = name {
-            if self
+        if let Some(name) = name
+            && self
                 .excludes
                 .excluded(path, name, stat.kind == Some(EntryKind::Directory))
-            {
-                log::debug(&format!("excluded {path}"));
-                return Ok(());
-            }
+        {
+            log::debug(&format!("excluded {path}"));
+            return Ok(());
         }
         match stat.kind {
             Some(EntryKind::Directory) => {

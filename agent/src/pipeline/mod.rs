@@ -262,7 +262,9 @@ fn worker(
         }
         stats.blobs_new.fetch_add(1, Ordering::Relaxed);
         if job.kind == BlobType::Data {
-            stats.bytes_new.fetch_add(job.data.len() as u64, Ordering::Relaxed);
+            stats
+                .bytes_new
+                .fetch_add(job.data.len() as u64, Ordering::Relaxed);
         }
         let compressed = if level > 0 {
             zstd::bulk::compress(&job.data, level)

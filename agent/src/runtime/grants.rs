@@ -293,8 +293,12 @@ impl Resolved<'_> {
 
     /// Remove the entry if it is a file or link.
     pub fn remove_file(&self) -> Result<(), GrantError> {
-        let name = self.name.as_deref().ok_or_else(|| GrantError::Denied(self.path.into()))?;
-        rustix::fs::unlinkat(&self.parent, name, AtFlags::empty()).map_err(|e| GrantError::io(self.path, e))
+        let name = self
+            .name
+            .as_deref()
+            .ok_or_else(|| GrantError::Denied(self.path.into()))?;
+        rustix::fs::unlinkat(&self.parent, name, AtFlags::empty())
+            .map_err(|e| GrantError::io(self.path, e))
     }
 
     /// Create a symbolic link, replacing a non-directory already there.
@@ -322,17 +326,17 @@ impl Resolved<'_> {
         let is_link = self.stat()?.st_mode & libc::S_IFMT == libc::S_IFLNK;
         let (fd, name): (&cap_std::fs::Dir, &str) =
             (&self.parent, self.name.as_deref().unwrap_or("."));
-        if let Some((uid, gid)) = owner {
-            if rustix::process::geteuid().is_root() {
-                rustix::fs::chownat(
-                    fd,
-                    name,
-                    Some(rustix::fs::Uid::from_raw(uid)),
-                    Some(rustix::fs::Gid::from_raw(gid)),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(|e| GrantError::io(self.path, e))?;
-            }
+        if let Some((uid, gid)) = owner
+            && rustix::process::geteuid().is_root()
+        {
+            rustix::fs::chownat(
+                fd,
+                name,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| GrantError::io(self.path, e))?;
         }
         if let (Some(mode), false) = (mode, is_link) {
             rustix::fs::chmodat(

@@ -649,11 +649,11 @@ impl archive::HostEntryWriter for HostState {
 
     async fn drop(&mut self, w: Resource<WriterState>) -> wasmtime::Result<()> {
         let writer = self.table.delete(w)?;
-        if !writer.finished {
-            if let Job::Backup(job) = &mut self.job {
-                job.writer_open = None;
-                job.abandoned.get_or_insert(writer.path);
-            }
+        if !writer.finished
+            && let Job::Backup(job) = &mut self.job
+        {
+            job.writer_open = None;
+            job.abandoned.get_or_insert(writer.path);
         }
         Ok(())
     }

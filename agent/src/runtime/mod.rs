@@ -180,39 +180,39 @@ impl Runtime {
             .cache_dir
             .as_ref()
             .map(|d| d.join("components").join(format!("{key}.cwasm")));
-        if let Some(path) = &cached {
-            if path.exists() {
-                // SAFETY: the file was written by `Component::serialize` of
-                // this engine configuration (its name carries the engine's
-                // compatibility hash and the source's SHA-256), in a cache
-                // directory owned by the user running Cairn.
-                match unsafe { Component::deserialize_file(&self.engine, path) } {
-                    Ok(c) => {
-                        tracing::debug!(adapter = %name, "Loaded compiled adapter from cache.");
-                        return Ok(c);
-                    }
-                    Err(e) => {
-                        tracing::warn!(adapter = %name, error = %e, "Ignoring an unusable cached component.")
-                    }
+        if let Some(path) = &cached
+            && path.exists()
+        {
+            // SAFETY: the file was written by `Component::serialize` of
+            // this engine configuration (its name carries the engine's
+            // compatibility hash and the source's SHA-256), in a cache
+            // directory owned by the user running Cairn.
+            match unsafe { Component::deserialize_file(&self.engine, path) } {
+                Ok(c) => {
+                    tracing::debug!(adapter = %name, "Loaded compiled adapter from cache.");
+                    return Ok(c);
+                }
+                Err(e) => {
+                    tracing::warn!(adapter = %name, error = %e, "Ignoring an unusable cached component.")
                 }
             }
         }
         let component = Component::new(&self.engine, &bytes)
             .map_err(|e| anyhow!("adapter {name}: not a valid WebAssembly component: {e}"))?;
-        if let Some(path) = cached {
-            if let Ok(serialized) = component.serialize() {
-                let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-                let written = path
-                    .parent()
-                    .map(std::fs::create_dir_all)
-                    .transpose()
-                    .is_ok()
-                    && std::fs::write(&tmp, serialized).is_ok()
-                    && std::fs::rename(&tmp, &path).is_ok();
-                if !written {
-                    let _ = std::fs::remove_file(&tmp);
-                    tracing::debug!(path = %path.display(), "Could not cache the compiled adapter.");
-                }
+        if let Some(path) = cached
+            && let Ok(serialized) = component.serialize()
+        {
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            let written = path
+                .parent()
+                .map(std::fs::create_dir_all)
+                .transpose()
+                .is_ok()
+                && std::fs::write(&tmp, serialized).is_ok()
+                && std::fs::rename(&tmp, &path).is_ok();
+            if !written {
+                let _ = std::fs::remove_file(&tmp);
+                tracing::debug!(path = %path.display(), "Could not cache the compiled adapter.");
             }
         }
         Ok(component)
@@ -424,7 +424,11 @@ impl wasmtime::ResourceLimiter for JobLimiter {
 pub(crate) fn store_limits(limits: &Limits) -> JobLimiter {
     JobLimiter {
         memory: limits.memory,
-        inner: StoreLimitsBuilder::new().instances(16).tables(64).memories(16).build(),
+        inner: StoreLimitsBuilder::new()
+            .instances(16)
+            .tables(64)
+            .memories(16)
+            .build(),
     }
 }
 

@@ -191,10 +191,10 @@ impl Backend for LocalBackend {
             for e in entries {
                 let e = e.map_err(|e| self.io_err(&dir, e))?;
                 let meta = e.metadata().map_err(|err| self.io_err(&e.path(), err))?;
-                if meta.is_file() {
-                    if let Some(name) = e.file_name().to_str() {
-                        out.push((name.to_string(), meta.len()));
-                    }
+                if meta.is_file()
+                    && let Some(name) = e.file_name().to_str()
+                {
+                    out.push((name.to_string(), meta.len()));
                 }
             }
         }
