@@ -35,9 +35,11 @@ pub async fn check(repo: &Arc<Repository>, read_data: bool) -> Result<CheckRepor
 
     // Index files: every one must load.
     let mut index_packs: HashMap<Id, Vec<(Id, BlobLocation)>> = HashMap::new();
+    let mut index = crate::repo::index::Index::default();
     for (name, _) in repo.backend().list(FileType::Index).await? {
         match repo.load_index_file(&name).await {
             Ok(file) => {
+                index.add_file(&file);
                 for p in file.packs {
                     let entry = index_packs.entry(p.id).or_default();
                     for b in p.blobs {
@@ -57,7 +59,15 @@ pub async fn check(repo: &Arc<Repository>, read_data: bool) -> Result<CheckRepor
             Err(e) => report.errors.push(format!("index/{name}: {e}")),
         }
     }
-    repo.load_index().await.ok();
+    // Check against what the readable index files say, so one damaged
+    // index file is reported instead of hiding everything else.
+    repo.set_index(index);
+    // A pack listed by several index files (an interrupted index rewrite
+    // leaves that) is still one pack.
+    for blobs in index_packs.values_mut() {
+        blobs.sort_by_key(|(id, l)| (l.offset, *id));
+        blobs.dedup_by_key(|(id, l)| (l.offset, *id));
+    }
     report.packs = index_packs.len();
 
     // Packs: indexed ones must exist; stored ones should be indexed.
@@ -67,10 +77,25 @@ pub async fn check(repo: &Arc<Repository>, read_data: bool) -> Result<CheckRepor
         .await?
         .into_iter()
         .collect();
-    for pack in index_packs.keys() {
-        if !stored.contains_key(&pack.to_hex()) {
+    for (pack, blobs) in &index_packs {
+        let Some(&size) = stored.get(&pack.to_hex()) else {
             report.errors.push(format!(
                 "pack {pack}: referenced by the index but missing from storage"
+            ));
+            continue;
+        };
+        // A pack is its blobs, the encrypted header listing them, and the
+        // header's length: anything else means truncation or damage.
+        let expected = blobs.iter().map(|(_, l)| l.length as u64).sum::<u64>()
+            + crate::repo::crypto::OVERHEAD as u64
+            + blobs
+                .iter()
+                .map(|(_, l)| pack::header_entry_len(l.uncompressed_length.is_some()))
+                .sum::<u64>()
+            + 4;
+        if size != expected {
+            report.errors.push(format!(
+                "pack {pack}: {size} bytes in storage, but its index entries add up to {expected}: the pack is truncated or damaged"
             ));
         }
     }
@@ -82,13 +107,14 @@ pub async fn check(repo: &Arc<Repository>, read_data: bool) -> Result<CheckRepor
     report.unreferenced_packs.sort();
 
     // Snapshots and trees.
-    let snapshots = match repo.snapshots().await {
-        Ok(s) => s,
-        Err(e) => {
-            report.errors.push(e.to_string());
-            Vec::new()
+    // Snapshots one by one: a damaged one must not hide the others.
+    let mut snapshots = Vec::new();
+    for (name, _) in repo.backend().list(FileType::Snapshot).await? {
+        match repo.load_snapshot(&name).await {
+            Ok(s) => snapshots.push(s),
+            Err(e) => report.errors.push(e.to_string()),
         }
-    };
+    }
     report.snapshots = snapshots.len();
     let mut seen_trees = HashSet::new();
     let mut todo: Vec<(Id, String)> = snapshots
@@ -118,7 +144,7 @@ pub async fn check(repo: &Arc<Repository>, read_data: bool) -> Result<CheckRepor
                     )),
                     Some(content) => {
                         for blob in content {
-                            match repo.locate(blob) {
+                            match repo.locate(blob, BlobType::Data) {
                                 Some(loc) if loc.kind == BlobType::Data => {}
                                 _ => report.errors.push(format!(
                                     "tree {tree_id}: file {:?}: data blob {blob} is not in the index",

@@ -1,6 +1,7 @@
 //! The read path: walk a snapshot's trees depth-first and read file content,
 //! fetching several blobs ahead so storage latency overlaps decryption.
 
+use crate::repo::pack::BlobType;
 use crate::repo::tree::{Node, Tree};
 use crate::repo::{Id, RepoError, Repository};
 use futures::StreamExt;
@@ -141,7 +142,7 @@ impl ContentReader {
         let stream = futures::stream::iter(content)
             .map(move |id| {
                 let repo = Arc::clone(&repo);
-                async move { repo.load_blob(&id).await }
+                async move { repo.load_blob(&id, BlobType::Data).await }
             })
             .buffered(READ_AHEAD)
             .boxed();

@@ -350,6 +350,12 @@ pub mod archive {
             Ok(self.inner.pump_file(path)?)
         }
 
+        /// Abandon the entry: nothing is recorded for it. Use with
+        /// [`skip`] when its source could not be read.
+        pub fn cancel(self) {
+            self.inner.cancel();
+        }
+
         /// Seal the entry; returns its size.
         pub fn finish(mut self) -> Result<u64, Error> {
             self.flush_buffer()?;

@@ -156,6 +156,9 @@ pub fn make_fixture(root: &Path) {
         std::fs::write(&p, data).expect("write");
     };
     w("empty", b"");
+    // Same bytes as an empty directory's tree: blobs are keyed by id *and*
+    // type, or one of the two would go missing.
+    w("looks-like-an-empty-tree.json", b"{\"nodes\":[]}\n");
     w("one", b"1");
     w("docs/readme.txt", b"hello, restore\n");
     w("docs/nested/deeper/leaf.bin", &random_bytes(70_000, 1));

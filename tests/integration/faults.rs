@@ -255,7 +255,7 @@ fn an_unreadable_file_makes_the_backup_incomplete() {
     // unprivileged operator would run.
     let mut cmd = if rustix::process::geteuid().is_root() {
         let mut c = Command::new("setpriv");
-        c.args(["--bounding-set", "-dac_override,-dac_read_search", "--"])
+        c.args(["--inh-caps=-all", "--bounding-set=-all", "--"])
             .arg(env!("CARGO_BIN_EXE_cairn"));
         c
     } else {
@@ -282,6 +282,19 @@ fn an_unreadable_file_makes_the_backup_incomplete() {
         format!("{}/secret.txt", src.display()),
         "{summary}"
     );
+    // The snapshot says it is incomplete and what is missing; the file is
+    // left out rather than stored as something it is not.
+    let snaps = s.cairn_json(&["snapshots"]);
+    let skipped = snaps[0]["cairn_skipped"]
+        .as_array()
+        .expect("skipped entries recorded");
+    assert_eq!(skipped.len(), 1, "{snaps}");
+    assert!(
+        skipped[0].as_str().unwrap().contains("secret.txt"),
+        "{snaps}"
+    );
+    let listing = s.cairn_ok(&["ls", "latest"]);
+    assert!(!listing.contains("secret.txt"), "{listing}");
     s.cairn_ok(&[
         "restore",
         "latest",
@@ -293,6 +306,7 @@ fn an_unreadable_file_makes_the_backup_incomplete() {
         std::fs::read(out_dir.join("readable.txt")).unwrap(),
         b"fine"
     );
+    assert!(!out_dir.join("secret.txt").exists());
 }
 
 #[test]
@@ -365,5 +379,86 @@ fn kill_9_mid_backup_leaves_a_repository_that_checks() {
     assert_same_tree(
         &small,
         &s.path("out-small").join(small.strip_prefix("/").unwrap()),
+    );
+}
+
+/// A hostile repository (written by hand, not by Cairn) whose tree names an
+/// entry `..`: restore must refuse it and write nothing outside the target.
+#[test]
+fn restore_refuses_entries_that_would_escape_the_target() {
+    use cairn::pipeline::{Pipeline, PipelineOptions};
+    use cairn::repo::snapshot::Snapshot;
+    use cairn::repo::tree::{Node, Tree, go_mode};
+    use cairn::repo::{Id, Repository};
+    use cairn::storage::local::LocalBackend;
+    use std::sync::Arc;
+
+    let s = Scratch::new();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let backend = Arc::new(LocalBackend::new(s.repo()));
+        let repo = Arc::new(
+            Repository::init_with_cost(backend, PASSWORD, 10)
+                .await
+                .unwrap(),
+        );
+        let pipeline = Pipeline::start(repo.clone(), PipelineOptions::default());
+        let data = pipeline
+            .add_data(b"escaped!".to_vec())
+            .await
+            .unwrap()
+            .get()
+            .await
+            .unwrap();
+        let mut evil = Node::new("..", "file");
+        evil.mode = 0o644;
+        evil.size = 8;
+        evil.content = Some(vec![data]);
+        let inner = Tree { nodes: vec![evil] }.to_bytes();
+        let inner_id = Id::hash(&inner);
+        pipeline.add_tree(inner_id, inner).await.unwrap();
+        let mut dir = Node::new("sub", "dir");
+        dir.mode = go_mode::DIR | 0o755;
+        dir.subtree = Some(inner_id);
+        let root = Tree { nodes: vec![dir] }.to_bytes();
+        let root_id = Id::hash(&root);
+        pipeline.add_tree(root_id, root).await.unwrap();
+        pipeline.finish().await.unwrap();
+        repo.save_snapshot(&Snapshot {
+            time: chrono::Local::now().fixed_offset(),
+            parent: None,
+            tree: root_id,
+            paths: vec!["/sub".into()],
+            hostname: "hostile".into(),
+            username: String::new(),
+            uid: 0,
+            gid: 0,
+            excludes: vec![],
+            tags: vec![],
+            original: None,
+            program_version: String::new(),
+            cairn_adapter: None,
+            cairn_skipped: vec![],
+        })
+        .await
+        .unwrap();
+    });
+    let target = s.path("jail/target");
+    let out = s.cairn(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("invalid entry name \"..\""),
+        "{}",
+        text(&out)
+    );
+    let outside: Vec<_> = std::fs::read_dir(s.path("jail"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(outside, ["target"], "nothing may appear beside the target");
+    assert_eq!(
+        std::fs::read_dir(&target).unwrap().count(),
+        0,
+        "nothing restored from a hostile tree"
     );
 }

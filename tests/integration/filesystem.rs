@@ -18,8 +18,8 @@ fn round_trip_is_byte_identical_with_metadata() {
     let summary = s.cairn_json(&["backup", src.to_str().unwrap()]);
     assert_eq!(summary["complete"], true, "{summary}");
     assert_eq!(summary["skipped"].as_array().unwrap().len(), 0, "{summary}");
-    // 12 regular files in the fixture, counting the hard link.
-    assert_eq!(summary["files"], 12, "{summary}");
+    // 13 regular files in the fixture, counting the hard link.
+    assert_eq!(summary["files"], 13, "{summary}");
 
     let listing = s.cairn_ok(&["ls", "latest"]);
     assert!(listing.contains("/names/new\nline"), "{listing}");
@@ -37,6 +37,14 @@ fn round_trip_is_byte_identical_with_metadata() {
     assert_eq!(
         std::fs::read_link(out.join("link-out")).unwrap(),
         Path::new("/etc/hostname")
+    );
+    // The sparse file stays sparse: 64 MiB long, far fewer blocks on disk.
+    let sparse = std::fs::metadata(out.join("sparse.img")).unwrap();
+    assert_eq!(sparse.len(), 64 * 1024 * 1024);
+    assert!(
+        std::os::unix::fs::MetadataExt::blocks(&sparse) * 512 < 16 * 1024 * 1024,
+        "restored sparse file takes {} blocks",
+        std::os::unix::fs::MetadataExt::blocks(&sparse)
     );
     // Hard links come back at least as files with the same bytes.
     assert_eq!(std::fs::read(out.join("hardlink-to-one")).unwrap(), b"1");

@@ -147,19 +147,20 @@ impl Walk {
                 self.summary.symlinks += 1;
             }
             Some(EntryKind::File) => {
-                self.summary.files += 1;
                 if archive::reuse_unchanged(path, &stat.meta)? {
+                    self.summary.files += 1;
                     return Ok(());
                 }
                 let mut writer = archive::begin_file(path, &stat.meta)?;
                 match writer.pump_file(path) {
                     Ok(_) => {
                         writer.finish()?;
+                        self.summary.files += 1;
                     }
                     Err(Error::Io(reason)) | Err(Error::NotFound(reason)) => {
-                        // Unreadable now: record an empty file and mark the
-                        // backup incomplete rather than failing it.
-                        writer.finish()?;
+                        // Unreadable now: leave it out of the snapshot and
+                        // mark the backup incomplete rather than failing it.
+                        writer.cancel();
                         archive::skip(path, &reason);
                         self.summary.skipped += 1;
                     }

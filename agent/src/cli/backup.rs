@@ -177,9 +177,18 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
         original: None,
         program_version: format!("cairn {}", env!("CARGO_PKG_VERSION")),
         cairn_adapter: Some(adapter_name.clone()),
+        cairn_skipped: outcome
+            .skipped
+            .iter()
+            .map(|(p, r)| format!("{p}: {r}"))
+            .collect(),
     };
     let id = repo.save_snapshot(&snapshot).await?;
-    lock.release().await?;
+    // The snapshot is safely stored: a lock we cannot remove is only a
+    // leftover (it goes stale and is cleared), not a failed backup.
+    if let Err(e) = lock.release().await {
+        tracing::warn!(error = %e, "Could not remove the repository lock; it will be cleared as stale.");
+    }
 
     let s = &outcome.stats;
     let incomplete = !outcome.skipped.is_empty();

@@ -13,7 +13,7 @@ pub struct Args {
 
 /// Run `check`.
 pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
-    let repo = g.open().await?;
+    let repo = g.open_without_index().await?;
     let lock = repo.lock(false).await?;
     let report = crate::check::check(&repo, a.read_data).await;
     lock.release().await?;

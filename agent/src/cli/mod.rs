@@ -124,11 +124,17 @@ impl Global {
 
     /// Open the repository and load its index.
     pub async fn open(&self) -> anyhow::Result<Arc<Repository>> {
+        let repo = self.open_without_index().await?;
+        repo.load_index().await?;
+        Ok(repo)
+    }
+
+    /// Open the repository without reading its index (`check` reads index
+    /// files one by one so it can report a damaged one).
+    pub async fn open_without_index(&self) -> anyhow::Result<Arc<Repository>> {
         let backend = self.backend()?;
         let password = self.password(false)?;
-        let repo = Repository::open(backend, &password).await?;
-        repo.load_index().await?;
-        Ok(Arc::new(repo))
+        Ok(Arc::new(Repository::open(backend, &password).await?))
     }
 }
 

@@ -65,9 +65,13 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
         .restore(&source, req, &Limits::default(), false)
         .await;
     lock.release().await?;
-    let crate::runtime::RestoreOutcome::Restored(s) = result.context("restore failed")? else {
+    let result = result.context("restore failed")?;
+    let crate::runtime::RestoreOutcome::Restored(s) = result.outcome else {
         bail!("unexpected verify outcome");
     };
+    for entry in &result.left_out {
+        eprintln!("cairn: not restored (no adapter restores this kind of entry): {entry}");
+    }
     if g.json {
         out(serde_json::json!({
             "message_type": "summary", "snapshot_id": id.to_hex(), "target": target,
@@ -83,7 +87,11 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
             indicatif::HumanBytes(s.bytes)
         ));
     }
-    Ok(Outcome::Ok)
+    Ok(if result.left_out.is_empty() {
+        Outcome::Ok
+    } else {
+        Outcome::Incomplete
+    })
 }
 
 /// Run `verify`.
@@ -104,7 +112,8 @@ pub async fn verify(g: &Global, a: VerifyArgs) -> anyhow::Result<Outcome> {
         .restore(&source, req, &Limits::default(), true)
         .await;
     lock.release().await?;
-    let crate::runtime::RestoreOutcome::Verified(r) = result.context("verify failed")? else {
+    let result = result.context("verify failed")?;
+    let crate::runtime::RestoreOutcome::Verified(r) = result.outcome else {
         bail!("unexpected restore outcome");
     };
     if g.json {

@@ -44,38 +44,51 @@ impl ChunkerParams {
         }
     }
 
-    /// Length of the first chunk of `data`, or `None` when `data` holds no
-    /// boundary yet (it is shorter than `MAX_SIZE` and no cut point was found).
-    pub fn cut(&self, data: &[u8]) -> Option<usize> {
+    /// Continue scanning `data` (the bytes of the chunk being built) for a
+    /// cut point from where `state` left off. Returns the chunk length when
+    /// a boundary is found (or `MAX_SIZE` is reached), resetting `state`.
+    fn scan(&self, data: &[u8], state: &mut ScanState) -> Option<usize> {
         if data.len() <= MIN_SIZE {
             return None;
         }
         let end = data.len().min(MAX_SIZE);
-        let normal = AVG_SIZE.min(end);
-        let mut h = 0u64;
-        let mut i = MIN_SIZE;
-        while i < normal {
-            h = (h << 1).wrapping_add(self.gear[data[i] as usize]);
-            if h & self.mask_small == 0 {
-                return Some(i + 1);
-            }
-            i += 1;
-        }
+        let mut h = state.hash;
+        let mut i = state.pos.max(MIN_SIZE);
         while i < end {
             h = (h << 1).wrapping_add(self.gear[data[i] as usize]);
-            if h & self.mask_large == 0 {
+            let mask = if i < AVG_SIZE {
+                self.mask_small
+            } else {
+                self.mask_large
+            };
+            if h & mask == 0 {
+                *state = ScanState::default();
                 return Some(i + 1);
             }
             i += 1;
         }
-        (end == MAX_SIZE).then_some(MAX_SIZE)
+        if end == MAX_SIZE {
+            *state = ScanState::default();
+            return Some(MAX_SIZE);
+        }
+        *state = ScanState { pos: end, hash: h };
+        None
     }
+}
+
+/// Where the scan of the current chunk stopped, so bytes arriving in small
+/// pieces are hashed once, not rescanned from the start on every push.
+#[derive(Default, Clone, Copy)]
+struct ScanState {
+    pos: usize,
+    hash: u64,
 }
 
 /// Splits a byte stream into chunks as it arrives.
 pub struct Chunker {
     params: ChunkerParams,
     buf: Vec<u8>,
+    state: ScanState,
 }
 
 impl Chunker {
@@ -84,6 +97,7 @@ impl Chunker {
         Chunker {
             params,
             buf: Vec::new(),
+            state: ScanState::default(),
         }
     }
 
@@ -96,7 +110,7 @@ impl Chunker {
             let take = room.min(data.len());
             self.buf.extend_from_slice(&data[..take]);
             data = &data[take..];
-            while let Some(cut) = self.params.cut(&self.buf) {
+            while let Some(cut) = self.params.scan(&self.buf, &mut self.state) {
                 let rest = self.buf.split_off(cut);
                 out.push(std::mem::replace(&mut self.buf, rest));
             }
@@ -106,6 +120,7 @@ impl Chunker {
 
     /// The final, possibly short, chunk.
     pub fn finish(&mut self) -> Option<Vec<u8>> {
+        self.state = ScanState::default();
         (!self.buf.is_empty()).then(|| std::mem::take(&mut self.buf))
     }
 }
@@ -144,6 +159,22 @@ mod tests {
             );
         }
         assert!(chunks.len() >= 8, "only {} chunks for 20 MiB", chunks.len());
+    }
+
+    #[test]
+    fn small_pushes_cut_where_one_big_push_does() {
+        let data = pseudo_random(10 * 1024 * 1024, 3);
+        let params = ChunkerParams::new(7);
+        let mut whole = Chunker::new(params.clone());
+        let mut a = whole.push(&data);
+        a.extend(whole.finish());
+        let mut pieces = Chunker::new(params);
+        let mut b = Vec::new();
+        for piece in data.chunks(4093) {
+            b.extend(pieces.push(piece));
+        }
+        b.extend(pieces.finish());
+        assert_eq!(a, b);
     }
 
     #[test]

@@ -43,7 +43,7 @@ impl Default for PipelineOptions {
             workers: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
-            uploads: 4,
+            uploads: 2,
         }
     }
 }
@@ -107,8 +107,8 @@ impl Pipeline {
     pub fn start(repo: Arc<Repository>, opts: PipelineOptions) -> Self {
         let workers_n = opts.workers.max(1);
         let (jobs_tx, jobs_rx) = async_channel::bounded::<Job>(workers_n * 2);
-        let (sealed_tx, sealed_rx) = async_channel::bounded::<Sealed>(workers_n * 2);
-        let in_flight = Arc::new(Mutex::new(HashSet::<Id>::new()));
+        let (sealed_tx, sealed_rx) = async_channel::bounded::<Sealed>(workers_n);
+        let in_flight = Arc::new(Mutex::new(HashSet::<(Id, BlobType)>::new()));
         let stats = Arc::new(Stats::default());
         let workers = (0..workers_n)
             .map(|i| {
@@ -198,16 +198,25 @@ impl Pipeline {
     pub async fn finish(self) -> Result<Arc<Stats>, RepoError> {
         self.jobs.close();
         let workers = self.workers;
-        tokio::task::spawn_blocking(move || {
-            for w in workers {
-                let _ = w.join();
-            }
+        // A worker that panicked may have handed out an id whose blob was
+        // never stored: that must fail the backup, not pass silently.
+        let panicked = tokio::task::spawn_blocking(move || {
+            workers
+                .into_iter()
+                .map(|w| w.join())
+                .filter(|r| r.is_err())
+                .count()
         })
         .await
-        .map_err(|e| RepoError::Corrupt {
-            what: "backup pipeline".into(),
-            reason: e.to_string(),
-        })?;
+        .unwrap_or(1);
+        if panicked > 0 {
+            return Err(RepoError::Corrupt {
+                what: "backup pipeline".into(),
+                reason: format!(
+                    "{panicked} worker threads panicked; this backup cannot be trusted"
+                ),
+            });
+        }
         match self.packer.await {
             Ok(r) => r?,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
@@ -246,7 +255,7 @@ fn worker(
     rx: async_channel::Receiver<Job>,
     tx: async_channel::Sender<Sealed>,
     repo: Arc<Repository>,
-    in_flight: Arc<Mutex<HashSet<Id>>>,
+    in_flight: Arc<Mutex<HashSet<(Id, BlobType)>>>,
     stats: Arc<Stats>,
     level: i32,
 ) {
@@ -255,8 +264,13 @@ fn worker(
         if let Some(reply) = job.reply {
             let _ = reply.send(id);
         }
-        let known = repo.with_index(|i| i.contains(&id));
-        if known || !in_flight.lock().expect("in-flight lock").insert(id) {
+        let known = repo.with_index(|i| i.contains(&id, job.kind));
+        if known
+            || !in_flight
+                .lock()
+                .expect("in-flight lock")
+                .insert((id, job.kind))
+        {
             stats.blobs_known.fetch_add(1, Ordering::Relaxed);
             continue;
         }

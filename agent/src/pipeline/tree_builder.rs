@@ -5,7 +5,7 @@
 //! the number of files. A directory is sealed (sorted, serialised, stored)
 //! as soon as an entry outside it arrives.
 
-use super::Pipeline;
+use super::{PendingId, Pipeline};
 use crate::repo::tree::{Node, Tree};
 use crate::repo::{Id, RepoError};
 
@@ -23,12 +23,29 @@ pub enum TreeError {
     Repo(#[from] RepoError),
 }
 
+/// A child node; a file's content ids may still be on their way from the
+/// hashing workers, so small files pipeline instead of waiting one by one.
+struct Child {
+    node: Node,
+    pending: Vec<PendingId>,
+}
+
 struct OpenDir {
     /// The directory's own node (none for the snapshot root).
     node: Option<Node>,
-    children: Vec<Node>,
-    /// Names of sealed child directories, to catch re-entry.
-    sealed: std::collections::HashSet<String>,
+    children: Vec<Child>,
+    /// Names of every child added so far, to catch duplicates and re-entry.
+    names: std::collections::HashSet<String>,
+}
+
+impl OpenDir {
+    fn new(node: Option<Node>) -> Self {
+        OpenDir {
+            node,
+            children: Vec::new(),
+            names: Default::default(),
+        }
+    }
 }
 
 /// Builds the trees of one snapshot.
@@ -67,11 +84,7 @@ impl TreeBuilder {
     /// An empty snapshot.
     pub fn new() -> Self {
         TreeBuilder {
-            stack: vec![OpenDir {
-                node: None,
-                children: Vec::new(),
-                sealed: Default::default(),
-            }],
+            stack: vec![OpenDir::new(None)],
             path: Vec::new(),
             trees: 0,
         }
@@ -96,8 +109,8 @@ impl TreeBuilder {
         }
         for depth in common..dir.len() {
             let name = &dir[depth];
-            let top = self.stack.last().expect("root");
-            if top.sealed.contains(name) || top.children.iter().any(|n| &n.name == name) {
+            let top = self.stack.last_mut().expect("root");
+            if !top.names.insert(name.clone()) {
                 return Err(TreeError::OutOfOrder(format!(
                     "/{}",
                     dir[..=depth].join("/")
@@ -105,21 +118,19 @@ impl TreeBuilder {
             }
             let mut node = make_dir(&dir[..=depth]);
             node.name = name.clone();
-            self.stack.push(OpenDir {
-                node: Some(node),
-                children: Vec::new(),
-                sealed: Default::default(),
-            });
+            self.stack.push(OpenDir::new(Some(node)));
             self.path.push(name.clone());
         }
         Ok(())
     }
 
-    /// Add a non-directory node at `path`, or open a directory node there.
+    /// Add a node at `path`; a directory node becomes the innermost open
+    /// directory. `pending` holds a file's content ids still being hashed.
     pub async fn add(
         &mut self,
         path: &str,
         node: Node,
+        pending: Vec<PendingId>,
         pipeline: &Pipeline,
         make_dir: &mut (dyn FnMut(&[String]) -> Node + Send),
     ) -> Result<(), TreeError> {
@@ -129,20 +140,16 @@ impl TreeBuilder {
         };
         self.enter(parent, pipeline, make_dir).await?;
         let top = self.stack.last_mut().expect("root");
-        if top.sealed.contains(name) || top.children.iter().any(|n| &n.name == name) {
+        if !top.names.insert(name.clone()) {
             return Err(TreeError::OutOfOrder(path.into()));
         }
         let mut node = node;
         node.name = name.clone();
         if node.kind == "dir" {
-            self.stack.push(OpenDir {
-                node: Some(node),
-                children: Vec::new(),
-                sealed: Default::default(),
-            });
+            self.stack.push(OpenDir::new(Some(node)));
             self.path.push(name.clone());
         } else {
-            top.children.push(node);
+            top.children.push(Child { node, pending });
         }
         Ok(())
     }
@@ -154,8 +161,10 @@ impl TreeBuilder {
         node.subtree = Some(store_tree(dir.children, pipeline).await?);
         self.trees += 1;
         let parent = self.stack.last_mut().expect("root");
-        parent.sealed.insert(node.name.clone());
-        parent.children.push(node);
+        parent.children.push(Child {
+            node,
+            pending: Vec::new(),
+        });
         Ok(())
     }
 
@@ -170,7 +179,17 @@ impl TreeBuilder {
     }
 }
 
-async fn store_tree(mut nodes: Vec<Node>, pipeline: &Pipeline) -> Result<Id, RepoError> {
+async fn store_tree(children: Vec<Child>, pipeline: &Pipeline) -> Result<Id, RepoError> {
+    let mut nodes = Vec::with_capacity(children.len());
+    for Child { mut node, pending } in children {
+        if !pending.is_empty() {
+            let content = node.content.get_or_insert_with(Vec::new);
+            for p in pending {
+                content.push(p.get().await?);
+            }
+        }
+        nodes.push(node);
+    }
     nodes.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
     let bytes = Tree { nodes }.to_bytes();
     let id = Id::hash(&bytes);

@@ -87,7 +87,9 @@ impl IndexPack {
 /// The merged, in-memory index of a repository.
 #[derive(Debug, Default)]
 pub struct Index {
-    blobs: HashMap<Id, BlobLocation>,
+    /// Keyed by id *and* type, as restic does: a tree and a file may hold
+    /// the same bytes (an empty directory's JSON, say).
+    blobs: HashMap<(Id, BlobType), BlobLocation>,
     packs: HashMap<Id, usize>,
 }
 
@@ -103,7 +105,7 @@ impl Index {
     pub fn add_pack(&mut self, p: &IndexPack) {
         *self.packs.entry(p.id).or_default() += p.blobs.len();
         for b in &p.blobs {
-            self.blobs.entry(b.id).or_insert(BlobLocation {
+            self.blobs.entry((b.id, b.kind)).or_insert(BlobLocation {
                 pack: p.id,
                 kind: b.kind,
                 offset: b.offset,
@@ -114,13 +116,13 @@ impl Index {
     }
 
     /// Where a blob is, if the index knows it.
-    pub fn get(&self, id: &Id) -> Option<&BlobLocation> {
-        self.blobs.get(id)
+    pub fn get(&self, id: &Id, kind: BlobType) -> Option<&BlobLocation> {
+        self.blobs.get(&(*id, kind))
     }
 
     /// Whether the index knows the blob.
-    pub fn contains(&self, id: &Id) -> bool {
-        self.blobs.contains_key(id)
+    pub fn contains(&self, id: &Id, kind: BlobType) -> bool {
+        self.blobs.contains_key(&(*id, kind))
     }
 
     /// Every pack the index references.
@@ -130,7 +132,7 @@ impl Index {
 
     /// Every blob with its location.
     pub fn blobs(&self) -> impl Iterator<Item = (&Id, &BlobLocation)> {
-        self.blobs.iter()
+        self.blobs.iter().map(|((id, _), loc)| (id, loc))
     }
 
     /// Number of distinct blobs.

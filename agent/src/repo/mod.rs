@@ -24,6 +24,7 @@ pub use id::Id;
 use index::{BlobLocation, Index, IndexFile};
 use keys::KeyFile;
 use lock::Lock;
+use pack::BlobType;
 use snapshot::Snapshot;
 use std::io::Read;
 use std::sync::{Arc, RwLock};
@@ -288,13 +289,17 @@ impl Repository {
     }
 
     /// Where a blob is stored.
-    pub fn locate(&self, id: &Id) -> Option<BlobLocation> {
-        self.index.read().expect("index lock").get(id).copied()
+    pub fn locate(&self, id: &Id, kind: BlobType) -> Option<BlobLocation> {
+        self.index
+            .read()
+            .expect("index lock")
+            .get(id, kind)
+            .copied()
     }
 
     /// Read a blob: fetch, authenticate, decompress and check its SHA-256.
-    pub async fn load_blob(&self, id: &Id) -> Result<Vec<u8>, RepoError> {
-        let loc = self.locate(id).ok_or(RepoError::BlobNotFound(*id))?;
+    pub async fn load_blob(&self, id: &Id, kind: BlobType) -> Result<Vec<u8>, RepoError> {
+        let loc = self.locate(id, kind).ok_or(RepoError::BlobNotFound(*id))?;
         let stored = self
             .backend
             .load_range(
@@ -309,20 +314,30 @@ impl Repository {
 
     /// Read and parse a tree.
     pub async fn load_tree(&self, id: &Id) -> Result<Tree, RepoError> {
-        let bytes = self.load_blob(id).await?;
+        let bytes = self.load_blob(id, BlobType::Tree).await?;
         serde_json::from_slice(&bytes).map_err(|e| RepoError::corrupt(format!("tree {id}"), e))
+    }
+
+    /// Replace the in-memory index.
+    pub fn set_index(&self, index: Index) {
+        *self.index.write().expect("index lock") = index;
+    }
+
+    /// Load one snapshot file.
+    pub async fn load_snapshot(&self, name: &str) -> Result<(Id, Snapshot), RepoError> {
+        let what = format!("snapshots/{name}");
+        let plain = self.load_unpacked(FileType::Snapshot, name).await?;
+        let snap: Snapshot =
+            serde_json::from_slice(&plain).map_err(|e| RepoError::corrupt(&what, e))?;
+        let id = Id::parse(name).ok_or_else(|| RepoError::corrupt(&what, "bad file name"))?;
+        Ok((id, snap))
     }
 
     /// Every snapshot, oldest first.
     pub async fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>, RepoError> {
         let mut out = Vec::new();
         for (name, _) in self.backend.list(FileType::Snapshot).await? {
-            let plain = self.load_unpacked(FileType::Snapshot, &name).await?;
-            let snap: Snapshot = serde_json::from_slice(&plain)
-                .map_err(|e| RepoError::corrupt(format!("snapshots/{name}"), e))?;
-            let id = Id::parse(&name)
-                .ok_or_else(|| RepoError::corrupt(format!("snapshots/{name}"), "bad file name"))?;
-            out.push((id, snap));
+            out.push(self.load_snapshot(&name).await?);
         }
         out.sort_by_key(|(_, s)| s.time);
         Ok(out)

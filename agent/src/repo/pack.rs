@@ -46,6 +46,15 @@ pub enum PackError {
     Malformed(String),
 }
 
+/// The size of one header entry for a blob, compressed or not.
+pub fn header_entry_len(compressed: bool) -> u64 {
+    if compressed {
+        ENTRY_COMPRESSED as u64
+    } else {
+        ENTRY_PLAIN as u64
+    }
+}
+
 /// Builds one pack in memory.
 pub struct PackBuilder {
     data: Vec<u8>,

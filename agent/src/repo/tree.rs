@@ -253,7 +253,17 @@ mod go_quoted {
                 other => return Err(format!("unknown escape \\{other}")),
             }
         }
-        String::from_utf8(bytes).map_err(|_| "name is not valid UTF-8".to_string())
+        // restic keeps names that are not UTF-8 as \x escapes; Cairn's
+        // names are strings, so such a name is restored with U+FFFD in
+        // place of the bad bytes rather than making the whole tree unreadable.
+        Ok(match String::from_utf8(bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                let lossy = String::from_utf8_lossy(e.as_bytes()).into_owned();
+                tracing::warn!(name = %lossy, "A name in the snapshot is not UTF-8; it is restored with replacement characters.");
+                lossy
+            }
+        })
     }
 }
 

@@ -239,10 +239,16 @@ impl Resolved<'_> {
             .name
             .as_deref()
             .ok_or_else(|| GrantError::Denied(self.path.into()))?;
+        // Replace, never write through: an existing file may be a hard link
+        // to something outside the target, or a symbolic link.
+        match rustix::fs::unlinkat(&self.parent, name, AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(GrantError::io(self.path, e)),
+        }
         let fd = rustix::fs::openat(
             &self.parent,
             name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
         )
         .map_err(|e| GrantError::io(self.path, e))?;

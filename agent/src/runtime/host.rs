@@ -15,7 +15,7 @@ use crate::pipeline::{PendingId, Pipeline, Stats};
 use crate::repo::tree::{Node, Tree, go_mode};
 use crate::repo::{Id, RepoError, Repository};
 use crate::restore::{ContentReader, Walker};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::sync::Arc;
 use types::{AdapterError, EntryKind, Metadata};
 use wasmtime::component::{Resource, ResourceTable};
@@ -23,6 +23,9 @@ use wasmtime_wasi::WasiCtx;
 
 /// Bytes read from a file per step of a native pump.
 const PUMP_BLOCK: usize = 1024 * 1024;
+/// Files up to this size are read in one go on the calling task: a hop to
+/// a blocking thread would cost more than the read.
+const SMALL_FILE: u64 = 256 * 1024;
 /// Largest single `read` handed to an adapter.
 const MAX_READ: u32 = 4 * 1024 * 1024;
 
@@ -178,6 +181,8 @@ impl ParentTrees {
 
 struct BackupJob {
     pipeline: Pipeline,
+    /// The granted paths, whose parents may be synthesised from real metadata.
+    granted: Vec<String>,
     tree: TreeBuilder,
     params: ChunkerParams,
     parent: Option<ParentTrees>,
@@ -195,6 +200,11 @@ struct RestoreJob {
     walker: Walker,
     /// The last file entry handed out, so `open` of it needs no tree walk.
     last: Option<(String, Vec<Id>)>,
+    /// Damage handed to the adapter as errors. The job fails if any, even
+    /// when the adapter ignores the error and reports success.
+    damaged: Vec<String>,
+    /// Entries of kinds adapters cannot restore (devices, fifos, sockets).
+    left_out: Vec<String>,
 }
 
 enum Job {
@@ -215,10 +225,16 @@ pub struct HostState {
 
 /// A directory node for a path the adapter did not emit itself (a parent of
 /// a backed-up root): the host's own metadata when the path exists.
-fn synthesized_dir(comps: &[String]) -> Node {
+fn synthesized_dir(comps: &[String], granted: &[String]) -> Node {
     let path = format!("/{}", comps.join("/"));
-    let meta = rustix::fs::lstat(path.as_str())
-        .ok()
+    // Only a parent of a granted path may lend its real metadata: anything
+    // else would let an adapter read metadata outside its grants.
+    let is_parent_of_grant = granted
+        .iter()
+        .any(|g| g == &path || g.starts_with(&format!("{path}/")));
+    let meta = is_parent_of_grant
+        .then(|| rustix::fs::lstat(path.as_str()).ok())
+        .flatten()
         .filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
         .map(|st| meta::metadata_from_stat(&st).1)
         .unwrap_or_else(|| Metadata {
@@ -246,6 +262,7 @@ impl HostState {
         req: BackupRequest,
     ) -> Self {
         let params = ChunkerParams::new(req.pipeline.repo().config().chunker_polynomial.0);
+        let granted = req.grants.paths();
         HostState {
             wasi,
             table: super::new_table(),
@@ -254,6 +271,7 @@ impl HostState {
             grants: req.grants,
             config: req.config.to_string(),
             job: Job::Backup(Box::new(BackupJob {
+                granted,
                 pipeline: req.pipeline,
                 tree: TreeBuilder::new(),
                 params,
@@ -290,8 +308,45 @@ impl HostState {
                 root: req.tree,
                 walker,
                 last: None,
+                damaged: Vec::new(),
+                left_out: Vec::new(),
             })),
         })
+    }
+
+    /// Turn a repository error met during a restore into the adapter's
+    /// error, remembering damage so the job fails whatever the adapter does.
+    fn restore_error(&mut self, e: RepoError) -> wasmtime::Result<AdapterError> {
+        let err = repo_error(e)?;
+        self.note_damage(&err);
+        Ok(err)
+    }
+
+    fn note_damage(&mut self, err: &AdapterError) {
+        if let (AdapterError::Corrupt(m), Job::Restore(job)) = (err, &mut self.job) {
+            job.damaged.push(m.clone());
+        }
+    }
+
+    /// Remove a file a failed pump left half-written: nothing may look
+    /// restored that is not. Failing to remove it is logged, not hidden.
+    fn remove_partial(&self, path: &str) {
+        if let Err(e) = self
+            .grants
+            .resolve(path, true)
+            .and_then(|r| r.remove_file())
+        {
+            tracing::warn!(%path, error = %e, "Could not remove a partly restored file.");
+        }
+    }
+
+    /// What the host saw go wrong during a restore or verify: damaged data
+    /// handed out, and entries no adapter can restore.
+    pub(super) fn restore_findings(&self) -> (Vec<String>, Vec<String>) {
+        match &self.job {
+            Job::Restore(job) => (job.damaged.clone(), job.left_out.clone()),
+            Job::Backup(_) => (Vec::new(), Vec::new()),
+        }
     }
 
     pub(super) fn config_json(&self) -> String {
@@ -342,9 +397,19 @@ impl HostState {
             },
             Err(e) => (Err(e), None),
         };
-        let stats = job.pipeline.finish().await;
+        // A storage failure is the root cause of whatever the adapter then
+        // reported (it was trapped mid-call): report it first.
+        let stats = match job.pipeline.finish().await {
+            Ok(stats) => stats,
+            Err(storage) => {
+                let storage = anyhow::Error::new(storage).context("storing the backup failed");
+                return Err(match summary {
+                    Ok(_) => storage,
+                    Err(adapter_error) => storage.context(format!("{adapter_error:#}")),
+                });
+            }
+        };
         let summary = summary?;
-        let stats = stats?;
         Ok(BackupOutcome {
             tree: tree_root.expect("set on success"),
             files: summary.files.max(job.files),
@@ -374,15 +439,27 @@ impl log::Host for HostState {
 
 impl BackupJob {
     async fn add_node(&mut self, path: &str, node: Node) -> HostResult<()> {
+        self.add_pending_node(path, node, Vec::new()).await
+    }
+
+    /// Add a node whose content ids may still be on their way from the
+    /// workers; the tree builder collects them when it seals the directory.
+    async fn add_pending_node(
+        &mut self,
+        path: &str,
+        node: Node,
+        pending: Vec<PendingId>,
+    ) -> HostResult<()> {
         if let Some(open) = &self.writer_open {
             return Ok(Err(AdapterError::Other(format!(
                 "cannot add {path}: entry {open} is still open"
             ))));
         }
-        let mut make_dir = synthesized_dir;
+        let granted = self.granted.clone();
+        let mut make_dir = |c: &[String]| synthesized_dir(c, &granted);
         match self
             .tree
-            .add(path, node, &self.pipeline, &mut make_dir)
+            .add(path, node, pending, &self.pipeline, &mut make_dir)
             .await
         {
             Ok(()) => Ok(Ok(())),
@@ -467,7 +544,13 @@ impl archive::Host for HostState {
             && old.mtime == meta::to_time(meta.mtime)
             && meta.inode.is_some_and(|i| i == old.inode);
         let content = old.content.clone().unwrap_or_default();
-        if !same || !repo.with_index(|i| content.iter().all(|b| i.contains(b))) {
+        if !same
+            || !repo.with_index(|i| {
+                content
+                    .iter()
+                    .all(|b| i.contains(b, crate::repo::pack::BlobType::Data))
+            })
+        {
             return Ok(Ok(false));
         }
         let mut node = meta::node_from(EntryKind::File, &meta);
@@ -500,7 +583,8 @@ impl HostState {
                 ))));
             }
         };
-        let mut make_dir = synthesized_dir;
+        let granted = job.granted.clone();
+        let mut make_dir = |c: &[String]| synthesized_dir(c, &granted);
         if let Err(e) = job
             .tree
             .enter(&comps[..comps.len() - 1], &job.pipeline, &mut make_dir)
@@ -513,6 +597,37 @@ impl HostState {
             Err(e) => return Ok(Err(e)),
         };
         Ok(Ok(self.table.push(writer)?))
+    }
+}
+
+impl HostState {
+    /// Pump a small file: one read, at most one chunk.
+    async fn pump_small(
+        &mut self,
+        w: Resource<WriterState>,
+        mut file: std::fs::File,
+        path: String,
+    ) -> HostResult<u64> {
+        let mut data = Vec::new();
+        if let Err(e) = file.read_to_end(&mut data) {
+            return Ok(Err(AdapterError::Io(format!("{path}: {e}"))));
+        }
+        let writer = self.table.get_mut(&w)?;
+        let Some(chunker) = writer.chunker.as_mut() else {
+            return Ok(Err(AdapterError::Other(format!(
+                "entry {} is already finished",
+                writer.path
+            ))));
+        };
+        let chunks = chunker.push(&data);
+        writer.size += data.len() as u64;
+        let job = self.backup()?;
+        let mut ids = Vec::with_capacity(chunks.len());
+        for c in chunks {
+            ids.push(job.pipeline.add_data(c).await.map_err(fault)?);
+        }
+        self.table.get_mut(&w)?.pending.extend(ids);
+        Ok(Ok(data.len() as u64))
     }
 }
 
@@ -545,9 +660,13 @@ impl archive::HostEntryWriter for HostState {
             Ok(f) => f,
             Err(e) => return Ok(Err(grant_error(e))),
         };
+        let small = file.metadata().is_ok_and(|m| m.len() <= SMALL_FILE);
         let job = self.backup()?;
         let sender = job.pipeline.data_sender();
         let params = job.params.clone();
+        if small {
+            return self.pump_small(w, file, path).await;
+        }
         let writer = self.table.get_mut(&w)?;
         let Some(mut chunker) = writer.chunker.take() else {
             return Ok(Err(AdapterError::Other(format!(
@@ -622,29 +741,33 @@ impl archive::HostEntryWriter for HostState {
         let path = writer.path.clone();
         let size = writer.size;
         let job = self.backup()?;
-        let mut ids = Vec::with_capacity(pending.len() + 1);
-        for p in pending {
-            ids.push(p.get().await.map_err(fault)?);
-        }
+        let mut pending = pending;
         if let Some(last) = last {
-            ids.push(
-                job.pipeline
-                    .add_data(last)
-                    .await
-                    .map_err(fault)?
-                    .get()
-                    .await
-                    .map_err(fault)?,
-            );
+            pending.push(job.pipeline.add_data(last).await.map_err(fault)?);
         }
-        node.content = Some(ids);
+        node.content = Some(Vec::new());
         node.size = size;
         job.writer_open = None;
         job.files += 1;
-        match job.add_node(&path, node).await? {
+        match job.add_pending_node(&path, node, pending).await? {
             Ok(()) => Ok(Ok(size)),
             Err(e) => Ok(Err(e)),
         }
+    }
+
+    async fn cancel(&mut self, w: Resource<WriterState>) -> wasmtime::Result<()> {
+        let writer = self.table.get_mut(&w)?;
+        if !writer.finished {
+            // Chunks already queued stay stored, unreferenced; nothing of
+            // the entry reaches the snapshot.
+            writer.finished = true;
+            writer.pending.clear();
+            writer.chunker = None;
+            if let Job::Backup(job) = &mut self.job {
+                job.writer_open = None;
+            }
+        }
+        Ok(())
     }
 
     async fn drop(&mut self, w: Resource<WriterState>) -> wasmtime::Result<()> {
@@ -665,13 +788,15 @@ impl snapshot::Host for HostState {
         loop {
             let next = match job.walker.next().await {
                 Ok(n) => n,
-                Err(e) => return Ok(Err(repo_error(e)?)),
+                Err(e) => return Ok(Err(self.restore_error(e)?)),
             };
             let Some(entry) = next else {
                 return Ok(Ok(None));
             };
             let Some(kind) = meta::kind_of(&entry.node) else {
-                tracing::info!(path = %entry.path, kind = %entry.node.kind, "Not restorable by adapters; left out.");
+                tracing::warn!(path = %entry.path, kind = %entry.node.kind, "Not restorable by adapters; left out.");
+                job.left_out
+                    .push(format!("{} ({})", entry.path, entry.node.kind));
                 continue;
             };
             if kind == EntryKind::File {
@@ -701,7 +826,7 @@ impl snapshot::Host for HostState {
                         "{path}: no such file in the snapshot"
                     ))));
                 }
-                Err(e) => return Ok(Err(repo_error(e)?)),
+                Err(e) => return Ok(Err(self.restore_error(e)?)),
             },
         };
         let reader = ReaderState {
@@ -717,7 +842,7 @@ impl snapshot::HostEntryReader for HostState {
         let reader = self.table.get_mut(&r)?;
         match reader.reader.read(max.min(MAX_READ) as usize).await {
             Ok(b) => Ok(Ok(b)),
-            Err(e) => Ok(Err(repo_error(e)?)),
+            Err(e) => Ok(Err(self.restore_error(e)?)),
         }
     }
 
@@ -736,7 +861,16 @@ impl snapshot::HostEntryReader for HostState {
         loop {
             match reader.reader.next_blob().await {
                 Ok(Some(blob)) => {
-                    if let Err(e) = out.write_all(&blob) {
+                    // All-zero blobs become holes, so sparse files stay sparse.
+                    let written = if blob.iter().all(|&b| b == 0) {
+                        out.seek(std::io::SeekFrom::Current(blob.len() as i64))
+                            .map(|_| ())
+                    } else {
+                        out.write_all(&blob)
+                    };
+                    if let Err(e) = written {
+                        drop(out);
+                        self.remove_partial(&path);
                         return Ok(Err(AdapterError::Io(format!("{path}: {e}"))));
                     }
                     total += blob.len() as u64;
@@ -746,19 +880,24 @@ impl snapshot::HostEntryReader for HostState {
                     // Never leave a file that looks restored but is not:
                     // remove what was written before the damaged blob.
                     drop(out);
-                    if let Ok(r) = self.grants.resolve(&path, true) {
-                        let _ = r.remove_file();
-                    }
+                    self.remove_partial(&path);
                     let entry = self.table.get(&r)?.path.clone();
-                    let mut err = repo_error(e)?;
-                    if let AdapterError::Corrupt(m) = &mut err {
-                        *m = format!("{entry}: {m}");
-                    }
+                    let err = match repo_error(e)? {
+                        AdapterError::Corrupt(m) => AdapterError::Corrupt(format!("{entry}: {m}")),
+                        other => other,
+                    };
+                    self.note_damage(&err);
                     return Ok(Err(err));
                 }
             }
         }
-        if let Err(e) = out.flush() {
+        // A trailing hole needs the length set explicitly.
+        let done = out
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.set_len(total));
+        if let Err(e) = done {
+            self.remove_partial(&path);
             return Ok(Err(AdapterError::Io(format!("{path}: {e}"))));
         }
         Ok(Ok(total))
@@ -771,7 +910,7 @@ impl snapshot::HostEntryReader for HostState {
             match reader.reader.next_blob().await {
                 Ok(Some(blob)) => total += blob.len() as u64,
                 Ok(None) => return Ok(Ok(total)),
-                Err(e) => return Ok(Err(repo_error(e)?)),
+                Err(e) => return Ok(Err(self.restore_error(e)?)),
             }
         }
     }

@@ -182,6 +182,7 @@ impl Runtime {
             .map(|d| d.join("components").join(format!("{key}.cwasm")));
         if let Some(path) = &cached
             && path.exists()
+            && cache_is_private(path)
         {
             // SAFETY: the file was written by `Component::serialize` of
             // this engine configuration (its name carries the engine's
@@ -239,6 +240,22 @@ impl Runtime {
     }
 }
 
+/// Whether a cached component (and its folder) belongs to this user and no
+/// one else can write it: loading it runs its code, so a cache another user
+/// can write would be a way to run code as us.
+fn cache_is_private(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::geteuid().as_raw();
+    let private = |p: &std::path::Path| {
+        std::fs::symlink_metadata(p).is_ok_and(|m| m.uid() == me && m.mode() & 0o022 == 0)
+    };
+    let ok = private(path) && path.parent().is_some_and(private);
+    if !ok {
+        tracing::warn!(path = %path.display(), "Ignoring a cached component not private to this user; recompiling.");
+    }
+    ok
+}
+
 /// WASI context for a job: its grants preopened at the same paths as on the
 /// host, no network, no environment, no arguments, stderr only if asked.
 fn wasi_ctx(grants: &Grants, writable: bool, inherit_stderr: bool) -> anyhow::Result<WasiCtx> {
@@ -279,7 +296,9 @@ fn explain<T>(
         Ok(Ok(Err(e))) => Err(anyhow!("adapter {adapter}: {}", meta::describe_error(&e))),
         Ok(Err(trap)) => {
             if let Some(host_fault) = trap.downcast_ref::<host::HostFault>() {
-                return Err(anyhow!("adapter {adapter}: {host_fault}"));
+                return Err(anyhow!(
+                    "host fault while running adapter {adapter}: {host_fault}"
+                ));
             }
             if let Some(oom) = trap.downcast_ref::<MemoryLimitExceeded>() {
                 return Err(anyhow!("adapter {adapter}: {oom}"));
@@ -335,7 +354,7 @@ impl Runtime {
         req: RestoreRequest,
         limits: &Limits,
         verify: bool,
-    ) -> anyhow::Result<host::RestoreOutcome> {
+    ) -> anyhow::Result<RestoreResult> {
         let adapter = source.name();
         let component = self.load(source)?;
         let wasi = wasi_ctx(&req.grants, true, req.inherit_stderr)?;
@@ -343,20 +362,48 @@ impl Runtime {
         let mut store = self.store(state, limits);
         let instance = self.instantiate(&component, &mut store, &adapter).await?;
         let config = store.data().config_json();
-        if verify {
+        let outcome = if verify {
             let result =
                 tokio::time::timeout(limits.timeout, instance.call_verify(&mut store, &config))
                     .await;
-            let report = explain(&adapter, limits, result)?;
-            Ok(host::RestoreOutcome::Verified(report))
+            host::RestoreOutcome::Verified(explain(&adapter, limits, result)?)
         } else {
             let result =
                 tokio::time::timeout(limits.timeout, instance.call_restore(&mut store, &config))
                     .await;
-            let summary = explain(&adapter, limits, result)?;
-            Ok(host::RestoreOutcome::Restored(summary))
-        }
+            host::RestoreOutcome::Restored(explain(&adapter, limits, result)?)
+        };
+        let (damaged, left_out) = store.data().restore_findings();
+        let outcome = match outcome {
+            // The host knows what it handed out damaged: a report must say
+            // so even if the adapter did not.
+            host::RestoreOutcome::Verified(mut report) => {
+                for d in damaged {
+                    if !report.problems.iter().any(|p| p.contains(&d)) {
+                        report.problems.push(d);
+                    }
+                }
+                host::RestoreOutcome::Verified(report)
+            }
+            host::RestoreOutcome::Restored(_) if !damaged.is_empty() => {
+                anyhow::bail!(
+                    "adapter {adapter} finished, but {} entries were damaged and not restored: {}",
+                    damaged.len(),
+                    damaged.join("; ")
+                );
+            }
+            restored => restored,
+        };
+        Ok(RestoreResult { outcome, left_out })
     }
+}
+
+/// What a restore or verify produced.
+pub struct RestoreResult {
+    /// The adapter's summary or report.
+    pub outcome: host::RestoreOutcome,
+    /// Entries of kinds no adapter can restore (devices, fifos, sockets).
+    pub left_out: Vec<String>,
 }
 
 impl WasiView for host::HostState {
@@ -380,6 +427,8 @@ pub struct MemoryLimitExceeded {
 /// [`MemoryLimitExceeded`], which names the limit.
 pub(crate) struct JobLimiter {
     memory: usize,
+    /// Bytes of linear memory granted so far, across all memories.
+    used: usize,
     inner: StoreLimits,
 }
 
@@ -390,13 +439,20 @@ impl wasmtime::ResourceLimiter for JobLimiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory {
+        // The cap is on the job's total: a component with several memories
+        // must not get the cap once per memory.
+        let total = self.used + desired.saturating_sub(current);
+        if total > self.memory {
             return Err(wasmtime::Error::new(MemoryLimitExceeded {
                 limit_mib: self.memory >> 20,
-                desired_mib: desired >> 20,
+                desired_mib: total >> 20,
             }));
         }
-        self.inner.memory_growing(current, desired, maximum)
+        let allowed = self.inner.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.used = total;
+        }
+        Ok(allowed)
     }
 
     fn table_growing(
@@ -424,10 +480,12 @@ impl wasmtime::ResourceLimiter for JobLimiter {
 pub(crate) fn store_limits(limits: &Limits) -> JobLimiter {
     JobLimiter {
         memory: limits.memory,
+        used: 0,
         inner: StoreLimitsBuilder::new()
             .instances(16)
             .tables(64)
             .memories(16)
+            .table_elements(1_000_000)
             .build(),
     }
 }

@@ -64,6 +64,17 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// Run file I/O on a blocking thread, so reads overlap (restore fetches
+/// several blobs ahead) and never stall the async workers.
+async fn io_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
@@ -144,7 +155,10 @@ impl Backend for LocalBackend {
 
     async fn load(&self, t: FileType, name: &str) -> Result<Vec<u8>, StorageError> {
         let path = self.path(t, name);
-        std::fs::read(&path).map_err(|e| self.io_err(&path, e))
+        let p = path.clone();
+        io_blocking(move || std::fs::read(&p))
+            .await
+            .map_err(|e| self.io_err(&path, e))
     }
 
     async fn load_range(
@@ -155,14 +169,16 @@ impl Backend for LocalBackend {
         length: u64,
     ) -> Result<Vec<u8>, StorageError> {
         let path = self.path(t, name);
-        let read = || -> std::io::Result<Vec<u8>> {
-            let mut f = std::fs::File::open(&path)?;
+        let p = path.clone();
+        io_blocking(move || {
+            let mut f = std::fs::File::open(&p)?;
             f.seek(SeekFrom::Start(offset))?;
             let mut buf = vec![0u8; length as usize];
             f.read_exact(&mut buf)?;
             Ok(buf)
-        };
-        read().map_err(|e| self.io_err(&path, e))
+        })
+        .await
+        .map_err(|e| self.io_err(&path, e))
     }
 
     async fn size(&self, t: FileType, name: &str) -> Result<u64, StorageError> {

@@ -1,5 +1,6 @@
 //! A test adapter that misbehaves on request, to prove the host contains it:
-//! `{"fault": "trap" | "loop" | "oom" | "write-then-trap" | "error" | "none"}`.
+//! `{"fault": "trap" | "loop" | "oom" | "error" | "none"}`. Each fault
+//! comes after one entry was emitted, so a snapshot would have content.
 
 use cairn_sdk::{
     Adapter, BackupSummary, Error, Info, Metadata, RestoreSummary, VerifyReport, archive,
@@ -43,10 +44,11 @@ impl Adapter for Faulty {
                 }
             }
             "error" => Err(Error::Other("the faulty adapter was asked to fail".into())),
-            _ => Ok(BackupSummary {
+            "none" => Ok(BackupSummary {
                 files: 1,
                 ..Default::default()
             }),
+            other => Err(Error::InvalidConfig(format!("unknown fault {other:?}"))),
         }
     }
 
