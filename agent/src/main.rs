@@ -4,5 +4,20 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    tune_malloc();
     cairn::cli::main()
+}
+
+/// glibc raises its mmap threshold each time a large block is freed, after
+/// which multi-MiB chunk and pack buffers come from per-thread arenas and are
+/// kept: resident memory then grows far past what is in use. A fixed
+/// threshold returns every large buffer to the system when freed.
+fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; it is called before
+    // any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
 }

@@ -259,6 +259,12 @@ fn worker(
     stats: Arc<Stats>,
     level: i32,
 ) {
+    // One compression context per worker, reused for every chunk.
+    let mut compressor = (level > 0)
+        .then(|| zstd::bulk::Compressor::new(level))
+        .transpose()
+        .ok()
+        .flatten();
     while let Ok(job) = rx.recv_blocking() {
         let id = job.id.unwrap_or_else(|| Id::hash(&job.data));
         if let Some(reply) = job.reply {
@@ -280,12 +286,12 @@ fn worker(
                 .bytes_new
                 .fetch_add(job.data.len() as u64, Ordering::Relaxed);
         }
-        let compressed = if level > 0 {
-            zstd::bulk::compress(&job.data, level)
+        let compressed = match compressor.as_mut() {
+            Some(z) => z
+                .compress(&job.data)
                 .ok()
-                .filter(|c| c.len() < job.data.len())
-        } else {
-            None
+                .filter(|c| c.len() < job.data.len()),
+            None => None,
         };
         let (plain, uncompressed_length) = match &compressed {
             Some(c) => (c.as_slice(), Some(job.data.len() as u32)),

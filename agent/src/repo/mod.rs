@@ -486,7 +486,7 @@ pub fn decode_blob(
         .decrypt(stored)
         .map_err(|e| RepoError::corrupt(label(), e))?;
     let plain = match loc.uncompressed_length {
-        Some(len) => zstd::bulk::decompress(&plain, len as usize)
+        Some(len) => decompress_blob(&plain, len as usize)
             .map_err(|e| RepoError::corrupt(label(), format!("zstd: {e}")))?,
         None => plain,
     };
@@ -497,6 +497,24 @@ pub fn decode_blob(
         ));
     }
     Ok(plain)
+}
+
+/// Decompress a blob of known size, never allocating more than that size
+/// (a zstd bomb fails instead of exhausting memory). The decompression
+/// context is kept per thread: creating one per blob is measurable.
+fn decompress_blob(data: &[u8], len: usize) -> std::io::Result<Vec<u8>> {
+    thread_local! {
+        static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    DCTX.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        let d = slot.as_mut().expect("set above");
+        d.decompress(data, len)
+    })
 }
 
 /// Undo format 2's optional compression of unpacked files: JSON starts with

@@ -855,14 +855,17 @@ impl snapshot::HostEntryReader for HostState {
             Ok(f) => f,
             Err(e) => return Ok(Err(grant_error(e))),
         };
-        let mut out = std::io::BufWriter::with_capacity(PUMP_BLOCK, file);
+        // Whole blobs are written at once: no buffer needed.
+        let mut out = file;
+        let mut ends_in_hole = false;
         let reader = self.table.get_mut(&r)?;
         let mut total = 0u64;
         loop {
             match reader.reader.next_blob().await {
                 Ok(Some(blob)) => {
                     // All-zero blobs become holes, so sparse files stay sparse.
-                    let written = if blob.iter().all(|&b| b == 0) {
+                    ends_in_hole = blob.iter().all(|&b| b == 0);
+                    let written = if ends_in_hole {
                         out.seek(std::io::SeekFrom::Current(blob.len() as i64))
                             .map(|_| ())
                     } else {
@@ -892,10 +895,11 @@ impl snapshot::HostEntryReader for HostState {
             }
         }
         // A trailing hole needs the length set explicitly.
-        let done = out
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .and_then(|f| f.set_len(total));
+        let done = if ends_in_hole {
+            out.set_len(total)
+        } else {
+            Ok(())
+        };
         if let Err(e) = done {
             self.remove_partial(&path);
             return Ok(Err(AdapterError::Io(format!("{path}: {e}"))));

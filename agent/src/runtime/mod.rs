@@ -159,7 +159,7 @@ impl Runtime {
         let bytes: Vec<u8> = match source {
             AdapterSource::Bundled(n) => bundled::get(n)
                 .ok_or_else(|| {
-                    anyhow!("unknown adapter {n:?}: the bundled adapters are: filesystem")
+                    anyhow!("unknown adapter {n:?}: the bundled adapters are: filesystem (for another adapter, pass its component with --adapter PATH)")
                 })?
                 .to_vec(),
             AdapterSource::File(p) => {

@@ -4,7 +4,7 @@
 
 use super::{Backend, FileType, StorageError};
 use async_trait::async_trait;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -63,6 +63,9 @@ async fn blocking<T: Send + 'static>(
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
+
+/// Reads up to this size are done on the calling task.
+const INLINE_READ: u64 = 128 * 1024;
 
 /// Run file I/O on a blocking thread, so reads overlap (restore fetches
 /// several blobs ahead) and never stall the async workers.
@@ -169,16 +172,21 @@ impl Backend for LocalBackend {
         length: u64,
     ) -> Result<Vec<u8>, StorageError> {
         let path = self.path(t, name);
-        let p = path.clone();
-        io_blocking(move || {
-            let mut f = std::fs::File::open(&p)?;
-            f.seek(SeekFrom::Start(offset))?;
+        let read = move |p: &Path| -> std::io::Result<Vec<u8>> {
+            let f = std::fs::File::open(p)?;
             let mut buf = vec![0u8; length as usize];
-            f.read_exact(&mut buf)?;
+            std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, offset)?;
             Ok(buf)
-        })
-        .await
-        .map_err(|e| self.io_err(&path, e))
+        };
+        // A small read costs less than the hop to a blocking thread; large
+        // ones go there so several can be in flight (restore reads ahead).
+        if length <= INLINE_READ {
+            return read(&path).map_err(|e| self.io_err(&path, e));
+        }
+        let p = path.clone();
+        io_blocking(move || read(&p))
+            .await
+            .map_err(|e| self.io_err(&path, e))
     }
 
     async fn size(&self, t: FileType, name: &str) -> Result<u64, StorageError> {
