@@ -94,6 +94,28 @@ impl Scratch {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// A scratch with an initialised repository and the fixture tree in
+    /// `src`; returns the fixture's path too.
+    pub fn with_fixture() -> (Self, PathBuf) {
+        let s = Scratch::new();
+        let src = s.path("src");
+        make_fixture(&src);
+        s.init();
+        (s, src)
+    }
+
+    /// `cairn restore latest` into `target`; returns where `src` landed.
+    pub fn restore_latest(&self, target: &str, src: &Path) -> PathBuf {
+        let dir = self.path(target);
+        self.cairn_ok(&[
+            "restore",
+            "latest",
+            "--target",
+            dir.to_str().expect("utf-8"),
+        ]);
+        dir.join(src.strip_prefix("/").expect("absolute"))
+    }
+
     /// The number of snapshots, according to cairn.
     pub fn snapshot_count(&self) -> usize {
         self.cairn_json(&["snapshots"])

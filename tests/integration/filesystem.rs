@@ -11,10 +11,7 @@ fn restored(scratch: &Scratch, target: &str, src: &Path) -> std::path::PathBuf {
 
 #[test]
 fn round_trip_is_byte_identical_with_metadata() {
-    let s = Scratch::new();
-    let src = s.path("src");
-    make_fixture(&src);
-    s.init();
+    let (s, src) = Scratch::with_fixture();
     let summary = s.cairn_json(&["backup", src.to_str().unwrap()]);
     assert_eq!(summary["complete"], true, "{summary}");
     assert_eq!(summary["skipped"].as_array().unwrap().len(), 0, "{summary}");
@@ -25,13 +22,7 @@ fn round_trip_is_byte_identical_with_metadata() {
     assert!(listing.contains("/names/new\nline"), "{listing}");
     assert!(listing.contains("/link-out"), "{listing}");
 
-    s.cairn_ok(&[
-        "restore",
-        "latest",
-        "--target",
-        s.path("out").to_str().unwrap(),
-    ]);
-    let out = restored(&s, "out", &src);
+    let out = s.restore_latest("out", &src);
     assert_same_tree(&src, &out);
     // The symlink pointing out of the tree is stored as a link, not followed.
     assert_eq!(
@@ -154,22 +145,13 @@ fn unchanged_files_are_not_read_again_and_data_deduplicates() {
         "identical data must deduplicate: {forced}"
     );
 
-    s.cairn_ok(&[
-        "restore",
-        "latest",
-        "--target",
-        s.path("out").to_str().unwrap(),
-    ]);
-    assert_same_tree(&src, &restored(&s, "out", &src));
+    assert_same_tree(&src, &s.restore_latest("out", &src));
     assert_eq!(s.snapshot_count(), 4);
 }
 
 #[test]
 fn include_restores_only_the_chosen_subtree() {
-    let s = Scratch::new();
-    let src = s.path("src");
-    make_fixture(&src);
-    s.init();
+    let (s, src) = Scratch::with_fixture();
     s.cairn_ok(&["backup", src.to_str().unwrap()]);
     let docs = format!("{}/docs", src.display());
     s.cairn_ok(&[

@@ -5,10 +5,7 @@ use crate::common::*;
 
 #[test]
 fn restic_reads_what_cairn_writes() {
-    let s = Scratch::new();
-    let src = s.path("src");
-    make_fixture(&src);
-    s.init();
+    let (s, src) = Scratch::with_fixture();
     let first = s.cairn_json(&["backup", src.to_str().unwrap(), "--tag", "first"]);
     std::fs::write(src.join("added-later.txt"), b"second snapshot").unwrap();
     let second = s.cairn_json(&["backup", src.to_str().unwrap()]);
@@ -71,14 +68,7 @@ fn cairn_reads_what_restic_writes() {
     let verify = s.cairn_json(&["verify", "latest"]);
     assert_eq!(verify["problems"].as_array().unwrap().len(), 0, "{verify}");
 
-    s.cairn_ok(&[
-        "restore",
-        "latest",
-        "--target",
-        s.path("out").to_str().unwrap(),
-    ]);
-    let out = s.path("out").join(src.strip_prefix("/").unwrap());
-    assert_same_tree(&src, &out);
+    assert_same_tree(&src, &s.restore_latest("out", &src));
 
     // And Cairn can add to a restic repository that restic still reads.
     s.cairn_ok(&["backup", src.to_str().unwrap()]);

@@ -30,6 +30,9 @@ use std::io::Read;
 use std::sync::{Arc, RwLock};
 use tree::Tree;
 
+/// Blobs at least this large are decoded off the async task.
+const PARALLEL_DECODE: usize = 128 * 1024;
+
 /// The most an unpacked file (index, snapshot, lock) may decompress to;
 /// anything larger is treated as damage, not allocated.
 const MAX_UNPACKED: u64 = 1 << 30;
@@ -309,7 +312,16 @@ impl Repository {
                 loc.length as u64,
             )
             .await?;
-        decode_blob(&self.key, id, &loc, &stored)
+        if stored.len() < PARALLEL_DECODE {
+            return decode_blob(&self.key, id, &loc, &stored);
+        }
+        // Large blobs are decrypted, decompressed and hashed on a blocking
+        // thread, so the blobs a reader fetches ahead decode in parallel.
+        let (key, id) = (self.key.clone(), *id);
+        match tokio::task::spawn_blocking(move || decode_blob(&key, &id, &loc, &stored)).await {
+            Ok(r) => r,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
     }
 
     /// Read and parse a tree.
