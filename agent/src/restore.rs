@@ -137,6 +137,15 @@ pub struct ContentReader {
 }
 
 impl ContentReader {
+    /// A reader with nothing left to read.
+    pub fn empty() -> Self {
+        ContentReader {
+            stream: futures::stream::empty().boxed(),
+            current: Vec::new(),
+            pos: 0,
+        }
+    }
+
     /// A reader over the blobs `content`.
     pub fn new(repo: Arc<Repository>, content: Vec<Id>) -> Self {
         let stream = futures::stream::iter(content)

@@ -136,7 +136,68 @@ pub struct WriterState {
 pub struct ReaderState {
     path: String,
     reader: ContentReader,
+    /// Plaintext bytes the content adds up to, according to the index.
+    size: u64,
 }
+
+/// Metadata to apply to a restored file through its own descriptor, once
+/// its content is written (so writing cannot disturb the mtime, and no path
+/// is resolved again).
+struct FileMeta {
+    mode: u32,
+    owner: Option<(u32, u32)>,
+    times: Option<(rustix::fs::Timespec, rustix::fs::Timespec)>,
+}
+
+impl FileMeta {
+    fn from_metadata(m: &Metadata) -> Self {
+        let ts = |t: types::Timestamp| rustix::fs::Timespec {
+            tv_sec: t.seconds,
+            tv_nsec: t.nanoseconds as _,
+        };
+        FileMeta {
+            mode: m.mode,
+            owner: m.uid.zip(m.gid),
+            times: m.mtime.map(|mt| (ts(m.atime.unwrap_or(mt)), ts(mt))),
+        }
+    }
+
+    fn apply(&self, file: &std::fs::File) -> std::io::Result<()> {
+        if let Some((uid, gid)) = self.owner
+            && rustix::process::geteuid().is_root()
+        {
+            rustix::fs::fchown(
+                file,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+            )?;
+        }
+        rustix::fs::fchmod(file, rustix::fs::Mode::from_raw_mode(self.mode & 0o7777))?;
+        if let Some((atime, mtime)) = self.times {
+            rustix::fs::futimens(
+                file,
+                &rustix::fs::Timestamps {
+                    last_access: atime,
+                    last_modification: mtime,
+                },
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A file being written in the background by a restore.
+struct PendingWrite {
+    handle: tokio::task::JoinHandle<Result<(), AdapterError>>,
+    /// Hands the task the file's metadata; `None` once given or given up.
+    meta: Option<tokio::sync::oneshot::Sender<FileMeta>>,
+}
+
+/// Files restored at once in the background.
+const PARALLEL_WRITES: usize = 8;
+/// Files whose metadata may still arrive through `set-metadata` while their
+/// write is in flight; older ones get it applied by path.
+const META_WINDOW: usize = 64;
 
 /// The parent snapshot's trees along the current path, for unchanged-file
 /// detection without reloading trees for every file.
@@ -205,6 +266,14 @@ struct RestoreJob {
     damaged: Vec<String>,
     /// Entries of kinds adapters cannot restore (devices, fifos, sockets).
     left_out: Vec<String>,
+    /// Files being written in the background, by restore path.
+    writes: std::collections::HashMap<String, PendingWrite>,
+    /// Paths whose metadata sender is still live, oldest first.
+    meta_order: std::collections::VecDeque<String>,
+    /// Bounds the writes in flight.
+    slots: Arc<tokio::sync::Semaphore>,
+    /// Background writes that failed: (path, error).
+    failed_writes: Vec<(String, AdapterError)>,
 }
 
 enum Job {
@@ -310,6 +379,10 @@ impl HostState {
                 last: None,
                 damaged: Vec::new(),
                 left_out: Vec::new(),
+                writes: Default::default(),
+                meta_order: Default::default(),
+                slots: Arc::new(tokio::sync::Semaphore::new(PARALLEL_WRITES)),
+                failed_writes: Vec::new(),
             })),
         })
     }
@@ -829,9 +902,19 @@ impl snapshot::Host for HostState {
                 Err(e) => return Ok(Err(self.restore_error(e)?)),
             },
         };
+        let size = job.repo.with_index(|i| {
+            content
+                .iter()
+                .map(|id| {
+                    i.get(id, crate::repo::pack::BlobType::Data)
+                        .map_or(0, |l| l.plain_length() as u64)
+                })
+                .sum()
+        });
         let reader = ReaderState {
             reader: ContentReader::new(Arc::clone(&job.repo), content),
             path,
+            size,
         };
         Ok(Ok(self.table.push(reader)?))
     }
@@ -847,6 +930,8 @@ impl snapshot::HostEntryReader for HostState {
     }
 
     async fn pump_to_file(&mut self, r: Resource<ReaderState>, path: String) -> HostResult<u64> {
+        // A second write to the same path waits for the first.
+        self.settle_write(&path).await?;
         let file = match self
             .grants
             .resolve(&path, true)
@@ -855,56 +940,46 @@ impl snapshot::HostEntryReader for HostState {
             Ok(f) => f,
             Err(e) => return Ok(Err(grant_error(e))),
         };
-        // Whole blobs are written at once: no buffer needed.
-        let mut out = file;
-        let mut ends_in_hole = false;
         let reader = self.table.get_mut(&r)?;
-        let mut total = 0u64;
-        loop {
-            match reader.reader.next_blob().await {
-                Ok(Some(blob)) => {
-                    // All-zero blobs become holes, so sparse files stay sparse.
-                    ends_in_hole = blob.iter().all(|&b| b == 0);
-                    let written = if ends_in_hole {
-                        out.seek(std::io::SeekFrom::Current(blob.len() as i64))
-                            .map(|_| ())
-                    } else {
-                        out.write_all(&blob)
-                    };
-                    if let Err(e) = written {
-                        drop(out);
-                        self.remove_partial(&path);
-                        return Ok(Err(AdapterError::Io(format!("{path}: {e}"))));
-                    }
-                    total += blob.len() as u64;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    // Never leave a file that looks restored but is not:
-                    // remove what was written before the damaged blob.
-                    drop(out);
-                    self.remove_partial(&path);
-                    let entry = self.table.get(&r)?.path.clone();
-                    let err = match repo_error(e)? {
-                        AdapterError::Corrupt(m) => AdapterError::Corrupt(format!("{entry}: {m}")),
-                        other => other,
-                    };
-                    self.note_damage(&err);
-                    return Ok(Err(err));
-                }
+        let content = std::mem::replace(&mut reader.reader, ContentReader::empty());
+        let (entry, size) = (reader.path.clone(), reader.size);
+        // The file is created now (so errors about the path are immediate);
+        // its content and metadata are written in the background, several
+        // files at once. A failure there fails the job and removes the file.
+        let job = self.restore()?;
+        job.reap_writes().await;
+        let permit = Arc::clone(&job.slots)
+            .acquire_owned()
+            .await
+            .map_err(fault)?;
+        let (meta_tx, meta_rx) = tokio::sync::oneshot::channel::<FileMeta>();
+        let target = path.clone();
+        let handle = tokio::spawn(async move {
+            let file = write_content(file, content, &entry, &target).await;
+            drop(permit);
+            let file = file?;
+            if let Ok(meta) = meta_rx.await {
+                meta.apply(&file)
+                    .map_err(|e| AdapterError::Io(format!("{target}: setting metadata: {e}")))?;
+            }
+            Ok(())
+        });
+        job.writes.insert(
+            path.clone(),
+            PendingWrite {
+                handle,
+                meta: Some(meta_tx),
+            },
+        );
+        job.meta_order.push_back(path);
+        while job.meta_order.len() > META_WINDOW {
+            if let Some(old) = job.meta_order.pop_front()
+                && let Some(w) = job.writes.get_mut(&old)
+            {
+                w.meta = None;
             }
         }
-        // A trailing hole needs the length set explicitly.
-        let done = if ends_in_hole {
-            out.set_len(total)
-        } else {
-            Ok(())
-        };
-        if let Err(e) = done {
-            self.remove_partial(&path);
-            return Ok(Err(AdapterError::Io(format!("{path}: {e}"))));
-        }
-        Ok(Ok(total))
+        Ok(Ok(size))
     }
 
     async fn discard(&mut self, r: Resource<ReaderState>) -> HostResult<u64> {
@@ -986,6 +1061,16 @@ impl fs::Host for HostState {
     }
 
     async fn set_metadata(&mut self, path: String, m: Metadata) -> HostResult<()> {
+        if let Job::Restore(job) = &mut self.job
+            && let Some(w) = job.writes.get_mut(&path)
+        {
+            if let Some(tx) = w.meta.take() {
+                // Applied through the file's descriptor once it is written.
+                let _ = tx.send(FileMeta::from_metadata(&m));
+                return Ok(Ok(()));
+            }
+            self.settle_write(&path).await?;
+        }
         let owner = m.uid.zip(m.gid);
         let times = m.mtime.map(|mt| {
             let at = m.atime.unwrap_or(mt);
@@ -1005,6 +1090,109 @@ impl fs::Host for HostState {
             .resolve(&path, true)
             .and_then(|r| r.set_metadata(Some(m.mode), owner, times))
             .map_err(grant_error))
+    }
+}
+
+/// Write a file's content, turning all-zero blobs into holes. On failure the
+/// error names the entry; the caller removes the file.
+async fn write_content(
+    mut out: std::fs::File,
+    mut content: ContentReader,
+    entry: &str,
+    target: &str,
+) -> Result<std::fs::File, AdapterError> {
+    let mut total = 0u64;
+    let mut ends_in_hole = false;
+    loop {
+        let blob = match content.next_blob().await {
+            Ok(Some(b)) => b,
+            Ok(None) => break,
+            Err(RepoError::Corrupt { what, reason }) => {
+                return Err(AdapterError::Corrupt(format!(
+                    "{entry}: {what} is damaged: {reason}"
+                )));
+            }
+            Err(e) => return Err(AdapterError::Corrupt(format!("{entry}: {e}"))),
+        };
+        ends_in_hole = blob.iter().all(|&b| b == 0);
+        let written = if ends_in_hole {
+            out.seek(std::io::SeekFrom::Current(blob.len() as i64))
+                .map(|_| ())
+        } else {
+            out.write_all(&blob)
+        };
+        written.map_err(|e| AdapterError::Io(format!("{target}: {e}")))?;
+        total += blob.len() as u64;
+    }
+    // A trailing hole needs the length set explicitly.
+    if ends_in_hole {
+        out.set_len(total)
+            .map_err(|e| AdapterError::Io(format!("{target}: {e}")))?;
+    }
+    Ok(out)
+}
+
+impl RestoreJob {
+    /// Collect background writes that have finished.
+    async fn reap_writes(&mut self) {
+        let done: Vec<String> = self
+            .writes
+            .iter()
+            .filter(|(_, w)| w.handle.is_finished())
+            .map(|(p, _)| p.clone())
+            .collect();
+        for path in done {
+            if let Some(w) = self.writes.remove(&path) {
+                self.settle(path, w).await;
+            }
+        }
+    }
+
+    async fn settle(&mut self, path: String, w: PendingWrite) {
+        drop(w.meta);
+        let result = match w.handle.await {
+            Ok(r) => r,
+            Err(e) => Err(AdapterError::Other(format!(
+                "{path}: the write task failed: {e}"
+            ))),
+        };
+        if let Err(e) = result {
+            self.failed_writes.push((path, e));
+        }
+    }
+}
+
+impl HostState {
+    /// Wait for the background write of `path`, if any.
+    async fn settle_write(&mut self, path: &str) -> wasmtime::Result<()> {
+        if let Job::Restore(job) = &mut self.job
+            && let Some(w) = job.writes.remove(path)
+        {
+            job.settle(path.to_string(), w).await;
+        }
+        Ok(())
+    }
+
+    /// Finish every background write of a restore. Failed files are removed
+    /// and their errors recorded as damage, so the job fails.
+    pub(super) async fn finish_writes(&mut self) {
+        let Job::Restore(job) = &mut self.job else {
+            return;
+        };
+        let paths: Vec<String> = job.writes.keys().cloned().collect();
+        for path in paths {
+            if let Some(w) = job.writes.remove(&path) {
+                job.settle(path, w).await;
+            }
+        }
+        let failed = std::mem::take(&mut job.failed_writes);
+        for (path, err) in failed {
+            self.remove_partial(&path);
+            let message = meta::describe_error(&err);
+            if let Job::Restore(job) = &mut self.job {
+                job.damaged.push(message);
+            }
+        }
     }
 }
 

@@ -366,13 +366,17 @@ impl Runtime {
             let result =
                 tokio::time::timeout(limits.timeout, instance.call_verify(&mut store, &config))
                     .await;
-            host::RestoreOutcome::Verified(explain(&adapter, limits, result)?)
+            explain(&adapter, limits, result).map(host::RestoreOutcome::Verified)
         } else {
             let result =
                 tokio::time::timeout(limits.timeout, instance.call_restore(&mut store, &config))
                     .await;
-            host::RestoreOutcome::Restored(explain(&adapter, limits, result)?)
+            explain(&adapter, limits, result).map(host::RestoreOutcome::Restored)
         };
+        // Files still being written in the background finish (or fail and
+        // are removed) before anything is reported.
+        store.data_mut().finish_writes().await;
+        let outcome = outcome?;
         let (damaged, left_out) = store.data().restore_findings();
         let outcome = match outcome {
             // The host knows what it handed out damaged: a report must say
@@ -387,7 +391,7 @@ impl Runtime {
             }
             host::RestoreOutcome::Restored(_) if !damaged.is_empty() => {
                 anyhow::bail!(
-                    "adapter {adapter} finished, but {} entries were damaged and not restored: {}",
+                    "adapter {adapter} finished, but {} entries could not be restored (removed): {}",
                     damaged.len(),
                     damaged.join("; ")
                 );
