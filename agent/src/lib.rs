@@ -4,12 +4,16 @@
 //! service ([`runtime`]). The adapter decides what to back up and how to
 //! restore it; the host moves the bytes natively through content-defined
 //! chunking, deduplication, zstd and encryption ([`pipeline`]) into a
-//! restic-format repository ([`repo`]) on a [`storage::Backend`].
+//! restic-format repository ([`repo`]) on a [`storage::Backend`]: a local
+//! directory or S3, where [`residency`] keeps each tenant's data inside its
+//! region pair ([`config`] declares regions, regimes, tenants and jobs).
 
 pub mod check;
 pub mod cli;
+pub mod config;
 pub mod pipeline;
 pub mod repo;
+pub mod residency;
 pub mod restore;
 pub mod runtime;
 pub mod storage;

@@ -9,4 +9,6 @@
 mod common;
 mod faults;
 mod filesystem;
+mod garage;
 mod restic;
+mod s3;

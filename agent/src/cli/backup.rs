@@ -12,8 +12,11 @@ use std::time::{Duration, Instant};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Files and directories to back up (granted read-only to the adapter).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "job")]
     paths: Vec<String>,
+    /// Run this job of the config file (its tenant, adapter, paths, excludes and tags).
+    #[arg(long, conflicts_with = "paths")]
+    job: Option<String>,
     /// Leave out entries matching this glob (a pattern without `/` matches names at any depth).
     #[arg(short = 'e', long)]
     exclude: Vec<String>,
@@ -72,7 +75,29 @@ fn absolute(p: &str) -> anyhow::Result<String> {
 }
 
 /// Run `backup`.
-pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
+pub async fn run(g: &Global, mut a: Args) -> anyhow::Result<Outcome> {
+    let job_global;
+    let g = match &a.job {
+        None => g,
+        Some(name) => {
+            let config = g.config()?;
+            let job = config
+                .jobs
+                .get(name)
+                .with_context(|| format!("job {name} is not in the config"))?;
+            if let Some(t) = g.tenant.as_ref().filter(|t| **t != job.tenant) {
+                bail!("job {name} belongs to tenant {}, not {t}", job.tenant);
+            }
+            a.paths = job.paths.clone();
+            a.exclude.extend(job.exclude.iter().cloned());
+            a.no_exclude_temporary |= !job.exclude_temporary;
+            a.tag.extend(job.tags.iter().cloned());
+            a.adapter = job.adapter.clone();
+            a.compression = job.compression;
+            job_global = g.for_tenant(&job.tenant);
+            &job_global
+        }
+    };
     let started = chrono::Local::now().fixed_offset();
     let clock = Instant::now();
     let mut paths = Vec::new();

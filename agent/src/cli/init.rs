@@ -9,7 +9,7 @@ pub struct Args {}
 
 /// Run `init`.
 pub async fn run(g: &Global, _: Args) -> anyhow::Result<Outcome> {
-    let backend = g.backend()?;
+    let backend = g.backend().await?;
     let password = g.password(true)?;
     let location = backend.location();
     let repo = Repository::init(backend, &password).await?;

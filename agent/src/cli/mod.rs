@@ -1,37 +1,60 @@
 //! The command line, following restic's conventions: `init`, `backup`,
 //! `snapshots`, `ls`, `restore`, `verify`, `check`.
 //!
+//! With `--config`, commands act on a tenant (`--tenant`, or the tenant of
+//! `backup --job`), whose repository is a local directory or a pair of S3
+//! regions behind the residency checks; `residency`, `replicate`, `repair`
+//! and `tenant shred` exist only there.
+//!
 //! Exit codes: 0 success; 1 failure; 3 backup incomplete (some entries
-//! could not be read; the snapshot holds everything else).
+//! could not be read; the snapshot holds everything else); 4 degraded (the
+//! work is stored in one region of the tenant's pair only; the other lags
+//! until `cairn replicate`).
 
 mod backup;
 mod check;
 mod init;
 mod ls;
+mod replicate;
+mod residency;
 mod restore;
 mod snapshots;
+mod tenant;
 
+use crate::config::{Config, Placement, RegionConfig};
 use crate::repo::Repository;
+use crate::residency::Policy;
+use crate::residency::audit::AuditLog;
+use crate::residency::pair::PairBackend;
 use crate::storage::Backend;
 use crate::storage::local::LocalBackend;
+use crate::storage::s3::S3Backend;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Exit code when the command failed.
 pub const EXIT_FAILED: u8 = 1;
 /// Exit code when a backup completed but some entries could not be read.
 pub const EXIT_INCOMPLETE: u8 = 3;
+/// Exit code when the work is stored in only one region of the pair.
+pub const EXIT_DEGRADED: u8 = 4;
 
 /// Cairn: sandboxed, restic-compatible backups.
 #[derive(Parser, Debug)]
 #[command(name = "cairn", version, about, long_about = None)]
 pub struct Cli {
-    /// Repository location (a local directory).
+    /// Repository location: a local directory, or `s3:https://host[:port]/bucket/prefix`.
     #[arg(short = 'r', long = "repo", env = "CAIRN_REPOSITORY", global = true)]
     repo: Option<String>,
+    /// The configuration file (regions, regimes, tenants, jobs).
+    #[arg(long, env = "CAIRN_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// The tenant whose repository to use (needs --config).
+    #[arg(long, global = true)]
+    tenant: Option<String>,
     /// Read the repository password from this file (else $CAIRN_PASSWORD, else a prompt).
     #[arg(long, env = "CAIRN_PASSWORD_FILE", global = true)]
     password_file: Option<PathBuf>,
@@ -61,6 +84,16 @@ enum Command {
     Verify(restore::VerifyArgs),
     /// Check the repository's structure, and with --read-data all data.
     Check(check::Args),
+    /// Prove where tenants' data is: check bucket regions, list every region.
+    #[command(subcommand)]
+    Residency(residency::Command),
+    /// Copy what one region of a tenant's pair lacks from the other.
+    Replicate(replicate::Args),
+    /// Rewrite damaged or missing objects of one region from the other.
+    Repair(replicate::RepairArgs),
+    /// Tenant operations.
+    #[command(subcommand)]
+    Tenant(tenant::Command),
 }
 
 /// What a command ended with, beyond plain failure.
@@ -69,37 +102,122 @@ pub enum Outcome {
     Ok,
     /// The backup is stored but some entries were not read.
     Incomplete,
+    /// Stored in one region of the pair only.
+    Degraded,
 }
 
 /// Shared options for commands.
+#[derive(Clone)]
 pub struct Global {
     repo: Option<String>,
     password_file: Option<PathBuf>,
+    config_path: Option<PathBuf>,
+    tenant: Option<String>,
     /// Print JSON.
     pub json: bool,
+    /// The tenant's region pair, once opened (for lagging and healed reports).
+    pair: Arc<Mutex<Option<Arc<PairBackend>>>>,
 }
 
 impl Global {
-    fn backend(&self) -> anyhow::Result<Arc<dyn Backend>> {
+    /// The configuration file, loaded and validated.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let Some(path) = &self.config_path else {
+            bail!("this command needs --config (or CAIRN_CONFIG)");
+        };
+        Ok(Config::load(path)?)
+    }
+
+    /// The same options acting on `tenant`.
+    pub fn for_tenant(&self, tenant: &str) -> Global {
+        let mut g = self.clone();
+        g.tenant = Some(tenant.to_string());
+        g
+    }
+
+    /// Say what the tenant's pair healed and which region lags. A lagging
+    /// region turns a successful write into [`Outcome::Degraded`].
+    fn finish(&self, outcome: Outcome, wrote: bool) -> Outcome {
+        let Some(pair) = self.pair() else {
+            return outcome;
+        };
+        for h in pair.healed() {
+            eprintln!(
+                "cairn: healed {}: the copy in {} was bad ({}); used the copy in {}",
+                h.key, h.bad_region, h.reason, h.from_region
+            );
+        }
+        let lagging = pair.lagging();
+        for (region, why) in &lagging {
+            eprintln!(
+                "cairn: tenant {}: region {region} is lagging ({why}); run `cairn replicate --tenant {}` when it is back",
+                pair.tenant(),
+                pair.tenant()
+            );
+        }
+        match outcome {
+            Outcome::Ok if wrote && !lagging.is_empty() => Outcome::Degraded,
+            o => o,
+        }
+    }
+
+    /// The tenant's region pair, if a command opened one.
+    pub fn pair(&self) -> Option<Arc<PairBackend>> {
+        self.pair.lock().expect("pair lock").clone()
+    }
+
+    /// Open the tenant's region pair (residency checks and audit log on).
+    pub async fn open_pair(
+        &self,
+        config: &Config,
+        tenant: &str,
+    ) -> anyhow::Result<Arc<PairBackend>> {
+        let audit = AuditLog::open(&config.audit_log).map_err(anyhow::Error::msg)?;
+        let policy = Arc::new(Policy::from_config(config));
+        let pair = Arc::new(PairBackend::open(config, tenant, policy, Arc::new(audit)).await?);
+        *self.pair.lock().expect("pair lock") = Some(pair.clone());
+        Ok(pair)
+    }
+
+    async fn backend(&self) -> anyhow::Result<Arc<dyn Backend>> {
+        if let Some(tenant) = &self.tenant {
+            if self.repo.is_some() {
+                bail!("give either -r/--repo or --tenant, not both");
+            }
+            let config = self.config()?;
+            return match config.placement(tenant).map_err(anyhow::Error::msg)? {
+                Placement::Local(dir) => Ok(Arc::new(LocalBackend::new(dir))),
+                Placement::Pair { .. } => Ok(self.open_pair(&config, tenant).await?),
+            };
+        }
         let Some(repo) = &self.repo else {
+            if self.config_path.is_some() {
+                bail!("no tenant given: use --tenant (or backup --job)");
+            }
             bail!("no repository given: use -r/--repo or set CAIRN_REPOSITORY");
         };
+        if let Some(url) = repo.strip_prefix("s3:") {
+            return Ok(Arc::new(s3_from_url(url).await?));
+        }
         let path = repo.strip_prefix("local:").unwrap_or(repo);
-        if path.contains("://") || path.starts_with("s3:") {
-            bail!("repository {repo:?}: only local directories are supported in this version");
+        if path.contains("://") {
+            bail!("repository {repo:?}: use a local directory or s3:https://host/bucket/prefix");
         }
         Ok(Arc::new(LocalBackend::new(path)))
     }
 
     fn password(&self, confirm: bool) -> anyhow::Result<String> {
+        if let Some(tenant) = &self.tenant {
+            let config = self.config()?;
+            let t = config
+                .tenants
+                .get(tenant)
+                .with_context(|| format!("tenant {tenant} is not in the config"))?;
+            return read_password_file(&t.password_file)
+                .with_context(|| format!("tenant {tenant}"));
+        }
         if let Some(file) = &self.password_file {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("reading the password file {}", file.display()))?;
-            let pw = text.lines().next().unwrap_or_default().to_string();
-            if pw.is_empty() {
-                bail!("the password file {} is empty", file.display());
-            }
-            return Ok(pw);
+            return read_password_file(file);
         }
         if let Ok(pw) = std::env::var("CAIRN_PASSWORD") {
             if pw.is_empty() {
@@ -132,10 +250,53 @@ impl Global {
     /// Open the repository without reading its index (`check` reads index
     /// files one by one so it can report a damaged one).
     pub async fn open_without_index(&self) -> anyhow::Result<Arc<Repository>> {
-        let backend = self.backend()?;
+        let backend = self.backend().await?;
         let password = self.password(false)?;
         Ok(Arc::new(Repository::open(backend, &password).await?))
     }
+}
+
+fn read_password_file(file: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading the password file {}", file.display()))?;
+    let pw = text.lines().next().unwrap_or_default().to_string();
+    if pw.is_empty() {
+        bail!("the password file {} is empty", file.display());
+    }
+    Ok(pw)
+}
+
+/// A backend for `-r s3:https://host[:port]/bucket/prefix`, restic's form.
+/// The region comes from AWS_REGION / AWS_DEFAULT_REGION (default
+/// us-east-1) and credentials from the standard AWS chain.
+async fn s3_from_url(url: &str) -> anyhow::Result<S3Backend> {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (s, r),
+        None => ("https", url),
+    };
+    let mut parts = rest.splitn(3, '/');
+    let host = parts.next().unwrap_or_default();
+    let bucket = parts.next().unwrap_or_default();
+    let prefix = parts.next().unwrap_or_default().trim_matches('/');
+    if host.is_empty() || bucket.is_empty() {
+        bail!("repository s3:{url}: expected s3:https://host[:port]/bucket[/prefix]");
+    }
+    let region = std::env::var("AWS_REGION")
+        .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+        .unwrap_or_else(|_| "us-east-1".into());
+    let cfg: RegionConfig = toml::from_str(&format!(
+        "endpoint = {:?}\nbucket = {:?}\npath-style = {}\n",
+        format!("{scheme}://{host}"),
+        bucket,
+        !host.ends_with("amazonaws.com"),
+    ))
+    .context("repository URL")?;
+    let check = Config {
+        regions: [(region.clone(), cfg.clone())].into(),
+        ..Default::default()
+    };
+    check.validate().map_err(anyhow::Error::msg)?;
+    Ok(S3Backend::new(&region, &cfg, prefix).await?)
 }
 
 fn init_logging(verbose: u8) {
@@ -173,7 +334,10 @@ pub fn main() -> ExitCode {
     let global = Global {
         repo: cli.repo,
         password_file: cli.password_file,
+        config_path: cli.config,
+        tenant: cli.tenant,
         json: cli.json,
+        pair: Arc::new(Mutex::new(None)),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -185,6 +349,11 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
+    let wrote = matches!(
+        cli.command,
+        Command::Init(_) | Command::Backup(_) | Command::Replicate(_) | Command::Repair(_)
+    );
+    let g = global.clone();
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Init(a) => init::run(&global, a).await,
@@ -194,12 +363,18 @@ pub fn main() -> ExitCode {
             Command::Restore(a) => restore::run(&global, a).await,
             Command::Verify(a) => restore::verify(&global, a).await,
             Command::Check(a) => check::run(&global, a).await,
+            Command::Residency(c) => residency::run(&global, c).await,
+            Command::Replicate(a) => replicate::run(&global, a).await,
+            Command::Repair(a) => replicate::repair(&global, a).await,
+            Command::Tenant(c) => tenant::run(&global, c).await,
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    let result = result.map(|o| g.finish(o, wrote));
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Incomplete) => ExitCode::from(EXIT_INCOMPLETE),
+        Ok(Outcome::Degraded) => ExitCode::from(EXIT_DEGRADED),
         Err(e) => {
             eprintln!("cairn: {e:#}");
             ExitCode::from(EXIT_FAILED)

@@ -121,7 +121,18 @@ impl Key {
         out
     }
 
-    /// Check the MAC and decrypt.
+    /// Whether `data` carries a valid MAC for this key, without decrypting
+    /// it (a replicated backend uses this to pick a good copy).
+    pub fn authentic(&self, data: &[u8]) -> bool {
+        if data.len() < OVERHEAD {
+            return false;
+        }
+        let (iv, rest) = data.split_at(IV_LEN);
+        let (ciphertext, mac) = rest.split_at(rest.len() - MAC_LEN);
+        constant_time_eq(&self.mac(iv, ciphertext), mac)
+    }
+
+    /// Authenticate and decrypt `IV || ciphertext || MAC`.
     pub fn decrypt(&self, data: &[u8]) -> Result<Vec<u8>, CryptoError> {
         if data.len() < OVERHEAD {
             return Err(CryptoError::TooShort(data.len()));

@@ -303,13 +303,15 @@ impl Repository {
     /// Read a blob: fetch, authenticate, decompress and check its SHA-256.
     pub async fn load_blob(&self, id: &Id, kind: BlobType) -> Result<Vec<u8>, RepoError> {
         let loc = self.locate(id, kind).ok_or(RepoError::BlobNotFound(*id))?;
+        let key = &self.key;
         let stored = self
             .backend
-            .load_range(
+            .load_range_verified(
                 FileType::Pack,
                 &loc.pack.to_hex(),
                 loc.offset as u64,
                 loc.length as u64,
+                &|data: &[u8]| key.authentic(data),
             )
             .await?;
         if stored.len() < PARALLEL_DECODE {
@@ -421,6 +423,12 @@ impl Repository {
             current,
             refresher,
         })
+    }
+
+    /// Remove the locks whose holders are gone (a lock left in a region
+    /// that lagged, say); live locks stay.
+    pub async fn remove_stale_locks(&self) -> Result<(), RepoError> {
+        self.check_locks(false, None).await
     }
 
     async fn check_locks(&self, exclusive: bool, ours: Option<Id>) -> Result<(), RepoError> {

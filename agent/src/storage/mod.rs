@@ -3,6 +3,7 @@
 //! encrypts, compresses and names the files.
 
 pub mod local;
+pub mod s3;
 
 use async_trait::async_trait;
 
@@ -69,6 +70,39 @@ pub enum StorageError {
         /// What the operating system said.
         source: std::io::Error,
     },
+    /// A remote store refused or failed the request (after its retries).
+    #[error("{location}: {}{message}", with_colon(.name))]
+    Remote {
+        /// The store, as a user would name it (with its region).
+        location: String,
+        /// The object's key.
+        name: String,
+        /// What went wrong; never contains a secret.
+        message: String,
+    },
+    /// The request would put or read a tenant's data outside its region
+    /// pair; it was not sent.
+    #[error("residency: refused to {op} {name} for tenant {tenant} in region {region}: {reason}")]
+    Refused {
+        /// The tenant.
+        tenant: String,
+        /// The region the request would have gone to.
+        region: String,
+        /// The operation (write, read, list, delete).
+        op: &'static str,
+        /// The object.
+        name: String,
+        /// Why the region is not allowed.
+        reason: String,
+    },
+}
+
+fn with_colon(name: &str) -> String {
+    if name.is_empty() {
+        String::new()
+    } else {
+        format!("{name}: ")
+    }
 }
 
 impl StorageError {
@@ -98,6 +132,21 @@ pub trait Backend: Send + Sync + 'static {
         offset: u64,
         length: u64,
     ) -> Result<Vec<u8>, StorageError>;
+    /// Read a range and check it with `verify` (for pack blobs: their MAC).
+    /// A store holding more than one copy tries the next copy when a read
+    /// fails or the check does; a single store returns what it read and
+    /// leaves checking to the caller.
+    async fn load_range_verified(
+        &self,
+        t: FileType,
+        name: &str,
+        offset: u64,
+        length: u64,
+        verify: &(dyn for<'b> Fn(&'b [u8]) -> bool + Send + Sync),
+    ) -> Result<Vec<u8>, StorageError> {
+        let _ = verify;
+        self.load_range(t, name, offset, length).await
+    }
     /// The size of a file.
     async fn size(&self, t: FileType, name: &str) -> Result<u64, StorageError>;
     /// The names and sizes of every file of type `t`.

@@ -1,0 +1,522 @@
+//! The agent's configuration file: storage regions, residency regimes,
+//! tenants and jobs. Every table rejects unknown keys (naming them), and
+//! [`Config::validate`] refuses a config whose tenants could put data outside
+//! their regime before any command touches storage.
+//!
+//! docs/configuration.md documents every key; keep the two in step.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// A whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    /// Append-only audit log of every object written or deleted (JSON lines).
+    #[serde(default = "default_audit_log")]
+    pub audit_log: PathBuf,
+    /// Storage regions by name (the name is the S3 region the bucket lives in).
+    #[serde(default)]
+    pub regions: BTreeMap<String, RegionConfig>,
+    /// Residency regimes: sets of regions that are legally equivalent.
+    #[serde(default)]
+    pub regimes: BTreeMap<String, RegimeConfig>,
+    /// Tenants: whose data it is and where it may live.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantConfig>,
+    /// Backup jobs.
+    #[serde(default)]
+    pub jobs: BTreeMap<String, JobConfig>,
+}
+
+fn default_audit_log() -> PathBuf {
+    PathBuf::from("/var/lib/cairn/audit.jsonl")
+}
+
+/// One S3 bucket in one region.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RegionConfig {
+    /// The S3 endpoint URL. `https://` unless the host is loopback or
+    /// `allow-http` is set.
+    pub endpoint: String,
+    /// The bucket holding this region's repositories.
+    pub bucket: String,
+    /// A key prefix inside the bucket; each tenant's repository sits under
+    /// `<prefix>/<tenant>/`.
+    #[serde(default)]
+    pub prefix: String,
+    /// Address buckets as `endpoint/bucket` instead of `bucket.endpoint`.
+    #[serde(default)]
+    pub path_style: bool,
+    /// Allow a plain-http endpoint that is not on loopback.
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Name of the environment variable holding the access key id.
+    pub access_key_id_env: Option<String>,
+    /// Name of the environment variable holding the secret access key.
+    pub secret_access_key_env: Option<String>,
+    /// An AWS shared credentials file to read this region's keys from.
+    pub credentials_file: Option<PathBuf>,
+    /// The profile to use in `credentials-file` (default `default`).
+    pub profile: Option<String>,
+    /// Attempts per request, the first included, before giving up.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Give up on one request (all its attempts) after this many seconds.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+    /// Requests in flight at once to this region.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Objects at least this large are uploaded in parts.
+    #[serde(default = "default_multipart_threshold")]
+    pub multipart_threshold_mib: u64,
+    /// Size of each part of a multipart upload (at least 5).
+    #[serde(default = "default_part_size")]
+    pub part_size_mib: u64,
+}
+
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_request_timeout() -> u64 {
+    300
+}
+fn default_concurrency() -> usize {
+    8
+}
+fn default_multipart_threshold() -> u64 {
+    32
+}
+fn default_part_size() -> u64 {
+    16
+}
+
+/// A residency regime.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RegimeConfig {
+    /// The regions where data under this regime may live.
+    pub regions: Vec<String>,
+}
+
+/// A tenant: one repository per region of its pair, or one local repository.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TenantConfig {
+    /// The tenant's regime (S3 tenants).
+    pub regime: Option<String>,
+    /// The region backups are written to and read from first.
+    pub primary: Option<String>,
+    /// The region holding the replica.
+    pub secondary: Option<String>,
+    /// A local repository directory instead of a region pair.
+    pub repository: Option<PathBuf>,
+    /// The file holding the tenant's repository password.
+    pub password_file: PathBuf,
+    /// Fail a backup unless both regions of the pair took it.
+    #[serde(default)]
+    pub require_both: bool,
+}
+
+/// A backup job.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct JobConfig {
+    /// The tenant whose repository the job writes to.
+    pub tenant: String,
+    /// The adapter: a bundled name or a path to a `.wasm` component.
+    #[serde(default = "default_adapter")]
+    pub adapter: String,
+    /// Paths granted to the adapter (read-only for backup).
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Globs the filesystem adapter leaves out.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Leave out temporary files (TEMP.*, tmp/, *.tmp, *.swp).
+    #[serde(default = "default_true")]
+    pub exclude_temporary: bool,
+    /// Tags added to every snapshot of the job.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// zstd level for new data (0 stores it uncompressed).
+    #[serde(default = "default_compression")]
+    pub compression: i32,
+}
+
+fn default_adapter() -> String {
+    "filesystem".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_compression() -> i32 {
+    3
+}
+
+/// Where a tenant's data lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// A local repository directory.
+    Local(PathBuf),
+    /// A pair of S3 regions inside one regime.
+    Pair {
+        /// The regime the pair belongs to.
+        regime: String,
+        /// Written and read first.
+        primary: String,
+        /// The replica.
+        secondary: String,
+    },
+}
+
+/// A configuration that cannot be used, naming what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or missing keys.
+    #[error("config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with the key and line.
+        message: String,
+    },
+    /// The file parses but its content is inconsistent or unsafe.
+    #[error("config {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the tenant, region or job.
+        message: String,
+    },
+}
+
+/// Names of tenants, regions, regimes and jobs: they become key prefixes and
+/// appear in logs, so keep them to a safe alphabet.
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && !s.starts_with('-')
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parse and validate config text; `path` is only used in messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Check everything that can be checked without touching storage.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, r) in &self.regions {
+            if !valid_name(name) {
+                return Err(format!(
+                    "region {name:?}: names use a-z, 0-9, '-' and '_' only"
+                ));
+            }
+            validate_endpoint(name, r)?;
+            if r.bucket.is_empty() {
+                return Err(format!("region {name}: bucket is empty"));
+            }
+            if r.prefix.starts_with('/') || r.prefix.contains("..") {
+                return Err(format!(
+                    "region {name}: prefix {:?} must be relative and must not contain '..'",
+                    r.prefix
+                ));
+            }
+            if r.access_key_id_env.is_some() != r.secret_access_key_env.is_some() {
+                return Err(format!(
+                    "region {name}: set both access-key-id-env and secret-access-key-env, or neither"
+                ));
+            }
+            if r.access_key_id_env.is_some() && r.credentials_file.is_some() {
+                return Err(format!(
+                    "region {name}: choose environment variables or a credentials-file, not both"
+                ));
+            }
+            if r.max_attempts == 0 || r.max_attempts > 20 {
+                return Err(format!("region {name}: max-attempts must be 1..=20"));
+            }
+            if r.concurrency == 0 || r.concurrency > 256 {
+                return Err(format!("region {name}: concurrency must be 1..=256"));
+            }
+            if r.part_size_mib < 5 || r.part_size_mib > 5 * 1024 {
+                return Err(format!(
+                    "region {name}: part-size-mib must be 5..=5120 (S3's limits)"
+                ));
+            }
+            if r.multipart_threshold_mib < r.part_size_mib {
+                return Err(format!(
+                    "region {name}: multipart-threshold-mib must be at least part-size-mib"
+                ));
+            }
+            if r.request_timeout_secs == 0 {
+                return Err(format!(
+                    "region {name}: request-timeout-secs must be positive"
+                ));
+            }
+        }
+        let mut buckets: BTreeMap<(String, &str), &str> = BTreeMap::new();
+        for (name, r) in &self.regions {
+            let at = (
+                r.endpoint.trim_end_matches('/').to_ascii_lowercase(),
+                r.bucket.as_str(),
+            );
+            if let Some(other) = buckets.insert(at, name) {
+                return Err(format!(
+                    "regions {other} and {name} declare the same bucket {} at {}; one bucket is in one region",
+                    r.bucket, r.endpoint
+                ));
+            }
+        }
+        let mut region_regime: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, regime) in &self.regimes {
+            if !valid_name(name) {
+                return Err(format!(
+                    "regime {name:?}: names use a-z, 0-9, '-' and '_' only"
+                ));
+            }
+            if regime.regions.is_empty() {
+                return Err(format!("regime {name}: lists no regions"));
+            }
+            for r in &regime.regions {
+                if !self.regions.contains_key(r) {
+                    return Err(format!(
+                        "regime {name}: region {r} is not declared under [regions]"
+                    ));
+                }
+                if let Some(other) = region_regime.insert(r, name)
+                    && other != name
+                {
+                    return Err(format!(
+                        "region {r} is in two regimes ({other} and {name}); a region belongs to one regime"
+                    ));
+                }
+            }
+        }
+        for name in self.tenants.keys() {
+            if !valid_name(name) {
+                return Err(format!(
+                    "tenant {name:?}: names use a-z, 0-9, '-' and '_' only"
+                ));
+            }
+            self.placement(name)?;
+        }
+        for (name, job) in &self.jobs {
+            if !valid_name(name) {
+                return Err(format!(
+                    "job {name:?}: names use a-z, 0-9, '-' and '_' only"
+                ));
+            }
+            if !self.tenants.contains_key(&job.tenant) {
+                return Err(format!(
+                    "job {name}: tenant {} is not declared under [tenants]",
+                    job.tenant
+                ));
+            }
+            if !(0..=22).contains(&job.compression) {
+                return Err(format!("job {name}: compression must be 0..=22"));
+            }
+            if job.adapter == "filesystem" && job.paths.is_empty() {
+                return Err(format!("job {name}: the filesystem adapter needs paths"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Where a tenant's data lives, after checking the tenant's pair stays
+    /// inside its regime.
+    pub fn placement(&self, tenant: &str) -> Result<Placement, String> {
+        let t = self
+            .tenants
+            .get(tenant)
+            .ok_or_else(|| format!("tenant {tenant} is not declared under [tenants]"))?;
+        let s3 = t.regime.is_some() || t.primary.is_some() || t.secondary.is_some();
+        match (&t.repository, s3) {
+            (Some(_), true) => Err(format!(
+                "tenant {tenant}: give either repository (local) or regime/primary/secondary, not both"
+            )),
+            (Some(dir), false) => Ok(Placement::Local(dir.clone())),
+            (None, false) => Err(format!(
+                "tenant {tenant}: give regime, primary and secondary (or a local repository)"
+            )),
+            (None, true) => {
+                let (Some(regime), Some(primary), Some(secondary)) =
+                    (&t.regime, &t.primary, &t.secondary)
+                else {
+                    return Err(format!(
+                        "tenant {tenant}: regime, primary and secondary are all required"
+                    ));
+                };
+                let Some(rg) = self.regimes.get(regime) else {
+                    return Err(format!(
+                        "tenant {tenant}: regime {regime} is not declared under [regimes]"
+                    ));
+                };
+                if primary == secondary {
+                    return Err(format!(
+                        "tenant {tenant}: primary and secondary are both {primary}; a pair needs two regions"
+                    ));
+                }
+                for (role, region) in [("primary", primary), ("secondary", secondary)] {
+                    if !rg.regions.contains(region) {
+                        return Err(format!(
+                            "tenant {tenant}: {role} region {region} is outside regime {regime} ({}); refusing to place the tenant's data there",
+                            rg.regions.join(", ")
+                        ));
+                    }
+                }
+                Ok(Placement::Pair {
+                    regime: regime.clone(),
+                    primary: primary.clone(),
+                    secondary: secondary.clone(),
+                })
+            }
+        }
+    }
+}
+
+fn validate_endpoint(name: &str, r: &RegionConfig) -> Result<(), String> {
+    let (scheme, rest) = r
+        .endpoint
+        .split_once("://")
+        .ok_or_else(|| format!("region {name}: endpoint {:?} is not a URL", r.endpoint))?;
+    let host = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!(
+            "region {name}: endpoint {:?} has no host",
+            r.endpoint
+        ));
+    }
+    match scheme {
+        "https" => Ok(()),
+        "http" => {
+            let loopback = host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if loopback || r.allow_http {
+                Ok(())
+            } else {
+                Err(format!(
+                    "region {name}: endpoint {} is plain http to a non-loopback host; use https or set allow-http = true",
+                    r.endpoint
+                ))
+            }
+        }
+        other => Err(format!(
+            "region {name}: endpoint scheme {other:?} is not http or https"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+audit-log = "/tmp/audit.jsonl"
+[regions.eu-west-1]
+endpoint = "http://127.0.0.1:3900"
+bucket = "b1"
+[regions.eu-central-1]
+endpoint = "https://s3.eu-central-1.amazonaws.com"
+bucket = "b2"
+[regions.us-east-1]
+endpoint = "https://s3.us-east-1.amazonaws.com"
+bucket = "b3"
+[regimes.eu]
+regions = ["eu-west-1", "eu-central-1"]
+[regimes.us]
+regions = ["us-east-1"]
+"#;
+
+    fn parse(extra: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("test.toml"), &format!("{BASE}{extra}"))
+    }
+
+    #[test]
+    fn a_pair_inside_its_regime_is_accepted() {
+        let c = parse(
+            "[tenants.acme]\nregime = \"eu\"\nprimary = \"eu-west-1\"\nsecondary = \"eu-central-1\"\npassword-file = \"/k\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.placement("acme").unwrap(),
+            Placement::Pair {
+                regime: "eu".into(),
+                primary: "eu-west-1".into(),
+                secondary: "eu-central-1".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_pair_leaving_its_regime_is_refused_naming_tenant_and_region() {
+        let e = parse(
+            "[tenants.acme]\nregime = \"eu\"\nprimary = \"eu-west-1\"\nsecondary = \"us-east-1\"\npassword-file = \"/k\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("tenant acme") && e.contains("us-east-1"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = parse("[tenants.acme]\nregime = \"eu\"\npasword-file = \"/k\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pasword-file"), "{e}");
+    }
+
+    #[test]
+    fn plain_http_needs_loopback_or_consent() {
+        let e = Config::parse(
+            Path::new("t"),
+            "[regions.x]\nendpoint = \"http://10.0.0.1:3900\"\nbucket = \"b\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("region x") && e.contains("allow-http"), "{e}");
+        Config::parse(
+            Path::new("t"),
+            "[regions.x]\nendpoint = \"http://10.0.0.1:3900\"\nbucket = \"b\"\nallow-http = true\n",
+        )
+        .unwrap();
+    }
+}

@@ -1,0 +1,465 @@
+//! One tenant's repository kept in both regions of its pair.
+//!
+//! Writes go to both regions at once. When one region fails, the default is
+//! to finish in the other and mark the failed one as lagging (the command
+//! then exits with [`crate::cli::EXIT_DEGRADED`] and `cairn replicate`
+//! catches it up); with `require-both` the write fails instead.
+//!
+//! Reads go to the primary and fall back, per object, to the secondary when
+//! the object is missing, unreadable, or fails its check: whole files must
+//! hash to their name (every repository file but `config` is named by the
+//! SHA-256 of its bytes), pack ranges must carry a valid MAC. Each fallback
+//! that succeeded is recorded as healed, so the command can say what it
+//! healed.
+
+use super::sync::matches_name;
+use super::{Guarded, Policy, audit::AuditLog};
+use crate::config::{Config, Placement};
+use crate::storage::s3::{BucketRegion, S3Backend};
+use crate::storage::{Backend, FileType, StorageError};
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// The role of a region in a tenant's pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Written and read first.
+    Primary,
+    /// The replica.
+    Secondary,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Primary => "primary",
+            Role::Secondary => "secondary",
+        })
+    }
+}
+
+struct Replica {
+    store: Guarded,
+    role: Role,
+    /// Why this region is not used at all in this run (its bucket is not
+    /// where it is declared, or it did not answer at start), if so.
+    disabled: Option<String>,
+    /// Why this region stopped taking writes in this run, if it did.
+    lagging: Mutex<Option<String>>,
+}
+
+impl Replica {
+    /// Why the region takes no writes, if it does not.
+    fn lagging(&self) -> Option<String> {
+        self.disabled
+            .clone()
+            .or_else(|| self.lagging.lock().expect("lagging lock").clone())
+    }
+}
+
+/// An object read from the other region because the first copy was bad.
+#[derive(Debug, Clone)]
+pub struct Healed {
+    /// The object's key in the region that failed.
+    pub key: String,
+    /// The region whose copy was bad.
+    pub bad_region: String,
+    /// The region the good copy came from.
+    pub from_region: String,
+    /// What was wrong with the bad copy.
+    pub reason: String,
+}
+
+/// A tenant's repository in both regions of its pair.
+pub struct PairBackend {
+    tenant: String,
+    replicas: [Replica; 2],
+    require_both: bool,
+    healed: Mutex<Vec<Healed>>,
+}
+
+impl PairBackend {
+    /// Open the tenant's repository in both regions of its pair, checking
+    /// that each bucket really is in the region it is declared in. A region
+    /// that fails the check, or does not answer, is disabled for this run
+    /// (loudly); with `require-both` that is an error.
+    pub async fn open(
+        config: &Config,
+        tenant: &str,
+        policy: Arc<Policy>,
+        audit: Arc<AuditLog>,
+    ) -> Result<PairBackend, StorageError> {
+        let Ok(Placement::Pair {
+            primary, secondary, ..
+        }) = config.placement(tenant)
+        else {
+            return Err(StorageError::Refused {
+                tenant: tenant.into(),
+                region: String::new(),
+                op: "open",
+                name: String::new(),
+                reason: "the tenant has no region pair in the config".into(),
+            });
+        };
+        let require_both = config.tenants.get(tenant).is_some_and(|t| t.require_both);
+        let mut replicas = Vec::new();
+        for (role, region) in [(Role::Primary, &primary), (Role::Secondary, &secondary)] {
+            let cfg = config
+                .regions
+                .get(region)
+                .ok_or_else(|| StorageError::Refused {
+                    tenant: tenant.into(),
+                    region: region.clone(),
+                    op: "open",
+                    name: String::new(),
+                    reason: "the region is not declared".into(),
+                })?;
+            let s3 = S3Backend::new(region, cfg, tenant).await?;
+            replicas.push(Replica {
+                store: Guarded::new(s3, tenant, policy.clone(), audit.clone())?,
+                role,
+                disabled: None,
+                lagging: Mutex::new(None),
+            });
+        }
+        let [p, s]: [Replica; 2] = replicas.try_into().map_err(|_| StorageError::Remote {
+            location: tenant.into(),
+            name: String::new(),
+            message: "internal: pair needs two regions".into(),
+        })?;
+        let mut pair = PairBackend {
+            tenant: tenant.to_string(),
+            replicas: [p, s],
+            require_both,
+            healed: Mutex::new(Vec::new()),
+        };
+        let checks = pair
+            .replicas
+            .iter()
+            .map(|r| verify_bucket_region(r.store.s3()));
+        let results = futures::future::join_all(checks).await;
+        for (r, result) in pair.replicas.iter_mut().zip(results) {
+            if let Err(reason) = result {
+                tracing::error!(tenant = %pair.tenant, region = %r.store.region(), role = %r.role, %reason, "Region disabled for this run.");
+                if pair.require_both {
+                    return Err(StorageError::Remote {
+                        location: r.store.location(),
+                        name: String::new(),
+                        message: format!(
+                            "region {} disabled: {reason} (tenant {} requires both regions)",
+                            r.store.region(),
+                            pair.tenant
+                        ),
+                    });
+                }
+                r.disabled = Some(format!("disabled: {reason}"));
+            }
+        }
+        if pair.replicas.iter().all(|r| r.lagging().is_some()) {
+            let reasons: Vec<String> = pair
+                .replicas
+                .iter()
+                .map(|r| format!("{}: {}", r.store.region(), r.lagging().unwrap_or_default()))
+                .collect();
+            return Err(StorageError::Remote {
+                location: format!("tenant {tenant}"),
+                name: String::new(),
+                message: format!("no region of the pair is usable ({})", reasons.join("; ")),
+            });
+        }
+        Ok(pair)
+    }
+
+    /// The tenant.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// Regions that stopped taking writes in this run, with the reason.
+    pub fn lagging(&self) -> Vec<(String, String)> {
+        self.replicas
+            .iter()
+            .filter_map(|r| r.lagging().map(|why| (r.store.region().to_string(), why)))
+            .collect()
+    }
+
+    /// Objects read from the other region because the first copy was bad.
+    pub fn healed(&self) -> Vec<Healed> {
+        self.healed.lock().expect("healed lock").clone()
+    }
+
+    /// The region store playing `role`.
+    pub fn store(&self, role: Role) -> &Guarded {
+        &self.replicas[if role == Role::Primary { 0 } else { 1 }].store
+    }
+
+    /// Whether the region playing `role` is usable in this run.
+    pub fn usable(&self, role: Role) -> bool {
+        self.replicas[if role == Role::Primary { 0 } else { 1 }]
+            .lagging()
+            .is_none()
+    }
+
+    /// Regions in read order: never a disabled one; regions that lagged in
+    /// this run last; primary before secondary.
+    fn read_order(&self) -> Vec<&Replica> {
+        let mut v: Vec<&Replica> = self
+            .replicas
+            .iter()
+            .filter(|r| r.disabled.is_none())
+            .collect();
+        v.sort_by_key(|r| (r.lagging().is_some(), r.role == Role::Secondary));
+        v
+    }
+
+    fn nothing_usable(&self) -> StorageError {
+        StorageError::Remote {
+            location: format!("tenant {}", self.tenant),
+            name: String::new(),
+            message: "no region of the pair is usable".into(),
+        }
+    }
+
+    fn mark_lagging(&self, r: &Replica, err: &StorageError) {
+        let mut slot = r.lagging.lock().expect("lagging lock");
+        if slot.is_none() {
+            tracing::warn!(tenant = %self.tenant, region = %r.store.region(), role = %r.role, error = %err, "Region is lagging: writes go on in the other region only.");
+            *slot = Some(err.to_string());
+        }
+    }
+
+    fn record_heal(&self, bad: &Replica, good: &Replica, key: String, reason: String) {
+        tracing::warn!(tenant = %self.tenant, %key, bad_region = %bad.store.region(), from_region = %good.store.region(), %reason, "Read the other region's copy.");
+        self.healed.lock().expect("healed lock").push(Healed {
+            key,
+            bad_region: bad.store.region().to_string(),
+            from_region: good.store.region().to_string(),
+            reason,
+        });
+    }
+
+    /// Run a write on every usable region at once; what a failure means
+    /// depends on `require-both`.
+    async fn write_all<'a, F, Fut>(&'a self, op: F) -> Result<(), StorageError>
+    where
+        F: Fn(&'a Guarded) -> Fut,
+        Fut: std::future::Future<Output = Result<(), StorageError>> + 'a,
+    {
+        let targets: Vec<&Replica> = self
+            .replicas
+            .iter()
+            .filter(|r| r.lagging().is_none())
+            .collect();
+        if targets.is_empty() {
+            return Err(StorageError::Remote {
+                location: format!("tenant {}", self.tenant),
+                name: String::new(),
+                message: "both regions of the pair are lagging; nothing can be written".into(),
+            });
+        }
+        let results = futures::future::join_all(targets.iter().map(|r| op(&r.store))).await;
+        let mut first_err = None;
+        let mut ok = 0;
+        for (r, res) in targets.iter().zip(results) {
+            match res {
+                Ok(()) => ok += 1,
+                Err(e @ StorageError::Refused { .. }) => return Err(e),
+                Err(e) if self.require_both => {
+                    return Err(StorageError::Remote {
+                        location: r.store.location(),
+                        name: String::new(),
+                        message: format!(
+                            "{e} (tenant {} requires both regions of its pair)",
+                            self.tenant
+                        ),
+                    });
+                }
+                Err(e) => {
+                    self.mark_lagging(r, &e);
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match (ok, first_err) {
+            (0, Some(e)) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Read from the first region that has a good copy.
+    async fn read_first<'a, F, Fut>(
+        &'a self,
+        key: String,
+        read: F,
+        good: impl Fn(&[u8]) -> bool,
+    ) -> Result<Vec<u8>, StorageError>
+    where
+        F: Fn(&'a Guarded) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<u8>, StorageError>> + 'a,
+    {
+        let order = self.read_order();
+        if order.is_empty() {
+            return Err(self.nothing_usable());
+        }
+        let mut failures: Vec<(&Replica, String, Option<StorageError>)> = Vec::new();
+        for r in order {
+            match read(&r.store).await {
+                Ok(data) if good(&data) => {
+                    if let Some((bad, reason, _)) = failures.first() {
+                        self.record_heal(bad, r, key.clone(), reason.clone());
+                    }
+                    return Ok(data);
+                }
+                Ok(_) => failures.push((
+                    r,
+                    "content fails its check (damaged or tampered)".into(),
+                    None,
+                )),
+                Err(e @ StorageError::Refused { .. }) => return Err(e),
+                Err(e) => failures.push((r, e.to_string(), Some(e))),
+            }
+        }
+        // No good copy anywhere: a missing object stays "not found" (the
+        // repository layer treats that specially), anything else names
+        // every region's failure.
+        if failures
+            .iter()
+            .all(|(_, _, e)| e.as_ref().is_some_and(|e| e.is_not_found()))
+        {
+            if let Some((_, _, Some(e))) = failures.into_iter().next() {
+                return Err(e);
+            }
+            return Err(self.nothing_usable());
+        }
+        Err(StorageError::Remote {
+            location: format!("tenant {}", self.tenant),
+            name: key,
+            message: failures
+                .iter()
+                .map(|(r, why, _)| format!("{} ({}): {why}", r.store.region(), r.role))
+                .collect::<Vec<_>>()
+                .join("; "),
+        })
+    }
+}
+
+/// Check one region's bucket is where it is declared to be.
+async fn verify_bucket_region(s3: &S3Backend) -> Result<(), String> {
+    match s3.bucket_region().await {
+        Ok(BucketRegion::Reported(actual)) if actual == s3.region() => Ok(()),
+        Ok(BucketRegion::Reported(actual)) => Err(format!(
+            "bucket {} is in region {actual}, but the config declares it in {}",
+            s3.bucket(),
+            s3.region()
+        )),
+        Ok(BucketRegion::Unknown) => Err(format!(
+            "bucket {} does not say which region it is in; cannot prove residency",
+            s3.bucket()
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[async_trait]
+impl Backend for PairBackend {
+    fn location(&self) -> String {
+        format!(
+            "tenant {} ({} + {})",
+            self.tenant,
+            self.replicas[0].store.region(),
+            self.replicas[1].store.region()
+        )
+    }
+
+    async fn create(&self) -> Result<(), StorageError> {
+        self.write_all(|s| s.create()).await
+    }
+
+    async fn save(&self, t: FileType, name: &str, data: Vec<u8>) -> Result<(), StorageError> {
+        let data = bytes::Bytes::from(data);
+        self.write_all(|s| {
+            let data = data.to_vec();
+            async move { s.save(t, name, data).await }
+        })
+        .await
+    }
+
+    async fn load(&self, t: FileType, name: &str) -> Result<Vec<u8>, StorageError> {
+        let key = self.replicas[0].store.s3().key(t, name);
+        self.read_first(key, |s| s.load(t, name), |d| matches_name(t, name, d))
+            .await
+    }
+
+    async fn load_range(
+        &self,
+        t: FileType,
+        name: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<Vec<u8>, StorageError> {
+        let key = self.replicas[0].store.s3().key(t, name);
+        self.read_first(key, |s| s.load_range(t, name, offset, length), |_| true)
+            .await
+    }
+
+    async fn load_range_verified(
+        &self,
+        t: FileType,
+        name: &str,
+        offset: u64,
+        length: u64,
+        verify: &(dyn for<'b> Fn(&'b [u8]) -> bool + Send + Sync),
+    ) -> Result<Vec<u8>, StorageError> {
+        let key = self.replicas[0].store.s3().key(t, name);
+        self.read_first(key, |s| s.load_range(t, name, offset, length), verify)
+            .await
+    }
+
+    async fn size(&self, t: FileType, name: &str) -> Result<u64, StorageError> {
+        let mut first_err = None;
+        for r in self.read_order() {
+            match r.store.size(t, name).await {
+                Ok(n) => return Ok(n),
+                Err(e @ StorageError::Refused { .. }) => return Err(e),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_err.unwrap_or_else(|| self.nothing_usable()))
+    }
+
+    async fn list(&self, t: FileType) -> Result<Vec<(String, u64)>, StorageError> {
+        // The union of both regions: a file only one region holds (the
+        // other lagged) is still part of the repository.
+        let order = self.read_order();
+        let results = futures::future::join_all(order.iter().map(|r| r.store.list(t))).await;
+        let mut all: BTreeMap<String, u64> = BTreeMap::new();
+        let mut answered = 0;
+        let mut first_err = None;
+        for (r, res) in order.iter().zip(results) {
+            match res {
+                Ok(files) => {
+                    answered += 1;
+                    for (name, size) in files {
+                        all.entry(name).or_insert(size);
+                    }
+                }
+                Err(e @ StorageError::Refused { .. }) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(tenant = %self.tenant, region = %r.store.region(), error = %e, "Listing failed in one region; using the other.");
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if answered == 0 {
+            return Err(first_err.unwrap_or_else(|| self.nothing_usable()));
+        }
+        Ok(all.into_iter().collect())
+    }
+
+    async fn remove(&self, t: FileType, name: &str) -> Result<(), StorageError> {
+        self.write_all(|s| s.remove(t, name)).await
+    }
+}

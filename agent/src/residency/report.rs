@@ -1,0 +1,183 @@
+//! Proof of residency: where each bucket really is, and where each tenant's
+//! objects really are, found by asking every configured region rather than
+//! by trusting the audit log.
+
+use crate::config::Config;
+use crate::storage::s3::{BucketRegion, S3Backend};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// The outcome of checking one region's bucket.
+#[derive(Debug, Serialize)]
+pub struct RegionCheck {
+    /// The region as declared.
+    pub region: String,
+    /// Its bucket.
+    pub bucket: String,
+    /// The region the server reports, if it answered.
+    pub reported: Option<String>,
+    /// Whether the bucket is where it is declared.
+    pub ok: bool,
+    /// What went wrong.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Check every declared region's bucket.
+pub async fn verify_regions(config: &Config) -> Vec<RegionCheck> {
+    let checks = config.regions.iter().map(|(name, cfg)| async move {
+        let mut check = RegionCheck {
+            region: name.clone(),
+            bucket: cfg.bucket.clone(),
+            reported: None,
+            ok: false,
+            error: None,
+        };
+        match S3Backend::new(name, cfg, "").await {
+            Err(e) => check.error = Some(e.to_string()),
+            Ok(s3) => match s3.bucket_region().await {
+                Ok(BucketRegion::Reported(r)) => {
+                    check.ok = &r == name;
+                    if !check.ok {
+                        check.error = Some(format!(
+                            "bucket {} is in region {r}, declared in {name}: region disabled",
+                            cfg.bucket
+                        ));
+                    }
+                    check.reported = Some(r);
+                }
+                Ok(BucketRegion::Unknown) => {
+                    check.error = Some(format!(
+                        "bucket {} does not say which region it is in",
+                        cfg.bucket
+                    ))
+                }
+                Err(e) => check.error = Some(e.to_string()),
+            },
+        }
+        check
+    });
+    futures::future::join_all(checks).await
+}
+
+/// A tenant's objects in one region.
+#[derive(Debug, Default, Serialize)]
+pub struct Holding {
+    /// Number of objects.
+    pub objects: u64,
+    /// Their total size.
+    pub bytes: u64,
+}
+
+/// Where one tenant's objects are.
+#[derive(Debug, Serialize)]
+pub struct TenantReport {
+    /// The tenant.
+    pub tenant: String,
+    /// Its pair (primary, secondary); empty for a local-repository tenant.
+    pub pair: Vec<String>,
+    /// Objects per region, for every region that holds any.
+    pub regions: BTreeMap<String, Holding>,
+    /// Regions outside the pair holding the tenant's objects.
+    pub violations: Vec<String>,
+    /// Whether both regions of the pair hold the same number of objects.
+    pub in_sync: bool,
+}
+
+/// The whole report.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// One entry per tenant asked about.
+    pub tenants: Vec<TenantReport>,
+    /// Objects under a prefix no configured tenant owns, per region.
+    pub unowned: BTreeMap<String, Holding>,
+    /// Regions that could not be listed (the report is then incomplete).
+    pub unreachable: BTreeMap<String, String>,
+}
+
+impl Report {
+    /// Whether the report proves every tenant's data is inside its pair.
+    pub fn ok(&self) -> bool {
+        self.unreachable.is_empty() && self.tenants.iter().all(|t| t.violations.is_empty())
+    }
+}
+
+/// List every configured region and group what is there by tenant.
+pub async fn report(config: &Config, only: Option<&str>) -> Report {
+    let lists = config.regions.iter().map(|(name, cfg)| async move {
+        let listing = match S3Backend::new(name, cfg, "").await {
+            Ok(s3) => {
+                let prefix = match cfg.prefix.trim_matches('/') {
+                    "" => String::new(),
+                    p => format!("{p}/"),
+                };
+                s3.list_keys(&prefix, true)
+                    .await
+                    .map(|keys| (prefix, keys))
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        (name.clone(), listing)
+    });
+    let mut by_tenant: BTreeMap<String, BTreeMap<String, Holding>> = BTreeMap::new();
+    let mut unowned: BTreeMap<String, Holding> = BTreeMap::new();
+    let mut unreachable = BTreeMap::new();
+    for (region, listing) in futures::future::join_all(lists).await {
+        let (prefix, keys) = match listing {
+            Ok(l) => l,
+            Err(e) => {
+                unreachable.insert(region, e);
+                continue;
+            }
+        };
+        for (key, size) in keys {
+            let rel = key.strip_prefix(&prefix).unwrap_or(&key);
+            let owner = rel.split('/').next().unwrap_or_default();
+            let slot = if config.tenants.contains_key(owner) {
+                by_tenant
+                    .entry(owner.to_string())
+                    .or_default()
+                    .entry(region.clone())
+                    .or_default()
+            } else {
+                unowned.entry(region.clone()).or_default()
+            };
+            slot.objects += 1;
+            slot.bytes += size;
+        }
+    }
+    let complete = unreachable.is_empty();
+    let mut tenants = Vec::new();
+    for name in config.tenants.keys() {
+        if only.is_some_and(|o| o != name) {
+            continue;
+        }
+        let pair: Vec<String> = match config.placement(name) {
+            Ok(crate::config::Placement::Pair {
+                primary, secondary, ..
+            }) => vec![primary, secondary],
+            _ => Vec::new(),
+        };
+        let regions = by_tenant.remove(name).unwrap_or_default();
+        let violations: Vec<String> = regions
+            .keys()
+            .filter(|r| !pair.contains(r))
+            .cloned()
+            .collect();
+        let count = |r: &String| regions.get(r).map_or(0, |h| h.objects);
+        let in_sync = complete && pair.len() == 2 && count(&pair[0]) == count(&pair[1]);
+        tenants.push(TenantReport {
+            tenant: name.clone(),
+            pair,
+            regions,
+            violations,
+            in_sync,
+        });
+    }
+    Report {
+        tenants,
+        unowned,
+        unreachable,
+    }
+}

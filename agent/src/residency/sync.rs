@@ -1,0 +1,116 @@
+//! Bringing one region of a tenant's pair level with the other: `replicate`
+//! copies the files a region lacks; `repair` also reads every file the
+//! target holds and rewrites the ones whose bytes no longer hash to their
+//! name. Every copied file is checked against its SHA-256 name before it is
+//! written, so a damaged source is never spread.
+
+use super::pair::{PairBackend, Role};
+use crate::storage::{Backend, FileType, StorageError};
+use futures::StreamExt;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// What a sync did.
+#[derive(Debug, Default, Serialize)]
+pub struct SyncStats {
+    /// Files copied because the target lacked them.
+    pub copied: u64,
+    /// Files rewritten because the target's copy was damaged.
+    pub repaired: u64,
+    /// Bytes written to the target.
+    pub bytes: u64,
+    /// Files that could not be brought over (the source copy is bad too, or
+    /// a request failed), with the reason.
+    pub failed: Vec<String>,
+}
+
+/// Whether `data` is what a file called `name` must hold (every repository
+/// file but `config` is named by the SHA-256 of its bytes).
+pub fn matches_name(t: FileType, name: &str, data: &[u8]) -> bool {
+    if t == FileType::Config || name.len() != 64 {
+        return true;
+    }
+    hex::encode(Sha256::digest(data)) == name
+}
+
+/// Copy into `to` what it lacks from `from`; with `deep`, also read every
+/// file `to` holds and rewrite the damaged ones. Data first, then indexes,
+/// snapshots, keys and config, so the target never refers to a file it
+/// does not have yet.
+pub async fn sync(
+    pair: &PairBackend,
+    from: Role,
+    to: Role,
+    deep: bool,
+) -> Result<SyncStats, StorageError> {
+    let (src, dst) = (pair.store(from), pair.store(to));
+    let mut stats = SyncStats::default();
+    for t in [
+        FileType::Pack,
+        FileType::Index,
+        FileType::Snapshot,
+        FileType::Key,
+        FileType::Config,
+    ] {
+        let have: BTreeMap<String, u64> = dst.list(t).await?.into_iter().collect();
+        let wanted = src.list(t).await?;
+        let mut work = Vec::new();
+        for (name, size) in wanted {
+            match have.get(&name) {
+                None => work.push((name, false)),
+                Some(&n) if n != size => work.push((name, true)),
+                Some(_) if deep => work.push((name, true)),
+                Some(_) => {}
+            }
+        }
+        let results: Vec<_> = futures::stream::iter(work)
+            .map(|(name, present)| async move {
+                if present {
+                    // The target has a file by this name: keep it if good.
+                    match dst.load(t, &name).await {
+                        Ok(data) if t == FileType::Config => {
+                            let good = src.load(t, &name).await?;
+                            if good == data {
+                                return Ok((name, None));
+                            }
+                        }
+                        Ok(data) if matches_name(t, &name, &data) => return Ok((name, None)),
+                        _ => {}
+                    }
+                }
+                let data = src.load(t, &name).await?;
+                if !matches_name(t, &name, &data) {
+                    return Ok((
+                        name,
+                        Some(Err("the source copy is damaged too".to_string())),
+                    ));
+                }
+                let n = data.len() as u64;
+                dst.save(t, &name, data).await?;
+                Ok::<_, StorageError>((name, Some(Ok((n, present)))))
+            })
+            .buffer_unordered(4)
+            .collect()
+            .await;
+        for r in results {
+            match r {
+                Ok((_, None)) => {}
+                Ok((_, Some(Ok((n, repaired))))) => {
+                    stats.bytes += n;
+                    if repaired {
+                        stats.repaired += 1;
+                    } else {
+                        stats.copied += 1;
+                    }
+                }
+                Ok((name, Some(Err(why)))) => stats
+                    .failed
+                    .push(format!("{}: {why}", src.s3().key(t, &name))),
+                Err(e @ StorageError::Refused { .. }) => return Err(e),
+                Err(e) => stats.failed.push(e.to_string()),
+            }
+        }
+    }
+    Ok(stats)
+}

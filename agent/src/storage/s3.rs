@@ -1,0 +1,647 @@
+//! A repository in an S3 bucket, laid out as restic's S3 backend lays it out
+//! (`<root>/config`, `<root>/keys/<id>`, `<root>/data/<xx>/<id>`, ...), so
+//! `restic -r s3:<endpoint>/<bucket>/<root>` reads it.
+//!
+//! Retries (exponential backoff with jitter on throttling, 5xx, timeouts and
+//! dropped connections), bounded in attempts and time, come from the AWS
+//! SDK's standard retry strategy; this module bounds concurrency, splits large
+//! uploads into parts, sends a SHA-256 checksum with every upload so the
+//! server rejects a corrupted body, and turns SDK errors into messages that
+//! name region, bucket and object and never carry a secret.
+
+use super::{Backend, FileType, StorageError};
+use crate::config::RegionConfig;
+use async_trait::async_trait;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use base64::Engine as _;
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// An S3 bucket (and key prefix) holding one repository.
+pub struct S3Backend {
+    client: aws_sdk_s3::Client,
+    region: String,
+    endpoint: String,
+    bucket: String,
+    /// The repository's root inside the bucket, without a trailing slash.
+    root: String,
+    requests: Arc<Semaphore>,
+    multipart_threshold: u64,
+    part_size: u64,
+    max_attempts: u32,
+    /// Secret strings that must never appear in a message.
+    secrets: Vec<String>,
+}
+
+/// How the bucket's real region was found, for residency checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BucketRegion {
+    /// The server said where the bucket is.
+    Reported(String),
+    /// The server answered but would not say.
+    Unknown,
+}
+
+/// The region in a signature-scope complaint such as "unexpected scope:
+/// '20261124/eu-north-1/s3/aws4_request', expected:
+/// '20261124/eu-west-1/s3/aws4_request'".
+fn expected_scope_region(message: &str) -> Option<String> {
+    let rest = &message[message.rfind("expected")?..];
+    let scope = rest.split('\'').nth(1)?;
+    let mut parts = scope.split('/');
+    let (_date, region, service) = (parts.next()?, parts.next()?, parts.next()?);
+    (service == "s3" && !region.is_empty()).then(|| region.to_string())
+}
+
+/// An error and its sources, each said once, without Debug dumps.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !s.is_empty() && !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = e.source();
+    }
+    parts.join(": ")
+}
+
+/// The keys a region's credentials come from, resolved once.
+fn credentials(cfg: &RegionConfig) -> Result<Option<Credentials>, String> {
+    if let (Some(id_var), Some(secret_var)) = (&cfg.access_key_id_env, &cfg.secret_access_key_env) {
+        let get = |var: &str| {
+            std::env::var(var)
+                .map_err(|_| format!("environment variable {var} is not set (or not UTF-8)"))
+        };
+        let id = get(id_var)?;
+        let secret = get(secret_var)?;
+        return Ok(Some(Credentials::new(id, secret, None, None, "cairn-env")));
+    }
+    if let Some(file) = &cfg.credentials_file {
+        let profile = cfg.profile.as_deref().unwrap_or("default");
+        return read_credentials_file(file, profile)
+            .map(Some)
+            .map_err(|e| format!("credentials file {}: {e}", file.display()));
+    }
+    Ok(None)
+}
+
+/// Read one profile of an AWS shared credentials file (INI).
+fn read_credentials_file(path: &Path, profile: &str) -> Result<Credentials, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let (mut id, mut secret, mut token) = (None, None, None);
+    let mut in_profile = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            let name = name.trim();
+            in_profile = name == profile || name.strip_prefix("profile ") == Some(profile);
+            continue;
+        }
+        if !in_profile {
+            continue;
+        }
+        if let Some((k, v)) = line.split_once('=') {
+            let v = v.trim().to_string();
+            match k.trim() {
+                "aws_access_key_id" => id = Some(v),
+                "aws_secret_access_key" => secret = Some(v),
+                "aws_session_token" => token = Some(v),
+                _ => {}
+            }
+        }
+    }
+    match (id, secret) {
+        (Some(id), Some(secret)) => Ok(Credentials::new(id, secret, token, None, "cairn-file")),
+        _ => Err(format!(
+            "profile {profile} lacks aws_access_key_id or aws_secret_access_key"
+        )),
+    }
+}
+
+impl S3Backend {
+    /// A backend for the repository at `root` (e.g. `cairn/acme`) in the
+    /// region's bucket. Fails, naming the region, when its credentials are
+    /// not where the config says.
+    pub async fn new(region: &str, cfg: &RegionConfig, root: &str) -> Result<Self, StorageError> {
+        let config_err = |message: String| StorageError::Remote {
+            location: format!("region {region}"),
+            name: String::new(),
+            message,
+        };
+        let creds = credentials(cfg).map_err(config_err)?;
+        let mut secrets = Vec::new();
+        let mut builder = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(region.to_string()))
+            .endpoint_url(cfg.endpoint.clone())
+            .force_path_style(cfg.path_style)
+            // We send our own SHA-256 with each upload; no second checksum.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(cfg.max_attempts)
+                    .with_initial_backoff(Duration::from_millis(200))
+                    .with_max_backoff(Duration::from_secs(10)),
+            )
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .operation_attempt_timeout(Duration::from_secs(
+                        cfg.request_timeout_secs.min(120),
+                    ))
+                    .operation_timeout(Duration::from_secs(cfg.request_timeout_secs))
+                    .build(),
+            );
+        match creds {
+            Some(c) => {
+                secrets.push(c.secret_access_key().to_string());
+                if let Some(t) = c.session_token() {
+                    secrets.push(t.to_string());
+                }
+                builder = builder.credentials_provider(c);
+            }
+            None => {
+                // The standard AWS chain: environment, profile, web identity,
+                // container and instance metadata.
+                let shared = aws_config::defaults(BehaviorVersion::latest())
+                    .region(Region::new(region.to_string()))
+                    .load()
+                    .await;
+                if let Some(p) = shared.credentials_provider() {
+                    builder = builder.credentials_provider(p);
+                }
+            }
+        }
+        let root = [cfg.prefix.trim_matches('/'), root.trim_matches('/')]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join("/");
+        Ok(S3Backend {
+            client: aws_sdk_s3::Client::from_conf(builder.build()),
+            region: region.to_string(),
+            endpoint: cfg.endpoint.trim_end_matches('/').to_string(),
+            bucket: cfg.bucket.clone(),
+            root,
+            requests: Arc::new(Semaphore::new(cfg.concurrency)),
+            multipart_threshold: cfg.multipart_threshold_mib << 20,
+            part_size: cfg.part_size_mib << 20,
+            max_attempts: cfg.max_attempts,
+            secrets,
+        })
+    }
+
+    /// The region this backend was declared in.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// The bucket.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// The full object key of a repository file.
+    pub fn key(&self, t: FileType, name: &str) -> String {
+        let rel = match t {
+            FileType::Config => "config".to_string(),
+            FileType::Pack => format!("data/{}/{name}", name.get(..2).unwrap_or("00")),
+            _ => format!("{}/{name}", t.dir()),
+        };
+        self.full(&rel)
+    }
+
+    fn full(&self, rel: &str) -> String {
+        if self.root.is_empty() {
+            rel.to_string()
+        } else {
+            format!("{}/{rel}", self.root)
+        }
+    }
+
+    /// Turn an SDK error into a message naming region, bucket and object,
+    /// with any secret removed.
+    fn error<E>(&self, key: &str, op: &str, err: SdkError<E, HttpResponse>) -> StorageError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let status = err.raw_response().map(|r| r.status().as_u16());
+        let code = match &err {
+            SdkError::ServiceError(s) => s.err().code().map(str::to_string),
+            _ => None,
+        };
+        let not_found = status == Some(404) && code.as_deref() != Some("NoSuchBucket");
+        let reason = match &err {
+            SdkError::ServiceError(s) => {
+                let e = s.err();
+                match (e.code(), e.message()) {
+                    (Some(c), Some(m)) => format!("{c}: {m}"),
+                    (Some(c), None) => c.to_string(),
+                    _ => error_chain(&err),
+                }
+            }
+            SdkError::TimeoutError(_) => format!(
+                "timed out (gave up after at most {} attempts)",
+                self.max_attempts
+            ),
+            SdkError::DispatchFailure(_) => format!(
+                "cannot reach {} ({}; gave up after {} attempts)",
+                self.endpoint,
+                error_chain(&err),
+                self.max_attempts
+            ),
+            _ => error_chain(&err),
+        };
+        let mut message = format!("{op} failed: {reason}");
+        for s in &self.secrets {
+            if !s.is_empty() {
+                message = message.replace(s.as_str(), "[redacted]");
+            }
+        }
+        if not_found {
+            StorageError::NotFound {
+                location: self.location(),
+                name: key.to_string(),
+            }
+        } else {
+            StorageError::Remote {
+                location: self.location(),
+                name: key.to_string(),
+                message,
+            }
+        }
+    }
+
+    /// Ask the server which region the bucket is in (HeadBucket's
+    /// `x-amz-bucket-region`, else GetBucketLocation).
+    pub async fn bucket_region(&self) -> Result<BucketRegion, StorageError> {
+        let _permit = self.requests.acquire().await;
+        let head_err = match self.client.head_bucket().bucket(&self.bucket).send().await {
+            Ok(head) => match head.bucket_region() {
+                Some(r) => return Ok(BucketRegion::Reported(r.to_string())),
+                None => None,
+            },
+            Err(e) => {
+                // S3 names the bucket's region in a header even when it
+                // refuses a request signed for another region.
+                let header = e
+                    .raw_response()
+                    .and_then(|r| r.headers().get("x-amz-bucket-region"))
+                    .map(str::to_string);
+                if let Some(r) = header {
+                    return Ok(BucketRegion::Reported(r));
+                }
+                Some(self.error("", "HeadBucket", e))
+            }
+        };
+        match self
+            .client
+            .get_bucket_location()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(loc) => Ok(match loc.location_constraint().map(|c| c.as_str()) {
+                // S3 reports us-east-1 as an empty constraint.
+                Some("") | None => BucketRegion::Reported("us-east-1".into()),
+                Some(r) => BucketRegion::Reported(r.to_string()),
+            }),
+            Err(e) => {
+                // A server that only knows its own region (Garage, MinIO)
+                // refuses the signature and says which scope it expected.
+                let message = e.as_service_error().and_then(|s| s.message()).unwrap_or("");
+                if let Some(r) = expected_scope_region(message) {
+                    return Ok(BucketRegion::Reported(r));
+                }
+                Err(head_err.unwrap_or_else(|| self.error("", "GetBucketLocation", e)))
+            }
+        }
+    }
+
+    /// Every object under `rel` (relative to the repository root, or the
+    /// whole bucket with `whole_bucket`), as full keys and sizes.
+    pub async fn list_keys(
+        &self,
+        rel: &str,
+        whole_bucket: bool,
+    ) -> Result<Vec<(String, u64)>, StorageError> {
+        let prefix = if whole_bucket {
+            rel.to_string()
+        } else {
+            self.full(rel)
+        };
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&prefix)
+            .into_paginator()
+            .send();
+        loop {
+            let page = {
+                let _permit = self.requests.acquire().await;
+                pages.next().await
+            };
+            let Some(page) = page else { break };
+            let page = page.map_err(|e| self.error(&prefix, "ListObjectsV2", e))?;
+            for o in page.contents() {
+                if let Some(k) = o.key() {
+                    out.push((k.to_string(), o.size().unwrap_or(0).max(0) as u64));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Delete an object by its full key.
+    pub async fn delete_key(&self, key: &str) -> Result<(), StorageError> {
+        let _permit = self.requests.acquire().await;
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.error(key, "DeleteObject", e))?;
+        Ok(())
+    }
+
+    async fn put_single(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        let sum = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&data));
+        let _permit = self.requests.acquire().await;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .checksum_sha256(sum)
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| self.error(key, "PutObject", e))?;
+        Ok(())
+    }
+
+    async fn put_multipart(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        let upload = {
+            let _permit = self.requests.acquire().await;
+            self.client
+                .create_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .send()
+                .await
+                .map_err(|e| self.error(key, "CreateMultipartUpload", e))?
+        };
+        let Some(upload_id) = upload.upload_id().map(str::to_string) else {
+            return Err(StorageError::Remote {
+                location: self.location(),
+                name: key.into(),
+                message: "CreateMultipartUpload returned no upload id".into(),
+            });
+        };
+        let result = self.upload_parts(key, &upload_id, &data).await;
+        if result.is_err() {
+            // Leave no orphaned parts behind (they would be billed and are
+            // invisible to listings).
+            let _permit = self.requests.acquire().await;
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+        }
+        result
+    }
+
+    async fn upload_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        data: &Bytes,
+    ) -> Result<(), StorageError> {
+        let size = data.len() as u64;
+        let parts = size.div_ceil(self.part_size);
+        let uploads = (0..parts).map(|i| {
+            let start = (i * self.part_size) as usize;
+            let end = ((i + 1) * self.part_size).min(size) as usize;
+            let body = data.slice(start..end);
+            async move {
+                let sum = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&body));
+                let number = i as i32 + 1;
+                let _permit = self.requests.acquire().await;
+                let r = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(upload_id)
+                    .part_number(number)
+                    .checksum_sha256(sum.clone())
+                    .body(ByteStream::from(body))
+                    .send()
+                    .await
+                    .map_err(|e| self.error(key, "UploadPart", e))?;
+                Ok::<_, StorageError>(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(r.e_tag().map(str::to_string))
+                        .checksum_sha256(sum)
+                        .build(),
+                )
+            }
+        });
+        let done = futures::future::try_join_all(uploads).await?;
+        let _permit = self.requests.acquire().await;
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(done))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| self.error(key, "CompleteMultipartUpload", e))?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str, range: Option<(u64, u64)>) -> Result<Vec<u8>, StorageError> {
+        let _permit = self.requests.acquire().await;
+        let mut req = self.client.get_object().bucket(&self.bucket).key(key);
+        if let Some((offset, length)) = range {
+            if length == 0 {
+                return Ok(Vec::new());
+            }
+            req = req.range(format!("bytes={offset}-{}", offset + length - 1));
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| self.error(key, "GetObject", e))?;
+        let body = resp
+            .body
+            .collect()
+            .await
+            .map_err(|e| StorageError::Remote {
+                location: self.location(),
+                name: key.into(),
+                message: format!("reading the body failed: {e}"),
+            })?;
+        let bytes = body.into_bytes().to_vec();
+        if let Some((offset, length)) = range
+            && bytes.len() as u64 != length
+        {
+            return Err(StorageError::Remote {
+                location: self.location(),
+                name: key.into(),
+                message: format!(
+                    "asked for {length} bytes at {offset}, got {}: the object is shorter than the index says",
+                    bytes.len()
+                ),
+            });
+        }
+        Ok(bytes)
+    }
+}
+
+#[async_trait]
+impl Backend for S3Backend {
+    fn location(&self) -> String {
+        format!(
+            "s3:{}/{}/{} (region {})",
+            self.endpoint, self.bucket, self.root, self.region
+        )
+    }
+
+    async fn create(&self) -> Result<(), StorageError> {
+        // S3 has no folders; make sure the bucket is there and answers.
+        let _permit = self.requests.acquire().await;
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(|e| match self.error("", "HeadBucket", e) {
+                StorageError::NotFound { location, .. } => StorageError::Remote {
+                    location,
+                    name: String::new(),
+                    message: format!("bucket {} does not exist", self.bucket),
+                },
+                other => other,
+            })?;
+        Ok(())
+    }
+
+    async fn save(&self, t: FileType, name: &str, data: Vec<u8>) -> Result<(), StorageError> {
+        let key = self.key(t, name);
+        let data = Bytes::from(data);
+        if data.len() as u64 >= self.multipart_threshold {
+            self.put_multipart(&key, data).await
+        } else {
+            self.put_single(&key, data).await
+        }
+    }
+
+    async fn load(&self, t: FileType, name: &str) -> Result<Vec<u8>, StorageError> {
+        self.get(&self.key(t, name), None).await
+    }
+
+    async fn load_range(
+        &self,
+        t: FileType,
+        name: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<Vec<u8>, StorageError> {
+        self.get(&self.key(t, name), Some((offset, length))).await
+    }
+
+    async fn size(&self, t: FileType, name: &str) -> Result<u64, StorageError> {
+        let key = self.key(t, name);
+        let _permit = self.requests.acquire().await;
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| self.error(&key, "HeadObject", e))?;
+        Ok(head.content_length().unwrap_or(0).max(0) as u64)
+    }
+
+    async fn list(&self, t: FileType) -> Result<Vec<(String, u64)>, StorageError> {
+        if t == FileType::Config {
+            return match self.size(t, "config").await {
+                Ok(n) => Ok(vec![("config".into(), n)]),
+                Err(e) if e.is_not_found() => Ok(Vec::new()),
+                Err(e) => Err(e),
+            };
+        }
+        let keys = self.list_keys(&format!("{}/", t.dir()), false).await?;
+        Ok(keys
+            .into_iter()
+            .filter_map(|(k, size)| {
+                let name = k.rsplit('/').next()?.to_string();
+                (!name.is_empty()).then_some((name, size))
+            })
+            .collect())
+    }
+
+    async fn remove(&self, t: FileType, name: &str) -> Result<(), StorageError> {
+        self.delete_key(&self.key(t, name)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_expected_region_is_read_from_a_scope_complaint() {
+        let m = "Authorization header malformed, unexpected scope: '20261124/eu-north-1/s3/aws4_request', expected: '20261124/eu-west-1/s3/aws4_request'";
+        assert_eq!(expected_scope_region(m).as_deref(), Some("eu-west-1"));
+        assert_eq!(expected_scope_region("Access Denied"), None);
+    }
+
+    #[test]
+    fn credentials_file_profiles() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("creds");
+        std::fs::write(
+            &f,
+            "[default]\naws_access_key_id = A\naws_secret_access_key = B\n[profile eu]\naws_access_key_id=C\naws_secret_access_key=D\n",
+        )
+        .unwrap();
+        let c = read_credentials_file(&f, "eu").unwrap();
+        assert_eq!((c.access_key_id(), c.secret_access_key()), ("C", "D"));
+        let c = read_credentials_file(&f, "default").unwrap();
+        assert_eq!(c.access_key_id(), "A");
+        let e = read_credentials_file(&f, "us").unwrap_err();
+        assert!(e.contains("profile us"), "{e}");
+    }
+}

@@ -1,0 +1,294 @@
+//! A real S3 server per region for the tests: one Garage process each, on
+//! loopback ports, with its own `s3_region`, buckets and access key; stopped
+//! (killed) when dropped. Objects are listed and tampered with through the
+//! AWS SDK directly, independently of Cairn's storage code.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where `.ci/run` and `tests/run` install Garage (`cargo install garage`).
+pub fn garage_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("CAIRN_GARAGE") {
+        return PathBuf::from(p);
+    }
+    let cached = PathBuf::from(std::env::var("HOME").unwrap_or_default())
+        .join(".cache/cairn-tools/garage/bin/garage");
+    if cached.exists() {
+        return cached;
+    }
+    PathBuf::from("garage")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// One running Garage.
+pub struct Garage {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub region: String,
+    pub s3_port: u16,
+    rpc_port: u16,
+    pub key_id: String,
+    pub secret: String,
+}
+
+impl Garage {
+    /// Start a Garage answering as `region`, with `buckets` created and one
+    /// key allowed on all of them.
+    pub fn start(region: &str, buckets: &[&str]) -> Garage {
+        let dir = tempfile::Builder::new()
+            .prefix("cairn-garage-")
+            .tempdir()
+            .expect("tempdir");
+        let mut g = Garage {
+            child: None,
+            dir,
+            region: region.to_string(),
+            s3_port: free_port(),
+            rpc_port: free_port(),
+            key_id: String::new(),
+            secret: String::new(),
+        };
+        let d = g.dir.path();
+        std::fs::write(
+            g.config_path(),
+            format!(
+                r#"metadata_dir = "{d}/meta"
+data_dir = "{d}/data"
+db_engine = "lmdb"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:{rpc}"
+rpc_public_addr = "127.0.0.1:{rpc}"
+rpc_secret = "{secret}"
+
+[s3_api]
+s3_region = "{region}"
+api_bind_addr = "127.0.0.1:{s3}"
+root_domain = ".s3.garage.localhost"
+"#,
+                d = d.display(),
+                rpc = g.rpc_port,
+                s3 = g.s3_port,
+                secret = hex_of(&common_random(32, g.rpc_port as u64)),
+            ),
+        )
+        .expect("write garage config");
+        g.spawn();
+        // Single-node layout, then buckets and a key.
+        let status = g.cli(&["status"]);
+        let node = status
+            .lines()
+            .find_map(|l| {
+                let first = l.split_whitespace().next()?;
+                (first.len() == 16 && first.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .then(|| first.to_string())
+            })
+            .unwrap_or_else(|| panic!("no node id in `garage status`:\n{status}"));
+        g.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node]);
+        g.cli(&["layout", "apply", "--version", "1"]);
+        let key = g.cli(&["key", "create", "cairn-test"]);
+        g.key_id = field(&key, "Key ID").unwrap_or_else(|| panic!("no key id in:\n{key}"));
+        g.secret = field(&key, "Secret key").unwrap_or_else(|| panic!("no secret in:\n{key}"));
+        for b in buckets {
+            g.create_bucket(b);
+        }
+        g
+    }
+
+    /// Create a bucket the test key may read and write.
+    pub fn create_bucket(&self, bucket: &str) {
+        self.cli(&["bucket", "create", bucket]);
+        self.cli(&[
+            "bucket",
+            "allow",
+            "--read",
+            "--write",
+            "--owner",
+            bucket,
+            "--key",
+            &self.key_id,
+        ]);
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("garage.toml")
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("garage.log")).expect("log");
+        let child = Command::new(garage_bin())
+            .arg("-c")
+            .arg(self.config_path())
+            .arg("server")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start Garage ({}): {e}; tests/run installs it",
+                    garage_bin().display()
+                )
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.s3_port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "Garage for {} did not listen within 30s:\n{}",
+                self.region,
+                std::fs::read_to_string(self.dir.path().join("garage.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Run the garage CLI against this server.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = Command::new(garage_bin())
+                .arg("-c")
+                .arg(self.config_path())
+                .args(args)
+                .output()
+                .expect("run garage");
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            // Right after start the RPC layer may not answer yet.
+            assert!(
+                Instant::now() < deadline,
+                "garage {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Stop the server (as a crash would: SIGKILL).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start it again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.s3_port)
+    }
+
+    /// An SDK client for this server, independent of Cairn's.
+    pub fn client(&self) -> aws_sdk_s3::Client {
+        let creds = aws_sdk_s3::config::Credentials::new(
+            self.key_id.clone(),
+            self.secret.clone(),
+            None,
+            None,
+            "test",
+        );
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new(self.region.clone()))
+            .endpoint_url(self.endpoint())
+            .force_path_style(true)
+            .credentials_provider(creds)
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+
+    /// Every object key in `bucket`.
+    pub fn keys(&self, bucket: &str) -> Vec<String> {
+        let client = self.client();
+        runtime().block_on(async {
+            let mut out = Vec::new();
+            let mut pages = client
+                .list_objects_v2()
+                .bucket(bucket)
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                for o in page.expect("list objects").contents() {
+                    out.push(o.key().unwrap_or_default().to_string());
+                }
+            }
+            out
+        })
+    }
+
+    pub fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
+        let client = self.client();
+        runtime().block_on(async {
+            let r = client
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .expect("get object");
+            r.body.collect().await.expect("body").into_bytes().to_vec()
+        })
+    }
+
+    pub fn put(&self, bucket: &str, key: &str, data: Vec<u8>) {
+        let client = self.client();
+        runtime().block_on(async {
+            client
+                .put_object()
+                .bucket(bucket)
+                .key(key)
+                .body(data.into())
+                .send()
+                .await
+                .expect("put object");
+        });
+    }
+}
+
+impl Drop for Garage {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// The value after `name:` in the garage CLI's key output.
+fn field(text: &str, name: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == name).then(|| v.trim().to_string())
+    })
+}
+
+fn common_random(n: usize, seed: u64) -> Vec<u8> {
+    crate::common::random_bytes(n, seed)
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Write a file and return its path as a string.
+pub fn write(path: &Path, text: &str) -> String {
+    std::fs::write(path, text).expect("write");
+    path.to_str().expect("utf-8").to_string()
+}

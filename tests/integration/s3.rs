@@ -1,0 +1,693 @@
+//! S3 storage, tenants and residency, against one real Garage per region.
+
+use crate::common::{Scratch, assert_same_tree, make_fixture, random_bytes, text};
+use crate::garage::{Garage, write};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// Garages by region, a scratch directory and a config file.
+struct World {
+    s: Scratch,
+    garages: BTreeMap<String, Garage>,
+    config: PathBuf,
+}
+
+fn bucket(region: &str) -> String {
+    format!("bk-{region}")
+}
+
+fn env_name(region: &str, what: &str) -> String {
+    format!("{what}_{}", region.to_uppercase().replace('-', "_"))
+}
+
+impl World {
+    /// One Garage per region, each answering as that region.
+    fn new(regions: &[&str]) -> World {
+        let garages = regions
+            .iter()
+            .map(|r| (r.to_string(), Garage::start(r, &[&bucket(r)])))
+            .collect();
+        let s = Scratch::new();
+        let config = s.path("cairn.toml");
+        World { s, garages, config }
+    }
+
+    fn g(&self, region: &str) -> &Garage {
+        &self.garages[region]
+    }
+
+    fn audit(&self) -> PathBuf {
+        self.s.path("audit.jsonl")
+    }
+
+    /// The [regions] part of a config: every Garage under its own name,
+    /// unless `declared` renames one (to declare a bucket in the wrong region).
+    fn regions_toml(&self, declared: &BTreeMap<&str, &str>) -> String {
+        let mut t = format!("audit-log = {:?}\n", self.audit());
+        for (region, g) in &self.garages {
+            let name = declared.get(region.as_str()).copied().unwrap_or(region);
+            t += &format!(
+                "[regions.{name}]\nendpoint = {:?}\nbucket = {:?}\npath-style = true\naccess-key-id-env = {:?}\nsecret-access-key-env = {:?}\nmax-attempts = 2\nrequest-timeout-secs = 20\nmultipart-threshold-mib = 5\npart-size-mib = 5\n",
+                g.endpoint(),
+                bucket(region),
+                env_name(name, "KEY"),
+                env_name(name, "SECRET"),
+            );
+        }
+        t
+    }
+
+    fn password_file(&self, tenant: &str) -> String {
+        write(
+            &self.s.path(&format!("{tenant}.key")),
+            &format!("password of {tenant}\n"),
+        )
+    }
+
+    fn write_config(&self, text: &str) {
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        c.arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("CAIRN_REPOSITORY")
+            .env_remove("CAIRN_PASSWORD")
+            .env_remove("CAIRN_PASSWORD_FILE")
+            .env_remove("CAIRN_LOG")
+            .env("CAIRN_CACHE_DIR", crate::common::cache_dir());
+        for (region, g) in &self.garages {
+            c.env(env_name(region, "KEY"), &g.key_id);
+            c.env(env_name(region, "SECRET"), &g.secret);
+        }
+        c
+    }
+
+    fn cairn(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run cairn")
+    }
+
+    fn cairn_ok(&self, args: &[&str]) -> String {
+        let out = self.cairn(args);
+        assert!(
+            out.status.success(),
+            "cairn {args:?}: {}\n{}",
+            out.status,
+            text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Every key in a region's bucket.
+    fn keys(&self, region: &str) -> BTreeSet<String> {
+        self.g(region).keys(&bucket(region)).into_iter().collect()
+    }
+
+    /// Tenants owning objects in a region (the first path component).
+    fn owners(&self, region: &str) -> BTreeSet<String> {
+        self.keys(region)
+            .iter()
+            .map(|k| k.split('/').next().unwrap().to_string())
+            .collect()
+    }
+
+    /// restic on a tenant's repository in one region.
+    fn restic(&self, region: &str, tenant: &str, args: &[&str]) -> Output {
+        let g = self.g(region);
+        Command::new("restic")
+            .arg("-r")
+            .arg(format!("s3:{}/{}/{tenant}", g.endpoint(), bucket(region)))
+            .args(["-o", &format!("s3.region={region}")])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", &g.key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &g.secret)
+            .env("RESTIC_PASSWORD", format!("password of {tenant}"))
+            .env("RESTIC_CACHE_DIR", self.s.path("restic-cache"))
+            .output()
+            .expect("run restic")
+    }
+}
+
+fn tenant_toml(
+    w: &World,
+    name: &str,
+    regime: &str,
+    primary: &str,
+    secondary: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "[tenants.{name}]\nregime = {regime:?}\nprimary = {primary:?}\nsecondary = {secondary:?}\npassword-file = {:?}\n{extra}",
+        w.password_file(name)
+    )
+}
+
+fn job_toml(name: &str, tenant: &str, path: &Path) -> String {
+    format!(
+        "[jobs.{name}]\ntenant = {tenant:?}\npaths = [{:?}]\n",
+        path.to_str().unwrap()
+    )
+}
+
+const EU_US: &str = "[regimes.eu]\nregions = [\"eu-west-1\", \"eu-central-1\"]\n[regimes.us]\nregions = [\"us-east-1\", \"us-east-2\"]\n";
+
+/// Audit records, parsed.
+fn audit_records(w: &World) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(w.audit())
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn restored(target: &Path, src: &Path) -> PathBuf {
+    target.join(src.strip_prefix("/").unwrap())
+}
+
+#[test]
+fn two_tenants_in_two_regimes_stay_in_their_pairs_and_restic_reads_them() {
+    let w = World::new(&["eu-west-1", "eu-central-1", "us-east-1", "us-east-2"]);
+    let acme_src = w.s.path("acme-src");
+    make_fixture(&acme_src);
+    let globex_src = w.s.path("globex-src");
+    std::fs::create_dir_all(&globex_src).unwrap();
+    std::fs::write(globex_src.join("ledger.bin"), random_bytes(3 << 20, 7)).unwrap();
+    w.write_config(&format!(
+        "{}{EU_US}{}{}{}{}",
+        w.regions_toml(&BTreeMap::new()),
+        tenant_toml(&w, "acme", "eu", "eu-west-1", "eu-central-1", ""),
+        tenant_toml(&w, "globex", "us", "us-east-2", "us-east-1", ""),
+        job_toml("acme-files", "acme", &acme_src),
+        job_toml("globex-files", "globex", &globex_src),
+    ));
+    w.cairn_ok(&["init", "--tenant", "acme"]);
+    w.cairn_ok(&["init", "--tenant", "globex"]);
+    w.cairn_ok(&["backup", "--job", "acme-files"]);
+    w.cairn_ok(&["backup", "--job", "globex-files"]);
+
+    // Each tenant's objects are in both regions of its pair and nowhere else.
+    for r in ["eu-west-1", "eu-central-1"] {
+        assert_eq!(
+            w.owners(r),
+            BTreeSet::from(["acme".to_string()]),
+            "owners in {r}"
+        );
+    }
+    for r in ["us-east-1", "us-east-2"] {
+        assert_eq!(
+            w.owners(r),
+            BTreeSet::from(["globex".to_string()]),
+            "owners in {r}"
+        );
+    }
+    assert_eq!(
+        w.keys("eu-west-1"),
+        w.keys("eu-central-1"),
+        "the EU pair differs"
+    );
+    assert_eq!(
+        w.keys("us-east-1"),
+        w.keys("us-east-2"),
+        "the US pair differs"
+    );
+    assert!(
+        w.keys("eu-west-1")
+            .iter()
+            .any(|k| k.starts_with("acme/data/")),
+        "no packs for acme"
+    );
+
+    // Every object written is in the audit log with its region, and every
+    // record names a region of the tenant's pair and an object that exists.
+    let records = audit_records(&w);
+    let pair = |t: &str| match t {
+        "acme" => ["eu-west-1", "eu-central-1"],
+        _ => ["us-east-1", "us-east-2"],
+    };
+    let mut logged: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for r in &records {
+        let (tenant, region, key) = (
+            r["tenant"].as_str().unwrap(),
+            r["region"].as_str().unwrap(),
+            r["key"].as_str().unwrap(),
+        );
+        assert!(pair(tenant).contains(&region), "audit: {r}");
+        assert_eq!(r["bucket"], bucket(region));
+        if r["op"] == "put" {
+            assert_eq!(r["sha256"].as_str().unwrap().len(), 64);
+            logged.entry(region.into()).or_default().insert(key.into());
+        } else {
+            logged.entry(region.into()).or_default().remove(key);
+        }
+    }
+    for region in ["eu-west-1", "eu-central-1", "us-east-1", "us-east-2"] {
+        assert_eq!(
+            logged[region],
+            w.keys(region),
+            "audit log vs listing of {region}"
+        );
+    }
+
+    // The report proves it from the stores themselves.
+    let report: serde_json::Value =
+        serde_json::from_str(w.cairn_ok(&["residency", "report", "--json"]).trim()).unwrap();
+    for t in report["tenants"].as_array().unwrap() {
+        assert_eq!(t["violations"].as_array().unwrap().len(), 0, "{t}");
+        assert_eq!(t["in_sync"], true, "{t}");
+    }
+    w.cairn_ok(&["residency", "verify"]);
+
+    // Restore through Cairn, and through restic from the secondary.
+    let target = w.s.path("restore-acme");
+    w.cairn_ok(&[
+        "restore",
+        "--tenant",
+        "acme",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    assert_same_tree(&acme_src, &restored(&target, &acme_src));
+    let out = w.restic("eu-central-1", "acme", &["check", "--read-data"]);
+    assert!(out.status.success(), "restic check: {}", text(&out));
+    let rtarget = w.s.path("restic-acme");
+    let out = w.restic(
+        "eu-central-1",
+        "acme",
+        &["restore", "latest", "--target", rtarget.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "restic restore: {}", text(&out));
+    assert_same_tree(&acme_src, &restored(&rtarget, &acme_src));
+    let snaps = String::from_utf8_lossy(&w.restic("us-east-1", "globex", &["snapshots"]).stdout)
+        .into_owned();
+    assert!(snaps.contains(globex_src.to_str().unwrap()), "{snaps}");
+
+    // A tenant's repository is its own: acme's password does not open globex.
+    let out = w.restic("us-east-1", "acme", &["snapshots"]);
+    assert!(!out.status.success(), "acme has nothing in us-east-1");
+
+    // Asking to read a tenant's data from a region outside its pair is
+    // refused before any request, naming tenant and region.
+    let before = w.keys("us-east-1");
+    let out = w.cairn(&["repair", "--tenant", "acme", "--from", "us-east-1"]);
+    assert!(!out.status.success());
+    let err = crate::common::stderr(&out);
+    assert!(err.contains("acme") && err.contains("us-east-1"), "{err}");
+    assert_eq!(w.keys("us-east-1"), before);
+}
+
+#[test]
+fn a_config_whose_pair_leaves_its_regime_writes_nothing() {
+    let w = World::new(&["eu-west-1", "eu-central-1", "us-east-1"]);
+    let src = w.s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"data").unwrap();
+    w.write_config(&format!(
+        "{}[regimes.eu]\nregions = [\"eu-west-1\", \"eu-central-1\"]\n[regimes.us]\nregions = [\"us-east-1\"]\n{}{}",
+        w.regions_toml(&BTreeMap::new()),
+        tenant_toml(&w, "acme", "eu", "eu-west-1", "us-east-1", ""),
+        job_toml("acme-files", "acme", &src),
+    ));
+    for args in [
+        &["init", "--tenant", "acme"][..],
+        &["backup", "--job", "acme-files"],
+        &["snapshots", "--tenant", "acme"],
+        &["replicate"],
+        &["residency", "report"],
+    ] {
+        let out = w.cairn(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
+        let err = crate::common::stderr(&out);
+        assert!(
+            err.contains("tenant acme") && err.contains("us-east-1"),
+            "{args:?}: {err}"
+        );
+    }
+    for r in ["eu-west-1", "eu-central-1", "us-east-1"] {
+        assert!(w.keys(r).is_empty(), "{r} got objects");
+    }
+    assert!(
+        !w.audit().exists(),
+        "nothing was written, so nothing was logged"
+    );
+}
+
+#[test]
+fn a_bucket_declared_in_the_wrong_region_is_refused() {
+    // The second Garage really is us-east-1; the config calls it eu-central-1.
+    let w = World::new(&["eu-west-1", "us-east-1"]);
+    let src = w.s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), random_bytes(100_000, 3)).unwrap();
+    let declared = BTreeMap::from([("us-east-1", "eu-central-1")]);
+    let regions = w.regions_toml(&declared);
+    let regime = "[regimes.eu]\nregions = [\"eu-west-1\", \"eu-central-1\"]\n";
+
+    // The Garage's credentials under the declared name.
+    let with_env = |args: &[&str]| {
+        let mut c = w.cmd(args);
+        let g = w.g("us-east-1");
+        c.env(env_name("eu-central-1", "KEY"), &g.key_id)
+            .env(env_name("eu-central-1", "SECRET"), &g.secret);
+        c.output().unwrap()
+    };
+
+    w.write_config(&format!(
+        "{regions}{regime}{}{}",
+        tenant_toml(
+            &w,
+            "acme",
+            "eu",
+            "eu-west-1",
+            "eu-central-1",
+            "require-both = true\n"
+        ),
+        job_toml("acme-files", "acme", &src),
+    ));
+    let out = with_env(&["residency", "verify"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("bucket bk-us-east-1 is in region us-east-1, declared in eu-central-1"),
+        "{}",
+        text(&out)
+    );
+
+    let out = with_env(&["init", "--tenant", "acme"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = crate::common::stderr(&out);
+    assert!(
+        err.contains("eu-central-1") && err.contains("disabled") && err.contains("us-east-1"),
+        "{err}"
+    );
+    assert!(w.keys("eu-west-1").is_empty() && w.keys("us-east-1").is_empty());
+
+    // Without require-both the backup lands in the good region only, and
+    // says so with its own exit code.
+    w.write_config(&format!(
+        "{regions}{regime}{}{}",
+        tenant_toml(&w, "acme", "eu", "eu-west-1", "eu-central-1", ""),
+        job_toml("acme-files", "acme", &src),
+    ));
+    let out = with_env(&["init", "--tenant", "acme"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let out = with_env(&["backup", "--job", "acme-files"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        crate::common::stderr(&out).contains("eu-central-1"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        w.keys("us-east-1").is_empty(),
+        "the mis-declared bucket got data"
+    );
+    assert!(
+        w.keys("eu-west-1")
+            .iter()
+            .any(|k| k.starts_with("acme/snapshots/"))
+    );
+}
+
+#[test]
+fn a_region_stopped_mid_backup_lags_and_replicate_catches_it_up() {
+    let mut w = World::new(&["eu-west-1", "eu-central-1"]);
+    let src = w.s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..6 {
+        std::fs::write(
+            src.join(format!("part-{i}")),
+            random_bytes(12 << 20, 100 + i),
+        )
+        .unwrap();
+    }
+    w.write_config(&format!(
+        "{}[regimes.eu]\nregions = [\"eu-west-1\", \"eu-central-1\"]\n{}{}",
+        w.regions_toml(&BTreeMap::new()),
+        tenant_toml(&w, "acme", "eu", "eu-west-1", "eu-central-1", ""),
+        job_toml("acme-files", "acme", &src),
+    ));
+    w.cairn_ok(&["init", "--tenant", "acme"]);
+    let before = audit_records(&w).len();
+
+    let child = w
+        .cmd(&["backup", "--job", "acme-files"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Stop the secondary as soon as the backup has written to it (its lock).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let wrote = audit_records(&w)[before..]
+            .iter()
+            .any(|r| r["region"] == "eu-central-1");
+        if wrote {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the backup never wrote to eu-central-1"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    w.garages.get_mut("eu-central-1").unwrap().stop();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let err = crate::common::stderr(&out);
+    assert!(
+        err.contains("eu-central-1") && err.contains("lagging"),
+        "{err}"
+    );
+
+    // The primary alone restores it.
+    let target = w.s.path("restore");
+    w.cairn_ok(&[
+        "restore",
+        "--tenant",
+        "acme",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    assert_same_tree(&src, &restored(&target, &src));
+
+    // Back up again; replicate copies only what the secondary lacks.
+    w.garages.get_mut("eu-central-1").unwrap().restart();
+    let missing: Vec<_> = w
+        .keys("eu-west-1")
+        .difference(&w.keys("eu-central-1"))
+        .cloned()
+        .collect();
+    assert!(missing.iter().any(|k| k.contains("/data/")), "{missing:?}");
+    let out = w.cairn_ok(&["replicate", "--tenant", "acme", "--json"]);
+    let copied: u64 = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["copied"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    let missing_without_locks = missing.iter().filter(|k| !k.contains("/locks/")).count();
+    assert_eq!(copied as usize, missing_without_locks, "{out}");
+    let strip_locks = |s: BTreeSet<String>| -> BTreeSet<String> {
+        s.into_iter().filter(|k| !k.contains("/locks/")).collect()
+    };
+    assert_eq!(
+        strip_locks(w.keys("eu-west-1")),
+        strip_locks(w.keys("eu-central-1"))
+    );
+    // The caught-up secondary is a whole repository on its own.
+    let out = w.restic("eu-central-1", "acme", &["check", "--read-data"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn a_damaged_primary_object_is_healed_and_repaired_and_shred_is_per_tenant() {
+    let w = World::new(&["eu-west-1", "eu-central-1", "us-east-1", "us-east-2"]);
+    let src = w.s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("big"), random_bytes(8 << 20, 11)).unwrap();
+    std::fs::write(src.join("small"), b"small file").unwrap();
+    w.write_config(&format!(
+        "{}{EU_US}{}{}{}{}",
+        w.regions_toml(&BTreeMap::new()),
+        tenant_toml(&w, "acme", "eu", "eu-west-1", "eu-central-1", ""),
+        tenant_toml(&w, "globex", "us", "us-east-1", "us-east-2", ""),
+        job_toml("acme-files", "acme", &src),
+        job_toml("globex-files", "globex", &src),
+    ));
+    for t in ["acme", "globex"] {
+        w.cairn_ok(&["init", "--tenant", t]);
+        w.cairn_ok(&["backup", "--job", &format!("{t}-files")]);
+    }
+
+    // Flip bytes in the middle of acme's largest pack in the primary.
+    let primary = w.g("eu-west-1");
+    let pack = w
+        .keys("eu-west-1")
+        .into_iter()
+        .filter(|k| k.starts_with("acme/data/"))
+        .max_by_key(|k| primary.get(&bucket("eu-west-1"), k).len())
+        .unwrap();
+    let mut data = primary.get(&bucket("eu-west-1"), &pack);
+    let mid = data.len() / 2;
+    for b in &mut data[mid..mid + 64] {
+        *b ^= 0xff;
+    }
+    primary.put(&bucket("eu-west-1"), &pack, data);
+
+    let target = w.s.path("restore");
+    let out = w.cairn(&[
+        "restore",
+        "--tenant",
+        "acme",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let err = crate::common::stderr(&out);
+    assert!(err.contains("healed") && err.contains(&pack), "{err}");
+    assert_same_tree(&src, &restored(&target, &src));
+
+    let out = w.cairn(&["check", "--tenant", "acme", "--read-data"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        crate::common::stderr(&out).contains("healed"),
+        "{}",
+        text(&out)
+    );
+
+    let out = w.cairn_ok(&[
+        "repair",
+        "--tenant",
+        "acme",
+        "--from",
+        "secondary",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(v["repaired"], 1, "{out}");
+    let fixed = primary.get(&bucket("eu-west-1"), &pack);
+    let name = pack.rsplit('/').next().unwrap();
+    assert_eq!(
+        hex_sha256(&fixed),
+        name,
+        "the primary's copy is whole again"
+    );
+
+    // Shred acme: its restore fails from now on, globex is untouched.
+    let out = w.cairn(&["tenant", "shred", "acme"]);
+    assert!(
+        !out.status.success(),
+        "shred without confirmation must refuse"
+    );
+    assert!(
+        w.keys("eu-west-1")
+            .iter()
+            .any(|k| k.starts_with("acme/keys/"))
+    );
+    w.cairn_ok(&["tenant", "shred", "acme", "--confirm", "acme"]);
+    for r in ["eu-west-1", "eu-central-1"] {
+        assert!(
+            !w.keys(r).iter().any(|k| k.starts_with("acme/keys/")),
+            "{r} still has keys"
+        );
+    }
+    let t2 = w.s.path("after-shred");
+    let out = w.cairn(&[
+        "restore",
+        "--tenant",
+        "acme",
+        "latest",
+        "--target",
+        t2.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let out = w.restic("eu-central-1", "acme", &["snapshots"]);
+    assert!(!out.status.success(), "restic opened a shredded repository");
+    let t3 = w.s.path("globex");
+    w.cairn_ok(&[
+        "restore",
+        "--tenant",
+        "globex",
+        "latest",
+        "--target",
+        t3.to_str().unwrap(),
+    ]);
+    assert_same_tree(&src, &restored(&t3, &src));
+    let deletes = audit_records(&w)
+        .into_iter()
+        .filter(|r| r["op"] == "delete" && r["key"].as_str().unwrap().starts_with("acme/keys/"))
+        .count();
+    assert_eq!(deletes, 2, "one key deleted in each region");
+}
+
+fn hex_sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+#[test]
+fn bad_storage_input_is_named_after_bounded_retries_and_secrets_stay_hidden() {
+    let w = World::new(&["eu-west-1", "eu-central-1"]);
+    let good = w.regions_toml(&BTreeMap::new());
+    let regime = "[regimes.eu]\nregions = [\"eu-west-1\", \"eu-central-1\"]\n";
+    let tenant = tenant_toml(
+        &w,
+        "acme",
+        "eu",
+        "eu-west-1",
+        "eu-central-1",
+        "require-both = true\n",
+    );
+    let secret = w.g("eu-west-1").secret.clone();
+    let cases: [(&str, String, &str); 3] = [
+        (
+            "unreachable endpoint",
+            good.replace(&w.g("eu-west-1").endpoint(), "http://127.0.0.1:9"),
+            "127.0.0.1:9",
+        ),
+        (
+            "missing bucket",
+            good.replace("\"bk-eu-west-1\"", "\"no-such-bucket\""),
+            "no-such-bucket",
+        ),
+        ("wrong credentials", good.clone(), "eu-west-1"),
+    ];
+    for (what, regions, expect) in cases {
+        w.write_config(&format!("{regions}{regime}{tenant}"));
+        let mut cmd = w.cmd(&["init", "--tenant", "acme"]);
+        if what == "wrong credentials" {
+            cmd.env(
+                env_name("eu-west-1", "SECRET"),
+                "wrong-secret-0123456789abcdef",
+            );
+        }
+        let started = Instant::now();
+        let out = cmd.output().unwrap();
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{what}: {all}");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{what}: retries are not bounded"
+        );
+        assert!(
+            all.contains("eu-west-1") && all.contains(expect),
+            "{what}: {all}"
+        );
+        assert!(!all.contains(&secret), "{what}: the secret leaked: {all}");
+        assert!(
+            !all.contains("wrong-secret-0123456789abcdef"),
+            "{what}: the secret leaked"
+        );
+        for r in ["eu-west-1", "eu-central-1"] {
+            assert!(w.keys(r).is_empty(), "{what}: {r} got objects");
+        }
+    }
+}
