@@ -691,3 +691,107 @@ fn bad_storage_input_is_named_after_bounded_retries_and_secrets_stay_hidden() {
         }
     }
 }
+
+#[test]
+fn an_interrupted_backup_does_not_upload_its_packs_again() {
+    let w = World::new(&["eu-west-1", "eu-central-1"]);
+    let src = w.s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..8 {
+        std::fs::write(
+            src.join(format!("part-{i}")),
+            random_bytes(12 << 20, 200 + i),
+        )
+        .unwrap();
+    }
+    w.write_config(&format!(
+        "{}[regimes.eu]\nregions = [\"eu-west-1\", \"eu-central-1\"]\n{}{}",
+        w.regions_toml(&BTreeMap::new()),
+        tenant_toml(&w, "acme", "eu", "eu-west-1", "eu-central-1", ""),
+        job_toml("acme-files", "acme", &src),
+    ));
+    w.cairn_ok(&["init", "--tenant", "acme"]);
+    let data_puts = |region: &str| -> Vec<String> {
+        audit_records(&w)
+            .into_iter()
+            .filter(|r| r["op"] == "put" && r["region"] == region)
+            .map(|r| r["key"].as_str().unwrap().to_string())
+            .filter(|k| k.contains("/data/"))
+            .collect()
+    };
+    let mut child = w
+        .cmd(&["backup", "--job", "acme-files"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while data_puts("eu-west-1").len() < 2 {
+        assert!(Instant::now() < deadline, "no packs uploaded");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup ended before it was killed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let uploaded_before = data_puts("eu-west-1");
+    assert!(
+        !w.keys("eu-west-1")
+            .iter()
+            .any(|k| k.contains("/snapshots/")),
+        "a killed backup recorded a snapshot"
+    );
+
+    let out = w.cairn_ok(&["backup", "--job", "acme-files", "--json"]);
+    let summary: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert!(
+        summary["packs_adopted"].as_u64().unwrap() >= uploaded_before.len() as u64,
+        "{summary}"
+    );
+    for region in ["eu-west-1", "eu-central-1"] {
+        let puts = data_puts(region);
+        let unique: BTreeSet<_> = puts.iter().collect();
+        assert_eq!(
+            unique.len(),
+            puts.len(),
+            "a pack was uploaded twice to {region}"
+        );
+        // The data is random: had the first run's packs been uploaded again,
+        // more than the source's size would have gone up.
+        let bytes: u64 = audit_records(&w)
+            .iter()
+            .filter(|r| r["op"] == "put" && r["region"] == region)
+            .filter(|r| r["key"].as_str().unwrap().contains("/data/"))
+            .map(|r| r["size"].as_u64().unwrap())
+            .sum();
+        let source = 8 * (12u64 << 20);
+        assert!(
+            bytes < source + (2 << 20),
+            "{region}: {bytes} bytes of packs uploaded for {source} bytes of data"
+        );
+    }
+    assert_eq!(
+        w.keys("eu-west-1")
+            .iter()
+            .filter(|k| !k.contains("/locks/"))
+            .count(),
+        w.keys("eu-central-1")
+            .iter()
+            .filter(|k| !k.contains("/locks/"))
+            .count()
+    );
+    let target = w.s.path("restore");
+    w.cairn_ok(&[
+        "restore",
+        "--tenant",
+        "acme",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    assert_same_tree(&src, &restored(&target, &src));
+    let out = w.restic("eu-central-1", "acme", &["check", "--read-data"]);
+    assert!(out.status.success(), "{}", text(&out));
+}

@@ -128,6 +128,14 @@ pub async fn run(g: &Global, mut a: Args) -> anyhow::Result<Outcome> {
 
     let repo = g.open().await?;
     let lock = repo.lock(false).await?;
+    // Packs an interrupted backup uploaded are indexed, not uploaded again.
+    let adopted = match repo.adopt_unindexed_packs().await {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = lock.release().await;
+            return Err(e.into());
+        }
+    };
     let hostname = a.host.clone().unwrap_or_else(crate::util::hostname);
     let parent = if a.force {
         None
@@ -214,6 +222,23 @@ pub async fn run(g: &Global, mut a: Args) -> anyhow::Result<Outcome> {
     if let Err(e) = lock.release().await {
         tracing::warn!(error = %e, "Could not remove the repository lock; it will be cleared as stale.");
     }
+    // An interrupted earlier run may have left files in one region of the
+    // pair only; copy them over so each region is a whole repository.
+    if let Some(pair) = g.pair().filter(|p| p.lagging().is_empty()) {
+        use crate::residency::pair::Role;
+        for (from, to) in [
+            (Role::Primary, Role::Secondary),
+            (Role::Secondary, Role::Primary),
+        ] {
+            let s = crate::residency::sync::sync(&pair, from, to, false).await?;
+            if s.copied > 0 || !s.failed.is_empty() {
+                tracing::warn!(copied = s.copied, failed = s.failed.len(), from = %pair.store(from).region(), to = %pair.store(to).region(), "Evened out the regions of the pair.");
+            }
+            if let Some(f) = s.failed.first() {
+                bail!("the snapshot is stored, but evening out the pair failed: {f}");
+            }
+        }
+    }
 
     let s = &outcome.stats;
     let incomplete = !outcome.skipped.is_empty();
@@ -235,6 +260,7 @@ pub async fn run(g: &Global, mut a: Args) -> anyhow::Result<Outcome> {
             "bytes_stored": s.bytes_stored.load(Ordering::Relaxed),
             "blobs_new": s.blobs_new.load(Ordering::Relaxed),
             "packs": s.packs.load(Ordering::Relaxed),
+            "packs_adopted": adopted,
             "duration_seconds": clock.elapsed().as_secs_f64(),
             "complete": !incomplete,
         }));

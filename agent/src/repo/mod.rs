@@ -425,6 +425,79 @@ impl Repository {
         })
     }
 
+    /// Index the packs no index file mentions: the packs an interrupted
+    /// backup uploaded before it could write their index. Their headers are
+    /// read (two small range reads each) and a new index file records them,
+    /// so the next backup deduplicates against them instead of uploading
+    /// the data again. A pack whose header cannot be read is left alone
+    /// (`check` reports it). Returns the number of packs adopted.
+    pub async fn adopt_unindexed_packs(&self) -> Result<usize, RepoError> {
+        let known: std::collections::HashSet<Id> =
+            self.with_index(|i| i.packs().copied().collect());
+        let mut adopted = Vec::new();
+        for (name, size) in self.backend.list(FileType::Pack).await? {
+            let Some(id) = Id::parse(&name) else {
+                continue;
+            };
+            if known.contains(&id) || size < 4 {
+                continue;
+            }
+            match self.read_pack_header(&name, size).await {
+                Ok(blobs) => adopted.push(index::IndexPack::new(id, &blobs)),
+                Err(e) => {
+                    tracing::warn!(pack = %name, error = %e, "An unindexed pack has no readable header; leaving it.")
+                }
+            }
+        }
+        if adopted.is_empty() {
+            return Ok(0);
+        }
+        let n = adopted.len();
+        for p in &adopted {
+            self.index_add(p);
+        }
+        let file = IndexFile {
+            supersedes: None,
+            packs: adopted,
+        };
+        let json = serde_json::to_vec(&file).expect("index serialises");
+        self.save_unpacked(FileType::Index, &json).await?;
+        tracing::info!(packs = n, "Indexed packs left by an interrupted backup.");
+        Ok(n)
+    }
+
+    /// Read and check a pack's header: its blobs, which must lie inside it.
+    async fn read_pack_header(
+        &self,
+        name: &str,
+        size: u64,
+    ) -> Result<Vec<pack::PackedBlob>, RepoError> {
+        let bad = |reason: String| RepoError::corrupt(format!("pack {name}"), reason);
+        let trailer = self
+            .backend
+            .load_range(FileType::Pack, name, size - 4, 4)
+            .await?;
+        let trailer: [u8; 4] = trailer
+            .as_slice()
+            .try_into()
+            .map_err(|_| bad("short trailer".into()))?;
+        let hlen =
+            pack::header_length_from_trailer(&trailer, size).map_err(|e| bad(e.to_string()))?;
+        let header = self
+            .backend
+            .load_range(FileType::Pack, name, size - 4 - hlen, hlen)
+            .await?;
+        let blobs = pack::parse_header(&self.key, &header).map_err(|e| bad(e.to_string()))?;
+        let data_end = size - 4 - hlen;
+        if blobs
+            .iter()
+            .any(|b| b.offset as u64 + b.length as u64 > data_end)
+        {
+            return Err(bad("a blob lies outside the pack's data".into()));
+        }
+        Ok(blobs)
+    }
+
     /// Remove the locks whose holders are gone (a lock left in a region
     /// that lagged, say); live locks stay.
     pub async fn remove_stale_locks(&self) -> Result<(), RepoError> {
