@@ -292,3 +292,111 @@ pub fn write(path: &Path, text: &str) -> String {
     std::fs::write(path, text).expect("write");
     path.to_str().expect("utf-8").to_string()
 }
+
+/// A TCP proxy in front of a Garage that answers the first requests with
+/// `503 SlowDown` (S3's throttling reply), as a loaded S3 endpoint would.
+pub struct ThrottlingProxy {
+    pub port: u16,
+    /// How many requests were answered with 503.
+    pub throttled: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// How many more requests to throttle.
+    budget: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ThrottlingProxy {
+    pub fn start(target_port: u16, throttle_first: usize) -> ThrottlingProxy {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let throttled = Arc::new(AtomicUsize::new(0));
+        let budget = Arc::new(AtomicUsize::new(throttle_first));
+        let (t, b) = (throttled.clone(), budget.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(client) = conn else { continue };
+                let (t, b) = (t.clone(), b.clone());
+                std::thread::spawn(move || {
+                    let take = b
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok();
+                    if take {
+                        t.fetch_add(1, Ordering::SeqCst);
+                        throttle(client);
+                    } else {
+                        pipe(client, target_port);
+                    }
+                });
+            }
+        });
+        ThrottlingProxy {
+            port,
+            throttled,
+            budget,
+        }
+    }
+
+    /// Throttle every request from now on.
+    pub fn throttle_all(&self) {
+        self.budget
+            .store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn throttled(&self) -> usize {
+        self.throttled.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Read one request's head (and body, if it has a length), answer 503.
+fn throttle(mut client: std::net::TcpStream) {
+    use std::io::{Read, Write};
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        match client.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut have = buf.len() - head_end;
+    while have < length {
+        match client.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => have += n,
+        }
+    }
+    let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+    let _ = write!(
+        client,
+        "HTTP/1.1 503 Slow Down\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+/// Forward a connection to the server, both ways, until either side closes.
+fn pipe(client: std::net::TcpStream, port: u16) {
+    let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return;
+    };
+    let (mut c1, mut s1) = (
+        client.try_clone().expect("clone"),
+        server.try_clone().expect("clone"),
+    );
+    let (mut c2, mut s2) = (client, server);
+    let up = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut c1, &mut s1);
+        let _ = s1.shutdown(std::net::Shutdown::Write);
+    });
+    let _ = std::io::copy(&mut s2, &mut c2);
+    let _ = c2.shutdown(std::net::Shutdown::Write);
+    let _ = up.join();
+}

@@ -795,3 +795,59 @@ fn an_interrupted_backup_does_not_upload_its_packs_again() {
     let out = w.restic("eu-central-1", "acme", &["check", "--read-data"]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+#[test]
+fn throttling_is_retried_and_the_retries_are_bounded() {
+    let w = World::new(&["eu-west-1", "eu-central-1"]);
+    let proxy = crate::garage::ThrottlingProxy::start(w.g("eu-west-1").s3_port, 3);
+    let src = w.s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), random_bytes(1 << 20, 9)).unwrap();
+    let regions = w
+        .regions_toml(&BTreeMap::new())
+        .replace(
+            &w.g("eu-west-1").endpoint(),
+            &format!("http://127.0.0.1:{}", proxy.port),
+        )
+        .replace("max-attempts = 2", "max-attempts = 4");
+    w.write_config(&format!(
+        "{regions}[regimes.eu]\nregions = [\"eu-west-1\", \"eu-central-1\"]\n{}{}",
+        tenant_toml(
+            &w,
+            "acme",
+            "eu",
+            "eu-west-1",
+            "eu-central-1",
+            "require-both = true\n"
+        ),
+        job_toml("acme-files", "acme", &src),
+    ));
+    // Three 503 SlowDown replies are absorbed by the retries.
+    w.cairn_ok(&["init", "--tenant", "acme"]);
+    w.cairn_ok(&["backup", "--job", "acme-files"]);
+    assert_eq!(proxy.throttled(), 3);
+    assert!(
+        w.keys("eu-west-1")
+            .iter()
+            .any(|k| k.contains("/snapshots/"))
+    );
+
+    // A region that keeps throttling is given up on after max-attempts per
+    // request, with an error naming region and bucket.
+    proxy.throttle_all();
+    let before = proxy.throttled();
+    let started = Instant::now();
+    let out = w.cairn(&["backup", "--job", "acme-files"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = crate::common::stderr(&out);
+    assert!(
+        err.contains("eu-west-1") && err.contains("bk-eu-west-1") && err.contains("SlowDown"),
+        "{err}"
+    );
+    let attempts = proxy.throttled() - before;
+    assert!(
+        (4..=8).contains(&attempts),
+        "{attempts} throttled attempts: retries are not bounded by max-attempts"
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+}

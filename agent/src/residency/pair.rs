@@ -144,7 +144,7 @@ impl PairBackend {
                 tracing::error!(tenant = %pair.tenant, region = %r.store.region(), role = %r.role, %reason, "Region disabled for this run.");
                 if pair.require_both {
                     return Err(StorageError::Remote {
-                        location: r.store.location(),
+                        location: format!("tenant {}", pair.tenant),
                         name: String::new(),
                         message: format!(
                             "region {} disabled: {reason} (tenant {} requires both regions)",

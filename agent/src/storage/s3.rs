@@ -63,6 +63,18 @@ fn expected_scope_region(message: &str) -> Option<String> {
     (service == "s3" && !region.is_empty()).then(|| region.to_string())
 }
 
+fn status_meaning(status: u16) -> &'static str {
+    match status {
+        301 | 307 => "the bucket is in another region or endpoint",
+        400 => "bad request: a wrong region or signature?",
+        403 => "access denied: check the credentials and the bucket's permissions",
+        404 => "no such bucket or object",
+        429 | 503 => "SlowDown: the server is throttling requests",
+        500..=599 => "server error",
+        _ => "unexpected status",
+    }
+}
+
 /// An error and its sources, each said once, without Debug dumps.
 fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
@@ -250,9 +262,12 @@ impl S3Backend {
         let reason = match &err {
             SdkError::ServiceError(s) => {
                 let e = s.err();
-                match (e.code(), e.message()) {
-                    (Some(c), Some(m)) => format!("{c}: {m}"),
-                    (Some(c), None) => c.to_string(),
+                match (e.code(), e.message(), status) {
+                    (Some(c), Some(m), _) => format!("{c}: {m}"),
+                    (Some(c), None, _) => c.to_string(),
+                    // A HEAD reply has no body, so no error code: say what
+                    // the status means.
+                    (None, _, Some(st)) => format!("HTTP {st} ({})", status_meaning(st)),
                     _ => error_chain(&err),
                 }
             }
