@@ -275,6 +275,11 @@ impl Config {
                     "region {name}: part-size-mib must be 5..=5120 (S3's limits)"
                 ));
             }
+            if r.multipart_threshold_mib > 5 * 1024 {
+                return Err(format!(
+                    "region {name}: multipart-threshold-mib must be at most 5120 (a single PUT is at most 5 GiB)"
+                ));
+            }
             if r.multipart_threshold_mib < r.part_size_mib {
                 return Err(format!(
                     "region {name}: multipart-threshold-mib must be at least part-size-mib"

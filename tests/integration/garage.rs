@@ -243,6 +243,31 @@ root_domain = ".s3.garage.localhost"
         })
     }
 
+    /// Put a one-byte object under each key, 16 at a time.
+    pub fn put_many(&self, bucket: &str, keys: impl Iterator<Item = String>) {
+        use futures::StreamExt;
+        let client = self.client();
+        runtime().block_on(async {
+            futures::stream::iter(keys)
+                .map(|key| {
+                    let client = client.clone();
+                    async move {
+                        client
+                            .put_object()
+                            .bucket(bucket)
+                            .key(&key)
+                            .body(b"x".to_vec().into())
+                            .send()
+                            .await
+                            .expect("put object");
+                    }
+                })
+                .buffer_unordered(16)
+                .collect::<Vec<()>>()
+                .await;
+        });
+    }
+
     pub fn put(&self, bucket: &str, key: &str, data: Vec<u8>) {
         let client = self.client();
         runtime().block_on(async {

@@ -46,17 +46,23 @@ impl World {
     /// unless `declared` renames one (to declare a bucket in the wrong region).
     fn regions_toml(&self, declared: &BTreeMap<&str, &str>) -> String {
         let mut t = format!("audit-log = {:?}\n", self.audit());
-        for (region, g) in &self.garages {
+        for region in self.garages.keys() {
             let name = declared.get(region.as_str()).copied().unwrap_or(region);
-            t += &format!(
-                "[regions.{name}]\nendpoint = {:?}\nbucket = {:?}\npath-style = true\naccess-key-id-env = {:?}\nsecret-access-key-env = {:?}\nmax-attempts = 2\nrequest-timeout-secs = 20\nmultipart-threshold-mib = 5\npart-size-mib = 5\n",
-                g.endpoint(),
-                bucket(region),
-                env_name(name, "KEY"),
-                env_name(name, "SECRET"),
-            );
+            t += &self.region_entry(name, region);
         }
         t
+    }
+
+    /// One [regions.NAME] table for the Garage of `region`; credentials
+    /// come from variables named after NAME.
+    fn region_entry(&self, name: &str, region: &str) -> String {
+        format!(
+            "[regions.{name}]\nendpoint = {:?}\nbucket = {:?}\npath-style = true\naccess-key-id-env = {:?}\nsecret-access-key-env = {:?}\nmax-attempts = 2\nrequest-timeout-secs = 20\nmultipart-threshold-mib = 5\npart-size-mib = 5\n",
+            self.g(region).endpoint(),
+            bucket(region),
+            env_name(name, "KEY"),
+            env_name(name, "SECRET"),
+        )
     }
 
     fn password_file(&self, tenant: &str) -> String {
@@ -298,6 +304,44 @@ fn two_tenants_in_two_regimes_stay_in_their_pairs_and_restic_reads_them() {
     let err = crate::common::stderr(&out);
     assert!(err.contains("acme") && err.contains("us-east-1"), "{err}");
     assert_eq!(w.keys("us-east-1"), before);
+
+    // A plain -r s3: URL would bypass the policy: refused with --config.
+    let g = w.g("us-east-1");
+    let url = format!("s3:{}/{}/acme", g.endpoint(), bucket("us-east-1"));
+    let out = w.cairn(&["-r", &url, "snapshots"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        crate::common::stderr(&out).contains("--tenant"),
+        "{}",
+        text(&out)
+    );
+
+    // An object of acme's placed in us-east-1 behind Cairn's back is found
+    // by the report, which then fails naming tenant and region.
+    // 1,100 of them: more than one listing page (1,000 keys).
+    g.put_many(
+        &bucket("us-east-1"),
+        (0..1100).map(|i| format!("acme/data/00/planted-{i}")),
+    );
+    let out = w.cairn(&["residency", "report", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    let acme = report["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tenant"] == "acme")
+        .unwrap();
+    assert_eq!(acme["regions"]["us-east-1"]["objects"], 1100, "{acme}");
+    assert_eq!(acme["violations"][0], "us-east-1", "{acme}");
+    let out = w.cairn(&["residency", "report"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let all = text(&out);
+    assert!(
+        all.contains("VIOLATION") && all.contains("tenant acme") && all.contains("us-east-1"),
+        "{all}"
+    );
 }
 
 #[test]
@@ -338,16 +382,34 @@ fn a_config_whose_pair_leaves_its_regime_writes_nothing() {
 
 #[test]
 fn a_bucket_declared_in_the_wrong_region_is_refused() {
-    // The second Garage really is us-east-1; the config calls it eu-central-1.
-    let w = World::new(&["eu-west-1", "us-east-1"]);
+    let w = World::new(&["eu-west-1", "eu-central-1", "us-east-1"]);
     let src = w.s.path("src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("f"), random_bytes(100_000, 3)).unwrap();
-    let declared = BTreeMap::from([("us-east-1", "eu-central-1")]);
-    let regions = w.regions_toml(&declared);
     let regime = "[regimes.eu]\nregions = [\"eu-west-1\", \"eu-central-1\"]\n";
+    let tenant = |extra: &str| {
+        format!(
+            "{}{}",
+            tenant_toml(&w, "acme", "eu", "eu-west-1", "eu-central-1", extra),
+            job_toml("acme-files", "acme", &src)
+        )
+    };
+    // A healthy pair first.
+    let audit = format!("audit-log = {:?}\n", w.audit());
+    let good = format!(
+        "{audit}{}{}",
+        w.region_entry("eu-west-1", "eu-west-1"),
+        w.region_entry("eu-central-1", "eu-central-1")
+    );
+    w.write_config(&format!("{good}{regime}{}", tenant("")));
+    w.cairn_ok(&["init", "--tenant", "acme"]);
 
-    // The Garage's credentials under the declared name.
+    // Now "eu-central-1" points at the Garage that really is us-east-1.
+    let wrong = format!(
+        "{audit}{}{}",
+        w.region_entry("eu-west-1", "eu-west-1"),
+        w.region_entry("eu-central-1", "us-east-1")
+    );
     let with_env = |args: &[&str]| {
         let mut c = w.cmd(args);
         let g = w.g("us-east-1");
@@ -355,18 +417,9 @@ fn a_bucket_declared_in_the_wrong_region_is_refused() {
             .env(env_name("eu-central-1", "SECRET"), &g.secret);
         c.output().unwrap()
     };
-
     w.write_config(&format!(
-        "{regions}{regime}{}{}",
-        tenant_toml(
-            &w,
-            "acme",
-            "eu",
-            "eu-west-1",
-            "eu-central-1",
-            "require-both = true\n"
-        ),
-        job_toml("acme-files", "acme", &src),
+        "{wrong}{regime}{}",
+        tenant("require-both = true\n")
     ));
     let out = with_env(&["residency", "verify"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -375,25 +428,17 @@ fn a_bucket_declared_in_the_wrong_region_is_refused() {
         "{}",
         text(&out)
     );
-
-    let out = with_env(&["init", "--tenant", "acme"]);
+    let out = with_env(&["backup", "--job", "acme-files"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = crate::common::stderr(&out);
     assert!(
         err.contains("eu-central-1") && err.contains("disabled") && err.contains("us-east-1"),
         "{err}"
     );
-    assert!(w.keys("eu-west-1").is_empty() && w.keys("us-east-1").is_empty());
 
     // Without require-both the backup lands in the good region only, and
-    // says so with its own exit code.
-    w.write_config(&format!(
-        "{regions}{regime}{}{}",
-        tenant_toml(&w, "acme", "eu", "eu-west-1", "eu-central-1", ""),
-        job_toml("acme-files", "acme", &src),
-    ));
-    let out = with_env(&["init", "--tenant", "acme"]);
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    // says so with its own exit code; the mis-declared bucket gets nothing.
+    w.write_config(&format!("{wrong}{regime}{}", tenant("")));
     let out = with_env(&["backup", "--job", "acme-files"]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(
@@ -410,27 +455,48 @@ fn a_bucket_declared_in_the_wrong_region_is_refused() {
             .iter()
             .any(|k| k.starts_with("acme/snapshots/"))
     );
+    // init refuses a pair with a disabled region: a repository is started
+    // in both regions or in none.
+    w.write_config(&format!(
+        "{wrong}{regime}{}",
+        tenant_toml(&w, "other", "eu", "eu-west-1", "eu-central-1", "")
+    ));
+    let out = with_env(&["init", "--tenant", "other"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        crate::common::stderr(&out).contains("both regions"),
+        "{}",
+        text(&out)
+    );
+    assert!(!w.keys("eu-west-1").iter().any(|k| k.starts_with("other/")));
 }
 
-#[test]
-fn a_region_stopped_mid_backup_lags_and_replicate_catches_it_up() {
-    let mut w = World::new(&["eu-west-1", "eu-central-1"]);
+/// Tenant acme in the EU pair, initialised, with a job backing up `files`
+/// random 12 MiB files (several packs each); returns the source folder.
+fn acme_in_the_eu_pair(w: &World, files: u64, seed: u64) -> PathBuf {
     let src = w.s.path("src");
     std::fs::create_dir_all(&src).unwrap();
-    for i in 0..6 {
+    for i in 0..files {
         std::fs::write(
             src.join(format!("part-{i}")),
-            random_bytes(12 << 20, 100 + i),
+            random_bytes(12 << 20, seed + i),
         )
         .unwrap();
     }
     w.write_config(&format!(
         "{}[regimes.eu]\nregions = [\"eu-west-1\", \"eu-central-1\"]\n{}{}",
         w.regions_toml(&BTreeMap::new()),
-        tenant_toml(&w, "acme", "eu", "eu-west-1", "eu-central-1", ""),
+        tenant_toml(w, "acme", "eu", "eu-west-1", "eu-central-1", ""),
         job_toml("acme-files", "acme", &src),
     ));
     w.cairn_ok(&["init", "--tenant", "acme"]);
+    src
+}
+
+#[test]
+fn a_region_stopped_mid_backup_lags_and_replicate_catches_it_up() {
+    let mut w = World::new(&["eu-west-1", "eu-central-1"]);
+    let src = acme_in_the_eu_pair(&w, 6, 100);
     let before = audit_records(&w).len();
 
     let child = w
@@ -475,7 +541,7 @@ fn a_region_stopped_mid_backup_lags_and_replicate_catches_it_up() {
     ]);
     assert_same_tree(&src, &restored(&target, &src));
 
-    // Back up again; replicate copies only what the secondary lacks.
+    // With the secondary back, replicate copies exactly what it lacks.
     w.garages.get_mut("eu-central-1").unwrap().restart();
     let missing: Vec<_> = w
         .keys("eu-west-1")
@@ -540,6 +606,11 @@ fn a_damaged_primary_object_is_healed_and_repaired_and_shred_is_per_tenant() {
         *b ^= 0xff;
     }
     primary.put(&bucket("eu-west-1"), &pack, data);
+    // And the config, the one file not named by its hash.
+    let mut config = primary.get(&bucket("eu-west-1"), "acme/config");
+    let last = config.len() - 1;
+    config[last] ^= 1;
+    primary.put(&bucket("eu-west-1"), "acme/config", config);
 
     let target = w.s.path("restore");
     let out = w.cairn(&[
@@ -553,6 +624,7 @@ fn a_damaged_primary_object_is_healed_and_repaired_and_shred_is_per_tenant() {
     assert!(out.status.success(), "{}", text(&out));
     let err = crate::common::stderr(&out);
     assert!(err.contains("healed") && err.contains(&pack), "{err}");
+    assert!(err.contains("healed acme/config"), "{err}");
     assert_same_tree(&src, &restored(&target, &src));
 
     let out = w.cairn(&["check", "--tenant", "acme", "--read-data"]);
@@ -572,7 +644,7 @@ fn a_damaged_primary_object_is_healed_and_repaired_and_shred_is_per_tenant() {
         "--json",
     ]);
     let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
-    assert_eq!(v["repaired"], 1, "{out}");
+    assert_eq!(v["repaired"], 2, "the pack and the config: {out}");
     let fixed = primary.get(&bucket("eu-west-1"), &pack);
     let name = pack.rsplit('/').next().unwrap();
     assert_eq!(
@@ -609,6 +681,17 @@ fn a_damaged_primary_object_is_healed_and_repaired_and_shred_is_per_tenant() {
         t2.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        crate::common::stderr(&out).contains("shredded"),
+        "{}",
+        text(&out)
+    );
+    let out = w.cairn(&["replicate", "--tenant", "acme"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "replicate must not revive a shredded tenant"
+    );
     let out = w.restic("eu-central-1", "acme", &["snapshots"]);
     assert!(!out.status.success(), "restic opened a shredded repository");
     let t3 = w.s.path("globex");
@@ -695,22 +778,7 @@ fn bad_storage_input_is_named_after_bounded_retries_and_secrets_stay_hidden() {
 #[test]
 fn an_interrupted_backup_does_not_upload_its_packs_again() {
     let w = World::new(&["eu-west-1", "eu-central-1"]);
-    let src = w.s.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    for i in 0..8 {
-        std::fs::write(
-            src.join(format!("part-{i}")),
-            random_bytes(12 << 20, 200 + i),
-        )
-        .unwrap();
-    }
-    w.write_config(&format!(
-        "{}[regimes.eu]\nregions = [\"eu-west-1\", \"eu-central-1\"]\n{}{}",
-        w.regions_toml(&BTreeMap::new()),
-        tenant_toml(&w, "acme", "eu", "eu-west-1", "eu-central-1", ""),
-        job_toml("acme-files", "acme", &src),
-    ));
-    w.cairn_ok(&["init", "--tenant", "acme"]);
+    let src = acme_in_the_eu_pair(&w, 8, 200);
     let data_puts = |region: &str| -> Vec<String> {
         audit_records(&w)
             .into_iter()

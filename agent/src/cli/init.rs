@@ -10,6 +10,13 @@ pub struct Args {}
 /// Run `init`.
 pub async fn run(g: &Global, _: Args) -> anyhow::Result<Outcome> {
     let backend = g.backend().await?;
+    // Both regions of a pair, or none: a repository started in one region
+    // alone could meet a different one started later in the other.
+    if let Some((region, why)) = g.pair().and_then(|p| p.lagging().into_iter().next()) {
+        anyhow::bail!(
+            "init needs both regions of the tenant's pair; region {region} is not usable: {why}"
+        );
+    }
     let password = g.password(true)?;
     let location = backend.location();
     let repo = Repository::init(backend, &password).await?;

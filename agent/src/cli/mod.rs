@@ -172,9 +172,21 @@ impl Global {
         config: &Config,
         tenant: &str,
     ) -> anyhow::Result<Arc<PairBackend>> {
+        self.open_pair_with(config, tenant, false).await
+    }
+
+    /// Open the tenant's region pair; `allow_shredded` only for `tenant shred`.
+    pub async fn open_pair_with(
+        &self,
+        config: &Config,
+        tenant: &str,
+        allow_shredded: bool,
+    ) -> anyhow::Result<Arc<PairBackend>> {
         let audit = AuditLog::open(&config.audit_log).map_err(anyhow::Error::msg)?;
         let policy = Arc::new(Policy::from_config(config));
-        let pair = Arc::new(PairBackend::open(config, tenant, policy, Arc::new(audit)).await?);
+        let pair = Arc::new(
+            PairBackend::open(config, tenant, policy, Arc::new(audit), allow_shredded).await?,
+        );
         *self.pair.lock().expect("pair lock") = Some(pair.clone());
         Ok(pair)
     }
@@ -197,6 +209,11 @@ impl Global {
             bail!("no repository given: use -r/--repo or set CAIRN_REPOSITORY");
         };
         if let Some(url) = repo.strip_prefix("s3:") {
+            if self.config_path.is_some() {
+                bail!(
+                    "-r s3:... bypasses the residency checks of --config; use --tenant to reach a tenant's S3 repository"
+                );
+            }
             return Ok(Arc::new(s3_from_url(url).await?));
         }
         let path = repo.strip_prefix("local:").unwrap_or(repo);
@@ -308,6 +325,21 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // The AWS signer traces canonical requests (session tokens included) and
+    // the HTTP stack traces headers: never let a verbose level show them.
+    let filter = [
+        "aws_sigv4=off",
+        "aws_smithy_runtime=warn",
+        "aws_smithy_http_client=warn",
+        "aws_config=warn",
+        "hyper=warn",
+        "hyper_util=warn",
+        "h2=warn",
+        "rustls=warn",
+    ]
+    .iter()
+    .filter_map(|d| d.parse().ok())
+    .fold(filter, |f, d| f.add_directive(d));
     let json = std::env::var("CAIRN_LOG_FORMAT").is_ok_and(|f| f == "json");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

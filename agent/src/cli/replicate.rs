@@ -71,11 +71,15 @@ pub async fn run(g: &Global, _: Args) -> anyhow::Result<Outcome> {
         if let Some((region, why)) = pair.lagging().into_iter().next() {
             bail!("tenant {tenant}: region {region} is not usable ({why}); cannot replicate now");
         }
+        // Open the repository first: the config is checked by its MAC.
+        let repo = Repository::open(pair.clone(), &tg.password(false)?).await?;
+        let key = repo.key().clone();
+        let config_ok = move |d: &[u8]| key.authentic(d);
         for (from, to) in [
             (Role::Primary, Role::Secondary),
             (Role::Secondary, Role::Primary),
         ] {
-            let s = sync(&pair, from, to, false).await?;
+            let s = sync(&pair, from, to, false, &config_ok).await?;
             let dir = format!("{} -> {}", region_of(&pair, from), region_of(&pair, to));
             report(g, &tenant, &dir, &s);
             failed |= !s.failed.is_empty();
@@ -83,7 +87,6 @@ pub async fn run(g: &Global, _: Args) -> anyhow::Result<Outcome> {
         // Locks are not copied; a lock a lagging region kept because its
         // holder could not remove it there is cleared once its holder is
         // gone, so restic and Cairn can lock the region again.
-        let repo = Repository::open(pair.clone(), &tg.password(false)?).await?;
         repo.remove_stale_locks().await?;
     }
     if failed {
@@ -128,7 +131,10 @@ pub async fn repair(g: &Global, a: RepairArgs) -> anyhow::Result<Outcome> {
             );
         }
     }
-    let s = sync(&pair, from, to, true).await?;
+    let repo = Repository::open(pair.clone(), &g.password(false)?).await?;
+    let key = repo.key().clone();
+    let config_ok = move |d: &[u8]| key.authentic(d);
+    let s = sync(&pair, from, to, true, &config_ok).await?;
     let dir = format!("{} -> {}", region_of(&pair, from), region_of(&pair, to));
     report(g, tenant, &dir, &s);
     if !s.failed.is_empty() {

@@ -3,7 +3,7 @@
 
 use super::{Global, Outcome, out};
 use crate::config::Placement;
-use crate::residency::pair::Role;
+use crate::residency::pair::{Role, SHREDDED};
 use crate::storage::{Backend, FileType};
 use anyhow::{Context, bail};
 
@@ -55,12 +55,31 @@ pub async fn run(g: &Global, c: Command) -> anyhow::Result<Outcome> {
             shred_store(&store, &mut destroyed, &mut problems).await;
         }
         Placement::Pair { .. } => {
-            let pair = g.for_tenant(&tenant).open_pair(&config, &tenant).await?;
+            let pair = g
+                .for_tenant(&tenant)
+                .open_pair_with(&config, &tenant, true)
+                .await?;
             for role in [Role::Primary, Role::Secondary] {
                 let store = pair.store(role);
                 if !pair.usable(role) {
                     problems.push(format!(
-                        "region {} is not usable; its keys remain",
+                        "region {} is not usable; its keys remain there",
+                        store.region()
+                    ));
+                    continue;
+                }
+                // The marker first: from now on no command but shred opens
+                // the tenant, so nothing copies keys back into this region.
+                let marker = serde_json::json!({
+                    "tenant": tenant,
+                    "shredded": crate::residency::audit::now(),
+                });
+                if let Err(e) = store
+                    .put_marker(SHREDDED, marker.to_string().into_bytes())
+                    .await
+                {
+                    problems.push(format!(
+                        "region {}: writing the shred marker failed: {e}",
                         store.region()
                     ));
                     continue;

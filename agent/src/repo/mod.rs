@@ -193,6 +193,14 @@ impl Repository {
         let key = key.ok_or(RepoError::WrongPassword {
             location: location.clone(),
         })?;
+        // A store with more than one copy may hold a good config elsewhere.
+        let config_bytes = if key.authentic(&config_bytes) {
+            config_bytes
+        } else {
+            backend
+                .load_verified(FileType::Config, "config", &|d: &[u8]| key.authentic(d))
+                .await?
+        };
         let plain = key
             .decrypt(&config_bytes)
             .map_err(|e| RepoError::corrupt("config", e))?;

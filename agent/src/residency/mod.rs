@@ -130,6 +130,26 @@ impl Guarded {
         )
     }
 
+    /// Write a small object beside the repository files (`rel` under the
+    /// tenant's root), checked and audited like any other write.
+    pub async fn put_marker(&self, rel: &str, data: Vec<u8>) -> Result<(), StorageError> {
+        let key = self.inner.root_key(rel);
+        self.policy
+            .check(&self.tenant, self.inner.region(), "write", &key)?;
+        let size = data.len() as u64;
+        let sha = hex::encode(Sha256::digest(&data));
+        self.inner.put_key(&key, data).await?;
+        self.audit("put", &key, size, Some(sha))
+    }
+
+    /// Whether a marker object exists.
+    pub async fn exists_marker(&self, rel: &str) -> Result<bool, StorageError> {
+        let key = self.inner.root_key(rel);
+        self.policy
+            .check(&self.tenant, self.inner.region(), "read", &key)?;
+        self.inner.exists_key(&key).await
+    }
+
     fn audit(
         &self,
         op: &str,

@@ -21,6 +21,11 @@ use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+/// The object (under the tenant's root) that marks a shredded tenant; once
+/// present in any region, no command but `tenant shred` opens the tenant,
+/// so nothing can copy keys back into a region that was shredded.
+pub const SHREDDED: &str = "cairn-shredded";
+
 /// The role of a region in a tenant's pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -89,6 +94,7 @@ impl PairBackend {
         tenant: &str,
         policy: Arc<Policy>,
         audit: Arc<AuditLog>,
+        allow_shredded: bool,
     ) -> Result<PairBackend, StorageError> {
         let Ok(Placement::Pair {
             primary, secondary, ..
@@ -156,6 +162,20 @@ impl PairBackend {
                 r.disabled = Some(format!("disabled: {reason}"));
             }
         }
+        if !allow_shredded {
+            for r in pair.replicas.iter().filter(|r| r.disabled.is_none()) {
+                if r.store.exists_marker(SHREDDED).await? {
+                    return Err(StorageError::Remote {
+                        location: format!("tenant {tenant}"),
+                        name: String::new(),
+                        message: format!(
+                            "the tenant was shredded (marker {SHREDDED} in region {}); its repository can no longer be used. If a region still holds keys, run `cairn tenant shred {tenant}` again",
+                            r.store.region()
+                        ),
+                    });
+                }
+            }
+        }
         if pair.replicas.iter().all(|r| r.lagging().is_some()) {
             let reasons: Vec<String> = pair
                 .replicas
@@ -199,6 +219,16 @@ impl PairBackend {
         self.replicas[if role == Role::Primary { 0 } else { 1 }]
             .lagging()
             .is_none()
+    }
+
+    /// Stop writing to the region playing `role` for the rest of the run.
+    pub fn mark_region_lagging(&self, role: Role, reason: &str) {
+        let r = &self.replicas[if role == Role::Primary { 0 } else { 1 }];
+        let mut slot = r.lagging.lock().expect("lagging lock");
+        if slot.is_none() {
+            tracing::warn!(tenant = %self.tenant, region = %r.store.region(), %reason, "Region is lagging: writes go on in the other region only.");
+            *slot = Some(reason.to_string());
+        }
     }
 
     /// Regions in read order: never a disabled one; regions that lagged in
@@ -353,10 +383,6 @@ async fn verify_bucket_region(s3: &S3Backend) -> Result<(), String> {
             s3.bucket(),
             s3.region()
         )),
-        Ok(BucketRegion::Unknown) => Err(format!(
-            "bucket {} does not say which region it is in; cannot prove residency",
-            s3.bucket()
-        )),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -403,6 +429,21 @@ impl Backend for PairBackend {
             .await
     }
 
+    async fn load_verified(
+        &self,
+        t: FileType,
+        name: &str,
+        verify: &(dyn for<'b> Fn(&'b [u8]) -> bool + Send + Sync),
+    ) -> Result<Vec<u8>, StorageError> {
+        let key = self.replicas[0].store.s3().key(t, name);
+        self.read_first(
+            key,
+            |s| s.load(t, name),
+            |d| matches_name(t, name, d) && verify(d),
+        )
+        .await
+    }
+
     async fn load_range_verified(
         &self,
         t: FileType,
@@ -417,17 +458,19 @@ impl Backend for PairBackend {
     }
 
     async fn size(&self, t: FileType, name: &str) -> Result<u64, StorageError> {
-        let mut first_err = None;
+        // "Not found" only when no usable region has it and none failed:
+        // `init` relies on this to never start a second repository.
+        let mut missing = None;
         for r in self.read_order() {
             match r.store.size(t, name).await {
                 Ok(n) => return Ok(n),
-                Err(e @ StorageError::Refused { .. }) => return Err(e),
-                Err(e) => {
-                    first_err.get_or_insert(e);
+                Err(e) if e.is_not_found() => {
+                    missing.get_or_insert(e);
                 }
+                Err(e) => return Err(e),
             }
         }
-        Err(first_err.unwrap_or_else(|| self.nothing_usable()))
+        Err(missing.unwrap_or_else(|| self.nothing_usable()))
     }
 
     async fn list(&self, t: FileType) -> Result<Vec<(String, u64)>, StorageError> {

@@ -46,12 +46,6 @@ pub async fn verify_regions(config: &Config) -> Vec<RegionCheck> {
                     }
                     check.reported = Some(r);
                 }
-                Ok(BucketRegion::Unknown) => {
-                    check.error = Some(format!(
-                        "bucket {} does not say which region it is in",
-                        cfg.bucket
-                    ))
-                }
                 Err(e) => check.error = Some(e.to_string()),
             },
         }
@@ -102,8 +96,23 @@ impl Report {
     }
 }
 
-/// List every configured region and group what is there by tenant.
+/// List every configured region and group what is there by tenant. Each
+/// bucket's real region is checked first: a tenant's objects in a bucket
+/// that is not where it is declared count as outside the pair.
 pub async fn report(config: &Config, only: Option<&str>) -> Report {
+    let mut mislocated: BTreeMap<String, String> = BTreeMap::new();
+    let mut unchecked: BTreeMap<String, String> = BTreeMap::new();
+    for c in verify_regions(config).await {
+        match (c.ok, c.reported) {
+            (true, _) => {}
+            (false, Some(actual)) => {
+                mislocated.insert(c.region, actual);
+            }
+            (false, None) => {
+                unchecked.insert(c.region, c.error.unwrap_or_default());
+            }
+        }
+    }
     let lists = config.regions.iter().map(|(name, cfg)| async move {
         let listing = match S3Backend::new(name, cfg, "").await {
             Ok(s3) => {
@@ -147,6 +156,11 @@ pub async fn report(config: &Config, only: Option<&str>) -> Report {
             slot.bytes += size;
         }
     }
+    for (region, why) in unchecked {
+        unreachable
+            .entry(region)
+            .or_insert_with(|| format!("its bucket's region could not be checked: {why}"));
+    }
     let complete = unreachable.is_empty();
     let mut tenants = Vec::new();
     for name in config.tenants.keys() {
@@ -162,8 +176,10 @@ pub async fn report(config: &Config, only: Option<&str>) -> Report {
         let regions = by_tenant.remove(name).unwrap_or_default();
         let violations: Vec<String> = regions
             .keys()
-            .filter(|r| !pair.contains(r))
-            .cloned()
+            .filter_map(|r| match mislocated.get(r) {
+                Some(actual) => Some(format!("{r} (its bucket is really in {actual})")),
+                None => (!pair.contains(r)).then(|| r.clone()),
+            })
             .collect();
         let count = |r: &String| regions.get(r).map_or(0, |h| h.objects);
         let in_sync = complete && pair.len() == 2 && count(&pair[0]) == count(&pair[1]);

@@ -35,7 +35,9 @@ pub fn matches_name(t: FileType, name: &str, data: &[u8]) -> bool {
 }
 
 /// Copy into `to` what it lacks from `from`; with `deep`, also read every
-/// file `to` holds and rewrite the damaged ones. Data first, then indexes,
+/// file `to` holds and rewrite the damaged ones. `config_ok` checks a
+/// config's bytes (its MAC under the repository key): the config is the one
+/// file not named by its hash. Data first, then indexes,
 /// snapshots, keys and config, so the target never refers to a file it
 /// does not have yet.
 pub async fn sync(
@@ -43,8 +45,16 @@ pub async fn sync(
     from: Role,
     to: Role,
     deep: bool,
+    config_ok: &(dyn for<'b> Fn(&'b [u8]) -> bool + Send + Sync),
 ) -> Result<SyncStats, StorageError> {
     let (src, dst) = (pair.store(from), pair.store(to));
+    let good = |t: FileType, name: &str, data: &[u8]| {
+        if t == FileType::Config {
+            config_ok(data)
+        } else {
+            matches_name(t, name, data)
+        }
+    };
     let mut stats = SyncStats::default();
     for t in [
         FileType::Pack,
@@ -69,18 +79,12 @@ pub async fn sync(
                 if present {
                     // The target has a file by this name: keep it if good.
                     match dst.load(t, &name).await {
-                        Ok(data) if t == FileType::Config => {
-                            let good = src.load(t, &name).await?;
-                            if good == data {
-                                return Ok((name, None));
-                            }
-                        }
-                        Ok(data) if matches_name(t, &name, &data) => return Ok((name, None)),
+                        Ok(data) if good(t, &name, &data) => return Ok((name, None)),
                         _ => {}
                     }
                 }
                 let data = src.load(t, &name).await?;
-                if !matches_name(t, &name, &data) {
+                if !good(t, &name, &data) {
                     return Ok((
                         name,
                         Some(Err("the source copy is damaged too".to_string())),

@@ -132,6 +132,18 @@ pub trait Backend: Send + Sync + 'static {
         offset: u64,
         length: u64,
     ) -> Result<Vec<u8>, StorageError>;
+    /// Read a whole file and check it with `verify`; like
+    /// [`Backend::load_range_verified`] for files whose name is not their
+    /// hash (the config).
+    async fn load_verified(
+        &self,
+        t: FileType,
+        name: &str,
+        verify: &(dyn for<'b> Fn(&'b [u8]) -> bool + Send + Sync),
+    ) -> Result<Vec<u8>, StorageError> {
+        let _ = verify;
+        self.load(t, name).await
+    }
     /// Read a range and check it with `verify` (for pack blobs: their MAC).
     /// A store holding more than one copy tries the next copy when a read
     /// fails or the check does; a single store returns what it read and

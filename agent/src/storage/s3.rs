@@ -48,8 +48,6 @@ pub struct S3Backend {
 pub enum BucketRegion {
     /// The server said where the bucket is.
     Reported(String),
-    /// The server answered but would not say.
-    Unknown,
 }
 
 /// The region in a signature-scope complaint such as "unexpected scope:
@@ -239,6 +237,35 @@ impl S3Backend {
         self.full(&rel)
     }
 
+    /// The full key of `rel` under the repository root.
+    pub fn root_key(&self, rel: &str) -> String {
+        self.full(rel)
+    }
+
+    /// Store an object under its full key.
+    pub async fn put_key(&self, key: &str, data: Vec<u8>) -> Result<(), StorageError> {
+        self.put_single(key, Bytes::from(data)).await
+    }
+
+    /// Whether an object exists.
+    pub async fn exists_key(&self, key: &str) -> Result<bool, StorageError> {
+        let _permit = self.requests.acquire().await;
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) => match self.error(key, "HeadObject", e) {
+                StorageError::NotFound { .. } => Ok(false),
+                other => Err(other),
+            },
+        }
+    }
+
     fn full(&self, rel: &str) -> String {
         if self.root.is_empty() {
             rel.to_string()
@@ -258,7 +285,14 @@ impl S3Backend {
             SdkError::ServiceError(s) => s.err().code().map(str::to_string),
             _ => None,
         };
-        let not_found = status == Some(404) && code.as_deref() != Some("NoSuchBucket");
+        if status == Some(404) && (key.is_empty() || code.as_deref() == Some("NoSuchBucket")) {
+            return StorageError::Remote {
+                location: self.location(),
+                name: key.to_string(),
+                message: format!("{op} failed: bucket {} does not exist", self.bucket),
+            };
+        }
+        let not_found = status == Some(404) && code.as_deref() != Some("NoSuchUpload");
         let reason = match &err {
             SdkError::ServiceError(s) => {
                 let e = s.err();
@@ -437,7 +471,7 @@ impl S3Backend {
             // Leave no orphaned parts behind (they would be billed and are
             // invisible to listings).
             let _permit = self.requests.acquire().await;
-            let _ = self
+            let aborted = self
                 .client
                 .abort_multipart_upload()
                 .bucket(&self.bucket)
@@ -445,6 +479,9 @@ impl S3Backend {
                 .upload_id(&upload_id)
                 .send()
                 .await;
+            if let Err(e) = aborted {
+                tracing::warn!(region = %self.region, bucket = %self.bucket, %key, error = %self.error(key, "AbortMultipartUpload", e), "Parts of a failed upload are left; a bucket lifecycle rule for incomplete multipart uploads removes them.");
+            }
         }
         result
     }
@@ -504,43 +541,71 @@ impl S3Backend {
         Ok(())
     }
 
+    /// Read an object (or a range of it). The SDK retries a request until
+    /// the response starts; a connection dropped while the body streams is
+    /// retried here, with the same bounded backoff.
     async fn get(&self, key: &str, range: Option<(u64, u64)>) -> Result<Vec<u8>, StorageError> {
+        if range.is_some_and(|(_, length)| length == 0) {
+            return Ok(Vec::new());
+        }
+        let mut attempt = 1;
+        loop {
+            match self.get_once(key, range).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(GetError::Storage(e)) => return Err(e),
+                Err(GetError::Body(message)) if attempt < self.max_attempts => {
+                    tracing::debug!(region = %self.region, %key, attempt, %message, "Reading a body failed; retrying.");
+                    tokio::time::sleep(Duration::from_millis(200 << (attempt - 1).min(6))).await;
+                    attempt += 1;
+                }
+                Err(GetError::Body(message)) => {
+                    return Err(StorageError::Remote {
+                        location: self.location(),
+                        name: key.into(),
+                        message: format!("reading the body failed {attempt} times: {message}"),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn get_once(&self, key: &str, range: Option<(u64, u64)>) -> Result<Vec<u8>, GetError> {
         let _permit = self.requests.acquire().await;
         let mut req = self.client.get_object().bucket(&self.bucket).key(key);
         if let Some((offset, length)) = range {
-            if length == 0 {
-                return Ok(Vec::new());
-            }
             req = req.range(format!("bytes={offset}-{}", offset + length - 1));
         }
         let resp = req
             .send()
             .await
-            .map_err(|e| self.error(key, "GetObject", e))?;
+            .map_err(|e| GetError::Storage(self.error(key, "GetObject", e)))?;
         let body = resp
             .body
             .collect()
             .await
-            .map_err(|e| StorageError::Remote {
-                location: self.location(),
-                name: key.into(),
-                message: format!("reading the body failed: {e}"),
-            })?;
+            .map_err(|e| GetError::Body(error_chain(&e)))?;
         let bytes = body.into_bytes().to_vec();
         if let Some((offset, length)) = range
             && bytes.len() as u64 != length
         {
-            return Err(StorageError::Remote {
+            return Err(GetError::Storage(StorageError::Remote {
                 location: self.location(),
                 name: key.into(),
                 message: format!(
                     "asked for {length} bytes at {offset}, got {}: the object is shorter than the index says",
                     bytes.len()
                 ),
-            });
+            }));
         }
         Ok(bytes)
     }
+}
+
+/// Why one GET failed: the request (already retried by the SDK), or the
+/// body stream (retried by [`S3Backend::get`]).
+enum GetError {
+    Storage(StorageError),
+    Body(String),
 }
 
 #[async_trait]
