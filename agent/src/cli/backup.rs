@@ -239,6 +239,8 @@ pub async fn run(g: &Global, mut a: Args) -> anyhow::Result<Outcome> {
             }
         }
     }
+    lock.ensure_held()
+        .context("backup stopped; no snapshot was written")?;
     let id = repo.save_snapshot(&snapshot).await?;
     // The snapshot is safely stored: a lock we cannot remove is only a
     // leftover (it goes stale and is cleared), not a failed backup.

@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 
 /// A lock not refreshed for this long is stale (restic uses 30 minutes).
 pub const STALE_AFTER: chrono::Duration = chrono::Duration::minutes(30);
+/// A held lock that could not be refreshed for this long is no longer
+/// trusted (half of [`STALE_AFTER`]): the holder stops before recording work.
+pub const TRUST_FOR: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 /// How often a held lock is refreshed (restic uses 5 minutes).
 pub const REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 

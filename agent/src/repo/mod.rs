@@ -94,6 +94,9 @@ pub enum RepoError {
     /// Another process holds a conflicting lock.
     #[error("repository is locked {0}")]
     Locked(String),
+    /// Our own lock could not be kept fresh; nothing more is recorded.
+    #[error("{0}")]
+    LockLost(String),
 }
 
 impl RepoError {
@@ -405,10 +408,13 @@ impl Repository {
             return Err(e);
         }
         let current = Arc::new(tokio::sync::Mutex::new(id));
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let refresher = {
             let repo = Arc::clone(self);
             let current = Arc::clone(&current);
+            let lost = Arc::clone(&lost);
             tokio::spawn(async move {
+                let mut refreshed = std::time::Instant::now();
                 loop {
                     tokio::time::sleep(lock::REFRESH_EVERY).await;
                     let lock = Lock::for_this_process(exclusive);
@@ -418,9 +424,15 @@ impl Repository {
                         Ok(new) => {
                             let _ = repo.backend.remove(FileType::Lock, &cur.to_hex()).await;
                             *cur = new;
+                            refreshed = std::time::Instant::now();
                         }
                         Err(e) => {
-                            tracing::warn!(error = %e, "Could not refresh the repository lock.")
+                            tracing::warn!(error = %e, "Could not refresh the repository lock.");
+                            // Others may treat the lock as stale once it is
+                            // STALE_AFTER old: stop trusting it well before.
+                            if refreshed.elapsed() >= lock::TRUST_FOR {
+                                lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                            }
                         }
                     }
                 }
@@ -430,6 +442,7 @@ impl Repository {
             repo: Arc::clone(self),
             current,
             refresher,
+            lost,
         })
     }
 
@@ -554,9 +567,23 @@ pub struct LockGuard {
     repo: Arc<Repository>,
     current: Arc<tokio::sync::Mutex<Id>>,
     refresher: tokio::task::JoinHandle<()>,
+    lost: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl LockGuard {
+    /// Fail if the lock could not be refreshed for so long that another
+    /// process may have removed it as stale: work done under it must not
+    /// be recorded as if it had been protected.
+    pub fn ensure_held(&self) -> Result<(), RepoError> {
+        if self.lost.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(RepoError::LockLost(format!(
+                "the repository lock could not be refreshed for {} minutes; another process may have removed it",
+                lock::TRUST_FOR.as_secs() / 60
+            )));
+        }
+        Ok(())
+    }
+
     /// Stop refreshing and remove the lock file.
     pub async fn release(self) -> Result<(), RepoError> {
         self.refresher.abort();
