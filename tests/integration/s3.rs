@@ -90,6 +90,15 @@ impl World {
             c.env(env_name(region, "KEY"), &g.key_id);
             c.env(env_name(region, "SECRET"), &g.secret);
         }
+        // For a region configured without credentials: the standard AWS
+        // chain, which finds these first (tests that use it say so).
+        if let Some(g) = self.garages.get("us-east-1") {
+            c.env("AWS_ACCESS_KEY_ID", &g.key_id)
+                .env("AWS_SECRET_ACCESS_KEY", &g.secret)
+                .env("AWS_EC2_METADATA_DISABLED", "true")
+                .env_remove("AWS_PROFILE")
+                .env_remove("AWS_SESSION_TOKEN");
+        }
         c
     }
 
@@ -182,9 +191,35 @@ fn two_tenants_in_two_regimes_stay_in_their_pairs_and_restic_reads_them() {
     let globex_src = w.s.path("globex-src");
     std::fs::create_dir_all(&globex_src).unwrap();
     std::fs::write(globex_src.join("ledger.bin"), random_bytes(3 << 20, 7)).unwrap();
+    // Three ways to credentials: environment variables named in the config
+    // (EU), a shared credentials file (us-east-2), the AWS chain (us-east-1).
+    let creds = w.s.path("aws-credentials");
+    let g2 = w.g("us-east-2");
+    std::fs::write(
+        &creds,
+        format!(
+            "[default]\naws_access_key_id = wrong\naws_secret_access_key = wrong\n[use2]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            g2.key_id, g2.secret
+        ),
+    )
+    .unwrap();
+    let env_lines = |r: &str| {
+        format!(
+            "access-key-id-env = {:?}\nsecret-access-key-env = {:?}\n",
+            env_name(r, "KEY"),
+            env_name(r, "SECRET")
+        )
+    };
+    let regions = w
+        .regions_toml(&BTreeMap::new())
+        .replace(
+            &env_lines("us-east-2"),
+            &format!("credentials-file = {creds:?}\nprofile = \"use2\"\n"),
+        )
+        .replace(&env_lines("us-east-1"), "");
+    assert!(regions.contains("credentials-file") && !regions.contains("KEY_US_EAST_1"));
     w.write_config(&format!(
-        "{}{EU_US}{}{}{}{}",
-        w.regions_toml(&BTreeMap::new()),
+        "{regions}{EU_US}{}{}{}{}",
         tenant_toml(&w, "acme", "eu", "eu-west-1", "eu-central-1", ""),
         tenant_toml(&w, "globex", "us", "us-east-2", "us-east-1", ""),
         job_toml("acme-files", "acme", &acme_src),
