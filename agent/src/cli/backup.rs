@@ -228,13 +228,35 @@ pub async fn run(g: &Global, mut a: Args) -> anyhow::Result<Outcome> {
             (Role::Secondary, Role::Primary),
         ] {
             let s = crate::residency::sync::sync(&pair, from, to, false, &config_ok).await;
+            let (to_region, from_region) = (pair.store(to).region(), pair.store(from).region());
             match s {
-                Ok(s) if s.failed.is_empty() => {
+                Ok(s) => {
                     if s.copied > 0 {
-                        tracing::warn!(copied = s.copied, from = %pair.store(from).region(), to = %pair.store(to).region(), "Evened out the regions of the pair.");
+                        tracing::warn!(copied = s.copied, from = %from_region, to = %to_region, "Evened out the regions of the pair.");
+                    }
+                    // A damaged or unreadable source file is the source's
+                    // problem (check and repair report it), not the target's.
+                    for f in &s.failed {
+                        tracing::warn!(from = %from_region, to = %to_region, problem = %f, "Could not copy a file across the pair.");
+                    }
+                    if let Some(e) = s.failed_writes.first() {
+                        if pair.require_both() {
+                            let _ = lock.release().await;
+                            bail!(
+                                "backup stopped, no snapshot was written: region {to_region} refused a write and the tenant requires both regions: {e}"
+                            );
+                        }
+                        pair.mark_region_lagging(to, &e.to_string());
                     }
                 }
-                Ok(s) => pair.mark_region_lagging(to, &s.failed.join("; ")),
+                // A listing failed: keep the snapshot out of the target, so
+                // it never refers to data that region may lack.
+                Err(e) if pair.require_both() => {
+                    let _ = lock.release().await;
+                    return Err(anyhow::Error::from(e).context(
+                        "backup stopped while evening out the pair; no snapshot was written",
+                    ));
+                }
                 Err(e) => pair.mark_region_lagging(to, &e.to_string()),
             }
         }

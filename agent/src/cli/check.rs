@@ -14,6 +14,14 @@ pub struct Args {
 /// Run `check`.
 pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
     let repo = g.open_without_index().await?;
+    // Check every region of a pair: a listing that fails is an error here,
+    // not a region quietly left out.
+    if let Some(pair) = g.pair() {
+        pair.set_strict_listing(true);
+        if let Some((region, why)) = pair.lagging().into_iter().next() {
+            bail!("region {region} of the tenant's pair is not usable ({why}); check needs both");
+        }
+    }
     let lock = repo.lock(false).await?;
     let report = crate::check::check(&repo, a.read_data).await;
     lock.release().await?;

@@ -34,6 +34,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
+use tracing_subscriber::prelude::*;
 
 /// Exit code when the command failed.
 pub const EXIT_FAILED: u8 = 1;
@@ -326,28 +327,33 @@ fn init_logging(verbose: u8) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // The AWS signer traces canonical requests (session tokens included) and
-    // the HTTP stack traces headers: never let a verbose level show them.
-    let filter = [
-        "aws_sigv4=off",
-        "aws_smithy_runtime=warn",
-        "aws_smithy_http_client=warn",
-        "aws_config=warn",
-        "hyper=warn",
-        "hyper_util=warn",
-        "h2=warn",
-        "rustls=warn",
-    ]
-    .iter()
-    .filter_map(|d| d.parse().ok())
-    .fold(filter, |f, d| f.add_directive(d));
+    // the HTTP stack traces headers. A second filter, which no CAIRN_LOG
+    // directive can widen, keeps the signer silent and the rest at warn.
+    let guard = tracing_subscriber::filter::filter_fn(|meta| {
+        const NOISY: [&str; 6] = [
+            "aws_smithy",
+            "aws_config",
+            "hyper",
+            "h2",
+            "rustls",
+            "aws_sdk",
+        ];
+        let target = meta.target();
+        if target.starts_with("aws_sigv4") {
+            return false;
+        }
+        !NOISY.iter().any(|p| target.starts_with(p)) || *meta.level() <= tracing::Level::WARN
+    });
     let json = std::env::var("CAIRN_LOG_FORMAT").is_ok_and(|f| f == "json");
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     if json {
-        builder.json().init();
+        tracing_subscriber::registry()
+            .with(layer.json().with_filter(filter).with_filter(guard))
+            .init();
     } else {
-        builder.init();
+        tracing_subscriber::registry()
+            .with(layer.with_filter(filter).with_filter(guard))
+            .init();
     }
 }
 

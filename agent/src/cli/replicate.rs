@@ -2,11 +2,12 @@
 //! pair level with each other.
 
 use super::{Global, Outcome, out};
-use crate::config::Placement;
+use crate::config::{Config, Placement};
 use crate::repo::Repository;
 use crate::residency::pair::Role;
 use crate::residency::sync::{SyncStats, sync};
 use anyhow::bail;
+use std::sync::Arc;
 
 /// Flags of `replicate`.
 #[derive(clap::Args, Debug)]
@@ -26,6 +27,7 @@ fn report(g: &Global, tenant: &str, direction: &str, s: &SyncStats) {
         out(serde_json::json!({
             "tenant": tenant, "direction": direction, "copied": s.copied,
             "repaired": s.repaired, "bytes": s.bytes, "failed": s.failed,
+            "failed_writes": s.failed_writes,
         }));
     } else {
         out(format!(
@@ -33,10 +35,10 @@ fn report(g: &Global, tenant: &str, direction: &str, s: &SyncStats) {
             s.copied,
             s.repaired,
             indicatif::HumanBytes(s.bytes),
-            s.failed.len()
+            s.failed.len() + s.failed_writes.len()
         ));
     }
-    for f in &s.failed {
+    for f in s.failed.iter().chain(&s.failed_writes) {
         eprintln!("cairn: tenant {tenant}: {f}");
     }
 }
@@ -58,41 +60,66 @@ pub async fn run(g: &Global, _: Args) -> anyhow::Result<Outcome> {
             .cloned()
             .collect(),
     };
-    let mut failed = false;
+    let mut failed = Vec::new();
     for tenant in tenants {
-        if !matches!(
-            config.placement(&tenant).map_err(anyhow::Error::msg)?,
-            Placement::Pair { .. }
-        ) {
-            bail!("tenant {tenant} has a local repository; there is nothing to replicate");
+        if let Err(e) = replicate_tenant(g, &config, &tenant).await {
+            eprintln!("cairn: tenant {tenant}: {e:#}");
+            failed.push(tenant);
         }
-        let tg = g.for_tenant(&tenant);
-        let pair = tg.open_pair(&config, &tenant).await?;
-        if let Some((region, why)) = pair.lagging().into_iter().next() {
-            bail!("tenant {tenant}: region {region} is not usable ({why}); cannot replicate now");
-        }
-        // Open the repository first: the config is checked by its MAC.
-        let repo = Repository::open(pair.clone(), &tg.password(false)?).await?;
-        let key = repo.key().clone();
-        let config_ok = move |d: &[u8]| key.authentic(d);
-        for (from, to) in [
-            (Role::Primary, Role::Secondary),
-            (Role::Secondary, Role::Primary),
-        ] {
-            let s = sync(&pair, from, to, false, &config_ok).await?;
-            let dir = format!("{} -> {}", region_of(&pair, from), region_of(&pair, to));
-            report(g, &tenant, &dir, &s);
-            failed |= !s.failed.is_empty();
-        }
-        // Locks are not copied; a lock a lagging region kept because its
-        // holder could not remove it there is cleared once its holder is
-        // gone, so restic and Cairn can lock the region again.
-        repo.remove_stale_locks().await?;
     }
-    if failed {
-        bail!("replicate: some files could not be copied (see above)");
+    if !failed.is_empty() {
+        bail!(
+            "replicate failed for tenant(s) {} (see above)",
+            failed.join(", ")
+        );
     }
     Ok(Outcome::Ok)
+}
+
+/// Replicate one tenant both ways, under a shared lock (so a shred or a
+/// prune, which lock exclusively, cannot run at the same time).
+async fn replicate_tenant(g: &Global, config: &Config, tenant: &str) -> anyhow::Result<()> {
+    if !matches!(
+        config.placement(tenant).map_err(anyhow::Error::msg)?,
+        Placement::Pair { .. }
+    ) {
+        bail!("the tenant has a local repository; there is nothing to replicate");
+    }
+    let tg = g.for_tenant(tenant);
+    let pair = tg.open_pair(config, tenant).await?;
+    if let Some((region, why)) = pair.lagging().into_iter().next() {
+        bail!("region {region} is not usable ({why}); cannot replicate now");
+    }
+    // Open the repository first: the config is checked by its MAC.
+    let repo = Arc::new(Repository::open(pair.clone(), &tg.password(false)?).await?);
+    // Locks are not copied; a lock a lagging region kept because its
+    // holder could not remove it there is cleared once its holder is gone,
+    // so restic and Cairn can lock the region again.
+    repo.remove_stale_locks().await?;
+    let lock = repo.lock(false).await?;
+    let key = repo.key().clone();
+    let config_ok = move |d: &[u8]| key.authentic(d);
+    let mut failed = false;
+    for (from, to) in [
+        (Role::Primary, Role::Secondary),
+        (Role::Secondary, Role::Primary),
+    ] {
+        let s = match sync(&pair, from, to, false, &config_ok).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = lock.release().await;
+                return Err(e.into());
+            }
+        };
+        let dir = format!("{} -> {}", region_of(&pair, from), region_of(&pair, to));
+        report(g, tenant, &dir, &s);
+        failed |= !s.failed.is_empty() || !s.failed_writes.is_empty();
+    }
+    lock.release().await?;
+    if failed {
+        bail!("some files could not be copied (see above)");
+    }
+    Ok(())
 }
 
 /// Run `repair --from`: rewrite the other region's missing or damaged
@@ -131,13 +158,16 @@ pub async fn repair(g: &Global, a: RepairArgs) -> anyhow::Result<Outcome> {
             );
         }
     }
-    let repo = Repository::open(pair.clone(), &g.password(false)?).await?;
+    let repo = Arc::new(Repository::open(pair.clone(), &g.password(false)?).await?);
+    let lock = repo.lock(false).await?;
     let key = repo.key().clone();
     let config_ok = move |d: &[u8]| key.authentic(d);
-    let s = sync(&pair, from, to, true, &config_ok).await?;
+    let s = sync(&pair, from, to, true, &config_ok).await;
+    let _ = lock.release().await;
+    let s = s?;
     let dir = format!("{} -> {}", region_of(&pair, from), region_of(&pair, to));
     report(g, tenant, &dir, &s);
-    if !s.failed.is_empty() {
+    if !s.failed.is_empty() || !s.failed_writes.is_empty() {
         bail!("repair: some objects could not be repaired (see above)");
     }
     Ok(Outcome::Ok)

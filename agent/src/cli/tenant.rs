@@ -3,9 +3,11 @@
 
 use super::{Global, Outcome, out};
 use crate::config::Placement;
+use crate::repo::{RepoError, Repository};
 use crate::residency::pair::{Role, SHREDDED};
 use crate::storage::{Backend, FileType};
 use anyhow::{Context, bail};
+use std::sync::Arc;
 
 /// Tenant subcommands.
 #[derive(clap::Subcommand, Debug)]
@@ -55,10 +57,20 @@ pub async fn run(g: &Global, c: Command) -> anyhow::Result<Outcome> {
             shred_store(&store, &mut destroyed, &mut problems).await;
         }
         Placement::Pair { .. } => {
-            let pair = g
-                .for_tenant(&tenant)
-                .open_pair_with(&config, &tenant, true)
-                .await?;
+            let tg = g.for_tenant(&tenant);
+            let pair = tg.open_pair_with(&config, &tenant, true).await?;
+            // An exclusive lock: no backup, replicate or repair of the tenant
+            // runs meanwhile (one could copy keys back). When no key is left
+            // to open the repository with, an earlier shred got that far.
+            let lock = match Repository::open(pair.clone(), &tg.password(false)?).await {
+                Ok(repo) => Some(Arc::new(repo).lock(true).await.with_context(|| {
+                    format!(
+                        "tenant {tenant} is in use; nothing was shredded, try again when it is not"
+                    )
+                })?),
+                Err(RepoError::WrongPassword { .. }) => None,
+                Err(e) => return Err(e.into()),
+            };
             for role in [Role::Primary, Role::Secondary] {
                 let store = pair.store(role);
                 if !pair.usable(role) {
@@ -85,6 +97,9 @@ pub async fn run(g: &Global, c: Command) -> anyhow::Result<Outcome> {
                     continue;
                 }
                 shred_store(store, &mut destroyed, &mut problems).await;
+            }
+            if let Some(lock) = lock {
+                let _ = lock.release().await;
             }
         }
     }

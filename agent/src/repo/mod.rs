@@ -408,13 +408,12 @@ impl Repository {
             return Err(e);
         }
         let current = Arc::new(tokio::sync::Mutex::new(id));
-        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let refreshed = Arc::new(std::sync::Mutex::new(chrono::Local::now()));
         let refresher = {
             let repo = Arc::clone(self);
             let current = Arc::clone(&current);
-            let lost = Arc::clone(&lost);
+            let refreshed = Arc::clone(&refreshed);
             tokio::spawn(async move {
-                let mut refreshed = std::time::Instant::now();
                 loop {
                     tokio::time::sleep(lock::REFRESH_EVERY).await;
                     let lock = Lock::for_this_process(exclusive);
@@ -424,15 +423,10 @@ impl Repository {
                         Ok(new) => {
                             let _ = repo.backend.remove(FileType::Lock, &cur.to_hex()).await;
                             *cur = new;
-                            refreshed = std::time::Instant::now();
+                            *refreshed.lock().expect("refresh time") = chrono::Local::now();
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "Could not refresh the repository lock.");
-                            // Others may treat the lock as stale once it is
-                            // STALE_AFTER old: stop trusting it well before.
-                            if refreshed.elapsed() >= lock::TRUST_FOR {
-                                lost.store(true, std::sync::atomic::Ordering::SeqCst);
-                            }
                         }
                     }
                 }
@@ -442,7 +436,7 @@ impl Repository {
             repo: Arc::clone(self),
             current,
             refresher,
-            lost,
+            refreshed,
         })
     }
 
@@ -487,29 +481,32 @@ impl Repository {
         Ok(n)
     }
 
-    /// Read and check a pack's header: its blobs, which must lie inside it.
+    /// Read a whole pack, check it hashes to its name (a replicated store
+    /// picks a good copy), and parse its header: its blobs, which must lie
+    /// inside it. Unindexed packs are few, so reading them whole is cheap.
     async fn read_pack_header(
         &self,
         name: &str,
-        size: u64,
+        _size: u64,
     ) -> Result<Vec<pack::PackedBlob>, RepoError> {
         let bad = |reason: String| RepoError::corrupt(format!("pack {name}"), reason);
-        let trailer = self
-            .backend
-            .load_range(FileType::Pack, name, size - 4, 4)
-            .await?;
-        let trailer: [u8; 4] = trailer
-            .as_slice()
-            .try_into()
-            .map_err(|_| bad("short trailer".into()))?;
+        let bytes = self.backend.load(FileType::Pack, name).await?;
+        if Id::hash(&bytes).to_hex() != name {
+            return Err(bad("content does not match its name (SHA-256)".into()));
+        }
+        let size = bytes.len() as u64;
+        let trailer: [u8; 4] = bytes
+            .get(bytes.len().saturating_sub(4)..)
+            .and_then(|t| t.try_into().ok())
+            .ok_or_else(|| bad("shorter than its length field".into()))?;
         let hlen =
             pack::header_length_from_trailer(&trailer, size).map_err(|e| bad(e.to_string()))?;
-        let header = self
-            .backend
-            .load_range(FileType::Pack, name, size - 4 - hlen, hlen)
-            .await?;
-        let blobs = pack::parse_header(&self.key, &header).map_err(|e| bad(e.to_string()))?;
         let data_end = size - 4 - hlen;
+        let header = &bytes[data_end as usize..(size - 4) as usize];
+        let blobs = pack::parse_header(&self.key, header).map_err(|e| bad(e.to_string()))?;
+        if blobs.is_empty() {
+            return Err(bad("its header lists no blobs".into()));
+        }
         if blobs
             .iter()
             .any(|b| b.offset as u64 + b.length as u64 > data_end)
@@ -567,7 +564,9 @@ pub struct LockGuard {
     repo: Arc<Repository>,
     current: Arc<tokio::sync::Mutex<Id>>,
     refresher: tokio::task::JoinHandle<()>,
-    lost: Arc<std::sync::atomic::AtomicBool>,
+    /// Wall-clock time of the lock file's last successful write: others
+    /// judge staleness by the time inside it, so we do too.
+    refreshed: Arc<std::sync::Mutex<chrono::DateTime<chrono::Local>>>,
 }
 
 impl LockGuard {
@@ -575,7 +574,9 @@ impl LockGuard {
     /// process may have removed it as stale: work done under it must not
     /// be recorded as if it had been protected.
     pub fn ensure_held(&self) -> Result<(), RepoError> {
-        if self.lost.load(std::sync::atomic::Ordering::SeqCst) {
+        let last = *self.refreshed.lock().expect("refresh time");
+        let age = chrono::Local::now().signed_duration_since(last);
+        if age.to_std().unwrap_or_default() >= lock::TRUST_FOR {
             return Err(RepoError::LockLost(format!(
                 "the repository lock could not be refreshed for {} minutes; another process may have removed it",
                 lock::TRUST_FOR.as_secs() / 60

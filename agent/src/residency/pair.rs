@@ -82,6 +82,8 @@ pub struct PairBackend {
     replicas: [Replica; 2],
     require_both: bool,
     healed: Mutex<Vec<Healed>>,
+    /// Fail a listing when any usable region fails it (for `check`).
+    strict_listing: std::sync::atomic::AtomicBool,
 }
 
 impl PairBackend {
@@ -139,6 +141,7 @@ impl PairBackend {
             replicas: [p, s],
             require_both,
             healed: Mutex::new(Vec::new()),
+            strict_listing: std::sync::atomic::AtomicBool::new(false),
         };
         let checks = pair
             .replicas
@@ -219,6 +222,18 @@ impl PairBackend {
         self.replicas[if role == Role::Primary { 0 } else { 1 }]
             .lagging()
             .is_none()
+    }
+
+    /// Make a listing fail when any usable region fails it, instead of
+    /// using the other region's alone.
+    pub fn set_strict_listing(&self, strict: bool) {
+        self.strict_listing
+            .store(strict, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the tenant requires both regions to take every write.
+    pub fn require_both(&self) -> bool {
+        self.require_both
     }
 
     /// Stop writing to the region playing `role` for the rest of the run.
@@ -490,6 +505,13 @@ impl Backend for PairBackend {
                     }
                 }
                 Err(e @ StorageError::Refused { .. }) => return Err(e),
+                Err(e)
+                    if self
+                        .strict_listing
+                        .load(std::sync::atomic::Ordering::Relaxed) =>
+                {
+                    return Err(e);
+                }
                 Err(e) => {
                     tracing::warn!(tenant = %self.tenant, region = %r.store.region(), error = %e, "Listing failed in one region; using the other.");
                     first_err.get_or_insert(e);

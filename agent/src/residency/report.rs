@@ -113,8 +113,12 @@ pub async fn report(config: &Config, only: Option<&str>) -> Report {
             }
         }
     }
+    let mislocated_ref = &mislocated;
     let lists = config.regions.iter().map(|(name, cfg)| async move {
-        let listing = match S3Backend::new(name, cfg, "").await {
+        // A bucket that is really elsewhere only answers requests signed
+        // for where it really is: list it there, to see what it holds.
+        let sign_as = mislocated_ref.get(name).unwrap_or(name);
+        let listing = match S3Backend::new(sign_as, cfg, "").await {
             Ok(s3) => {
                 let prefix = match cfg.prefix.trim_matches('/') {
                     "" => String::new(),

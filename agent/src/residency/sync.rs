@@ -21,8 +21,22 @@ pub struct SyncStats {
     /// Bytes written to the target.
     pub bytes: u64,
     /// Files that could not be brought over (the source copy is bad too, or
-    /// a request failed), with the reason.
+    /// a read failed), with the reason.
     pub failed: Vec<String>,
+    /// Writes to the target that failed: the target is lagging.
+    pub failed_writes: Vec<String>,
+}
+
+/// What happened to one file.
+enum Step {
+    /// The target's copy is good.
+    Kept,
+    /// Written to the target (`replaced`: over a damaged copy).
+    Written { bytes: u64, replaced: bool },
+    /// The source's copy fails its check: nothing written.
+    SourceDamaged,
+    /// The target refused the write.
+    WriteFailed(StorageError),
 }
 
 /// Whether `data` is what a file called `name` must hold (every repository
@@ -56,6 +70,7 @@ pub async fn sync(
         }
     };
     let mut stats = SyncStats::default();
+    let mut checked_marker = false;
     for t in [
         FileType::Pack,
         FileType::Index,
@@ -63,6 +78,20 @@ pub async fn sync(
         FileType::Key,
         FileType::Config,
     ] {
+        // Never bring keys back into a tenant shredded since this run began.
+        if matches!(t, FileType::Key | FileType::Config) && !checked_marker {
+            for store in [src, dst] {
+                if store.exists_marker(super::pair::SHREDDED).await? {
+                    return Err(StorageError::Remote {
+                        location: store.location(),
+                        name: store.s3().root_key(super::pair::SHREDDED),
+                        message: "the tenant is being shredded; keys and config are not copied"
+                            .into(),
+                    });
+                }
+            }
+            checked_marker = true;
+        }
         let have: BTreeMap<String, u64> = dst.list(t).await?.into_iter().collect();
         let wanted = src.list(t).await?;
         let mut work = Vec::new();
@@ -79,38 +108,46 @@ pub async fn sync(
                 if present {
                     // The target has a file by this name: keep it if good.
                     match dst.load(t, &name).await {
-                        Ok(data) if good(t, &name, &data) => return Ok((name, None)),
+                        Ok(data) if good(t, &name, &data) => return Ok((name, Step::Kept)),
                         _ => {}
                     }
                 }
                 let data = src.load(t, &name).await?;
                 if !good(t, &name, &data) {
-                    return Ok((
-                        name,
-                        Some(Err("the source copy is damaged too".to_string())),
-                    ));
+                    return Ok((name, Step::SourceDamaged));
                 }
                 let n = data.len() as u64;
-                dst.save(t, &name, data).await?;
-                Ok::<_, StorageError>((name, Some(Ok((n, present)))))
+                Ok::<_, StorageError>(match dst.save(t, &name, data).await {
+                    Ok(()) => (
+                        name,
+                        Step::Written {
+                            bytes: n,
+                            replaced: present,
+                        },
+                    ),
+                    Err(e @ StorageError::Refused { .. }) => return Err(e),
+                    Err(e) => (name, Step::WriteFailed(e)),
+                })
             })
             .buffer_unordered(4)
             .collect()
             .await;
         for r in results {
             match r {
-                Ok((_, None)) => {}
-                Ok((_, Some(Ok((n, repaired))))) => {
-                    stats.bytes += n;
-                    if repaired {
+                Ok((_, Step::Kept)) => {}
+                Ok((_, Step::Written { bytes, replaced })) => {
+                    stats.bytes += bytes;
+                    if replaced {
                         stats.repaired += 1;
                     } else {
                         stats.copied += 1;
                     }
                 }
-                Ok((name, Some(Err(why)))) => stats
-                    .failed
-                    .push(format!("{}: {why}", src.s3().key(t, &name))),
+                Ok((name, Step::SourceDamaged)) => stats.failed.push(format!(
+                    "{}: the source copy is damaged too",
+                    src.s3().key(t, &name)
+                )),
+                Ok((_, Step::WriteFailed(e))) => stats.failed_writes.push(e.to_string()),
                 Err(e @ StorageError::Refused { .. }) => return Err(e),
                 Err(e) => stats.failed.push(e.to_string()),
             }

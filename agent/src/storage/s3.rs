@@ -39,6 +39,7 @@ pub struct S3Backend {
     multipart_threshold: u64,
     part_size: u64,
     max_attempts: u32,
+    request_timeout: Duration,
     /// Secret strings that must never appear in a message.
     secrets: Vec<String>,
 }
@@ -213,6 +214,7 @@ impl S3Backend {
             multipart_threshold: cfg.multipart_threshold_mib << 20,
             part_size: cfg.part_size_mib << 20,
             max_attempts: cfg.max_attempts,
+            request_timeout: Duration::from_secs(cfg.request_timeout_secs),
             secrets,
         })
     }
@@ -548,14 +550,22 @@ impl S3Backend {
         if range.is_some_and(|(_, length)| length == 0) {
             return Ok(Vec::new());
         }
+        let started = std::time::Instant::now();
         let mut attempt = 1;
         loop {
             match self.get_once(key, range).await {
                 Ok(bytes) => return Ok(bytes),
                 Err(GetError::Storage(e)) => return Err(e),
-                Err(GetError::Body(message)) if attempt < self.max_attempts => {
+                Err(GetError::Body(message))
+                    if attempt < self.max_attempts && started.elapsed() < self.request_timeout =>
+                {
                     tracing::debug!(region = %self.region, %key, attempt, %message, "Reading a body failed; retrying.");
-                    tokio::time::sleep(Duration::from_millis(200 << (attempt - 1).min(6))).await;
+                    // The SDK's schedule: 200 ms doubling, at most 10 s,
+                    // with full jitter.
+                    let cap = Duration::from_millis(200 << (attempt - 1).min(6))
+                        .min(Duration::from_secs(10));
+                    let wait = cap.mul_f64(rand::random::<f64>());
+                    tokio::time::sleep(wait).await;
                     attempt += 1;
                 }
                 Err(GetError::Body(message)) => {
