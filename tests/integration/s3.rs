@@ -117,6 +117,21 @@ impl World {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Restore the tenant's latest snapshot into `target` (in the scratch
+    /// folder) and compare it with `src` by `diff -r` and metadata.
+    fn restore_same(&self, tenant: &str, target: &str, src: &Path) {
+        let dir = self.s.path(target);
+        self.cairn_ok(&[
+            "restore",
+            "--tenant",
+            tenant,
+            "latest",
+            "--target",
+            dir.to_str().unwrap(),
+        ]);
+        assert_same_tree(src, &restored(&dir, src));
+    }
+
     /// Every key in a region's bucket.
     fn keys(&self, region: &str) -> BTreeSet<String> {
         self.g(region).keys(&bucket(region)).into_iter().collect()
@@ -303,16 +318,7 @@ fn two_tenants_in_two_regimes_stay_in_their_pairs_and_restic_reads_them() {
     w.cairn_ok(&["residency", "verify"]);
 
     // Restore through Cairn, and through restic from the secondary.
-    let target = w.s.path("restore-acme");
-    w.cairn_ok(&[
-        "restore",
-        "--tenant",
-        "acme",
-        "latest",
-        "--target",
-        target.to_str().unwrap(),
-    ]);
-    assert_same_tree(&acme_src, &restored(&target, &acme_src));
+    w.restore_same("acme", "restore-acme", &acme_src);
     let out = w.restic("eu-central-1", "acme", &["check", "--read-data"]);
     assert!(out.status.success(), "restic check: {}", text(&out));
     let rtarget = w.s.path("restic-acme");
@@ -608,16 +614,7 @@ fn a_region_stopped_mid_backup_lags_and_replicate_catches_it_up() {
     );
 
     // The primary alone restores it.
-    let target = w.s.path("restore");
-    w.cairn_ok(&[
-        "restore",
-        "--tenant",
-        "acme",
-        "latest",
-        "--target",
-        target.to_str().unwrap(),
-    ]);
-    assert_same_tree(&src, &restored(&target, &src));
+    w.restore_same("acme", "restore", &src);
 
     // With the secondary back, replicate copies exactly what it lacks.
     w.garages.get_mut("eu-central-1").unwrap().restart();
@@ -793,16 +790,7 @@ fn a_damaged_primary_object_is_healed_and_repaired_and_shred_is_per_tenant() {
     );
     let out = w.restic("eu-central-1", "acme", &["snapshots"]);
     assert!(!out.status.success(), "restic opened a shredded repository");
-    let t3 = w.s.path("globex");
-    w.cairn_ok(&[
-        "restore",
-        "--tenant",
-        "globex",
-        "latest",
-        "--target",
-        t3.to_str().unwrap(),
-    ]);
-    assert_same_tree(&src, &restored(&t3, &src));
+    w.restore_same("globex", "globex", &src);
     let deletes = audit_records(&w)
         .into_iter()
         .filter(|r| r["op"] == "delete" && r["key"].as_str().unwrap().starts_with("acme/keys/"))
@@ -949,16 +937,7 @@ fn an_interrupted_backup_does_not_upload_its_packs_again() {
             .filter(|k| !k.contains("/locks/"))
             .count()
     );
-    let target = w.s.path("restore");
-    w.cairn_ok(&[
-        "restore",
-        "--tenant",
-        "acme",
-        "latest",
-        "--target",
-        target.to_str().unwrap(),
-    ]);
-    assert_same_tree(&src, &restored(&target, &src));
+    w.restore_same("acme", "restore", &src);
     let out = w.restic("eu-central-1", "acme", &["check", "--read-data"]);
     assert!(out.status.success(), "{}", text(&out));
 }
