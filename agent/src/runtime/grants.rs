@@ -332,6 +332,47 @@ impl Resolved<'_> {
         let is_link = self.stat()?.st_mode & libc::S_IFMT == libc::S_IFLNK;
         let (fd, name): (&cap_std::fs::Dir, &str) =
             (&self.parent, self.name.as_deref().unwrap_or("."));
+        let err = |e| GrantError::io(self.path, e);
+        if !is_link {
+            // Through a descriptor opened without following a link: if the
+            // entry was swapped for a link since the stat, the open fails
+            // (ELOOP) instead of changing whatever the link points to.
+            let file = rustix::fs::openat(
+                fd,
+                name,
+                rustix::fs::OFlags::RDONLY
+                    | rustix::fs::OFlags::NOFOLLOW
+                    | rustix::fs::OFlags::CLOEXEC
+                    | rustix::fs::OFlags::NONBLOCK
+                    | rustix::fs::OFlags::NOCTTY,
+                Mode::empty(),
+            )
+            .map_err(err)?;
+            if let Some((uid, gid)) = owner
+                && rustix::process::geteuid().is_root()
+            {
+                rustix::fs::fchown(
+                    &file,
+                    Some(rustix::fs::Uid::from_raw(uid)),
+                    Some(rustix::fs::Gid::from_raw(gid)),
+                )
+                .map_err(err)?;
+            }
+            // After chown, which clears set-id bits.
+            if let Some(mode) = mode {
+                rustix::fs::fchmod(&file, Mode::from_raw_mode(mode & 0o7777)).map_err(err)?;
+            }
+            if let Some((atime, mtime)) = times {
+                let ts = rustix::fs::Timestamps {
+                    last_access: atime,
+                    last_modification: mtime,
+                };
+                rustix::fs::futimens(&file, &ts).map_err(err)?;
+            }
+            return Ok(());
+        }
+        // A link: its own owner and times, never its target's (links have
+        // no mode of their own on Linux).
         if let Some((uid, gid)) = owner
             && rustix::process::geteuid().is_root()
         {
@@ -342,24 +383,14 @@ impl Resolved<'_> {
                 Some(rustix::fs::Gid::from_raw(gid)),
                 AtFlags::SYMLINK_NOFOLLOW,
             )
-            .map_err(|e| GrantError::io(self.path, e))?;
-        }
-        if let (Some(mode), false) = (mode, is_link) {
-            rustix::fs::chmodat(
-                fd,
-                name,
-                Mode::from_raw_mode(mode & 0o7777),
-                AtFlags::empty(),
-            )
-            .map_err(|e| GrantError::io(self.path, e))?;
+            .map_err(err)?;
         }
         if let Some((atime, mtime)) = times {
             let ts = rustix::fs::Timestamps {
                 last_access: atime,
                 last_modification: mtime,
             };
-            rustix::fs::utimensat(fd, name, &ts, AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(|e| GrantError::io(self.path, e))?;
+            rustix::fs::utimensat(fd, name, &ts, AtFlags::SYMLINK_NOFOLLOW).map_err(err)?;
         }
         Ok(())
     }
