@@ -359,8 +359,16 @@ fn kill_9_mid_backup_leaves_a_repository_that_checks() {
     );
     assert_eq!(s.snapshot_count(), 1);
     s.restic_ok(&["check", "--read-data"]);
+    let orphans = packs(&s.repo()).len() - packs_before;
     let done = s.cairn_json(&["backup", big.to_str().unwrap()]);
     assert_eq!(done["complete"], true, "{done}");
+    // The killed run's packs are indexed and reused, not uploaded again.
+    assert_eq!(done["packs_adopted"], orphans, "{done}");
+    let total = 12 * 16 * 1024 * 1024u64;
+    assert!(
+        done["bytes_new"].as_u64().unwrap() < total,
+        "the killed run's data was stored again: {done}"
+    );
     s.cairn_ok(&[
         "restore",
         "latest",
