@@ -229,35 +229,42 @@ pub async fn run(g: &Global, mut a: Args) -> anyhow::Result<Outcome> {
         ] {
             let s = crate::residency::sync::sync(&pair, from, to, false, &config_ok).await;
             let (to_region, from_region) = (pair.store(to).region(), pair.store(from).region());
-            match s {
+            // The region that cannot be made whole does not get the
+            // snapshot (or, with require-both, there is no snapshot).
+            let lagging = match s {
                 Ok(s) => {
                     if s.copied > 0 {
                         tracing::warn!(copied = s.copied, from = %from_region, to = %to_region, "Evened out the regions of the pair.");
                     }
-                    // A damaged or unreadable source file is the source's
-                    // problem (check and repair report it), not the target's.
+                    // Damaged in the source too: `check` and `repair` report
+                    // it; it is not the target's fault.
                     for f in &s.failed {
                         tracing::warn!(from = %from_region, to = %to_region, problem = %f, "Could not copy a file across the pair.");
                     }
-                    if let Some(e) = s.failed_writes.first() {
-                        if pair.require_both() {
-                            let _ = lock.release().await;
-                            bail!(
-                                "backup stopped, no snapshot was written: region {to_region} refused a write and the tenant requires both regions: {e}"
-                            );
-                        }
-                        pair.mark_region_lagging(to, &e.to_string());
-                    }
+                    // A file the target still lacks: it must not get a
+                    // snapshot that may refer to it.
+                    s.failed_writes
+                        .first()
+                        .or(s.failed_reads.first())
+                        .map(|e| (to, e.clone()))
                 }
-                // A listing failed: keep the snapshot out of the target, so
-                // it never refers to data that region may lack.
-                Err(e) if pair.require_both() => {
+                Err(e) => Some((e.role, e.error.to_string())),
+            };
+            if let Some((role, why)) = lagging {
+                if pair.require_both() {
                     let _ = lock.release().await;
-                    return Err(anyhow::Error::from(e).context(
-                        "backup stopped while evening out the pair; no snapshot was written",
-                    ));
+                    bail!(
+                        "backup stopped, no snapshot was written: region {} could not be made whole and the tenant requires both regions: {why}",
+                        pair.store(role).region()
+                    );
                 }
-                Err(e) => pair.mark_region_lagging(to, &e.to_string()),
+                pair.mark_region_lagging(role, &why);
+                if !pair.usable(Role::Primary) && !pair.usable(Role::Secondary) {
+                    let _ = lock.release().await;
+                    bail!(
+                        "backup stopped, no snapshot was written: neither region of the pair can take it ({why})"
+                    );
+                }
             }
         }
     }

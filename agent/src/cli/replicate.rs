@@ -27,7 +27,7 @@ fn report(g: &Global, tenant: &str, direction: &str, s: &SyncStats) {
         out(serde_json::json!({
             "tenant": tenant, "direction": direction, "copied": s.copied,
             "repaired": s.repaired, "bytes": s.bytes, "failed": s.failed,
-            "failed_writes": s.failed_writes,
+            "failed_writes": s.failed_writes, "failed_reads": s.failed_reads,
         }));
     } else {
         out(format!(
@@ -35,10 +35,15 @@ fn report(g: &Global, tenant: &str, direction: &str, s: &SyncStats) {
             s.copied,
             s.repaired,
             indicatif::HumanBytes(s.bytes),
-            s.failed.len() + s.failed_writes.len()
+            s.failed.len() + s.failed_writes.len() + s.failed_reads.len()
         ));
     }
-    for f in s.failed.iter().chain(&s.failed_writes) {
+    for f in s
+        .failed
+        .iter()
+        .chain(&s.failed_writes)
+        .chain(&s.failed_reads)
+    {
         eprintln!("cairn: tenant {tenant}: {f}");
     }
 }
@@ -113,7 +118,7 @@ async fn replicate_tenant(g: &Global, config: &Config, tenant: &str) -> anyhow::
         };
         let dir = format!("{} -> {}", region_of(&pair, from), region_of(&pair, to));
         report(g, tenant, &dir, &s);
-        failed |= !s.failed.is_empty() || !s.failed_writes.is_empty();
+        failed |= !s.failed.is_empty() || !s.failed_writes.is_empty() || !s.failed_reads.is_empty();
     }
     lock.release().await?;
     if failed {
@@ -167,7 +172,7 @@ pub async fn repair(g: &Global, a: RepairArgs) -> anyhow::Result<Outcome> {
     let s = s?;
     let dir = format!("{} -> {}", region_of(&pair, from), region_of(&pair, to));
     report(g, tenant, &dir, &s);
-    if !s.failed.is_empty() || !s.failed_writes.is_empty() {
+    if !s.failed.is_empty() || !s.failed_writes.is_empty() || !s.failed_reads.is_empty() {
         bail!("repair: some objects could not be repaired (see above)");
     }
     Ok(Outcome::Ok)

@@ -3,7 +3,7 @@
 
 use super::{Global, Outcome, out};
 use crate::config::Placement;
-use crate::repo::{RepoError, Repository};
+use crate::repo::Repository;
 use crate::residency::pair::{Role, SHREDDED};
 use crate::storage::{Backend, FileType};
 use anyhow::{Context, bail};
@@ -60,16 +60,22 @@ pub async fn run(g: &Global, c: Command) -> anyhow::Result<Outcome> {
             let tg = g.for_tenant(&tenant);
             let pair = tg.open_pair_with(&config, &tenant, true).await?;
             // An exclusive lock: no backup, replicate or repair of the tenant
-            // runs meanwhile (one could copy keys back). When no key is left
-            // to open the repository with, an earlier shred got that far.
-            let lock = match Repository::open(pair.clone(), &tg.password(false)?).await {
-                Ok(repo) => Some(Arc::new(repo).lock(true).await.with_context(|| {
+            // runs meanwhile (one could copy keys back). Only when no key is
+            // left anywhere (an earlier shred got that far) is there nothing
+            // to lock, and nothing to open the repository with.
+            let lock = if pair.list(FileType::Key).await?.is_empty() {
+                None
+            } else {
+                let repo = Repository::open(pair.clone(), &tg.password(false)?)
+                    .await
+                    .with_context(|| {
+                        format!("opening tenant {tenant} to lock it; nothing was shredded")
+                    })?;
+                Some(Arc::new(repo).lock(true).await.with_context(|| {
                     format!(
                         "tenant {tenant} is in use; nothing was shredded, try again when it is not"
                     )
-                })?),
-                Err(RepoError::WrongPassword { .. }) => None,
-                Err(e) => return Err(e.into()),
+                })?)
             };
             for role in [Role::Primary, Role::Secondary] {
                 let store = pair.store(role);

@@ -20,6 +20,7 @@ pub mod tree;
 use crate::storage::{Backend, FileType, StorageError};
 use config::Config;
 use crypto::Key;
+use futures::StreamExt;
 pub use id::Id;
 use index::{BlobLocation, Index, IndexFile};
 use keys::KeyFile;
@@ -408,7 +409,8 @@ impl Repository {
             return Err(e);
         }
         let current = Arc::new(tokio::sync::Mutex::new(id));
-        let refreshed = Arc::new(std::sync::Mutex::new(chrono::Local::now()));
+        // The time written into the lock file: others judge staleness by it.
+        let refreshed = Arc::new(std::sync::Mutex::new(lock.time));
         let refresher = {
             let repo = Arc::clone(self);
             let current = Arc::clone(&current);
@@ -423,7 +425,7 @@ impl Repository {
                         Ok(new) => {
                             let _ = repo.backend.remove(FileType::Lock, &cur.to_hex()).await;
                             *cur = new;
-                            *refreshed.lock().expect("refresh time") = chrono::Local::now();
+                            *refreshed.lock().expect("refresh time") = lock.time;
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "Could not refresh the repository lock.");
@@ -442,22 +444,31 @@ impl Repository {
 
     /// Index the packs no index file mentions: the packs an interrupted
     /// backup uploaded before it could write their index. Their headers are
-    /// read (two small range reads each) and a new index file records them,
+    /// read (two small range reads each, eight packs at a time) and a new index file records them,
     /// so the next backup deduplicates against them instead of uploading
     /// the data again. A pack whose header cannot be read is left alone
     /// (`check` reports it). Returns the number of packs adopted.
     pub async fn adopt_unindexed_packs(&self) -> Result<usize, RepoError> {
         let known: std::collections::HashSet<Id> =
             self.with_index(|i| i.packs().copied().collect());
+        let orphans: Vec<(Id, String, u64)> = self
+            .backend
+            .list(FileType::Pack)
+            .await?
+            .into_iter()
+            .filter_map(|(name, size)| Some((Id::parse(&name)?, name, size)))
+            .filter(|(id, _, _)| !known.contains(id))
+            .collect();
+        let read = futures::stream::iter(orphans)
+            .map(|(id, name, size)| async move {
+                (id, name.clone(), self.read_pack_header(&name, size).await)
+            })
+            .buffer_unordered(8)
+            .collect::<Vec<_>>()
+            .await;
         let mut adopted = Vec::new();
-        for (name, size) in self.backend.list(FileType::Pack).await? {
-            let Some(id) = Id::parse(&name) else {
-                continue;
-            };
-            if known.contains(&id) || size < 4 {
-                continue;
-            }
-            match self.read_pack_header(&name, size).await {
+        for (id, name, header) in read {
+            match header {
                 Ok(blobs) => adopted.push(index::IndexPack::new(id, &blobs)),
                 Err(e) => {
                     tracing::warn!(pack = %name, error = %e, "An unindexed pack has no readable header; leaving it.")
@@ -481,29 +492,42 @@ impl Repository {
         Ok(n)
     }
 
-    /// Read a whole pack, check it hashes to its name (a replicated store
-    /// picks a good copy), and parse its header: its blobs, which must lie
-    /// inside it. Unindexed packs are few, so reading them whole is cheap.
+    /// Read and check a pack's header: two range reads, the header
+    /// authenticated by its MAC (a replicated store tries the other copy when
+    /// it fails), and its blobs must lie inside the pack. The blobs' own
+    /// bytes are checked when read, as every blob is.
     async fn read_pack_header(
         &self,
         name: &str,
-        _size: u64,
+        size: u64,
     ) -> Result<Vec<pack::PackedBlob>, RepoError> {
         let bad = |reason: String| RepoError::corrupt(format!("pack {name}"), reason);
-        let bytes = self.backend.load(FileType::Pack, name).await?;
-        if Id::hash(&bytes).to_hex() != name {
-            return Err(bad("content does not match its name (SHA-256)".into()));
+        if size < 4 {
+            return Err(bad("shorter than its length field".into()));
         }
-        let size = bytes.len() as u64;
-        let trailer: [u8; 4] = bytes
-            .get(bytes.len().saturating_sub(4)..)
-            .and_then(|t| t.try_into().ok())
-            .ok_or_else(|| bad("shorter than its length field".into()))?;
+        let trailer = self
+            .backend
+            .load_range(FileType::Pack, name, size - 4, 4)
+            .await?;
+        let trailer: [u8; 4] = trailer
+            .as_slice()
+            .try_into()
+            .map_err(|_| bad("short trailer".into()))?;
         let hlen =
             pack::header_length_from_trailer(&trailer, size).map_err(|e| bad(e.to_string()))?;
+        let key = &self.key;
+        let header = self
+            .backend
+            .load_range_verified(
+                FileType::Pack,
+                name,
+                size - 4 - hlen,
+                hlen,
+                &|d: &[u8]| key.authentic(d),
+            )
+            .await?;
+        let blobs = pack::parse_header(&self.key, &header).map_err(|e| bad(e.to_string()))?;
         let data_end = size - 4 - hlen;
-        let header = &bytes[data_end as usize..(size - 4) as usize];
-        let blobs = pack::parse_header(&self.key, header).map_err(|e| bad(e.to_string()))?;
         if blobs.is_empty() {
             return Err(bad("its header lists no blobs".into()));
         }
@@ -566,7 +590,7 @@ pub struct LockGuard {
     refresher: tokio::task::JoinHandle<()>,
     /// Wall-clock time of the lock file's last successful write: others
     /// judge staleness by the time inside it, so we do too.
-    refreshed: Arc<std::sync::Mutex<chrono::DateTime<chrono::Local>>>,
+    refreshed: Arc<std::sync::Mutex<chrono::DateTime<chrono::FixedOffset>>>,
 }
 
 impl LockGuard {

@@ -118,7 +118,15 @@ pub async fn report(config: &Config, only: Option<&str>) -> Report {
         // A bucket that is really elsewhere only answers requests signed
         // for where it really is: list it there, to see what it holds.
         let sign_as = mislocated_ref.get(name).unwrap_or(name);
-        let listing = match S3Backend::new(sign_as, cfg, "").await {
+        let mut cfg = cfg.clone();
+        if sign_as != name {
+            // A regional endpoint naming the declared region (AWS's
+            // s3.<region>.amazonaws.com) must name the real one too.
+            cfg.endpoint = cfg
+                .endpoint
+                .replace(&format!(".{name}."), &format!(".{sign_as}."));
+        }
+        let listing = match S3Backend::new(sign_as, &cfg, "").await {
             Ok(s3) => {
                 let prefix = match cfg.prefix.trim_matches('/') {
                     "" => String::new(),

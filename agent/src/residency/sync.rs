@@ -20,9 +20,11 @@ pub struct SyncStats {
     pub repaired: u64,
     /// Bytes written to the target.
     pub bytes: u64,
-    /// Files that could not be brought over (the source copy is bad too, or
-    /// a read failed), with the reason.
+    /// Files whose source copy fails its check (damaged in both regions, or
+    /// missing from the target and damaged in the source), with the reason.
     pub failed: Vec<String>,
+    /// Source files that could not be read: the target still lacks them.
+    pub failed_reads: Vec<String>,
     /// Writes to the target that failed: the target is lagging.
     pub failed_writes: Vec<String>,
 }
@@ -37,6 +39,18 @@ enum Step {
     SourceDamaged,
     /// The target refused the write.
     WriteFailed(StorageError),
+    /// The source could not be read (after its retries).
+    ReadFailed(StorageError),
+}
+
+/// A sync that stopped, and the side that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct SyncError {
+    /// The role of the region whose request failed.
+    pub role: Role,
+    /// What failed.
+    pub error: StorageError,
 }
 
 /// Whether `data` is what a file called `name` must hold (every repository
@@ -60,8 +74,9 @@ pub async fn sync(
     to: Role,
     deep: bool,
     config_ok: &(dyn for<'b> Fn(&'b [u8]) -> bool + Send + Sync),
-) -> Result<SyncStats, StorageError> {
+) -> Result<SyncStats, SyncError> {
     let (src, dst) = (pair.store(from), pair.store(to));
+    let at = |role: Role| move |error: StorageError| SyncError { role, error };
     let good = |t: FileType, name: &str, data: &[u8]| {
         if t == FileType::Config {
             config_ok(data)
@@ -80,20 +95,24 @@ pub async fn sync(
     ] {
         // Never bring keys back into a tenant shredded since this run began.
         if matches!(t, FileType::Key | FileType::Config) && !checked_marker {
-            for store in [src, dst] {
-                if store.exists_marker(super::pair::SHREDDED).await? {
-                    return Err(StorageError::Remote {
+            for (role, store) in [(from, src), (to, dst)] {
+                if store
+                    .exists_marker(super::pair::SHREDDED)
+                    .await
+                    .map_err(at(role))?
+                {
+                    return Err(at(role)(StorageError::Remote {
                         location: store.location(),
                         name: store.s3().root_key(super::pair::SHREDDED),
                         message: "the tenant is being shredded; keys and config are not copied"
                             .into(),
-                    });
+                    }));
                 }
             }
             checked_marker = true;
         }
-        let have: BTreeMap<String, u64> = dst.list(t).await?.into_iter().collect();
-        let wanted = src.list(t).await?;
+        let have: BTreeMap<String, u64> = dst.list(t).await.map_err(at(to))?.into_iter().collect();
+        let wanted = src.list(t).await.map_err(at(from))?;
         let mut work = Vec::new();
         for (name, size) in wanted {
             match have.get(&name) {
@@ -112,7 +131,11 @@ pub async fn sync(
                         _ => {}
                     }
                 }
-                let data = src.load(t, &name).await?;
+                let data = match src.load(t, &name).await {
+                    Ok(d) => d,
+                    Err(e @ StorageError::Refused { .. }) => return Err(e),
+                    Err(e) => return Ok((name, Step::ReadFailed(e))),
+                };
                 if !good(t, &name, &data) {
                     return Ok((name, Step::SourceDamaged));
                 }
@@ -148,8 +171,8 @@ pub async fn sync(
                     src.s3().key(t, &name)
                 )),
                 Ok((_, Step::WriteFailed(e))) => stats.failed_writes.push(e.to_string()),
-                Err(e @ StorageError::Refused { .. }) => return Err(e),
-                Err(e) => stats.failed.push(e.to_string()),
+                Ok((_, Step::ReadFailed(e))) => stats.failed_reads.push(e.to_string()),
+                Err(e) => return Err(at(to)(e)),
             }
         }
     }

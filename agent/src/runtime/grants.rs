@@ -329,15 +329,16 @@ impl Resolved<'_> {
         owner: Option<(u32, u32)>,
         times: Option<(rustix::fs::Timespec, rustix::fs::Timespec)>,
     ) -> Result<(), GrantError> {
-        let is_link = self.stat()?.st_mode & libc::S_IFMT == libc::S_IFLNK;
+        let kind = self.stat()?.st_mode & libc::S_IFMT;
         let (fd, name): (&cap_std::fs::Dir, &str) =
             (&self.parent, self.name.as_deref().unwrap_or("."));
         let err = |e| GrantError::io(self.path, e);
-        if !is_link {
+        let owner = owner.filter(|_| rustix::process::geteuid().is_root());
+        if kind == libc::S_IFDIR || kind == libc::S_IFREG {
             // Through a descriptor opened without following a link: if the
             // entry was swapped for a link since the stat, the open fails
             // (ELOOP) instead of changing whatever the link points to.
-            let file = rustix::fs::openat(
+            let opened = rustix::fs::openat(
                 fd,
                 name,
                 rustix::fs::OFlags::RDONLY
@@ -346,42 +347,54 @@ impl Resolved<'_> {
                     | rustix::fs::OFlags::NONBLOCK
                     | rustix::fs::OFlags::NOCTTY,
                 Mode::empty(),
-            )
-            .map_err(err)?;
-            if let Some((uid, gid)) = owner
-                && rustix::process::geteuid().is_root()
-            {
-                rustix::fs::fchown(
-                    &file,
-                    Some(rustix::fs::Uid::from_raw(uid)),
-                    Some(rustix::fs::Gid::from_raw(gid)),
-                )
-                .map_err(err)?;
+            );
+            match opened {
+                Ok(file) => {
+                    if let Some((uid, gid)) = owner {
+                        rustix::fs::fchown(
+                            &file,
+                            Some(rustix::fs::Uid::from_raw(uid)),
+                            Some(rustix::fs::Gid::from_raw(gid)),
+                        )
+                        .map_err(err)?;
+                    }
+                    // After chown, which clears set-id bits.
+                    if let Some(mode) = mode {
+                        rustix::fs::fchmod(&file, Mode::from_raw_mode(mode & 0o7777))
+                            .map_err(err)?;
+                    }
+                    if let Some((atime, mtime)) = times {
+                        let ts = rustix::fs::Timestamps {
+                            last_access: atime,
+                            last_modification: mtime,
+                        };
+                        rustix::fs::futimens(&file, &ts).map_err(err)?;
+                    }
+                    return Ok(());
+                }
+                // Not readable by us (a non-root restore into an existing
+                // write-only directory): by name below, as for other types.
+                Err(rustix::io::Errno::ACCESS) => {}
+                Err(e) => return Err(err(e)),
             }
-            // After chown, which clears set-id bits.
-            if let Some(mode) = mode {
-                rustix::fs::fchmod(&file, Mode::from_raw_mode(mode & 0o7777)).map_err(err)?;
-            }
-            if let Some((atime, mtime)) = times {
-                let ts = rustix::fs::Timestamps {
-                    last_access: atime,
-                    last_modification: mtime,
-                };
-                rustix::fs::futimens(&file, &ts).map_err(err)?;
-            }
-            return Ok(());
         }
-        // A link: its own owner and times, never its target's (links have
-        // no mode of their own on Linux).
-        if let Some((uid, gid)) = owner
-            && rustix::process::geteuid().is_root()
-        {
+        if let Some((uid, gid)) = owner {
             rustix::fs::chownat(
                 fd,
                 name,
                 Some(rustix::fs::Uid::from_raw(uid)),
                 Some(rustix::fs::Gid::from_raw(gid)),
                 AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(err)?;
+        }
+        // Links have no mode of their own on Linux: never chmod their target.
+        if let (Some(mode), false) = (mode, kind == libc::S_IFLNK) {
+            rustix::fs::chmodat(
+                fd,
+                name,
+                Mode::from_raw_mode(mode & 0o7777),
+                AtFlags::empty(),
             )
             .map_err(err)?;
         }

@@ -550,14 +550,20 @@ impl S3Backend {
         if range.is_some_and(|(_, length)| length == 0) {
             return Ok(Vec::new());
         }
-        let started = std::time::Instant::now();
+        // Counted from the first failure: waiting for a request slot and the
+        // first download are not retry time.
+        let mut first_failure: Option<std::time::Instant> = None;
         let mut attempt = 1;
         loop {
             match self.get_once(key, range).await {
                 Ok(bytes) => return Ok(bytes),
                 Err(GetError::Storage(e)) => return Err(e),
                 Err(GetError::Body(message))
-                    if attempt < self.max_attempts && started.elapsed() < self.request_timeout =>
+                    if attempt < self.max_attempts
+                        && first_failure
+                            .get_or_insert_with(std::time::Instant::now)
+                            .elapsed()
+                            < self.request_timeout =>
                 {
                     tracing::debug!(region = %self.region, %key, attempt, %message, "Reading a body failed; retrying.");
                     // The SDK's schedule: 200 ms doubling, at most 10 s,
