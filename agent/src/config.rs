@@ -145,6 +145,21 @@ pub struct JobConfig {
     /// zstd level for new data (0 stores it uncompressed).
     #[serde(default = "default_compression")]
     pub compression: i32,
+    /// The adapter's own configuration (adapters other than filesystem),
+    /// passed to it as a JSON object.
+    pub config: Option<toml::Table>,
+    /// What the adapter may reach beyond its paths.
+    #[serde(default)]
+    pub grants: JobGrants,
+}
+
+/// A job's grants beyond its paths.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct JobGrants {
+    /// TCP endpoints (`ip:port` or `host:port`) the adapter may connect to.
+    #[serde(default)]
+    pub connect: Vec<String>,
 }
 
 fn default_adapter() -> String {

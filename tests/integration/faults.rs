@@ -166,9 +166,14 @@ fn an_invalid_component_is_refused() {
 }
 
 fn faulty(s: &Scratch, fault: &str, extra: &[&str]) -> std::process::Output {
+    faulty_with(s, &serde_json::json!({ "fault": fault }), extra)
+}
+
+/// Back up with the faulty adapter and this adapter config.
+fn faulty_with(s: &Scratch, config: &serde_json::Value, extra: &[&str]) -> std::process::Output {
     let src = s.path("src");
     std::fs::create_dir_all(&src).unwrap();
-    let config = format!("{{\"fault\": \"{fault}\"}}");
+    let config = config.to_string();
     let mut args = vec![
         "backup",
         src.to_str().unwrap(),
@@ -179,6 +184,113 @@ fn faulty(s: &Scratch, fault: &str, extra: &[&str]) -> std::process::Output {
     ];
     args.extend_from_slice(extra);
     s.cairn(&args)
+}
+
+/// A connection waiting on `listener` within a few seconds, with what the
+/// peer sent, or None.
+fn accepted(listener: &std::net::TcpListener) -> Option<Vec<u8>> {
+    use std::io::Read;
+    listener.set_nonblocking(true).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match listener.accept() {
+            Ok((mut conn, _)) => {
+                conn.set_nonblocking(false).unwrap();
+                let mut got = Vec::new();
+                conn.read_to_end(&mut got).unwrap();
+                return Some(got);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if std::time::Instant::now() > deadline {
+                    return None;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+#[test]
+fn an_adapter_reaches_only_the_endpoints_its_job_grants() {
+    let s = Scratch::new();
+    s.init();
+    let granted = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let g = granted.local_addr().unwrap().to_string();
+    let o = other.local_addr().unwrap().to_string();
+
+    // Granted: it connects and says hello.
+    let out = faulty_with(
+        &s,
+        &serde_json::json!({"fault": "connect", "address": g}),
+        &["--grant-connect", &g],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(accepted(&granted).as_deref(), Some(&b"hello"[..]));
+
+    // Another port: denied, the address named, nothing reached.
+    let out = faulty_with(
+        &s,
+        &serde_json::json!({"fault": "connect", "address": o}),
+        &["--grant-connect", &g],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains(&o),
+        "must name the address: {}",
+        text(&out)
+    );
+    assert_eq!(accepted(&other), None, "an ungranted port was reached");
+
+    // No grant at all: no network.
+    let out = faulty_with(
+        &s,
+        &serde_json::json!({"fault": "connect", "address": g}),
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(
+        accepted(&granted),
+        None,
+        "reached the network with no grant"
+    );
+    assert_eq!(
+        s.snapshot_count(),
+        1,
+        "only the granted run made a snapshot"
+    );
+
+    // The same from a config file: a tenant with a local repository, a job
+    // with the adapter's own config and its grants.
+    let password = s.path("password");
+    std::fs::write(&password, crate::common::PASSWORD).unwrap();
+    let config = s.path("cairn.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[tenants.acme]\nrepository = {:?}\npassword-file = {:?}\n[jobs.probe]\ntenant = \"acme\"\nadapter = {:?}\npaths = [{:?}]\nconfig = {{ fault = \"connect\", address = {g:?} }}\ngrants = {{ connect = [{g:?}] }}\n",
+            s.repo(),
+            password,
+            cairn::runtime::bundled::FAULTY_PATH,
+            s.path("src"),
+        ),
+    )
+    .unwrap();
+    let out = s
+        .cairn_cmd(&[
+            "--config",
+            config.to_str().unwrap(),
+            "backup",
+            "--job",
+            "probe",
+        ])
+        .env_remove("CAIRN_REPOSITORY")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(accepted(&granted).as_deref(), Some(&b"hello"[..]));
+    assert_eq!(s.snapshot_count(), 2);
 }
 
 /// A misbehaving adapter fails the job, named, with no snapshot, and the

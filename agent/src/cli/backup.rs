@@ -35,6 +35,10 @@ pub struct Args {
     /// The adapter: a bundled name or a path to a `.wasm` component.
     #[arg(long, default_value = "filesystem")]
     adapter: String,
+    /// Let the adapter connect to this TCP endpoint, `ip:port` or
+    /// `host:port` (repeatable); it reaches nothing else on the network.
+    #[arg(long = "grant-connect")]
+    grant_connect: Vec<String>,
     /// Adapter configuration as a JSON object (for adapters other than filesystem).
     #[arg(long)]
     adapter_config: Option<String>,
@@ -94,6 +98,10 @@ pub async fn run(g: &Global, mut a: Args) -> anyhow::Result<Outcome> {
             a.tag.extend(job.tags.iter().cloned());
             a.adapter = job.adapter.clone();
             a.compression = job.compression;
+            a.grant_connect.extend(job.grants.connect.iter().cloned());
+            if let Some(c) = &job.config {
+                a.adapter_config = Some(serde_json::to_string(c)?);
+            }
             job_global = g.for_tenant(&job.tenant);
             &job_global
         }
@@ -111,6 +119,11 @@ pub async fn run(g: &Global, mut a: Args) -> anyhow::Result<Outcome> {
         paths.push(abs);
     }
     paths.sort();
+    for endpoint in &a.grant_connect {
+        grants
+            .add_connect(endpoint)
+            .with_context(|| format!("--grant-connect {endpoint}"))?;
+    }
     let source = AdapterSource::parse(&a.adapter);
     let adapter_name = source.name();
     let config = match (&source, &a.adapter_config) {

@@ -51,6 +51,8 @@ impl GrantError {
 #[derive(Default)]
 pub struct Grants {
     grants: Vec<Grant>,
+    /// TCP endpoints the adapter may connect to; nothing else on the network.
+    connect: Vec<std::net::SocketAddr>,
 }
 
 /// A resolved path: the directory it lives in and its final name (`None`
@@ -82,6 +84,28 @@ pub fn normalise(path: &str) -> Option<String> {
 }
 
 impl Grants {
+    /// Let the adapter open TCP connections to `endpoint` (`ip:port`, or
+    /// `host:port`, resolved now: every address it resolves to).
+    pub fn add_connect(&mut self, endpoint: &str) -> Result<(), GrantError> {
+        use std::net::ToSocketAddrs;
+        let addrs = endpoint
+            .to_socket_addrs()
+            .map_err(|e| GrantError::io(endpoint, e))?;
+        let before = self.connect.len();
+        self.connect.extend(addrs);
+        if self.connect.len() == before {
+            return Err(GrantError::Denied(format!(
+                "{endpoint} (resolves to no address)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The TCP endpoints granted.
+    pub fn connect(&self) -> &[std::net::SocketAddr] {
+        &self.connect
+    }
+
     /// Grant `path` (a directory or a file), read-only or read-write.
     pub fn add(&mut self, path: &str, writable: bool) -> Result<(), GrantError> {
         let norm = normalise(path).ok_or_else(|| GrantError::Denied(path.into()))?;

@@ -257,12 +257,27 @@ fn cache_is_private(path: &std::path::Path) -> bool {
 }
 
 /// WASI context for a job: its grants preopened at the same paths as on the
-/// host, no network, no environment, no arguments, stderr only if asked.
+/// host, TCP connections only to the granted endpoints (no listening, no
+/// UDP, no name lookup), no environment, no arguments, stderr only if asked.
 fn wasi_ctx(grants: &Grants, writable: bool, inherit_stderr: bool) -> anyhow::Result<WasiCtx> {
     let mut b = WasiCtx::builder();
-    b.allow_tcp(false)
+    b.allow_tcp(!grants.connect().is_empty())
         .allow_udp(false)
         .allow_ip_name_lookup(false);
+    let allowed: Vec<std::net::SocketAddr> = grants.connect().to_vec();
+    b.socket_addr_check(move |addr, used| {
+        use wasmtime_wasi::sockets::SocketAddrUse;
+        let ok = match used {
+            SocketAddrUse::TcpConnect => allowed.contains(&addr),
+            // The implicit bind a connect does, to the wildcard address.
+            SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
+            _ => false,
+        };
+        if !ok {
+            tracing::warn!(%addr, ?used, "Denied the adapter a network address its job does not grant.");
+        }
+        Box::pin(async move { ok })
+    });
     if inherit_stderr {
         b.inherit_stderr();
     }

@@ -1,6 +1,9 @@
 //! A test adapter that misbehaves on request, to prove the host contains it:
-//! `{"fault": "trap" | "loop" | "oom" | "error" | "none"}`. Each fault
-//! comes after one entry was emitted, so a snapshot would have content.
+//! `{"fault": "trap" | "loop" | "oom" | "error" | "none" | "connect",
+//! "address": "ip:port"}`. Each fault comes after one entry was emitted, so a
+//! snapshot would have content. `connect` opens a TCP connection to
+//! `address` (through WASI sockets, which the host checks against the job's
+//! grants) and says "hello" on it.
 
 use cairn_sdk::{
     Adapter, BackupSummary, Error, Info, Metadata, RestoreSummary, VerifyReport, archive,
@@ -12,6 +15,8 @@ struct Faulty;
 #[derive(serde::Deserialize)]
 struct Config {
     fault: String,
+    #[serde(default)]
+    address: String,
 }
 
 impl Adapter for Faulty {
@@ -44,6 +49,17 @@ impl Adapter for Faulty {
                 }
             }
             "error" => Err(Error::Other("the faulty adapter was asked to fail".into())),
+            "connect" => {
+                let mut stream = std::net::TcpStream::connect(&config.address)
+                    .map_err(|e| Error::Other(format!("connecting to {}: {e}", config.address)))?;
+                stream
+                    .write_all(b"hello")
+                    .map_err(|e| Error::Other(format!("writing to {}: {e}", config.address)))?;
+                Ok(BackupSummary {
+                    files: 1,
+                    ..Default::default()
+                })
+            }
             "none" => Ok(BackupSummary {
                 files: 1,
                 ..Default::default()
