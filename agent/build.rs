@@ -9,6 +9,7 @@ use std::process::Command;
 /// (package, is bundled into the binary)
 const ADAPTERS: &[(&str, bool)] = &[
     ("cairn-adapter-filesystem", true),
+    ("cairn-adapter-redis", true),
     ("cairn-test-adapter-faulty", false),
 ];
 

@@ -10,5 +10,6 @@ mod common;
 mod faults;
 mod filesystem;
 mod garage;
+mod redis;
 mod restic;
 mod s3;

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 /// Flags of `backup`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Files and directories to back up (granted read-only to the adapter).
-    #[arg(required_unless_present = "job")]
+    /// Files and directories to back up (granted read-only to the adapter);
+    /// required for the filesystem adapter.
     paths: Vec<String>,
     /// Run this job of the config file (its tenant, adapter, paths, excludes and tags).
     #[arg(long, conflicts_with = "paths")]
@@ -119,6 +119,9 @@ pub async fn run(g: &Global, mut a: Args) -> anyhow::Result<Outcome> {
         paths.push(abs);
     }
     paths.sort();
+    if paths.is_empty() && AdapterSource::parse(&a.adapter).name() == "filesystem" {
+        bail!("give the paths to back up (or --job)");
+    }
     for endpoint in &a.grant_connect {
         grants
             .add_connect(endpoint)
@@ -213,7 +216,13 @@ pub async fn run(g: &Global, mut a: Args) -> anyhow::Result<Outcome> {
         time: started,
         parent: parent.as_ref().map(|(id, _)| *id),
         tree: outcome.tree,
-        paths: paths.clone(),
+        // restic lists snapshots by path: a server backup records where
+        // its adapter puts its entries.
+        paths: if paths.is_empty() {
+            vec![format!("/{adapter_name}")]
+        } else {
+            paths.clone()
+        },
         hostname,
         username: whoami::username(),
         uid: rustix::process::getuid().as_raw(),

@@ -9,9 +9,16 @@ use anyhow::{Context, bail};
 pub struct Args {
     /// Snapshot id (or unique prefix), or `latest`.
     snapshot: String,
-    /// Directory to restore into (created if missing).
+    /// Directory to restore into (created if missing); the filesystem
+    /// adapter needs it, database adapters restore into their server.
     #[arg(short, long)]
-    target: String,
+    target: Option<String>,
+    /// Let the adapter connect to this TCP endpoint (repeatable).
+    #[arg(long = "grant-connect")]
+    grant_connect: Vec<String>,
+    /// Adapter configuration as a JSON object (adapters other than filesystem).
+    #[arg(long)]
+    adapter_config: Option<String>,
     /// Restore only this path of the snapshot and what is below it (repeatable).
     #[arg(short, long)]
     include: Vec<String>,
@@ -28,20 +35,61 @@ pub struct VerifyArgs {
     /// The adapter to verify with (default: the one that made the snapshot).
     #[arg(long)]
     adapter: Option<String>,
+    /// Let the adapter connect to this TCP endpoint (repeatable).
+    #[arg(long = "grant-connect")]
+    grant_connect: Vec<String>,
+    /// Adapter configuration as a JSON object (adapters other than filesystem).
+    #[arg(long)]
+    adapter_config: Option<String>,
+}
+
+/// Grants and adapter config for a restore or verify that talks to a server.
+fn server_side(
+    grant_connect: &[String],
+    adapter_config: &Option<String>,
+) -> anyhow::Result<(Grants, Option<serde_json::Value>)> {
+    let mut grants = Grants::default();
+    for endpoint in grant_connect {
+        grants
+            .add_connect(endpoint)
+            .with_context(|| format!("--grant-connect {endpoint}"))?;
+    }
+    let config = adapter_config
+        .as_deref()
+        .map(serde_json::from_str)
+        .transpose()
+        .context("--adapter-config is not valid JSON")?;
+    Ok((grants, config))
 }
 
 /// Run `restore`.
 pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
     let repo = g.open().await?;
     let (id, snap) = repo.find_snapshot(&a.snapshot).await?;
-    std::fs::create_dir_all(&a.target)
-        .with_context(|| format!("creating restore target {}", a.target))?;
-    let target =
-        std::fs::canonicalize(&a.target).with_context(|| format!("restore target {}", a.target))?;
-    let target = target
-        .to_str()
-        .context("restore target is not valid UTF-8")?
-        .to_string();
+    let (mut grants, adapter_config) = server_side(&a.grant_connect, &a.adapter_config)?;
+    let target = match &a.target {
+        Some(t) => {
+            std::fs::create_dir_all(t).with_context(|| format!("creating restore target {t}"))?;
+            let abs = std::fs::canonicalize(t).with_context(|| format!("restore target {t}"))?;
+            let abs = abs
+                .to_str()
+                .context("restore target is not valid UTF-8")?
+                .to_string();
+            grants.add(&abs, true)?;
+            Some(abs)
+        }
+        None => None,
+    };
+    let source = AdapterSource::parse(a.adapter.as_deref().unwrap_or(snap.adapter()));
+    let config = match (adapter_config, &target) {
+        (Some(c), _) => c,
+        (None, Some(t)) => serde_json::json!({ "target": t }),
+        (None, None) => bail!(
+            "give --target (a directory to restore into), or --adapter-config for adapter {}",
+            source.name()
+        ),
+    };
+    let target = target.unwrap_or_else(|| format!("adapter {}", source.name()));
     let mut include = Vec::new();
     for i in &a.include {
         if !i.starts_with('/') {
@@ -49,16 +97,13 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
         }
         include.push(i.trim_end_matches('/').to_string());
     }
-    let mut grants = Grants::default();
-    grants.add(&target, true)?;
-    let source = AdapterSource::parse(a.adapter.as_deref().unwrap_or(snap.adapter()));
     let lock = repo.lock(false).await?;
     let req = RestoreRequest {
         repo: repo.clone(),
         tree: snap.tree,
         include,
         grants,
-        config: serde_json::json!({ "target": target }),
+        config,
         inherit_stderr: false,
     };
     let result = Runtime::new()?
@@ -99,13 +144,14 @@ pub async fn verify(g: &Global, a: VerifyArgs) -> anyhow::Result<Outcome> {
     let repo = g.open().await?;
     let (id, snap) = repo.find_snapshot(&a.snapshot).await?;
     let source = AdapterSource::parse(a.adapter.as_deref().unwrap_or(snap.adapter()));
+    let (grants, config) = server_side(&a.grant_connect, &a.adapter_config)?;
     let lock = repo.lock(false).await?;
     let req = RestoreRequest {
         repo: repo.clone(),
         tree: snap.tree,
         include: Vec::new(),
-        grants: Grants::default(),
-        config: serde_json::json!({}),
+        grants,
+        config: config.unwrap_or_else(|| serde_json::json!({})),
         inherit_stderr: false,
     };
     let result = Runtime::new()?

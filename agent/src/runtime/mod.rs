@@ -29,6 +29,7 @@ pub mod bundled {
     pub fn get(name: &str) -> Option<&'static [u8]> {
         match name {
             "filesystem" => Some(FILESYSTEM),
+            "redis" => Some(REDIS),
             _ => None,
         }
     }

@@ -1,0 +1,331 @@
+//! Cairn's Redis adapter, pure Wasm: it speaks RESP itself over the TCP
+//! endpoint its job grants (no redis-cli). Backup writes, per database, one
+//! stream entry `/redis/db<N>` holding a record per key: the key, its
+//! remaining time to live and its `DUMP` payload, whatever the key's type.
+//! Restore replays them with `RESTORE ... REPLACE` (keeping TTLs); verify
+//! compares key counts and every key's `DUMP` payload with the server.
+//!
+//! Record format (little-endian): `u32` key length, key, `i64` TTL in ms
+//! (-1: none), `u64` payload length, payload.
+
+use cairn_sdk::{
+    Adapter, BackupSummary, Error, Info, Metadata, RestoreSummary, VerifyReport, archive, snapshot,
+};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+
+struct Redis;
+
+/// Where the server is, and which databases.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    /// `ip:port` of the server (must be granted to the job).
+    address: String,
+    /// Databases to back up or restore; empty means every one that holds keys.
+    #[serde(default)]
+    databases: Vec<u32>,
+}
+
+/// One RESP reply.
+enum Reply {
+    Simple,
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Option<Vec<Reply>>),
+}
+
+/// A RESP connection.
+struct Conn {
+    address: String,
+    /// Reads are buffered; writes go straight to the stream underneath
+    /// (`get_mut`). WASI streams cannot be cloned into two halves.
+    reader: BufReader<TcpStream>,
+}
+
+fn io_err(address: &str, e: std::io::Error) -> Error {
+    Error::Io(format!("redis {address}: {e}"))
+}
+
+impl Conn {
+    fn open(address: &str) -> Result<Conn, Error> {
+        let stream = TcpStream::connect(address)
+            .map_err(|e| Error::Io(format!("connecting to redis {address}: {e}")))?;
+        Ok(Conn {
+            address: address.to_string(),
+            reader: BufReader::with_capacity(1 << 20, stream),
+        })
+    }
+
+    /// Send one command and read its reply; a server error is an error.
+    fn call(&mut self, args: &[&[u8]]) -> Result<Reply, Error> {
+        let mut req = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            req.extend_from_slice(a);
+            req.extend_from_slice(b"\r\n");
+        }
+        self.reader
+            .get_mut()
+            .write_all(&req)
+            .map_err(|e| io_err(&self.address, e))?;
+        match self.read()? {
+            Reply::Error(e) => Err(Error::Other(format!(
+                "redis {}: {} failed: {e}",
+                self.address,
+                String::from_utf8_lossy(args[0])
+            ))),
+            r => Ok(r),
+        }
+    }
+
+    fn line(&mut self) -> Result<String, Error> {
+        let mut line = String::new();
+        self.reader
+            .read_line(&mut line)
+            .map_err(|e| io_err(&self.address, e))?;
+        if !line.ends_with("\r\n") {
+            return Err(Error::Io(format!(
+                "redis {}: connection closed mid-reply",
+                self.address
+            )));
+        }
+        line.truncate(line.len() - 2);
+        Ok(line)
+    }
+
+    fn read(&mut self) -> Result<Reply, Error> {
+        let line = self.line()?;
+        let (kind, rest) = line.split_at(1.min(line.len()));
+        let num = || -> Result<i64, Error> {
+            rest.parse()
+                .map_err(|_| Error::Other(format!("redis: bad reply {line:?}")))
+        };
+        Ok(match kind {
+            "+" => Reply::Simple,
+            "-" => Reply::Error(rest.to_string()),
+            ":" => Reply::Int(num()?),
+            "$" => match num()? {
+                n if n < 0 => Reply::Bulk(None),
+                n => {
+                    let mut buf = vec![0u8; n as usize + 2];
+                    self.reader
+                        .read_exact(&mut buf)
+                        .map_err(|e| io_err(&self.address, e))?;
+                    buf.truncate(n as usize);
+                    Reply::Bulk(Some(buf))
+                }
+            },
+            "*" => match num()? {
+                n if n < 0 => Reply::Array(None),
+                n => Reply::Array(Some((0..n).map(|_| self.read()).collect::<Result<_, _>>()?)),
+            },
+            _ => return Err(Error::Other(format!("redis: unknown reply {line:?}"))),
+        })
+    }
+
+    fn select(&mut self, db: u32) -> Result<(), Error> {
+        self.call(&[b"SELECT", db.to_string().as_bytes()])
+            .map(|_| ())
+    }
+
+    /// Databases holding keys, from `INFO keyspace`.
+    fn databases(&mut self) -> Result<Vec<u32>, Error> {
+        let Reply::Bulk(Some(info)) = self.call(&[b"INFO", b"keyspace"])? else {
+            return Err(Error::Other("redis: INFO gave no text".into()));
+        };
+        Ok(String::from_utf8_lossy(&info)
+            .lines()
+            .filter_map(|l| l.strip_prefix("db")?.split(':').next()?.parse().ok())
+            .collect())
+    }
+
+    /// Every key of the selected database (SCAN, so the server never blocks).
+    fn keys(&mut self) -> Result<Vec<Vec<u8>>, Error> {
+        let mut cursor = b"0".to_vec();
+        let mut keys = Vec::new();
+        loop {
+            let Reply::Array(Some(mut parts)) =
+                self.call(&[b"SCAN", &cursor, b"COUNT", b"1000"])?
+            else {
+                return Err(Error::Other("redis: SCAN gave no array".into()));
+            };
+            let batch = parts.pop();
+            let next = parts.pop();
+            if let Some(Reply::Array(Some(items))) = batch {
+                for i in items {
+                    if let Reply::Bulk(Some(k)) = i {
+                        keys.push(k);
+                    }
+                }
+            }
+            match next {
+                Some(Reply::Bulk(Some(c))) if c != b"0" => cursor = c,
+                _ => break,
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    /// A key's TTL (ms, -1 none) and DUMP payload; None if it vanished.
+    fn dump(&mut self, key: &[u8]) -> Result<Option<(i64, Vec<u8>)>, Error> {
+        let ttl = match self.call(&[b"PTTL", key])? {
+            Reply::Int(-2) => return Ok(None),
+            Reply::Int(t) => t,
+            _ => return Err(Error::Other("redis: PTTL gave no integer".into())),
+        };
+        match self.call(&[b"DUMP", key])? {
+            Reply::Bulk(Some(p)) => Ok(Some((ttl, p))),
+            _ => Ok(None),
+        }
+    }
+}
+
+fn db_of(path: &str) -> Option<u32> {
+    path.strip_prefix("/redis/db")?.parse().ok()
+}
+
+/// One key as stored.
+struct Record {
+    key: Vec<u8>,
+    /// Remaining time to live in ms; -1 for none.
+    ttl: i64,
+    /// The `DUMP` payload.
+    payload: Vec<u8>,
+}
+
+/// Read the next record of an entry; None at its end.
+fn read_record(r: &mut impl Read) -> Result<Option<Record>, Error> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(Error::Io(e.to_string())),
+    }
+    let io = |e: std::io::Error| Error::Corrupt(format!("redis record: {e}"));
+    let mut key = vec![0u8; u32::from_le_bytes(len) as usize];
+    r.read_exact(&mut key).map_err(io)?;
+    let mut ttl = [0u8; 8];
+    r.read_exact(&mut ttl).map_err(io)?;
+    let mut plen = [0u8; 8];
+    r.read_exact(&mut plen).map_err(io)?;
+    let mut payload = vec![0u8; u64::from_le_bytes(plen) as usize];
+    r.read_exact(&mut payload).map_err(io)?;
+    Ok(Some(Record {
+        key,
+        ttl: i64::from_le_bytes(ttl),
+        payload,
+    }))
+}
+
+impl Adapter for Redis {
+    type BackupConfig = Config;
+    type RestoreConfig = Config;
+    type VerifyConfig = Config;
+
+    fn info() -> Info {
+        Info::new(
+            "redis",
+            env!("CARGO_PKG_VERSION"),
+            "Every key of every Redis database, as DUMP payloads with TTLs.",
+        )
+    }
+
+    fn backup(config: Config) -> Result<BackupSummary, Error> {
+        let mut conn = Conn::open(&config.address)?;
+        let dbs = if config.databases.is_empty() {
+            conn.databases()?
+        } else {
+            config.databases.clone()
+        };
+        let mut files = 0;
+        for db in dbs {
+            conn.select(db)?;
+            let mut w =
+                archive::begin_stream(&format!("/redis/db{db}"), &Metadata::with_mode(0o600))?;
+            for key in conn.keys()? {
+                let Some((ttl, payload)) = conn.dump(&key)? else {
+                    continue; // expired or deleted while we scanned
+                };
+                w.write_all(&(key.len() as u32).to_le_bytes())?;
+                w.write_all(&key)?;
+                w.write_all(&ttl.to_le_bytes())?;
+                w.write_all(&(payload.len() as u64).to_le_bytes())?;
+                w.write_all(&payload)?;
+                files += 1;
+            }
+            w.finish()?;
+        }
+        Ok(BackupSummary {
+            files,
+            ..Default::default()
+        })
+    }
+
+    fn restore(config: Config) -> Result<RestoreSummary, Error> {
+        let mut conn = Conn::open(&config.address)?;
+        let mut summary = RestoreSummary::default();
+        while let Some(entry) = snapshot::next_entry()? {
+            let Some(db) = db_of(&entry.path) else {
+                continue;
+            };
+            if !config.databases.is_empty() && !config.databases.contains(&db) {
+                continue;
+            }
+            conn.select(db)?;
+            let mut r = snapshot::open(&entry.path)?;
+            while let Some(Record { key, ttl, payload }) = read_record(&mut r)? {
+                let ttl = ttl.max(0).to_string();
+                conn.call(&[b"RESTORE", &key, ttl.as_bytes(), &payload, b"REPLACE"])?;
+                summary.files += 1;
+                summary.bytes += payload.len() as u64;
+            }
+        }
+        Ok(summary)
+    }
+
+    fn verify(config: Config) -> Result<VerifyReport, Error> {
+        let mut conn = Conn::open(&config.address)?;
+        let mut report = VerifyReport::default();
+        while let Some(entry) = snapshot::next_entry()? {
+            let Some(db) = db_of(&entry.path) else {
+                continue;
+            };
+            if !config.databases.is_empty() && !config.databases.contains(&db) {
+                continue;
+            }
+            conn.select(db)?;
+            let mut r = snapshot::open(&entry.path)?;
+            let mut count = 0u64;
+            while let Some(Record { key, payload, .. }) = read_record(&mut r)? {
+                count += 1;
+                report.entries += 1;
+                report.bytes += payload.len() as u64;
+                match conn.dump(&key)? {
+                    Some((_, live)) if live == payload => {}
+                    Some(_) => report.problems.push(format!(
+                        "db{db}: key {:?} differs from the snapshot",
+                        String::from_utf8_lossy(&key)
+                    )),
+                    None => report.problems.push(format!(
+                        "db{db}: key {:?} is missing",
+                        String::from_utf8_lossy(&key)
+                    )),
+                }
+            }
+            if let Reply::Int(live) = conn.call(&[b"DBSIZE"])?
+                && live as u64 != count
+            {
+                report.problems.push(format!(
+                    "db{db}: the snapshot has {count} keys, the server {live}"
+                ));
+            }
+        }
+        Ok(report)
+    }
+}
+
+cairn_sdk::export_adapter!(Redis);
