@@ -221,6 +221,25 @@ fn read_record(r: &mut impl Read) -> Result<Option<Record>, Error> {
     }))
 }
 
+/// The next database entry of the snapshot that the config asks for, with
+/// that database selected on the server and the entry open.
+fn next_database(
+    conn: &mut Conn,
+    config: &Config,
+) -> Result<Option<(u32, snapshot::EntryReader)>, Error> {
+    while let Some(entry) = snapshot::next_entry()? {
+        let Some(db) = db_of(&entry.path) else {
+            continue;
+        };
+        if !config.databases.is_empty() && !config.databases.contains(&db) {
+            continue;
+        }
+        conn.select(db)?;
+        return Ok(Some((db, snapshot::open(&entry.path)?)));
+    }
+    Ok(None)
+}
+
 impl Adapter for Redis {
     type BackupConfig = Config;
     type RestoreConfig = Config;
@@ -268,15 +287,7 @@ impl Adapter for Redis {
     fn restore(config: Config) -> Result<RestoreSummary, Error> {
         let mut conn = Conn::open(&config.address)?;
         let mut summary = RestoreSummary::default();
-        while let Some(entry) = snapshot::next_entry()? {
-            let Some(db) = db_of(&entry.path) else {
-                continue;
-            };
-            if !config.databases.is_empty() && !config.databases.contains(&db) {
-                continue;
-            }
-            conn.select(db)?;
-            let mut r = snapshot::open(&entry.path)?;
+        while let Some((_, mut r)) = next_database(&mut conn, &config)? {
             while let Some(Record { key, ttl, payload }) = read_record(&mut r)? {
                 let ttl = ttl.max(0).to_string();
                 conn.call(&[b"RESTORE", &key, ttl.as_bytes(), &payload, b"REPLACE"])?;
@@ -290,15 +301,7 @@ impl Adapter for Redis {
     fn verify(config: Config) -> Result<VerifyReport, Error> {
         let mut conn = Conn::open(&config.address)?;
         let mut report = VerifyReport::default();
-        while let Some(entry) = snapshot::next_entry()? {
-            let Some(db) = db_of(&entry.path) else {
-                continue;
-            };
-            if !config.databases.is_empty() && !config.databases.contains(&db) {
-                continue;
-            }
-            conn.select(db)?;
-            let mut r = snapshot::open(&entry.path)?;
+        while let Some((db, mut r)) = next_database(&mut conn, &config)? {
             let mut count = 0u64;
             while let Some(Record { key, payload, .. }) = read_record(&mut r)? {
                 count += 1;
