@@ -123,3 +123,76 @@ fn stdout_and_err(out: &std::process::Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+#[test]
+fn redis_restores_one_key_pattern_and_values_of_100_mb() {
+    let db = 15;
+    let s = Scratch::new();
+    s.init();
+    cli(db, &[b"FLUSHDB"]);
+    cli(db, &[b"SET", b"tenant:a:1", b"one"]);
+    cli(db, &[b"HSET", b"tenant:a:2", b"f", b"v"]);
+    cli(db, &[b"SET", b"tenant:b:1", b"other tenant"]);
+    let huge = random_bytes(100 << 20, 6);
+    cli_with(db, &[b"SET", b"huge"], &huge);
+    let before = dumps(db);
+
+    let config = format!("{{\"address\": \"{ADDRESS}\", \"databases\": [{db}]}}");
+    let summary = s.cairn_json(&[
+        "backup",
+        "--adapter",
+        "redis",
+        "--adapter-config",
+        &config,
+        "--grant-connect",
+        ADDRESS,
+    ]);
+    assert_eq!(summary["files"], 4, "{summary}");
+
+    // Only tenant a's keys come back; tenant b's current value is untouched.
+    cli(db, &[b"FLUSHDB"]);
+    cli(db, &[b"SET", b"tenant:b:1", b"changed since"]);
+    let only_a = format!(
+        "{{\"address\": \"{ADDRESS}\", \"databases\": [{db}], \"pattern\": \"tenant:a:*\"}}"
+    );
+    s.cairn_ok(&[
+        "restore",
+        "latest",
+        "--adapter-config",
+        &only_a,
+        "--grant-connect",
+        ADDRESS,
+    ]);
+    let after = dumps(db);
+    assert_eq!(after.len(), 3, "{:?}", after.keys().collect::<Vec<_>>());
+    for k in [&b"tenant:a:1"[..], b"tenant:a:2"] {
+        assert_eq!(
+            after.get(k),
+            before.get(k),
+            "{}",
+            String::from_utf8_lossy(k)
+        );
+    }
+    assert_eq!(cli(db, &[b"GET", b"tenant:b:1"]), b"changed since\n");
+
+    // Everything, the 100 MB value included.
+    cli(db, &[b"FLUSHDB"]);
+    s.cairn_ok(&[
+        "restore",
+        "latest",
+        "--adapter-config",
+        &config,
+        "--grant-connect",
+        ADDRESS,
+    ]);
+    assert_eq!(dumps(db), before);
+    s.cairn_ok(&[
+        "verify",
+        "latest",
+        "--adapter-config",
+        &config,
+        "--grant-connect",
+        ADDRESS,
+    ]);
+    cli(db, &[b"FLUSHDB"]);
+}

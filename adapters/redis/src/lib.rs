@@ -25,6 +25,29 @@ struct Config {
     /// Databases to back up or restore; empty means every one that holds keys.
     #[serde(default)]
     databases: Vec<u32>,
+    /// Restore and verify only the keys matching this glob (`*`, `?`, as
+    /// Redis's own patterns without classes); default: every key.
+    #[serde(default)]
+    pattern: Option<String>,
+}
+
+/// Whether `key` matches `pattern` (`*` any run, `?` any one byte).
+fn glob(pattern: &[u8], key: &[u8]) -> bool {
+    match (pattern.split_first(), key.split_first()) {
+        (None, None) => true,
+        (Some((b'*', rest)), _) => glob(rest, key) || (!key.is_empty() && glob(pattern, &key[1..])),
+        (Some((b'?', rest)), Some((_, k))) => glob(rest, k),
+        (Some((p, rest)), Some((k, krest))) if p == k => glob(rest, krest),
+        _ => false,
+    }
+}
+
+impl Config {
+    fn wants(&self, key: &[u8]) -> bool {
+        self.pattern
+            .as_deref()
+            .is_none_or(|p| glob(p.as_bytes(), key))
+    }
 }
 
 /// One RESP reply.
@@ -289,6 +312,9 @@ impl Adapter for Redis {
         let mut summary = RestoreSummary::default();
         while let Some((_, mut r)) = next_database(&mut conn, &config)? {
             while let Some(Record { key, ttl, payload }) = read_record(&mut r)? {
+                if !config.wants(&key) {
+                    continue;
+                }
                 let ttl = ttl.max(0).to_string();
                 conn.call(&[b"RESTORE", &key, ttl.as_bytes(), &payload, b"REPLACE"])?;
                 summary.files += 1;
@@ -304,6 +330,9 @@ impl Adapter for Redis {
         while let Some((db, mut r)) = next_database(&mut conn, &config)? {
             let mut count = 0u64;
             while let Some(Record { key, payload, .. }) = read_record(&mut r)? {
+                if !config.wants(&key) {
+                    continue;
+                }
                 count += 1;
                 report.entries += 1;
                 report.bytes += payload.len() as u64;
@@ -319,7 +348,8 @@ impl Adapter for Redis {
                     )),
                 }
             }
-            if let Reply::Int(live) = conn.call(&[b"DBSIZE"])?
+            if config.pattern.is_none()
+                && let Reply::Int(live) = conn.call(&[b"DBSIZE"])?
                 && live as u64 != count
             {
                 report.problems.push(format!(
