@@ -394,7 +394,7 @@ async fn upload(
         })?;
     let size = bytes.len() as u64;
     repo.backend()
-        .save(FileType::Pack, &id.to_hex(), bytes)
+        .save(FileType::Pack, &id.to_hex(), bytes.into())
         .await?;
     stats.bytes_stored.fetch_add(size, Ordering::Relaxed);
     stats.packs.fetch_add(1, Ordering::Relaxed);

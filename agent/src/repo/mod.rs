@@ -153,13 +153,17 @@ impl Repository {
             .map_err(|e| RepoError::corrupt("new key file", e))?;
         let key_bytes = key_file.to_bytes();
         backend
-            .save(FileType::Key, &Id::hash(&key_bytes).to_hex(), key_bytes)
+            .save(
+                FileType::Key,
+                &Id::hash(&key_bytes).to_hex(),
+                key_bytes.into(),
+            )
             .await?;
         // The config is stored as plain (uncompressed) JSON, encrypted: every
         // restic version reads that form, whatever it assumes before loading.
         let config_json = serde_json::to_vec(&config).expect("config serialises");
         backend
-            .save(FileType::Config, "config", key.encrypt(&config_json))
+            .save(FileType::Config, "config", key.encrypt(&config_json).into())
             .await?;
         Ok(Repository {
             backend,
@@ -282,7 +286,7 @@ impl Repository {
         };
         let stored = self.key.encrypt(&body);
         let id = Id::hash(&stored);
-        self.backend.save(t, &id.to_hex(), stored).await?;
+        self.backend.save(t, &id.to_hex(), stored.into()).await?;
         Ok(id)
     }
 

@@ -19,6 +19,7 @@ use crate::storage::s3::S3Backend;
 use crate::storage::{Backend, FileType, StorageError};
 use async_trait::async_trait;
 use audit::{AuditLog, Record};
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -187,10 +188,10 @@ impl Backend for Guarded {
         self.inner.create().await
     }
 
-    async fn save(&self, t: FileType, name: &str, data: Vec<u8>) -> Result<(), StorageError> {
+    async fn save(&self, t: FileType, name: &str, data: Bytes) -> Result<(), StorageError> {
         self.check("write", t, name)?;
         let size = data.len() as u64;
-        let sha = hex::encode(Sha256::digest(&data));
+        let sha = hex::encode(crate::storage::content_sha256(t, name, &data));
         self.inner.save(t, name, data).await?;
         self.audit("put", &self.inner.key(t, name), size, Some(sha))
     }

@@ -417,13 +417,9 @@ impl Backend for PairBackend {
         self.write_all(|s| s.create()).await
     }
 
-    async fn save(&self, t: FileType, name: &str, data: Vec<u8>) -> Result<(), StorageError> {
-        let data = bytes::Bytes::from(data);
-        self.write_all(|s| {
-            let data = data.to_vec();
-            async move { s.save(t, name, data).await }
-        })
-        .await
+    async fn save(&self, t: FileType, name: &str, data: bytes::Bytes) -> Result<(), StorageError> {
+        // One buffer for both regions (a clone of `Bytes` is a count).
+        self.write_all(|s| s.save(t, name, data.clone())).await
     }
 
     async fn load(&self, t: FileType, name: &str) -> Result<Vec<u8>, StorageError> {

@@ -140,7 +140,7 @@ pub async fn sync(
                     return Ok((name, Step::SourceDamaged));
                 }
                 let n = data.len() as u64;
-                Ok::<_, StorageError>(match dst.save(t, &name, data).await {
+                Ok::<_, StorageError>(match dst.save(t, &name, data.into()).await {
                     Ok(()) => (
                         name,
                         Step::Written {

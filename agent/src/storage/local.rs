@@ -115,7 +115,7 @@ impl Backend for LocalBackend {
         Ok(())
     }
 
-    async fn save(&self, t: FileType, name: &str, data: Vec<u8>) -> Result<(), StorageError> {
+    async fn save(&self, t: FileType, name: &str, data: bytes::Bytes) -> Result<(), StorageError> {
         let dest = self.path(t, name);
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let tmp = self

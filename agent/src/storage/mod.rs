@@ -6,6 +6,7 @@ pub mod local;
 pub mod s3;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
 /// The kinds of file in a restic-format repository, each in its own folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -105,6 +106,17 @@ fn with_colon(name: &str) -> String {
     }
 }
 
+/// The SHA-256 of a repository file's bytes. Every file but the config is
+/// named by it, so it is read from the name instead of computed again; a
+/// store that sends it along (S3's checksum) thereby has the server check the
+/// bytes against their name.
+pub fn content_sha256(t: FileType, name: &str, data: &[u8]) -> [u8; 32] {
+    match crate::repo::id::Id::parse(name) {
+        Some(id) if t != FileType::Config => id.0,
+        _ => crate::repo::id::Id::hash(data).0,
+    }
+}
+
 impl StorageError {
     /// Whether the error means the object is absent.
     pub fn is_not_found(&self) -> bool {
@@ -121,7 +133,8 @@ pub trait Backend: Send + Sync + 'static {
     /// Create the store's folders; fails if a repository config already exists.
     async fn create(&self) -> Result<(), StorageError>;
     /// Store `data` under `name` atomically: readers see the whole file or none.
-    async fn save(&self, t: FileType, name: &str, data: Vec<u8>) -> Result<(), StorageError>;
+    /// (`Bytes`, so a store writing to several places shares one buffer.)
+    async fn save(&self, t: FileType, name: &str, data: Bytes) -> Result<(), StorageError>;
     /// Read a whole file.
     async fn load(&self, t: FileType, name: &str) -> Result<Vec<u8>, StorageError>;
     /// Read `length` bytes at `offset`.

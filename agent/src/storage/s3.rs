@@ -246,7 +246,8 @@ impl S3Backend {
 
     /// Store an object under its full key.
     pub async fn put_key(&self, key: &str, data: Vec<u8>) -> Result<(), StorageError> {
-        self.put_single(key, Bytes::from(data)).await
+        let sha256 = Sha256::digest(&data).into();
+        self.put_single(key, Bytes::from(data), &sha256).await
     }
 
     /// Whether an object exists.
@@ -434,8 +435,13 @@ impl S3Backend {
         Ok(())
     }
 
-    async fn put_single(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
-        let sum = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&data));
+    async fn put_single(
+        &self,
+        key: &str,
+        data: Bytes,
+        sha256: &[u8; 32],
+    ) -> Result<(), StorageError> {
+        let sum = base64::engine::general_purpose::STANDARD.encode(sha256);
         let _permit = self.requests.acquire().await;
         self.client
             .put_object()
@@ -652,13 +658,13 @@ impl Backend for S3Backend {
         Ok(())
     }
 
-    async fn save(&self, t: FileType, name: &str, data: Vec<u8>) -> Result<(), StorageError> {
+    async fn save(&self, t: FileType, name: &str, data: Bytes) -> Result<(), StorageError> {
         let key = self.key(t, name);
-        let data = Bytes::from(data);
         if data.len() as u64 >= self.multipart_threshold {
             self.put_multipart(&key, data).await
         } else {
-            self.put_single(&key, data).await
+            let sha256 = super::content_sha256(t, name, &data);
+            self.put_single(&key, data, &sha256).await
         }
     }
 
