@@ -56,31 +56,25 @@ impl Garage {
             key_id: String::new(),
             secret: String::new(),
         };
-        let d = g.dir.path();
-        std::fs::write(
-            g.config_path(),
-            format!(
-                r#"metadata_dir = "{d}/meta"
-data_dir = "{d}/data"
-db_engine = "lmdb"
-replication_factor = 1
-rpc_bind_addr = "127.0.0.1:{rpc}"
-rpc_public_addr = "127.0.0.1:{rpc}"
-rpc_secret = "{secret}"
-
-[s3_api]
-s3_region = "{region}"
-api_bind_addr = "127.0.0.1:{s3}"
-root_domain = ".s3.garage.localhost"
-"#,
-                d = d.display(),
-                rpc = g.rpc_port,
-                s3 = g.s3_port,
-                secret = hex_of(&common_random(32, g.rpc_port as u64)),
-            ),
-        )
-        .expect("write garage config");
-        g.spawn();
+        // A port picked free may be taken by another test's server before
+        // ours binds it: then ours exits, and we try again with new ports.
+        for attempt in 1.. {
+            g.s3_port = free_port();
+            g.rpc_port = free_port();
+            if g.s3_port == g.rpc_port {
+                continue;
+            }
+            g.write_config();
+            match g.try_spawn() {
+                Ok(()) => break,
+                Err(log) if attempt < 5 => {
+                    eprintln!(
+                        "Garage for {region} did not start (attempt {attempt}), retrying:\n{log}"
+                    )
+                }
+                Err(log) => panic!("Garage for {region} did not start:\n{log}"),
+            }
+        }
         // Single-node layout, then buckets and a key.
         let status = g.cli(&["status"]);
         let node = status
@@ -117,13 +111,50 @@ root_domain = ".s3.garage.localhost"
         ]);
     }
 
+    fn write_config(&self) {
+        let d = self.dir.path();
+        std::fs::write(
+            self.config_path(),
+            format!(
+                r#"metadata_dir = "{d}/meta"
+data_dir = "{d}/data"
+db_engine = "lmdb"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:{rpc}"
+rpc_public_addr = "127.0.0.1:{rpc}"
+rpc_secret = "{secret}"
+
+[s3_api]
+s3_region = "{region}"
+api_bind_addr = "127.0.0.1:{s3}"
+root_domain = ".s3.garage.localhost"
+"#,
+                d = d.display(),
+                rpc = self.rpc_port,
+                s3 = self.s3_port,
+                region = self.region,
+                secret = hex_of(&common_random(32, self.rpc_port as u64)),
+            ),
+        )
+        .expect("write garage config");
+    }
+
     fn config_path(&self) -> PathBuf {
         self.dir.path().join("garage.toml")
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::File::create(self.dir.path().join("garage.log")).expect("log");
-        let child = Command::new(garage_bin())
+        if let Err(log) = self.try_spawn() {
+            panic!("Garage for {} did not start:\n{log}", self.region);
+        }
+    }
+
+    /// Start the server and wait until both its ports answer; if it exits
+    /// first (a port taken), its log.
+    fn try_spawn(&mut self) -> Result<(), String> {
+        let log_path = self.dir.path().join("garage.log");
+        let log = std::fs::File::create(&log_path).expect("log");
+        let mut child = Command::new(garage_bin())
             .arg("-c")
             .arg(self.config_path())
             .arg("server")
@@ -137,17 +168,27 @@ root_domain = ".s3.garage.localhost"
                     garage_bin().display()
                 )
             });
-        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.s3_port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "Garage for {} did not listen within 30s:\n{}",
-                self.region,
-                std::fs::read_to_string(self.dir.path().join("garage.log")).unwrap_or_default()
-            );
+        let up = |port: u16| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        loop {
+            let exited = child.try_wait().ok().flatten().is_some();
+            if exited || Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(std::fs::read_to_string(&log_path).unwrap_or_default());
+            }
+            if up(self.s3_port) && up(self.rpc_port) {
+                // Answering ports may be another server's: ours must still
+                // be running a moment later.
+                std::thread::sleep(Duration::from_millis(200));
+                if child.try_wait().ok().flatten().is_none() {
+                    break;
+                }
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
+        self.child = Some(child);
+        Ok(())
     }
 
     /// Run the garage CLI against this server.

@@ -15,7 +15,7 @@
 use super::sync::matches_name;
 use super::{Guarded, Policy, audit::AuditLog};
 use crate::config::{Config, Placement};
-use crate::storage::s3::{BucketRegion, S3Backend};
+use crate::storage::s3::S3Backend;
 use crate::storage::{Backend, FileType, StorageError};
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -146,10 +146,10 @@ impl PairBackend {
         let checks = pair
             .replicas
             .iter()
-            .map(|r| verify_bucket_region(r.store.s3()));
+            .map(|r| super::report::check_region(r.store.s3()));
         let results = futures::future::join_all(checks).await;
-        for (r, result) in pair.replicas.iter_mut().zip(results) {
-            if let Err(reason) = result {
+        for (r, check) in pair.replicas.iter_mut().zip(results) {
+            if let (false, Some(reason)) = (check.ok, check.error) {
                 tracing::error!(tenant = %pair.tenant, region = %r.store.region(), role = %r.role, %reason, "Region disabled for this run.");
                 if pair.require_both {
                     return Err(StorageError::Remote {
@@ -212,16 +212,18 @@ impl PairBackend {
         self.healed.lock().expect("healed lock").clone()
     }
 
+    fn replica(&self, role: Role) -> &Replica {
+        &self.replicas[if role == Role::Primary { 0 } else { 1 }]
+    }
+
     /// The region store playing `role`.
     pub fn store(&self, role: Role) -> &Guarded {
-        &self.replicas[if role == Role::Primary { 0 } else { 1 }].store
+        &self.replica(role).store
     }
 
     /// Whether the region playing `role` is usable in this run.
     pub fn usable(&self, role: Role) -> bool {
-        self.replicas[if role == Role::Primary { 0 } else { 1 }]
-            .lagging()
-            .is_none()
+        self.replica(role).lagging().is_none()
     }
 
     /// Make a listing fail when any usable region fails it, instead of
@@ -238,12 +240,7 @@ impl PairBackend {
 
     /// Stop writing to the region playing `role` for the rest of the run.
     pub fn mark_region_lagging(&self, role: Role, reason: &str) {
-        let r = &self.replicas[if role == Role::Primary { 0 } else { 1 }];
-        let mut slot = r.lagging.lock().expect("lagging lock");
-        if slot.is_none() {
-            tracing::warn!(tenant = %self.tenant, region = %r.store.region(), %reason, "Region is lagging: writes go on in the other region only.");
-            *slot = Some(reason.to_string());
-        }
+        self.mark_lagging(self.replica(role), reason);
     }
 
     /// Regions in read order: never a disabled one; regions that lagged in
@@ -266,11 +263,11 @@ impl PairBackend {
         }
     }
 
-    fn mark_lagging(&self, r: &Replica, err: &StorageError) {
+    fn mark_lagging(&self, r: &Replica, reason: &str) {
         let mut slot = r.lagging.lock().expect("lagging lock");
         if slot.is_none() {
-            tracing::warn!(tenant = %self.tenant, region = %r.store.region(), role = %r.role, error = %err, "Region is lagging: writes go on in the other region only.");
-            *slot = Some(err.to_string());
+            tracing::warn!(tenant = %self.tenant, region = %r.store.region(), role = %r.role, %reason, "Region is lagging: writes go on in the other region only.");
+            *slot = Some(reason.to_string());
         }
     }
 
@@ -321,7 +318,7 @@ impl PairBackend {
                     });
                 }
                 Err(e) => {
-                    self.mark_lagging(r, &e);
+                    self.mark_lagging(r, &e.to_string());
                     first_err.get_or_insert(e);
                 }
             }
@@ -386,19 +383,6 @@ impl PairBackend {
                 .collect::<Vec<_>>()
                 .join("; "),
         })
-    }
-}
-
-/// Check one region's bucket is where it is declared to be.
-async fn verify_bucket_region(s3: &S3Backend) -> Result<(), String> {
-    match s3.bucket_region().await {
-        Ok(BucketRegion::Reported(actual)) if actual == s3.region() => Ok(()),
-        Ok(BucketRegion::Reported(actual)) => Err(format!(
-            "bucket {} is in region {actual}, but the config declares it in {}",
-            s3.bucket(),
-            s3.region()
-        )),
-        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -3,7 +3,7 @@
 //! by trusting the audit log.
 
 use crate::config::Config;
-use crate::storage::s3::{BucketRegion, S3Backend};
+use crate::storage::s3::S3Backend;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -34,24 +34,37 @@ pub async fn verify_regions(config: &Config) -> Vec<RegionCheck> {
             error: None,
         };
         match S3Backend::new(name, cfg, "").await {
-            Err(e) => check.error = Some(e.to_string()),
-            Ok(s3) => match s3.bucket_region().await {
-                Ok(BucketRegion::Reported(r)) => {
-                    check.ok = &r == name;
-                    if !check.ok {
-                        check.error = Some(format!(
-                            "bucket {} is in region {r}, declared in {name}: region disabled",
-                            cfg.bucket
-                        ));
-                    }
-                    check.reported = Some(r);
-                }
-                Err(e) => check.error = Some(e.to_string()),
-            },
+            Err(e) => {
+                check.error = Some(e.to_string());
+                check
+            }
+            Ok(s3) => check_region(&s3).await,
         }
-        check
     });
     futures::future::join_all(checks).await
+}
+
+/// Ask the server where one region's bucket is and compare it with where
+/// the config declares it (used here and whenever a tenant's pair opens).
+pub async fn check_region(s3: &S3Backend) -> RegionCheck {
+    let (region, bucket) = (s3.region().to_string(), s3.bucket().to_string());
+    match s3.bucket_region().await {
+        Ok(actual) => RegionCheck {
+            ok: actual == region,
+            error: (actual != region)
+                .then(|| format!("bucket {bucket} is in region {actual}, declared in {region}")),
+            reported: Some(actual),
+            region,
+            bucket,
+        },
+        Err(e) => RegionCheck {
+            region,
+            bucket,
+            reported: None,
+            ok: false,
+            error: Some(e.to_string()),
+        },
+    }
 }
 
 /// A tenant's objects in one region.

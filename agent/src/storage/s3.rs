@@ -44,13 +44,6 @@ pub struct S3Backend {
     secrets: Vec<String>,
 }
 
-/// How the bucket's real region was found, for residency checks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BucketRegion {
-    /// The server said where the bucket is.
-    Reported(String),
-}
-
 /// The region in a signature-scope complaint such as "unexpected scope:
 /// '20261124/eu-north-1/s3/aws4_request', expected:
 /// '20261124/eu-west-1/s3/aws4_request'".
@@ -342,11 +335,11 @@ impl S3Backend {
 
     /// Ask the server which region the bucket is in (HeadBucket's
     /// `x-amz-bucket-region`, else GetBucketLocation).
-    pub async fn bucket_region(&self) -> Result<BucketRegion, StorageError> {
+    pub async fn bucket_region(&self) -> Result<String, StorageError> {
         let _permit = self.requests.acquire().await;
         let head_err = match self.client.head_bucket().bucket(&self.bucket).send().await {
             Ok(head) => match head.bucket_region() {
-                Some(r) => return Ok(BucketRegion::Reported(r.to_string())),
+                Some(r) => return Ok(r.to_string()),
                 None => None,
             },
             Err(e) => {
@@ -357,7 +350,7 @@ impl S3Backend {
                     .and_then(|r| r.headers().get("x-amz-bucket-region"))
                     .map(str::to_string);
                 if let Some(r) = header {
-                    return Ok(BucketRegion::Reported(r));
+                    return Ok(r);
                 }
                 Some(self.error("", "HeadBucket", e))
             }
@@ -371,15 +364,15 @@ impl S3Backend {
         {
             Ok(loc) => Ok(match loc.location_constraint().map(|c| c.as_str()) {
                 // S3 reports us-east-1 as an empty constraint.
-                Some("") | None => BucketRegion::Reported("us-east-1".into()),
-                Some(r) => BucketRegion::Reported(r.to_string()),
+                Some("") | None => "us-east-1".into(),
+                Some(r) => r.to_string(),
             }),
             Err(e) => {
                 // A server that only knows its own region (Garage, MinIO)
                 // refuses the signature and says which scope it expected.
                 let message = e.as_service_error().and_then(|s| s.message()).unwrap_or("");
                 if let Some(r) = expected_scope_region(message) {
-                    return Ok(BucketRegion::Reported(r));
+                    return Ok(r);
                 }
                 Err(head_err.unwrap_or_else(|| self.error("", "GetBucketLocation", e)))
             }
