@@ -103,6 +103,11 @@ impl Conn {
         }
     }
 
+    /// A reply that is not what the protocol promises, naming the server.
+    fn unexpected(&self, what: &str) -> Error {
+        Error::Other(format!("redis {}: {what}", self.address))
+    }
+
     fn line(&mut self) -> Result<String, Error> {
         let mut line = String::new();
         self.reader
@@ -123,7 +128,7 @@ impl Conn {
         let (kind, rest) = line.split_at(1.min(line.len()));
         let num = || -> Result<i64, Error> {
             rest.parse()
-                .map_err(|_| Error::Other(format!("redis: bad reply {line:?}")))
+                .map_err(|_| self.unexpected(&format!("bad reply {line:?}")))
         };
         Ok(match kind {
             "+" => Reply::Simple,
@@ -144,7 +149,7 @@ impl Conn {
                 n if n < 0 => Reply::Array(None),
                 n => Reply::Array(Some((0..n).map(|_| self.read()).collect::<Result<_, _>>()?)),
             },
-            _ => return Err(Error::Other(format!("redis: unknown reply {line:?}"))),
+            _ => return Err(self.unexpected(&format!("unknown reply {line:?}"))),
         })
     }
 
@@ -156,7 +161,7 @@ impl Conn {
     /// Databases holding keys, from `INFO keyspace`.
     fn databases(&mut self) -> Result<Vec<u32>, Error> {
         let Reply::Bulk(Some(info)) = self.call(&[b"INFO", b"keyspace"])? else {
-            return Err(Error::Other("redis: INFO gave no text".into()));
+            return Err(self.unexpected("INFO gave no text"));
         };
         Ok(String::from_utf8_lossy(&info)
             .lines()
@@ -172,7 +177,7 @@ impl Conn {
             let Reply::Array(Some(mut parts)) =
                 self.call(&[b"SCAN", &cursor, b"COUNT", b"1000"])?
             else {
-                return Err(Error::Other("redis: SCAN gave no array".into()));
+                return Err(self.unexpected("SCAN gave no array"));
             };
             let batch = parts.pop();
             let next = parts.pop();
@@ -198,7 +203,7 @@ impl Conn {
         let ttl = match self.call(&[b"PTTL", key])? {
             Reply::Int(-2) => return Ok(None),
             Reply::Int(t) => t,
-            _ => return Err(Error::Other("redis: PTTL gave no integer".into())),
+            _ => return Err(self.unexpected("PTTL gave no integer")),
         };
         match self.call(&[b"DUMP", key])? {
             Reply::Bulk(Some(p)) => Ok(Some((ttl, p))),

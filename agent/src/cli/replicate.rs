@@ -173,7 +173,7 @@ pub async fn repair(g: &Global, a: RepairArgs) -> anyhow::Result<Outcome> {
     let dir = format!("{} -> {}", region_of(&pair, from), region_of(&pair, to));
     report(g, tenant, &dir, &s);
     if !s.failed.is_empty() || !s.failed_writes.is_empty() || !s.failed_reads.is_empty() {
-        bail!("repair: some objects could not be repaired (see above)");
+        bail!("repair of tenant {tenant}: some objects could not be repaired (see above)");
     }
     Ok(Outcome::Ok)
 }

@@ -111,31 +111,30 @@ impl PairBackend {
             });
         };
         let require_both = config.tenants.get(tenant).is_some_and(|t| t.require_both);
-        let mut replicas = Vec::new();
-        for (role, region) in [(Role::Primary, &primary), (Role::Secondary, &secondary)] {
-            let cfg = config
-                .regions
-                .get(region)
-                .ok_or_else(|| StorageError::Refused {
-                    tenant: tenant.into(),
-                    region: region.clone(),
-                    op: "open",
-                    name: String::new(),
-                    reason: "the region is not declared".into(),
-                })?;
-            let s3 = S3Backend::new(region, cfg, tenant).await?;
-            replicas.push(Replica {
-                store: Guarded::new(s3, tenant, policy.clone(), audit.clone())?,
-                role,
-                disabled: None,
-                lagging: Mutex::new(None),
-            });
-        }
-        let [p, s]: [Replica; 2] = replicas.try_into().map_err(|_| StorageError::Remote {
-            location: tenant.into(),
-            name: String::new(),
-            message: "internal: pair needs two regions".into(),
-        })?;
+        let open = |role: Role, region: String| {
+            let (policy, audit) = (policy.clone(), audit.clone());
+            async move {
+                let cfg = config
+                    .regions
+                    .get(&region)
+                    .ok_or_else(|| StorageError::Refused {
+                        tenant: tenant.into(),
+                        region: region.clone(),
+                        op: "open",
+                        name: String::new(),
+                        reason: "the region is not declared".into(),
+                    })?;
+                let s3 = S3Backend::new(&region, cfg, tenant).await?;
+                Ok::<_, StorageError>(Replica {
+                    store: Guarded::new(s3, tenant, policy, audit)?,
+                    role,
+                    disabled: None,
+                    lagging: Mutex::new(None),
+                })
+            }
+        };
+        let p = open(Role::Primary, primary).await?;
+        let s = open(Role::Secondary, secondary).await?;
         let mut pair = PairBackend {
             tenant: tenant.to_string(),
             replicas: [p, s],
