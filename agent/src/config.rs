@@ -78,6 +78,29 @@ pub struct RegionConfig {
     pub part_size_mib: u64,
 }
 
+impl RegionConfig {
+    /// A region at `endpoint` with `bucket` and every other key at its
+    /// default (as if the config named only those two).
+    pub fn new(endpoint: &str, bucket: &str) -> RegionConfig {
+        RegionConfig {
+            endpoint: endpoint.to_string(),
+            bucket: bucket.to_string(),
+            prefix: String::new(),
+            path_style: false,
+            allow_http: false,
+            access_key_id_env: None,
+            secret_access_key_env: None,
+            credentials_file: None,
+            profile: None,
+            max_attempts: default_max_attempts(),
+            request_timeout_secs: default_request_timeout(),
+            concurrency: default_concurrency(),
+            multipart_threshold_mib: default_multipart_threshold(),
+            part_size_mib: default_part_size(),
+        }
+    }
+}
+
 fn default_max_attempts() -> u32 {
     5
 }

@@ -396,6 +396,33 @@ fn two_tenants_in_two_regimes_stay_in_their_pairs_and_restic_reads_them() {
         "{}",
         text(&out)
     );
+    // Without a config it is a plain restic-style S3 repository.
+    let g2 = w.g("us-east-2");
+    let plain = format!("s3:{}/{}/plain", g2.endpoint(), bucket("us-east-2"));
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["-r", &plain])
+            .args(args)
+            .env("CAIRN_PASSWORD", "plain password")
+            .env("AWS_ACCESS_KEY_ID", &g2.key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &g2.secret)
+            .env("AWS_REGION", "us-east-2")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("CAIRN_CACHE_DIR", crate::common::cache_dir())
+            .env_remove("CAIRN_CONFIG")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "cairn {args:?}: {}", text(&out));
+    };
+    run(&["init"]);
+    run(&["backup", globex_src.to_str().unwrap()]);
+    run(&[
+        "restore",
+        "latest",
+        "--target",
+        w.s.path("plain-out").to_str().unwrap(),
+    ]);
+    crate::common::assert_same_tree(&globex_src, &restored(&w.s.path("plain-out"), &globex_src));
 
     // An object of acme's placed in us-east-1 behind Cairn's back is found
     // by the report, which then fails naming tenant and region.

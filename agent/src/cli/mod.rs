@@ -302,13 +302,8 @@ async fn s3_from_url(url: &str) -> anyhow::Result<S3Backend> {
     let region = std::env::var("AWS_REGION")
         .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
         .unwrap_or_else(|_| "us-east-1".into());
-    let cfg: RegionConfig = toml::from_str(&format!(
-        "endpoint = {:?}\nbucket = {:?}\npath-style = {}\n",
-        format!("{scheme}://{host}"),
-        bucket,
-        !host.ends_with("amazonaws.com"),
-    ))
-    .context("repository URL")?;
+    let mut cfg = RegionConfig::new(&format!("{scheme}://{host}"), bucket);
+    cfg.path_style = !host.ends_with("amazonaws.com");
     let check = Config {
         regions: [(region.clone(), cfg.clone())].into(),
         ..Default::default()
