@@ -10,6 +10,7 @@ use std::process::Command;
 const ADAPTERS: &[(&str, bool)] = &[
     ("cairn-adapter-filesystem", true),
     ("cairn-adapter-redis", true),
+    ("cairn-adapter-postgres", true),
     ("cairn-test-adapter-faulty", false),
 ];
 

@@ -183,6 +183,16 @@ pub struct JobGrants {
     /// TCP endpoints (`ip:port` or `host:port`) the adapter may connect to.
     #[serde(default)]
     pub connect: Vec<String>,
+    /// Programs the adapter may start: bare names (found on the agent's
+    /// `PATH`) or absolute paths.
+    #[serde(default)]
+    pub programs: Vec<String>,
+    /// Secrets the adapter may name, each a file holding the value.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, PathBuf>,
+    /// Environment variables every process of the job gets.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
 }
 
 fn default_adapter() -> String {

@@ -558,6 +558,7 @@ fn restore_refuses_entries_that_would_escape_the_target() {
             original: None,
             program_version: String::new(),
             cairn_adapter: None,
+            cairn_job: None,
             cairn_skipped: vec![],
         })
         .await

@@ -10,6 +10,7 @@ mod common;
 mod faults;
 mod filesystem;
 mod garage;
+mod postgres;
 mod redis;
 mod restic;
 mod s3;

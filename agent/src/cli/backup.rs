@@ -1,9 +1,10 @@
 //! `cairn backup`: run an adapter's backup and record a snapshot.
 
+use super::job::AdapterFlags;
 use super::{Global, Outcome, out};
 use crate::pipeline::{Pipeline, PipelineOptions};
 use crate::repo::snapshot::Snapshot;
-use crate::runtime::{AdapterSource, BackupRequest, Grants, Limits, Runtime};
+use crate::runtime::{AdapterSource, BackupRequest, Limits, Runtime};
 use anyhow::{Context, bail};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -35,13 +36,8 @@ pub struct Args {
     /// The adapter: a bundled name or a path to a `.wasm` component.
     #[arg(long, default_value = "filesystem")]
     adapter: String,
-    /// Let the adapter connect to this TCP endpoint, `ip:port` or
-    /// `host:port` (repeatable); it reaches nothing else on the network.
-    #[arg(long = "grant-connect")]
-    grant_connect: Vec<String>,
-    /// Adapter configuration as a JSON object (for adapters other than filesystem).
-    #[arg(long)]
-    adapter_config: Option<String>,
+    #[command(flatten)]
+    adapter_flags: AdapterFlags,
     /// zstd level for new data (0 stores it uncompressed).
     #[arg(long, default_value_t = 3)]
     compression: i32,
@@ -81,35 +77,27 @@ fn absolute(p: &str) -> anyhow::Result<String> {
 /// Run `backup`.
 pub async fn run(g: &Global, mut a: Args) -> anyhow::Result<Outcome> {
     let job_global;
+    let mut env = Default::default();
     let g = match &a.job {
         None => g,
         Some(name) => {
-            let config = g.config()?;
-            let job = config
-                .jobs
-                .get(name)
-                .with_context(|| format!("job {name} is not in the config"))?;
-            if let Some(t) = g.tenant.as_ref().filter(|t| **t != job.tenant) {
-                bail!("job {name} belongs to tenant {}, not {t}", job.tenant);
-            }
+            let (job, jg) = super::job::load(g, name)?;
             a.paths = job.paths.clone();
             a.exclude.extend(job.exclude.iter().cloned());
             a.no_exclude_temporary |= !job.exclude_temporary;
             a.tag.extend(job.tags.iter().cloned());
             a.adapter = job.adapter.clone();
             a.compression = job.compression;
-            a.grant_connect.extend(job.grants.connect.iter().cloned());
-            if let Some(c) = &job.config {
-                a.adapter_config = Some(serde_json::to_string(c)?);
-            }
-            job_global = g.for_tenant(&job.tenant);
+            a.adapter_flags.add_job(&job)?;
+            env = job.grants.env.clone();
+            job_global = jg;
             &job_global
         }
     };
     let started = chrono::Local::now().fixed_offset();
     let clock = Instant::now();
     let mut paths = Vec::new();
-    let mut grants = Grants::default();
+    let mut grants = a.adapter_flags.grants(&env)?;
     for p in &a.paths {
         let abs = absolute(p)?;
         std::fs::symlink_metadata(&abs).with_context(|| format!("backup path {abs}"))?;
@@ -122,17 +110,10 @@ pub async fn run(g: &Global, mut a: Args) -> anyhow::Result<Outcome> {
     if paths.is_empty() && AdapterSource::parse(&a.adapter).name() == "filesystem" {
         bail!("give the paths to back up (or --job)");
     }
-    for endpoint in &a.grant_connect {
-        grants
-            .add_connect(endpoint)
-            .with_context(|| format!("--grant-connect {endpoint}"))?;
-    }
     let source = AdapterSource::parse(&a.adapter);
     let adapter_name = source.name();
-    let config = match (&source, &a.adapter_config) {
-        (_, Some(json)) => {
-            serde_json::from_str(json).context("--adapter-config is not valid JSON")?
-        }
+    let config = match (&source, a.adapter_flags.config()?) {
+        (_, Some(config)) => config,
         (AdapterSource::Bundled(n), None) if n == "filesystem" => serde_json::json!({
             "paths": paths, "exclude": a.exclude, "exclude-temporary": !a.no_exclude_temporary,
         }),
@@ -232,6 +213,7 @@ pub async fn run(g: &Global, mut a: Args) -> anyhow::Result<Outcome> {
         original: None,
         program_version: format!("cairn {}", env!("CARGO_PKG_VERSION")),
         cairn_adapter: Some(adapter_name.clone()),
+        cairn_job: a.job.clone(),
         cairn_skipped: outcome
             .skipped
             .iter()

@@ -14,6 +14,7 @@
 mod backup;
 mod check;
 mod init;
+mod job;
 mod ls;
 mod replicate;
 mod residency;

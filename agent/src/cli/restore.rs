@@ -1,5 +1,6 @@
 //! `cairn restore` and `cairn verify`: run an adapter over a snapshot.
 
+use super::job::AdapterFlags;
 use super::{Global, Outcome, out};
 use crate::runtime::{AdapterSource, Grants, Limits, RestoreRequest, Runtime};
 use anyhow::{Context, bail};
@@ -7,22 +8,22 @@ use anyhow::{Context, bail};
 /// Flags of `restore`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Snapshot id (or unique prefix), or `latest`.
+    /// Snapshot id (or unique prefix), or `latest` (with --job: the job's latest).
     snapshot: String,
+    /// Restore with this job of the config file: its tenant, adapter,
+    /// adapter configuration and grants (into the job's server, say).
+    #[arg(long)]
+    job: Option<String>,
     /// Directory to restore into (created if missing); the filesystem
     /// adapter needs it, database adapters restore into their server.
     #[arg(short, long)]
     target: Option<String>,
-    /// Let the adapter connect to this TCP endpoint (repeatable).
-    #[arg(long = "grant-connect")]
-    grant_connect: Vec<String>,
-    /// Adapter configuration as a JSON object (adapters other than filesystem).
-    #[arg(long)]
-    adapter_config: Option<String>,
+    #[command(flatten)]
+    adapter_flags: AdapterFlags,
     /// Restore only this path of the snapshot and what is below it (repeatable).
     #[arg(short, long)]
     include: Vec<String>,
-    /// The adapter to restore with (default: the one that made the snapshot).
+    /// The adapter to restore with (default: the job's, or the one that made the snapshot).
     #[arg(long)]
     adapter: Option<String>,
 }
@@ -30,43 +31,99 @@ pub struct Args {
 /// Flags of `verify`.
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
-    /// Snapshot id (or unique prefix), or `latest`.
+    /// Snapshot id (or unique prefix), or `latest` (with --job: the job's latest).
     snapshot: String,
-    /// The adapter to verify with (default: the one that made the snapshot).
+    /// Verify with this job of the config file (its tenant, adapter,
+    /// adapter configuration and grants).
+    #[arg(long)]
+    job: Option<String>,
+    /// The adapter to verify with (default: the job's, or the one that made the snapshot).
     #[arg(long)]
     adapter: Option<String>,
-    /// Let the adapter connect to this TCP endpoint (repeatable).
-    #[arg(long = "grant-connect")]
-    grant_connect: Vec<String>,
-    /// Adapter configuration as a JSON object (adapters other than filesystem).
-    #[arg(long)]
-    adapter_config: Option<String>,
+    #[command(flatten)]
+    adapter_flags: AdapterFlags,
 }
 
-/// Grants and adapter config for a restore or verify that talks to a server.
-fn server_side(
-    grant_connect: &[String],
-    adapter_config: &Option<String>,
-) -> anyhow::Result<(Grants, Option<serde_json::Value>)> {
-    let mut grants = Grants::default();
-    for endpoint in grant_connect {
-        grants
-            .add_connect(endpoint)
-            .with_context(|| format!("--grant-connect {endpoint}"))?;
+/// What a restore or verify runs: the snapshot, its adapter, grants and
+/// configuration, from the flags and from the job if one is named.
+struct Plan {
+    g: Global,
+    repo: std::sync::Arc<crate::repo::Repository>,
+    id: crate::repo::Id,
+    snap: crate::repo::snapshot::Snapshot,
+    source: AdapterSource,
+    grants: Grants,
+    config: Option<serde_json::Value>,
+}
+
+async fn plan(
+    g: &Global,
+    spec: &str,
+    job: Option<&str>,
+    adapter: Option<&str>,
+    mut flags: AdapterFlags,
+) -> anyhow::Result<Plan> {
+    let mut env = Default::default();
+    let mut job_adapter = None;
+    let g = match job {
+        Some(name) => {
+            let (job, jg) = super::job::load(g, name)?;
+            flags.add_job(&job)?;
+            env = job.grants.env.clone();
+            job_adapter = Some(job.adapter.clone());
+            jg
+        }
+        None => g.clone(),
+    };
+    let repo = g.open().await?;
+    let (id, snap) = repo.find_snapshot_of(spec, job).await?;
+    let name = adapter
+        .map(str::to_string)
+        .or(job_adapter)
+        .unwrap_or_else(|| snap.adapter().to_string());
+    let source = AdapterSource::parse(&name);
+    // A job's adapter restoring another adapter's snapshot would misread it.
+    if let Some(job) = job
+        && source.name() != snap.adapter()
+    {
+        bail!(
+            "snapshot {} was made by adapter {}, but job {job} uses {}",
+            id.short(),
+            snap.adapter(),
+            source.name()
+        );
     }
-    let config = adapter_config
-        .as_deref()
-        .map(serde_json::from_str)
-        .transpose()
-        .context("--adapter-config is not valid JSON")?;
-    Ok((grants, config))
+    let grants = flags.grants(&env)?;
+    let config = flags.config()?;
+    Ok(Plan {
+        g,
+        repo,
+        id,
+        snap,
+        source,
+        grants,
+        config,
+    })
 }
 
 /// Run `restore`.
 pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
-    let repo = g.open().await?;
-    let (id, snap) = repo.find_snapshot(&a.snapshot).await?;
-    let (mut grants, adapter_config) = server_side(&a.grant_connect, &a.adapter_config)?;
+    let Plan {
+        g,
+        repo,
+        id,
+        snap,
+        source,
+        mut grants,
+        config: adapter_config,
+    } = plan(
+        g,
+        &a.snapshot,
+        a.job.as_deref(),
+        a.adapter.as_deref(),
+        a.adapter_flags,
+    )
+    .await?;
     let target = match &a.target {
         Some(t) => {
             std::fs::create_dir_all(t).with_context(|| format!("creating restore target {t}"))?;
@@ -80,12 +137,11 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
         }
         None => None,
     };
-    let source = AdapterSource::parse(a.adapter.as_deref().unwrap_or(snap.adapter()));
     let config = match (adapter_config, &target) {
         (Some(c), _) => c,
         (None, Some(t)) => serde_json::json!({ "target": t }),
         (None, None) => bail!(
-            "give --target (a directory to restore into), or --adapter-config for adapter {}",
+            "give --target (a directory to restore into), or --adapter-config (or --job) for adapter {}",
             source.name()
         ),
     };
@@ -141,10 +197,22 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
 
 /// Run `verify`.
 pub async fn verify(g: &Global, a: VerifyArgs) -> anyhow::Result<Outcome> {
-    let repo = g.open().await?;
-    let (id, snap) = repo.find_snapshot(&a.snapshot).await?;
-    let source = AdapterSource::parse(a.adapter.as_deref().unwrap_or(snap.adapter()));
-    let (grants, config) = server_side(&a.grant_connect, &a.adapter_config)?;
+    let Plan {
+        g,
+        repo,
+        id,
+        snap,
+        source,
+        grants,
+        config,
+    } = plan(
+        g,
+        &a.snapshot,
+        a.job.as_deref(),
+        a.adapter.as_deref(),
+        a.adapter_flags,
+    )
+    .await?;
     let lock = repo.lock(false).await?;
     let req = RestoreRequest {
         repo: repo.clone(),

@@ -152,18 +152,7 @@ impl Pipeline {
 
     /// Queue a data chunk; its id arrives once hashed.
     pub async fn add_data(&self, data: Vec<u8>) -> Result<PendingId, RepoError> {
-        self.stats
-            .bytes_in
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.send(Job {
-            data,
-            kind: BlobType::Data,
-            id: None,
-            reply: Some(tx),
-        })
-        .await?;
-        Ok(PendingId(rx))
+        self.data_sender().add(data).await
     }
 
     /// A handle that queues data chunks from a blocking thread (a file pump).
@@ -233,6 +222,24 @@ pub struct DataSender {
 }
 
 impl DataSender {
+    /// Queue a data chunk from async code, waiting while the workers are busy.
+    pub async fn add(&self, data: Vec<u8>) -> Result<PendingId, RepoError> {
+        self.stats
+            .bytes_in
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(Job {
+                data,
+                kind: BlobType::Data,
+                id: None,
+                reply: Some(tx),
+            })
+            .await
+            .map_err(|_| RepoError::PipelineStopped)?;
+        Ok(PendingId(rx))
+    }
+
     /// Queue a data chunk, blocking while the workers are busy.
     pub fn add_blocking(&self, data: Vec<u8>) -> Result<PendingId, RepoError> {
         self.stats

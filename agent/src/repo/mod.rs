@@ -375,12 +375,25 @@ impl Repository {
 
     /// Find a snapshot by `latest` or a unique id prefix.
     pub async fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot), RepoError> {
+        self.find_snapshot_of(spec, None).await
+    }
+
+    /// Like [`Repository::find_snapshot`], but `latest` means the latest
+    /// snapshot that `job` made, when a job is given.
+    pub async fn find_snapshot_of(
+        &self,
+        spec: &str,
+        job: Option<&str>,
+    ) -> Result<(Id, Snapshot), RepoError> {
         let all = self.snapshots().await?;
         if spec == "latest" {
             return all
                 .into_iter()
-                .last()
-                .ok_or(RepoError::SnapshotNotFound(spec.into()));
+                .rfind(|(_, s)| job.is_none() || s.cairn_job.as_deref() == job)
+                .ok_or_else(|| match job {
+                    Some(j) => RepoError::SnapshotNotFound(format!("latest (of job {j})")),
+                    None => RepoError::SnapshotNotFound(spec.into()),
+                });
         }
         let mut found: Vec<_> = all
             .into_iter()

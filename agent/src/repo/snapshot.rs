@@ -44,6 +44,9 @@ pub struct Snapshot {
     /// The adapter that produced the snapshot (Cairn only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cairn_adapter: Option<String>,
+    /// The config file's job that made the snapshot (Cairn only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cairn_job: Option<String>,
     /// Entries that could not be read and are missing from this snapshot,
     /// each `path: reason` (Cairn only). Non-empty means incomplete.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

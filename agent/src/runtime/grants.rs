@@ -53,6 +53,13 @@ pub struct Grants {
     grants: Vec<Grant>,
     /// TCP endpoints the adapter may connect to; nothing else on the network.
     connect: Vec<std::net::SocketAddr>,
+    /// Programs the adapter may start: the name it uses, and the absolute
+    /// path that name resolved to when it was granted.
+    programs: std::collections::BTreeMap<String, std::path::PathBuf>,
+    /// Secrets the adapter may name: secret name, and the file holding it.
+    secrets: std::collections::BTreeMap<String, std::path::PathBuf>,
+    /// Environment variables every process of the job gets.
+    env: std::collections::BTreeMap<String, String>,
 }
 
 /// A resolved path: the directory it lives in and its final name (`None`
@@ -104,6 +111,98 @@ impl Grants {
     /// The TCP endpoints granted.
     pub fn connect(&self) -> &[std::net::SocketAddr] {
         &self.connect
+    }
+
+    /// Let the adapter start `program`: a bare name, found now on this
+    /// process's `PATH`, or an absolute path to an executable file. The
+    /// adapter then names it as given (or by the path it resolved to).
+    pub fn add_program(&mut self, program: &str) -> Result<(), GrantError> {
+        let path = if program.contains('/') {
+            if !program.starts_with('/') {
+                return Err(GrantError::Denied(format!(
+                    "program {program}: give a bare name (found on PATH) or an absolute path"
+                )));
+            }
+            std::path::PathBuf::from(program)
+        } else {
+            find_on_path(program).ok_or_else(|| {
+                GrantError::io(
+                    &format!("program {program}"),
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "not found on PATH"),
+                )
+            })?
+        };
+        if !is_executable(&path) {
+            return Err(GrantError::io(
+                &format!("program {program} ({})", path.display()),
+                std::io::Error::new(std::io::ErrorKind::NotFound, "not an executable file"),
+            ));
+        }
+        self.programs.insert(program.to_string(), path);
+        Ok(())
+    }
+
+    /// The granted programs' names, sorted.
+    pub fn program_names(&self) -> Vec<String> {
+        self.programs.keys().cloned().collect()
+    }
+
+    /// The executable for `program`, by its granted name or its resolved path.
+    pub fn program(&self, program: &str) -> Option<&std::path::Path> {
+        self.programs
+            .get(program)
+            .or_else(|| {
+                self.programs
+                    .values()
+                    .find(|p| p.as_os_str() == std::ffi::OsStr::new(program))
+            })
+            .map(|p| p.as_path())
+    }
+
+    /// Let the adapter name secret `name`, whose value is the content of
+    /// `file` (one trailing newline dropped). The file is read when used.
+    pub fn add_secret(&mut self, name: &str, file: &std::path::Path) -> Result<(), GrantError> {
+        if name.is_empty() {
+            return Err(GrantError::Denied("a secret needs a name".into()));
+        }
+        std::fs::metadata(file)
+            .map_err(|e| GrantError::io(&format!("secret {name} ({})", file.display()), e))?;
+        self.secrets.insert(name.to_string(), file.to_path_buf());
+        Ok(())
+    }
+
+    /// The granted secrets' names, sorted.
+    pub fn secret_names(&self) -> Vec<String> {
+        self.secrets.keys().cloned().collect()
+    }
+
+    /// Read secret `name`. The error names the secret, never its value.
+    pub fn secret(&self, name: &str) -> Result<Vec<u8>, GrantError> {
+        let file = self
+            .secrets
+            .get(name)
+            .ok_or_else(|| GrantError::Denied(format!("secret {name}")))?;
+        let mut value = std::fs::read(file)
+            .map_err(|e| GrantError::io(&format!("secret {name} ({})", file.display()), e))?;
+        if value.ends_with(b"\n") {
+            value.pop();
+            if value.ends_with(b"\r") {
+                value.pop();
+            }
+        }
+        Ok(value)
+    }
+
+    /// Give every process of the job the variable `name=value`.
+    pub fn add_env(&mut self, name: &str, value: &str) -> Result<(), GrantError> {
+        check_env_name(name)?;
+        self.env.insert(name.to_string(), value.to_string());
+        Ok(())
+    }
+
+    /// The variables every process of the job gets.
+    pub fn env(&self) -> &std::collections::BTreeMap<String, String> {
+        &self.env
     }
 
     /// Grant `path` (a directory or a file), read-only or read-write.
@@ -209,6 +308,33 @@ impl Grants {
             path,
         })
     }
+}
+
+/// Refuse a variable name that is not a plain identifier, or that steers the
+/// dynamic loader (`LD_*`) or the program search (`PATH`): a process must
+/// not be made to load or run something other than what was granted.
+pub fn check_env_name(name: &str) -> Result<(), GrantError> {
+    let plain = !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !plain || name.starts_with("LD_") || name == "PATH" {
+        return Err(GrantError::Denied(format!(
+            "environment variable {name:?} (not a plain name, or one that steers which code runs)"
+        )));
+    }
+    Ok(())
+}
+
+fn find_on_path(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 impl Resolved<'_> {

@@ -5,7 +5,7 @@
 //! down, the pipeline stopped) trap the guest with a [`HostFault`], so the
 //! job fails whatever the adapter would have done with the error.
 
-use super::bindings::cairn::adapter::{archive, fs, log, snapshot, types};
+use super::bindings::cairn::adapter0_1_0::{archive, fs, log, snapshot, types};
 use super::grants::{GrantError, Grants};
 use super::meta;
 use super::{Limits, store_limits};
@@ -20,6 +20,10 @@ use std::sync::Arc;
 use types::{AdapterError, EntryKind, Metadata};
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::WasiCtx;
+
+mod process;
+
+pub use process::ChildState;
 
 /// Bytes read from a file per step of a native pump.
 const PUMP_BLOCK: usize = 1024 * 1024;

@@ -1,6 +1,6 @@
 //! Conversions between the WIT metadata record and restic tree nodes.
 
-use super::bindings::cairn::adapter::types::{AdapterError, EntryKind, Metadata, Timestamp};
+use super::bindings::cairn::adapter0_1_0::types::{AdapterError, EntryKind, Metadata, Timestamp};
 use crate::repo::tree::{Node, go_mode};
 use chrono::{DateTime, FixedOffset};
 

@@ -30,6 +30,7 @@ pub mod bundled {
         match name {
             "filesystem" => Some(FILESYSTEM),
             "redis" => Some(REDIS),
+            "postgres" => Some(POSTGRES),
             _ => None,
         }
     }
@@ -37,19 +38,22 @@ pub mod bundled {
 
 #[allow(missing_docs)]
 mod bindings {
+    // The newest world includes every older one, so these bindings link
+    // components built against any version the host supports.
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "adapter",
+        world: "cairn:adapter/adapter@0.2.0",
         imports: { default: async | trappable },
         exports: { default: async },
         with: {
-            "cairn:adapter/archive.entry-writer": crate::runtime::host::WriterState,
-            "cairn:adapter/snapshot.entry-reader": crate::runtime::host::ReaderState,
+            "cairn:adapter/archive@0.1.0.entry-writer": crate::runtime::host::WriterState,
+            "cairn:adapter/snapshot@0.1.0.entry-reader": crate::runtime::host::ReaderState,
+            "cairn:adapter/process@0.2.0.child": crate::runtime::host::ChildState,
         },
     });
 }
 
-use bindings::cairn::adapter::types::AdapterError;
+use bindings::cairn::adapter0_1_0::types::AdapterError;
 
 /// How often the epoch ticks; deadlines are counted in ticks.
 const TICK: Duration = Duration::from_millis(50);
@@ -160,7 +164,7 @@ impl Runtime {
         let bytes: Vec<u8> = match source {
             AdapterSource::Bundled(n) => bundled::get(n)
                 .ok_or_else(|| {
-                    anyhow!("unknown adapter {n:?}: the bundled adapters are: filesystem (for another adapter, pass its component with --adapter PATH)")
+                    anyhow!("unknown adapter {n:?}: the bundled adapters are: filesystem, redis, postgres (for another adapter, pass its component with --adapter PATH)")
                 })?
                 .to_vec(),
             AdapterSource::File(p) => {

@@ -1,0 +1,132 @@
+//! What `backup`, `restore` and `verify` share: the flags that give an
+//! adapter its grants and configuration, and how a config file's job fills
+//! them in (`--job`), with `--set key=value` overriding the job's adapter
+//! configuration for one run.
+
+use super::Global;
+use crate::config::JobConfig;
+use crate::runtime::Grants;
+use anyhow::{Context, bail};
+
+/// Grants and adapter configuration from the command line.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct AdapterFlags {
+    /// Let the adapter connect to this TCP endpoint, `ip:port` or
+    /// `host:port` (repeatable); it reaches nothing else on the network.
+    #[arg(long = "grant-connect", value_name = "ENDPOINT")]
+    pub grant_connect: Vec<String>,
+    /// Let the adapter start this program: a bare name found on PATH, or
+    /// an absolute path (repeatable).
+    #[arg(long = "grant-program", value_name = "PROGRAM")]
+    pub grant_program: Vec<String>,
+    /// Let the adapter name the secret NAME, whose value is FILE's content
+    /// (repeatable). The adapter passes it to processes by reference.
+    #[arg(long = "grant-secret", value_name = "NAME=FILE")]
+    pub grant_secret: Vec<String>,
+    /// Adapter configuration as a JSON object (adapters other than filesystem).
+    #[arg(long)]
+    pub adapter_config: Option<String>,
+    /// Override one key of the adapter configuration for this run; VALUE is
+    /// JSON (`5433`, `["shop"]`, `true`) or else a plain string (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+impl AdapterFlags {
+    /// Add what `job` grants and configures. The command line's own
+    /// `--adapter-config` wins over the job's `config`.
+    pub fn add_job(&mut self, job: &JobConfig) -> anyhow::Result<()> {
+        self.grant_connect
+            .extend(job.grants.connect.iter().cloned());
+        self.grant_program
+            .extend(job.grants.programs.iter().cloned());
+        for (name, file) in &job.grants.secrets {
+            self.grant_secret.push(format!("{name}={}", file.display()));
+        }
+        if self.adapter_config.is_none()
+            && let Some(c) = &job.config
+        {
+            self.adapter_config = Some(serde_json::to_string(c)?);
+        }
+        Ok(())
+    }
+
+    /// The grants these flags (and `env`, a job's variables) describe.
+    pub fn grants(
+        &self,
+        env: &std::collections::BTreeMap<String, String>,
+    ) -> anyhow::Result<Grants> {
+        let mut grants = Grants::default();
+        for endpoint in &self.grant_connect {
+            grants
+                .add_connect(endpoint)
+                .with_context(|| format!("--grant-connect {endpoint}"))?;
+        }
+        for program in &self.grant_program {
+            grants
+                .add_program(program)
+                .with_context(|| format!("granting program {program}"))?;
+        }
+        for spec in &self.grant_secret {
+            let Some((name, file)) = spec.split_once('=') else {
+                bail!("--grant-secret {spec:?}: expected NAME=FILE");
+            };
+            grants
+                .add_secret(name, std::path::Path::new(file))
+                .with_context(|| format!("granting secret {name}"))?;
+        }
+        for (name, value) in env {
+            grants
+                .add_env(name, value)
+                .with_context(|| format!("granting environment variable {name}"))?;
+        }
+        Ok(grants)
+    }
+
+    /// The adapter configuration: `--adapter-config` (or the job's) with
+    /// every `--set` applied; `None` when neither is given.
+    pub fn config(&self) -> anyhow::Result<Option<serde_json::Value>> {
+        let mut config = match &self.adapter_config {
+            Some(json) => Some(
+                serde_json::from_str::<serde_json::Value>(json)
+                    .context("--adapter-config is not valid JSON")?,
+            ),
+            None => None,
+        };
+        if self.set.is_empty() {
+            return Ok(config);
+        }
+        let object = config
+            .get_or_insert_with(|| serde_json::json!({}))
+            .as_object_mut()
+            .context("the adapter configuration is not a JSON object, so --set cannot change it")?;
+        for spec in &self.set {
+            let Some((key, value)) = spec.split_once('=') else {
+                bail!("--set {spec:?}: expected KEY=VALUE");
+            };
+            if key.is_empty() {
+                bail!("--set {spec:?}: the key is empty");
+            }
+            let value = serde_json::from_str(value)
+                .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+            object.insert(key.to_string(), value);
+        }
+        Ok(config)
+    }
+}
+
+/// A config file's job, looked up by name, and the options acting on its
+/// tenant. Refuses a `--tenant` that is not the job's.
+pub fn load(g: &Global, name: &str) -> anyhow::Result<(JobConfig, Global)> {
+    let config = g.config()?;
+    let job = config
+        .jobs
+        .get(name)
+        .with_context(|| format!("job {name} is not in the config"))?
+        .clone();
+    if let Some(t) = g.tenant.as_ref().filter(|t| **t != job.tenant) {
+        bail!("job {name} belongs to tenant {}, not {t}", job.tenant);
+    }
+    let g = g.for_tenant(&job.tenant);
+    Ok((job, g))
+}

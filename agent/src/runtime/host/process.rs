@@ -1,0 +1,473 @@
+//! The `process` and `secrets` interfaces (WIT 0.2.0): programs the job
+//! grants, started natively, with their standard output pumped into an
+//! entry and an entry pumped into their standard input without the bytes
+//! crossing into the sandbox.
+//!
+//! A process gets a clean environment, the root directory as its working
+//! directory, and its own process group, so killing it reaches whatever it
+//! started. Its standard error is always drained by the host into a tail
+//! buffer (a full stderr pipe would otherwise stall it). Dropping a
+//! [`ChildState`], which the store does when the job ends however it ends,
+//! kills the group.
+
+use super::{AdapterError, HostResult, HostState, Job, MAX_READ, WriterState, fault, grant_error};
+use crate::pipeline::chunker::Chunker;
+use crate::repo::RepoError;
+use crate::restore::ContentReader;
+use crate::runtime::bindings::cairn::adapter0_2_0::{process, secrets};
+use crate::runtime::host::ReaderState;
+use std::os::unix::process::ExitStatusExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{ChildStdin, ChildStdout};
+use tokio::task::JoinHandle;
+use wasmtime::component::Resource;
+
+/// How much of a process's standard error is kept.
+const STDERR_TAIL: usize = 64 * 1024;
+/// Bytes read from a process's standard output per step of a pump.
+const PUMP_READ: usize = 1024 * 1024;
+/// The `PATH` a process gets: wrappers (Debian's `pg_wrapper`, say) find
+/// the real programs through it.
+const CHILD_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// How a background stdin pump ended.
+enum PumpEnd {
+    /// Fed everything (or the process stopped reading: its status says why).
+    Done,
+    /// The content is damaged or unreadable. The process's stdin is held
+    /// open here, so it cannot take a truncated input for a whole one,
+    /// until the process is killed.
+    Failed(AdapterError, Option<ChildStdin>),
+    /// The repository failed in a way the adapter cannot handle.
+    Fault(String),
+}
+
+/// A process an adapter started.
+pub struct ChildState {
+    program: String,
+    pid: u32,
+    child: tokio::process::Child,
+    stdin: Option<ChildStdin>,
+    stdout: Option<ChildStdout>,
+    stderr: Option<JoinHandle<Vec<u8>>>,
+    pump: Option<JoinHandle<PumpEnd>>,
+    /// A stdin pump's failure, reported by `wait` (and a pending read).
+    failure: Option<AdapterError>,
+    /// Set once the process has been waited for.
+    status: Option<process::ExitStatus>,
+}
+
+impl Drop for ChildState {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            // The group, not only the process: a wrapper's children too.
+            // Not reaped yet, so the id is still ours.
+            if let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) {
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            }
+        }
+        if let Some(p) = self.pump.take() {
+            p.abort();
+        }
+    }
+}
+
+impl ChildState {
+    /// The process ended or must end: kill it (its group) now.
+    fn kill(&mut self) {
+        if self.status.is_none()
+            && let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32)
+        {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+        let _ = self.child.start_kill();
+    }
+
+    /// Take note of how the stdin pump ended. A damaged input kills the
+    /// process before its stdin is closed. Returns the failure, if any.
+    fn pump_ended(
+        &mut self,
+        end: Result<PumpEnd, tokio::task::JoinError>,
+    ) -> wasmtime::Result<Option<AdapterError>> {
+        match end {
+            Ok(PumpEnd::Done) => Ok(None),
+            Ok(PumpEnd::Failed(e, stdin)) => {
+                self.kill();
+                drop(stdin);
+                self.failure.get_or_insert(e.clone());
+                Ok(Some(e))
+            }
+            Ok(PumpEnd::Fault(m)) => {
+                self.kill();
+                Err(fault(m))
+            }
+            Err(e) => {
+                self.kill();
+                Err(fault(format!(
+                    "feeding {}'s standard input failed: {e}",
+                    self.program
+                )))
+            }
+        }
+    }
+
+    /// Read the next bytes of standard output into `buf`, watching the
+    /// stdin pump meanwhile: if it fails, the read fails (the process,
+    /// killed, will write no more).
+    async fn read_stdout(
+        &mut self,
+        buf: &mut [u8],
+    ) -> wasmtime::Result<Result<usize, AdapterError>> {
+        if let Some(e) = &self.failure {
+            return Ok(Err(e.clone()));
+        }
+        loop {
+            let Some(stdout) = self.stdout.as_mut() else {
+                return Ok(Err(AdapterError::Other(format!(
+                    "{}: standard output is not a pipe (spawn it with stdout = pipe), or was pumped already",
+                    self.program
+                ))));
+            };
+            let pump = &mut self.pump;
+            tokio::select! {
+                read = stdout.read(buf) => {
+                    return Ok(read.map_err(|e| AdapterError::Io(format!(
+                        "reading {}'s standard output: {e}", self.program
+                    ))));
+                }
+                end = async { pump.as_mut().expect("guarded by the condition").await }, if pump.is_some() => {
+                    self.pump = None;
+                    if let Some(e) = self.pump_ended(end)? {
+                        return Ok(Err(e));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn wait(&mut self) -> wasmtime::Result<Result<process::ExitStatus, AdapterError>> {
+        if let Some(s) = &self.status {
+            return Ok(Ok(s.clone()));
+        }
+        self.stdin = None;
+        let status = loop {
+            let pump = &mut self.pump;
+            tokio::select! {
+                end = async { pump.as_mut().expect("guarded by the condition").await }, if pump.is_some() => {
+                    self.pump = None;
+                    self.pump_ended(end)?;
+                }
+                status = self.child.wait() => break status,
+            }
+        };
+        // The process is gone: a pump still writing meets a closed pipe.
+        if let Some(p) = self.pump.take() {
+            let end = p.await;
+            self.pump_ended(end)?;
+        }
+        let status = status.map_err(|e| fault(format!("waiting for {}: {e}", self.program)))?;
+        // A grandchild may hold stderr open: do not wait on it for long.
+        let tail = match self.stderr.take() {
+            Some(h) => match tokio::time::timeout(std::time::Duration::from_secs(2), h).await {
+                Ok(Ok(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+                _ => String::new(),
+            },
+            None => String::new(),
+        };
+        let s = process::ExitStatus {
+            code: status.code(),
+            signal: status.signal(),
+            stderr_tail: tail,
+        };
+        self.status = Some(s.clone());
+        match &self.failure {
+            Some(e) => Ok(Err(e.clone())),
+            None => Ok(Ok(s)),
+        }
+    }
+}
+
+/// Keep the last [`STDERR_TAIL`] bytes a process writes to standard error.
+async fn drain_tail(mut stderr: tokio::process::ChildStderr) -> Vec<u8> {
+    let mut tail = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match stderr.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                tail.extend_from_slice(&buf[..n]);
+                if tail.len() > 2 * STDERR_TAIL {
+                    tail.drain(..tail.len() - STDERR_TAIL);
+                }
+            }
+        }
+    }
+    if tail.len() > STDERR_TAIL {
+        tail.drain(..tail.len() - STDERR_TAIL);
+    }
+    tail
+}
+
+/// Feed `content` into `stdin`; see [`PumpEnd`].
+async fn feed(mut content: ContentReader, mut stdin: ChildStdin, entry: String) -> PumpEnd {
+    loop {
+        let blob = match content.next_blob().await {
+            Ok(Some(b)) => b,
+            Ok(None) => return PumpEnd::Done,
+            Err(e @ (RepoError::Corrupt { .. } | RepoError::BlobNotFound(_))) => {
+                return PumpEnd::Failed(
+                    AdapterError::Corrupt(format!("{entry}: {e}")),
+                    Some(stdin),
+                );
+            }
+            Err(e) => return PumpEnd::Fault(format!("reading {entry}: {e}")),
+        };
+        match stdin.write_all(&blob).await {
+            Ok(()) => {}
+            // It stopped reading (exited, or closed its input): its exit
+            // status tells the adapter why.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return PumpEnd::Done,
+            Err(e) => {
+                return PumpEnd::Failed(
+                    AdapterError::Io(format!("writing {entry} to the process: {e}")),
+                    None,
+                );
+            }
+        }
+    }
+}
+
+fn stdio(s: process::Stdio) -> std::process::Stdio {
+    match s {
+        process::Stdio::Null => std::process::Stdio::null(),
+        process::Stdio::Pipe => std::process::Stdio::piped(),
+    }
+}
+
+impl process::Host for HostState {
+    async fn granted_programs(&mut self) -> wasmtime::Result<Vec<String>> {
+        Ok(self.grants.program_names())
+    }
+
+    async fn spawn(&mut self, cmd: process::Command) -> HostResult<Resource<ChildState>> {
+        let Some(path) = self.grants.program(&cmd.program).map(|p| p.to_path_buf()) else {
+            tracing::warn!(adapter = %self.adapter, program = %cmd.program, "Denied the adapter a program its job does not grant.");
+            return Ok(Err(AdapterError::Denied(format!(
+                "program {}: this job does not grant it (granted: {})",
+                cmd.program,
+                self.grants.program_names().join(", ")
+            ))));
+        };
+        let mut command = tokio::process::Command::new(&path);
+        command
+            .args(&cmd.args)
+            .env_clear()
+            .env("PATH", CHILD_PATH)
+            .env("LC_ALL", "C")
+            .envs(self.grants.env())
+            .current_dir("/")
+            .stdin(stdio(cmd.stdin))
+            .stdout(stdio(cmd.stdout))
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        for (var, secret) in &cmd.secret_env {
+            if let Err(e) = super::super::grants::check_env_name(var) {
+                return Ok(Err(grant_error(e)));
+            }
+            match self.grants.secret(secret) {
+                Ok(value) => {
+                    command.env(var, std::ffi::OsStr::from_bytes(&value));
+                }
+                Err(e) => return Ok(Err(grant_error(e))),
+            }
+        }
+        let mut child = match command.spawn() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Err(AdapterError::NotFound(format!(
+                    "program {} ({}): {e}",
+                    cmd.program,
+                    path.display()
+                ))));
+            }
+            Err(e) => {
+                return Ok(Err(AdapterError::Io(format!(
+                    "starting {} ({}): {e}",
+                    cmd.program,
+                    path.display()
+                ))));
+            }
+        };
+        let pid = child.id().unwrap_or_default();
+        // Arguments may carry names, never secrets (those go by reference).
+        tracing::info!(adapter = %self.adapter, program = %cmd.program, pid, args = ?cmd.args, "Started a process.");
+        let stderr = child.stderr.take().map(|e| tokio::spawn(drain_tail(e)));
+        let state = ChildState {
+            program: cmd.program,
+            pid,
+            stdin: child.stdin.take(),
+            stdout: child.stdout.take(),
+            child,
+            stderr,
+            pump: None,
+            failure: None,
+            status: None,
+        };
+        Ok(Ok(self.table.push(state)?))
+    }
+}
+
+use std::os::unix::ffi::OsStrExt;
+
+impl process::HostChild for HostState {
+    async fn pid(&mut self, c: Resource<ChildState>) -> wasmtime::Result<u32> {
+        Ok(self.table.get(&c)?.pid)
+    }
+
+    async fn write_stdin(&mut self, c: Resource<ChildState>, bytes: Vec<u8>) -> HostResult<()> {
+        let child = self.table.get_mut(&c)?;
+        let Some(stdin) = child.stdin.as_mut() else {
+            return Ok(Err(AdapterError::Other(format!(
+                "{}: standard input is not a pipe (spawn it with stdin = pipe), or was closed or pumped",
+                child.program
+            ))));
+        };
+        Ok(stdin.write_all(&bytes).await.map_err(|e| {
+            AdapterError::Io(format!(
+                "writing to {}'s standard input: {e}",
+                child.program
+            ))
+        }))
+    }
+
+    async fn close_stdin(&mut self, c: Resource<ChildState>) -> wasmtime::Result<()> {
+        self.table.get_mut(&c)?.stdin = None;
+        Ok(())
+    }
+
+    async fn read_stdout(&mut self, c: Resource<ChildState>, max: u32) -> HostResult<Vec<u8>> {
+        let child = self.table.get_mut(&c)?;
+        let mut buf = vec![0u8; max.clamp(1, MAX_READ) as usize];
+        let n = match child.read_stdout(&mut buf).await? {
+            Ok(n) => n,
+            Err(e) => {
+                self.note_damage(&e);
+                return Ok(Err(e));
+            }
+        };
+        buf.truncate(n);
+        Ok(Ok(buf))
+    }
+
+    async fn pump_stdout(
+        &mut self,
+        c: Resource<ChildState>,
+        w: Resource<WriterState>,
+    ) -> HostResult<u64> {
+        let (sender, params) = match &self.job {
+            Job::Backup(job) => (job.pipeline.data_sender(), job.params.clone()),
+            Job::Restore(_) => {
+                return Ok(Err(AdapterError::Other(
+                    "pump-stdout writes an entry: it works only during a backup".into(),
+                )));
+            }
+        };
+        let writer = self.table.get_mut(&w)?;
+        let Some(mut chunker) = writer.chunker.take() else {
+            return Ok(Err(AdapterError::Other(format!(
+                "entry {} is already finished",
+                writer.path
+            ))));
+        };
+        let child = self.table.get_mut(&c)?;
+        let mut pending = Vec::new();
+        let mut total = 0u64;
+        let mut buf = vec![0u8; PUMP_READ];
+        let outcome = loop {
+            let n = match child.read_stdout(&mut buf).await? {
+                Ok(0) => break Ok(()),
+                Ok(n) => n,
+                Err(e) => break Err(e),
+            };
+            total += n as u64;
+            for chunk in chunker.push(&buf[..n]) {
+                pending.push(sender.add(chunk).await.map_err(fault)?);
+            }
+        };
+        // Nothing more comes from it: a later read would only see the end.
+        child.stdout = None;
+        let writer = self.table.get_mut(&w)?;
+        match outcome {
+            Ok(()) => {
+                writer.chunker = Some(chunker);
+                writer.pending.extend(pending);
+                writer.size += total;
+                Ok(Ok(total))
+            }
+            Err(e) => {
+                // A half-read stream must not be stored as if whole.
+                writer.chunker = Some(Chunker::new(params));
+                writer.pending.clear();
+                writer.size = 0;
+                Ok(Err(e))
+            }
+        }
+    }
+
+    async fn pump_stdin(
+        &mut self,
+        c: Resource<ChildState>,
+        r: Resource<ReaderState>,
+    ) -> HostResult<()> {
+        let reader = self.table.delete(r)?;
+        let child = self.table.get_mut(&c)?;
+        if child.pump.is_some() {
+            return Ok(Err(AdapterError::Other(format!(
+                "{}: its standard input is being pumped already",
+                child.program
+            ))));
+        }
+        let Some(stdin) = child.stdin.take() else {
+            return Ok(Err(AdapterError::Other(format!(
+                "{}: standard input is not a pipe (spawn it with stdin = pipe), or was closed",
+                child.program
+            ))));
+        };
+        child.pump = Some(tokio::spawn(feed(reader.reader, stdin, reader.path)));
+        Ok(Ok(()))
+    }
+
+    async fn wait(&mut self, c: Resource<ChildState>) -> HostResult<process::ExitStatus> {
+        let child = self.table.get_mut(&c)?;
+        let status = child.wait().await?;
+        if let Err(e) = &status {
+            self.note_damage(e);
+        } else if let Ok(s) = &status {
+            let program = &self.table.get(&c)?.program;
+            tracing::info!(adapter = %self.adapter, %program, code = ?s.code, signal = ?s.signal, "Process ended.");
+        }
+        Ok(status)
+    }
+
+    async fn kill(&mut self, c: Resource<ChildState>) -> wasmtime::Result<()> {
+        self.table.get_mut(&c)?.kill();
+        Ok(())
+    }
+
+    async fn drop(&mut self, c: Resource<ChildState>) -> wasmtime::Result<()> {
+        self.table.delete(c)?;
+        Ok(())
+    }
+}
+
+impl secrets::Host for HostState {
+    async fn granted_secrets(&mut self) -> wasmtime::Result<Vec<String>> {
+        Ok(self.grants.secret_names())
+    }
+
+    async fn reveal(&mut self, name: String) -> HostResult<Vec<u8>> {
+        tracing::info!(adapter = %self.adapter, secret = %name, "Revealed a secret to the adapter.");
+        Ok(self.grants.secret(&name).map_err(grant_error))
+    }
+}
