@@ -626,6 +626,39 @@ pub mod process {
             })
         }
 
+        /// Run it with its standard output pumped natively into a new
+        /// stream entry at `path` (a database dump, say). The entry is
+        /// recorded only if the program exits with code 0; otherwise it is
+        /// cancelled and the error names `what`, with the end of the
+        /// program's standard error. Returns the bytes stored.
+        pub fn stream_into(
+            self,
+            path: &str,
+            meta: &crate::Metadata,
+            what: &str,
+        ) -> Result<u64, Error> {
+            let mut entry = crate::archive::begin_stream(path, meta)?;
+            let outcome = (|| {
+                let mut child = self.stdout(Stdio::Pipe).spawn()?;
+                let pumped = child.pump_stdout(&mut entry);
+                // Wait whatever the pump did, so the status explains it.
+                let status = child.wait();
+                let n = pumped?;
+                status?.check(what)?;
+                Ok(n)
+            })();
+            match outcome {
+                Ok(n) => {
+                    entry.finish()?;
+                    Ok(n)
+                }
+                Err(e) => {
+                    entry.cancel();
+                    Err(e)
+                }
+            }
+        }
+
         /// Run it to the end with standard output collected in memory (for
         /// small outputs); fails unless it exits with code 0, with its
         /// standard error in the message.
@@ -687,6 +720,28 @@ pub mod process {
         /// Kill it.
         pub fn kill(&mut self) {
             self.inner.kill();
+        }
+
+        /// Call `each` with every line of standard output (without its
+        /// newline) until the end; for outputs the adapter must read, such
+        /// as a query's rows.
+        pub fn for_each_line(
+            &mut self,
+            mut each: impl FnMut(&[u8]) -> Result<(), Error>,
+        ) -> Result<(), Error> {
+            use std::io::BufRead;
+            let mut reader = std::io::BufReader::with_capacity(1 << 20, self);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                if reader.read_until(b'\n', &mut line)? == 0 {
+                    return Ok(());
+                }
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                }
+                each(&line)?;
+            }
         }
     }
 
@@ -753,5 +808,79 @@ pub mod secrets {
     /// The value of secret `name`.
     pub fn reveal(name: &str) -> Result<Vec<u8>, Error> {
         Ok(host::reveal(name)?)
+    }
+}
+
+/// Helpers for `verify`: comparing what a snapshot holds with what a
+/// restore produced.
+pub mod check {
+    /// An order-independent fingerprint of a multiset of rows (lines,
+    /// records): how many, how many bytes, and two sums of 64-bit hashes.
+    /// Two sets with the same rows, in any order, have equal fingerprints;
+    /// a missing, extra or changed row changes it. Not a cryptographic
+    /// digest: it catches accidents, not an adversary.
+    #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+    pub struct RowSum {
+        /// Rows added.
+        pub rows: u64,
+        /// Bytes of all rows.
+        pub bytes: u64,
+        sum_a: u64,
+        sum_b: u64,
+    }
+
+    impl RowSum {
+        /// Add one row.
+        pub fn add(&mut self, row: &[u8]) {
+            self.rows += 1;
+            self.bytes += row.len() as u64;
+            self.sum_a = self.sum_a.wrapping_add(fnv1a(row, 0xcbf2_9ce4_8422_2325));
+            self.sum_b = self
+                .sum_b
+                .wrapping_add(fnv1a(row, 0x6c62_272e_07bb_0142).rotate_left(17));
+        }
+    }
+
+    fn fnv1a(bytes: &[u8], seed: u64) -> u64 {
+        bytes.iter().fold(seed, |h, &b| {
+            (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    }
+}
+
+/// Consistency hooks around a backup: a cold-backup window.
+pub mod hooks {
+    use crate::Error;
+
+    /// Run `quiesce`, then `body`, then `release`, which runs whenever
+    /// `quiesce` succeeded, also when `body` failed, so a service is never
+    /// left paused by a failed backup. A failed `quiesce` runs neither
+    /// (there is nothing to release); a failed `release` fails the whole,
+    /// its error joined to `body`'s if both failed.
+    ///
+    /// ```no_run
+    /// # fn pause() -> Result<(), cairn_sdk::Error> { Ok(()) }
+    /// # fn dump() -> Result<u64, cairn_sdk::Error> { Ok(0) }
+    /// # fn resume() -> Result<(), cairn_sdk::Error> { Ok(()) }
+    /// let bytes = cairn_sdk::hooks::within_window(pause, dump, resume)?;
+    /// # Ok::<(), cairn_sdk::Error>(())
+    /// ```
+    pub fn within_window<T>(
+        quiesce: impl FnOnce() -> Result<(), Error>,
+        body: impl FnOnce() -> Result<T, Error>,
+        release: impl FnOnce() -> Result<(), Error>,
+    ) -> Result<T, Error> {
+        quiesce()
+            .map_err(|e| Error::Other(format!("quiesce failed, nothing was backed up: {e}")))?;
+        let done = body();
+        match (done, release()) {
+            (done, Ok(())) => done,
+            (Ok(_), Err(e)) => Err(Error::Other(format!(
+                "release failed after the backup: {e}"
+            ))),
+            (Err(d), Err(e)) => Err(Error::Other(format!(
+                "{d}; and then release failed too: {e}"
+            ))),
+        }
     }
 }

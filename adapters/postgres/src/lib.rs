@@ -17,13 +17,12 @@
 //! row count and content checksum with the dump's own data, then drops the
 //! scratch database.
 
+use cairn_sdk::check::RowSum;
 use cairn_sdk::process::{Child, Command, Stdio};
 use cairn_sdk::{
-    Adapter, BackupSummary, Error, Info, Metadata, RestoreSummary, VerifyReport, archive, log,
-    snapshot,
+    Adapter, BackupSummary, Error, Info, Metadata, RestoreSummary, VerifyReport, log, snapshot,
 };
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 
 struct Postgres;
 
@@ -190,26 +189,6 @@ fn finish(mut child: Child, what: &str) -> Result<(), Error> {
     child.wait()?.check(what)
 }
 
-/// Back up one program's standard output as the stream entry `path`.
-fn dump_into(path: &str, cmd: Command, what: &str) -> Result<u64, Error> {
-    let mut entry = archive::begin_stream(path, &Metadata::with_mode(0o600))?;
-    let mut child = cmd.stdout(Stdio::Pipe).spawn()?;
-    let pumped = child.pump_stdout(&mut entry);
-    let status = child.wait();
-    // Whatever failed, the entry must not be recorded as whole.
-    let ok = pumped.and_then(|n| status?.check(what).map(|()| n));
-    match ok {
-        Ok(n) => {
-            entry.finish()?;
-            Ok(n)
-        }
-        Err(e) => {
-            entry.cancel();
-            Err(e)
-        }
-    }
-}
-
 /// The dumps and globals of the snapshot, in the order they are listed.
 fn snapshot_entries() -> Result<(bool, Vec<String>), Error> {
     let mut globals = false;
@@ -292,55 +271,9 @@ fn restore_database(config: &Config, db: &str, target: &str) -> Result<(), Error
     finish(child, &format!("pg_restore of database {db} into {target}"))
 }
 
-/// A table's row count and an order-independent checksum of its rows, in
-/// COPY's text form (one line per row).
-#[derive(Default, Clone, Copy, PartialEq, Eq)]
-struct TableSum {
-    rows: u64,
-    bytes: u64,
-    sum_a: u64,
-    sum_b: u64,
-}
-
-impl TableSum {
-    fn add(&mut self, row: &[u8]) {
-        self.rows += 1;
-        self.bytes += row.len() as u64 + 1;
-        self.sum_a = self.sum_a.wrapping_add(fnv1a(row, 0xcbf2_9ce4_8422_2325));
-        self.sum_b = self
-            .sum_b
-            .wrapping_add(fnv1a(row, 0x6c62_272e_07bb_0142).rotate_left(17));
-    }
-}
-
-fn fnv1a(bytes: &[u8], seed: u64) -> u64 {
-    bytes.iter().fold(seed, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-/// Read lines (without the newline) from a process's standard output.
-fn lines_of(
-    child: &mut Child,
-    mut each: impl FnMut(&[u8]) -> Result<(), Error>,
-) -> Result<(), Error> {
-    let mut reader = BufReader::with_capacity(1 << 20, child);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        if reader.read_until(b'\n', &mut line)? == 0 {
-            return Ok(());
-        }
-        if line.last() == Some(&b'\n') {
-            line.pop();
-        }
-        each(&line)?;
-    }
-}
-
 /// Every table's sums as the dump of `db` holds them: the data section of
 /// `pg_restore --file=-`, keyed by the COPY target (`schema.table (cols)`).
-fn dump_sums(db: &str) -> Result<BTreeMap<String, TableSum>, Error> {
+fn dump_sums(db: &str) -> Result<BTreeMap<String, RowSum>, Error> {
     let mut child = Command::new("pg_restore")
         .args(["--data-only", "--file=-"])
         .stdin(Stdio::Pipe)
@@ -348,8 +281,8 @@ fn dump_sums(db: &str) -> Result<BTreeMap<String, TableSum>, Error> {
         .spawn()?;
     child.pump_stdin(snapshot::open(&dump_path(db))?)?;
     let mut sums = BTreeMap::new();
-    let mut current: Option<(String, TableSum)> = None;
-    lines_of(&mut child, |line| {
+    let mut current: Option<(String, RowSum)> = None;
+    child.for_each_line(|line| {
         match &mut current {
             Some((_, sum)) if line != b"\\." => sum.add(line),
             Some(_) => {
@@ -363,7 +296,7 @@ fn dump_sums(db: &str) -> Result<BTreeMap<String, TableSum>, Error> {
                 {
                     current = Some((
                         String::from_utf8_lossy(target).into_owned(),
-                        TableSum::default(),
+                        RowSum::default(),
                     ));
                 }
             }
@@ -378,7 +311,7 @@ fn dump_sums(db: &str) -> Result<BTreeMap<String, TableSum>, Error> {
 }
 
 /// The same sums for one table of a live database.
-fn live_sum(config: &Config, db: &str, target: &str) -> Result<TableSum, Error> {
+fn live_sum(config: &Config, db: &str, target: &str) -> Result<RowSum, Error> {
     // The settings pg_dump uses, so values print the way the dump has them.
     let mut child = config
         .psql(db)
@@ -390,8 +323,8 @@ fn live_sum(config: &Config, db: &str, target: &str) -> Result<TableSum, Error> 
         ])
         .stdout(Stdio::Pipe)
         .spawn()?;
-    let mut sum = TableSum::default();
-    lines_of(&mut child, |line| {
+    let mut sum = RowSum::default();
+    child.for_each_line(|line| {
         sum.add(line);
         Ok(())
     })?;
@@ -485,17 +418,25 @@ fn dump_all(config: &Config) -> Result<BackupSummary, Error> {
     let mut summary = BackupSummary::default();
     let databases = config.backup_databases()?;
     if config.globals {
-        let cmd = config.command("pg_dumpall").arg("--globals-only");
-        dump_into(GLOBALS, cmd, "pg_dumpall --globals-only")?;
+        config
+            .command("pg_dumpall")
+            .arg("--globals-only")
+            .stream_into(
+                GLOBALS,
+                &Metadata::with_mode(0o600),
+                "pg_dumpall --globals-only",
+            )?;
         summary.files += 1;
     }
     for db in &databases {
-        let cmd = config.command("pg_dump").args([
-            "--format=custom",
-            "--compress=0",
-            &format!("--dbname={db}"),
-        ]);
-        let bytes = dump_into(&dump_path(db), cmd, &format!("pg_dump of database {db}"))?;
+        let bytes = config
+            .command("pg_dump")
+            .args(["--format=custom", "--compress=0", &format!("--dbname={db}")])
+            .stream_into(
+                &dump_path(db),
+                &Metadata::with_mode(0o600),
+                &format!("pg_dump of database {db}"),
+            )?;
         log::info(&format!("database {db}: {bytes} bytes dumped"));
         summary.files += 1;
     }
@@ -516,24 +457,15 @@ impl Adapter for Postgres {
     }
 
     fn backup(config: Config) -> Result<BackupSummary, Error> {
-        if let Some(sql) = &config.quiesce_sql {
-            config.query(&config.hook_database, sql).map_err(|e| {
-                Error::Other(format!("quiesce-sql failed, nothing was dumped: {e}"))
-            })?;
-        }
-        let dumped = dump_all(&config);
-        let Some(sql) = &config.release_sql else {
-            return dumped;
+        let hook = |sql: &Option<String>| match sql {
+            Some(sql) => config.query(&config.hook_database, sql).map(|_| ()),
+            None => Ok(()),
         };
-        match (dumped, config.query(&config.hook_database, sql)) {
-            (dumped, Ok(_)) => dumped,
-            (Ok(_), Err(e)) => Err(Error::Other(format!(
-                "release-sql failed after the dumps: {e}"
-            ))),
-            (Err(d), Err(e)) => Err(Error::Other(format!(
-                "{d}; and then release-sql failed too: {e}"
-            ))),
-        }
+        cairn_sdk::hooks::within_window(
+            || hook(&config.quiesce_sql),
+            || dump_all(&config),
+            || hook(&config.release_sql),
+        )
     }
 
     fn restore(config: Config) -> Result<RestoreSummary, Error> {

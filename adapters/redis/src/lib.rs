@@ -52,7 +52,7 @@ impl Config {
 
 /// One RESP reply.
 enum Reply {
-    Simple,
+    Simple(String),
     Error(String),
     Int(i64),
     Bulk(Option<Vec<u8>>),
@@ -131,7 +131,7 @@ impl Conn {
                 .map_err(|_| self.unexpected(&format!("bad reply {line:?}")))
         };
         Ok(match kind {
-            "+" => Reply::Simple,
+            "+" => Reply::Simple(rest.to_string()),
             "-" => Reply::Error(rest.to_string()),
             ":" => Reply::Int(num()?),
             "$" => match num()? {
@@ -209,6 +209,62 @@ impl Conn {
             Reply::Bulk(Some(p)) => Ok(Some((ttl, p))),
             _ => Ok(None),
         }
+    }
+}
+
+impl Conn {
+    /// The members of a set, or the field/value pairs of a hash, sorted; `None`
+    /// for other types (their DUMP is in a stable order).
+    fn unordered_content(&mut self, key: &[u8]) -> Result<Option<Vec<Vec<u8>>>, Error> {
+        let command: &[u8] = match self.call(&[b"TYPE", key])? {
+            Reply::Simple(t) if t == "set" => b"SMEMBERS",
+            Reply::Simple(t) if t == "hash" => b"HGETALL",
+            _ => return Ok(None),
+        };
+        let Reply::Array(Some(items)) = self.call(&[command, key])? else {
+            return Err(self.unexpected("SMEMBERS/HGETALL gave no array"));
+        };
+        let mut flat: Vec<Vec<u8>> = items
+            .into_iter()
+            .filter_map(|i| match i {
+                Reply::Bulk(Some(b)) => Some(b),
+                _ => None,
+            })
+            .collect();
+        if command == b"HGETALL" {
+            // Pairs, kept together while sorting.
+            let mut pairs: Vec<Vec<u8>> = flat
+                .chunks(2)
+                .map(|p| [&(p[0].len() as u64).to_le_bytes()[..], &p.concat()].concat())
+                .collect();
+            pairs.sort();
+            return Ok(Some(pairs));
+        }
+        flat.sort();
+        Ok(Some(flat))
+    }
+
+    /// Whether live `key` holds what the snapshot's `payload` holds, when
+    /// the two DUMPs differ in bytes: a set or hash stored as a hash table
+    /// dumps its members in table order, which a restore may change. The
+    /// payload is restored under a scratch key that expires within a
+    /// minute, compared member by member, and deleted.
+    fn same_unordered(&mut self, key: &[u8], payload: &[u8]) -> Result<bool, Error> {
+        let Some(live) = self.unordered_content(key)? else {
+            return Ok(false);
+        };
+        // A fresh random name (WASI's random source seeds the hasher), and
+        // no REPLACE: an existing key is never overwritten.
+        let scratch = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write(key);
+            format!("cairn:verify:{:016x}", h.finish()).into_bytes()
+        };
+        self.call(&[b"RESTORE", &scratch, b"60000", payload])?;
+        let stored = self.unordered_content(&scratch);
+        self.call(&[b"DEL", &scratch])?;
+        Ok(stored? == Some(live))
     }
 }
 
@@ -343,6 +399,7 @@ impl Adapter for Redis {
                 report.bytes += payload.len() as u64;
                 match conn.dump(&key)? {
                     Some((_, live)) if live == payload => {}
+                    Some(_) if conn.same_unordered(&key, &payload)? => {}
                     Some(_) => report.problems.push(format!(
                         "db{db}: key {:?} differs from the snapshot",
                         String::from_utf8_lossy(&key)
