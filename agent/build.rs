@@ -11,6 +11,7 @@ const ADAPTERS: &[(&str, bool)] = &[
     ("cairn-adapter-filesystem", true),
     ("cairn-adapter-redis", true),
     ("cairn-adapter-postgres", true),
+    ("cairn-adapter-mariadb", true),
     ("cairn-test-adapter-faulty", false),
 ];
 

@@ -116,6 +116,49 @@ impl Scratch {
         dir.join(src.strip_prefix("/").expect("absolute"))
     }
 
+    /// Write config file `file`: tenant `acme` on this scratch's repository
+    /// and job `job` running `adapter` with `config` (the inside of a TOML
+    /// inline table) and `programs` (a TOML array) granted.
+    pub fn write_job_config(
+        &self,
+        file: &str,
+        job: &str,
+        adapter: &str,
+        config: &str,
+        programs: &str,
+    ) -> PathBuf {
+        let password = self.path("password");
+        std::fs::write(&password, PASSWORD).expect("write the password file");
+        let path = self.path(file);
+        std::fs::write(
+            &path,
+            format!(
+                "[tenants.acme]\nrepository = {:?}\npassword-file = {:?}\n\n[jobs.{job}]\ntenant = \"acme\"\nadapter = {adapter:?}\nconfig = {{ {config} }}\ngrants = {{ programs = {programs} }}\n",
+                self.repo(),
+                password,
+            ),
+        )
+        .expect("write the config file");
+        path
+    }
+
+    /// `cairn --config F ARGS`, the repository chosen by the tenant.
+    pub fn cairn_config(&self, config: &Path, args: &[&str]) -> Output {
+        let mut all = vec!["--config", config.to_str().expect("utf-8 path")];
+        all.extend(args);
+        self.cairn_cmd(&all)
+            .env_remove("CAIRN_REPOSITORY")
+            .output()
+            .expect("run cairn")
+    }
+
+    /// The same, requiring success; its stdout.
+    pub fn cairn_config_ok(&self, config: &Path, args: &[&str]) -> String {
+        let out = self.cairn_config(config, args);
+        assert!(out.status.success(), "cairn {args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// The number of snapshots, according to cairn.
     pub fn snapshot_count(&self) -> usize {
         self.cairn_json(&["snapshots"])

@@ -10,6 +10,7 @@ mod common;
 mod faults;
 mod filesystem;
 mod garage;
+mod mariadb;
 mod postgres;
 mod redis;
 mod restic;

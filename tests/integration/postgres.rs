@@ -103,8 +103,8 @@ fn drop_database(db: &str) {
     );
 }
 
-/// A config file `file` with tenant `acme` (a local repository) and job `pg`
-/// backing up `databases` with `extra` added to the job's adapter config.
+/// A config file `file` with tenant `acme` and job `pg` backing up
+/// `databases` with `extra` added to the job's adapter config.
 fn write_config(
     s: &Scratch,
     file: &str,
@@ -112,37 +112,12 @@ fn write_config(
     extra: &str,
     programs: &str,
 ) -> PathBuf {
-    let password = s.path("password");
-    std::fs::write(&password, crate::common::PASSWORD).unwrap();
-    let config = s.path(file);
     let dbs: Vec<String> = databases.iter().map(|d| format!("{d:?}")).collect();
-    std::fs::write(
-        &config,
-        format!(
-            "[tenants.acme]\nrepository = {:?}\npassword-file = {:?}\n\n[jobs.pg]\ntenant = \"acme\"\nadapter = \"postgres\"\nconfig = {{ host = \"127.0.0.1\", port = 5432, user = \"postgres\", databases = [{}]{extra} }}\ngrants = {{ programs = {programs} }}\n",
-            s.repo(),
-            password,
-            dbs.join(", "),
-        ),
-    )
-    .unwrap();
-    config
-}
-
-/// `cairn --config F ARGS` (no -r: the job's tenant picks the repository).
-fn cairn_job(s: &Scratch, config: &std::path::Path, args: &[&str]) -> std::process::Output {
-    let mut all = vec!["--config", config.to_str().unwrap()];
-    all.extend(args);
-    s.cairn_cmd(&all)
-        .env_remove("CAIRN_REPOSITORY")
-        .output()
-        .unwrap()
-}
-
-fn cairn_job_ok(s: &Scratch, config: &std::path::Path, args: &[&str]) -> String {
-    let out = cairn_job(s, config, args);
-    assert!(out.status.success(), "cairn {args:?}: {}", text(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let config = format!(
+        "host = \"127.0.0.1\", port = 5432, user = \"postgres\", databases = [{}]{extra}",
+        dbs.join(", ")
+    );
+    s.write_job_config(file, "pg", "postgres", &config, programs)
 }
 
 /// A database with the awkward parts: several schemas, bytea, jsonb,
@@ -205,8 +180,8 @@ fn postgres_round_trip_with_awkward_types_roles_and_one_schema_restored_alone() 
 
     let s = Scratch::new();
     let config = write_config(&s, "cairn.toml", &[db], "", PROGRAMS);
-    cairn_job_ok(&s, &config, &["init", "--tenant", "acme"]);
-    let out = cairn_job_ok(&s, &config, &["backup", "--job", "pg", "--json"]);
+    s.cairn_config_ok(&config, &["init", "--tenant", "acme"]);
+    let out = s.cairn_config_ok(&config, &["backup", "--job", "pg", "--json"]);
     let summary: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert_eq!(summary["files"], 2, "globals and one dump: {summary}");
     // restic reads it too: the dump is an ordinary file in the snapshot.
@@ -220,10 +195,10 @@ fn postgres_round_trip_with_awkward_types_roles_and_one_schema_restored_alone() 
     // original names: database and role come back.
     drop_database(db);
     psql("postgres", &format!("DROP ROLE {role}"));
-    cairn_job_ok(&s, &config, &["restore", "--job", "pg", "latest"]);
+    s.cairn_config_ok(&config, &["restore", "--job", "pg", "latest"]);
     assert_same_dump(&before, &plain_dump(db), "the restored database");
     assert_eq!(role_lines(role), roles_before, "the role differs");
-    let out = cairn_job_ok(&s, &config, &["verify", "--job", "pg", "latest"]);
+    let out = s.cairn_config_ok(&config, &["verify", "--job", "pg", "latest"]);
     assert!(out.contains("0 problems"), "{out}");
 
     // One tenant's schema alone: tenant_a goes back to the snapshot,
@@ -232,8 +207,7 @@ fn postgres_round_trip_with_awkward_types_roles_and_one_schema_restored_alone() 
         db,
         "DELETE FROM tenant_a.orders WHERE id > 10; UPDATE tenant_b.notes SET body = 'b changed' WHERE id = 1",
     );
-    cairn_job_ok(
-        &s,
+    s.cairn_config_ok(
         &config,
         &[
             "restore",
@@ -257,8 +231,7 @@ fn postgres_round_trip_with_awkward_types_roles_and_one_schema_restored_alone() 
     // Under another name, with --set: the copy equals the original.
     let copy = "cairn_t1_copy";
     drop_database(copy);
-    cairn_job_ok(
-        &s,
+    s.cairn_config_ok(
         &config,
         &[
             "restore",
@@ -291,8 +264,7 @@ fn postgres_round_trip_with_awkward_types_roles_and_one_schema_restored_alone() 
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;
     std::fs::write(&biggest, bytes).unwrap();
-    let out = cairn_job(
-        &s,
+    let out = s.cairn_config(
         &config,
         &["restore", "--job", "pg", "latest", "--set", "globals=false"],
     );
@@ -303,7 +275,7 @@ fn postgres_round_trip_with_awkward_types_roles_and_one_schema_restored_alone() 
         &plain_dump(db),
         "a failed restore changed the database",
     );
-    let out = cairn_job(&s, &config, &["verify", "--job", "pg", "latest"]);
+    let out = s.cairn_config(&config, &["verify", "--job", "pg", "latest"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let leftover = psql(
         "postgres",
@@ -369,7 +341,7 @@ fn wait_for_blocked_dump(db: &str) -> String {
 
 /// The pid of the pg_dump client process dumping `db`.
 fn pg_dump_process(db: &str) -> i32 {
-    let wanted = format!("--dbname={db}");
+    let wanted = format!("--dbname=dbname='{db}'");
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
@@ -396,10 +368,10 @@ fn postgres_dump_failures_fail_the_backup_loudly_with_no_snapshot() {
     psql(db, "CREATE TABLE t (id int); INSERT INTO t VALUES (1)");
     let s = Scratch::new();
     let config = write_config(&s, "cairn.toml", &[db], "", PROGRAMS);
-    cairn_job_ok(&s, &config, &["init", "--tenant", "acme"]);
+    s.cairn_config_ok(&config, &["init", "--tenant", "acme"]);
 
     let expect_failure = |args: &[&str], needle: &str| {
-        let out = cairn_job(&s, &config, args);
+        let out = s.cairn_config(&config, args);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
         let err = stderr(&out);
         assert!(
@@ -434,7 +406,7 @@ fn postgres_dump_failures_fail_the_backup_loudly_with_no_snapshot() {
 
     // A program the job does not grant.
     let narrow = write_config(&s, "narrow.toml", &[db], "", r#"["psql", "pg_dumpall"]"#);
-    let out = cairn_job(&s, &narrow, &["backup", "--job", "pg"]);
+    let out = s.cairn_config(&narrow, &["backup", "--job", "pg"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         stderr(&out).contains("program pg_dump: this job does not grant it"),
@@ -520,8 +492,7 @@ fn postgres_dump_failures_fail_the_backup_loudly_with_no_snapshot() {
         r#", quiesce-sql = "INSERT INTO hooks VALUES ('quiesced')", release-sql = "INSERT INTO hooks VALUES ('released')", hook-database = "cairn_t2_fail""#,
         PROGRAMS,
     );
-    let out = cairn_job(
-        &s,
+    let out = s.cairn_config(
         &hooked,
         &[
             "backup",
@@ -540,13 +511,12 @@ fn postgres_dump_failures_fail_the_backup_loudly_with_no_snapshot() {
     );
 
     // With the lock gone the job works, and the repository is sound.
-    cairn_job_ok(&s, &hooked, &["backup", "--job", "pg"]);
+    s.cairn_config_ok(&hooked, &["backup", "--job", "pg"]);
     assert_eq!(s.snapshot_count(), 1);
     assert_eq!(hooks().trim(), "quiesced,quiesced,released,released");
     let copy = "cairn_t2_copy";
     drop_database(copy);
-    cairn_job_ok(
-        &s,
+    s.cairn_config_ok(
         &hooked,
         &[
             "restore",

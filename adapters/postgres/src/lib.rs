@@ -107,6 +107,16 @@ fn db_of(path: &str) -> Option<String> {
     Some(name.replace("%2F", "/").replace("%25", "%"))
 }
 
+/// The `--dbname` option for database `db`, as a connection string: a
+/// name with `=` in it is then never read as connection options, and one
+/// starting with `-` never as a program option.
+fn dbname(db: &str) -> String {
+    format!(
+        "--dbname=dbname='{}'",
+        db.replace('\\', "\\\\").replace('\'', "\\'")
+    )
+}
+
 /// An SQL identifier, quoted.
 fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -141,7 +151,7 @@ impl Config {
             "--tuples-only",
             "--no-align",
             "--set=ON_ERROR_STOP=1",
-            &format!("--dbname={db}"),
+            &dbname(db),
         ])
     }
 
@@ -249,7 +259,7 @@ fn restore_database(config: &Config, db: &str, target: &str) -> Result<(), Error
             "--single-transaction",
             "--clean",
             "--if-exists",
-            &format!("--dbname={target}"),
+            &dbname(target),
         ]);
         if let Some(schema) = &config.schema {
             if config.table.is_none() {
@@ -376,7 +386,7 @@ fn verify_database(config: &Config, db: &str, report: &mut VerifyReport) -> Resu
             "--single-transaction",
             "--no-owner",
             "--no-privileges",
-            &format!("--dbname={}", scratch.name),
+            &dbname(&scratch.name),
         ])
         .stdin(Stdio::Pipe)
         .spawn()?;
@@ -431,7 +441,7 @@ fn dump_all(config: &Config) -> Result<BackupSummary, Error> {
     for db in &databases {
         let bytes = config
             .command("pg_dump")
-            .args(["--format=custom", "--compress=0", &format!("--dbname={db}")])
+            .args(["--format=custom", "--compress=0", &dbname(db)])
             .stream_into(
                 &dump_path(db),
                 &Metadata::with_mode(0o600),

@@ -31,6 +31,7 @@ pub mod bundled {
             "filesystem" => Some(FILESYSTEM),
             "redis" => Some(REDIS),
             "postgres" => Some(POSTGRES),
+            "mariadb" => Some(MARIADB),
             _ => None,
         }
     }
@@ -164,7 +165,7 @@ impl Runtime {
         let bytes: Vec<u8> = match source {
             AdapterSource::Bundled(n) => bundled::get(n)
                 .ok_or_else(|| {
-                    anyhow!("unknown adapter {n:?}: the bundled adapters are: filesystem, redis, postgres (for another adapter, pass its component with --adapter PATH)")
+                    anyhow!("unknown adapter {n:?}: the bundled adapters are: filesystem, redis, postgres, mariadb (for another adapter, pass its component with --adapter PATH)")
                 })?
                 .to_vec(),
             AdapterSource::File(p) => {
