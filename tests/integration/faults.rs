@@ -243,6 +243,21 @@ fn an_adapter_reaches_only_the_endpoints_its_job_grants() {
     );
     assert_eq!(accepted(&other), None, "an ungranted port was reached");
 
+    // No bind to a chosen address or port, granted or not.
+    for address in [g.as_str(), "127.0.0.1:0", "0.0.0.0:7420"] {
+        let out = faulty_with(
+            &s,
+            &serde_json::json!({"fault": "listen", "address": address}),
+            &["--grant-connect", &g],
+        );
+        assert_eq!(out.status.code(), Some(1), "{address}: {}", text(&out));
+        assert!(
+            stderr(&out).contains(&format!("listening on {address}")),
+            "{address}: {}",
+            text(&out)
+        );
+    }
+
     // No grant at all: no network.
     let out = faulty_with(
         &s,
@@ -582,4 +597,22 @@ fn restore_refuses_entries_that_would_escape_the_target() {
         0,
         "nothing restored from a hostile tree"
     );
+}
+
+#[test]
+fn an_adapter_that_returns_without_waiting_for_its_process_fails() {
+    let s = Scratch::new();
+    s.init();
+    let out = faulty_with(
+        &s,
+        &serde_json::json!({"fault": "orphan"}),
+        &["--grant-program", "sleep"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("returned success without waiting for sleep (pid"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(s.snapshot_count(), 0, "a snapshot was written");
 }

@@ -27,7 +27,8 @@ pub struct AdapterFlags {
     #[arg(long)]
     pub adapter_config: Option<String>,
     /// Override one key of the adapter configuration for this run; VALUE is
-    /// JSON (`5433`, `["shop"]`, `true`) or else a plain string (repeatable).
+    /// JSON (`5433`, `["shop"]`, `true`) or else a plain string; `null` is
+    /// the string "null", never an unset (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
 }
@@ -41,6 +42,9 @@ impl AdapterFlags {
         self.grant_program
             .extend(job.grants.programs.iter().cloned());
         for (name, file) in &job.grants.secrets {
+            if name.contains('=') {
+                bail!("grants.secrets: secret name {name:?} may not contain '='");
+            }
             self.grant_secret.push(format!("{name}={}", file.display()));
         }
         if self.adapter_config.is_none()
@@ -107,8 +111,15 @@ impl AdapterFlags {
             if key.is_empty() {
                 bail!("--set {spec:?}: the key is empty");
             }
-            let value = serde_json::from_str(value)
-                .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+            // JSON `null` would unset the key and fall back to the
+            // adapter's default (`target-database=null` restoring over the
+            // original database, say): it is the string "null" here.
+            let value = match serde_json::from_str(value) {
+                Ok(serde_json::Value::Null) | Err(_) => {
+                    serde_json::Value::String(value.to_string())
+                }
+                Ok(v) => v,
+            };
             object.insert(key.to_string(), value);
         }
         Ok(config)

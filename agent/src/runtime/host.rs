@@ -294,6 +294,8 @@ pub struct HostState {
     grants: Grants,
     config: String,
     job: Job,
+    /// Every process the adapter started.
+    started: Vec<process::Started>,
 }
 
 /// A directory node for a path the adapter did not emit itself (a parent of
@@ -359,7 +361,20 @@ impl HostState {
                 files: 0,
                 directories: 0,
             })),
+            started: Vec::new(),
         }
+    }
+
+    /// The processes the adapter started and neither waited for nor
+    /// killed: still running, or killed by the host when the adapter
+    /// dropped them. A call that returns success with any of these did not
+    /// see its work end (a restore's client may have been cut off).
+    pub(super) fn unsettled_processes(&self) -> Vec<String> {
+        self.started
+            .iter()
+            .filter(|p| !p.settled.load(std::sync::atomic::Ordering::Relaxed))
+            .map(|p| format!("{} (pid {})", p.program, p.pid))
+            .collect()
     }
 
     pub(super) async fn for_restore(
@@ -388,6 +403,7 @@ impl HostState {
                 slots: Arc::new(tokio::sync::Semaphore::new(PARALLEL_WRITES)),
                 failed_writes: Vec::new(),
             })),
+            started: Vec::new(),
         })
     }
 

@@ -275,7 +275,9 @@ fn wasi_ctx(grants: &Grants, writable: bool, inherit_stderr: bool) -> anyhow::Re
         use wasmtime_wasi::sockets::SocketAddrUse;
         let ok = match used {
             SocketAddrUse::TcpConnect => allowed.contains(&addr),
-            // The implicit bind a connect does, to the wildcard address.
+            // The bind a connect does first (wasi-libc binds to the
+            // wildcard address and port 0). No other bind: no chosen port
+            // or interface to listen on.
             SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
             _ => false,
         };
@@ -343,6 +345,19 @@ fn explain<T>(
     }
 }
 
+/// Fail a call that succeeded while a process the adapter started was
+/// left unsettled (see [`host::HostState::unsettled_processes`]).
+fn settled(adapter: &str, state: &host::HostState) -> anyhow::Result<()> {
+    let left = state.unsettled_processes();
+    if left.is_empty() {
+        return Ok(());
+    }
+    Err(anyhow!(
+        "adapter {adapter} returned success without waiting for {}: killed, so its work may be incomplete",
+        left.join(", ")
+    ))
+}
+
 impl Runtime {
     /// Run an adapter's `backup` and write its snapshot content through the
     /// pipeline. No snapshot is written here; the caller writes it only
@@ -362,7 +377,8 @@ impl Runtime {
         let config = store.data().config_json();
         let result =
             tokio::time::timeout(limits.timeout, instance.call_backup(&mut store, &config)).await;
-        let summary = explain(&adapter, limits, result);
+        let summary = explain(&adapter, limits, result)
+            .and_then(|s| settled(&adapter, store.data()).map(|()| s));
         let state = store.into_data();
         state.finish_backup(summary).await
     }
@@ -394,6 +410,7 @@ impl Runtime {
                     .await;
             explain(&adapter, limits, result).map(host::RestoreOutcome::Restored)
         };
+        let outcome = outcome.and_then(|o| settled(&adapter, store.data()).map(|()| o));
         // Files still being written in the background finish (or fail and
         // are removed) before anything is reported.
         store.data_mut().finish_writes().await;

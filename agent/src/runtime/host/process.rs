@@ -17,6 +17,8 @@ use crate::restore::ContentReader;
 use crate::runtime::bindings::cairn::adapter0_2_0::{process, secrets};
 use crate::runtime::host::ReaderState;
 use std::os::unix::process::ExitStatusExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{ChildStdin, ChildStdout};
 use tokio::task::JoinHandle;
@@ -29,6 +31,8 @@ const PUMP_READ: usize = 1024 * 1024;
 /// The `PATH` a process gets: wrappers (Debian's `pg_wrapper`, say) find
 /// the real programs through it.
 const CHILD_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// The `HOME` a process gets: a directory that does not exist.
+const CHILD_HOME: &str = "/nonexistent";
 
 /// How a background stdin pump ended.
 enum PumpEnd {
@@ -38,8 +42,9 @@ enum PumpEnd {
     /// open here, so it cannot take a truncated input for a whole one,
     /// until the process is killed.
     Failed(AdapterError, Option<ChildStdin>),
-    /// The repository failed in a way the adapter cannot handle.
-    Fault(String),
+    /// The repository failed in a way the adapter cannot handle; stdin is
+    /// held open as for `Failed`.
+    Fault(String, Option<ChildStdin>),
 }
 
 /// A process an adapter started.
@@ -55,11 +60,29 @@ pub struct ChildState {
     failure: Option<AdapterError>,
     /// Set once the process has been waited for.
     status: Option<process::ExitStatus>,
+    /// Set the moment the process is reaped (before `status`, which may
+    /// never be set if a pump fault follows): its id, and its group's, may
+    /// then belong to another process, so nothing may signal them.
+    reaped: bool,
+    /// Set once the adapter has seen the process end (it was reaped) or
+    /// ended it itself (`kill`); shared with the job, which fails a call
+    /// that returns success while a process it started is unsettled.
+    settled: Arc<AtomicBool>,
+}
+
+/// A process a job started, as the job keeps track of it.
+pub struct Started {
+    /// The program's granted name.
+    pub program: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Whether the adapter waited for it or killed it.
+    pub settled: Arc<AtomicBool>,
 }
 
 impl Drop for ChildState {
     fn drop(&mut self) {
-        if self.status.is_none() {
+        if !self.reaped {
             // The group, not only the process: a wrapper's children too.
             // Not reaped yet, so the id is still ours.
             if let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) {
@@ -75,7 +98,7 @@ impl Drop for ChildState {
 impl ChildState {
     /// The process ended or must end: kill it (its group) now.
     fn kill(&mut self) {
-        if self.status.is_none()
+        if !self.reaped
             && let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32)
         {
             let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
@@ -97,8 +120,9 @@ impl ChildState {
                 self.failure.get_or_insert(e.clone());
                 Ok(Some(e))
             }
-            Ok(PumpEnd::Fault(m)) => {
+            Ok(PumpEnd::Fault(m, stdin)) => {
                 self.kill();
+                drop(stdin);
                 Err(fault(m))
             }
             Err(e) => {
@@ -157,7 +181,11 @@ impl ChildState {
                     self.pump = None;
                     self.pump_ended(end)?;
                 }
-                status = self.child.wait() => break status,
+                status = self.child.wait() => {
+                    self.reaped = status.is_ok();
+                    self.settled.store(self.reaped, Ordering::Relaxed);
+                    break status;
+                }
             }
         };
         // The process is gone: a pump still writing meets a closed pipe.
@@ -220,7 +248,7 @@ async fn feed(mut content: ContentReader, mut stdin: ChildStdin, entry: String) 
                     Some(stdin),
                 );
             }
-            Err(e) => return PumpEnd::Fault(format!("reading {entry}: {e}")),
+            Err(e) => return PumpEnd::Fault(format!("reading {entry}: {e}"), Some(stdin)),
         };
         match stdin.write_all(&blob).await {
             Ok(()) => {}
@@ -230,7 +258,7 @@ async fn feed(mut content: ContentReader, mut stdin: ChildStdin, entry: String) 
             Err(e) => {
                 return PumpEnd::Failed(
                     AdapterError::Io(format!("writing {entry} to the process: {e}")),
-                    None,
+                    Some(stdin),
                 );
             }
         }
@@ -264,6 +292,9 @@ impl process::Host for HostState {
             .env_clear()
             .env("PATH", CHILD_PATH)
             .env("LC_ALL", "C")
+            // No home: the agent user's own password files (~/.pgpass,
+            // ~/.my.cnf) are not the job's to use.
+            .env("HOME", CHILD_HOME)
             .envs(self.grants.env())
             .current_dir("/")
             .stdin(stdio(cmd.stdin))
@@ -313,7 +344,14 @@ impl process::Host for HostState {
             pump: None,
             failure: None,
             status: None,
+            reaped: false,
+            settled: Arc::new(AtomicBool::new(false)),
         };
+        self.started.push(Started {
+            program: state.program.clone(),
+            pid,
+            settled: state.settled.clone(),
+        });
         Ok(Ok(self.table.push(state)?))
     }
 }
@@ -451,7 +489,9 @@ impl process::HostChild for HostState {
     }
 
     async fn kill(&mut self, c: Resource<ChildState>) -> wasmtime::Result<()> {
-        self.table.get_mut(&c)?.kill();
+        let child = self.table.get_mut(&c)?;
+        child.kill();
+        child.settled.store(true, Ordering::Relaxed);
         Ok(())
     }
 

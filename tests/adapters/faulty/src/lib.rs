@@ -1,9 +1,11 @@
 //! A test adapter that misbehaves on request, to prove the host contains it:
-//! `{"fault": "trap" | "loop" | "oom" | "error" | "none" | "connect",
-//! "address": "ip:port"}`. Each fault comes after one entry was emitted, so a
-//! snapshot would have content. `connect` opens a TCP connection to
-//! `address` (through WASI sockets, which the host checks against the job's
-//! grants) and says "hello" on it.
+//! `{"fault": "trap" | "loop" | "oom" | "error" | "none" | "connect" |
+//! "listen" | "orphan", "address": "ip:port"}`. Each fault comes after one entry was
+//! emitted, so a snapshot would have content. `connect` opens a TCP
+//! connection to `address` (through WASI sockets, which the host checks
+//! against the job's grants) and says "hello" on it; `listen` tries to
+//! listen on `address` and waits for one connection; `orphan` starts a
+//! granted `sleep 30` and returns success without waiting for it.
 
 use cairn_sdk::{
     Adapter, BackupSummary, Error, Info, Metadata, RestoreSummary, VerifyReport, archive,
@@ -55,6 +57,28 @@ impl Adapter for Faulty {
                 stream
                     .write_all(b"hello")
                     .map_err(|e| Error::Other(format!("writing to {}: {e}", config.address)))?;
+                Ok(BackupSummary {
+                    files: 1,
+                    ..Default::default()
+                })
+            }
+            "listen" => {
+                let listener = std::net::TcpListener::bind(&config.address)
+                    .map_err(|e| Error::Other(format!("listening on {}: {e}", config.address)))?;
+                listener
+                    .accept()
+                    .map_err(|e| Error::Other(format!("accepting on {}: {e}", config.address)))?;
+                Ok(BackupSummary {
+                    files: 1,
+                    ..Default::default()
+                })
+            }
+            "orphan" => {
+                // Start a granted `sleep` and return without waiting for it.
+                let child = cairn_sdk::process::Command::new("sleep")
+                    .arg("30")
+                    .spawn()?;
+                std::mem::forget(child);
                 Ok(BackupSummary {
                     files: 1,
                     ..Default::default()
