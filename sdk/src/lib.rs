@@ -834,12 +834,57 @@ pub mod check {
         pub fn add(&mut self, row: &[u8]) {
             self.rows += 1;
             self.bytes += row.len() as u64;
-            self.sum_a = self.sum_a.wrapping_add(fnv1a(row, 0xcbf2_9ce4_8422_2325));
-            self.sum_b = self
-                .sum_b
-                .wrapping_add(fnv1a(row, 0x6c62_272e_07bb_0142).rotate_left(17));
+            self.sum_a = self.sum_a.wrapping_add(fnv1a(row, SEED_A));
+            self.sum_b = self.sum_b.wrapping_add(fnv1a(row, SEED_B).rotate_left(17));
         }
     }
+
+    /// A fingerprint of one byte string fed in pieces (a large object
+    /// written in chunks, say): the same bytes give the same fingerprint
+    /// however they are split. Like [`RowSum`], it catches accidents, not
+    /// an adversary.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct StreamSum {
+        /// Bytes fed so far.
+        pub bytes: u64,
+        a: u64,
+        b: u64,
+    }
+
+    impl Default for StreamSum {
+        fn default() -> Self {
+            StreamSum {
+                bytes: 0,
+                a: SEED_A,
+                b: SEED_B,
+            }
+        }
+    }
+
+    impl StreamSum {
+        /// Feed the next piece.
+        pub fn update(&mut self, piece: &[u8]) {
+            self.bytes += piece.len() as u64;
+            self.a = fnv1a(piece, self.a);
+            // A second, differently mixed hash: chained byte by byte too,
+            // so it does not depend on where the pieces were cut.
+            self.b = piece.iter().fold(self.b, |h, &b| {
+                (h.rotate_left(5) ^ b as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            });
+        }
+
+        /// The fingerprint as bytes, to add as one row of a [`RowSum`].
+        pub fn digest(&self) -> [u8; 24] {
+            let mut out = [0u8; 24];
+            out[..8].copy_from_slice(&self.bytes.to_le_bytes());
+            out[8..16].copy_from_slice(&self.a.to_le_bytes());
+            out[16..].copy_from_slice(&self.b.to_le_bytes());
+            out
+        }
+    }
+
+    const SEED_A: u64 = 0xcbf2_9ce4_8422_2325;
+    const SEED_B: u64 = 0x6c62_272e_07bb_0142;
 
     fn fnv1a(bytes: &[u8], seed: u64) -> u64 {
         bytes.iter().fold(seed, |h, &b| {
@@ -848,9 +893,152 @@ pub mod check {
     }
 }
 
+/// Helpers for database adapters: choosing what to restore, and naming
+/// scratch objects.
+pub mod database {
+    use crate::Error;
+
+    /// The databases of a snapshot (`in_snapshot`, in its order) that a
+    /// restore or verify takes: those in `wanted`, or all when `wanted` is
+    /// empty. Fails, naming it, when a wanted database is not in the
+    /// snapshot, or when `renaming` (a target name) is asked for with other
+    /// than exactly one database chosen.
+    pub fn choose(
+        in_snapshot: &[String],
+        wanted: &[String],
+        renaming: bool,
+    ) -> Result<Vec<String>, Error> {
+        if let Some(missing) = wanted.iter().find(|d| !in_snapshot.contains(d)) {
+            return Err(Error::NotFound(format!(
+                "database {missing} is not in the snapshot (it has: {})",
+                in_snapshot.join(", ")
+            )));
+        }
+        let chosen: Vec<String> = in_snapshot
+            .iter()
+            .filter(|d| wanted.is_empty() || wanted.contains(d))
+            .cloned()
+            .collect();
+        if chosen.is_empty() {
+            return Err(Error::NotFound(
+                "the snapshot holds no database dump".into(),
+            ));
+        }
+        if renaming && chosen.len() != 1 {
+            return Err(Error::InvalidConfig(format!(
+                "target-database renames one database, but {} are selected ({}); choose one with databases = [...]",
+                chosen.len(),
+                chosen.join(", ")
+            )));
+        }
+        Ok(chosen)
+    }
+
+    /// A fresh name `<prefix>_<16 hex digits>` for a scratch database or
+    /// key, random each call (WASI's random source seeds it), so that it
+    /// never names anything that exists.
+    pub fn scratch_name(prefix: &str) -> String {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write(prefix.as_bytes());
+        format!("{prefix}_{:016x}", h.finish())
+    }
+}
+
 /// Consistency hooks around a backup: a cold-backup window.
 pub mod hooks {
     use crate::Error;
+    use crate::process::{Child, Command, Stdio};
+
+    /// A SQL client session held open across a backup, so that what its
+    /// quiesce statements take (a table lock, a global read lock, an
+    /// advisory lock) is held until the release statements run in the same
+    /// session. If the adapter stops without releasing, the host kills the
+    /// client and the server drops its locks with the connection.
+    pub struct HeldSession {
+        child: Child,
+        what: String,
+    }
+
+    impl HeldSession {
+        /// Start `client`, a SQL client that reads statements from standard
+        /// input and prints each result on standard output as it comes
+        /// (`psql --file=-`, `mariadb --batch --unbuffered`), stopping at
+        /// the first error; run `quiesce`, then wait until a marker query
+        /// run after it answers, so that `quiesce` has taken effect when
+        /// this returns. `what` names the session in errors.
+        pub fn open(client: Command, quiesce: &str, what: &str) -> Result<Self, Error> {
+            let mut child = client.stdin(Stdio::Pipe).stdout(Stdio::Pipe).spawn()?;
+            let marker = crate::database::scratch_name("cairn_quiesced");
+            let script = format!("{}\nSELECT '{marker}';\n", statements(quiesce));
+            let reached = child
+                .write_stdin(script.as_bytes())
+                .and_then(|()| read_until_marker(&mut child, &marker));
+            match reached {
+                Ok(true) => Ok(HeldSession {
+                    child,
+                    what: what.to_string(),
+                }),
+                Ok(false) | Err(_) => {
+                    // It stopped: its status and standard error say why.
+                    child.close_stdin();
+                    child.wait()?.check(what)?;
+                    Err(reached.err().unwrap_or_else(|| {
+                        Error::Other(format!("{what} ended before its statements ran"))
+                    }))
+                }
+            }
+        }
+
+        /// Run `release` in the session and end it. Fails if the session
+        /// died meanwhile (its locks were gone before the backup ended).
+        pub fn release(mut self, release: &str) -> Result<(), Error> {
+            let sent = self
+                .child
+                .write_stdin(format!("{}\n", statements(release)).as_bytes());
+            self.child.close_stdin();
+            // Whatever the statements print; then the end.
+            let drained = std::io::copy(&mut self.child, &mut std::io::sink());
+            self.child.wait()?.check(&self.what)?;
+            sent?;
+            drained?;
+            Ok(())
+        }
+    }
+
+    /// `sql` ending with `;`, so that a statement written after it is not
+    /// read as its continuation.
+    fn statements(sql: &str) -> String {
+        let sql = sql.trim();
+        if sql.is_empty() || sql.ends_with(';') {
+            sql.to_string()
+        } else {
+            format!("{sql};")
+        }
+    }
+
+    /// Read `child`'s output lines until one is `marker`: true if it came,
+    /// false at the end of the output.
+    fn read_until_marker(child: &mut Child, marker: &str) -> Result<bool, Error> {
+        use std::io::Read;
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        // Byte by byte: nothing after the marker may be read ahead, and the
+        // output before it is a few short lines.
+        loop {
+            if child.read(&mut byte)? == 0 {
+                return Ok(false);
+            }
+            if byte[0] != b'\n' {
+                line.push(byte[0]);
+                continue;
+            }
+            if line.trim_ascii() == marker.as_bytes() {
+                return Ok(true);
+            }
+            line.clear();
+        }
+    }
 
     /// Run `quiesce`, then `body`, then `release`, which runs whenever
     /// `quiesce` succeeded, also when `body` failed, so a service is never

@@ -72,6 +72,8 @@ fn make_database(db: &str) {
              data LONGBLOB, doc JSON, price DECIMAL(12,3), seen DATETIME(6), flag BIT(3)) ENGINE=InnoDB;
          CREATE TABLE notes (body TEXT) ENGINE=InnoDB;
          CREATE TABLE audit (item INT, what VARCHAR(20));
+         CREATE TABLE hidden (a INT, `odd) name` INT INVISIBLE DEFAULT 5);
+         INSERT INTO hidden (a, `odd) name`) VALUES (1, 7), (2, 8);
          CREATE TRIGGER items_audit AFTER INSERT ON items FOR EACH ROW INSERT INTO audit VALUES (NEW.id, 'insert');
          CREATE PROCEDURE double_it(IN x INT, OUT y INT) SET y = x * 2;
          CREATE EVENT nightly ON SCHEDULE EVERY 1 DAY DISABLE DO DELETE FROM audit;
@@ -211,6 +213,45 @@ fn mariadb_round_trip_keeps_blobs_text_triggers_and_restores_one_database_alone(
         "{}",
         text(&out)
     );
+    // A cold-backup window: the global read lock and a named lock taken by
+    // quiesce-sql hold over the dumps and are released, in the same
+    // session, by release-sql; writes work again afterwards.
+    let hooked = s.write_job_config(
+        "hooked.toml",
+        "db",
+        "mariadb",
+        &format!(
+            "databases = [\"{db}\"], quiesce-sql = \"FLUSH TABLES WITH READ LOCK; DO GET_LOCK('cairn_t3', 0)\", release-sql = \"UNLOCK TABLES; INSERT INTO {db}.notes SELECT IF(RELEASE_LOCK('cairn_t3') = 1, 'held over the dump', 'lock lost')\""
+        ),
+        PROGRAMS,
+    );
+    s.cairn_config_ok(&hooked, &["backup", "--job", "db"]);
+    assert_eq!(
+        sql(&format!(
+            "SELECT body FROM {db}.notes WHERE body LIKE '%lock%' OR body LIKE '%held%'"
+        ))
+        .trim(),
+        "held over the dump"
+    );
+    // quiesce-sql failing: nothing is dumped, no snapshot.
+    let count = s.snapshot_count();
+    let out = s.cairn_config(
+        &hooked,
+        &[
+            "backup",
+            "--job",
+            "db",
+            "--set",
+            &format!("quiesce-sql=SELECT * FROM {db}.no_such_table"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("quiesce failed") && stderr(&out).contains("no_such_table"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(s.snapshot_count(), count);
     s.restic_ok(&["check", "--read-data"]);
 
     sql(&format!(

@@ -12,6 +12,14 @@ use std::process::{Command, Stdio};
 
 const PROGRAMS: &str = r#"["pg_dump", "pg_dumpall", "pg_restore", "psql"]"#;
 
+/// Held while a test runs verify or looks for scratch databases verify
+/// left behind: a scratch database of another test's verify in progress
+/// is not a leftover.
+fn verify_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Run `sql` (from stdin: it may be large) on `db` as postgres, in one
 /// transaction; its unaligned output.
 fn psql(db: &str, sql: &str) -> String {
@@ -183,7 +191,10 @@ fn postgres_round_trip_with_awkward_types_roles_and_one_schema_restored_alone() 
     s.cairn_config_ok(&config, &["init", "--tenant", "acme"]);
     let out = s.cairn_config_ok(&config, &["backup", "--job", "pg", "--json"]);
     let summary: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
-    assert_eq!(summary["files"], 2, "globals and one dump: {summary}");
+    assert_eq!(
+        summary["files"], 3,
+        "globals, one dump and its settings: {summary}"
+    );
     // restic reads it too: the dump is an ordinary file in the snapshot.
     let listing = s.restic_ok(&["ls", "latest"]);
     assert!(
@@ -198,7 +209,10 @@ fn postgres_round_trip_with_awkward_types_roles_and_one_schema_restored_alone() 
     s.cairn_config_ok(&config, &["restore", "--job", "pg", "latest"]);
     assert_same_dump(&before, &plain_dump(db), "the restored database");
     assert_eq!(role_lines(role), roles_before, "the role differs");
-    let out = s.cairn_config_ok(&config, &["verify", "--job", "pg", "latest"]);
+    let out = {
+        let _verifying = verify_lock();
+        s.cairn_config_ok(&config, &["verify", "--job", "pg", "latest"])
+    };
     assert!(out.contains("0 problems"), "{out}");
 
     // One tenant's schema alone: tenant_a goes back to the snapshot,
@@ -227,6 +241,75 @@ fn postgres_round_trip_with_awkward_types_roles_and_one_schema_restored_alone() 
         "b changed",
         "another schema was touched"
     );
+
+    // One table's rows alone: tenant_b.notes gets the snapshot's rows back
+    // and keeps its primary key; another table keeps its change.
+    psql(
+        db,
+        "DELETE FROM tenant_b.notes WHERE id = 2; INSERT INTO tenant_b.notes VALUES (3, 'new'); DELETE FROM tenant_a.orders WHERE id = 10",
+    );
+    let notes = || {
+        psql(
+            db,
+            "SELECT string_agg(id || ':' || body, ',' ORDER BY id) FROM tenant_b.notes",
+        )
+    };
+    let table_restore = |table: &str| {
+        s.cairn_config(
+            &config,
+            &[
+                "restore",
+                "--job",
+                "pg",
+                "latest",
+                "--set",
+                "schema=tenant_b",
+                "--set",
+                &format!("table={table}"),
+            ],
+        )
+    };
+    let out = table_restore("notes");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(notes().trim(), "1:b one,2:b two");
+    assert_eq!(
+        psql(
+            db,
+            "SELECT indexname FROM pg_indexes WHERE schemaname = 'tenant_b' AND tablename = 'notes'"
+        )
+        .trim(),
+        "notes_pkey",
+        "the table lost its index"
+    );
+    assert_eq!(
+        psql(db, "SELECT count(*) FROM tenant_a.orders").trim(),
+        "159"
+    );
+    // A table that others reference cannot be emptied: the restore fails,
+    // changing nothing; a table the snapshot lacks is named.
+    let items = psql(db, "SELECT count(*), max(id) FROM public.items");
+    let out = s.cairn_config(
+        &config,
+        &["restore", "--job", "pg", "latest", "--set", "table=items"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("cannot truncate a table referenced in a foreign key constraint"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        psql(db, "SELECT count(*), max(id) FROM public.items"),
+        items
+    );
+    let out = table_restore("nosuch");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("table nosuch is not in the snapshot's dump"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(notes().trim(), "1:b one,2:b two");
 
     // Under another name, with --set: the copy equals the original.
     let copy = "cairn_t1_copy";
@@ -275,6 +358,7 @@ fn postgres_round_trip_with_awkward_types_roles_and_one_schema_restored_alone() 
         &plain_dump(db),
         "a failed restore changed the database",
     );
+    let _verifying = verify_lock();
     let out = s.cairn_config(&config, &["verify", "--job", "pg", "latest"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let leftover = psql(
@@ -482,14 +566,15 @@ fn postgres_dump_failures_fail_the_backup_loudly_with_no_snapshot() {
     let _ = lock.kill();
     let _ = lock.wait();
 
-    // Quiesce and release hooks: release runs after a failed dump too, and
-    // the dump sees the quiesced state but not the release.
+    // Quiesce and release hooks: release runs after a failed dump too, in
+    // the session quiesce ran in (the advisory lock it took is still held
+    // there), and the dump sees the quiesced state but not the release.
     psql(db, "CREATE TABLE hooks (what text)");
     let hooked = write_config(
         &s,
         "hooked.toml",
         &[db],
-        r#", quiesce-sql = "INSERT INTO hooks VALUES ('quiesced')", release-sql = "INSERT INTO hooks VALUES ('released')", hook-database = "cairn_t2_fail""#,
+        r#", quiesce-sql = "SELECT pg_advisory_lock(4242); INSERT INTO hooks VALUES ('quiesced')", release-sql = "INSERT INTO hooks SELECT CASE WHEN pg_advisory_unlock(4242) THEN 'released' ELSE 'lock lost' END", hook-database = "cairn_t2_fail""#,
         PROGRAMS,
     );
     let out = s.cairn_config(
@@ -539,4 +624,128 @@ fn postgres_dump_failures_fail_the_backup_loudly_with_no_snapshot() {
     drop_database(copy);
     s.restic_ok(&["check", "--read-data"]);
     drop_database(db);
+}
+
+/// Where `program` is on this machine's PATH.
+fn which(program: &str) -> String {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .unwrap();
+    let path = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(path.starts_with('/'), "{program} is not on PATH");
+    path
+}
+
+#[test]
+fn postgres_verify_reports_rows_sequences_and_large_objects_a_restore_lost() {
+    let (db, role) = ("cairn_t3_shop", "cairn_t3_owner");
+    make_database(db, role);
+    // pg_dump prints timestamps in the session's time zone, here the
+    // database's own; verify must print the scratch copy the same way.
+    psql(
+        "postgres",
+        &format!("ALTER DATABASE {db} SET timezone = 'Asia/Tokyo'"),
+    );
+    let s = Scratch::new();
+    let config = write_config(&s, "cairn.toml", &[db], "", PROGRAMS);
+    s.cairn_config_ok(&config, &["init", "--tenant", "acme"]);
+    s.cairn_config_ok(&config, &["backup", "--job", "pg"]);
+    let _verifying = verify_lock();
+    let out = s.cairn_config_ok(&config, &["verify", "--job", "pg", "latest"]);
+    assert!(out.contains(" 0 problems"), "{out}");
+
+    // A pg_restore that, after restoring into the scratch database, loses a
+    // row, changes another, moves the sequence and alters the large object:
+    // what a faulty restore tool or a lossy server would do.
+    let bin = s.path("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let wrapper = bin.join("pg_restore");
+    std::fs::write(
+        &wrapper,
+        format!(
+            r#"#!/bin/sh
+{pg_restore} "$@" || exit $?
+for arg in "$@"; do
+  case "$arg" in
+    "--dbname=dbname='cairn_verify_"*)
+      scratch=${{arg#--dbname=dbname=\'}}; scratch=${{scratch%\'}}
+      {psql} -h 127.0.0.1 -U postgres -X -q -v ON_ERROR_STOP=1 -d "$scratch" -c "
+        DELETE FROM tenant_a.orders WHERE id = (SELECT min(id) FROM tenant_a.orders);
+        UPDATE tenant_b.notes SET body = 'tampered' WHERE id = 2;
+        SELECT setval('public.ticket', 999999);
+        SELECT lo_put(oid, 0, '\x00') FROM pg_largeobject_metadata;" >/dev/null || exit 1;;
+  esac
+done
+"#,
+            pg_restore = which("pg_restore"),
+            psql = which("psql"),
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = s
+        .cairn_cmd(&[
+            "--config",
+            config.to_str().unwrap(),
+            "verify",
+            "--job",
+            "pg",
+            "latest",
+        ])
+        .env_remove("CAIRN_REPOSITORY")
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    for expected in [
+        "table tenant_a.orders (id, item, qty): 160 rows in the snapshot, 159 restored",
+        "table tenant_b.notes (id, body): the restored content differs",
+        "sequence 'public.ticket': the restored content differs",
+        "large object",
+        "4 problems",
+    ] {
+        assert!(said.contains(expected), "{expected:?} not reported: {said}");
+    }
+    assert!(
+        !said.contains("table public.items"),
+        "an intact table reported: {said}"
+    );
+    let leftover = psql(
+        "postgres",
+        "SELECT count(*) FROM pg_database WHERE datname LIKE 'cairn_verify_%'",
+    );
+    assert_eq!(leftover.trim(), "0", "verify left a scratch database");
+
+    // A LATIN1 database: the scratch copy is UTF8, and its text must still
+    // compare equal to the dump's LATIN1 bytes.
+    let latin1 = "cairn_t3_latin1";
+    drop_database(latin1);
+    psql(
+        "postgres",
+        &format!(
+            "CREATE DATABASE {latin1} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+        ),
+    );
+    psql(
+        latin1,
+        "CREATE TABLE t (v text, b bytea); INSERT INTO t VALUES ('café crème', '\\x00ff'), ('naïve', NULL)",
+    );
+    let only = format!("databases=[\"{latin1}\"]");
+    s.cairn_config_ok(&config, &["backup", "--job", "pg", "--set", &only]);
+    let out = s.cairn_config_ok(
+        &config,
+        &["verify", "--job", "pg", "latest", "--set", &only],
+    );
+    assert!(out.contains(" 0 problems"), "{out}");
+    drop_database(latin1);
+    drop_database(db);
+    psql("postgres", &format!("DROP ROLE IF EXISTS {role}"));
 }

@@ -220,3 +220,243 @@ fn redis_restores_one_key_pattern_and_values_of_100_mb() {
     ]);
     cli(db, &[b"FLUSHDB"]);
 }
+
+/// A Redis server of the test's own, with a password, on a free loopback
+/// port; killed when dropped.
+struct PasswordServer {
+    child: std::process::Child,
+    port: u16,
+    /// Redis's working directory, removed with the server.
+    _dir: tempfile::TempDir,
+}
+
+impl PasswordServer {
+    fn start(password: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .unwrap();
+            let mut child = Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args([
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--requirepass",
+                    password,
+                ])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("run redis-server (tests/run installs it)");
+            for _ in 0..100 {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return PasswordServer {
+                        child,
+                        port,
+                        _dir: dir,
+                    };
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break; // the port was taken meanwhile: try another
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("could not start a redis-server with a password");
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `redis-cli` logged in, on database 0; its stdout.
+    fn cli(&self, password: &str, args: &[&str]) -> Vec<u8> {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "--raw"])
+            .env("REDISCLI_AUTH", password)
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        assert!(out.status.success(), "redis-cli {args:?}: {}", text(&out));
+        out.stdout
+    }
+
+    /// How often the server has run `CLIENT <sub>` (INFO commandstats).
+    fn client_calls(&self, password: &str, sub: &str) -> u64 {
+        let stats = String::from_utf8(self.cli(password, &["INFO", "commandstats"])).unwrap();
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_client|{sub}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    }
+}
+
+impl Drop for PasswordServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn redis_logs_in_with_a_granted_secret_and_pauses_writes_around_the_dump() {
+    let password = "s3cr3t with spaces and \u{e9}";
+    let server = PasswordServer::start(password);
+    let address = server.address();
+    let s = Scratch::new();
+    s.init();
+    server.cli(password, &["SET", "counter", "41"]);
+    server.cli(password, &["HSET", "user:1", "name", "ada"]);
+    server.cli(password, &["SET", "session", "x", "PX", "600000"]);
+    let keys = ["counter", "user:1", "session"];
+    let before: Vec<Vec<u8>> = keys
+        .iter()
+        .map(|k| server.cli(password, &["DUMP", k]))
+        .collect();
+
+    let secret = s.path("redis-password");
+    std::fs::write(&secret, format!("{password}\n")).unwrap();
+    let wrong = s.path("wrong-password");
+    std::fs::write(&wrong, "not it").unwrap();
+    let config = |extra: &str| {
+        format!(
+            "{{\"address\": \"{address}\", \"databases\": [0], \"password-secret\": \"redis-pw\"{extra}}}"
+        )
+    };
+    let backup = |adapter_config: &str, secret_file: &std::path::Path| {
+        s.cairn(&[
+            "backup",
+            "--adapter",
+            "redis",
+            "--adapter-config",
+            adapter_config,
+            "--grant-connect",
+            &address,
+            "--grant-secret",
+            &format!("redis-pw={}", secret_file.display()),
+            "--json",
+        ])
+    };
+
+    // No AUTH: the server refuses, the backup fails naming it, no snapshot.
+    let no_auth = format!("{{\"address\": \"{address}\", \"databases\": [0]}}");
+    let out = s.cairn(&[
+        "backup",
+        "--adapter",
+        "redis",
+        "--adapter-config",
+        &no_auth,
+        "--grant-connect",
+        &address,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains(&address) && stderr(&out).contains("NOAUTH"),
+        "{}",
+        text(&out)
+    );
+    // A wrong password: refused, and no password appears in what cairn says.
+    let out = backup(&config(""), &wrong);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(stderr(&out).contains("WRONGPASS"), "{}", text(&out));
+    assert!(!stdout_and_err(&out).contains("not it"), "{}", text(&out));
+    // A secret the job does not grant is denied.
+    let out = s.cairn(&[
+        "backup",
+        "--adapter",
+        "redis",
+        "--adapter-config",
+        &config(""),
+        "--grant-connect",
+        &address,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(stderr(&out).contains("redis-pw"), "{}", text(&out));
+    assert_eq!(s.snapshot_count(), 0);
+
+    // The right secret, with writes paused around the dump: the server ran
+    // CLIENT PAUSE (and renewals) and one CLIENT UNPAUSE.
+    let (paused, unpaused) = (
+        server.client_calls(password, "pause"),
+        server.client_calls(password, "unpause"),
+    );
+    let out = backup(&config(", \"pause-writes\": true"), &secret);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!stdout_and_err(&out).contains(password), "{}", text(&out));
+    assert!(server.client_calls(password, "pause") > paused);
+    assert_eq!(server.client_calls(password, "unpause"), unpaused + 1);
+
+    // A backup that fails inside the window still lifts the pause: database
+    // 99 does not exist on a default server.
+    let out = backup(
+        &format!(
+            "{{\"address\": \"{address}\", \"databases\": [0, 99], \"password-secret\": \"redis-pw\", \"pause-writes\": true}}"
+        ),
+        &secret,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(stderr(&out).contains("out of range"), "{}", text(&out));
+    assert_eq!(server.client_calls(password, "unpause"), unpaused + 2);
+    assert_eq!(s.snapshot_count(), 1);
+    // Writes are not held: a write returns at once, not after the lease.
+    let t = std::time::Instant::now();
+    server.cli(password, &["SET", "after", "1"]);
+    assert!(t.elapsed() < std::time::Duration::from_secs(2));
+    server.cli(password, &["DEL", "after"]);
+
+    // Restore over an emptied server, logged in the same way; redis-cli's
+    // DUMP of each key is what it was; verify passes.
+    server.cli(password, &["FLUSHALL"]);
+    let restore_args = |verb: &str| {
+        vec![
+            verb.to_string(),
+            "latest".into(),
+            "--adapter-config".into(),
+            config(""),
+            "--grant-connect".into(),
+            address.clone(),
+            "--grant-secret".into(),
+            format!("redis-pw={}", secret.display()),
+        ]
+    };
+    let args = restore_args("restore");
+    s.cairn_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let after: Vec<Vec<u8>> = keys
+        .iter()
+        .map(|k| server.cli(password, &["DUMP", k]))
+        .collect();
+    assert_eq!(before, after);
+    let args = restore_args("verify");
+    s.cairn_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // Asking for what the snapshot does not have is an error, not an empty
+    // success: a pattern that matches no key, a database it lacks.
+    let mut args = restore_args("restore");
+    args[3] = config(", \"pattern\": \"nomatch:*\"");
+    let out = s.cairn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("no key of the snapshot matches pattern \"nomatch:*\""),
+        "{}",
+        text(&out)
+    );
+    let mut args = restore_args("verify");
+    args[3] = format!(
+        "{{\"address\": \"{address}\", \"databases\": [5], \"password-secret\": \"redis-pw\"}}"
+    );
+    let out = s.cairn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("not in the snapshot: db5"),
+        "{}",
+        text(&out)
+    );
+}

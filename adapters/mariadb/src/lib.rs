@@ -15,6 +15,7 @@
 //! compares every table's rows with the snapshot's.
 
 use cairn_sdk::check::RowSum;
+use cairn_sdk::hooks::HeldSession;
 use cairn_sdk::process::{Command, Stdio};
 use cairn_sdk::{
     Adapter, BackupSummary, Error, Info, Metadata, RestoreSummary, VerifyReport, archive, log,
@@ -47,10 +48,13 @@ struct Config {
     /// `performance_schema`).
     #[serde(default)]
     databases: Vec<String>,
-    /// SQL run before the dumps, for a cold-backup window.
+    /// SQL run before the dumps, for a cold-backup window, in a session
+    /// held open until `release-sql` runs in it (so `FLUSH TABLES WITH READ
+    /// LOCK` holds over the dumps).
     #[serde(default)]
     quiesce_sql: Option<String>,
-    /// SQL run after the dumps, also when they failed.
+    /// SQL run after the dumps, also when they failed (in quiesce-sql's
+    /// session).
     #[serde(default)]
     release_sql: Option<String>,
     /// Restore: the one database selected goes under this name instead.
@@ -246,12 +250,20 @@ impl Tables {
             return;
         };
         let table = String::from_utf8_lossy(&rest[..end]).replace("``", "`");
-        match rest[end..].strip_prefix(b"` VALUES") {
+        // A column list comes first when the table has invisible columns:
+        // INSERT INTO `t` (`a`, `h`) VALUES ...
+        let after = skip_column_list(&rest[end + 1..]);
+        match after.strip_prefix(b" VALUES") {
             Some(b"") => self.open = Some(table),
             Some(tuples) => {
-                let sum = self.tables.entry(table).or_default();
+                let sum = self.tables.entry(table.clone()).or_default();
                 for tuple in split_tuples(tuples) {
                     sum.add(tuple);
+                }
+                // With a column list the first tuple shares the INSERT's
+                // line and the others follow one per line.
+                if !tuples.ends_with(b";") {
+                    self.open = Some(table);
                 }
             }
             None => {}
@@ -262,6 +274,25 @@ impl Tables {
     fn get(&self, table: &str) -> RowSum {
         self.tables.get(table).copied().unwrap_or_default()
     }
+}
+
+/// `s` past a leading ` (`col`, ...)`, if it has one.
+fn skip_column_list(s: &[u8]) -> &[u8] {
+    let Some(list) = s.strip_prefix(b" (") else {
+        return s;
+    };
+    let mut i = 0;
+    while i < list.len() {
+        match list[i] {
+            b'`' => match find_name_end(&list[i + 1..]) {
+                Some(end) => i += end + 2,
+                None => return s,
+            },
+            b')' => return &list[i + 1..],
+            _ => i += 1,
+        }
+    }
+    s
 }
 
 /// Where a backtick-quoted name ends (a doubled backtick is part of it).
@@ -322,11 +353,8 @@ struct Scratch<'a> {
 }
 
 impl<'a> Scratch<'a> {
-    fn create(config: &'a Config, db: &str, charset: &str) -> Result<Self, Error> {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write(db.as_bytes());
-        let name = format!("cairn_verify_{:016x}", h.finish());
+    fn create(config: &'a Config, charset: &str) -> Result<Self, Error> {
+        let name = cairn_sdk::database::scratch_name("cairn_verify");
         config.create_database(&name, charset)?;
         Ok(Scratch { config, name })
     }
@@ -354,7 +382,7 @@ fn verify_database(config: &Config, db: &str, report: &mut VerifyReport) -> Resu
     } {
         expected.add_line(line.strip_suffix(b"\n").unwrap_or(&line));
     }
-    let scratch = Scratch::create(config, db, &charset_of(db)?)?;
+    let scratch = Scratch::create(config, &charset_of(db)?)?;
     if let Err(e) = config.load(db, &scratch.name) {
         report
             .problems
@@ -461,34 +489,43 @@ impl Adapter for Mariadb {
     }
 
     fn backup(config: Config) -> Result<BackupSummary, Error> {
-        let hook = |sql: &Option<String>| match sql {
-            Some(sql) => config.query(sql).map(|_| ()),
-            None => Ok(()),
-        };
+        // quiesce-sql runs in a client session held open over the dumps, so
+        // a lock it takes (FLUSH TABLES WITH READ LOCK) lasts until
+        // release-sql runs in the same session.
+        let session = std::cell::RefCell::new(None);
         cairn_sdk::hooks::within_window(
-            || hook(&config.quiesce_sql),
+            || {
+                if let Some(sql) = &config.quiesce_sql {
+                    let client = config.command("mariadb").args([
+                        "--batch",
+                        "--skip-column-names",
+                        "--unbuffered",
+                    ]);
+                    *session.borrow_mut() = Some(HeldSession::open(
+                        client,
+                        sql,
+                        "mariadb running quiesce-sql",
+                    )?);
+                }
+                Ok(())
+            },
             || dump_all(&config),
-            || hook(&config.release_sql),
+            || match session.borrow_mut().take() {
+                Some(held) => held.release(config.release_sql.as_deref().unwrap_or("")),
+                None => match &config.release_sql {
+                    Some(sql) => config.query(sql).map(|_| ()),
+                    None => Ok(()),
+                },
+            },
         )
     }
 
     fn restore(config: Config) -> Result<RestoreSummary, Error> {
-        let in_snapshot = snapshot_databases()?;
-        let wants = |d: &String| config.databases.is_empty() || config.databases.contains(d);
-        let chosen: Vec<String> = in_snapshot.iter().filter(|d| wants(d)).cloned().collect();
-        if let Some(missing) = config.databases.iter().find(|d| !in_snapshot.contains(d)) {
-            return Err(Error::NotFound(format!(
-                "database {missing} is not in the snapshot (it has: {})",
-                in_snapshot.join(", ")
-            )));
-        }
-        if config.target_database.is_some() && chosen.len() != 1 {
-            return Err(Error::InvalidConfig(format!(
-                "target-database renames one database, but {} are selected ({}); choose one with databases = [...]",
-                chosen.len(),
-                chosen.join(", ")
-            )));
-        }
+        let chosen = cairn_sdk::database::choose(
+            &snapshot_databases()?,
+            &config.databases,
+            config.target_database.is_some(),
+        )?;
         let mut summary = RestoreSummary::default();
         for db in &chosen {
             let target = config.target_database.clone().unwrap_or_else(|| db.clone());
@@ -504,16 +541,8 @@ impl Adapter for Mariadb {
     fn verify(config: Config) -> Result<VerifyReport, Error> {
         let in_snapshot = snapshot_databases()?;
         let mut report = VerifyReport::default();
-        if in_snapshot.is_empty() {
-            report
-                .problems
-                .push("the snapshot holds no database dump".into());
-        }
-        for db in in_snapshot
-            .iter()
-            .filter(|d| config.databases.is_empty() || config.databases.contains(d))
-        {
-            verify_database(&config, db, &mut report)?;
+        for db in cairn_sdk::database::choose(&in_snapshot, &config.databases, false)? {
+            verify_database(&config, &db, &mut report)?;
         }
         Ok(report)
     }

@@ -5,23 +5,50 @@
 //! Restore replays them with `RESTORE ... REPLACE` (keeping TTLs); verify
 //! compares key counts and every key's `DUMP` payload with the server.
 //!
+//! A server with a password is reached with `AUTH`, the password read from
+//! a secret the job grants (`password-secret`). `pause-writes` holds every
+//! client's writes (`CLIENT PAUSE ... WRITE`) while the keys are dumped, so
+//! the snapshot is one point in time; the pause is a lease the adapter
+//! renews, so a crashed agent cannot leave the server paused for longer
+//! than `pause-lease-ms`, and it is always lifted when the backup ends.
+//!
 //! Record format (little-endian): `u32` key length, key, `i64` TTL in ms
 //! (-1: none), `u64` payload length, payload.
 
 use cairn_sdk::{
-    Adapter, BackupSummary, Error, Info, Metadata, RestoreSummary, VerifyReport, archive, snapshot,
+    Adapter, BackupSummary, Error, Info, Metadata, RestoreSummary, VerifyReport, archive, log,
+    snapshot,
 };
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 struct Redis;
 
 /// Where the server is, and which databases.
 #[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Config {
     /// `ip:port` of the server (must be granted to the job).
     address: String,
+    /// The ACL user to log in as (`AUTH user password`); unset: the
+    /// default user (`AUTH password`).
+    #[serde(default)]
+    username: Option<String>,
+    /// The job's secret holding the password; unset: no `AUTH`.
+    #[serde(default)]
+    password_secret: Option<String>,
+    /// Backup: hold every client's writes while the keys are dumped
+    /// (`CLIENT PAUSE <lease> WRITE`, renewed while the dump runs, then
+    /// `CLIENT UNPAUSE`), so the snapshot is one point in time.
+    #[serde(default)]
+    pause_writes: bool,
+    /// How long one grant of the pause lasts, in ms: the longest writes stay
+    /// held if the agent dies mid-backup. The adapter renews it at a third
+    /// of this; a backup that could not renew it in time fails, since its
+    /// keys may no longer be from one point in time.
+    #[serde(default = "default_pause_lease_ms")]
+    pause_lease_ms: u64,
     /// Databases to back up or restore; empty means every one that holds keys.
     #[serde(default)]
     databases: Vec<u32>,
@@ -29,6 +56,10 @@ struct Config {
     /// Redis's own patterns without classes); default: every key.
     #[serde(default)]
     pattern: Option<String>,
+}
+
+fn default_pause_lease_ms() -> u64 {
+    30_000
 }
 
 /// Whether `key` matches `pattern` (`*` any run, `?` any one byte).
@@ -43,6 +74,28 @@ fn glob(pattern: &[u8], key: &[u8]) -> bool {
 }
 
 impl Config {
+    /// Fail, naming them, if databases the config asks for were not in the
+    /// snapshot (`seen`).
+    fn all_found(&self, seen: &[u32]) -> Result<(), Error> {
+        let missing: Vec<String> = self
+            .databases
+            .iter()
+            .filter(|d| !seen.contains(d))
+            .map(|d| format!("db{d}"))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(Error::NotFound(format!(
+            "not in the snapshot: {} (it has: {})",
+            missing.join(", "),
+            seen.iter()
+                .map(|d| format!("db{d}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    }
+
     fn wants(&self, key: &[u8]) -> bool {
         self.pattern
             .as_deref()
@@ -72,13 +125,30 @@ fn io_err(address: &str, e: std::io::Error) -> Error {
 }
 
 impl Conn {
-    fn open(address: &str) -> Result<Conn, Error> {
+    /// Connect to the configured server and log in if the config says how.
+    fn open(config: &Config) -> Result<Conn, Error> {
+        let address = &config.address;
         let stream = TcpStream::connect(address)
             .map_err(|e| Error::Io(format!("connecting to redis {address}: {e}")))?;
-        Ok(Conn {
+        let mut conn = Conn {
             address: address.to_string(),
             reader: BufReader::with_capacity(1 << 20, stream),
-        })
+        };
+        if let Some(secret) = &config.password_secret {
+            let password = cairn_sdk::secrets::reveal(secret)?;
+            let mut args: Vec<&[u8]> = vec![b"AUTH".as_slice()];
+            if let Some(user) = &config.username {
+                args.push(user.as_bytes());
+            }
+            args.push(&password);
+            // The error names the command only, never its arguments.
+            conn.call(&args)?;
+        } else if config.username.is_some() {
+            return Err(Error::InvalidConfig(
+                "username is set but password-secret is not".into(),
+            ));
+        }
+        Ok(conn)
     }
 
     /// Send one command and read its reply; a server error is an error.
@@ -153,6 +223,13 @@ impl Conn {
         })
     }
 
+    /// Hold every client's writes for `lease` (or extend the hold).
+    fn pause_writes(&mut self, lease: Duration) -> Result<(), Error> {
+        let ms = lease.as_millis().to_string();
+        self.call(&[b"CLIENT", b"PAUSE", ms.as_bytes(), b"WRITE"])
+            .map(|_| ())
+    }
+
     fn select(&mut self, db: u32) -> Result<(), Error> {
         self.call(&[b"SELECT", db.to_string().as_bytes()])
             .map(|_| ())
@@ -169,11 +246,13 @@ impl Conn {
             .collect())
     }
 
-    /// Every key of the selected database (SCAN, so the server never blocks).
-    fn keys(&mut self) -> Result<Vec<Vec<u8>>, Error> {
+    /// Every key of the selected database (SCAN, so the server never
+    /// blocks), calling `tick` between batches.
+    fn keys(&mut self, tick: &mut dyn FnMut() -> Result<(), Error>) -> Result<Vec<Vec<u8>>, Error> {
         let mut cursor = b"0".to_vec();
         let mut keys = Vec::new();
         loop {
+            tick()?;
             let Reply::Array(Some(mut parts)) =
                 self.call(&[b"SCAN", &cursor, b"COUNT", b"1000"])?
             else {
@@ -253,18 +332,124 @@ impl Conn {
         let Some(live) = self.unordered_content(key)? else {
             return Ok(false);
         };
-        // A fresh random name (WASI's random source seeds the hasher), and
-        // no REPLACE: an existing key is never overwritten.
-        let scratch = {
-            use std::hash::{BuildHasher, Hasher};
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write(key);
-            format!("cairn:verify:{:016x}", h.finish()).into_bytes()
-        };
+        // A fresh random name, and no REPLACE: an existing key is never
+        // overwritten.
+        let scratch = cairn_sdk::database::scratch_name("cairn:verify").into_bytes();
         self.call(&[b"RESTORE", &scratch, b"60000", payload])?;
         let stored = self.unordered_content(&scratch);
         self.call(&[b"DEL", &scratch])?;
         Ok(stored? == Some(live))
+    }
+}
+
+/// Dump every chosen database into its entry, calling `tick` between keys
+/// (the write pause's renewal).
+fn dump_all(
+    config: &Config,
+    tick: &mut dyn FnMut() -> Result<(), Error>,
+) -> Result<BackupSummary, Error> {
+    let mut conn = Conn::open(config)?;
+    let dbs = if config.databases.is_empty() {
+        conn.databases()?
+    } else {
+        config.databases.clone()
+    };
+    let mut files = 0;
+    for db in dbs {
+        conn.select(db)?;
+        let mut w = archive::begin_stream(&format!("/redis/db{db}"), &Metadata::with_mode(0o600))?;
+        for key in conn.keys(tick)? {
+            tick()?;
+            let Some((ttl, payload)) = conn.dump(&key)? else {
+                continue; // expired or deleted while we scanned
+            };
+            w.write_all(&(key.len() as u32).to_le_bytes())?;
+            w.write_all(&key)?;
+            w.write_all(&ttl.to_le_bytes())?;
+            w.write_all(&(payload.len() as u64).to_le_bytes())?;
+            w.write_all(&payload)?;
+            files += 1;
+        }
+        w.finish()?;
+    }
+    Ok(BackupSummary {
+        files,
+        ..Default::default()
+    })
+}
+
+/// Every client's writes held for the length of a backup, on a connection
+/// of its own. The hold is a lease: granted for `lease`, renewed at a third
+/// of it, so it ends by itself soon after the agent dies.
+struct Pause {
+    conn: Conn,
+    lease: Duration,
+    /// When the current grant was asked for (before the request was sent,
+    /// so the hold is never assumed to last longer than it does).
+    granted: Instant,
+}
+
+impl Pause {
+    fn start(config: &Config) -> Result<Pause, Error> {
+        if config.pause_lease_ms < 1_000 {
+            return Err(Error::InvalidConfig(format!(
+                "pause-lease-ms = {}: give at least 1000",
+                config.pause_lease_ms
+            )));
+        }
+        let lease = Duration::from_millis(config.pause_lease_ms);
+        let mut conn = Conn::open(config)?;
+        let granted = Instant::now();
+        conn.pause_writes(lease)?;
+        log::info(&format!(
+            "redis {}: writes paused for the backup",
+            config.address
+        ));
+        Ok(Pause {
+            conn,
+            lease,
+            granted,
+        })
+    }
+
+    /// Fail if the hold may have ended since it was last granted.
+    fn still_held(&self) -> Result<(), Error> {
+        let held = self.granted.elapsed();
+        if held >= self.lease {
+            return Err(Error::Other(format!(
+                "redis {}: the write pause lapsed ({} ms without renewal, lease {} ms), so the keys are not from one point in time; raise pause-lease-ms",
+                self.conn.address,
+                held.as_millis(),
+                self.lease.as_millis()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Extend the hold once a third of the lease has gone.
+    fn renew_if_due(&mut self) -> Result<(), Error> {
+        if self.granted.elapsed() < self.lease / 3 {
+            return Ok(());
+        }
+        self.still_held()?;
+        let asked = Instant::now();
+        self.conn.pause_writes(self.lease)?;
+        self.granted = asked;
+        Ok(())
+    }
+
+    /// Let writes go on (`CLIENT UNPAUSE`), on a new connection if the
+    /// pause's own one broke.
+    fn lift(mut self, config: &Config) -> Result<(), Error> {
+        const UNPAUSE: [&[u8]; 2] = [b"CLIENT", b"UNPAUSE"];
+        if let Err(first) = self.conn.call(&UNPAUSE) {
+            log::warn(&format!(
+                "{first}; lifting the write pause on a new connection"
+            ));
+            Conn::open(config)?.call(&UNPAUSE)?;
+        }
+        log::info(&format!("redis {}: writes resumed", config.address));
+        Ok(())
     }
 }
 
@@ -338,40 +523,39 @@ impl Adapter for Redis {
     }
 
     fn backup(config: Config) -> Result<BackupSummary, Error> {
-        let mut conn = Conn::open(&config.address)?;
-        let dbs = if config.databases.is_empty() {
-            conn.databases()?
-        } else {
-            config.databases.clone()
-        };
-        let mut files = 0;
-        for db in dbs {
-            conn.select(db)?;
-            let mut w =
-                archive::begin_stream(&format!("/redis/db{db}"), &Metadata::with_mode(0o600))?;
-            for key in conn.keys()? {
-                let Some((ttl, payload)) = conn.dump(&key)? else {
-                    continue; // expired or deleted while we scanned
-                };
-                w.write_all(&(key.len() as u32).to_le_bytes())?;
-                w.write_all(&key)?;
-                w.write_all(&ttl.to_le_bytes())?;
-                w.write_all(&(payload.len() as u64).to_le_bytes())?;
-                w.write_all(&payload)?;
-                files += 1;
-            }
-            w.finish()?;
+        if !config.pause_writes {
+            return dump_all(&config, &mut || Ok(()));
         }
-        Ok(BackupSummary {
-            files,
-            ..Default::default()
-        })
+        let pause = std::cell::RefCell::new(None);
+        cairn_sdk::hooks::within_window(
+            || {
+                *pause.borrow_mut() = Some(Pause::start(&config)?);
+                Ok(())
+            },
+            || {
+                let mut held = pause.borrow_mut();
+                let Some(p) = held.as_mut() else {
+                    return Err(Error::Other("the write pause was not started".into()));
+                };
+                let summary = dump_all(&config, &mut || p.renew_if_due())?;
+                p.still_held()?;
+                Ok(summary)
+            },
+            || {
+                pause
+                    .borrow_mut()
+                    .take()
+                    .map_or(Ok(()), |p| p.lift(&config))
+            },
+        )
     }
 
     fn restore(config: Config) -> Result<RestoreSummary, Error> {
-        let mut conn = Conn::open(&config.address)?;
+        let mut conn = Conn::open(&config)?;
         let mut summary = RestoreSummary::default();
-        while let Some((_, mut r)) = next_database(&mut conn, &config)? {
+        let mut seen = Vec::new();
+        while let Some((db, mut r)) = next_database(&mut conn, &config)? {
+            seen.push(db);
             while let Some(Record { key, ttl, payload }) = read_record(&mut r)? {
                 if !config.wants(&key) {
                     continue;
@@ -382,13 +566,23 @@ impl Adapter for Redis {
                 summary.bytes += payload.len() as u64;
             }
         }
+        config.all_found(&seen)?;
+        if summary.files == 0
+            && let Some(pattern) = &config.pattern
+        {
+            return Err(Error::NotFound(format!(
+                "no key of the snapshot matches pattern {pattern:?}"
+            )));
+        }
         Ok(summary)
     }
 
     fn verify(config: Config) -> Result<VerifyReport, Error> {
-        let mut conn = Conn::open(&config.address)?;
+        let mut conn = Conn::open(&config)?;
         let mut report = VerifyReport::default();
+        let mut seen = Vec::new();
         while let Some((db, mut r)) = next_database(&mut conn, &config)? {
+            seen.push(db);
             let mut count = 0u64;
             while let Some(Record { key, payload, .. }) = read_record(&mut r)? {
                 if !config.wants(&key) {
@@ -410,15 +604,31 @@ impl Adapter for Redis {
                     )),
                 }
             }
-            if config.pattern.is_none()
-                && let Reply::Int(live) = conn.call(&[b"DBSIZE"])?
-                && live as u64 != count
-            {
+            // Keys on the server that the snapshot does not have: all of
+            // the database's, or those matching the pattern.
+            let live = match &config.pattern {
+                None => match conn.call(&[b"DBSIZE"])? {
+                    Reply::Int(n) => n as u64,
+                    _ => return Err(conn.unexpected("DBSIZE gave no integer")),
+                },
+                Some(_) => conn
+                    .keys(&mut || Ok(()))?
+                    .iter()
+                    .filter(|k| config.wants(k))
+                    .count() as u64,
+            };
+            if live != count {
                 report.problems.push(format!(
-                    "db{db}: the snapshot has {count} keys, the server {live}"
+                    "db{db}: the snapshot has {count} keys{}, the server {live}",
+                    config
+                        .pattern
+                        .as_ref()
+                        .map(|p| format!(" matching {p:?}"))
+                        .unwrap_or_default()
                 ));
             }
         }
+        config.all_found(&seen)?;
         Ok(report)
     }
 }
