@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod repo;
 pub mod residency;
 pub mod restore;
+pub mod retention;
 pub mod runtime;
 pub mod storage;
 pub mod util;

@@ -9,6 +9,7 @@
 mod common;
 mod faults;
 mod filesystem;
+mod forget;
 mod garage;
 mod mariadb;
 mod postgres;

@@ -1,5 +1,5 @@
 //! The command line, following restic's conventions: `init`, `backup`,
-//! `snapshots`, `ls`, `restore`, `verify`, `check`.
+//! `snapshots`, `ls`, `restore`, `verify`, `check`, `forget`.
 //!
 //! With `--config`, commands act on a tenant (`--tenant`, or the tenant of
 //! `backup --job`), whose repository is a local directory or a pair of S3
@@ -13,6 +13,7 @@
 
 mod backup;
 mod check;
+mod forget;
 mod init;
 mod job;
 mod ls;
@@ -86,6 +87,8 @@ enum Command {
     Verify(restore::VerifyArgs),
     /// Check the repository's structure, and with --read-data all data.
     Check(check::Args),
+    /// Remove snapshots by a retention policy (restic's --keep-* rules) or by id.
+    Forget(forget::Args),
     /// Prove where tenants' data is: check bucket regions, list every region.
     #[command(subcommand)]
     Residency(residency::Command),
@@ -385,7 +388,11 @@ pub fn main() -> ExitCode {
     };
     let wrote = matches!(
         cli.command,
-        Command::Init(_) | Command::Backup(_) | Command::Replicate(_) | Command::Repair(_)
+        Command::Init(_)
+            | Command::Backup(_)
+            | Command::Replicate(_)
+            | Command::Repair(_)
+            | Command::Forget(_)
     );
     let g = global.clone();
     let result = runtime.block_on(async move {
@@ -397,6 +404,7 @@ pub fn main() -> ExitCode {
             Command::Restore(a) => restore::run(&global, a).await,
             Command::Verify(a) => restore::verify(&global, a).await,
             Command::Check(a) => check::run(&global, a).await,
+            Command::Forget(a) => forget::run(&global, a).await,
             Command::Residency(c) => residency::run(&global, c).await,
             Command::Replicate(a) => replicate::run(&global, a).await,
             Command::Repair(a) => replicate::repair(&global, a).await,
