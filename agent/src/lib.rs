@@ -12,6 +12,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod pipeline;
+pub mod prune;
 pub mod repo;
 pub mod residency;
 pub mod restore;

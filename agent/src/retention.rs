@@ -13,7 +13,9 @@
 //! period within D. `--keep-tag a,b` keeps every snapshot that has both
 //! tags. A snapshot kept by any rule is kept.
 
-use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, TimeZone, Timelike};
+use chrono::{
+    DateTime, Datelike, FixedOffset, Local, NaiveDate, NaiveDateTime, Offset, TimeZone, Timelike,
+};
 
 /// A calendar span as restic writes it: `1y2m3d4h` (years, months, days,
 /// hours; any part may be left out).
@@ -37,11 +39,17 @@ impl std::str::FromStr for Span {
         let mut span = Span::default();
         let mut number = String::new();
         for c in text.chars() {
-            if c.is_ascii_digit() || (c == '-' && number.is_empty()) {
+            if c.is_ascii_digit() {
                 number.push(c);
                 continue;
             }
+            if c == '-' {
+                return Err(bad("it is negative"));
+            }
             let n: i32 = number.parse().map_err(|_| bad("a number is missing"))?;
+            if n > 100_000 {
+                return Err(bad(&format!("{n}{c} is too long")));
+            }
             number.clear();
             match c {
                 'y' => span.years = n,
@@ -87,14 +95,42 @@ impl Span {
     /// on the calendar, a day past the end of a month rolling over into the
     /// next (March 31 less a month is March 3, as Go's `AddDate` does), then
     /// the hours as elapsed time.
+    ///
+    /// Like restic (Go), a time whose offset is the machine's own zone's at
+    /// that instant is taken to be in that zone, so the calendar step keeps
+    /// the wall-clock time across a daylight-saving change; any other
+    /// offset stays fixed.
     pub fn before(&self, t: DateTime<FixedOffset>) -> DateTime<FixedOffset> {
+        let local = t.with_timezone(&Local);
+        let moved = if local.offset().fix() == *t.offset() {
+            let naive = self.calendar_back(local.naive_local());
+            match Local.from_local_datetime(&naive) {
+                chrono::LocalResult::Single(m) | chrono::LocalResult::Ambiguous(m, _) => {
+                    m.fixed_offset()
+                }
+                // A wall-clock time a change skipped: Go moves it on by the
+                // change, an hour in every zone this runs in.
+                chrono::LocalResult::None => Local
+                    .from_local_datetime(&(naive + chrono::Duration::hours(1)))
+                    .earliest()
+                    .map_or(t, |m| m.fixed_offset()),
+            }
+        } else {
+            let naive = self.calendar_back(t.naive_local());
+            t.offset().from_local_datetime(&naive).single().unwrap_or(t)
+        };
+        moved - chrono::Duration::hours(self.hours as i64)
+    }
+
+    /// The wall-clock time `t` less the years, months and days, a day past
+    /// the end of a month rolling into the next as Go's `time.Date` does.
+    fn calendar_back(&self, t: NaiveDateTime) -> NaiveDateTime {
         let months = (t.year() - self.years) as i64 * 12 + t.month0() as i64 - self.months as i64;
         let (year, month0) = (months.div_euclid(12) as i32, months.rem_euclid(12) as u32);
+        // Spans are bounded when parsed, so the year is always in range.
         let first = NaiveDate::from_ymd_opt(year, month0 + 1, 1).unwrap_or(NaiveDate::MIN);
         let date = first + chrono::Duration::days(t.day() as i64 - 1 - self.days as i64);
-        let local = date.and_time(t.time());
-        let moved = t.offset().from_local_datetime(&local).single().unwrap_or(t);
-        moved - chrono::Duration::hours(self.hours as i64)
+        date.and_time(t.time())
     }
 }
 
@@ -134,6 +170,27 @@ impl Policy {
     pub fn is_empty(&self) -> bool {
         *self == Policy::default()
     }
+}
+
+/// Whether a snapshot with tags `have` matches the tag list `list`, as
+/// restic decides it: it has every tag of the list, and an empty tag in the
+/// list matches a snapshot without tags.
+pub fn has_tags(have: &[String], list: &[String]) -> bool {
+    for tag in list {
+        if tag.is_empty() && have.is_empty() {
+            return true;
+        }
+        if !have.contains(tag) {
+            return false;
+        }
+    }
+    true
+}
+
+/// A tag list as restic reads one from a flag: comma-separated, each tag
+/// trimmed, empty tags kept (an empty tag means "no tags").
+pub fn tag_list(spec: &str) -> Vec<String> {
+    spec.split(',').map(|t| t.trim().to_string()).collect()
 }
 
 /// What the policy decided for one snapshot.
@@ -221,7 +278,7 @@ pub fn apply<T>(
         let mut reasons = Vec::new();
         let have = tags(&item);
         for list in &policy.tags {
-            if list.iter().all(|tag| have.contains(tag)) {
+            if has_tags(&have, list) {
                 reasons.push(format!("has tags [{}]", list.join(" ")));
             }
         }
@@ -287,6 +344,8 @@ mod tests {
         assert_eq!("2d".parse::<Span>().unwrap().days, 2);
         assert!("3w".parse::<Span>().unwrap_err().contains("unknown unit"));
         assert!("12".parse::<Span>().unwrap_err().contains("no unit"));
+        assert!("-5d".parse::<Span>().unwrap_err().contains("negative"));
+        assert!("300000y".parse::<Span>().unwrap_err().contains("too long"));
         assert!("".parse::<Span>().is_err());
         // Go's AddDate: March 31 less one month is "February 31", March 3.
         let m: Span = "1m".parse().unwrap();

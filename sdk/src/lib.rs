@@ -990,17 +990,31 @@ pub mod hooks {
             }
         }
 
-        /// Run `release` in the session and end it. Fails if the session
-        /// died meanwhile (its locks were gone before the backup ended).
+        /// Run `release` in the session, prove the session was still there
+        /// by a marker query after it, and end it. Fails if the session died
+        /// meanwhile (its locks were gone before the backup ended), even
+        /// with no release statements.
         pub fn release(mut self, release: &str) -> Result<(), Error> {
-            let sent = self
+            let marker = crate::database::scratch_name("cairn_released");
+            let script = format!("{}\nSELECT '{marker}';\n", statements(release));
+            let reached = self
                 .child
-                .write_stdin(format!("{}\n", statements(release)).as_bytes());
+                .write_stdin(script.as_bytes())
+                .and_then(|()| read_until_marker(&mut self.child, &marker));
             self.child.close_stdin();
-            // Whatever the statements print; then the end.
+            // Whatever else it prints; then the end.
             let drained = std::io::copy(&mut self.child, &mut std::io::sink());
             self.child.wait()?.check(&self.what)?;
-            sent?;
+            match reached {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(Error::Other(format!(
+                        "{}: the session ended before the release ran, so what quiesce held was not held to the end",
+                        self.what
+                    )));
+                }
+                Err(e) => return Err(e),
+            }
             drained?;
             Ok(())
         }

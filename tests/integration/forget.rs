@@ -141,14 +141,7 @@ fn forget_keeps_what_restic_forget_keeps_and_restic_reads_the_result() {
 
     // For real: exactly the kept snapshots remain, and restic agrees the
     // repository is sound.
-    let policy = [
-        "--keep-daily",
-        "4",
-        "--keep-weekly",
-        "2",
-        "--keep-monthly",
-        "3",
-    ];
+    let policy = policies[1];
     let mut args = vec!["forget", "--dry-run", "--json", "--group-by", "host,paths"];
     args.extend(policy);
     let expected = kept(
@@ -181,4 +174,95 @@ fn forget_keeps_what_restic_forget_keeps_and_restic_reads_the_result() {
     let out = s.cairn(&["forget", "deadbeef"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(stderr(&out).contains("deadbeef"), "{}", text(&out));
+}
+
+/// The bytes of every file under `dir`.
+fn stored_bytes(dir: &std::path::Path) -> u64 {
+    walk(dir)
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum()
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn prune_removes_what_no_snapshot_uses_and_every_snapshot_still_restores() {
+    use crate::common::{assert_same_tree, random_bytes};
+    let s = Scratch::new();
+    s.init();
+    let src = s.path("src");
+    std::fs::create_dir_all(src.join("small")).unwrap();
+    // v1: a large random file and 300 small ones, sharing packs.
+    std::fs::write(src.join("big.bin"), random_bytes(6 << 20, 1)).unwrap();
+    for i in 0..300u64 {
+        std::fs::write(
+            src.join(format!("small/{i}")),
+            random_bytes(20_000, 100 + i),
+        )
+        .unwrap();
+    }
+    s.cairn_ok(&["backup", src.to_str().unwrap()]);
+    // v2: the large file and every other small one gone, one new file.
+    std::fs::remove_file(src.join("big.bin")).unwrap();
+    for i in (0..300u64).step_by(2) {
+        std::fs::remove_file(src.join(format!("small/{i}"))).unwrap();
+    }
+    std::fs::write(src.join("new.bin"), random_bytes(1 << 20, 7)).unwrap();
+    s.cairn_ok(&["backup", src.to_str().unwrap()]);
+    // restic writes a snapshot into the same repository: prune keeps its data.
+    s.restic_ok(&["backup", src.to_str().unwrap()]);
+    let snaps = s.cairn_json(&["snapshots"]);
+    let first = snaps[0]["id"].as_str().unwrap().to_string();
+    let second = snaps[1]["id"].as_str().unwrap().to_string();
+    s.cairn_ok(&["forget", &first]);
+
+    // A dry run changes nothing.
+    let before = stored_bytes(&s.repo());
+    let dry = s.cairn_json(&["prune", "--dry-run"]);
+    assert!(dry["packs_repacked"].as_u64().unwrap() >= 1, "{dry}");
+    assert_eq!(
+        stored_bytes(&s.repo()),
+        before,
+        "a dry run changed the repository"
+    );
+
+    // For real: the large file's data and the removed small files go; the
+    // packs they shared with kept files are repacked.
+    let done = s.cairn_json(&["prune"]);
+    assert_eq!(done["snapshots"], 2, "{done}");
+    assert!(done["packs_repacked"].as_u64().unwrap() >= 1, "{done}");
+    assert!(done["blobs_repacked"].as_u64().unwrap() >= 150, "{done}");
+    let after = stored_bytes(&s.repo());
+    assert!(
+        before - after >= (6 << 20) + 2_500_000,
+        "only {} bytes freed: {done}",
+        before - after
+    );
+
+    // Both tools find the repository whole and restore every snapshot.
+    s.restic_ok(&["check", "--read-data"]);
+    s.cairn_ok(&["check", "--read-data"]);
+    let restored = s.restore_latest("out", &src);
+    assert_same_tree(&src, &restored);
+    let by_restic = s.path("by-restic");
+    s.restic_ok(&["restore", &second, "--target", by_restic.to_str().unwrap()]);
+    assert_same_tree(&src, &by_restic.join(src.strip_prefix("/").unwrap()));
+
+    // Nothing is left to do.
+    let again = s.cairn_json(&["prune"]);
+    for field in ["packs_removed", "packs_repacked", "packs_unreferenced"] {
+        assert_eq!(again[field], 0, "{field}: {again}");
+    }
 }

@@ -213,15 +213,16 @@ fn mariadb_round_trip_keeps_blobs_text_triggers_and_restores_one_database_alone(
         "{}",
         text(&out)
     );
-    // A cold-backup window: the global read lock and a named lock taken by
-    // quiesce-sql hold over the dumps and are released, in the same
-    // session, by release-sql; writes work again afterwards.
+    // A cold-backup window: a read lock on one table and a named lock taken
+    // by quiesce-sql hold over the dumps and are released, in the same
+    // session, by release-sql (a table lock, not FLUSH TABLES WITH READ
+    // LOCK, so other tests on this server are not held up).
     let hooked = s.write_job_config(
         "hooked.toml",
         "db",
         "mariadb",
         &format!(
-            "databases = [\"{db}\"], quiesce-sql = \"FLUSH TABLES WITH READ LOCK; DO GET_LOCK('cairn_t3', 0)\", release-sql = \"UNLOCK TABLES; INSERT INTO {db}.notes SELECT IF(RELEASE_LOCK('cairn_t3') = 1, 'held over the dump', 'lock lost')\""
+            "databases = [\"{db}\"], quiesce-sql = \"LOCK TABLES {db}.audit READ; DO GET_LOCK('cairn_t3', 0)\", release-sql = \"UNLOCK TABLES; INSERT INTO {db}.notes SELECT IF(RELEASE_LOCK('cairn_t3') = 1, 'held over the dump', 'lock lost')\""
         ),
         PROGRAMS,
     );

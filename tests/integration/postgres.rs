@@ -206,7 +206,19 @@ fn postgres_round_trip_with_awkward_types_roles_and_one_schema_restored_alone() 
     // original names: database and role come back.
     drop_database(db);
     psql("postgres", &format!("DROP ROLE {role}"));
-    s.cairn_config_ok(&config, &["restore", "--job", "pg", "latest"]);
+    // `restore --job pg latest` with `--set` for each of `sets`.
+    let restore = |sets: &[&str]| {
+        let mut args = vec!["restore", "--job", "pg", "latest"];
+        for set in sets {
+            args.extend(["--set", set]);
+        }
+        s.cairn_config(&config, &args)
+    };
+    let restored = |sets: &[&str]| {
+        let out = restore(sets);
+        assert!(out.status.success(), "restore {sets:?}: {}", text(&out));
+    };
+    restored(&[]);
     assert_same_dump(&before, &plain_dump(db), "the restored database");
     assert_eq!(role_lines(role), roles_before, "the role differs");
     let out = {
@@ -221,17 +233,7 @@ fn postgres_round_trip_with_awkward_types_roles_and_one_schema_restored_alone() 
         db,
         "DELETE FROM tenant_a.orders WHERE id > 10; UPDATE tenant_b.notes SET body = 'b changed' WHERE id = 1",
     );
-    s.cairn_config_ok(
-        &config,
-        &[
-            "restore",
-            "--job",
-            "pg",
-            "latest",
-            "--set",
-            "schema=tenant_a",
-        ],
-    );
+    restored(&["schema=tenant_a"]);
     assert_eq!(
         psql(db, "SELECT count(*) FROM tenant_a.orders").trim(),
         "160"
@@ -254,21 +256,7 @@ fn postgres_round_trip_with_awkward_types_roles_and_one_schema_restored_alone() 
             "SELECT string_agg(id || ':' || body, ',' ORDER BY id) FROM tenant_b.notes",
         )
     };
-    let table_restore = |table: &str| {
-        s.cairn_config(
-            &config,
-            &[
-                "restore",
-                "--job",
-                "pg",
-                "latest",
-                "--set",
-                "schema=tenant_b",
-                "--set",
-                &format!("table={table}"),
-            ],
-        )
-    };
+    let table_restore = |table: &str| restore(&["schema=tenant_b", &format!("table={table}")]);
     let out = table_restore("notes");
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(notes().trim(), "1:b one,2:b two");
@@ -288,10 +276,7 @@ fn postgres_round_trip_with_awkward_types_roles_and_one_schema_restored_alone() 
     // A table that others reference cannot be emptied: the restore fails,
     // changing nothing; a table the snapshot lacks is named.
     let items = psql(db, "SELECT count(*), max(id) FROM public.items");
-    let out = s.cairn_config(
-        &config,
-        &["restore", "--job", "pg", "latest", "--set", "table=items"],
-    );
+    let out = restore(&["table=items"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         stderr(&out).contains("cannot truncate a table referenced in a foreign key constraint"),
@@ -314,17 +299,7 @@ fn postgres_round_trip_with_awkward_types_roles_and_one_schema_restored_alone() 
     // Under another name, with --set: the copy equals the original.
     let copy = "cairn_t1_copy";
     drop_database(copy);
-    s.cairn_config_ok(
-        &config,
-        &[
-            "restore",
-            "--job",
-            "pg",
-            "latest",
-            "--set",
-            &format!("target-database={copy}"),
-        ],
-    );
+    restored(&[&format!("target-database={copy}")]);
     assert_eq!(
         psql(copy, "SELECT count(*), sum(length(blob)) FROM public.items"),
         psql(db, "SELECT count(*), sum(length(blob)) FROM public.items")
@@ -347,10 +322,7 @@ fn postgres_round_trip_with_awkward_types_roles_and_one_schema_restored_alone() 
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;
     std::fs::write(&biggest, bytes).unwrap();
-    let out = s.cairn_config(
-        &config,
-        &["restore", "--job", "pg", "latest", "--set", "globals=false"],
-    );
+    let out = restore(&["globals=false"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(stderr(&out).contains("damaged"), "{}", text(&out));
     assert_same_dump(

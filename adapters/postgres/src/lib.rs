@@ -229,29 +229,87 @@ fn snapshot_entries() -> Result<(bool, Vec<String>), Error> {
     Ok((globals, dbs))
 }
 
-/// Restore `globals.sql`. Roles that exist already are fine (the statements
-/// that set their attributes still run); any other error fails.
+/// The largest `globals.sql` restore reads (it passes through the
+/// adapter to be made idempotent; roles and tablespaces are small).
+const MAX_GLOBALS: u64 = 64 << 20;
+
+/// Restore `globals.sql` with psql stopping at the first error. Roles and
+/// tablespaces that exist already are kept (their attributes are still
+/// set): each `CREATE ROLE` runs in a block that tolerates exactly that,
+/// each `CREATE TABLESPACE` only when none of that name exists.
 fn restore_globals(config: &Config) -> Result<(), Error> {
-    let mut child = config
-        .command("psql")
-        .args(["--no-psqlrc", "--quiet", "--dbname=postgres", "--file=-"])
-        .stdin(Stdio::Pipe)
-        .spawn()?;
-    child.pump_stdin(snapshot::open(GLOBALS)?)?;
-    let status = child.wait()?;
-    status.check("psql restoring roles and tablespaces")?;
-    let errors: Vec<&str> = status
-        .stderr_tail
-        .lines()
-        .filter(|l| l.contains("ERROR:") && !l.contains("already exists"))
-        .collect();
-    if !errors.is_empty() {
+    use std::io::Read;
+    let mut sql = Vec::new();
+    snapshot::open(GLOBALS)?
+        .take(MAX_GLOBALS + 1)
+        .read_to_end(&mut sql)?;
+    if sql.len() as u64 > MAX_GLOBALS {
         return Err(Error::Other(format!(
-            "restoring roles and tablespaces failed: {}",
-            errors.join("; ")
+            "{GLOBALS} is larger than {} MiB; restore it with psql yourself",
+            MAX_GLOBALS >> 20
         )));
     }
-    Ok(())
+    let tablespaces = config.query("postgres", "SELECT spcname FROM pg_catalog.pg_tablespace")?;
+    let mut script = String::with_capacity(sql.len() + 4096);
+    for line in String::from_utf8_lossy(&sql).lines() {
+        script.push_str(&idempotent_global(line, &tablespaces));
+        script.push('\n');
+    }
+    let mut child = config
+        .psql("postgres")
+        .arg("--file=-")
+        .stdin(Stdio::Pipe)
+        .spawn()?;
+    let sent = script
+        .as_bytes()
+        .chunks(1 << 20)
+        .try_for_each(|piece| child.write_stdin(piece));
+    child.close_stdin();
+    child
+        .wait()?
+        .check("psql restoring roles and tablespaces")?;
+    sent
+}
+
+/// One line of `pg_dumpall --globals-only`, made safe to run where the
+/// role or tablespace it creates exists already (`tablespaces` are the
+/// server's). No psql meta-command is added: the dump's `\restrict`
+/// mode forbids them.
+fn idempotent_global(line: &str, tablespaces: &[String]) -> String {
+    if line.starts_with("CREATE ROLE ") && line.ends_with(';') {
+        return format!(
+            "DO $cairn_role$ BEGIN {line} EXCEPTION WHEN duplicate_object THEN NULL; END $cairn_role$;"
+        );
+    }
+    if let Some(rest) = line.strip_prefix("CREATE TABLESPACE ")
+        && leading_identifier(rest).is_some_and(|name| tablespaces.contains(&name))
+    {
+        // It exists: CREATE TABLESPACE cannot be made conditional in a
+        // block, so it is left out; the ALTER and GRANT lines still run.
+        return String::new();
+    }
+    line.to_string()
+}
+
+/// The identifier at the start of `s`, as pg_dumpall prints one: bare, or
+/// in double quotes with `""` for a quote.
+fn leading_identifier(s: &str) -> Option<String> {
+    let Some(quoted) = s.strip_prefix('"') else {
+        return s.split_whitespace().next().map(str::to_string);
+    };
+    let mut name = String::new();
+    let mut chars = quoted.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            ('"', Some('"')) => {
+                name.push('"');
+                chars.next();
+            }
+            ('"', _) => return Some(name),
+            (c, _) => name.push(c),
+        }
+    }
+    None
 }
 
 /// Restore the rows of one table (`table`, in `schema` if given) from the
@@ -281,19 +339,22 @@ fn restore_table(config: &Config, db: &str, target: &str, table: &str) -> Result
         let mut tables = 0;
         let mut reader = std::io::BufReader::with_capacity(1 << 20, &mut rows);
         let mut line = Vec::new();
+        // Inside a COPY block every line is a row, whatever it says.
+        let mut in_rows = false;
         while {
             line.clear();
             reader.read_until(b'\n', &mut line)? > 0
         } {
-            if let Some(target) = line
-                .strip_prefix(b"COPY ")
-                .and_then(|l| l.split(|&b| b == b' ').next())
-            {
+            let text = line.strip_suffix(b"\n").unwrap_or(&line);
+            if in_rows {
+                in_rows = text != b"\\.";
+            } else if let Some(target) = copy_target(text) {
                 // pg_dump printed the name quoted as needed.
                 out.extend_from_slice(b"TRUNCATE ONLY ");
                 out.extend_from_slice(target);
                 out.extend_from_slice(b";\n");
                 tables += 1;
+                in_rows = true;
             }
             out.extend_from_slice(&line);
             if out.len() >= 1 << 20 {
@@ -331,6 +392,24 @@ fn restore_table(config: &Config, db: &str, target: &str, table: &str) -> Result
             Err(e)
         }
     }
+}
+
+/// The table of a `COPY <table> [(<columns>)] FROM stdin;` line, as
+/// printed (a quoted name may hold spaces).
+fn copy_target(line: &[u8]) -> Option<&[u8]> {
+    let rest = line.strip_prefix(b"COPY ")?;
+    if !line.ends_with(b" FROM stdin;") {
+        return None;
+    }
+    let mut quoted = false;
+    for (i, &b) in rest.iter().enumerate() {
+        match b {
+            b'"' => quoted = !quoted,
+            b' ' if !quoted => return Some(&rest[..i]),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Restore the dump of `db` into `target`.
@@ -423,12 +502,16 @@ fn data_sums(child: &mut Child) -> Result<BTreeMap<String, RowSum>, Error> {
         {
             let name = format!("large object {}", String::from_utf8_lossy(oid));
             object = Some((name, StreamSum::default()));
-        } else if let Some(hex) = line
-            .strip_prefix(b"SELECT pg_catalog.lowrite(0, '")
-            .and_then(|l| l.strip_suffix(b"');"))
-        {
-            // Hex text: the pieces' concatenation is the whole object's,
-            // however pg_dump cut it.
+        } else if let Some(data) = line.strip_prefix(b"SELECT pg_catalog.lowrite(0, ") {
+            // Hex text, '\x...' (or E'\\x...' without standard strings):
+            // without its prefix, the pieces' concatenation is the whole
+            // object's, however pg_dump cut it. A form not recognised is
+            // fingerprinted as it stands, so it is still compared.
+            let hex = data
+                .strip_prefix(b"'\\x")
+                .or_else(|| data.strip_prefix(b"E'\\\\x"))
+                .and_then(|h| h.strip_suffix(b"');"))
+                .unwrap_or(data);
             if let Some((_, sum)) = &mut object {
                 sum.update(hex);
             }

@@ -434,6 +434,9 @@ impl Pause {
         self.still_held()?;
         let asked = Instant::now();
         self.conn.pause_writes(self.lease)?;
+        // The renewal took effect somewhere before its reply: the hold was
+        // unbroken only if the previous grant still ran then.
+        self.still_held()?;
         self.granted = asked;
         Ok(())
     }

@@ -1,11 +1,12 @@
 //! `cairn forget`: remove snapshots by a retention policy (restic's flags
 //! and rules, see [`crate::retention`]) or by id. It removes snapshot files
-//! only; the data they alone referenced stays in the repository.
+//! only; the data they alone referenced stays until a prune (`--prune`, or
+//! `cairn prune`).
 
 use super::{Global, Outcome, out};
 use crate::repo::id::Id;
 use crate::repo::snapshot::Snapshot;
-use crate::retention::{Policy, Span, Verdict, apply};
+use crate::retention::{Policy, Span, Verdict, apply, has_tags, tag_list};
 use crate::storage::FileType;
 use anyhow::{Context, bail};
 use std::collections::BTreeMap;
@@ -108,7 +109,7 @@ pub struct Args {
     /// any list matching).
     #[arg(long, value_name = "TAG[,TAG]")]
     tag: Vec<String>,
-    /// Only snapshots of exactly these paths (repeatable).
+    /// Only snapshots that include this path (repeatable: all of them).
     #[arg(long)]
     path: Vec<String>,
     /// Only snapshots made by this config file job.
@@ -117,18 +118,13 @@ pub struct Args {
     /// Say what would be removed, remove nothing.
     #[arg(short = 'n', long)]
     dry_run: bool,
+    /// Then prune, under the same lock (not with --dry-run).
+    #[arg(long)]
+    prune: bool,
 }
 
 fn tag_lists(specs: &[String]) -> Vec<Vec<String>> {
-    specs
-        .iter()
-        .map(|s| {
-            s.split(',')
-                .filter(|t| !t.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
-        .collect()
+    specs.iter().map(|s| tag_list(s)).collect()
 }
 
 impl Args {
@@ -163,18 +159,12 @@ impl Args {
         })
     }
 
-    /// Whether `snap` passes the `--host`, `--tag`, `--path` and `--job` filters.
+    /// Whether `snap` passes the `--host`, `--tag`, `--path` and `--job`
+    /// filters (restic's: any host, any tag list, all the paths).
     fn selects(&self, snap: &Snapshot) -> bool {
-        let mut paths = snap.paths.clone();
-        paths.sort();
-        let mut wanted = self.path.clone();
-        wanted.sort();
         (self.host.is_empty() || self.host.contains(&snap.hostname))
-            && (self.tag.is_empty()
-                || tag_lists(&self.tag)
-                    .iter()
-                    .any(|l| l.iter().all(|t| snap.tags.contains(t))))
-            && (self.path.is_empty() || paths == wanted)
+            && (self.tag.is_empty() || tag_lists(&self.tag).iter().any(|l| has_tags(&snap.tags, l)))
+            && self.path.iter().all(|p| snap.paths.contains(p))
             && (self.job.is_none() || snap.cairn_job == self.job)
     }
 }
@@ -232,111 +222,152 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
     } else {
         Some(repo.lock(true).await?)
     };
-    let all = repo.snapshots().await?;
-
-    // What to remove, group by group.
-    let mut groups: Vec<(GroupKey, Decided)> = Vec::new();
-    if a.snapshots.is_empty() {
-        let mut grouped: BTreeMap<GroupKey, Vec<(Id, Snapshot)>> = BTreeMap::new();
-        for (id, snap) in all.into_iter().filter(|(_, s)| a.selects(s)) {
-            grouped
-                .entry(group_key(&fields, &snap))
-                .or_default()
-                .push((id, snap));
-        }
-        let now = chrono::Utc::now().fixed_offset();
-        for (key, members) in grouped {
-            let decided = apply(
-                members,
-                |(_, s)| s.time,
-                |(_, s)| s.tags.clone(),
-                &policy,
-                now,
-            );
-            let decided = decided.into_iter().map(|((id, s), v)| (id, s, v)).collect();
-            groups.push((key, decided));
-        }
-    } else {
-        let mut chosen = Vec::new();
-        for spec in &a.snapshots {
-            let (id, snap) = repo
-                .find_snapshot(spec)
-                .await
-                .with_context(|| format!("snapshot {spec}"))?;
-            let verdict = Verdict {
-                keep: false,
-                reasons: vec!["named on the command line".into()],
-            };
-            chosen.push((id, snap, verdict));
-        }
-        groups.push((GroupKey::default(), chosen));
-    }
-
-    let mut report = Vec::new();
+    // Whatever happens from here on, the lock is released and what was
+    // removed is said.
     let mut removed = 0usize;
-    for (key, members) in &groups {
-        if !g.json {
-            let mut about = Vec::new();
-            if let Some(h) = &key.host {
-                about.push(format!("host {h}"));
+    let work: anyhow::Result<(Vec<serde_json::Value>, Option<crate::prune::PruneReport>)> =
+        async {
+            let all = repo.snapshots().await?;
+
+            // What to remove, group by group.
+            let mut groups: Vec<(GroupKey, Decided)> = Vec::new();
+            if a.snapshots.is_empty() {
+                let mut grouped: BTreeMap<GroupKey, Vec<(Id, Snapshot)>> = BTreeMap::new();
+                for (id, snap) in all.into_iter().filter(|(_, s)| a.selects(s)) {
+                    grouped
+                        .entry(group_key(&fields, &snap))
+                        .or_default()
+                        .push((id, snap));
+                }
+                let now = chrono::Utc::now().fixed_offset();
+                for (key, members) in grouped {
+                    let decided = apply(
+                        members,
+                        |(_, s)| s.time,
+                        |(_, s)| s.tags.clone(),
+                        &policy,
+                        now,
+                    );
+                    let decided = decided.into_iter().map(|((id, s), v)| (id, s, v)).collect();
+                    groups.push((key, decided));
+                }
+            } else {
+                let mut chosen = Vec::new();
+                for spec in &a.snapshots {
+                    let (id, snap) = repo
+                        .find_snapshot(spec)
+                        .await
+                        .with_context(|| format!("snapshot {spec}"))?;
+                    if chosen.iter().any(|(c, _, _)| *c == id) {
+                        continue; // named twice
+                    }
+                    let verdict = Verdict {
+                        keep: false,
+                        reasons: vec!["named on the command line".into()],
+                    };
+                    chosen.push((id, snap, verdict));
+                }
+                groups.push((GroupKey::default(), chosen));
             }
-            if let Some(p) = &key.paths {
-                about.push(format!("paths [{}]", p.join(", ")));
+
+            let mut report = Vec::new();
+            for (key, members) in &groups {
+                if !g.json {
+                    let mut about = Vec::new();
+                    if let Some(h) = &key.host {
+                        about.push(format!("host {h}"));
+                    }
+                    if let Some(p) = &key.paths {
+                        about.push(format!("paths [{}]", p.join(", ")));
+                    }
+                    if let Some(t) = &key.tags {
+                        about.push(format!("tags [{}]", t.join(", ")));
+                    }
+                    if let Some(j) = &key.job {
+                        about.push(format!("job {}", j.as_deref().unwrap_or("-")));
+                    }
+                    if !about.is_empty() {
+                        out(format!("snapshots of {}:", about.join(", ")));
+                    }
+                    for (id, snap, v) in members {
+                        out(format!(
+                            "  {} {:<10} {}  {}",
+                            if v.keep { "keep  " } else { "remove" },
+                            id.short(),
+                            snap.time.format("%Y-%m-%d %H:%M:%S"),
+                            v.reasons.join(", ")
+                        ));
+                    }
+                }
+                for (id, _, _) in members.iter().filter(|(_, _, v)| !v.keep) {
+                    if !a.dry_run {
+                        repo.backend()
+                            .remove(FileType::Snapshot, &id.to_hex())
+                            .await
+                            .with_context(|| format!("removing snapshot {}", id.short()))?;
+                    }
+                    removed += 1;
+                }
+                let pick = |keep: bool| -> Vec<serde_json::Value> {
+                    members
+                        .iter()
+                        .filter(|(_, _, v)| v.keep == keep)
+                        .map(|(id, s, _)| snapshot_json(id, s))
+                        .collect()
+                };
+                report.push(serde_json::json!({
+                    "group_key": {
+                        "hostname": key.host, "paths": key.paths, "tags": key.tags,
+                        "job": key.job.clone().flatten(),
+                    },
+                    "keep": pick(true),
+                    "remove": pick(false),
+                    "reasons": members.iter().filter(|(_, _, v)| v.keep).map(|(id, s, v)| serde_json::json!({
+                        "snapshot": snapshot_json(id, s), "matches": v.reasons,
+                    })).collect::<Vec<_>>(),
+                }));
             }
-            if let Some(t) = &key.tags {
-                about.push(format!("tags [{}]", t.join(", ")));
-            }
-            if let Some(j) = &key.job {
-                about.push(format!("job {}", j.as_deref().unwrap_or("-")));
-            }
-            if !about.is_empty() {
-                out(format!("snapshots of {}:", about.join(", ")));
-            }
-            for (id, snap, v) in members {
-                out(format!(
-                    "  {} {:<10} {}  {}",
-                    if v.keep { "keep  " } else { "remove" },
-                    id.short(),
-                    snap.time.format("%Y-%m-%d %H:%M:%S"),
-                    v.reasons.join(", ")
-                ));
-            }
+            let pruned = match (&lock, a.prune) {
+                (Some(_), true) => {
+                    repo.load_index().await?;
+                    Some(crate::prune::prune(&repo, false).await?)
+                }
+                _ => None,
+            };
+            Ok((report, pruned))
         }
-        for (id, _, _) in members.iter().filter(|(_, _, v)| !v.keep) {
-            if !a.dry_run {
-                repo.backend()
-                    .remove(FileType::Snapshot, &id.to_hex())
-                    .await
-                    .with_context(|| format!("removing snapshot {}", id.short()))?;
-            }
-            removed += 1;
-        }
-        let pick = |keep: bool| -> Vec<serde_json::Value> {
-            members
-                .iter()
-                .filter(|(_, _, v)| v.keep == keep)
-                .map(|(id, s, _)| snapshot_json(id, s))
-                .collect()
-        };
-        report.push(serde_json::json!({
-            "group_key": {
-                "hostname": key.host, "paths": key.paths, "tags": key.tags,
-                "job": key.job.clone().flatten(),
-            },
-            "keep": pick(true),
-            "remove": pick(false),
-            "reasons": members.iter().filter(|(_, _, v)| v.keep).map(|(id, s, v)| serde_json::json!({
-                "snapshot": snapshot_json(id, s), "matches": v.reasons,
-            })).collect::<Vec<_>>(),
-        }));
-    }
+        .await;
     if let Some(lock) = lock {
-        lock.release().await?;
+        let released = lock.release().await;
+        if work.is_ok() {
+            released?;
+        }
     }
+    let (report, pruned) = work.with_context(|| match (removed, a.dry_run) {
+        (0, _) | (_, true) => "nothing was removed".to_string(),
+        (n, false) => format!("{n} snapshots were removed before this"),
+    })?;
     if g.json {
         out(serde_json::Value::Array(report));
-    } else if a.dry_run {
+        if let Some(p) = &pruned {
+            out(serde_json::to_value(p)?);
+        }
+        return Ok(Outcome::Ok);
+    }
+    if let Some(p) = &pruned {
+        out(format!(
+            "pruned: {} packs removed, {} repacked into {}, {} packs no index listed removed, {} freed",
+            p.packs_removed,
+            p.packs_repacked,
+            p.packs_written,
+            p.packs_unreferenced,
+            indicatif::HumanBytes(p.bytes_freed)
+        ));
+    }
+    if a.dry_run {
         out(format!("would remove {removed} snapshots (dry run)"));
+    } else if pruned.is_some() {
+        out(format!("removed {removed} snapshots"));
     } else {
         out(format!(
             "removed {removed} snapshots; their data stays until prune"

@@ -1,5 +1,5 @@
 //! The command line, following restic's conventions: `init`, `backup`,
-//! `snapshots`, `ls`, `restore`, `verify`, `check`, `forget`.
+//! `snapshots`, `ls`, `restore`, `verify`, `check`, `forget`, `prune`.
 //!
 //! With `--config`, commands act on a tenant (`--tenant`, or the tenant of
 //! `backup --job`), whose repository is a local directory or a pair of S3
@@ -17,6 +17,7 @@ mod forget;
 mod init;
 mod job;
 mod ls;
+mod prune;
 mod replicate;
 mod residency;
 mod restore;
@@ -89,6 +90,8 @@ enum Command {
     Check(check::Args),
     /// Remove snapshots by a retention policy (restic's --keep-* rules) or by id.
     Forget(forget::Args),
+    /// Remove the data no snapshot references; repack partly used packs.
+    Prune(prune::Args),
     /// Prove where tenants' data is: check bucket regions, list every region.
     #[command(subcommand)]
     Residency(residency::Command),
@@ -393,6 +396,7 @@ pub fn main() -> ExitCode {
             | Command::Replicate(_)
             | Command::Repair(_)
             | Command::Forget(_)
+            | Command::Prune(_)
     );
     let g = global.clone();
     let result = runtime.block_on(async move {
@@ -405,6 +409,7 @@ pub fn main() -> ExitCode {
             Command::Verify(a) => restore::verify(&global, a).await,
             Command::Check(a) => check::run(&global, a).await,
             Command::Forget(a) => forget::run(&global, a).await,
+            Command::Prune(a) => prune::run(&global, a).await,
             Command::Residency(c) => residency::run(&global, c).await,
             Command::Replicate(a) => replicate::run(&global, a).await,
             Command::Repair(a) => replicate::repair(&global, a).await,

@@ -53,25 +53,36 @@ impl ChunkerParams {
         }
         let end = data.len().min(MAX_SIZE);
         let mut h = state.hash;
-        let mut i = state.pos.max(MIN_SIZE);
-        while i < end {
-            h = (h << 1).wrapping_add(self.gear[data[i] as usize]);
-            let mask = if i < AVG_SIZE {
-                self.mask_small
-            } else {
-                self.mask_large
-            };
-            if h & mask == 0 {
+        let start = state.pos.max(MIN_SIZE);
+        // The stricter mask before the average size, the looser one after:
+        // two plain loops rather than a choice per byte.
+        let middle = end.min(AVG_SIZE).max(start);
+        for (from, to, mask) in [
+            (start, middle, self.mask_small),
+            (middle, end, self.mask_large),
+        ] {
+            if let Some(k) = self.find(&data[from..to], &mut h, mask) {
                 *state = ScanState::default();
-                return Some(i + 1);
+                return Some(from + k + 1);
             }
-            i += 1;
         }
         if end == MAX_SIZE {
             *state = ScanState::default();
             return Some(MAX_SIZE);
         }
         *state = ScanState { pos: end, hash: h };
+        None
+    }
+
+    /// Roll the gear hash `h` over `bytes`; the index of the first byte
+    /// after which `h & mask` is zero.
+    fn find(&self, bytes: &[u8], h: &mut u64, mask: u64) -> Option<usize> {
+        for (k, &b) in bytes.iter().enumerate() {
+            *h = (*h << 1).wrapping_add(self.gear[b as usize]);
+            if *h & mask == 0 {
+                return Some(k);
+            }
+        }
         None
     }
 }
@@ -108,10 +119,20 @@ impl Chunker {
             // Never hold more than one maximal chunk: take only what fits.
             let room = MAX_SIZE - self.buf.len();
             let take = room.min(data.len());
+            // A stream that will be cut gets room for a maximal chunk at
+            // once: no growing (and copying) a few MiB at a time. Small
+            // files keep small buffers.
+            if self.buf.len() + take > MIN_SIZE && self.buf.capacity() < MAX_SIZE {
+                let mut room = super::buffers::take(MAX_SIZE);
+                room.extend_from_slice(&self.buf);
+                self.buf = room;
+            }
             self.buf.extend_from_slice(&data[..take]);
             data = &data[take..];
             while let Some(cut) = self.params.scan(&self.buf, &mut self.state) {
-                let rest = self.buf.split_off(cut);
+                let mut rest = super::buffers::take(MAX_SIZE);
+                rest.extend_from_slice(&self.buf[cut..]);
+                self.buf.truncate(cut);
                 out.push(std::mem::replace(&mut self.buf, rest));
             }
         }

@@ -7,6 +7,7 @@
 //! into ~16 MiB packs and a bounded number of uploads store them. Channel
 //! capacities bound memory whatever the size of the data.
 
+pub mod buffers;
 pub mod chunker;
 pub mod tree_builder;
 
@@ -266,12 +267,14 @@ fn worker(
     stats: Arc<Stats>,
     level: i32,
 ) {
-    // One compression context per worker, reused for every chunk.
+    // One compression context and one output buffer per worker, reused
+    // for every chunk.
     let mut compressor = (level > 0)
         .then(|| zstd::bulk::Compressor::new(level))
         .transpose()
         .ok()
         .flatten();
+    let mut squeezed: Vec<u8> = Vec::new();
     while let Ok(job) = rx.recv_blocking() {
         let id = job.id.unwrap_or_else(|| Id::hash(&job.data));
         if let Some(reply) = job.reply {
@@ -285,6 +288,7 @@ fn worker(
                 .insert((id, job.kind))
         {
             stats.blobs_known.fetch_add(1, Ordering::Relaxed);
+            buffers::give(job.data);
             continue;
         }
         stats.blobs_new.fetch_add(1, Ordering::Relaxed);
@@ -294,17 +298,22 @@ fn worker(
                 .fetch_add(job.data.len() as u64, Ordering::Relaxed);
         }
         let compressed = match compressor.as_mut() {
-            Some(z) => z
-                .compress(&job.data)
-                .ok()
-                .filter(|c| c.len() < job.data.len()),
+            Some(z) => {
+                squeezed.clear();
+                squeezed.reserve(zstd::zstd_safe::compress_bound(job.data.len()));
+                z.compress_to_buffer(&job.data, &mut squeezed)
+                    .ok()
+                    .filter(|&n| n < job.data.len())
+                    .map(|_| squeezed.as_slice())
+            }
             None => None,
         };
-        let (plain, uncompressed_length) = match &compressed {
-            Some(c) => (c.as_slice(), Some(job.data.len() as u32)),
+        let (plain, uncompressed_length) = match compressed {
+            Some(c) => (c, Some(job.data.len() as u32)),
             None => (job.data.as_slice(), None),
         };
         let bytes = repo.key().encrypt(plain);
+        buffers::give(job.data);
         let sealed = Sealed {
             id,
             kind: job.kind,

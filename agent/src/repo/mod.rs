@@ -101,7 +101,7 @@ pub enum RepoError {
 }
 
 impl RepoError {
-    fn corrupt(what: impl Into<String>, reason: impl ToString) -> Self {
+    pub(crate) fn corrupt(what: impl Into<String>, reason: impl ToString) -> Self {
         RepoError::Corrupt {
             what: what.into(),
             reason: reason.to_string(),

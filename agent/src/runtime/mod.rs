@@ -276,8 +276,8 @@ fn wasi_ctx(grants: &Grants, writable: bool, inherit_stderr: bool) -> anyhow::Re
         let ok = match used {
             SocketAddrUse::TcpConnect => allowed.contains(&addr),
             // The bind a connect does first (wasi-libc binds to the
-            // wildcard address and port 0). No other bind: no chosen port
-            // or interface to listen on.
+            // wildcard address and port 0). No other bind, and no listen
+            // (checked as its own use, refused below) on any address.
             SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
             _ => false,
         };

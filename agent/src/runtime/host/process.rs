@@ -28,6 +28,16 @@ use wasmtime::component::Resource;
 const STDERR_TAIL: usize = 64 * 1024;
 /// Bytes read from a process's standard output per step of a pump.
 const PUMP_READ: usize = 1024 * 1024;
+/// The buffer of the pipes to and from a process.
+const PIPE_SIZE: usize = 1024 * 1024;
+/// A pump read shorter than this means the producer is slower than the
+/// host: the pump then waits [`PUMP_PAUSE`] before reading again, so that
+/// the pipe fills and one read takes a batch, instead of a wake-up for
+/// every few KiB the producer writes.
+const PUMP_SHORT_READ: usize = 256 * 1024;
+/// See [`PUMP_SHORT_READ`]; with a [`PIPE_SIZE`] pipe this still lets a
+/// producer write 1 GiB/s without blocking.
+const PUMP_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
 /// The `PATH` a process gets: wrappers (Debian's `pg_wrapper`, say) find
 /// the real programs through it.
 const CHILD_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -215,6 +225,13 @@ impl ChildState {
     }
 }
 
+/// Give a pipe [`PIPE_SIZE`] of buffer (best effort; Linux allows it up
+/// to `/proc/sys/fs/pipe-max-size`, 1 MiB by default): a program writing in
+/// 4 KiB pieces then wakes the host once per batch, not once per piece.
+fn widen_pipe(fd: &impl std::os::fd::AsFd) {
+    let _ = rustix::pipe::fcntl_setpipe_size(fd, PIPE_SIZE);
+}
+
 /// Keep the last [`STDERR_TAIL`] bytes a process writes to standard error.
 async fn drain_tail(mut stderr: tokio::process::ChildStderr) -> Vec<u8> {
     let mut tail = Vec::new();
@@ -337,8 +354,8 @@ impl process::Host for HostState {
         let state = ChildState {
             program: cmd.program,
             pid,
-            stdin: child.stdin.take(),
-            stdout: child.stdout.take(),
+            stdin: child.stdin.take().inspect(widen_pipe),
+            stdout: child.stdout.take().inspect(widen_pipe),
             child,
             stderr,
             pump: None,
@@ -431,6 +448,9 @@ impl process::HostChild for HostState {
             total += n as u64;
             for chunk in chunker.push(&buf[..n]) {
                 pending.push(sender.add(chunk).await.map_err(fault)?);
+            }
+            if n < PUMP_SHORT_READ {
+                tokio::time::sleep(PUMP_PAUSE).await;
             }
         };
         // Nothing more comes from it: a later read would only see the end.

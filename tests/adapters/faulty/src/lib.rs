@@ -4,7 +4,8 @@
 //! emitted, so a snapshot would have content. `connect` opens a TCP
 //! connection to `address` (through WASI sockets, which the host checks
 //! against the job's grants) and says "hello" on it; `listen` tries to
-//! listen on `address` and waits for one connection; `orphan` starts a
+//! listen on `address` and fails either way, saying whether the host
+//! allowed it; `orphan` starts a
 //! granted `sleep 30` and returns success without waiting for it.
 
 use cairn_sdk::{
@@ -62,17 +63,17 @@ impl Adapter for Faulty {
                     ..Default::default()
                 })
             }
-            "listen" => {
-                let listener = std::net::TcpListener::bind(&config.address)
-                    .map_err(|e| Error::Other(format!("listening on {}: {e}", config.address)))?;
-                listener
-                    .accept()
-                    .map_err(|e| Error::Other(format!("accepting on {}: {e}", config.address)))?;
-                Ok(BackupSummary {
-                    files: 1,
-                    ..Default::default()
-                })
-            }
+            "listen" => match std::net::TcpListener::bind(&config.address) {
+                // Never waits for a connection: a test must not hang.
+                Ok(_) => Err(Error::Other(format!(
+                    "listening on {}: the host allowed it",
+                    config.address
+                ))),
+                Err(e) => Err(Error::Other(format!(
+                    "listening on {}: {e}",
+                    config.address
+                ))),
+            },
             "orphan" => {
                 // Start a granted `sleep` and return without waiting for it.
                 let child = cairn_sdk::process::Command::new("sleep")

@@ -1,0 +1,45 @@
+//! `cairn prune`: remove the data no snapshot references (see
+//! [`crate::prune`]), under the repository's exclusive lock.
+
+use super::{Global, Outcome, out};
+
+/// Flags of `prune`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Say what would be removed and repacked; change nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+}
+
+/// Run `prune`.
+pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
+    let repo = g.open().await?;
+    let lock = repo.lock(true).await?;
+    let result = crate::prune::prune(&repo, a.dry_run).await;
+    // The lock goes whatever happened; a prune error is the one to report.
+    let released = lock.release().await;
+    let report = result?;
+    released?;
+    if g.json {
+        out(serde_json::to_value(&report)?);
+        return Ok(Outcome::Ok);
+    }
+    let verb = if a.dry_run { "would remove" } else { "removed" };
+    out(format!(
+        "{} snapshots use {} blobs; {} packs kept as they are",
+        report.snapshots, report.blobs_used, report.packs_kept
+    ));
+    out(format!(
+        "{verb} {} unused packs and {} packs no index lists; {} repacked ({} blobs into {} new packs)",
+        report.packs_removed,
+        report.packs_unreferenced,
+        report.packs_repacked,
+        report.blobs_repacked,
+        report.packs_written
+    ));
+    out(format!(
+        "{verb} {}",
+        indicatif::HumanBytes(report.bytes_freed)
+    ));
+    Ok(Outcome::Ok)
+}
