@@ -10,7 +10,8 @@
 //!
 //! The order makes a crash at any point harmless: new packs, then a new
 //! index covering every pack that stays, then the old index files, then the
-//! packs that are no longer needed. A crash leaves either both indexes (the
+//! packs that are no longer needed; before each step the caller confirms
+//! the lock is still held and, on a region pair, that both regions answer. A crash leaves either both indexes (the
 //! same blobs listed twice, which restic's format allows) or packs nothing
 //! references, which the next prune removes; `check` accepts both.
 
@@ -22,8 +23,8 @@ use crate::storage::FileType;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-/// How many packs one new index file lists.
-const PACKS_PER_INDEX: usize = 256;
+/// How many blobs one new index file lists at most (restic's limit).
+const BLOBS_PER_INDEX: usize = 50_000;
 
 /// What a prune did, or with `dry_run` would do.
 #[derive(Debug, Default, serde::Serialize)]
@@ -57,9 +58,15 @@ struct Listed {
     loc: BlobLocation,
 }
 
-/// Prune `repo` (whose index must be loaded). The caller holds the
-/// exclusive lock.
-pub async fn prune(repo: &Arc<Repository>, dry_run: bool) -> Result<PruneReport, RepoError> {
+/// Prune `repo` (whose index must be loaded under the lock). The caller
+/// holds the exclusive lock; `still_safe` says whether going on is (the
+/// lock is still ours, no region stopped answering), and is asked before
+/// each step that writes or removes.
+pub async fn prune(
+    repo: &Arc<Repository>,
+    dry_run: bool,
+    still_safe: &(dyn Fn() -> Result<(), RepoError> + Sync),
+) -> Result<PruneReport, RepoError> {
     let mut report = PruneReport::default();
 
     // Every index file, by name; a pack listed by several is one pack.
@@ -177,8 +184,13 @@ pub async fn prune(repo: &Arc<Repository>, dry_run: bool) -> Result<PruneReport,
         .map(|n| stored.get(n).copied().unwrap_or(0))
         .sum::<u64>();
     if dry_run {
+        // The repacked blobs are written again: only the rest is freed.
+        let moved: u64 = repack
+            .iter()
+            .flat_map(|(_, b)| b.iter().map(|b| b.loc.length as u64))
+            .sum();
         report.blobs_repacked = repack.iter().map(|(_, b)| b.len()).sum();
-        report.bytes_freed = freed;
+        report.bytes_freed = freed.saturating_sub(moved);
         return Ok(report);
     }
     let nothing_to_do = remove.is_empty() && repack.is_empty() && unreferenced.is_empty();
@@ -187,10 +199,16 @@ pub async fn prune(repo: &Arc<Repository>, dry_run: bool) -> Result<PruneReport,
         return Ok(report);
     }
 
-    // 1. New packs holding the used blobs of the packs being repacked.
+    // 1. New packs holding the used blobs of the packs being repacked;
+    // trees and data in packs of their own, as restic expects (it caches
+    // every pack holding a tree).
+    still_safe()?;
     let mut new_packs: Vec<IndexPack> = Vec::new();
     let mut written: u64 = 0;
-    let mut builder = PackBuilder::with_capacity(PACK_SIZE);
+    let mut builders = [
+        (BlobType::Data, PackBuilder::with_capacity(PACK_SIZE)),
+        (BlobType::Tree, PackBuilder::with_capacity(PACK_SIZE)),
+    ];
     for (pack, needed) in &repack {
         let bytes = repo.backend().load(FileType::Pack, &pack.to_hex()).await?;
         for b in needed {
@@ -204,16 +222,22 @@ pub async fn prune(repo: &Arc<Repository>, dry_run: bool) -> Result<PruneReport,
             // Authenticate, decompress and hash before copying: damage is
             // never carried into a new pack.
             decode_blob(repo.key(), &b.id, &b.loc, stored_blob)?;
+            let Some((_, builder)) = builders.iter_mut().find(|(kind, _)| *kind == b.loc.kind)
+            else {
+                continue; // two kinds, two builders: never reached
+            };
             builder.add(b.id, b.loc.kind, stored_blob, b.loc.uncompressed_length);
             report.blobs_repacked += 1;
             if builder.len() >= PACK_SIZE {
-                let full = std::mem::replace(&mut builder, PackBuilder::with_capacity(PACK_SIZE));
+                let full = std::mem::replace(builder, PackBuilder::with_capacity(PACK_SIZE));
                 written += save_pack(repo, full, &mut new_packs).await?;
             }
         }
     }
-    if !builder.is_empty() {
-        written += save_pack(repo, builder, &mut new_packs).await?;
+    for (_, builder) in builders {
+        if !builder.is_empty() {
+            written += save_pack(repo, builder, &mut new_packs).await?;
+        }
     }
     report.packs_written = new_packs.len();
 
@@ -235,21 +259,27 @@ pub async fn prune(repo: &Arc<Repository>, dry_run: bool) -> Result<PruneReport,
         })
         .collect();
     entries.extend(new_packs);
-    let superseded: Vec<Id> = index_names.iter().filter_map(|n| Id::parse(n)).collect();
+    still_safe()?;
+    let mut file = IndexFile::default();
+    let mut blobs = 0;
     let mut entries = entries.into_iter().peekable();
-    while entries.peek().is_some() {
-        let file = IndexFile {
-            supersedes: Some(superseded.clone()),
-            packs: entries.by_ref().take(PACKS_PER_INDEX).collect(),
-        };
-        let json = serde_json::to_vec(&file).expect("an index serialises");
-        repo.save_unpacked(FileType::Index, &json).await?;
+    while let Some(pack) = entries.next() {
+        blobs += pack.blobs.len();
+        file.packs.push(pack);
+        if blobs >= BLOBS_PER_INDEX || entries.peek().is_none() {
+            let json = serde_json::to_vec(&file).expect("an index serialises");
+            repo.save_unpacked(FileType::Index, &json).await?;
+            file = IndexFile::default();
+            blobs = 0;
+        }
     }
 
     // 3. The old index files, then 4. the packs nothing lists any more.
+    still_safe()?;
     for name in &index_names {
         repo.backend().remove(FileType::Index, name).await?;
     }
+    still_safe()?;
     for id in remove.iter().chain(repack.iter().map(|(id, _)| id)) {
         repo.backend().remove(FileType::Pack, &id.to_hex()).await?;
     }

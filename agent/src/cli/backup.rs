@@ -123,8 +123,14 @@ pub async fn run(g: &Global, mut a: Args) -> anyhow::Result<Outcome> {
         bail!("--compression {} is out of range 0..=22", a.compression);
     }
 
-    let repo = g.open().await?;
+    let repo = g.open_without_index().await?;
     let lock = repo.lock(false).await?;
+    // The index is read under the lock: a prune that finished before the
+    // lock was granted has removed what it no longer lists.
+    if let Err(e) = repo.load_index().await {
+        let _ = lock.release().await;
+        return Err(e.into());
+    }
     // Packs an interrupted backup uploaded are indexed, not uploaded again.
     let adopted = match repo.adopt_unindexed_packs().await {
         Ok(n) => n,

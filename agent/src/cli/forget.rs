@@ -215,7 +215,13 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
     if !a.snapshots.is_empty() && !policy.is_empty() {
         bail!("give snapshot ids or a policy (--keep-*), not both");
     }
+    if a.prune && a.dry_run {
+        bail!("--prune with --dry-run: forget for real first, or see `cairn prune --dry-run`");
+    }
     let repo = g.open_without_index().await?;
+    if !a.dry_run {
+        g.require_whole_pair("forget")?;
+    }
     // Removing snapshots must not race a prune or another forget.
     let lock = if a.dry_run {
         None
@@ -328,9 +334,9 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
                 }));
             }
             let pruned = match (&lock, a.prune) {
-                (Some(_), true) => {
+                (Some(held), true) => {
                     repo.load_index().await?;
-                    Some(crate::prune::prune(&repo, false).await?)
+                    Some(crate::prune::prune(&repo, false, &|| g.still_safe(held)).await?)
                 }
                 _ => None,
             };

@@ -169,6 +169,35 @@ impl Global {
         }
     }
 
+    /// Before a command that removes data (forget, prune): on a region
+    /// pair, every listing must cover both regions (a failed one is an
+    /// error, not a region quietly left out) and no region may lag, or a
+    /// snapshot stored only in the region not listed would look unused.
+    pub fn require_whole_pair(&self, what: &str) -> anyhow::Result<()> {
+        if let Some(pair) = self.pair() {
+            pair.set_strict_listing(true);
+            if let Some((region, why)) = pair.lagging().into_iter().next() {
+                bail!(
+                    "region {region} of tenant {}'s pair is not usable ({why}); {what} needs both regions whole: run `cairn replicate` first",
+                    pair.tenant()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// While a removal runs: the lock is still ours and, on a pair, no
+    /// region has started lagging (its listings would be missing).
+    pub fn still_safe(&self, lock: &crate::repo::LockGuard) -> Result<(), crate::repo::RepoError> {
+        lock.ensure_held()?;
+        if let Some((region, why)) = self.pair().and_then(|p| p.lagging().into_iter().next()) {
+            return Err(crate::repo::RepoError::Unsafe(format!(
+                "region {region} stopped answering ({why})"
+            )));
+        }
+        Ok(())
+    }
+
     /// The tenant's region pair, if a command opened one.
     pub fn pair(&self) -> Option<Arc<PairBackend>> {
         self.pair.lock().expect("pair lock").clone()

@@ -98,6 +98,10 @@ pub enum RepoError {
     /// Our own lock could not be kept fresh; nothing more is recorded.
     #[error("{0}")]
     LockLost(String),
+    /// A removal stopped because going on could lose data (a region of
+    /// the pair stopped answering, say); what it says is why.
+    #[error("stopped before removing anything more: {0}")]
+    Unsafe(String),
 }
 
 impl RepoError {

@@ -30,10 +30,11 @@ const STDERR_TAIL: usize = 64 * 1024;
 const PUMP_READ: usize = 1024 * 1024;
 /// The buffer of the pipes to and from a process.
 const PIPE_SIZE: usize = 1024 * 1024;
-/// A pump read shorter than this means the producer is slower than the
-/// host: the pump then waits [`PUMP_PAUSE`] before reading again, so that
-/// the pipe fills and one read takes a batch, instead of a wake-up for
-/// every few KiB the producer writes.
+/// A pump read shorter than this (or than a quarter of the pipe, if the
+/// pipe could not be widened) means the producer is slower than the host:
+/// the pump then waits [`PUMP_PAUSE`] before reading again, so that the
+/// pipe fills and one read takes a batch, instead of a wake-up for every
+/// few KiB the producer writes.
 const PUMP_SHORT_READ: usize = 256 * 1024;
 /// See [`PUMP_SHORT_READ`]; with a [`PIPE_SIZE`] pipe this still lets a
 /// producer write 1 GiB/s without blocking.
@@ -74,6 +75,8 @@ pub struct ChildState {
     /// never be set if a pump fault follows): its id, and its group's, may
     /// then belong to another process, so nothing may signal them.
     reaped: bool,
+    /// A pump read shorter than this pauses before the next (0: never).
+    short_read: usize,
     /// Set once the adapter has seen the process end (it was reaped) or
     /// ended it itself (`kill`); shared with the job, which fails a call
     /// that returns success while a process it started is unsettled.
@@ -232,6 +235,16 @@ fn widen_pipe(fd: &impl std::os::fd::AsFd) {
     let _ = rustix::pipe::fcntl_setpipe_size(fd, PIPE_SIZE);
 }
 
+/// The read size below which a pump pauses (see [`PUMP_SHORT_READ`]): a
+/// quarter of the pipe's real buffer, which may have stayed small (a lower
+/// `pipe-max-size`, a user over `pipe-user-pages-soft`), so a pause can
+/// never hold a fast producer to a small pipe's pace.
+fn short_read(stdout: Option<&ChildStdout>) -> usize {
+    stdout
+        .and_then(|fd| rustix::pipe::fcntl_getpipe_size(fd).ok())
+        .map_or(0, |size| (size / 4).min(PUMP_SHORT_READ))
+}
+
 /// Keep the last [`STDERR_TAIL`] bytes a process writes to standard error.
 async fn drain_tail(mut stderr: tokio::process::ChildStderr) -> Vec<u8> {
     let mut tail = Vec::new();
@@ -351,11 +364,13 @@ impl process::Host for HostState {
         // Arguments may carry names, never secrets (those go by reference).
         tracing::info!(adapter = %self.adapter, program = %cmd.program, pid, args = ?cmd.args, "Started a process.");
         let stderr = child.stderr.take().map(|e| tokio::spawn(drain_tail(e)));
+        let stdout = child.stdout.take().inspect(widen_pipe);
         let state = ChildState {
+            short_read: short_read(stdout.as_ref()),
             program: cmd.program,
             pid,
             stdin: child.stdin.take().inspect(widen_pipe),
-            stdout: child.stdout.take().inspect(widen_pipe),
+            stdout,
             child,
             stderr,
             pump: None,
@@ -449,7 +464,7 @@ impl process::HostChild for HostState {
             for chunk in chunker.push(&buf[..n]) {
                 pending.push(sender.add(chunk).await.map_err(fault)?);
             }
-            if n < PUMP_SHORT_READ {
+            if n < child.short_read {
                 tokio::time::sleep(PUMP_PAUSE).await;
             }
         };
