@@ -534,9 +534,71 @@ fn postgres_dump_failures_fail_the_backup_loudly_with_no_snapshot() {
         text(&out)
     );
     assert_eq!(s.snapshot_count(), 0);
+
+    // The quiesce session dies while the dump runs (its advisory lock goes
+    // with it): the dump itself succeeds, but the backup must not pass as
+    // taken inside the window.
+    let windowed = write_config(
+        &s,
+        "windowed.toml",
+        &[db],
+        r#", quiesce-sql = "SELECT pg_advisory_lock(4243)""#,
+        PROGRAMS,
+    );
+    // A killed pg_dump's backend may still wait on the lock: count them.
+    let blocked = || {
+        psql(
+            "postgres",
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND application_name = 'pg_dump' AND wait_event_type = 'Lock'"
+            ),
+        )
+        .trim()
+        .parse::<u32>()
+        .unwrap()
+    };
+    let blocked_before = blocked();
+    let backup = s
+        .cairn_cmd(&[
+            "--config",
+            windowed.to_str().unwrap(),
+            "backup",
+            "--job",
+            "pg",
+        ])
+        .env_remove("CAIRN_REPOSITORY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut hook = String::new();
+    for _ in 0..300 {
+        hook = psql(
+            "postgres",
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = 4243 AND granted",
+        );
+        if !hook.trim().is_empty() && blocked() > blocked_before {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!hook.trim().is_empty(), "no quiesce session found");
+    assert!(blocked() > blocked_before, "the dump never started");
+    psql(
+        "postgres",
+        &format!("SELECT pg_terminate_backend({})", hook.trim()),
+    );
     let mut lock = lock;
     let _ = lock.kill();
     let _ = lock.wait();
+    let out = backup.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("release failed after the backup"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(s.snapshot_count(), 0);
 
     // Quiesce and release hooks: release runs after a failed dump too, in
     // the session quiesce ran in (the advisory lock it took is still held
