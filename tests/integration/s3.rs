@@ -1024,3 +1024,59 @@ fn throttling_is_retried_and_the_retries_are_bounded() {
     );
     assert!(started.elapsed() < Duration::from_secs(60));
 }
+
+/// How many pack files a region holds.
+fn data_objects(w: &World, region: &str) -> usize {
+    w.keys(region)
+        .iter()
+        .filter(|k| k.contains("/data/"))
+        .count()
+}
+
+#[test]
+fn forget_and_prune_on_a_pair_need_both_regions_and_leave_both_whole() {
+    let mut w = World::new(&["eu-west-1", "eu-central-1"]);
+    let src = acme_in_the_eu_pair(&w, 2, 300);
+    w.cairn_ok(&["backup", "--job", "acme-files"]);
+    // The second backup drops one 12 MiB file and adds another.
+    std::fs::remove_file(src.join("part-0")).unwrap();
+    std::fs::write(src.join("part-2"), random_bytes(12 << 20, 302)).unwrap();
+    w.cairn_ok(&["backup", "--job", "acme-files"]);
+    let packs_before = data_objects(&w, "eu-west-1");
+
+    // With a region down, neither forget nor prune removes anything.
+    w.garages.get_mut("eu-central-1").unwrap().stop();
+    for args in [
+        &["forget", "--tenant", "acme", "--keep-last", "1"][..],
+        &["prune", "--tenant", "acme"][..],
+    ] {
+        let out = w.cairn(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
+        let err = crate::common::stderr(&out);
+        assert!(
+            err.contains("eu-central-1") && err.contains("both regions"),
+            "{args:?}: {err}"
+        );
+    }
+    w.garages.get_mut("eu-central-1").unwrap().restart();
+    assert_eq!(data_objects(&w, "eu-west-1"), packs_before);
+
+    // Both up: the first snapshot and its data go from both regions alike.
+    w.cairn_ok(&["forget", "--tenant", "acme", "--keep-last", "1", "--prune"]);
+    let strip_locks = |s: BTreeSet<String>| -> BTreeSet<String> {
+        s.into_iter().filter(|k| !k.contains("/locks/")).collect()
+    };
+    assert_eq!(
+        strip_locks(w.keys("eu-west-1")),
+        strip_locks(w.keys("eu-central-1"))
+    );
+    assert!(
+        data_objects(&w, "eu-west-1") < packs_before,
+        "no pack was removed"
+    );
+    for region in ["eu-west-1", "eu-central-1"] {
+        let out = w.restic(region, "acme", &["check", "--read-data"]);
+        assert!(out.status.success(), "{region}: {}", text(&out));
+    }
+    w.restore_same("acme", "after-prune", &src);
+}
