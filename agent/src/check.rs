@@ -34,27 +34,13 @@ pub async fn check(repo: &Arc<Repository>, read_data: bool) -> Result<CheckRepor
     let mut report = CheckReport::default();
 
     // Index files: every one must load.
-    let mut index_packs: HashMap<Id, Vec<(Id, BlobLocation)>> = HashMap::new();
+    let mut contents = crate::repo::index::PackContents::default();
     let mut index = crate::repo::index::Index::default();
     for (name, _) in repo.backend().list(FileType::Index).await? {
         match repo.load_index_file(&name).await {
             Ok(file) => {
                 index.add_file(&file);
-                for p in file.packs {
-                    let entry = index_packs.entry(p.id).or_default();
-                    for b in p.blobs {
-                        entry.push((
-                            b.id,
-                            BlobLocation {
-                                pack: p.id,
-                                kind: b.kind,
-                                offset: b.offset,
-                                length: b.length,
-                                uncompressed_length: b.uncompressed_length,
-                            },
-                        ));
-                    }
-                }
+                contents.add_file(file);
             }
             Err(e) => report.errors.push(format!("index/{name}: {e}")),
         }
@@ -62,12 +48,7 @@ pub async fn check(repo: &Arc<Repository>, read_data: bool) -> Result<CheckRepor
     // Check against what the readable index files say, so one damaged
     // index file is reported instead of hiding everything else.
     repo.set_index(index);
-    // A pack listed by several index files (an interrupted index rewrite
-    // leaves that) is still one pack.
-    for blobs in index_packs.values_mut() {
-        blobs.sort_by_key(|(id, l)| (l.offset, *id));
-        blobs.dedup_by_key(|(id, l)| (l.offset, *id));
-    }
+    let index_packs = contents.into_packs();
     report.packs = index_packs.len();
 
     // Packs: indexed ones must exist; stored ones should be indexed.

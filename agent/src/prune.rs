@@ -10,17 +10,18 @@
 //!
 //! The order makes a crash at any point harmless: new packs, then a new
 //! index covering every pack that stays, then the old index files, then the
-//! packs that are no longer needed; before each step the caller confirms
-//! the lock is still held and, on a region pair, that both regions answer. A crash leaves either both indexes (the
+//! packs that are no longer needed. A crash leaves either both indexes (the
 //! same blobs listed twice, which restic's format allows) or packs nothing
-//! references, which the next prune removes; `check` accepts both.
+//! references, which the next prune removes; `check` accepts both. Before
+//! each step the caller confirms the lock is still held and, on a region
+//! pair, that both regions answer.
 
 use crate::pipeline::PACK_SIZE;
-use crate::repo::index::{BlobLocation, IndexBlob, IndexFile, IndexPack};
+use crate::repo::index::{BlobLocation, IndexFile, IndexPack, PackContents};
 use crate::repo::pack::{BlobType, PackBuilder};
 use crate::repo::{Id, RepoError, Repository, decode_blob};
 use crate::storage::FileType;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// How many blobs one new index file lists at most (restic's limit).
@@ -51,13 +52,6 @@ pub struct PruneReport {
     pub index_files_replaced: usize,
 }
 
-/// One blob as an index file lists it.
-#[derive(Clone, Copy)]
-struct Listed {
-    id: Id,
-    loc: BlobLocation,
-}
-
 /// Prune `repo` (whose index must be loaded under the lock). The caller
 /// holds the exclusive lock; `still_safe` says whether going on is (the
 /// lock is still ours, no region stopped answering), and is asked before
@@ -77,29 +71,11 @@ pub async fn prune(
         .into_iter()
         .map(|(n, _)| n)
         .collect();
-    let mut packs: BTreeMap<Id, Vec<Listed>> = BTreeMap::new();
+    let mut contents = PackContents::default();
     for name in &index_names {
-        let file = repo.load_index_file(name).await?;
-        for p in file.packs {
-            let blobs = packs.entry(p.id).or_default();
-            for b in p.blobs {
-                blobs.push(Listed {
-                    id: b.id,
-                    loc: BlobLocation {
-                        pack: p.id,
-                        kind: b.kind,
-                        offset: b.offset,
-                        length: b.length,
-                        uncompressed_length: b.uncompressed_length,
-                    },
-                });
-            }
-        }
+        contents.add_file(repo.load_index_file(name).await?);
     }
-    for blobs in packs.values_mut() {
-        blobs.sort_by_key(|b| (b.loc.offset, b.id));
-        blobs.dedup_by_key(|b| (b.loc.offset, b.id));
-    }
+    let packs = contents.into_packs();
 
     // The blobs in use: walk every snapshot's trees.
     let used = used_blobs(repo, &mut report).await?;
@@ -117,28 +93,31 @@ pub async fn prune(
     let mut claimed: HashSet<(Id, BlobType)> = HashSet::new();
     let whole: Vec<Id> = packs
         .iter()
-        .filter(|(_, blobs)| blobs.iter().all(|b| used.contains(&(b.id, b.loc.kind))))
+        .filter(|(_, blobs)| blobs.iter().all(|(id, l)| used.contains(&(*id, l.kind))))
         .map(|(id, _)| *id)
         .collect();
     let mut keep: Vec<Id> = Vec::new();
     let mut keeping: HashSet<Id> = HashSet::new();
     for id in &whole {
         let blobs = &packs[id];
-        if blobs.iter().all(|b| !claimed.contains(&(b.id, b.loc.kind))) {
-            claimed.extend(blobs.iter().map(|b| (b.id, b.loc.kind)));
+        if blobs
+            .iter()
+            .all(|(id, l)| !claimed.contains(&(*id, l.kind)))
+        {
+            claimed.extend(blobs.iter().map(|(id, l)| (*id, l.kind)));
             keep.push(*id);
             keeping.insert(*id);
         }
     }
-    let mut repack: Vec<(Id, Vec<Listed>)> = Vec::new();
+    let mut repack: Vec<(Id, Vec<(Id, BlobLocation)>)> = Vec::new();
     let mut remove: Vec<Id> = Vec::new();
     for (id, blobs) in &packs {
         if keeping.contains(id) {
             continue;
         }
-        let needed: Vec<Listed> = blobs
+        let needed: Vec<(Id, BlobLocation)> = blobs
             .iter()
-            .filter(|b| used.contains(&(b.id, b.loc.kind)) && claimed.insert((b.id, b.loc.kind)))
+            .filter(|(id, l)| used.contains(&(*id, l.kind)) && claimed.insert((*id, l.kind)))
             .copied()
             .collect();
         if needed.is_empty() {
@@ -187,7 +166,7 @@ pub async fn prune(
         // The repacked blobs are written again: only the rest is freed.
         let moved: u64 = repack
             .iter()
-            .flat_map(|(_, b)| b.iter().map(|b| b.loc.length as u64))
+            .flat_map(|(_, b)| b.iter().map(|(_, l)| l.length as u64))
             .sum();
         report.blobs_repacked = repack.iter().map(|(_, b)| b.len()).sum();
         report.bytes_freed = freed.saturating_sub(moved);
@@ -205,28 +184,23 @@ pub async fn prune(
     still_safe()?;
     let mut new_packs: Vec<IndexPack> = Vec::new();
     let mut written: u64 = 0;
-    let mut builders = [
-        (BlobType::Data, PackBuilder::with_capacity(PACK_SIZE)),
-        (BlobType::Tree, PackBuilder::with_capacity(PACK_SIZE)),
-    ];
+    let mut data = PackBuilder::with_capacity(PACK_SIZE);
+    let mut trees = PackBuilder::with_capacity(PACK_SIZE);
     for (pack, needed) in &repack {
         let bytes = repo.backend().load(FileType::Pack, &pack.to_hex()).await?;
-        for b in needed {
-            let (start, end) = (
-                b.loc.offset as usize,
-                b.loc.offset as usize + b.loc.length as usize,
-            );
+        for (id, l) in needed {
+            let (start, end) = (l.offset as usize, l.offset as usize + l.length as usize);
             let stored_blob = bytes.get(start..end).ok_or_else(|| {
                 RepoError::corrupt(format!("pack {pack}"), "shorter than its index says")
             })?;
             // Authenticate, decompress and hash before copying: damage is
             // never carried into a new pack.
-            decode_blob(repo.key(), &b.id, &b.loc, stored_blob)?;
-            let Some((_, builder)) = builders.iter_mut().find(|(kind, _)| *kind == b.loc.kind)
-            else {
-                continue; // two kinds, two builders: never reached
+            decode_blob(repo.key(), id, l, stored_blob)?;
+            let builder = match l.kind {
+                BlobType::Data => &mut data,
+                BlobType::Tree => &mut trees,
             };
-            builder.add(b.id, b.loc.kind, stored_blob, b.loc.uncompressed_length);
+            builder.add(*id, l.kind, stored_blob, l.uncompressed_length);
             report.blobs_repacked += 1;
             if builder.len() >= PACK_SIZE {
                 let full = std::mem::replace(builder, PackBuilder::with_capacity(PACK_SIZE));
@@ -234,7 +208,7 @@ pub async fn prune(
             }
         }
     }
-    for (_, builder) in builders {
+    for builder in [data, trees] {
         if !builder.is_empty() {
             written += save_pack(repo, builder, &mut new_packs).await?;
         }
@@ -244,19 +218,7 @@ pub async fn prune(
     // 2. A new index: the packs that stay as they are, and the new ones.
     let mut entries: Vec<IndexPack> = keep
         .iter()
-        .map(|id| IndexPack {
-            id: *id,
-            blobs: packs[id]
-                .iter()
-                .map(|b| IndexBlob {
-                    id: b.id,
-                    kind: b.loc.kind,
-                    offset: b.loc.offset,
-                    length: b.loc.length,
-                    uncompressed_length: b.loc.uncompressed_length,
-                })
-                .collect(),
-        })
+        .map(|id| IndexPack::from_locations(*id, &packs[id]))
         .collect();
     entries.extend(new_packs);
     still_safe()?;

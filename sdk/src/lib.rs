@@ -893,8 +893,8 @@ pub mod check {
     }
 }
 
-/// Helpers for database adapters: choosing what to restore, and naming
-/// scratch objects.
+/// Helpers for database adapters: naming each database's entries,
+/// choosing what to restore, and naming scratch objects.
 pub mod database {
     use crate::Error;
 
@@ -932,6 +932,22 @@ pub mod database {
             )));
         }
         Ok(chosen)
+    }
+
+    /// The entry `<root>/<name><suffix>` of database `db`: a `/` or `%` in
+    /// the name is written `%2F`, `%25`, so any name is one path component.
+    pub fn entry_path(root: &str, db: &str, suffix: &str) -> String {
+        let name = db.replace('%', "%25").replace('/', "%2F");
+        format!("{root}/{name}{suffix}")
+    }
+
+    /// The database whose entry ([`entry_path`]) `path` is, if it is one.
+    pub fn database_of(path: &str, root: &str, suffix: &str) -> Option<String> {
+        let name = path
+            .strip_prefix(root)?
+            .strip_prefix('/')?
+            .strip_suffix(suffix)?;
+        Some(name.replace("%2F", "/").replace("%25", "%"))
     }
 
     /// A fresh name `<prefix>_<16 hex digits>` for a scratch database or

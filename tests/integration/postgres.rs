@@ -378,6 +378,22 @@ fn hold_lock(db: &str, table: &str) -> std::process::Child {
     panic!("the lock on {table} was never granted");
 }
 
+/// Start `backup --job pg` of config file `config` in the background.
+fn spawn_backup(s: &Scratch, config: &std::path::Path) -> std::process::Child {
+    s.cairn_cmd(&[
+        "--config",
+        config.to_str().unwrap(),
+        "backup",
+        "--job",
+        "pg",
+    ])
+    .env_remove("CAIRN_REPOSITORY")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap()
+}
+
 /// Wait until a pg_dump of `db` is blocked on the lock; its backend's pid.
 fn wait_for_blocked_dump(db: &str) -> String {
     for _ in 0..300 {
@@ -473,19 +489,7 @@ fn postgres_dump_failures_fail_the_backup_loudly_with_no_snapshot() {
 
     // The server ends pg_dump's session mid-dump.
     let lock = hold_lock(db, "t");
-    let backup = s
-        .cairn_cmd(&[
-            "--config",
-            config.to_str().unwrap(),
-            "backup",
-            "--job",
-            "pg",
-        ])
-        .env_remove("CAIRN_REPOSITORY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let backup = spawn_backup(&s, &config);
     let backend = wait_for_blocked_dump(db);
     psql(
         "postgres",
@@ -506,19 +510,7 @@ fn postgres_dump_failures_fail_the_backup_loudly_with_no_snapshot() {
     assert_eq!(s.snapshot_count(), 0);
 
     // pg_dump killed by a signal.
-    let backup = s
-        .cairn_cmd(&[
-            "--config",
-            config.to_str().unwrap(),
-            "backup",
-            "--job",
-            "pg",
-        ])
-        .env_remove("CAIRN_REPOSITORY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let backup = spawn_backup(&s, &config);
     wait_for_blocked_dump(db);
     let pid = pg_dump_process(db);
     rustix::process::kill_process(
@@ -558,19 +550,7 @@ fn postgres_dump_failures_fail_the_backup_loudly_with_no_snapshot() {
         .unwrap()
     };
     let blocked_before = blocked();
-    let backup = s
-        .cairn_cmd(&[
-            "--config",
-            windowed.to_str().unwrap(),
-            "backup",
-            "--job",
-            "pg",
-        ])
-        .env_remove("CAIRN_REPOSITORY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let backup = spawn_backup(&s, &windowed);
     let mut hook = String::new();
     for _ in 0..300 {
         hook = psql(

@@ -75,24 +75,16 @@ fn default_user() -> String {
 const ROOT: &str = "/mariadb";
 const SYSTEM: [&str; 4] = ["information_schema", "performance_schema", "sys", "mysql"];
 
-fn escape(db: &str) -> String {
-    db.replace('%', "%25").replace('/', "%2F")
-}
-
 fn dump_path(db: &str) -> String {
-    format!("{ROOT}/{}.sql", escape(db))
+    cairn_sdk::database::entry_path(ROOT, db, ".sql")
 }
 
 fn charset_path(db: &str) -> String {
-    format!("{ROOT}/{}.charset", escape(db))
+    cairn_sdk::database::entry_path(ROOT, db, ".charset")
 }
 
 fn db_of(path: &str) -> Option<String> {
-    let name = path
-        .strip_prefix(ROOT)?
-        .strip_prefix('/')?
-        .strip_suffix(".sql")?;
-    Some(name.replace("%2F", "/").replace("%25", "%"))
+    cairn_sdk::database::database_of(path, ROOT, ".sql")
 }
 
 /// An identifier, quoted with backticks.

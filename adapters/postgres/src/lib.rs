@@ -103,21 +103,12 @@ const GLOBALS: &str = "/postgres/globals.sql";
 
 /// The entry of database `db`.
 fn dump_path(db: &str) -> String {
-    format!("{ROOT}/{}.dump", escape(db))
-}
-
-/// A database name as part of an entry's name.
-fn escape(db: &str) -> String {
-    db.replace('%', "%25").replace('/', "%2F")
+    cairn_sdk::database::entry_path(ROOT, db, ".dump")
 }
 
 /// The database an entry holds, if it is a dump.
 fn db_of(path: &str) -> Option<String> {
-    let name = path
-        .strip_prefix(ROOT)?
-        .strip_prefix('/')?
-        .strip_suffix(".dump")?;
-    Some(name.replace("%2F", "/").replace("%25", "%"))
+    cairn_sdk::database::database_of(path, ROOT, ".dump")
 }
 
 /// The `--dbname` option for database `db`, as a connection string: a
@@ -134,7 +125,7 @@ fn conninfo_value(v: &str) -> String {
 
 /// The entry holding the session settings database `db` was dumped with.
 fn settings_path(db: &str) -> String {
-    format!("{ROOT}/{}.settings", escape(db))
+    cairn_sdk::database::entry_path(ROOT, db, ".settings")
 }
 
 /// An SQL identifier, quoted.

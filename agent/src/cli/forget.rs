@@ -3,6 +3,7 @@
 //! only; the data they alone referenced stays until a prune (`--prune`, or
 //! `cairn prune`).
 
+use super::snapshots::snapshot_json;
 use super::{Global, Outcome, out};
 use crate::repo::id::Id;
 use crate::repo::snapshot::Snapshot;
@@ -195,13 +196,6 @@ fn group_key(fields: &[&str], snap: &Snapshot) -> GroupKey {
 /// One group's snapshots, newest first, each with what the policy decided.
 type Decided = Vec<(Id, Snapshot, Verdict)>;
 
-fn snapshot_json(id: &Id, snap: &Snapshot) -> serde_json::Value {
-    let mut v = serde_json::to_value(snap).unwrap_or_default();
-    v["id"] = serde_json::json!(id.to_hex());
-    v["short_id"] = serde_json::json!(id.short());
-    v
-}
-
 /// Run `forget`.
 pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
     let policy = a.policy()?;
@@ -361,14 +355,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Ok);
     }
     if let Some(p) = &pruned {
-        out(format!(
-            "pruned: {} packs removed, {} repacked into {}, {} packs no index listed removed, {} freed",
-            p.packs_removed,
-            p.packs_repacked,
-            p.packs_written,
-            p.packs_unreferenced,
-            indicatif::HumanBytes(p.bytes_freed)
-        ));
+        super::prune::print_report(p, false);
     }
     if a.dry_run {
         out(format!("would remove {removed} snapshots (dry run)"));

@@ -30,7 +30,13 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
         out(serde_json::to_value(&report)?);
         return Ok(Outcome::Ok);
     }
-    let verb = if a.dry_run { "would remove" } else { "removed" };
+    print_report(&report, a.dry_run);
+    Ok(Outcome::Ok)
+}
+
+/// Say what a prune did (or, for a dry run, would do).
+pub(super) fn print_report(report: &crate::prune::PruneReport, dry_run: bool) {
+    let verb = if dry_run { "would remove" } else { "removed" };
     out(format!(
         "{} snapshots use {} blobs; {} packs kept as they are",
         report.snapshots, report.blobs_used, report.packs_kept
@@ -47,5 +53,4 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
         "{verb} {}",
         indicatif::HumanBytes(report.bytes_freed)
     ));
-    Ok(Outcome::Ok)
 }

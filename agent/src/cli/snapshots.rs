@@ -6,20 +6,24 @@ use super::{Global, Outcome, out};
 #[derive(clap::Args, Debug)]
 pub struct Args {}
 
+/// A snapshot as JSON, as restic prints it: its fields, `id` and
+/// `short_id`.
+pub(super) fn snapshot_json(
+    id: &crate::repo::Id,
+    snap: &crate::repo::snapshot::Snapshot,
+) -> serde_json::Value {
+    let mut v = serde_json::to_value(snap).unwrap_or_default();
+    v["id"] = serde_json::json!(id.to_hex());
+    v["short_id"] = serde_json::json!(id.short());
+    v
+}
+
 /// Run `snapshots`.
 pub async fn run(g: &Global, _: Args) -> anyhow::Result<Outcome> {
     let repo = g.open().await?;
     let snaps = repo.snapshots().await?;
     if g.json {
-        let list: Vec<_> = snaps
-            .iter()
-            .map(|(id, s)| {
-                let mut v = serde_json::to_value(s).unwrap_or_default();
-                v["id"] = serde_json::json!(id.to_hex());
-                v["short_id"] = serde_json::json!(id.short());
-                v
-            })
-            .collect();
+        let list: Vec<_> = snaps.iter().map(|(id, s)| snapshot_json(id, s)).collect();
         out(serde_json::Value::Array(list));
         return Ok(Outcome::Ok);
     }

@@ -4,7 +4,7 @@
 use super::id::Id;
 use super::pack::{BlobType, PackedBlob};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Where a blob is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +81,60 @@ impl IndexPack {
                 })
                 .collect(),
         }
+    }
+}
+
+impl IndexPack {
+    /// The entry for a pack whose blobs are at `blobs`.
+    pub fn from_locations(pack: Id, blobs: &[(Id, BlobLocation)]) -> Self {
+        IndexPack {
+            id: pack,
+            blobs: blobs
+                .iter()
+                .map(|(id, l)| IndexBlob {
+                    id: *id,
+                    kind: l.kind,
+                    offset: l.offset,
+                    length: l.length,
+                    uncompressed_length: l.uncompressed_length,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Every pack the index files list, with the blobs each holds, in pack id
+/// order; a pack listed by several files (an interrupted index rewrite
+/// leaves that) is one pack, each blob once. `check` and `prune` read the
+/// packs this way.
+#[derive(Debug, Default)]
+pub struct PackContents(BTreeMap<Id, Vec<(Id, BlobLocation)>>);
+
+impl PackContents {
+    /// Add the packs of one index file.
+    pub fn add_file(&mut self, file: IndexFile) {
+        for p in file.packs {
+            let blobs = self.0.entry(p.id).or_default();
+            blobs.extend(p.blobs.into_iter().map(|b| {
+                let loc = BlobLocation {
+                    pack: p.id,
+                    kind: b.kind,
+                    offset: b.offset,
+                    length: b.length,
+                    uncompressed_length: b.uncompressed_length,
+                };
+                (b.id, loc)
+            }));
+        }
+    }
+
+    /// The packs, each with its blobs in offset order, duplicates merged.
+    pub fn into_packs(mut self) -> BTreeMap<Id, Vec<(Id, BlobLocation)>> {
+        for blobs in self.0.values_mut() {
+            blobs.sort_by_key(|(id, l)| (l.offset, *id));
+            blobs.dedup_by_key(|(id, l)| (l.offset, *id));
+        }
+        self.0
     }
 }
 
