@@ -56,6 +56,12 @@ struct Config {
     /// Redis's own patterns without classes); default: every key.
     #[serde(default)]
     pattern: Option<String>,
+    /// Restore and verify: a spare database to use instead of the
+    /// snapshot's own (a restore drill's scratch target). Restore refuses
+    /// unless it is empty, and empties it again if it fails; verify
+    /// compares against it and then empties it. Takes one database.
+    #[serde(default)]
+    scratch_database: Option<u32>,
 }
 
 fn default_pause_lease_ms() -> u64 {
@@ -498,6 +504,7 @@ fn read_record(r: &mut impl Read) -> Result<Option<Record>, Error> {
 fn next_database(
     conn: &mut Conn,
     config: &Config,
+    used_scratch: &mut bool,
 ) -> Result<Option<(u32, snapshot::EntryReader)>, Error> {
     while let Some(entry) = snapshot::next_entry()? {
         let Some(db) = db_of(&entry.path) else {
@@ -506,10 +513,32 @@ fn next_database(
         if !config.databases.is_empty() && !config.databases.contains(&db) {
             continue;
         }
-        conn.select(db)?;
+        match config.scratch_database {
+            Some(scratch) => {
+                if *used_scratch {
+                    return Err(Error::InvalidConfig(format!(
+                        "scratch-database takes one database, and the snapshot has more: choose one with databases = [{db}]"
+                    )));
+                }
+                *used_scratch = true;
+                conn.select(scratch)?;
+            }
+            None => conn.select(db)?,
+        }
         return Ok(Some((db, snapshot::open(&entry.path)?)));
     }
     Ok(None)
+}
+
+/// Empty the scratch database (after a verify, or a failed restore into it).
+fn clear_scratch(config: &Config) -> Result<(), Error> {
+    let Some(scratch) = config.scratch_database else {
+        return Ok(());
+    };
+    let mut conn = Conn::open(config)?;
+    conn.select(scratch)?;
+    conn.call(&[b"FLUSHDB"])?;
+    Ok(())
 }
 
 impl Adapter for Redis {
@@ -554,86 +583,118 @@ impl Adapter for Redis {
     }
 
     fn restore(config: Config) -> Result<RestoreSummary, Error> {
-        let mut conn = Conn::open(&config)?;
-        let mut summary = RestoreSummary::default();
-        let mut seen = Vec::new();
-        while let Some((db, mut r)) = next_database(&mut conn, &config)? {
-            seen.push(db);
-            while let Some(Record { key, ttl, payload }) = read_record(&mut r)? {
-                if !config.wants(&key) {
-                    continue;
+        if let Some(scratch) = config.scratch_database {
+            // Only an empty spare database is a scratch target: one with
+            // keys may be live data, and is never written over.
+            let mut conn = Conn::open(&config)?;
+            conn.select(scratch)?;
+            match conn.call(&[b"DBSIZE"])? {
+                Reply::Int(0) => {}
+                Reply::Int(n) => {
+                    return Err(Error::InvalidConfig(format!(
+                        "scratch database {scratch} is not empty ({n} keys); a drill restores only into an empty spare database"
+                    )));
                 }
-                let ttl = ttl.max(0).to_string();
-                conn.call(&[b"RESTORE", &key, ttl.as_bytes(), &payload, b"REPLACE"])?;
-                summary.files += 1;
-                summary.bytes += payload.len() as u64;
+                _ => return Err(conn.unexpected("DBSIZE gave no integer")),
             }
+            let result = restore_keys(&config);
+            if result.is_err() {
+                clear_scratch(&config)?;
+            }
+            return result;
         }
-        config.all_found(&seen)?;
-        if summary.files == 0
-            && let Some(pattern) = &config.pattern
-        {
-            return Err(Error::NotFound(format!(
-                "no key of the snapshot matches pattern {pattern:?}"
-            )));
-        }
-        Ok(summary)
+        restore_keys(&config)
     }
 
     fn verify(config: Config) -> Result<VerifyReport, Error> {
-        let mut conn = Conn::open(&config)?;
-        let mut report = VerifyReport::default();
-        let mut seen = Vec::new();
-        while let Some((db, mut r)) = next_database(&mut conn, &config)? {
-            seen.push(db);
-            let mut count = 0u64;
-            while let Some(Record { key, payload, .. }) = read_record(&mut r)? {
-                if !config.wants(&key) {
-                    continue;
-                }
-                count += 1;
-                report.entries += 1;
-                report.bytes += payload.len() as u64;
-                match conn.dump(&key)? {
-                    Some((_, live)) if live == payload => {}
-                    Some(_) if conn.same_unordered(&key, &payload)? => {}
-                    Some(_) => report.problems.push(format!(
-                        "db{db}: key {:?} differs from the snapshot",
-                        String::from_utf8_lossy(&key)
-                    )),
-                    None => report.problems.push(format!(
-                        "db{db}: key {:?} is missing",
-                        String::from_utf8_lossy(&key)
-                    )),
-                }
+        let result = verify_keys(&config);
+        clear_scratch(&config)?;
+        result
+    }
+}
+
+fn restore_keys(config: &Config) -> Result<RestoreSummary, Error> {
+    let mut conn = Conn::open(config)?;
+    let mut summary = RestoreSummary::default();
+    let mut seen = Vec::new();
+    let mut used_scratch = false;
+    while let Some((db, mut r)) = next_database(&mut conn, config, &mut used_scratch)? {
+        seen.push(db);
+        while let Some(Record { key, ttl, payload }) = read_record(&mut r)? {
+            if !config.wants(&key) {
+                continue;
             }
-            // Keys on the server that the snapshot does not have: all of
-            // the database's, or those matching the pattern.
-            let live = match &config.pattern {
-                None => match conn.call(&[b"DBSIZE"])? {
-                    Reply::Int(n) => n as u64,
-                    _ => return Err(conn.unexpected("DBSIZE gave no integer")),
-                },
-                Some(_) => conn
-                    .keys(&mut || Ok(()))?
-                    .iter()
-                    .filter(|k| config.wants(k))
-                    .count() as u64,
-            };
-            if live != count {
-                report.problems.push(format!(
-                    "db{db}: the snapshot has {count} keys{}, the server {live}",
-                    config
-                        .pattern
-                        .as_ref()
-                        .map(|p| format!(" matching {p:?}"))
-                        .unwrap_or_default()
-                ));
+            let ttl = ttl.max(0).to_string();
+            conn.call(&[b"RESTORE", &key, ttl.as_bytes(), &payload, b"REPLACE"])?;
+            summary.files += 1;
+            summary.bytes += payload.len() as u64;
+        }
+    }
+    config.all_found(&seen)?;
+    if summary.files == 0
+        && let Some(pattern) = &config.pattern
+    {
+        return Err(Error::NotFound(format!(
+            "no key of the snapshot matches pattern {pattern:?}"
+        )));
+    }
+    Ok(summary)
+}
+
+fn verify_keys(config: &Config) -> Result<VerifyReport, Error> {
+    let mut conn = Conn::open(config)?;
+    let mut report = VerifyReport::default();
+    let mut seen = Vec::new();
+    let mut used_scratch = false;
+    while let Some((db, mut r)) = next_database(&mut conn, config, &mut used_scratch)? {
+        seen.push(db);
+        let mut count = 0u64;
+        while let Some(Record { key, payload, .. }) = read_record(&mut r)? {
+            if !config.wants(&key) {
+                continue;
+            }
+            count += 1;
+            report.entries += 1;
+            report.bytes += payload.len() as u64;
+            match conn.dump(&key)? {
+                Some((_, live)) if live == payload => {}
+                Some(_) if conn.same_unordered(&key, &payload)? => {}
+                Some(_) => report.problems.push(format!(
+                    "db{db}: key {:?} differs from the snapshot",
+                    String::from_utf8_lossy(&key)
+                )),
+                None => report.problems.push(format!(
+                    "db{db}: key {:?} is missing",
+                    String::from_utf8_lossy(&key)
+                )),
             }
         }
-        config.all_found(&seen)?;
-        Ok(report)
+        // Keys on the server that the snapshot does not have: all of
+        // the database's, or those matching the pattern.
+        let live = match &config.pattern {
+            None => match conn.call(&[b"DBSIZE"])? {
+                Reply::Int(n) => n as u64,
+                _ => return Err(conn.unexpected("DBSIZE gave no integer")),
+            },
+            Some(_) => conn
+                .keys(&mut || Ok(()))?
+                .iter()
+                .filter(|k| config.wants(k))
+                .count() as u64,
+        };
+        if live != count {
+            report.problems.push(format!(
+                "db{db}: the snapshot has {count} keys{}, the server {live}",
+                config
+                    .pattern
+                    .as_ref()
+                    .map(|p| format!(" matching {p:?}"))
+                    .unwrap_or_default()
+            ));
+        }
     }
+    config.all_found(&seen)?;
+    Ok(report)
 }
 
 cairn_sdk::export_adapter!(Redis);
