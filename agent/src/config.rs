@@ -28,6 +28,181 @@ pub struct Config {
     /// Backup jobs.
     #[serde(default)]
     pub jobs: BTreeMap<String, JobConfig>,
+    /// Groups of jobs run one after another in one window.
+    #[serde(default)]
+    pub groups: BTreeMap<String, GroupConfig>,
+    /// The long-running agent (`cairn agent`).
+    #[serde(default)]
+    pub agent: AgentConfig,
+}
+
+/// The `[agent]` table: how `cairn agent` serves and runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AgentConfig {
+    /// Address of the REST API and `/metrics` (`127.0.0.1:7420`); unset:
+    /// no API.
+    pub listen: Option<String>,
+    /// File holding the API's bearer token (required with `listen`).
+    pub api_token_file: Option<PathBuf>,
+    /// Where the agent keeps its run history and drill records.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Jobs (or groups) running at once on this node.
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent_jobs: usize,
+    /// On SIGTERM, how long running jobs may go on before they are aborted.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_secs: u64,
+    /// Timezone of schedules that name none (an IANA name; default UTC).
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// Directory under which `POST /v1/restores` may restore files.
+    pub restore_root: Option<PathBuf>,
+    /// API requests per second one client may make (bursts of twice this).
+    #[serde(default = "default_rate")]
+    pub api_rate_per_sec: u32,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            listen: None,
+            api_token_file: None,
+            state_dir: default_state_dir(),
+            max_concurrent_jobs: default_max_concurrent(),
+            shutdown_grace_secs: default_grace(),
+            timezone: default_timezone(),
+            restore_root: None,
+            api_rate_per_sec: default_rate(),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Where API restores may write: `restore-root`, else
+    /// `<state-dir>/restores`.
+    pub fn restore_root(&self) -> PathBuf {
+        self.restore_root
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("restores"))
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/cairn/agent")
+}
+fn default_max_concurrent() -> usize {
+    2
+}
+fn default_grace() -> u64 {
+    60
+}
+fn default_timezone() -> String {
+    "UTC".into()
+}
+fn default_rate() -> u32 {
+    10
+}
+
+/// A group: jobs run in order inside one run, between the group's
+/// quiesce and release hooks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct GroupConfig {
+    /// The jobs, in the order they run.
+    pub jobs: Vec<String>,
+    /// When the group runs (cron: 5 fields, or 6 with seconds first, or
+    /// `@hourly`, `@daily`...).
+    pub schedule: String,
+    /// Delay each run by a fixed per-node amount of up to this many seconds.
+    #[serde(default)]
+    pub schedule_spread_secs: u64,
+    /// The schedule's timezone (default: the agent's).
+    pub timezone: Option<String>,
+    /// A command (program and arguments) run before the first job; if it
+    /// fails, no job of the group runs.
+    #[serde(default)]
+    pub quiesce: Vec<String>,
+    /// A command run after the last job, also when a job or the quiesce
+    /// hook failed.
+    #[serde(default)]
+    pub release: Vec<String>,
+    /// Seconds each hook may take before it is killed.
+    #[serde(default = "default_hook_timeout")]
+    pub hook_timeout_secs: u64,
+}
+
+fn default_hook_timeout() -> u64 {
+    300
+}
+
+/// A job's retention: restic's `forget` rules, applied after each
+/// successful scheduled backup to the job's own snapshots.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RetentionConfig {
+    /// Keep the N newest snapshots.
+    #[serde(default)]
+    pub keep_last: u32,
+    /// Keep the newest snapshot of each of the N newest hours.
+    #[serde(default)]
+    pub keep_hourly: u32,
+    /// ... days.
+    #[serde(default)]
+    pub keep_daily: u32,
+    /// ... ISO weeks.
+    #[serde(default)]
+    pub keep_weekly: u32,
+    /// ... months.
+    #[serde(default)]
+    pub keep_monthly: u32,
+    /// ... years.
+    #[serde(default)]
+    pub keep_yearly: u32,
+    /// Keep every snapshot less than this (`1y2m3d4h`) older than the newest.
+    pub keep_within: Option<String>,
+    /// Prune after forgetting (repack and remove unused data).
+    #[serde(default)]
+    pub prune: bool,
+}
+
+impl RetentionConfig {
+    /// The policy as `cairn forget` flags.
+    pub fn forget_flags(&self) -> Vec<String> {
+        let mut flags = Vec::new();
+        for (flag, n) in [
+            ("--keep-last", self.keep_last),
+            ("--keep-hourly", self.keep_hourly),
+            ("--keep-daily", self.keep_daily),
+            ("--keep-weekly", self.keep_weekly),
+            ("--keep-monthly", self.keep_monthly),
+            ("--keep-yearly", self.keep_yearly),
+        ] {
+            if n > 0 {
+                flags.push(flag.to_string());
+                flags.push(n.to_string());
+            }
+        }
+        if let Some(w) = &self.keep_within {
+            flags.push("--keep-within".into());
+            flags.push(w.clone());
+        }
+        flags
+    }
+}
+
+/// A job's restore drill.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DrillConfig {
+    /// When the drill runs (cron, as a job's schedule).
+    pub schedule: Option<String>,
+    /// Adapter configuration keys that point the drill's restore at a
+    /// scratch target (a spare Redis database: `{ scratch-database = 15 }`).
+    pub set: Option<toml::Table>,
+    /// Seconds the drill may take before it is aborted.
+    pub timeout_secs: Option<u64>,
 }
 
 fn default_audit_log() -> PathBuf {
@@ -174,6 +349,23 @@ pub struct JobConfig {
     /// What the adapter may reach beyond its paths.
     #[serde(default)]
     pub grants: JobGrants,
+    /// The SHA-256 (hex) a component file adapter must have; a file that
+    /// differs is refused before it runs.
+    pub adapter_sha256: Option<String>,
+    /// When `cairn agent` runs the job (cron: 5 fields, or 6 with seconds
+    /// first, or `@hourly`, `@daily`...); unset: only by hand, API or group.
+    pub schedule: Option<String>,
+    /// Delay each run by a fixed per-node amount of up to this many seconds.
+    #[serde(default)]
+    pub schedule_spread_secs: u64,
+    /// The schedule's timezone (default: the agent's).
+    pub timezone: Option<String>,
+    /// Abort a run (no snapshot) that takes longer than this many seconds.
+    pub timeout_secs: Option<u64>,
+    /// What the agent forgets after each successful backup.
+    pub retention: Option<RetentionConfig>,
+    /// The job's restore drill.
+    pub drill: Option<DrillConfig>,
 }
 
 /// A job's grants beyond its paths.
@@ -403,8 +595,100 @@ impl Config {
             if job.adapter == "filesystem" && job.paths.is_empty() {
                 return Err(format!("job {name}: the filesystem adapter needs paths"));
             }
+            if let Some(pin) = &job.adapter_sha256
+                && (pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                return Err(format!(
+                    "job {name}: adapter-sha256 {pin:?} is not 64 hex digits"
+                ));
+            }
+            let tz = job.timezone.as_deref().unwrap_or(&self.agent.timezone);
+            if let Some(s) = &job.schedule {
+                crate::daemon::schedule::Schedule::parse(s, tz, 0)
+                    .map_err(|e| format!("job {name}: schedule {s:?}: {e}"))?;
+            }
+            if let Some(s) = job.drill.as_ref().and_then(|d| d.schedule.as_ref()) {
+                crate::daemon::schedule::Schedule::parse(s, tz, 0)
+                    .map_err(|e| format!("job {name}: drill schedule {s:?}: {e}"))?;
+            }
+            if let Some(w) = job.retention.as_ref().and_then(|r| r.keep_within.as_ref()) {
+                w.parse::<crate::retention::Span>()
+                    .map_err(|e| format!("job {name}: retention keep-within: {e}"))?;
+            }
+            if job
+                .retention
+                .as_ref()
+                .is_some_and(|r| r.forget_flags().is_empty())
+            {
+                return Err(format!(
+                    "job {name}: retention keeps nothing; give at least one keep-* rule"
+                ));
+            }
+            if job.timeout_secs == Some(0) {
+                return Err(format!("job {name}: timeout-secs must be positive"));
+            }
         }
+        let mut grouped: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, group) in &self.groups {
+            if !valid_name(name) {
+                return Err(format!(
+                    "group {name:?}: names use a-z, 0-9, '-' and '_' only"
+                ));
+            }
+            if self.jobs.contains_key(name) {
+                return Err(format!("group {name}: a job has the same name"));
+            }
+            if group.jobs.is_empty() {
+                return Err(format!("group {name}: lists no jobs"));
+            }
+            for j in &group.jobs {
+                let Some(job) = self.jobs.get(j) else {
+                    return Err(format!(
+                        "group {name}: job {j} is not declared under [jobs]"
+                    ));
+                };
+                if job.schedule.is_some() {
+                    return Err(format!(
+                        "group {name}: job {j} has its own schedule; a job in a group runs with the group"
+                    ));
+                }
+                if let Some(other) = grouped.insert(j, name) {
+                    return Err(format!("job {j} is in two groups ({other} and {name})"));
+                }
+            }
+            let tz = group.timezone.as_deref().unwrap_or(&self.agent.timezone);
+            crate::daemon::schedule::Schedule::parse(&group.schedule, tz, 0)
+                .map_err(|e| format!("group {name}: schedule {:?}: {e}", group.schedule))?;
+        }
+        let a = &self.agent;
+        if let Some(listen) = &a.listen {
+            listen
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| format!("agent: listen {listen:?} is not an ip:port address ({e})"))?;
+            if a.api_token_file.is_none() {
+                return Err(
+                    "agent: listen needs api-token-file (the API has no unauthenticated mode)"
+                        .into(),
+                );
+            }
+        }
+        if a.max_concurrent_jobs == 0 {
+            return Err("agent: max-concurrent-jobs must be at least 1".into());
+        }
+        if a.api_rate_per_sec == 0 {
+            return Err("agent: api-rate-per-sec must be at least 1".into());
+        }
+        crate::daemon::schedule::parse_timezone(&a.timezone)
+            .map_err(|e| format!("agent: timezone: {e}"))?;
         Ok(())
+    }
+
+    /// The group a job belongs to, if any.
+    pub fn group_of(&self, job: &str) -> Option<&str> {
+        self.groups
+            .iter()
+            .find(|(_, g)| g.jobs.iter().any(|j| j == job))
+            .map(|(n, _)| n.as_str())
     }
 
     /// Where a tenant's data lives, after checking the tenant's pair stays

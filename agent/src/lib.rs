@@ -11,6 +11,7 @@
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod pipeline;
 pub mod prune;
 pub mod repo;
@@ -19,4 +20,5 @@ pub mod restore;
 pub mod retention;
 pub mod runtime;
 pub mod storage;
+pub mod telemetry;
 pub mod util;

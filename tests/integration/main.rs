@@ -6,6 +6,7 @@
 //! Cairn's integration tests: the real `cairn` binary, the real `restic`
 //! binary and real files. One test binary, one module per area.
 
+mod agent;
 mod common;
 mod faults;
 mod filesystem;

@@ -460,3 +460,57 @@ fn redis_logs_in_with_a_granted_secret_and_pauses_writes_around_the_dump() {
         text(&out)
     );
 }
+
+#[test]
+fn redis_drill_restores_into_an_empty_spare_database_and_empties_it() {
+    // Databases of their own: 12 holds the data, 11 is the spare.
+    let (db, spare) = (12, 11);
+    let s = Scratch::new();
+    cli(db, &[b"FLUSHDB"]);
+    cli(spare, &[b"FLUSHDB"]);
+    for i in 0..50 {
+        cli(
+            db,
+            &[
+                b"SET",
+                format!("k{i}").as_bytes(),
+                format!("value {i}").as_bytes(),
+            ],
+        );
+    }
+    cli(db, &[b"HSET", b"h", b"a", b"1"]);
+    let password = s.path("password");
+    std::fs::write(&password, crate::common::PASSWORD).unwrap();
+    let config = s.path("cairn.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nstate-dir = {state:?}\n[tenants.acme]\nrepository = {repo:?}\npassword-file = {password:?}\n\n[jobs.cache]\ntenant = \"acme\"\nadapter = \"redis\"\nconfig = {{ address = \"{ADDRESS}\", databases = [{db}] }}\ngrants = {{ connect = [\"{ADDRESS}\"] }}\ndrill = {{ set = {{ scratch-database = {spare} }} }}\n",
+            state = s.path("state"),
+            repo = s.repo(),
+        ),
+    )
+    .unwrap();
+    s.cairn_config_ok(&config, &["init", "--tenant", "acme"]);
+    s.cairn_config_ok(&config, &["backup", "--job", "cache"]);
+    let out = s.cairn_config_ok(&config, &["--json", "drill", "cache"]);
+    let record: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(record["passed"], true, "{record}");
+    assert_eq!(record["entries"], 51, "{record}");
+    assert_eq!(
+        cli(spare, &[b"DBSIZE"]),
+        b"0\n",
+        "the spare database is emptied"
+    );
+    assert_eq!(cli(db, &[b"DBSIZE"]), b"51\n", "the data is untouched");
+
+    // A spare database with keys is not a scratch target: the drill fails
+    // and leaves them.
+    cli(spare, &[b"SET", b"precious", b"1"]);
+    let out = s.cairn_config(&config, &["drill", "cache"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(stdout_and_err(&out).contains("not empty"), "{}", text(&out));
+    assert_eq!(cli(spare, &[b"GET", b"precious"]), b"1\n");
+    cli(spare, &[b"FLUSHDB"]);
+    cli(db, &[b"FLUSHDB"]);
+}

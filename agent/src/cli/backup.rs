@@ -78,6 +78,7 @@ fn absolute(p: &str) -> anyhow::Result<String> {
 pub async fn run(g: &Global, mut a: Args) -> anyhow::Result<Outcome> {
     let job_global;
     let mut env = Default::default();
+    let mut pin = None;
     let g = match &a.job {
         None => g,
         Some(name) => {
@@ -90,6 +91,7 @@ pub async fn run(g: &Global, mut a: Args) -> anyhow::Result<Outcome> {
             a.compression = job.compression;
             a.adapter_flags.add_job(&job)?;
             env = job.grants.env.clone();
+            pin = job.adapter_sha256.clone();
             job_global = jg;
             &job_global
         }
@@ -110,7 +112,7 @@ pub async fn run(g: &Global, mut a: Args) -> anyhow::Result<Outcome> {
     if paths.is_empty() && AdapterSource::parse(&a.adapter).name() == "filesystem" {
         bail!("give the paths to back up (or --job)");
     }
-    let source = AdapterSource::parse(&a.adapter);
+    let source = AdapterSource::parse(&a.adapter).pinned(pin.as_deref());
     let adapter_name = source.name();
     let config = match (&source, a.adapter_flags.config()?) {
         (_, Some(config)) => config,
@@ -153,6 +155,20 @@ pub async fn run(g: &Global, mut a: Args) -> anyhow::Result<Outcome> {
     };
     let pipeline = Pipeline::start(repo.clone(), opts);
     let stats = pipeline.stats().clone();
+    // The agent that started this backup reads its progress from stdout.
+    let status = crate::telemetry::is_agent_child().then(|| {
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                out(serde_json::json!({
+                    "message_type": "status",
+                    "bytes_read": stats.bytes_in.load(Ordering::Relaxed),
+                    "bytes_stored": stats.bytes_stored.load(Ordering::Relaxed),
+                }));
+            }
+        })
+    });
     let progress = (!g.json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.enable_steady_tick(Duration::from_millis(200));
@@ -191,6 +207,9 @@ pub async fn run(g: &Global, mut a: Args) -> anyhow::Result<Outcome> {
     let outcome = runtime.backup(&source, req, &limits).await;
     if let Some(bar) = progress {
         bar.finish_and_clear();
+    }
+    if let Some(task) = status {
+        task.abort();
     }
     let outcome = match outcome {
         Ok(o) => o,

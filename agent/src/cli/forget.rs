@@ -212,6 +212,24 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
     if a.prune && a.dry_run {
         bail!("--prune with --dry-run: forget for real first, or see `cairn prune --dry-run`");
     }
+    // With a config file, the newest snapshot of each job that passed a
+    // restore drill is never forgotten by a policy.
+    let drilled: std::collections::HashSet<String> = match g.config_path.as_ref() {
+        Some(_) => {
+            let config = g.config()?;
+            let records =
+                crate::daemon::drills::read(&config.agent.state_dir).with_context(|| {
+                    format!(
+                        "reading the drill record {}",
+                        crate::daemon::drills::path(&config.agent.state_dir).display()
+                    )
+                })?;
+            crate::daemon::drills::pinned(&records)
+                .into_values()
+                .collect()
+        }
+        None => Default::default(),
+    };
     let repo = g.open_without_index().await?;
     if !a.dry_run {
         g.require_whole_pair("forget")?;
@@ -248,7 +266,19 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
                         &policy,
                         now,
                     );
-                    let decided = decided.into_iter().map(|((id, s), v)| (id, s, v)).collect();
+                    let decided = decided
+                        .into_iter()
+                        .map(|((id, s), mut v)| {
+                            if drilled.contains(&id.to_hex()) {
+                                if !v.keep {
+                                    v.reasons.clear();
+                                }
+                                v.keep = true;
+                                v.reasons.push("newest snapshot that passed a restore drill".into());
+                            }
+                            (id, s, v)
+                        })
+                        .collect();
                     groups.push((key, decided));
                 }
             } else {

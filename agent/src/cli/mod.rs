@@ -11,8 +11,10 @@
 //! work is stored in one region of the tenant's pair only; the other lags
 //! until `cairn replicate`).
 
+mod agent;
 mod backup;
 mod check;
+mod drill;
 mod forget;
 mod init;
 mod job;
@@ -68,6 +70,9 @@ pub struct Cli {
     /// More log output (repeat for more).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Log lines as `text` or `json` (one JSON object per line).
+    #[arg(long, env = "CAIRN_LOG_FORMAT", global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -102,6 +107,12 @@ enum Command {
     /// Tenant operations.
     #[command(subcommand)]
     Tenant(tenant::Command),
+    /// Run the agent: the config's jobs on their schedules, drills,
+    /// retention, and the REST API.
+    Agent(agent::Args),
+    /// Restore a job's latest snapshot into a scratch target, verify it,
+    /// remove the scratch target, and record the result.
+    Drill(drill::Args),
 }
 
 /// What a command ended with, beyond plain failure.
@@ -348,8 +359,10 @@ async fn s3_from_url(url: &str) -> anyhow::Result<S3Backend> {
     Ok(S3Backend::new(&region, &cfg, prefix).await?)
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, json: bool, agent: bool) {
     let default = match verbose {
+        // The agent says what it runs; a command only what goes wrong.
+        0 if agent => "info",
         0 => "warn",
         1 => "info",
         2 => "debug",
@@ -375,7 +388,6 @@ fn init_logging(verbose: u8) {
         }
         !NOISY.iter().any(|p| target.starts_with(p)) || *meta.level() <= tracing::Level::WARN
     });
-    let json = std::env::var("CAIRN_LOG_FORMAT").is_ok_and(|f| f == "json");
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     if json {
         tracing_subscriber::registry()
@@ -385,6 +397,22 @@ fn init_logging(verbose: u8) {
         tracing_subscriber::registry()
             .with(layer.with_filter(filter).with_filter(guard))
             .init();
+    }
+}
+
+/// Wait for SIGTERM or SIGINT; returns its name.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without handlers the default action (exit) applies.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
     }
 }
 
@@ -399,7 +427,11 @@ pub fn out(line: impl std::fmt::Display) {
 /// Run the command line.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    init_logging(
+        cli.verbose,
+        cli.log_format == "json",
+        matches!(cli.command, Command::Agent(_)),
+    );
     let global = Global {
         repo: cli.repo,
         password_file: cli.password_file,
@@ -428,7 +460,19 @@ pub fn main() -> ExitCode {
             | Command::Prune(_)
     );
     let g = global.clone();
-    let result = runtime.block_on(async move {
+    if let Command::Agent(a) = cli.command {
+        // The agent handles its own signals (grace period, reload).
+        let result = runtime.block_on(agent::run(&global, a));
+        runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cairn: {e:#}");
+                ExitCode::from(EXIT_FAILED)
+            }
+        };
+    }
+    let command = async move {
         match cli.command {
             Command::Init(a) => init::run(&global, a).await,
             Command::Backup(a) => backup::run(&global, a).await,
@@ -443,8 +487,24 @@ pub fn main() -> ExitCode {
             Command::Replicate(a) => replicate::run(&global, a).await,
             Command::Repair(a) => replicate::repair(&global, a).await,
             Command::Tenant(c) => tenant::run(&global, c).await,
+            Command::Drill(a) => drill::run(&global, a).await,
+            Command::Agent(_) => unreachable!("handled above"),
+        }
+    };
+    // SIGTERM or SIGINT stops the command where it is: a backup records no
+    // snapshot, and the locks it held are removed before the exit.
+    let result = runtime.block_on(async move {
+        tokio::select! {
+            r = command => r,
+            signal = stop_signal() => Err(anyhow::anyhow!(
+                "stopped by {signal}; a backup stopped this way records no snapshot"
+            )),
         }
     });
+    runtime.block_on(crate::repo::release_abandoned_locks());
+    if crate::telemetry::is_agent_child() {
+        out(crate::telemetry::report());
+    }
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     let result = result.map(|o| g.finish(o, wrote));
     match result {

@@ -65,12 +65,14 @@ async fn plan(
 ) -> anyhow::Result<Plan> {
     let mut env = Default::default();
     let mut job_adapter = None;
+    let mut pin = None;
     let g = match job {
         Some(name) => {
             let (job, jg) = super::job::load(g, name)?;
             flags.add_job(&job)?;
             env = job.grants.env.clone();
             job_adapter = Some(job.adapter.clone());
+            pin = job.adapter_sha256.clone();
             jg
         }
         None => g.clone(),
@@ -81,7 +83,7 @@ async fn plan(
         .map(str::to_string)
         .or(job_adapter)
         .unwrap_or_else(|| snap.adapter().to_string());
-    let source = AdapterSource::parse(&name);
+    let source = AdapterSource::parse(&name).pinned(pin.as_deref());
     // A job's adapter restoring another adapter's snapshot would misread it.
     if let Some(job) = job
         && source.name() != snap.adapter()

@@ -69,9 +69,23 @@ fn process_exists(pid: i64) -> bool {
     let Some(pid) = rustix::process::Pid::from_raw(pid) else {
         return false;
     };
-    match rustix::process::test_kill_process(pid) {
+    let signalable = match rustix::process::test_kill_process(pid) {
         Ok(()) => true,
         // EPERM: it exists but belongs to someone else.
         Err(e) => e == rustix::io::Errno::PERM,
-    }
+    };
+    signalable && !is_zombie(pid)
+}
+
+/// A killed process whose parent died too stays a zombie until an init
+/// reaps it (some container inits never do): it still takes signals, but
+/// it will never refresh or remove its lock.
+fn is_zombie(pid: rustix::process::Pid) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())) else {
+        return false;
+    };
+    // `pid (comm) state ...`: comm may hold spaces and parentheses.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| state == "Z" || state == "X")
 }

@@ -460,6 +460,7 @@ impl Repository {
             current,
             refresher,
             refreshed,
+            released: false,
         })
     }
 
@@ -612,6 +613,32 @@ pub struct LockGuard {
     /// Wall-clock time of the lock file's last successful write: others
     /// judge staleness by the time inside it, so we do too.
     refreshed: Arc<std::sync::Mutex<chrono::DateTime<chrono::FixedOffset>>>,
+    released: bool,
+}
+
+/// Locks whose guard was dropped without `release` (a command stopped by a
+/// signal, an early return): [`release_abandoned_locks`] removes them
+/// before the process exits, so they do not wait to go stale.
+type Abandoned = Vec<(Arc<Repository>, Arc<tokio::sync::Mutex<Id>>)>;
+static ABANDONED: std::sync::Mutex<Abandoned> = std::sync::Mutex::new(Vec::new());
+
+/// Remove the lock files of guards dropped without `release`.
+pub async fn release_abandoned_locks() {
+    let abandoned = std::mem::take(&mut *ABANDONED.lock().expect("abandoned locks"));
+    for (repo, current) in abandoned {
+        let id = *current.lock().await;
+        let name = id.to_hex();
+        let removal = repo.backend.remove(FileType::Lock, &name);
+        match tokio::time::timeout(std::time::Duration::from_secs(10), removal).await {
+            Ok(Ok(())) => tracing::debug!(lock = %id.short(), "Removed an abandoned lock."),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Could not remove an abandoned lock; it will be cleared as stale.")
+            }
+            Err(_) => {
+                tracing::warn!("Removing an abandoned lock timed out; it will be cleared as stale.")
+            }
+        }
+    }
 }
 
 impl LockGuard {
@@ -631,7 +658,8 @@ impl LockGuard {
     }
 
     /// Stop refreshing and remove the lock file.
-    pub async fn release(self) -> Result<(), RepoError> {
+    pub async fn release(mut self) -> Result<(), RepoError> {
+        self.released = true;
         self.refresher.abort();
         let id = *self.current.lock().await;
         self.repo
@@ -645,6 +673,12 @@ impl LockGuard {
 impl Drop for LockGuard {
     fn drop(&mut self) {
         self.refresher.abort();
+        if !self.released {
+            ABANDONED
+                .lock()
+                .expect("abandoned locks")
+                .push((Arc::clone(&self.repo), Arc::clone(&self.current)));
+        }
     }
 }
 

@@ -69,6 +69,7 @@ impl Policy {
             None => "the tenant has no region pair in the config".to_string(),
         };
         self.refusals.fetch_add(1, Ordering::Relaxed);
+        crate::telemetry::residency_refused();
         tracing::error!(%tenant, %region, op, object = %name, %reason, "Residency refusal: request not sent.");
         Err(StorageError::Refused {
             tenant: tenant.into(),

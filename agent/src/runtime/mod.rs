@@ -82,8 +82,9 @@ impl Default for Limits {
 pub enum AdapterSource {
     /// A bundled adapter.
     Bundled(String),
-    /// A `.wasm` component on disk.
-    File(PathBuf),
+    /// A `.wasm` component on disk, with the SHA-256 (hex) it must have
+    /// if the job pins one.
+    File(PathBuf, Option<String>),
 }
 
 impl AdapterSource {
@@ -91,9 +92,20 @@ impl AdapterSource {
     /// in `.wasm` is a file.
     pub fn parse(s: &str) -> Self {
         if s.contains('/') || s.ends_with(".wasm") {
-            AdapterSource::File(PathBuf::from(s))
+            AdapterSource::File(PathBuf::from(s), None)
         } else {
             AdapterSource::Bundled(s.to_string())
+        }
+    }
+
+    /// The same source, refused at load unless a component file's SHA-256
+    /// is `sha256` (when given). Bundled adapters are part of the binary.
+    pub fn pinned(self, sha256: Option<&str>) -> Self {
+        match self {
+            AdapterSource::File(p, _) => {
+                AdapterSource::File(p, sha256.map(|s| s.to_ascii_lowercase()))
+            }
+            b => b,
         }
     }
 
@@ -101,7 +113,7 @@ impl AdapterSource {
     pub fn name(&self) -> String {
         match self {
             AdapterSource::Bundled(n) => n.clone(),
-            AdapterSource::File(p) => p
+            AdapterSource::File(p, _) => p
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| p.display().to_string()),
@@ -168,8 +180,19 @@ impl Runtime {
                     anyhow!("unknown adapter {n:?}: the bundled adapters are: filesystem, redis, postgres, mariadb (for another adapter, pass its component with --adapter PATH)")
                 })?
                 .to_vec(),
-            AdapterSource::File(p) => {
-                std::fs::read(p).with_context(|| format!("reading adapter {}", p.display()))?
+            AdapterSource::File(p, pin) => {
+                let bytes =
+                    std::fs::read(p).with_context(|| format!("reading adapter {}", p.display()))?;
+                if let Some(pin) = pin {
+                    let actual = crate::repo::Id::hash(&bytes).to_hex();
+                    if actual != *pin {
+                        anyhow::bail!(
+                            "adapter {} has SHA-256 {actual}, but the job pins {pin}; refusing to run it",
+                            p.display()
+                        );
+                    }
+                }
+                bytes
             }
         };
         let key = {
@@ -228,9 +251,19 @@ impl Runtime {
     fn store(&self, state: host::HostState, limits: &Limits) -> Store<host::HostState> {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        let ticks = (limits.timeout.as_millis() / TICK.as_millis()).max(1) as u64;
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
+        // Every tick, running Wasm yields to the executor: a guest that
+        // computes without calling the host still lets the task notice a
+        // cancellation (SIGTERM, the agent's abort) and the other tasks run.
+        // At the deadline it traps.
+        let deadline = std::time::Instant::now() + limits.timeout;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if std::time::Instant::now() >= deadline {
+                Ok(wasmtime::UpdateDeadline::Interrupt)
+            } else {
+                Ok(wasmtime::UpdateDeadline::Yield(1))
+            }
+        });
         store
     }
 

@@ -565,6 +565,7 @@ impl S3Backend {
                             < self.request_timeout =>
                 {
                     tracing::debug!(region = %self.region, %key, attempt, %message, "Reading a body failed; retrying.");
+                    crate::telemetry::storage_retried();
                     // The SDK's schedule: 200 ms doubling, at most 10 s,
                     // with full jitter.
                     let cap = Duration::from_millis(200 << (attempt - 1).min(6))

@@ -1,0 +1,495 @@
+//! The REST API: JSON under `/v1/`, `/metrics` for Prometheus, `/healthz`
+//! and `/readyz` for probes. Every endpoint but the two probes needs
+//! `Authorization: Bearer <token>` (the token in `api-token-file`, compared
+//! in constant time). Each client address gets `api-rate-per-sec` requests
+//! a second (bursts of twice that); bodies are at most 64 KiB. Errors are
+//! `{"error": {"code": "...", "message": "..."}}` with codes that do not
+//! change; docs/openapi.json lists them, and is served at
+//! `/v1/openapi.json`.
+
+use super::{Agent, RestoreSpec, Target, TriggerError};
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The committed OpenAPI document.
+pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+/// Largest request body.
+const BODY_LIMIT: usize = 64 * 1024;
+
+/// An error as the API returns it.
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (
+            self.status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
+    }
+}
+
+impl From<TriggerError> for ApiError {
+    fn from(e: TriggerError) -> Self {
+        let (status, code) = match &e {
+            TriggerError::NotFound(m) if m.starts_with("tenant") => {
+                (StatusCode::NOT_FOUND, "tenant_not_found")
+            }
+            TriggerError::NotFound(m) if m.starts_with("group") => {
+                (StatusCode::NOT_FOUND, "group_not_found")
+            }
+            TriggerError::NotFound(_) => (StatusCode::NOT_FOUND, "job_not_found"),
+            TriggerError::Busy(_) => (StatusCode::CONFLICT, "already_running"),
+            TriggerError::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            TriggerError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+/// Token buckets per client address.
+#[derive(Default)]
+struct Limiter {
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+impl Limiter {
+    fn allow(&self, ip: IpAddr, rate: f64) -> bool {
+        let burst = rate * 2.0;
+        let mut buckets = self.buckets.lock().expect("rate buckets");
+        let now = Instant::now();
+        if buckets.len() > 10_000 {
+            // Forget clients that have been quiet long enough to be full.
+            buckets.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(60));
+        }
+        let (tokens, last) = buckets.entry(ip).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Api {
+    agent: Arc<Agent>,
+    limiter: Arc<Limiter>,
+}
+
+/// Serve the API on `listener` until the task is dropped.
+pub async fn serve(agent: Arc<Agent>, listener: tokio::net::TcpListener) {
+    let app = router(agent);
+    if let Err(e) = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+    {
+        tracing::error!(error = %e, "The API server stopped.");
+    }
+}
+
+/// The routes.
+pub fn router(agent: Arc<Agent>) -> axum::Router {
+    let api = Api {
+        agent,
+        limiter: Arc::new(Limiter::default()),
+    };
+    let authed = axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/jobs", get(jobs))
+        .route("/v1/jobs/{job}/run", post(run_job))
+        .route("/v1/runs/{id}", get(run))
+        .route("/v1/snapshots", get(snapshots))
+        .route("/v1/restores", post(restore))
+        .route("/v1/drills", get(drills))
+        .route_layer(middleware::from_fn_with_state(api.clone(), authenticate));
+    axum::Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(ready))
+        .merge(authed)
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(api.clone(), rate_limit))
+        .with_state(api)
+}
+
+async fn rate_limit(State(api): State<Api>, req: Request, next: Next) -> Response {
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let rate = api.agent.loaded().config.agent.api_rate_per_sec as f64;
+    // Probes are never limited: a busy client must not make the node look dead.
+    let probe = matches!(req.uri().path(), "/healthz" | "/readyz");
+    if !probe && !api.limiter.allow(ip, rate) {
+        return ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many requests; retry after a second",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// Compare two secrets in time independent of where they differ (and of
+/// their lengths: both are hashed first).
+fn same_secret(a: &str, b: &str) -> bool {
+    let (x, y) = (
+        crate::repo::Id::hash(a.as_bytes()),
+        crate::repo::Id::hash(b.as_bytes()),
+    );
+    let diff =
+        x.0.iter()
+            .zip(y.0.iter())
+            .fold(0u8, |acc, (p, q)| acc | (p ^ q));
+    std::hint::black_box(diff) == 0
+}
+
+async fn authenticate(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
+    let loaded = api.agent.loaded();
+    let Some(expected) = loaded.token.as_deref() else {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "the agent has no API token",
+        )
+        .into_response();
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing_token",
+            "send Authorization: Bearer <token>",
+        )
+        .into_response(),
+        Some(t) if !same_secret(t.trim(), expected) => {
+            tracing::warn!(path = %req.uri().path(), "API request with a wrong token.");
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "the bearer token is not valid",
+            )
+            .into_response()
+        }
+        Some(_) => next.run(req).await,
+    }
+}
+
+async fn ready(State(api): State<Api>) -> Response {
+    if api.agent.ready() {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the agent is starting or stopping",
+        )
+        .into_response()
+    }
+}
+
+async fn metrics(State(api): State<Api>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        super::metrics::render(&api.agent),
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn jobs(State(api): State<Api>) -> Json<serde_json::Value> {
+    let agent = &api.agent;
+    let loaded = agent.loaded();
+    let c = &loaded.config;
+    let runs = agent.runs.lock().expect("runs");
+    let mut out = Vec::new();
+    for (name, j) in &c.jobs {
+        let stats = runs.stats.get(name).cloned().unwrap_or_default();
+        let active = runs
+            .active(name)
+            .filter(|r| r.kind == super::state::Kind::Backup);
+        let group = c.group_of(name);
+        let next_run = match group {
+            Some(g) => agent.next_run(&Target::Group(g.into())),
+            None => agent.next_run(&Target::Backup(name.clone())),
+        };
+        out.push(json!({
+            "name": name,
+            "tenant": j.tenant,
+            "adapter": j.adapter,
+            "schedule": j.schedule,
+            "group": group,
+            "state": match active.map(|r| r.status) {
+                Some(super::state::Status::Queued) => "queued",
+                Some(_) => "running",
+                None => "idle",
+            },
+            "current_run": active.map(|r| r.id.clone()),
+            "next_run": next_run,
+            "last_success": stats.last_success,
+            "skipped_runs": stats.skipped_overlap,
+            "retention": j.retention.as_ref().map(|r| r.forget_flags().join(" ")),
+            "drill_schedule": j.drill.as_ref().and_then(|d| d.schedule.clone()),
+            "next_drill": agent.next_run(&Target::Drill(name.clone())),
+            "recent_runs": runs.of_job(name, 5),
+        }));
+    }
+    let groups: Vec<serde_json::Value> = c
+        .groups
+        .iter()
+        .map(|(name, g)| {
+            json!({
+                "name": name,
+                "jobs": g.jobs,
+                "schedule": g.schedule,
+                "next_run": agent.next_run(&Target::Group(name.clone())),
+                "skipped_runs": runs.stats.get(name).map(|s| s.skipped_overlap).unwrap_or(0),
+                "recent_runs": runs.of_job(name, 5),
+            })
+        })
+        .collect();
+    Json(json!({"jobs": out, "groups": groups}))
+}
+
+async fn run_job(State(api): State<Api>, Path(job): Path<String>) -> Result<Response, ApiError> {
+    let c = &api.agent.loaded().config;
+    let target = if c.jobs.contains_key(&job) {
+        Target::Backup(job)
+    } else if c.groups.contains_key(&job) {
+        Target::Group(job)
+    } else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "job_not_found",
+            format!("job {job} is not in the config"),
+        ));
+    };
+    let run = api.agent.trigger(target, "api")?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"run": run}))).into_response())
+}
+
+async fn run(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let runs = api.agent.runs.lock().expect("runs");
+    match runs.get(&id) {
+        Some(r) => Ok(Json(json!({"run": r}))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "run_not_found",
+            format!("run {id} is not known (the agent keeps the last 1000)"),
+        )),
+    }
+}
+
+async fn snapshots(
+    State(api): State<Api>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(tenant) = q.get("tenant") else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "tenant_required",
+            "give ?tenant=NAME",
+        ));
+    };
+    let loaded = api.agent.loaded();
+    if !loaded.config.tenants.contains_key(tenant) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "tenant_not_found",
+            format!("tenant {tenant} is not in the config"),
+        ));
+    }
+    let args = vec![
+        "--config".into(),
+        loaded.frozen.display().to_string(),
+        "--json".into(),
+        "--tenant".into(),
+        tenant.clone(),
+        "snapshots".into(),
+    ];
+    let f = super::runner::run(
+        &format!("snapshots:{tenant}"),
+        &args,
+        Some(Duration::from_secs(120)),
+        tokio::sync::watch::channel(false).1,
+        |_| {},
+    )
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    match (f.code, f.json.into_iter().find(|v| v.is_array())) {
+        (Some(0), Some(list)) => Ok(Json(json!({"tenant": tenant, "snapshots": list}))),
+        (_, _) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "repository_error",
+            {
+                let f2 = super::runner::Finished {
+                    stderr: f.stderr,
+                    ..Default::default()
+                };
+                f2.error()
+            },
+        )),
+    }
+}
+
+async fn restore(
+    State(api): State<Api>,
+    body: Result<Json<RestoreSpec>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(spec) = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body is larger than {BODY_LIMIT} bytes"),
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send Content-Type: application/json",
+        ),
+        _ => ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.body_text()),
+    })?;
+    let run = api.agent.trigger(Target::Restore(spec), "api")?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"run": run}))).into_response())
+}
+
+async fn drills(
+    State(api): State<Api>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let dir = api.agent.loaded().config.agent.state_dir.clone();
+    let records = super::drills::read(&dir).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("reading the drill record: {e}"),
+        )
+    })?;
+    let list: Vec<_> = records
+        .into_iter()
+        .rev()
+        .filter(|r| q.get("job").is_none_or(|j| *j == r.job))
+        .take(100)
+        .collect();
+    Ok(Json(json!({"drills": list})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_by_content_not_prefix() {
+        assert!(same_secret(
+            "s3cret-token-0123456789",
+            "s3cret-token-0123456789"
+        ));
+        assert!(!same_secret(
+            "s3cret-token-0123456789",
+            "s3cret-token-012345678"
+        ));
+        assert!(!same_secret("", "x"));
+    }
+
+    #[test]
+    fn the_limiter_allows_a_burst_then_refuses() {
+        let l = Limiter::default();
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let allowed = (0..30).filter(|_| l.allow(ip, 5.0)).count();
+        assert_eq!(allowed, 10, "a burst of twice the rate");
+        assert!(
+            l.allow(IpAddr::from([127, 0, 0, 2]), 5.0),
+            "another client has its own bucket"
+        );
+    }
+
+    #[test]
+    fn the_openapi_document_names_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("valid JSON");
+        for path in [
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/v1/openapi.json",
+            "/v1/jobs",
+            "/v1/jobs/{job}/run",
+            "/v1/runs/{id}",
+            "/v1/snapshots",
+            "/v1/restores",
+            "/v1/drills",
+        ] {
+            assert!(
+                doc["paths"].get(path).is_some(),
+                "{path} is missing from docs/openapi.json"
+            );
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Running one command of the agent's work (a backup, a drill, a restore,
+//! a forget) as a child process of this same binary, against the config
+//! file the agent validated.
+//!
+//! A child per run keeps runs apart: a run that panics, leaks or is killed
+//! cannot take the agent or another run with it, and stopping a run is a
+//! signal, which every command already handles (SIGTERM: stop where it is,
+//! record no snapshot, remove its locks). Children sit in their own process
+//! group, so a Ctrl-C at the agent's terminal reaches the agent alone, and
+//! die with SIGTERM if the agent itself dies.
+
+use std::collections::VecDeque;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// How long a child may take to stop after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+/// Lines of a child's stderr kept for the run's error message.
+const STDERR_TAIL: usize = 20;
+
+/// Why a child was stopped before it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// It ran past its timeout.
+    Timeout,
+    /// The agent is shutting down and the grace period ran out.
+    Abort,
+}
+
+/// What a child did.
+#[derive(Debug, Default)]
+pub struct Finished {
+    /// Its exit code (`None`: killed by a signal).
+    pub code: Option<i32>,
+    /// Why the agent stopped it, if it did.
+    pub stopped: Option<Stopped>,
+    /// JSON lines it printed (its summary, its listing), status lines aside.
+    pub json: Vec<serde_json::Value>,
+    /// Its telemetry line.
+    pub telemetry: Option<serde_json::Value>,
+    /// The end of its stderr.
+    pub stderr: Vec<String>,
+}
+
+impl Finished {
+    /// The last JSON line of `message_type` `t`.
+    pub fn message(&self, t: &str) -> Option<&serde_json::Value> {
+        self.json
+            .iter()
+            .rev()
+            .find(|v| v.get("message_type").and_then(|m| m.as_str()) == Some(t))
+    }
+
+    /// The error the child printed (its `cairn: ...` line), else the end of
+    /// its stderr.
+    pub fn error(&self) -> String {
+        if let Some(line) = self.stderr.iter().rev().find(|l| l.starts_with("cairn: ")) {
+            return line.trim_start_matches("cairn: ").to_string();
+        }
+        match self.stderr.last() {
+            Some(l) => l.clone(),
+            None => match self.code {
+                Some(c) => format!("exited with code {c}"),
+                None => "killed by a signal".into(),
+            },
+        }
+    }
+}
+
+/// Run `cairn <args>`; `on_status` sees each progress line. The child is
+/// stopped (SIGTERM, then SIGKILL after [`STOP_GRACE`]) at `timeout` or
+/// when `abort` turns true.
+pub async fn run(
+    label: &str,
+    args: &[String],
+    timeout: Option<Duration>,
+    mut abort: tokio::sync::watch::Receiver<bool>,
+    mut on_status: impl FnMut(&serde_json::Value),
+) -> std::io::Result<Finished> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args(args)
+        .env(crate::telemetry::AGENT_CHILD_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe and touches only this (forked)
+    // process's own attributes.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let pid = child.id();
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let label_owned = label.to_string();
+    let stderr_task = tokio::spawn(async move {
+        let mut tail = VecDeque::new();
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::info!(run = %label_owned, "{line}");
+            if tail.len() == STDERR_TAIL {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+        tail.into_iter().collect::<Vec<_>>()
+    });
+    let mut out = Finished::default();
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = async {
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let aborted = async {
+        loop {
+            if *abort.borrow_and_update() {
+                return;
+            }
+            if abort.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::pin!(aborted);
+    let mut stdout_open = true;
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    loop {
+        let kill = async {
+            match kill_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            line = lines.next_line(), if stdout_open => match line {
+                Ok(Some(line)) => {
+                    let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                        continue;
+                    };
+                    match v.get("message_type").and_then(|m| m.as_str()) {
+                        Some("status") => on_status(&v),
+                        Some("telemetry") => out.telemetry = Some(v),
+                        _ => out.json.push(v),
+                    }
+                }
+                _ => stdout_open = false,
+            },
+            status = child.wait() => {
+                out.code = status?.code();
+                break;
+            }
+            _ = &mut deadline, if out.stopped.is_none() => {
+                out.stopped = Some(Stopped::Timeout);
+                terminate(pid);
+                kill_at = Some(tokio::time::Instant::now() + STOP_GRACE);
+            }
+            _ = &mut aborted, if out.stopped.is_none() => {
+                out.stopped = Some(Stopped::Abort);
+                terminate(pid);
+                kill_at = Some(tokio::time::Instant::now() + STOP_GRACE);
+            }
+            _ = kill => {
+                tracing::warn!(run = %label, "The command did not stop within {}s of SIGTERM; killing it.", STOP_GRACE.as_secs());
+                let _ = child.start_kill();
+                kill_at = None;
+            }
+        }
+    }
+    // What the child printed after its stdout was last read.
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(Duration::from_millis(200), lines.next_line()).await
+    {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+            match v.get("message_type").and_then(|m| m.as_str()) {
+                Some("status") => {}
+                Some("telemetry") => out.telemetry = Some(v),
+                _ => out.json.push(v),
+            }
+        }
+    }
+    out.stderr = tokio::time::timeout(Duration::from_secs(5), stderr_task)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    Ok(out)
+}
+
+/// Ask a child (not yet reaped, so its pid is still its own) to stop.
+fn terminate(pid: Option<u32>) {
+    if let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+}
+
+/// Run a hook command (a group's quiesce or release) with a timeout.
+pub async fn hook(argv: &[String], timeout: Duration) -> Result<(), String> {
+    let Some((program, args)) = argv.split_first() else {
+        return Ok(());
+    };
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {program}: {e}"))?;
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Err(_) => Err(format!(
+            "{program} took longer than {}s and was killed",
+            timeout.as_secs()
+        )),
+        Ok(Err(e)) => Err(format!("{program}: {e}")),
+        Ok(Ok(o)) if o.status.success() => Ok(()),
+        Ok(Ok(o)) => Err(format!(
+            "{program} failed ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+    }
+}
