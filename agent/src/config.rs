@@ -624,6 +624,9 @@ impl Config {
                     "job {name}: retention keeps nothing; give at least one keep-* rule"
                 ));
             }
+            if let Some(set) = job.drill.as_ref().and_then(|d| d.set.as_ref()) {
+                validate_drill_set(name, job, set)?;
+            }
             if job.timeout_secs == Some(0) {
                 return Err(format!("job {name}: timeout-secs must be positive"));
             }
@@ -743,6 +746,50 @@ impl Config {
     }
 }
 
+/// A drill restores into what `drill.set` points at: it must be a scratch
+/// target, never the job's own data.
+fn validate_drill_set(name: &str, job: &JobConfig, set: &toml::Table) -> Result<(), String> {
+    match job.adapter.as_str() {
+        "redis" => {
+            let Some(scratch) = set.get("scratch-database").and_then(|v| v.as_integer()) else {
+                return Err(format!(
+                    "job {name}: a Redis drill restores into a spare database: give drill.set = {{ scratch-database = N }}"
+                ));
+            };
+            let own = job
+                .config
+                .as_ref()
+                .and_then(|c| c.get("databases"))
+                .and_then(|d| d.as_array())
+                .map(|d| d.iter().filter_map(|v| v.as_integer()).collect::<Vec<_>>())
+                .unwrap_or_default();
+            if own.is_empty() {
+                return Err(format!(
+                    "job {name}: a Redis drill needs the job's databases listed (config.databases), so the scratch database cannot be one of them"
+                ));
+            }
+            if own.contains(&scratch) {
+                return Err(format!(
+                    "job {name}: drill scratch-database {scratch} is one of the job's own databases"
+                ));
+            }
+            if set.keys().any(|k| k != "scratch-database") {
+                return Err(format!(
+                    "job {name}: a Redis drill's set takes scratch-database only"
+                ));
+            }
+            Ok(())
+        }
+        "filesystem" | "postgres" | "mariadb" => Err(format!(
+            "job {name}: drill.set is not used with the {} adapter (its drill restores into a scratch target of its own)",
+            job.adapter
+        )),
+        // A component of its own: its author says which keys name a
+        // scratch target.
+        _ => Ok(()),
+    }
+}
+
 fn validate_endpoint(name: &str, r: &RegionConfig) -> Result<(), String> {
     let (scheme, rest) = r
         .endpoint
@@ -831,6 +878,34 @@ regions = ["us-east-1"]
         .unwrap_err()
         .to_string();
         assert!(e.contains("tenant acme") && e.contains("us-east-1"), "{e}");
+    }
+
+    #[test]
+    fn the_example_agent_config_is_valid() {
+        let text = include_str!("../../deploy/examples/agent.toml");
+        let c = Config::parse(Path::new("deploy/examples/agent.toml"), text).unwrap();
+        assert_eq!(c.tenants.len(), 2);
+        assert_eq!(c.groups["acme-app"].jobs, ["acme-pg", "acme-files"]);
+    }
+
+    #[test]
+    fn a_redis_drill_must_name_a_spare_database_not_its_own() {
+        let job = |drill: &str| {
+            format!(
+                "[tenants.t]\nrepository = \"/r\"\npassword-file = \"/k\"\n[jobs.j]\ntenant = \"t\"\nadapter = \"redis\"\nconfig = {{ address = \"127.0.0.1:6379\", databases = [0] }}\n{drill}\n"
+            )
+        };
+        let e = parse(&job("drill = { set = { scratch-database = 0 } }"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("one of the job's own databases"), "{e}");
+        let e = parse(&job(
+            "drill = { schedule = \"@daily\", set = { target = 1 } }",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("scratch-database"), "{e}");
+        parse(&job("drill = { set = { scratch-database = 15 } }")).unwrap();
     }
 
     #[test]

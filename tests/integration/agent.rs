@@ -268,6 +268,7 @@ retention = {{ keep-last = 2, prune = true }}
 tenant = "acme"
 paths = [{src:?}]
 tags = ["first"]
+drill = {{ schedule = "*/4 * * * * *" }}
 
 [jobs.second]
 tenant = "acme"
@@ -306,7 +307,15 @@ release = ["sh", "-c", "echo release $(date +%s.%N) >> {hooks}"]
                 .filter(|r| r["status"] == "succeeded")
                 .count()
         };
-        if ended(&files) >= 3 && ended(&group) >= 1 && group["skipped_runs"].as_u64().unwrap() >= 1
+        let drilled = agent.get("/v1/drills?job=first")["drills"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["passed"] == true);
+        if ended(&files) >= 3
+            && ended(&group) >= 1
+            && group["skipped_runs"].as_u64().unwrap() >= 1
+            && drilled
         {
             break (files, group);
         }
@@ -317,6 +326,16 @@ release = ["sh", "-c", "echo release $(date +%s.%N) >> {hooks}"]
         );
         std::thread::sleep(Duration::from_millis(500));
     };
+    // The scheduled drill restored the first job's snapshot and said how
+    // old it was and how long it took.
+    let metrics = agent.metrics();
+    assert_eq!(
+        metric(&metrics, "cairn_drill_passed{job=\"first\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(metric(&metrics, "cairn_drill_rpo_seconds{job=\"first\"}").unwrap() >= 0.0);
+    assert!(metric(&metrics, "cairn_drill_rto_seconds{job=\"first\"}").unwrap() > 0.0);
     assert_eq!(
         agent.terminate(Duration::from_secs(60)),
         Some(0),
@@ -500,6 +519,17 @@ fn api_needs_the_token_and_runs_restores_and_reports_drills_and_metrics() {
         (status, body["error"]["code"].as_str()),
         (422, Some("invalid_request")),
         "{body}"
+    );
+    let (status, body) = agent.call(
+        "POST",
+        "/v1/restores",
+        Some(TOKEN),
+        Some(r#"{"job": "docs", "target": "r1"}"#),
+    );
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("invalid_request")),
+        "a restore never writes into an existing directory: {body}"
     );
     let (status, body) = agent.call("POST", "/v1/restores", Some(TOKEN), Some("{not json"));
     assert_eq!(
@@ -867,4 +897,43 @@ fn the_newest_snapshot_that_passed_a_drill_survives_retention() {
         "{:?}",
         records.last()
     );
+}
+
+#[test]
+fn sigterm_lets_a_running_group_finish_within_the_grace_period() {
+    let s = Scratch::new();
+    let src = s.path("src");
+    make_fixture(&src);
+    let port = free_port();
+    let config = write_config(
+        &s,
+        port,
+        "",
+        &format!(
+            "[jobs.files]\ntenant = \"acme\"\npaths = [{src:?}]\n\n[groups.window]\njobs = [\"files\"]\nschedule = \"@yearly\"\nquiesce = [\"sleep\", \"2\"]\n"
+        ),
+    );
+    init_tenant(&s, &config);
+    let mut agent = Agent::start(&s, &config, port);
+    let (status, body) = agent.call("POST", "/v1/jobs/window/run", Some(TOKEN), None);
+    assert_eq!(status, 202, "{body}");
+    let id = body["run"]["id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(500));
+    // Stopping: no new runs, but the running one finishes (grace: 20 s).
+    assert_eq!(
+        agent.terminate(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        agent.log()
+    );
+    let history = std::fs::read_to_string(s.path("state/runs.jsonl")).unwrap();
+    let group: serde_json::Value = history
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(group["status"], "succeeded", "{group}");
+    assert_eq!(snapshots_of(&s, &config, "files").len(), 1);
+    let landed = s.restore_latest("restored", &src);
+    assert_same_tree(&src, &landed);
 }

@@ -511,6 +511,31 @@ fn redis_drill_restores_into_an_empty_spare_database_and_empties_it() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(stdout_and_err(&out).contains("not empty"), "{}", text(&out));
     assert_eq!(cli(spare, &[b"GET", b"precious"]), b"1\n");
+
+    // What a killed drill left (its marker says so) is cleared by the
+    // next drill, which then passes.
+    cli(spare, &[b"FLUSHDB"]);
+    cli(spare, &[b"SET", b"cairn:drill-scratch", b"1"]);
+    cli(spare, &[b"SET", b"k1", b"half-restored"]);
+    let out = s.cairn_config_ok(&config, &["--json", "drill", "cache"]);
+    let record: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(record["passed"], true, "{record}");
+    assert_eq!(cli(spare, &[b"DBSIZE"]), b"0\n");
+
+    // verify pointed at a database without the marker leaves it alone.
+    cli(spare, &[b"SET", b"live", b"1"]);
+    let _ = s.cairn_config(
+        &config,
+        &[
+            "verify",
+            "--job",
+            "cache",
+            "latest",
+            "--set",
+            &format!("scratch-database={spare}"),
+        ],
+    );
+    assert_eq!(cli(spare, &[b"GET", b"live"]), b"1\n");
     cli(spare, &[b"FLUSHDB"]);
     cli(db, &[b"FLUSHDB"]);
 }

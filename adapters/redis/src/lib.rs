@@ -515,6 +515,11 @@ fn next_database(
         }
         match config.scratch_database {
             Some(scratch) => {
+                if db == scratch {
+                    return Err(Error::InvalidConfig(format!(
+                        "scratch-database {scratch} is the snapshot's own database; a drill needs a spare one"
+                    )));
+                }
                 if *used_scratch {
                     return Err(Error::InvalidConfig(format!(
                         "scratch-database takes one database, and the snapshot has more: choose one with databases = [{db}]"
@@ -530,14 +535,34 @@ fn next_database(
     Ok(None)
 }
 
-/// Empty the scratch database (after a verify, or a failed restore into it).
+/// The key a drill sets in the spare database before restoring into it:
+/// only a database holding it is ever emptied.
+const SCRATCH_MARKER: &[u8] = b"cairn:drill-scratch";
+
+/// Whether the selected database holds the scratch marker.
+fn has_marker(conn: &mut Conn) -> Result<bool, Error> {
+    match conn.call(&[b"EXISTS", SCRATCH_MARKER])? {
+        Reply::Int(n) => Ok(n > 0),
+        _ => Err(conn.unexpected("EXISTS gave no integer")),
+    }
+}
+
+/// Empty the scratch database after a verify or a failed restore, if a
+/// drill's restore marked it; a database without the marker is left alone
+/// (`verify --set scratch-database=0` must not wipe database 0).
 fn clear_scratch(config: &Config) -> Result<(), Error> {
     let Some(scratch) = config.scratch_database else {
         return Ok(());
     };
     let mut conn = Conn::open(config)?;
     conn.select(scratch)?;
-    conn.call(&[b"FLUSHDB"])?;
+    if has_marker(&mut conn)? {
+        conn.call(&[b"FLUSHDB"])?;
+    } else {
+        log::warn(&format!(
+            "scratch database {scratch} holds no drill marker; it is left as it is"
+        ));
+    }
     Ok(())
 }
 
@@ -590,6 +615,10 @@ impl Adapter for Redis {
             conn.select(scratch)?;
             match conn.call(&[b"DBSIZE"])? {
                 Reply::Int(0) => {}
+                // What an interrupted drill left: its own keys.
+                Reply::Int(_) if has_marker(&mut conn)? => {
+                    conn.call(&[b"FLUSHDB"])?;
+                }
                 Reply::Int(n) => {
                     return Err(Error::InvalidConfig(format!(
                         "scratch database {scratch} is not empty ({n} keys); a drill restores only into an empty spare database"
@@ -597,6 +626,7 @@ impl Adapter for Redis {
                 }
                 _ => return Err(conn.unexpected("DBSIZE gave no integer")),
             }
+            conn.call(&[b"SET", SCRATCH_MARKER, b"1"])?;
             let result = restore_keys(&config);
             if result.is_err() {
                 clear_scratch(&config)?;
@@ -671,15 +701,17 @@ fn verify_keys(config: &Config) -> Result<VerifyReport, Error> {
         }
         // Keys on the server that the snapshot does not have: all of
         // the database's, or those matching the pattern.
+        // A drill's scratch database also holds the marker.
+        let marker = u64::from(config.scratch_database.is_some() && has_marker(&mut conn)?);
         let live = match &config.pattern {
             None => match conn.call(&[b"DBSIZE"])? {
-                Reply::Int(n) => n as u64,
+                Reply::Int(n) => (n as u64).saturating_sub(marker),
                 _ => return Err(conn.unexpected("DBSIZE gave no integer")),
             },
             Some(_) => conn
                 .keys(&mut || Ok(()))?
                 .iter()
-                .filter(|k| config.wants(k))
+                .filter(|k| config.wants(k) && (marker == 0 || k.as_slice() != SCRATCH_MARKER))
                 .count() as u64,
         };
         if live != count {

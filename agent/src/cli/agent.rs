@@ -17,7 +17,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<()> {
         bail!("the agent needs --config (or CAIRN_CONFIG)");
     };
     if a.check_config {
-        let loaded = crate::daemon::Loaded::load(path)?;
+        let loaded = crate::daemon::Loaded::load(path, false)?;
         println!(
             "config {} is valid: {} jobs, {} groups",
             path.display(),

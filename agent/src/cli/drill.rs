@@ -24,7 +24,7 @@ use crate::repo::{Id, Repository};
 use crate::runtime::{AdapterSource, Limits, RestoreOutcome, RestoreRequest, Runtime};
 use anyhow::{Context, bail};
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -118,7 +118,17 @@ async fn drill(
     found: &mut Found,
 ) -> anyhow::Result<()> {
     let repo = g.open().await?;
-    let (id, snap) = repo.find_snapshot_of(spec, Some(name)).await?;
+    // `latest` is this host's: a node drills what it backed up itself.
+    let host = crate::util::hostname();
+    let (id, snap) = if spec == "latest" {
+        repo.snapshots()
+            .await?
+            .into_iter()
+            .rfind(|(_, s)| s.cairn_job.as_deref() == Some(name) && s.hostname == host)
+            .with_context(|| format!("no snapshot of job {name} from host {host}"))?
+    } else {
+        repo.find_snapshot_of(spec, Some(name)).await?
+    };
     found.snapshot = Some((id, snap.clone()));
     let source = AdapterSource::parse(&job.adapter).pinned(job.adapter_sha256.as_deref());
     if source.name() != snap.adapter() {
@@ -149,11 +159,22 @@ async fn drill(
             inherit_stderr: false,
         };
         if matches!(&source, AdapterSource::Bundled(n) if n == "filesystem") {
-            let scratch = config
-                .agent
-                .state_dir
-                .join("drills")
-                .join(format!("{name}-{}", hex::encode(rand::random::<[u8; 6]>())));
+            let drills = config.agent.state_dir.join("drills");
+            // A drill that was killed left its scratch copy: remove it now.
+            if let Ok(entries) = std::fs::read_dir(&drills) {
+                for e in entries.flatten() {
+                    let stale = e
+                        .file_name()
+                        .to_str()
+                        .and_then(|n| n.strip_prefix(name))
+                        .is_some_and(|rest| rest.starts_with('-') && rest.len() == 13);
+                    if stale {
+                        tracing::info!(dir = %e.path().display(), "Removing a scratch directory an earlier drill left.");
+                        let _ = remove_scratch(&e.path());
+                    }
+                }
+            }
+            let scratch = drills.join(format!("{name}-{}", hex::encode(rand::random::<[u8; 6]>())));
             std::fs::create_dir_all(&scratch)
                 .with_context(|| format!("creating the scratch directory {}", scratch.display()))?;
             let checked = async {
@@ -221,8 +242,15 @@ async fn compare_tree(
         found.entries += 1;
         let local = root.join(entry.path.trim_start_matches('/'));
         let node = entry.node;
+        // Nothing is followed: a restored symlink where the snapshot has a
+        // file or directory is a problem, not a way to the real thing.
+        let kind = std::fs::symlink_metadata(&local).map(|m| m.file_type());
         let problem = match node.kind.as_str() {
-            "dir" => (!local.is_dir()).then(|| "is not a restored directory".to_string()),
+            "dir" => (!kind.as_ref().is_ok_and(|k| k.is_dir()))
+                .then(|| "is not a restored directory".to_string()),
+            "file" if !kind.as_ref().is_ok_and(|k| k.is_file()) => {
+                Some("is not a restored regular file".to_string())
+            }
             "symlink" => match std::fs::read_link(&local) {
                 Ok(t) if t.as_os_str() == node.linktarget.as_str() => None,
                 Ok(t) => Some(format!(
@@ -260,7 +288,12 @@ async fn compare_tree(
 /// Read `path` back, hashing each stretch against the snapshot's blob
 /// ids; a problem, or `None` when the file is exactly the snapshot's.
 fn check_file(path: &Path, blobs: &[(Id, Option<u32>)], size: u64) -> Option<String> {
-    let mut f = match std::fs::File::open(path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
         Ok(f) => f,
         Err(e) => return Some(format!("cannot open the restored file: {e}")),
     };
@@ -292,7 +325,7 @@ fn check_file(path: &Path, blobs: &[(Id, Option<u32>)], size: u64) -> Option<Str
 
 /// Remove a scratch directory, first making every directory in it
 /// writable (a restored read-only directory would keep its entries).
-fn remove_scratch(dir: &PathBuf) -> std::io::Result<()> {
+fn remove_scratch(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fn open_up(dir: &Path) -> std::io::Result<()> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;

@@ -111,6 +111,8 @@ impl Limiter {
 struct Api {
     agent: Arc<Agent>,
     limiter: Arc<Limiter>,
+    /// Snapshot listings in flight (each a process reading the repository).
+    listings: Arc<tokio::sync::Semaphore>,
 }
 
 /// Serve the API on `listener` until the task is dropped.
@@ -131,6 +133,7 @@ pub fn router(agent: Arc<Agent>) -> axum::Router {
     let api = Api {
         agent,
         limiter: Arc::new(Limiter::default()),
+        listings: Arc::new(tokio::sync::Semaphore::new(2)),
     };
     let authed = axum::Router::new()
         .route("/metrics", get(metrics))
@@ -357,6 +360,13 @@ async fn snapshots(
             StatusCode::BAD_REQUEST,
             "tenant_required",
             "give ?tenant=NAME",
+        ));
+    };
+    let Ok(_listing) = api.listings.clone().try_acquire_owned() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "two snapshot listings are running already; retry shortly",
         ));
     };
     let loaded = api.agent.loaded();

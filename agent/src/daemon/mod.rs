@@ -44,8 +44,9 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// Read, validate and freeze the config at `path`.
-    pub fn load(path: &Path) -> anyhow::Result<Loaded> {
+    /// Read and validate the config at `path` (and its token file); with
+    /// `freeze`, also write the copy the agent's commands read.
+    pub fn load(path: &Path, freeze: bool) -> anyhow::Result<Loaded> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the config {}", path.display()))?;
         let config = Config::parse(path, &text)?;
@@ -65,6 +66,14 @@ impl Loaded {
             None => None,
         };
         let dir = &config.agent.state_dir;
+        if !freeze {
+            return Ok(Loaded {
+                frozen: path.to_path_buf(),
+                config,
+                token,
+                loaded_at: Utc::now(),
+            });
+        }
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the state directory {}", dir.display()))?;
         let hash = crate::repo::Id::hash(text.as_bytes()).to_hex();
@@ -118,6 +127,9 @@ impl Loaded {
         out
     }
 }
+
+/// How long retention waits for a tenant's other runs to end.
+const RETENTION_WAIT: Duration = Duration::from_secs(60);
 
 /// What a run is for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -228,7 +240,7 @@ pub struct Agent {
 impl Agent {
     /// Load the config and the run history.
     pub fn new(config_path: &Path) -> anyhow::Result<Arc<Agent>> {
-        let loaded = Loaded::load(config_path)?;
+        let loaded = Loaded::load(config_path, true)?;
         let runs = Runs::load(&loaded.config.agent.state_dir);
         let cap = loaded.config.agent.max_concurrent_jobs;
         Ok(Arc::new(Agent {
@@ -271,7 +283,7 @@ impl Agent {
     /// (runs in progress finish under the old one); an invalid one is
     /// refused and the old one stays.
     pub fn reload(&self) -> anyhow::Result<()> {
-        let new = Loaded::load(&self.config_path)?;
+        let new = Loaded::load(&self.config_path, true)?;
         let old = self.loaded();
         if new.config.agent.listen != old.config.agent.listen {
             tracing::warn!("The API's listen address changed; it takes effect at the next start.");
@@ -373,7 +385,7 @@ impl Agent {
                 || group_jobs.iter().any(|k| busy.contains(k))
                 || in_group.is_some_and(|k| busy.contains(&k))
             {
-                if trigger == "schedule" {
+                if trigger == "schedule" && matches!(kind, Kind::Backup | Kind::Group) {
                     let mut runs = self.runs.lock().expect("runs");
                     runs.stats.entry(name.clone()).or_default().skipped_overlap += 1;
                 }
@@ -402,40 +414,26 @@ impl Agent {
         };
         self.runs.lock().expect("runs").add(run.clone());
         self.active.send_modify(|n| *n += 1);
-        let agent = self.clone();
-        let id = run.id.clone();
+        let guard = RunGuard {
+            agent: self.clone(),
+            key: target.busy_key(),
+            id: run.id.clone(),
+        };
         tokio::spawn(async move {
+            let agent = guard.agent.clone();
+            let id = guard.id.clone();
             let loaded = agent.loaded();
+            let Some(permit) = agent.slot(&id).await else {
+                return;
+            };
             match &target {
-                Target::Backup(j) => {
-                    if let Some(permit) = agent.slot(&id).await {
-                        agent.backup(&loaded, &id, j).await;
-                        drop(permit);
-                    }
-                }
-                Target::Drill(j) => {
-                    if let Some(permit) = agent.slot(&id).await {
-                        agent.drill(&loaded, &id, j).await;
-                        drop(permit);
-                    }
-                }
-                Target::Group(g) => {
-                    if let Some(permit) = agent.slot(&id).await {
-                        agent.group(&loaded, &id, g).await;
-                        drop(permit);
-                    }
-                }
-                Target::Restore(spec) => {
-                    if let Some(permit) = agent.slot(&id).await {
-                        agent.restore(&loaded, &id, spec).await;
-                        drop(permit);
-                    }
-                }
+                Target::Backup(j) => agent.backup(&loaded, &id, j).await,
+                Target::Drill(j) => agent.drill(&loaded, &id, j).await,
+                Target::Group(g) => agent.group(&loaded, &id, g).await,
+                Target::Restore(spec) => agent.restore(&loaded, &id, spec).await,
             }
-            if let Some(key) = target.busy_key() {
-                agent.busy.lock().expect("busy").remove(&key);
-            }
-            agent.active.send_modify(|n| *n -= 1);
+            drop(permit);
+            drop(guard);
         });
         Ok(run)
     }
@@ -516,7 +514,48 @@ impl Agent {
                 root.display()
             )));
         }
-        Ok(root.join(rel))
+        let full = root.join(rel);
+        if std::fs::symlink_metadata(&full).is_ok() {
+            return Err(TriggerError::Invalid(format!(
+                "target {target} exists; an API restore writes into a new directory"
+            )));
+        }
+        Ok(full)
+    }
+
+    /// Create the new target directory, refusing any link on the way: an
+    /// earlier restore may have left a symlink (from a snapshot) inside the
+    /// restore root, and a restore must not be led through it.
+    fn create_target(&self, c: &Config, target: &str) -> Result<PathBuf, String> {
+        let full = self.restore_target(c, target).map_err(|e| e.to_string())?;
+        let root = c.agent.restore_root();
+        std::fs::create_dir_all(&root)
+            .map_err(|e| format!("creating the restore root {}: {e}", root.display()))?;
+        let rel = full
+            .strip_prefix(&root)
+            .map_err(|_| "target outside the root".to_string())?;
+        let mut at = root.clone();
+        let parts: Vec<_> = rel.components().collect();
+        for (i, part) in parts.iter().enumerate() {
+            at.push(part);
+            let last = i + 1 == parts.len();
+            match std::fs::symlink_metadata(&at) {
+                Ok(m) if m.file_type().is_dir() && !last => {}
+                Ok(_) if last => return Err(format!("target {} exists", at.display())),
+                Ok(_) => {
+                    return Err(format!(
+                        "{} is not a directory (a link or a file); the restore is refused",
+                        at.display()
+                    ));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::create_dir(&at)
+                        .map_err(|e| format!("creating {}: {e}", at.display()))?;
+                }
+                Err(e) => return Err(format!("{}: {e}", at.display())),
+            }
+        }
+        Ok(full)
     }
 
     /// Wait for a slot under the node-wide cap; `None` if the agent began
@@ -602,6 +641,8 @@ impl Agent {
             runs.storage_retries += n("storage_retries");
         }
         let status = match (f.stopped, f.code) {
+            // It finished its work as the stop came: what it recorded stands.
+            (Some(_), Some(0)) => Status::Succeeded,
             (Some(runner::Stopped::Timeout), _) => Status::TimedOut,
             (Some(runner::Stopped::Abort), _) => Status::Aborted,
             (None, Some(0)) => Status::Succeeded,
@@ -687,54 +728,77 @@ impl Agent {
         if status == Status::Succeeded
             && let Some(r) = &j.retention
         {
-            let _alone = tenant.write().await;
-            let mut args = Self::common_args(loaded);
-            args.extend([
-                "--tenant".into(),
-                j.tenant.clone(),
-                "forget".into(),
-                "--job".into(),
-                job.into(),
-            ]);
-            args.extend(r.forget_flags());
-            if r.prune {
-                args.push("--prune".into());
+            let outcome = self.retention(loaded, id, job, &j.tenant, r, &tenant).await;
+            if outcome.get("error").is_some() {
+                let mut runs = self.runs.lock().expect("runs");
+                *runs
+                    .stats
+                    .entry(job.to_string())
+                    .or_default()
+                    .failures
+                    .entry("retention".into())
+                    .or_default() += 1;
             }
-            let (rs, rf) = self.child(&format!("{id}/retention"), args, None).await;
-            let outcome = match (rs, &rf) {
-                (Status::Succeeded, Some(rf)) => {
-                    let removed: usize = rf
-                        .json
-                        .iter()
-                        .filter_map(|v| v.as_array())
-                        .flatten()
-                        .filter_map(|g| g.get("remove").and_then(|r| r.as_array()).map(Vec::len))
-                        .sum();
-                    serde_json::json!({"removed": removed, "pruned": r.prune})
-                }
-                (_, rf) => {
-                    let why = rf
-                        .as_ref()
-                        .map(|f| f.error())
-                        .unwrap_or_else(|| "cannot start forget".into());
-                    tracing::warn!(run = %id, %job, error = %why, "Retention failed.");
-                    let mut runs = self.runs.lock().expect("runs");
-                    *runs
-                        .stats
-                        .entry(job.to_string())
-                        .or_default()
-                        .failures
-                        .entry("retention".into())
-                        .or_default() += 1;
-                    serde_json::json!({"error": why})
-                }
-            };
             self.runs
                 .lock()
                 .expect("runs")
                 .update(id, |r| r.retention = Some(outcome));
         }
         self.finish_child(id, status, f.as_ref(), Some("summary"));
+    }
+
+    /// Forget (and prune) this host's snapshots of `job` by its policy, with
+    /// the tenant's repository to itself. Waiting for it is bounded: while a
+    /// writer waits, the tenant's new runs wait too, so a long restore or
+    /// drill defers retention to the next backup instead.
+    async fn retention(
+        &self,
+        loaded: &Loaded,
+        id: &str,
+        job: &str,
+        tenant: &str,
+        policy: &crate::config::RetentionConfig,
+        lock: &AsyncRwLock<()>,
+    ) -> serde_json::Value {
+        let Ok(_alone) = tokio::time::timeout(RETENTION_WAIT, lock.write()).await else {
+            tracing::info!(run = %id, %job, "Retention deferred: another run holds the tenant's repository.");
+            return serde_json::json!({"deferred": "another run of the tenant held its repository"});
+        };
+        let mut args = Self::common_args(loaded);
+        args.extend([
+            "--tenant".into(),
+            tenant.into(),
+            "forget".into(),
+            format!("--job={job}"),
+            // Only this node's snapshots: other nodes apply their own
+            // policy and keep their own drilled snapshots.
+            format!("--host={}", crate::util::hostname()),
+        ]);
+        args.extend(policy.forget_flags());
+        if policy.prune {
+            args.push("--prune".into());
+        }
+        let (status, f) = self.child(&format!("{id}/retention"), args, None).await;
+        match (status, &f) {
+            (Status::Succeeded, Some(f)) => {
+                let removed: usize = f
+                    .json
+                    .iter()
+                    .filter_map(|v| v.as_array())
+                    .flatten()
+                    .filter_map(|g| g.get("remove").and_then(|r| r.as_array()).map(Vec::len))
+                    .sum();
+                serde_json::json!({"removed": removed, "pruned": policy.prune})
+            }
+            (_, f) => {
+                let why = f
+                    .as_ref()
+                    .map(|f| f.error())
+                    .unwrap_or_else(|| "cannot start forget".into());
+                tracing::warn!(run = %id, %job, error = %why, "Retention failed.");
+                serde_json::json!({"error": why})
+            }
+        }
     }
 
     async fn drill(&self, loaded: &Loaded, id: &str, job: &str) {
@@ -758,15 +822,48 @@ impl Agent {
             .and_then(|d| d.timeout_secs)
             .or(j.timeout_secs)
             .map(Duration::from_secs);
+        let started = Utc::now();
         let (status, f) = self.child(id, args, timeout).await;
         // The drill prints its record as a plain JSON object.
-        let record = f.as_ref().and_then(|f| {
+        let mut record = f.as_ref().and_then(|f| {
             f.json
                 .iter()
                 .rev()
                 .find(|v| v.get("rto_seconds").is_some())
                 .cloned()
         });
+        if record.is_none() {
+            // Stopped (timeout, shutdown) or killed before it could record
+            // itself: the agent records the failure, so the drill metrics
+            // do not keep showing an older pass.
+            let why = match (status, f.as_ref()) {
+                (Status::TimedOut, _) => {
+                    "the drill took longer than its timeout and was stopped".to_string()
+                }
+                (Status::Aborted, _) => "the agent stopped during the drill".to_string(),
+                (_, Some(f)) => f.error(),
+                (_, None) => "the drill could not start".to_string(),
+            };
+            let failed = drills::DrillRecord {
+                job: job.to_string(),
+                tenant: j.tenant.clone(),
+                adapter: crate::runtime::AdapterSource::parse(&j.adapter).name(),
+                snapshot_id: None,
+                snapshot_time: None,
+                started,
+                finished: Utc::now(),
+                passed: false,
+                rpo_seconds: None,
+                rto_seconds: (Utc::now() - started).as_seconds_f64(),
+                entries: 0,
+                problems: Vec::new(),
+                error: Some(why),
+            };
+            if let Err(e) = drills::append(&loaded.config.agent.state_dir, &failed) {
+                tracing::error!(run = %id, %job, error = %e, "Could not record the failed drill.");
+            }
+            record = serde_json::to_value(&failed).ok();
+        }
         self.runs
             .lock()
             .expect("runs")
@@ -779,37 +876,36 @@ impl Agent {
         let tenant = spec
             .job
             .as_ref()
-            .map(|j| c.jobs[j].tenant.clone())
+            .and_then(|j| c.jobs.get(j))
+            .map(|j| j.tenant.clone())
             .or(spec.tenant.clone())
             .unwrap_or_default();
         let lock = self.tenant_lock(&tenant);
         let _shared = lock.read().await;
         self.start(id);
         let mut args = Self::common_args(loaded);
-        args.extend([
-            "--tenant".into(),
-            tenant,
-            "restore".into(),
-            spec.snapshot.clone(),
-        ]);
+        // Values from the request go in `--flag=value` form and the
+        // snapshot after `--`, so none of them can be read as another flag.
+        args.extend(["--tenant".into(), tenant, "restore".into()]);
         if let Some(j) = &spec.job {
-            args.extend(["--job".into(), j.clone()]);
+            args.push(format!("--job={j}"));
         }
         if let Some(t) = &spec.target {
-            match self.restore_target(c, t) {
-                Ok(p) => args.extend(["--target".into(), p.display().to_string()]),
+            match self.create_target(c, t) {
+                Ok(p) => args.push(format!("--target={}", p.display())),
                 Err(e) => {
-                    self.end(id, Status::Failed, Some(e.to_string()), Some("failed"));
+                    self.end(id, Status::Failed, Some(e), Some("failed"));
                     return;
                 }
             }
         }
         for i in &spec.include {
-            args.extend(["--include".into(), i.clone()]);
+            args.push(format!("--include={i}"));
         }
         for (k, v) in &spec.set {
-            args.extend(["--set".into(), format!("{k}={v}")]);
+            args.push(format!("--set={k}={v}"));
         }
+        args.extend(["--".into(), spec.snapshot.clone()]);
         let (status, f) = self.child(id, args, None).await;
         self.finish_child(id, status, f.as_ref(), Some("summary"));
     }
@@ -988,9 +1084,58 @@ impl Agent {
                 "The grace period ran out: aborting the running jobs (they record no snapshot)."
             );
             self.abort.send_replace(true);
-            let _ =
-                tokio::time::timeout(Duration::from_secs(60), active.wait_for(|n| *n == 0)).await;
+            // Stopped commands get their SIGTERM grace, and a group its
+            // release hook, which must run: it ends the cold-backup window.
+            let hooks = self
+                .loaded()
+                .config
+                .groups
+                .values()
+                .map(|g| g.hook_timeout_secs)
+                .max()
+                .unwrap_or(0);
+            let wait = runner::STOP_GRACE + Duration::from_secs(hooks + 10);
+            if tokio::time::timeout(wait, active.wait_for(|n| *n == 0))
+                .await
+                .is_err()
+            {
+                tracing::error!("Runs did not end after being stopped; exiting anyway.");
+            }
         }
+    }
+}
+
+/// Ends a run's bookkeeping however its task ends (a panic included): its
+/// target is no longer busy, the agent no longer waits for it, and a run
+/// left without an end is recorded as failed.
+struct RunGuard {
+    agent: Arc<Agent>,
+    key: Option<String>,
+    id: String,
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        if let Some(key) = &self.key
+            && let Ok(mut busy) = self.agent.busy.lock()
+        {
+            busy.remove(key);
+        }
+        let unfinished = self
+            .agent
+            .runs
+            .lock()
+            .ok()
+            .is_some_and(|r| r.get(&self.id).is_some_and(|r| !r.status.ended()));
+        if unfinished {
+            self.agent.end(
+                &self.id,
+                Status::Failed,
+                Some("the run stopped unexpectedly; see the agent's log".into()),
+                Some("failed"),
+            );
+        }
+        self.agent.active.send_modify(|n| *n -= 1);
     }
 }
 

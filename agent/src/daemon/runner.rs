@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// How long a child may take to stop after SIGTERM before it is killed.
-const STOP_GRACE: Duration = Duration::from_secs(30);
+pub const STOP_GRACE: Duration = Duration::from_secs(30);
 /// Lines of a child's stderr kept for the run's error message.
 const STDERR_TAIL: usize = 20;
 
@@ -78,7 +78,14 @@ pub async fn run(
     mut abort: tokio::sync::watch::Receiver<bool>,
     mut on_status: impl FnMut(&serde_json::Value),
 ) -> std::io::Result<Finished> {
-    let exe = std::env::current_exe()?;
+    // /proc/self/exe still names this binary after an upgrade replaced
+    // the file (current_exe would then end in " (deleted)").
+    let exe = if cfg!(target_os = "linux") {
+        std::path::PathBuf::from("/proc/self/exe")
+    } else {
+        std::env::current_exe()?
+    };
+    let agent_pid = std::process::id();
     let mut cmd = tokio::process::Command::new(exe);
     cmd.args(args)
         .env(crate::telemetry::AGENT_CHILD_ENV, "1")
@@ -90,9 +97,13 @@ pub async fn run(
     // SAFETY: prctl is async-signal-safe and touches only this (forked)
     // process's own attributes.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // The agent died before the line above: no signal will come.
+            if libc::getppid() as u32 != agent_pid {
+                return Err(std::io::Error::other("the agent is gone"));
             }
             Ok(())
         });
@@ -173,6 +184,10 @@ pub async fn run(
             }
             _ = kill => {
                 tracing::warn!(run = %label, "The command did not stop within {}s of SIGTERM; killing it.", STOP_GRACE.as_secs());
+                // The whole process group: the command and anything it started.
+                if let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+                    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+                }
                 let _ = child.start_kill();
                 kill_at = None;
             }
@@ -205,30 +220,61 @@ fn terminate(pid: Option<u32>) {
     }
 }
 
-/// Run a hook command (a group's quiesce or release) with a timeout.
+/// Run a hook command (a group's quiesce or release) with a timeout. It
+/// gets a plain environment (no storage credentials from the agent's) and
+/// its own process group, killed whole at the timeout.
 pub async fn hook(argv: &[String], timeout: Duration) -> Result<(), String> {
     let Some((program, args)) = argv.split_first() else {
         return Ok(());
     };
-    let child = tokio::process::Command::new(program)
+    let mut child = tokio::process::Command::new(program)
         .args(args)
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("LANG", "C.UTF-8")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot start {program}: {e}"))?;
-    match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Err(_) => Err(format!(
-            "{program} took longer than {}s and was killed",
-            timeout.as_secs()
-        )),
-        Ok(Err(e)) => Err(format!("{program}: {e}")),
-        Ok(Ok(o)) if o.status.success() => Ok(()),
-        Ok(Ok(o)) => Err(format!(
-            "{program} failed ({}): {}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr).trim()
-        )),
+    let pid = child.id();
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    // Read what it says, but do not wait for a pipe a background process
+    // it left behind may hold open.
+    let said = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = Vec::new();
+        let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut buf).await;
+        buf
+    });
+    let status = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(s) => s.map_err(|e| format!("{program}: {e}"))?,
+        Err(_) => {
+            if let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            }
+            return Err(format!(
+                "{program} took longer than {}s and was killed",
+                timeout.as_secs()
+            ));
+        }
+    };
+    if status.success() {
+        said.abort();
+        return Ok(());
     }
+    let said = tokio::time::timeout(Duration::from_secs(1), said)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    Err(format!(
+        "{program} failed ({status}): {}",
+        String::from_utf8_lossy(&said).trim()
+    ))
 }

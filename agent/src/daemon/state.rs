@@ -126,7 +126,8 @@ pub struct JobStats {
     pub bytes_stored: u64,
     /// Bytes read divided by new bytes, of the last successful backup.
     pub dedup_ratio: Option<f64>,
-    /// Failures by reason.
+    /// Failures by reason (retention failures are counted as they happen
+    /// and not read back from the history).
     pub failures: BTreeMap<String, u64>,
     /// Ended runs by status.
     pub ended: BTreeMap<String, u64>,
@@ -227,12 +228,17 @@ impl Runs {
     }
 
     fn count(&mut self, run: &Run) {
+        // Drills have their own series (from the drill record); restores
+        // are not a job's runs.
+        if !matches!(run.kind, Kind::Backup | Kind::Group) {
+            return;
+        }
         let s = self.stats.entry(run.job.clone()).or_default();
         *s.ended.entry(status_name(run.status)).or_default() += 1;
         if let Some(reason) = &run.reason {
             *s.failures.entry(reason.clone()).or_default() += 1;
         }
-        if run.kind != Kind::Backup {
+        if run.kind == Kind::Group {
             return;
         }
         s.last_duration = run.duration_seconds;

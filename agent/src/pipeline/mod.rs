@@ -88,6 +88,21 @@ pub struct Pipeline {
     workers: Vec<std::thread::JoinHandle<()>>,
     packer: tokio::task::JoinHandle<Result<(), RepoError>>,
     stats: Arc<Stats>,
+    packer_guard: AbortOnDrop,
+}
+
+/// Stops the packer when a pipeline is dropped without [`Pipeline::finish`]
+/// (a failed or cancelled backup): otherwise it would go on uploading and
+/// write an index after the command released its lock, and a prune that
+/// started meanwhile could remove a pack that index then names.
+struct AbortOnDrop(Option<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
+        }
+    }
 }
 
 /// A blob's id, available once a worker has hashed it.
@@ -136,6 +151,7 @@ impl Pipeline {
             repo,
             jobs: jobs_tx,
             workers,
+            packer_guard: AbortOnDrop(Some(packer.abort_handle())),
             packer,
             stats,
         }
@@ -207,6 +223,9 @@ impl Pipeline {
                 ),
             });
         }
+        // From here the packer may end its work: the backup is finishing.
+        let mut guard = self.packer_guard;
+        guard.0 = None;
         match self.packer.await {
             Ok(r) => r?,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
