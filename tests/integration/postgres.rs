@@ -669,6 +669,18 @@ fn postgres_verify_reports_rows_sequences_and_large_objects_a_restore_lost() {
     let out = s.cairn_config_ok(&config, &["verify", "--job", "pg", "latest"]);
     assert!(out.contains(" 0 problems"), "{out}");
 
+    // A restore drill of the job: its verify restores into a scratch
+    // database, compares and drops it; the result is recorded.
+    let mut toml = std::fs::read_to_string(&config).unwrap();
+    toml.push_str(&format!("\n[agent]\nstate-dir = {:?}\n", s.path("state")));
+    std::fs::write(&config, toml).unwrap();
+    let out = s.cairn_config_ok(&config, &["--json", "drill", "pg"]);
+    let record: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(record["passed"], true, "{record}");
+    assert!(record["entries"].as_u64().unwrap() > 0, "{record}");
+    let recorded = std::fs::read_to_string(s.path("state/drills.jsonl")).unwrap();
+    assert_eq!(recorded.lines().count(), 1);
+
     // A pg_restore that, after restoring into the scratch database, loses a
     // row, changes another, moves the sequence and alters the large object:
     // what a faulty restore tool or a lossy server would do.

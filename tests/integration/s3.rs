@@ -1010,12 +1010,26 @@ fn throttling_is_retried_and_the_retries_are_bounded() {
     proxy.throttle_all();
     let before = proxy.throttled();
     let started = Instant::now();
-    let out = w.cairn(&["backup", "--job", "acme-files"]);
+    let out = w
+        .cmd(&["backup", "--job", "acme-files"])
+        .env("CAIRN_AGENT_CHILD", "1")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = crate::common::stderr(&out);
     assert!(
         err.contains("eu-west-1") && err.contains("bk-eu-west-1") && err.contains("SlowDown"),
         "{err}"
+    );
+    // The retries are counted for the agent's metrics, also when the
+    // command fails (the telemetry line its commands print last).
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let telemetry: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(telemetry["message_type"], "telemetry", "{stdout}");
+    assert!(
+        telemetry["storage_retries"].as_u64().unwrap() >= 3,
+        "{telemetry}"
     );
     let attempts = proxy.throttled() - before;
     assert!(

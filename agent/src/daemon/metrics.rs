@@ -171,7 +171,7 @@ pub fn render(agent: &Agent) -> String {
     o.family(
         "cairn_storage_retries_total",
         "counter",
-        "Storage reads retried after a failed body.",
+        "S3 request attempts that were retries, and downloads re-read after a failed body.",
     );
     o.sample(
         "cairn_storage_retries_total",

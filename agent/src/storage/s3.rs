@@ -162,6 +162,7 @@ impl S3Backend {
                     .with_initial_backoff(Duration::from_millis(200))
                     .with_max_backoff(Duration::from_secs(10)),
             )
+            .interceptor(CountRetries)
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(5))
@@ -710,6 +711,33 @@ impl Backend for S3Backend {
 
     async fn remove(&self, t: FileType, name: &str) -> Result<(), StorageError> {
         self.delete_key(&self.key(t, name)).await
+    }
+}
+
+/// Counts the SDK's retried attempts for the agent's
+/// `cairn_storage_retries_total` (throttling, 5xx, timeouts, dropped
+/// connections).
+#[derive(Debug)]
+struct CountRetries;
+
+impl aws_sdk_s3::config::Intercept for CountRetries {
+    fn name(&self) -> &'static str {
+        "CountRetries"
+    }
+
+    fn read_before_attempt(
+        &self,
+        _context: &aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _components: &aws_sdk_s3::config::RuntimeComponents,
+        cfg: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let attempts = cfg
+            .load::<aws_smithy_runtime_api::client::retries::RequestAttempts>()
+            .map_or(1, |a| a.attempts());
+        if attempts > 1 {
+            crate::telemetry::storage_retried();
+        }
+        Ok(())
     }
 }
 
