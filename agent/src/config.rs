@@ -624,8 +624,16 @@ impl Config {
                     "job {name}: retention keeps nothing; give at least one keep-* rule"
                 ));
             }
-            if let Some(set) = job.drill.as_ref().and_then(|d| d.set.as_ref()) {
-                validate_drill_set(name, job, set)?;
+            match job.drill.as_ref().and_then(|d| d.set.as_ref()) {
+                Some(set) => self.validate_drill_set(name, job, set)?,
+                // Without a scratch target, a Redis "drill" would verify the
+                // live server and restore nothing.
+                None if job.drill.is_some() && job.adapter == "redis" => {
+                    return Err(format!(
+                        "job {name}: a Redis drill restores into a spare database: give drill.set = {{ scratch-database = N }}"
+                    ));
+                }
+                None => {}
             }
             if job.timeout_secs == Some(0) {
                 return Err(format!("job {name}: timeout-secs must be positive"));
@@ -746,8 +754,60 @@ impl Config {
     }
 }
 
-/// A drill restores into what `drill.set` points at: it must be a scratch
-/// target, never the job's own data.
+/// The Redis databases a job backs up, by address (empty: all of them).
+fn redis_databases(job: &JobConfig) -> (Option<&str>, Vec<i64>) {
+    let c = job.config.as_ref();
+    let address = c.and_then(|c| c.get("address")).and_then(|a| a.as_str());
+    let dbs = c
+        .and_then(|c| c.get("databases"))
+        .and_then(|d| d.as_array())
+        .map(|d| d.iter().filter_map(|v| v.as_integer()).collect())
+        .unwrap_or_default();
+    (address, dbs)
+}
+
+impl Config {
+    /// A drill restores into what `drill.set` points at: it must be a
+    /// scratch target, never the job's own data nor another job's.
+    fn validate_drill_set(
+        &self,
+        name: &str,
+        job: &JobConfig,
+        set: &toml::Table,
+    ) -> Result<(), String> {
+        validate_drill_set(name, job, set)?;
+        if job.adapter != "redis" {
+            return Ok(());
+        }
+        let scratch = set.get("scratch-database").and_then(|v| v.as_integer());
+        let (address, _) = redis_databases(job);
+        for (other, o) in self
+            .jobs
+            .iter()
+            .filter(|(n, o)| *n != name && o.adapter == "redis")
+        {
+            let (o_address, o_dbs) = redis_databases(o);
+            if o_address != address {
+                continue;
+            }
+            if o_dbs.is_empty() {
+                return Err(format!(
+                    "job {name}: job {other} backs up every database of {}, the drill's scratch database too; list its databases",
+                    address.unwrap_or("the server")
+                ));
+            }
+            if scratch.is_some_and(|s| o_dbs.contains(&s)) {
+                return Err(format!(
+                    "job {name}: drill scratch-database {} is a database job {other} backs up",
+                    scratch.unwrap_or_default()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The per-adapter rules for `drill.set`.
 fn validate_drill_set(name: &str, job: &JobConfig, set: &toml::Table) -> Result<(), String> {
     match job.adapter.as_str() {
         "redis" => {
@@ -906,6 +966,20 @@ regions = ["us-east-1"]
         .to_string();
         assert!(e.contains("scratch-database"), "{e}");
         parse(&job("drill = { set = { scratch-database = 15 } }")).unwrap();
+        let e = parse(&job("drill = { schedule = \"@daily\" }"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("spare database"), "{e}");
+        // Another job on the same server backing up every database would
+        // back up the scratch one too.
+        let other = "[jobs.k]\ntenant = \"t\"\nadapter = \"redis\"\nconfig = { address = \"127.0.0.1:6379\" }\n";
+        let e = parse(&format!(
+            "{}{other}",
+            job("drill = { set = { scratch-database = 15 } }")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("job k backs up every database"), "{e}");
     }
 
     #[test]

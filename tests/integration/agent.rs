@@ -513,7 +513,7 @@ fn api_needs_the_token_and_runs_restores_and_reports_drills_and_metrics() {
         "POST",
         "/v1/restores",
         Some(TOKEN),
-        Some(r#"{"job": "docs", "target": "../up"}"#),
+        Some(r#"{"job": "docs", "target": "r1/deeper"}"#),
     );
     assert_eq!(
         (status, body["error"]["code"].as_str()),

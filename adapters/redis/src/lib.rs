@@ -102,10 +102,15 @@ impl Config {
         )))
     }
 
+    /// Whether restore and verify take `key`: it matches the pattern, and
+    /// it is not a drill's scratch mark (which backup never records
+    /// either, so a restore can never carry it into live data).
     fn wants(&self, key: &[u8]) -> bool {
-        self.pattern
-            .as_deref()
-            .is_none_or(|p| glob(p.as_bytes(), key))
+        key != SCRATCH_MARKER
+            && self
+                .pattern
+                .as_deref()
+                .is_none_or(|p| glob(p.as_bytes(), key))
     }
 }
 
@@ -366,6 +371,9 @@ fn dump_all(
         let mut w = archive::begin_stream(&format!("/redis/db{db}"), &Metadata::with_mode(0o600))?;
         for key in conn.keys(tick)? {
             tick()?;
+            if key == SCRATCH_MARKER {
+                continue;
+            }
             let Some((ttl, payload)) = conn.dump(&key)? else {
                 continue; // expired or deleted while we scanned
             };

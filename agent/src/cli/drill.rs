@@ -168,7 +168,8 @@ async fn drill(
                         .to_str()
                         .and_then(|n| n.strip_prefix(name))
                         .is_some_and(|rest| rest.starts_with('-') && rest.len() == 13);
-                    if stale {
+                    // A drill still running holds a lock on its directory.
+                    if stale && !in_use(&e.path()) {
                         tracing::info!(dir = %e.path().display(), "Removing a scratch directory an earlier drill left.");
                         let _ = remove_scratch(&e.path());
                     }
@@ -177,6 +178,9 @@ async fn drill(
             let scratch = drills.join(format!("{name}-{}", hex::encode(rand::random::<[u8; 6]>())));
             std::fs::create_dir_all(&scratch)
                 .with_context(|| format!("creating the scratch directory {}", scratch.display()))?;
+            // Held until this drill ends: another drill's sweep leaves it.
+            let _held = hold(&scratch)
+                .with_context(|| format!("locking the scratch directory {}", scratch.display()))?;
             let checked = async {
                 let abs = scratch
                     .to_str()
@@ -339,4 +343,21 @@ fn remove_scratch(dir: &Path) -> std::io::Result<()> {
     }
     let _ = open_up(dir);
     std::fs::remove_dir_all(dir)
+}
+
+/// An exclusive lock on a scratch directory, held while its drill runs.
+fn hold(dir: &Path) -> std::io::Result<std::fs::File> {
+    let f = std::fs::File::open(dir)?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
+    Ok(f)
+}
+
+/// Whether a running drill holds `dir`.
+fn in_use(dir: &Path) -> bool {
+    match std::fs::File::open(dir) {
+        Ok(f) => {
+            rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err()
+        }
+        Err(_) => false,
+    }
 }

@@ -418,6 +418,7 @@ impl Agent {
             agent: self.clone(),
             key: target.busy_key(),
             id: run.id.clone(),
+            counts_active: true,
         };
         tokio::spawn(async move {
             let agent = guard.agent.clone();
@@ -504,13 +505,16 @@ impl Agent {
         } else {
             path
         };
-        if rel
-            .components()
-            .any(|c| !matches!(c, std::path::Component::Normal(_)))
-            || rel.as_os_str().is_empty()
-        {
+        // One new directory right under the root: no deeper path, whose
+        // parents (earlier restores, owned by whoever the snapshot says)
+        // someone could swap for a link while the restore starts.
+        let mut parts = rel.components();
+        if !matches!(
+            (parts.next(), parts.next()),
+            (Some(std::path::Component::Normal(_)), None)
+        ) {
             return Err(TriggerError::Invalid(format!(
-                "target {target:?} must name a directory inside the restore root {} (no '..')",
+                "target {target:?} must name one new directory directly in the restore root {} (no '/' or '..')",
                 root.display()
             )));
         }
@@ -523,38 +527,30 @@ impl Agent {
         Ok(full)
     }
 
-    /// Create the new target directory, refusing any link on the way: an
-    /// earlier restore may have left a symlink (from a snapshot) inside the
-    /// restore root, and a restore must not be led through it.
+    /// Create the new target directory in the restore root (created
+    /// private to the agent's user if missing). `create_dir` fails if
+    /// anything, a link included, took the name meanwhile.
     fn create_target(&self, c: &Config, target: &str) -> Result<PathBuf, String> {
+        use std::os::unix::fs::DirBuilderExt;
         let full = self.restore_target(c, target).map_err(|e| e.to_string())?;
         let root = c.agent.restore_root();
-        std::fs::create_dir_all(&root)
-            .map_err(|e| format!("creating the restore root {}: {e}", root.display()))?;
-        let rel = full
-            .strip_prefix(&root)
-            .map_err(|_| "target outside the root".to_string())?;
-        let mut at = root.clone();
-        let parts: Vec<_> = rel.components().collect();
-        for (i, part) in parts.iter().enumerate() {
-            at.push(part);
-            let last = i + 1 == parts.len();
-            match std::fs::symlink_metadata(&at) {
-                Ok(m) if m.file_type().is_dir() && !last => {}
-                Ok(_) if last => return Err(format!("target {} exists", at.display())),
-                Ok(_) => {
-                    return Err(format!(
-                        "{} is not a directory (a link or a file); the restore is refused",
-                        at.display()
-                    ));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    std::fs::create_dir(&at)
-                        .map_err(|e| format!("creating {}: {e}", at.display()))?;
-                }
-                Err(e) => return Err(format!("{}: {e}", at.display())),
+        if !root.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&root)
+                .map_err(|e| format!("creating the restore root {}: {e}", root.display()))?;
+        }
+        match std::fs::metadata(&root) {
+            Ok(m) if m.is_dir() => {}
+            _ => {
+                return Err(format!(
+                    "the restore root {} is not a directory",
+                    root.display()
+                ));
             }
         }
+        std::fs::create_dir(&full).map_err(|e| format!("creating {}: {e}", full.display()))?;
         Ok(full)
     }
 
@@ -910,7 +906,7 @@ impl Agent {
         self.finish_child(id, status, f.as_ref(), Some("summary"));
     }
 
-    async fn group(&self, loaded: &Loaded, id: &str, group: &str) {
+    async fn group(self: &Arc<Self>, loaded: &Loaded, id: &str, group: &str) {
         let Some(g) = loaded.config.groups.get(group) else {
             self.end(
                 id,
@@ -922,16 +918,23 @@ impl Agent {
         };
         self.start(id);
         let hook_timeout = Duration::from_secs(g.hook_timeout_secs);
-        if let Err(e) = runner::hook(&g.quiesce, hook_timeout).await {
+        // A shutdown's abort stops the quiesce hook too (its process group
+        // is killed): the release hook must still have time to run.
+        let mut abort = self.abort.subscribe();
+        let quiesced = tokio::select! {
+            r = runner::hook(&g.quiesce, hook_timeout) => r.map_err(|e| (e, Status::Failed, "quiesce")),
+            _ = abort.wait_for(|a| *a) => Err(("the agent stopped during the quiesce hook".to_string(), Status::Aborted, "aborted")),
+        };
+        if let Err((e, status, reason)) = quiesced {
             // The release hook runs also now: quiesce may have done half.
             if let Err(r) = runner::hook(&g.release, hook_timeout).await {
                 tracing::warn!(%group, error = %r, "The release hook failed.");
             }
             self.end(
                 id,
-                Status::Failed,
+                status,
                 Some(format!("quiesce hook: {e}; no job of the group ran")),
-                Some("quiesce"),
+                Some(reason),
             );
             return;
         }
@@ -966,15 +969,17 @@ impl Agent {
                 runs.add(run);
                 runs.update(id, |r| r.runs.push(job_id.clone()));
             }
-            self.busy
-                .lock()
-                .expect("busy")
-                .insert(format!("backup:{job}"));
+            let key = format!("backup:{job}");
+            self.busy.lock().expect("busy").insert(key.clone());
+            // Frees the job and ends its run even if the backup panics.
+            let guard = RunGuard {
+                agent: self.clone(),
+                key: Some(key),
+                id: job_id.clone(),
+                counts_active: false,
+            };
             Box::pin(self.backup(loaded, &job_id, job)).await;
-            self.busy
-                .lock()
-                .expect("busy")
-                .remove(&format!("backup:{job}"));
+            drop(guard);
             let status = self
                 .runs
                 .lock()
@@ -1112,6 +1117,9 @@ struct RunGuard {
     agent: Arc<Agent>,
     key: Option<String>,
     id: String,
+    /// Whether the run counts in `active` (a group's job runs do not: the
+    /// group does).
+    counts_active: bool,
 }
 
 impl Drop for RunGuard {
@@ -1135,7 +1143,9 @@ impl Drop for RunGuard {
                 Some("failed"),
             );
         }
-        self.agent.active.send_modify(|n| *n -= 1);
+        if self.counts_active {
+            self.agent.active.send_modify(|n| *n -= 1);
+        }
     }
 }
 

@@ -243,6 +243,8 @@ pub async fn hook(argv: &[String], timeout: Duration) -> Result<(), String> {
         .spawn()
         .map_err(|e| format!("cannot start {program}: {e}"))?;
     let pid = child.id();
+    // Dropped (a timeout, an abort) before the hook ended: kill all of it.
+    let group = KillGroupOnDrop(pid);
     let mut stderr = child.stderr.take().expect("piped stderr");
     // Read what it says, but do not wait for a pipe a background process
     // it left behind may hold open.
@@ -255,15 +257,14 @@ pub async fn hook(argv: &[String], timeout: Duration) -> Result<(), String> {
     let status = match tokio::time::timeout(timeout, child.wait()).await {
         Ok(s) => s.map_err(|e| format!("{program}: {e}"))?,
         Err(_) => {
-            if let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
-                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-            }
             return Err(format!(
                 "{program} took longer than {}s and was killed",
                 timeout.as_secs()
             ));
         }
     };
+    // It ended: what it left running in its group is its own business.
+    std::mem::forget(group);
     if status.success() {
         said.abort();
         return Ok(());
@@ -277,4 +278,18 @@ pub async fn hook(argv: &[String], timeout: Duration) -> Result<(), String> {
         "{program} failed ({status}): {}",
         String::from_utf8_lossy(&said).trim()
     ))
+}
+
+/// Kills a hook's whole process group when dropped.
+struct KillGroupOnDrop(Option<u32>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self
+            .0
+            .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+        {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
 }

@@ -223,10 +223,13 @@ impl Pipeline {
                 ),
             });
         }
-        // From here the packer may end its work: the backup is finishing.
+        // The guard stays armed while the packer ends: a finish that is
+        // itself cancelled (a SIGTERM during the last uploads) still stops it.
         let mut guard = self.packer_guard;
+        let mut packer = self.packer;
+        let ended = (&mut packer).await;
         guard.0 = None;
-        match self.packer.await {
+        match ended {
             Ok(r) => r?,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         }

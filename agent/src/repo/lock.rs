@@ -42,7 +42,7 @@ impl Lock {
         Lock {
             time: Local::now().fixed_offset(),
             exclusive,
-            hostname: crate::util::hostname(),
+            hostname: crate::util::system_hostname(),
             username: whoami::username(),
             pid: std::process::id() as i64,
             uid: rustix::process::getuid().as_raw(),
@@ -55,7 +55,7 @@ impl Lock {
         if Local::now().fixed_offset() - self.time > STALE_AFTER {
             return true;
         }
-        if self.hostname != crate::util::hostname() {
+        if self.hostname != crate::util::system_hostname() {
             return false;
         }
         !process_exists(self.pid)
