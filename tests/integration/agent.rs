@@ -937,3 +937,35 @@ fn sigterm_lets_a_running_group_finish_within_the_grace_period() {
     let landed = s.restore_latest("restored", &src);
     assert_same_tree(&src, &landed);
 }
+
+#[test]
+fn the_api_answers_as_its_openapi_document_says() {
+    // schemathesis (tests/run installs it) generates requests from
+    // docs/openapi.json, valid and not, and checks every answer against
+    // it: status codes, content types, response schemas, no server errors.
+    let s = Scratch::new();
+    let src = s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), "x").unwrap();
+    let port = free_port();
+    let config = write_config(
+        &s,
+        port,
+        "api-rate-per-sec = 1000",
+        &format!("[jobs.docs]\ntenant = \"acme\"\npaths = [{src:?}]\n"),
+    );
+    init_tenant(&s, &config);
+    let agent = Agent::start(&s, &config, port);
+    let out = Command::new("schemathesis")
+        .args([
+            "run",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json"),
+        ])
+        .args(["--url", &agent.url("")])
+        .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
+        .args(["--max-examples", "25", "--seed", "1", "--no-color"])
+        .env("SCHEMATHESIS_HOOKS", "")
+        .output()
+        .expect("run schemathesis (tests/run installs it with pip)");
+    assert!(out.status.success(), "{}\n{}", text(&out), agent.log());
+}
