@@ -979,3 +979,48 @@ fn the_api_answers_as_its_openapi_document_says() {
         .expect("run schemathesis (tests/run installs it with pip)");
     assert!(out.status.success(), "{}\n{}", text(&out), agent.log());
 }
+
+#[test]
+fn a_pinned_adapter_runs_only_with_its_sha256_and_check_config_names_what_is_wrong() {
+    use sha2::Digest;
+    let s = Scratch::new();
+    let component = std::fs::read(cairn::runtime::bundled::FAULTY_PATH).unwrap();
+    let right = hex::encode(sha2::Sha256::digest(&component));
+    let wrong = "0".repeat(64);
+    let job = |pin: &str| {
+        format!(
+            "[jobs.pinned]\ntenant = \"acme\"\nadapter = {:?}\nadapter-sha256 = \"{pin}\"\nconfig = {{ fault = \"none\" }}\n",
+            cairn::runtime::bundled::FAULTY_PATH
+        )
+    };
+    let config = write_config(&s, free_port(), "", &job(&wrong));
+    init_tenant(&s, &config);
+    let out = s.cairn_config(&config, &["backup", "--job", "pinned"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("has SHA-256 {right}, but the job pins {wrong}")),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(s.snapshot_count(), 0);
+    let config = write_config(&s, free_port(), "", &job(&right));
+    s.cairn_config_ok(&config, &["backup", "--job", "pinned"]);
+    assert_eq!(s.snapshot_count(), 1);
+
+    // `agent --check-config` validates without starting anything.
+    let out = s.cairn_config_ok(&config, &["agent", "--check-config"]);
+    assert!(out.contains("is valid: 1 jobs, 0 groups"), "{out}");
+    let bad = write_config(
+        &s,
+        free_port(),
+        "",
+        &format!("{}schedule = \"0 25 * * *\"\n", job(&right)),
+    );
+    let out = s.cairn_config(&bad, &["agent", "--check-config"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("job pinned: schedule \"0 25 * * *\""),
+        "{}",
+        text(&out)
+    );
+}
