@@ -203,6 +203,7 @@ impl RestoreSpec {
 
 /// Why a run could not be started.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TriggerError {
     /// The job, group or tenant is not in the config.
     #[error("{0}")]
