@@ -1024,3 +1024,49 @@ fn a_pinned_adapter_runs_only_with_its_sha256_and_check_config_names_what_is_wro
         text(&out)
     );
 }
+
+#[test]
+fn runs_beyond_the_node_wide_cap_wait_their_turn() {
+    let s = Scratch::new();
+    let src = s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), "x").unwrap();
+    let port = free_port();
+    let mut extra = String::new();
+    for g in ["one", "two"] {
+        extra.push_str(&format!(
+            "[jobs.{g}-files]\ntenant = \"acme\"\npaths = [{src:?}]\n\n[groups.{g}]\njobs = [\"{g}-files\"]\nschedule = \"@yearly\"\nquiesce = [\"sleep\", \"2\"]\n\n"
+        ));
+    }
+    let config = write_config(&s, port, "max-concurrent-jobs = 1", &extra);
+    init_tenant(&s, &config);
+    let agent = Agent::start(&s, &config, port);
+    let mut ids = Vec::new();
+    for g in ["one", "two"] {
+        let (status, body) = agent.call("POST", &format!("/v1/jobs/{g}/run"), Some(TOKEN), None);
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["run"]["id"].as_str().unwrap().to_string());
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    let states: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            agent.get(&format!("/v1/runs/{id}"))["run"]["status"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        states.contains(&"running".to_string()) && states.contains(&"queued".to_string()),
+        "one runs, one waits: {states:?}"
+    );
+    let runs: Vec<serde_json::Value> = ids.iter().map(|id| agent.wait_run(id)).collect();
+    for r in &runs {
+        assert_eq!(r["status"], "succeeded", "{r}");
+    }
+    let (a, b) = (&runs[0], &runs[1]);
+    let apart = time(&a["finished_at"]) <= time(&b["started_at"])
+        || time(&b["finished_at"]) <= time(&a["started_at"]);
+    assert!(apart, "the runs overlapped under a cap of 1:\n{a}\n{b}");
+}

@@ -425,16 +425,21 @@ impl Agent {
             let agent = guard.agent.clone();
             let id = guard.id.clone();
             let loaded = agent.loaded();
-            let Some(permit) = agent.slot(&id).await else {
-                return;
-            };
+            // Backups, drills and restores take their node slot once their
+            // tenant's repository is theirs to share, so runs waiting
+            // behind a tenant's prune do not hold slots other tenants need;
+            // a group takes one slot for all its jobs.
             match &target {
-                Target::Backup(j) => agent.backup(&loaded, &id, j).await,
+                Target::Backup(j) => agent.backup(&loaded, &id, j, true).await,
                 Target::Drill(j) => agent.drill(&loaded, &id, j).await,
-                Target::Group(g) => agent.group(&loaded, &id, g).await,
+                Target::Group(g) => {
+                    if let Some(permit) = agent.slot(&id).await {
+                        agent.group(&loaded, &id, g).await;
+                        drop(permit);
+                    }
+                }
                 Target::Restore(spec) => agent.restore(&loaded, &id, spec).await,
             }
-            drop(permit);
             drop(guard);
         });
         Ok(run)
@@ -703,7 +708,9 @@ impl Agent {
         self.end(id, status, error, reason);
     }
 
-    async fn backup(&self, loaded: &Loaded, id: &str, job: &str) {
+    /// Back up `job`, then apply its retention; `own_slot`: take a node
+    /// slot (a group's jobs run in the group's).
+    async fn backup(&self, loaded: &Loaded, id: &str, job: &str, own_slot: bool) {
         let Some(j) = loaded.config.jobs.get(job) else {
             self.end(
                 id,
@@ -714,8 +721,16 @@ impl Agent {
             return;
         };
         let tenant = self.tenant_lock(&j.tenant);
+        let shared = tenant.read().await;
+        let _permit = match own_slot {
+            true => match self.slot(id).await {
+                Some(p) => Some(p),
+                None => return,
+            },
+            false => None,
+        };
         let (status, f) = {
-            let _shared = tenant.read().await;
+            let _shared = shared;
             self.start(id);
             let mut args = Self::common_args(loaded);
             args.extend(["backup".into(), "--job".into(), job.into()]);
@@ -810,6 +825,9 @@ impl Agent {
         };
         let tenant = self.tenant_lock(&j.tenant);
         let _shared = tenant.read().await;
+        let Some(_permit) = self.slot(id).await else {
+            return;
+        };
         self.start(id);
         let mut args = Self::common_args(loaded);
         args.extend(["drill".into(), job.into()]);
@@ -879,6 +897,9 @@ impl Agent {
             .unwrap_or_default();
         let lock = self.tenant_lock(&tenant);
         let _shared = lock.read().await;
+        let Some(_permit) = self.slot(id).await else {
+            return;
+        };
         self.start(id);
         let mut args = Self::common_args(loaded);
         // Values from the request go in `--flag=value` form and the
@@ -979,7 +1000,7 @@ impl Agent {
                 id: job_id.clone(),
                 counts_active: false,
             };
-            Box::pin(self.backup(loaded, &job_id, job)).await;
+            Box::pin(self.backup(loaded, &job_id, job, false)).await;
             drop(guard);
             let status = self
                 .runs
