@@ -975,6 +975,8 @@ fn the_api_answers_as_its_openapi_document_says() {
         .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
         .args(["--max-examples", "25", "--seed", "1", "--no-color"])
         .env("SCHEMATHESIS_HOOKS", "")
+        // Its cache stays in the scratch directory, not in the checkout.
+        .current_dir(s.dir.path())
         .output()
         .expect("run schemathesis (tests/run installs it with pip)");
     assert!(out.status.success(), "{}\n{}", text(&out), agent.log());
