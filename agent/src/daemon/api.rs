@@ -393,21 +393,23 @@ async fn snapshots(
         |_| {},
     )
     .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    match (f.code, f.json.into_iter().find(|v| v.is_array())) {
-        (Some(0), Some(list)) => Ok(Json(json!({"tenant": tenant, "snapshots": list}))),
-        (_, _) => Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "repository_error",
-            {
-                let f2 = super::runner::Finished {
-                    stderr: f.stderr,
-                    ..Default::default()
-                };
-                f2.error()
-            },
-        )),
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("cannot list tenant {tenant}'s snapshots: {e}"),
+        )
+    })?;
+    if f.code == Some(0)
+        && let Some(list) = f.json.iter().find(|v| v.is_array())
+    {
+        return Ok(Json(json!({"tenant": tenant, "snapshots": list})));
     }
+    Err(ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "repository_error",
+        format!("listing tenant {tenant}'s snapshots: {}", f.error()),
+    ))
 }
 
 async fn restore(

@@ -2,7 +2,9 @@
 //! series do not need a metrics library.
 
 use super::Agent;
-use super::drills;
+use super::drills::{self, DrillRecord};
+use super::state::JobStats;
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 /// Escape a label value.
@@ -32,112 +34,127 @@ impl Out {
     }
 }
 
+/// A per-job series: its name, type, help, and its value from the job's
+/// counters (`None`: no sample yet).
+type JobSeries = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&JobStats) -> Option<f64>,
+);
+
+/// A per-job series broken down by one label (`reason`, `status`).
+type LabelledSeries = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&JobStats) -> &BTreeMap<String, u64>,
+);
+
+const JOB_SERIES: [JobSeries; 6] = [
+    (
+        "cairn_job_last_success_timestamp_seconds",
+        "gauge",
+        "End of the job's last successful backup (Unix time); absent before the first.",
+        |s| s.last_success.map(|t| t.timestamp() as f64),
+    ),
+    (
+        "cairn_job_last_duration_seconds",
+        "gauge",
+        "Duration of the job's last backup run.",
+        |s| s.last_duration,
+    ),
+    (
+        "cairn_job_read_bytes_total",
+        "counter",
+        "Bytes the job's backups read.",
+        |s| Some(s.bytes_read as f64),
+    ),
+    (
+        "cairn_job_new_bytes_total",
+        "counter",
+        "Bytes the job's backups found new (not deduplicated).",
+        |s| Some(s.bytes_new as f64),
+    ),
+    (
+        "cairn_job_uploaded_bytes_total",
+        "counter",
+        "Bytes the job's backups stored (compressed, encrypted).",
+        |s| Some(s.bytes_stored as f64),
+    ),
+    (
+        "cairn_job_dedup_ratio",
+        "gauge",
+        "Bytes read per new byte in the job's last successful backup.",
+        |s| s.dedup_ratio,
+    ),
+];
+
+const LABELLED_SERIES: [LabelledSeries; 2] = [
+    (
+        "cairn_job_failures_total",
+        "reason",
+        "Runs of the job (or group) that did not succeed, by reason.",
+        |s| &s.failures,
+    ),
+    (
+        "cairn_job_runs_total",
+        "status",
+        "Ended runs of the job (or group), by status.",
+        |s| &s.ended,
+    ),
+];
+
+/// A series of the last drill per job.
+type DrillSeries = (&'static str, &'static str, fn(&DrillRecord) -> Option<f64>);
+
+const DRILL_SERIES: [DrillSeries; 4] = [
+    (
+        "cairn_drill_passed",
+        "1 if the job's last restore drill passed, else 0.",
+        |r| Some(if r.passed { 1.0 } else { 0.0 }),
+    ),
+    (
+        "cairn_drill_rpo_seconds",
+        "Age of the snapshot the last drill restored (achieved recovery point).",
+        |r| r.rpo_seconds,
+    ),
+    (
+        "cairn_drill_rto_seconds",
+        "Time the last drill took to restore and verify (achieved recovery time).",
+        |r| Some(r.rto_seconds),
+    ),
+    (
+        "cairn_drill_last_timestamp_seconds",
+        "End of the job's last drill (Unix time).",
+        |r| Some(r.finished.timestamp() as f64),
+    ),
+];
+
 /// The agent's metrics.
 pub fn render(agent: &Agent) -> String {
     let loaded = agent.loaded();
     let config = &loaded.config;
     let runs = agent.runs.lock().expect("runs");
     let mut o = Out(String::new());
-    let jobs: Vec<(&String, &str)> = config
-        .jobs
-        .iter()
-        .map(|(n, j)| (n, j.tenant.as_str()))
-        .collect();
-    let stats = |name: &str| runs.stats.get(name).cloned().unwrap_or_default();
+    let none = JobStats::default();
+    let stats = |name: &str| runs.stats.get(name).unwrap_or(&none);
 
-    o.family(
-        "cairn_job_last_success_timestamp_seconds",
-        "gauge",
-        "End of the job's last successful backup (Unix time); absent before the first.",
-    );
-    for (job, tenant) in &jobs {
-        if let Some(t) = stats(job).last_success {
-            o.sample(
-                "cairn_job_last_success_timestamp_seconds",
-                &[("job", job), ("tenant", tenant)],
-                t.timestamp() as f64,
-            );
+    for (metric, kind, help, value) in JOB_SERIES {
+        o.family(metric, kind, help);
+        for (job, j) in &config.jobs {
+            if let Some(v) = value(stats(job)) {
+                o.sample(metric, &[("job", job), ("tenant", &j.tenant)], v);
+            }
         }
     }
-    o.family(
-        "cairn_job_last_duration_seconds",
-        "gauge",
-        "Duration of the job's last backup run.",
-    );
-    for (job, tenant) in &jobs {
-        if let Some(d) = stats(job).last_duration {
-            o.sample(
-                "cairn_job_last_duration_seconds",
-                &[("job", job), ("tenant", tenant)],
-                d,
-            );
-        }
-    }
-    for (metric, help, pick) in [
-        (
-            "cairn_job_read_bytes_total",
-            "Bytes the job's backups read.",
-            0,
-        ),
-        (
-            "cairn_job_new_bytes_total",
-            "Bytes the job's backups found new (not deduplicated).",
-            1,
-        ),
-        (
-            "cairn_job_uploaded_bytes_total",
-            "Bytes the job's backups stored (compressed, encrypted).",
-            2,
-        ),
-    ] {
-        o.family(metric, "counter", help);
-        for (job, tenant) in &jobs {
-            let s = stats(job);
-            let v = [s.bytes_read, s.bytes_new, s.bytes_stored][pick];
-            o.sample(metric, &[("job", job), ("tenant", tenant)], v as f64);
-        }
-    }
-    o.family(
-        "cairn_job_dedup_ratio",
-        "gauge",
-        "Bytes read per new byte in the job's last successful backup.",
-    );
-    for (job, tenant) in &jobs {
-        if let Some(r) = stats(job).dedup_ratio {
-            o.sample(
-                "cairn_job_dedup_ratio",
-                &[("job", job), ("tenant", tenant)],
-                r,
-            );
-        }
-    }
-    o.family(
-        "cairn_job_failures_total",
-        "counter",
-        "Runs of the job (or group) that did not succeed, by reason.",
-    );
     let names: Vec<&String> = config.jobs.keys().chain(config.groups.keys()).collect();
-    for name in &names {
-        for (reason, n) in &stats(name).failures {
-            o.sample(
-                "cairn_job_failures_total",
-                &[("job", name), ("reason", reason)],
-                *n as f64,
-            );
-        }
-    }
-    o.family(
-        "cairn_job_runs_total",
-        "counter",
-        "Ended runs of the job (or group), by status.",
-    );
-    for name in &names {
-        for (status, n) in &stats(name).ended {
-            o.sample(
-                "cairn_job_runs_total",
-                &[("job", name), ("status", status)],
-                *n as f64,
-            );
+    for (metric, label, help, counts) in LABELLED_SERIES {
+        o.family(metric, "counter", help);
+        for name in &names {
+            for (key, n) in counts(stats(name)) {
+                o.sample(metric, &[("job", name), (label, key)], *n as f64);
+            }
         }
     }
     o.family(
@@ -152,90 +169,49 @@ pub fn render(agent: &Agent) -> String {
             stats(name).skipped_overlap as f64,
         );
     }
-    o.family(
-        "cairn_jobs_running",
-        "gauge",
-        "Runs in progress on this node.",
-    );
-    o.sample("cairn_jobs_running", &[], *agent.active.borrow() as f64);
-    o.family(
-        "cairn_residency_refusals_total",
-        "counter",
-        "Storage requests refused by the residency policy (never sent).",
-    );
-    o.sample(
-        "cairn_residency_refusals_total",
-        &[],
-        runs.residency_refusals as f64,
-    );
-    o.family(
-        "cairn_storage_retries_total",
-        "counter",
-        "S3 request attempts that were retries, and downloads re-read after a failed body.",
-    );
-    o.sample(
-        "cairn_storage_retries_total",
-        &[],
-        runs.storage_retries as f64,
-    );
+    for (metric, kind, help, value) in [
+        (
+            "cairn_jobs_running",
+            "gauge",
+            "Runs in progress on this node.",
+            *agent.active.borrow() as f64,
+        ),
+        (
+            "cairn_residency_refusals_total",
+            "counter",
+            "Storage requests refused by the residency policy (never sent).",
+            runs.residency_refusals as f64,
+        ),
+        (
+            "cairn_storage_retries_total",
+            "counter",
+            "S3 request attempts that were retries, and downloads re-read after a failed body.",
+            runs.storage_retries as f64,
+        ),
+        (
+            "cairn_config_loaded_timestamp_seconds",
+            "gauge",
+            "When the config in force was loaded.",
+            loaded.loaded_at.timestamp() as f64,
+        ),
+    ] {
+        o.family(metric, kind, help);
+        o.sample(metric, &[], value);
+    }
     drop(runs);
 
     let records = drills::read(&config.agent.state_dir).unwrap_or_default();
-    let mut latest: std::collections::BTreeMap<&str, &drills::DrillRecord> = Default::default();
+    let mut latest: BTreeMap<&str, &DrillRecord> = BTreeMap::new();
     for r in &records {
         latest.insert(&r.job, r);
     }
-    o.family(
-        "cairn_drill_passed",
-        "gauge",
-        "1 if the job's last restore drill passed, else 0.",
-    );
-    for (job, r) in &latest {
-        o.sample(
-            "cairn_drill_passed",
-            &[("job", job)],
-            if r.passed { 1.0 } else { 0.0 },
-        );
-    }
-    o.family(
-        "cairn_drill_rpo_seconds",
-        "gauge",
-        "Age of the snapshot the last drill restored (achieved recovery point).",
-    );
-    for (job, r) in &latest {
-        if let Some(rpo) = r.rpo_seconds {
-            o.sample("cairn_drill_rpo_seconds", &[("job", job)], rpo);
+    for (metric, help, value) in DRILL_SERIES {
+        o.family(metric, "gauge", help);
+        for (job, r) in &latest {
+            if let Some(v) = value(r) {
+                o.sample(metric, &[("job", job)], v);
+            }
         }
     }
-    o.family(
-        "cairn_drill_rto_seconds",
-        "gauge",
-        "Time the last drill took to restore and verify (achieved recovery time).",
-    );
-    for (job, r) in &latest {
-        o.sample("cairn_drill_rto_seconds", &[("job", job)], r.rto_seconds);
-    }
-    o.family(
-        "cairn_drill_last_timestamp_seconds",
-        "gauge",
-        "End of the job's last drill (Unix time).",
-    );
-    for (job, r) in &latest {
-        o.sample(
-            "cairn_drill_last_timestamp_seconds",
-            &[("job", job)],
-            r.finished.timestamp() as f64,
-        );
-    }
-    o.family(
-        "cairn_config_loaded_timestamp_seconds",
-        "gauge",
-        "When the config in force was loaded.",
-    );
-    o.sample(
-        "cairn_config_loaded_timestamp_seconds",
-        &[],
-        loaded.loaded_at.timestamp() as f64,
-    );
     o.0
 }

@@ -395,24 +395,7 @@ impl Agent {
             }
             busy.insert(key);
         }
-        let run = Run {
-            id: new_run_id(),
-            kind,
-            job: name,
-            group: None,
-            trigger: trigger.to_string(),
-            status: Status::Queued,
-            queued_at: Utc::now(),
-            started_at: None,
-            finished_at: None,
-            duration_seconds: None,
-            progress: Default::default(),
-            summary: None,
-            retention: None,
-            error: None,
-            reason: None,
-            runs: Vec::new(),
-        };
+        let run = Run::queued(kind, &name, None, trigger);
         self.runs.lock().expect("runs").add(run.clone());
         self.active.send_modify(|n| *n += 1);
         let guard = RunGuard {
@@ -967,24 +950,7 @@ impl Agent {
                 aborted = true;
                 break;
             }
-            let run = Run {
-                id: new_run_id(),
-                kind: Kind::Backup,
-                job: job.clone(),
-                group: Some(group.to_string()),
-                trigger: "group".into(),
-                status: Status::Queued,
-                queued_at: Utc::now(),
-                started_at: None,
-                finished_at: None,
-                duration_seconds: None,
-                progress: Default::default(),
-                summary: None,
-                retention: None,
-                error: None,
-                reason: None,
-                runs: Vec::new(),
-            };
+            let run = Run::queued(Kind::Backup, job, Some(group), "group");
             let job_id = run.id.clone();
             {
                 let mut runs = self.runs.lock().expect("runs");
@@ -1169,15 +1135,6 @@ impl Drop for RunGuard {
             self.agent.active.send_modify(|n| *n -= 1);
         }
     }
-}
-
-/// A new run id: time-ordered and unique.
-fn new_run_id() -> String {
-    format!(
-        "{}-{}",
-        Utc::now().format("%Y%m%dT%H%M%S%3f"),
-        hex::encode(rand::random::<[u8; 4]>())
-    )
 }
 
 /// Run the agent until SIGTERM or SIGINT.

@@ -103,6 +103,28 @@ pub struct Run {
 }
 
 impl Run {
+    /// A new run of `kind` for `job` (in `group`), waiting to start.
+    pub fn queued(kind: Kind, job: &str, group: Option<&str>, trigger: &str) -> Run {
+        Run {
+            id: new_run_id(),
+            kind,
+            job: job.to_string(),
+            group: group.map(str::to_string),
+            trigger: trigger.to_string(),
+            status: Status::Queued,
+            queued_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+            duration_seconds: None,
+            progress: Progress::default(),
+            summary: None,
+            retention: None,
+            error: None,
+            reason: None,
+            runs: Vec::new(),
+        }
+    }
+
     /// The snapshot a backup recorded.
     pub fn snapshot_id(&self) -> Option<&str> {
         self.summary.as_ref()?.get("snapshot_id")?.as_str()
@@ -282,4 +304,13 @@ pub fn status_name(s: Status) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default()
+}
+
+/// A new run id: time-ordered and unique.
+fn new_run_id() -> String {
+    format!(
+        "{}-{}",
+        Utc::now().format("%Y%m%dT%H%M%S%3f"),
+        hex::encode(rand::random::<[u8; 4]>())
+    )
 }
