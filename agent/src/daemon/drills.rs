@@ -45,18 +45,59 @@ pub fn path(state_dir: &Path) -> PathBuf {
     state_dir.join("drills.jsonl")
 }
 
+/// Records kept when the file is compacted (besides each job's newest
+/// passed drill, which retention needs).
+const KEEP: usize = 1000;
+/// The file is compacted once it grows past this size, so reading it (every
+/// metrics scrape, every forget) stays cheap however long the agent runs.
+const COMPACT_AT: u64 = 1 << 20;
+
 /// Append `record` to the state directory's drill record.
 pub fn append(state_dir: &Path, record: &DrillRecord) -> std::io::Result<()> {
     std::fs::create_dir_all(state_dir)?;
     let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
     line.push(b'\n');
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path(state_dir))?;
-    // One write of the whole line: concurrent drills do not interleave.
+    // Drills of the agent and by hand append one at a time, and a
+    // compaction does not lose a line appended meanwhile: a writer that
+    // waited on the lock of a file compaction replaced opens the new one.
+    let mut f = loop {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path(state_dir))?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)?;
+        use std::os::unix::fs::MetadataExt;
+        let current = std::fs::metadata(path(state_dir)).map(|m| m.ino());
+        if current.ok() == Some(f.metadata()?.ino()) {
+            break f;
+        }
+    };
     f.write_all(&line)?;
-    f.sync_data()
+    f.sync_data()?;
+    if f.metadata()?.len() > COMPACT_AT {
+        compact(state_dir)?;
+    }
+    Ok(())
+}
+
+/// Rewrite the record with its last [`KEEP`] drills and each job's newest
+/// passed one (called with the file locked).
+fn compact(state_dir: &Path) -> std::io::Result<()> {
+    let records = read(state_dir)?;
+    let pins = pinned(&records);
+    let cut = records.len().saturating_sub(KEEP);
+    let mut text = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        let pinned =
+            r.passed && r.snapshot_id.is_some() && pins.get(&r.job) == r.snapshot_id.as_ref();
+        if i >= cut || pinned {
+            text.extend(serde_json::to_vec(r).map_err(std::io::Error::other)?);
+            text.push(b'\n');
+        }
+    }
+    let tmp = state_dir.join(".drills.jsonl.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path(state_dir))
 }
 
 /// Every drill recorded, oldest first; a missing file is an empty record
@@ -89,4 +130,52 @@ pub fn pinned(records: &[DrillRecord]) -> BTreeMap<String, String> {
         }
     }
     newest.into_iter().map(|(j, (_, id))| (j, id)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(job: &str, n: i64, passed: bool) -> DrillRecord {
+        let t = chrono::DateTime::from_timestamp(1_700_000_000 + n, 0).expect("time");
+        DrillRecord {
+            job: job.into(),
+            tenant: "t".into(),
+            adapter: "filesystem".into(),
+            snapshot_id: Some(format!("{n:064x}")),
+            snapshot_time: Some(t.fixed_offset()),
+            started: t,
+            finished: t,
+            passed,
+            rpo_seconds: Some(1.0),
+            rto_seconds: 1.0,
+            entries: 1,
+            problems: Vec::new(),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn compaction_keeps_the_last_drills_and_each_jobs_newest_pass() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut text = String::new();
+        // An old pass of job a, then only failures of a and passes of b.
+        text.push_str(&serde_json::to_string(&record("a", 0, true)).expect("json"));
+        text.push('\n');
+        for n in 1..1500 {
+            let r = record(if n % 2 == 0 { "a" } else { "b" }, n, n % 2 == 1);
+            text.push_str(&serde_json::to_string(&r).expect("json"));
+            text.push('\n');
+        }
+        std::fs::write(path(dir.path()), text).expect("write");
+        let pins_before = pinned(&read(dir.path()).expect("read"));
+        compact(dir.path()).expect("compact");
+        let after = read(dir.path()).expect("read");
+        assert_eq!(after.len(), KEEP + 1, "the last {KEEP} and a's old pass");
+        assert_eq!(pinned(&after), pins_before);
+        assert_eq!(
+            after.last().map(|r| r.started),
+            Some(record("b", 1499, true).started)
+        );
+    }
 }
