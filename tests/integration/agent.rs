@@ -4,7 +4,7 @@
 //! and limits, SIGHUP reload, SIGTERM grace and abort, a stale lock left
 //! by a killed agent.
 
-use crate::common::{PASSWORD, Scratch, assert_same_tree, cache_dir, make_fixture, text};
+use crate::common::{PASSWORD, Scratch, assert_same_tree, cache_dir, text};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,12 +36,17 @@ fn write_config(s: &Scratch, port: u16, agent_extra: &str, extra: &str) -> PathB
     std::fs::write(
         &config,
         format!(
-            "audit-log = {audit:?}\n[agent]\nlisten = \"127.0.0.1:{port}\"\napi-token-file = {token:?}\nstate-dir = {state:?}\nshutdown-grace-secs = 20\n{agent_extra}\n\n[tenants.acme]\nrepository = {repo:?}\npassword-file = {pw:?}\n\n{extra}",
+            "audit-log = {audit:?}\n[agent]\nlisten = \"127.0.0.1:{port}\"\napi-token-file = {token:?}\nstate-dir = {state:?}\n{grace}{agent_extra}\n\n[tenants.acme]\nrepository = {repo:?}\npassword-file = {pw:?}\n\n{extra}",
             audit = s.path("audit.jsonl"),
             token = s.path("token"),
             state = s.path("state"),
             repo = s.repo(),
             pw = s.path("password"),
+            grace = if agent_extra.contains("shutdown-grace-secs") {
+                ""
+            } else {
+                "shutdown-grace-secs = 20\n"
+            },
         ),
     )
     .unwrap();
@@ -217,12 +222,35 @@ fn init_tenant(s: &Scratch, config: &Path) {
     s.cairn_config_ok(config, &["init", "--tenant", "acme"]);
 }
 
+/// Write the config (with a fresh API port), create the tenant's
+/// repository unless it exists, and start the agent.
+fn start_agent(s: &Scratch, agent_extra: &str, jobs: &str) -> Agent {
+    let port = free_port();
+    let config = write_config(s, port, agent_extra, jobs);
+    if !s.repo().join("config").exists() {
+        init_tenant(s, &config);
+    }
+    Agent::start(s, &config, port)
+}
+
+/// The run the agent recorded in its history under `id`.
+fn history_run(s: &Scratch, id: &str) -> serde_json::Value {
+    std::fs::read_to_string(s.path("state/runs.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["id"] == id)
+        .unwrap_or_else(|| panic!("run {id} is not in the history"))
+}
+
 fn snapshots_of(s: &Scratch, config: &Path, job: &str) -> Vec<serde_json::Value> {
     let out = s.cairn_config_ok(config, &["--tenant", "acme", "snapshots", "--json"]);
-    serde_json::from_str::<Vec<serde_json::Value>>(out.lines().last().unwrap())
-        .unwrap()
-        .into_iter()
+    crate::common::last_json(&out)
+        .as_array()
+        .expect("a list of snapshots")
+        .iter()
         .filter(|v| v["cairn_job"] == job)
+        .cloned()
         .collect()
 }
 
@@ -247,14 +275,10 @@ fn metric(metrics: &str, series: &str) -> Option<f64> {
 
 #[test]
 fn agent_runs_on_schedule_keeps_group_order_skips_overlaps_and_applies_retention() {
-    let s = Scratch::new();
-    let src = s.path("src");
-    make_fixture(&src);
+    let (s, src) = Scratch::with_fixture();
     let hooks = s.path("hooks.log");
-    let port = free_port();
-    let config = write_config(
+    let mut agent = start_agent(
         &s,
-        port,
         "",
         &format!(
             r#"
@@ -284,8 +308,7 @@ release = ["sh", "-c", "echo release $(date +%s.%N) >> {hooks}"]
             hooks = hooks.display()
         ),
     );
-    init_tenant(&s, &config);
-    let mut agent = Agent::start(&s, &config, port);
+    let config = agent.config.clone();
     // Wait (on a loaded machine, runs take longer) for three runs of
     // `files`, a whole run of the group and a skipped one.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -389,13 +412,7 @@ release = ["sh", "-c", "echo release $(date +%s.%N) >> {hooks}"]
         .map(|v| v.as_str().unwrap())
         .collect();
     assert_eq!(ids.len(), 2);
-    let state_runs: Vec<serde_json::Value> = std::fs::read_to_string(s.path("state/runs.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let by_id = |id: &str| state_runs.iter().find(|r| r["id"] == id).unwrap().clone();
-    let (first, second) = (by_id(ids[0]), by_id(ids[1]));
+    let (first, second) = (history_run(&s, ids[0]), history_run(&s, ids[1]));
     assert_eq!(
         (first["job"].as_str(), second["job"].as_str()),
         (Some("first"), Some("second"))
@@ -438,18 +455,13 @@ release = ["sh", "-c", "echo release $(date +%s.%N) >> {hooks}"]
 
 #[test]
 fn api_needs_the_token_and_runs_restores_and_reports_drills_and_metrics() {
-    let s = Scratch::new();
-    let src = s.path("src");
-    make_fixture(&src);
-    let port = free_port();
-    let config = write_config(
+    let (s, src) = Scratch::with_fixture();
+    let agent = start_agent(
         &s,
-        port,
         "api-rate-per-sec = 25",
         &format!("[jobs.docs]\ntenant = \"acme\"\npaths = [{src:?}]\n"),
     );
-    init_tenant(&s, &config);
-    let agent = Agent::start(&s, &config, port);
+    let config = agent.config.clone();
 
     // Health without a token; everything else needs the right one.
     assert_eq!(agent.get_no_token("/healthz").0, 200);
@@ -631,15 +643,10 @@ fn api_needs_the_token_and_runs_restores_and_reports_drills_and_metrics() {
 
 #[test]
 fn sighup_takes_a_valid_config_and_refuses_an_invalid_one() {
-    let s = Scratch::new();
-    let src = s.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("f"), "x").unwrap();
-    let port = free_port();
+    let (s, src) = Scratch::with_fixture();
     let job = |name: &str| format!("[jobs.{name}]\ntenant = \"acme\"\npaths = [{src:?}]\n");
-    let config = write_config(&s, port, "", &job("alpha"));
-    init_tenant(&s, &config);
-    let mut agent = Agent::start(&s, &config, port);
+    let mut agent = start_agent(&s, "", &job("alpha"));
+    let config = agent.config.clone();
     let names = |agent: &Agent| -> Vec<String> {
         agent.get("/v1/jobs")["jobs"]
             .as_array()
@@ -703,24 +710,15 @@ fn endless_job(name: &str, extra: &str) -> String {
 #[test]
 fn timeout_and_sigterm_stop_runs_without_a_snapshot_and_the_agent_exits_0() {
     let s = Scratch::new();
-    let port = free_port();
-    let config = write_config(
+    let mut agent = start_agent(
         &s,
-        port,
-        "",
+        "shutdown-grace-secs = 2",
         &format!(
             "{}{}",
             endless_job("slow", "timeout-secs = 3"),
             endless_job("endless", "")
         ),
     );
-    // The grace period: 2 s.
-    let text_config = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("shutdown-grace-secs = 20", "shutdown-grace-secs = 2");
-    std::fs::write(&config, text_config).unwrap();
-    init_tenant(&s, &config);
-    let mut agent = Agent::start(&s, &config, port);
 
     let run = agent.run_job("slow");
     assert_eq!(run["status"], "timed-out", "{run}");
@@ -759,12 +757,7 @@ fn timeout_and_sigterm_stop_runs_without_a_snapshot_and_the_agent_exits_0() {
         started.elapsed() >= Duration::from_secs(2),
         "the grace period was not given"
     );
-    let history = std::fs::read_to_string(s.path("state/runs.jsonl")).unwrap();
-    let last: serde_json::Value = history
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .find(|r| r["id"] == id.as_str())
-        .unwrap();
+    let last = history_run(&s, &id);
     assert_eq!(last["status"], "aborted", "{last}");
     // Nothing recorded, nothing locked.
     assert_eq!(s.snapshot_count(), 0);
@@ -775,21 +768,15 @@ fn timeout_and_sigterm_stop_runs_without_a_snapshot_and_the_agent_exits_0() {
 
 #[test]
 fn a_lock_left_by_a_killed_agent_and_its_job_is_cleared_by_the_next_agent() {
-    let s = Scratch::new();
-    let src = s.path("src");
-    make_fixture(&src);
-    let port = free_port();
-    let config = write_config(
+    let (s, src) = Scratch::with_fixture();
+    let agent = start_agent(
         &s,
-        port,
         "",
         &format!(
             "{}[jobs.files]\ntenant = \"acme\"\npaths = [{src:?}]\n",
             endless_job("endless", "")
         ),
     );
-    init_tenant(&s, &config);
-    let agent = Agent::start(&s, &config, port);
     let (status, _) = agent.call("POST", "/v1/jobs/endless/run", Some(TOKEN), None);
     assert_eq!(status, 202);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -821,14 +808,11 @@ fn a_lock_left_by_a_killed_agent_and_its_job_is_cleared_by_the_next_agent() {
 
     // The next agent's backup finds the lock stale (its process is gone)
     // and removes it.
-    let port = free_port();
-    let config2 = write_config(
+    let mut agent = start_agent(
         &s,
-        port,
         "",
         &format!("[jobs.files]\ntenant = \"acme\"\npaths = [{src:?}]\n"),
     );
-    let mut agent = Agent::start(&s, &config2, port);
     let run = agent.run_job("files");
     assert_eq!(run["status"], "succeeded", "{run}\n{}", agent.log());
     assert_eq!(agent.terminate(Duration::from_secs(30)), Some(0));
@@ -839,23 +823,20 @@ fn a_lock_left_by_a_killed_agent_and_its_job_is_cleared_by_the_next_agent() {
 
 #[test]
 fn the_newest_snapshot_that_passed_a_drill_survives_retention() {
-    let s = Scratch::new();
-    let src = s.path("src");
-    make_fixture(&src);
+    let (s, src) = Scratch::with_fixture();
     let config = write_config(
         &s,
         free_port(),
         "",
         &format!("[jobs.files]\ntenant = \"acme\"\npaths = [{src:?}]\n"),
     );
-    init_tenant(&s, &config);
     s.cairn_config_ok(&config, &["backup", "--job", "files"]);
     let drilled = snapshots_of(&s, &config, "files")[0]["id"]
         .as_str()
         .unwrap()
         .to_string();
     let out = s.cairn_config_ok(&config, &["--json", "drill", "files"]);
-    let record: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let record = crate::common::last_json(&out);
     assert_eq!(record["passed"], true, "{record}");
     for i in 0..2 {
         std::fs::write(src.join(format!("new-{i}")), format!("{i}")).unwrap();
@@ -911,20 +892,15 @@ fn the_newest_snapshot_that_passed_a_drill_survives_retention() {
 
 #[test]
 fn sigterm_lets_a_running_group_finish_within_the_grace_period() {
-    let s = Scratch::new();
-    let src = s.path("src");
-    make_fixture(&src);
-    let port = free_port();
-    let config = write_config(
+    let (s, src) = Scratch::with_fixture();
+    let mut agent = start_agent(
         &s,
-        port,
         "",
         &format!(
             "[jobs.files]\ntenant = \"acme\"\npaths = [{src:?}]\n\n[groups.window]\njobs = [\"files\"]\nschedule = \"@yearly\"\nquiesce = [\"sleep\", \"2\"]\n"
         ),
     );
-    init_tenant(&s, &config);
-    let mut agent = Agent::start(&s, &config, port);
+    let config = agent.config.clone();
     let (status, body) = agent.call("POST", "/v1/jobs/window/run", Some(TOKEN), None);
     assert_eq!(status, 202, "{body}");
     let id = body["run"]["id"].as_str().unwrap().to_string();
@@ -936,12 +912,7 @@ fn sigterm_lets_a_running_group_finish_within_the_grace_period() {
         "{}",
         agent.log()
     );
-    let history = std::fs::read_to_string(s.path("state/runs.jsonl")).unwrap();
-    let group: serde_json::Value = history
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .find(|r| r["id"] == id.as_str())
-        .unwrap();
+    let group = history_run(&s, &id);
     assert_eq!(group["status"], "succeeded", "{group}");
     assert_eq!(snapshots_of(&s, &config, "files").len(), 1);
     let landed = s.restore_latest("restored", &src);
@@ -953,19 +924,12 @@ fn the_api_answers_as_its_openapi_document_says() {
     // schemathesis (tests/run installs it) generates requests from
     // docs/openapi.json, valid and not, and checks every answer against
     // it: status codes, content types, response schemas, no server errors.
-    let s = Scratch::new();
-    let src = s.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("f"), "x").unwrap();
-    let port = free_port();
-    let config = write_config(
+    let (s, src) = Scratch::with_fixture();
+    let agent = start_agent(
         &s,
-        port,
         "api-rate-per-sec = 1000",
         &format!("[jobs.docs]\ntenant = \"acme\"\npaths = [{src:?}]\n"),
     );
-    init_tenant(&s, &config);
-    let agent = Agent::start(&s, &config, port);
     let out = Command::new("schemathesis")
         .args([
             "run",
@@ -1029,20 +993,14 @@ fn a_pinned_adapter_runs_only_with_its_sha256_and_check_config_names_what_is_wro
 
 #[test]
 fn runs_beyond_the_node_wide_cap_wait_their_turn() {
-    let s = Scratch::new();
-    let src = s.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("f"), "x").unwrap();
-    let port = free_port();
+    let (s, src) = Scratch::with_fixture();
     let mut extra = String::new();
     for g in ["one", "two"] {
         extra.push_str(&format!(
             "[jobs.{g}-files]\ntenant = \"acme\"\npaths = [{src:?}]\n\n[groups.{g}]\njobs = [\"{g}-files\"]\nschedule = \"@yearly\"\nquiesce = [\"sleep\", \"2\"]\n\n"
         ));
     }
-    let config = write_config(&s, port, "max-concurrent-jobs = 1", &extra);
-    init_tenant(&s, &config);
-    let agent = Agent::start(&s, &config, port);
+    let agent = start_agent(&s, "max-concurrent-jobs = 1", &extra);
     let mut ids = Vec::new();
     for g in ["one", "two"] {
         let (status, body) = agent.call("POST", &format!("/v1/jobs/{g}/run"), Some(TOKEN), None);

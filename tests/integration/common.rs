@@ -63,9 +63,7 @@ impl Scratch {
     pub fn cairn_json(&self, args: &[&str]) -> serde_json::Value {
         let mut all = args.to_vec();
         all.push("--json");
-        let stdout = self.cairn_ok(&all);
-        let last = stdout.lines().last().expect("some JSON output");
-        serde_json::from_str(last).unwrap_or_else(|e| panic!("not JSON ({e}): {last}"))
+        last_json(&self.cairn_ok(&all))
     }
 
     pub fn init(&self) {
@@ -166,6 +164,12 @@ impl Scratch {
             .expect("array")
             .len()
     }
+}
+
+/// The last line of a command's `--json` output, parsed.
+pub fn last_json(stdout: &str) -> serde_json::Value {
+    let last = stdout.lines().last().expect("some JSON output");
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("not JSON ({e}): {last}"))
 }
 
 /// Compiled components are cached across tests (that cache is itself tested).

@@ -190,7 +190,7 @@ fn postgres_round_trip_with_awkward_types_roles_and_one_schema_restored_alone() 
     let config = write_config(&s, "cairn.toml", &[db], "", PROGRAMS);
     s.cairn_config_ok(&config, &["init", "--tenant", "acme"]);
     let out = s.cairn_config_ok(&config, &["backup", "--job", "pg", "--json"]);
-    let summary: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let summary = crate::common::last_json(&out);
     assert_eq!(
         summary["files"], 3,
         "globals, one dump and its settings: {summary}"
@@ -675,7 +675,7 @@ fn postgres_verify_reports_rows_sequences_and_large_objects_a_restore_lost() {
     toml.push_str(&format!("\n[agent]\nstate-dir = {:?}\n", s.path("state")));
     std::fs::write(&config, toml).unwrap();
     let out = s.cairn_config_ok(&config, &["--json", "drill", "pg"]);
-    let record: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let record = crate::common::last_json(&out);
     assert_eq!(record["passed"], true, "{record}");
     assert!(record["entries"].as_u64().unwrap() > 0, "{record}");
     let recorded = std::fs::read_to_string(s.path("state/drills.jsonl")).unwrap();

@@ -494,7 +494,7 @@ fn redis_drill_restores_into_an_empty_spare_database_and_empties_it() {
     s.cairn_config_ok(&config, &["init", "--tenant", "acme"]);
     s.cairn_config_ok(&config, &["backup", "--job", "cache"]);
     let out = s.cairn_config_ok(&config, &["--json", "drill", "cache"]);
-    let record: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let record = crate::common::last_json(&out);
     assert_eq!(record["passed"], true, "{record}");
     assert_eq!(record["entries"], 51, "{record}");
     assert_eq!(
@@ -518,7 +518,7 @@ fn redis_drill_restores_into_an_empty_spare_database_and_empties_it() {
     cli(spare, &[b"SET", b"cairn:drill-scratch", b"1"]);
     cli(spare, &[b"SET", b"k1", b"half-restored"]);
     let out = s.cairn_config_ok(&config, &["--json", "drill", "cache"]);
-    let record: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let record = crate::common::last_json(&out);
     assert_eq!(record["passed"], true, "{record}");
     assert_eq!(cli(spare, &[b"DBSIZE"]), b"0\n");
 

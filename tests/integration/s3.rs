@@ -768,7 +768,7 @@ fn a_damaged_primary_object_is_healed_and_repaired_and_shred_is_per_tenant() {
         "secondary",
         "--json",
     ]);
-    let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let v = crate::common::last_json(&out);
     assert_eq!(v["repaired"], 2, "the pack and the config: {out}");
     let fixed = primary.get(&bucket("eu-west-1"), &pack);
     let name = pack.rsplit('/').next().unwrap();
@@ -929,7 +929,7 @@ fn an_interrupted_backup_does_not_upload_its_packs_again() {
     );
 
     let out = w.cairn_ok(&["backup", "--job", "acme-files", "--json"]);
-    let summary: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let summary = crate::common::last_json(&out);
     assert!(
         summary["packs_adopted"].as_u64().unwrap() >= uploaded_before.len() as u64,
         "{summary}"
@@ -1024,8 +1024,7 @@ fn throttling_is_retried_and_the_retries_are_bounded() {
     // The retries are counted for the agent's metrics, also when the
     // command fails (the telemetry line its commands print last).
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let telemetry: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let telemetry = crate::common::last_json(&stdout);
     assert_eq!(telemetry["message_type"], "telemetry", "{stdout}");
     assert!(
         telemetry["storage_retries"].as_u64().unwrap() >= 3,
