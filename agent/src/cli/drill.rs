@@ -98,7 +98,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
             drills::path(&config.agent.state_dir).display()
         )
     })?;
-    result?;
+    result.with_context(|| format!("drill of job {}", a.job))?;
     if !passed {
         bail!(
             "drill of job {} failed: {} problems",
@@ -131,14 +131,7 @@ async fn drill(
     };
     found.snapshot = Some((id, snap.clone()));
     let source = AdapterSource::parse(&job.adapter).pinned(job.adapter_sha256.as_deref());
-    if source.name() != snap.adapter() {
-        bail!(
-            "snapshot {} was made by adapter {}, but job {name} uses {}",
-            id.short(),
-            snap.adapter(),
-            source.name()
-        );
-    }
+    super::restore::same_adapter(&id, &snap, name, &source)?;
     let mut flags = AdapterFlags::default();
     flags.add_job(job)?;
     let drill_set = job.drill.as_ref().and_then(|d| d.set.clone());

@@ -56,6 +56,24 @@ struct Plan {
     config: Option<serde_json::Value>,
 }
 
+/// A job's adapter restoring another adapter's snapshot would misread it.
+pub(super) fn same_adapter(
+    id: &crate::repo::Id,
+    snap: &crate::repo::snapshot::Snapshot,
+    job: &str,
+    source: &AdapterSource,
+) -> anyhow::Result<()> {
+    if source.name() != snap.adapter() {
+        bail!(
+            "snapshot {} was made by adapter {}, but job {job} uses {}",
+            id.short(),
+            snap.adapter(),
+            source.name()
+        );
+    }
+    Ok(())
+}
+
 async fn plan(
     g: &Global,
     spec: &str,
@@ -84,16 +102,8 @@ async fn plan(
         .or(job_adapter)
         .unwrap_or_else(|| snap.adapter().to_string());
     let source = AdapterSource::parse(&name).pinned(pin.as_deref());
-    // A job's adapter restoring another adapter's snapshot would misread it.
-    if let Some(job) = job
-        && source.name() != snap.adapter()
-    {
-        bail!(
-            "snapshot {} was made by adapter {}, but job {job} uses {}",
-            id.short(),
-            snap.adapter(),
-            source.name()
-        );
+    if let Some(job) = job {
+        same_adapter(&id, &snap, job, &source)?;
     }
     let grants = flags.grants(&env)?;
     let config = flags.config()?;
