@@ -989,6 +989,25 @@ fn a_pinned_adapter_runs_only_with_its_sha256_and_check_config_names_what_is_wro
         "{}",
         text(&out)
     );
+    // A job whose adapter did not make its snapshot is not drilled with it.
+    let src = s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let other = write_config(
+        &s,
+        free_port(),
+        "",
+        &format!("[jobs.pinned]\ntenant = \"acme\"\npaths = [{src:?}]\n"),
+    );
+    let out = s.cairn_config(&other, &["drill", "pinned"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("drill of job pinned")
+            && text(&out).contains(
+                "was made by adapter cairn_test_adapter_faulty, but job pinned uses filesystem"
+            ),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
