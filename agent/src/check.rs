@@ -116,6 +116,22 @@ pub async fn check(repo: &Arc<Repository>, read_data: bool) -> Result<CheckRepor
             }
         };
         report.trees += 1;
+        // Names a restore could not create, or that repeat: restore passes
+        // over such entries, so the snapshot is not whole.
+        let mut names = HashSet::new();
+        for node in &tree.nodes {
+            if let Some(p) = crate::restore::name_problem(&node.name) {
+                report.errors.push(format!(
+                    "tree {tree_id} (in {context}): entry {}: {p}",
+                    crate::util::escaped(&node.name)
+                ));
+            } else if !names.insert(node.name.as_str()) {
+                report.errors.push(format!(
+                    "tree {tree_id} (in {context}): entry {} appears twice",
+                    crate::util::escaped(&node.name)
+                ));
+            }
+        }
         for node in tree.nodes {
             match node.kind.as_str() {
                 "file" => match &node.content {

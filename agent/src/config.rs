@@ -62,6 +62,10 @@ pub struct AgentConfig {
     /// API requests per second one client may make (bursts of twice this).
     #[serde(default = "default_rate")]
     pub api_rate_per_sec: u32,
+    /// API requests per second all clients together may make (bursts of
+    /// twice this; default five times `api-rate-per-sec`): many client
+    /// addresses do not multiply the limit.
+    pub api_rate_total_per_sec: Option<u32>,
 }
 
 impl Default for AgentConfig {
@@ -75,11 +79,18 @@ impl Default for AgentConfig {
             timezone: default_timezone(),
             restore_root: None,
             api_rate_per_sec: default_rate(),
+            api_rate_total_per_sec: None,
         }
     }
 }
 
 impl AgentConfig {
+    /// API requests per second of all clients together.
+    pub fn api_rate_total(&self) -> u32 {
+        self.api_rate_total_per_sec
+            .unwrap_or(self.api_rate_per_sec.saturating_mul(5))
+    }
+
     /// Where API restores may write: `restore-root`, else
     /// `<state-dir>/restores`.
     pub fn restore_root(&self) -> PathBuf {
@@ -372,7 +383,9 @@ pub struct JobConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct JobGrants {
-    /// TCP endpoints (`ip:port` or `host:port`) the adapter may connect to.
+    /// TCP endpoints (`ip:port` or `host:port`) the adapter and its
+    /// programs may connect to, and local sockets (absolute paths) its
+    /// programs may connect to.
     #[serde(default)]
     pub connect: Vec<String>,
     /// Programs the adapter may start: bare names (found on the agent's
@@ -686,6 +699,9 @@ impl Config {
         if a.max_concurrent_jobs == 0 {
             return Err("agent: max-concurrent-jobs must be at least 1".into());
         }
+        if a.api_rate_total_per_sec == Some(0) {
+            return Err("agent: api-rate-total-per-sec must be at least 1".into());
+        }
         if a.api_rate_per_sec == 0 {
             return Err("agent: api-rate-per-sec must be at least 1".into());
         }
@@ -809,6 +825,11 @@ impl Config {
 
 /// The per-adapter rules for `drill.set`.
 fn validate_drill_set(name: &str, job: &JobConfig, set: &toml::Table) -> Result<(), String> {
+    if let Some(k) = set.keys().find(|k| is_connection_key(k)) {
+        return Err(format!(
+            "job {name}: drill.set may not change {k}: it says where the job connects, as whom, or which SQL it runs"
+        ));
+    }
     match job.adapter.as_str() {
         "redis" => {
             let Some(scratch) = set.get("scratch-database").and_then(|v| v.as_integer()) else {
@@ -1004,5 +1025,94 @@ regions = ["us-east-1"]
             "[regions.x]\nendpoint = \"http://10.0.0.1:3900\"\nbucket = \"b\"\nallow-http = true\n",
         )
         .unwrap();
+    }
+}
+
+/// Whether an adapter configuration key says where a job connects, as
+/// whom, or which SQL its hooks run. Such keys come from the job's config
+/// only: `--set`, the API's `set` and `drill.set` may not change them, so
+/// that whoever may start a restore cannot send the job's credentials or
+/// data anywhere else. Adapter authors follow the same names (see
+/// docs/adapters.md); the network confinement of granted programs holds
+/// whatever an adapter calls its keys.
+pub fn is_connection_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase().replace('_', "-");
+    const EXACT: &[&str] = &[
+        "host",
+        "hosts",
+        "hostaddr",
+        "port",
+        "address",
+        "addresses",
+        "socket",
+        "endpoint",
+        "endpoints",
+        "url",
+        "uri",
+        "dsn",
+        "server",
+        "servers",
+        "service",
+        "user",
+        "username",
+        "password",
+        "passfile",
+        "connection",
+        "connection-string",
+        "sslcert",
+        "sslkey",
+        "sslrootcert",
+        "sslmode",
+    ];
+    const SUFFIXES: &[&str] = &[
+        "-secret",
+        "-sql",
+        "-host",
+        "-port",
+        "-address",
+        "-user",
+        "-username",
+        "-password",
+        "-endpoint",
+        "-url",
+        "-socket",
+    ];
+    EXACT.contains(&k.as_str()) || SUFFIXES.iter().any(|s| k.ends_with(s))
+}
+
+#[cfg(test)]
+mod connection_key_tests {
+    use super::is_connection_key;
+
+    #[test]
+    fn keys_that_say_where_or_as_whom_are_connection_keys() {
+        for k in [
+            "host",
+            "port",
+            "Port",
+            "address",
+            "user",
+            "username",
+            "password-secret",
+            "password_secret",
+            "quiesce-sql",
+            "release-sql",
+            "hook-host",
+            "dsn",
+        ] {
+            assert!(is_connection_key(k), "{k}");
+        }
+        for k in [
+            "target",
+            "target-database",
+            "databases",
+            "schema",
+            "table",
+            "pattern",
+            "scratch-database",
+            "globals",
+        ] {
+            assert!(!is_connection_key(k), "{k}");
+        }
     }
 }

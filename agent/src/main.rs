@@ -5,7 +5,20 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     tune_malloc();
+    not_dumpable();
     cairn::cli::main()
+}
+
+/// Keep this process's memory and `/proc/<pid>/environ` from the programs
+/// a job grants (they run as the same user): a process that is not
+/// dumpable can be read only with CAP_SYS_PTRACE, which those programs
+/// never get (see `runtime::host::confine`).
+fn not_dumpable() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl(PR_SET_DUMPABLE) only changes a flag of this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
 }
 
 /// glibc raises its mmap threshold each time a large block is freed, after

@@ -17,15 +17,12 @@
 //! pair, that both regions answer.
 
 use crate::pipeline::PACK_SIZE;
-use crate::repo::index::{BlobLocation, IndexFile, IndexPack, PackContents};
+use crate::repo::index::{BlobLocation, IndexPack, PackContents};
 use crate::repo::pack::{BlobType, PackBuilder};
 use crate::repo::{Id, RepoError, Repository, decode_blob};
 use crate::storage::FileType;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-
-/// How many blobs one new index file lists at most (restic's limit).
-const BLOBS_PER_INDEX: usize = 50_000;
 
 /// What a prune did, or with `dry_run` would do.
 #[derive(Debug, Default, serde::Serialize)]
@@ -50,7 +47,13 @@ pub struct PruneReport {
     pub bytes_freed: u64,
     /// Index files replaced by the new index.
     pub index_files_replaced: usize,
+    /// Temporary files writers left (a crash, a full disk), removed.
+    pub temporary_files_removed: usize,
 }
+
+/// A temporary file nothing touched for this long is a leftover: no writer
+/// goes this long without writing, and prune holds the exclusive lock.
+const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// Prune `repo` (whose index must be loaded under the lock). The caller
 /// holds the exclusive lock; `still_safe` says whether going on is (the
@@ -175,6 +178,11 @@ pub async fn prune(
     let nothing_to_do = remove.is_empty() && repack.is_empty() && unreferenced.is_empty();
     if nothing_to_do {
         report.index_files_replaced = 0;
+        still_safe()?;
+        report.temporary_files_removed = repo
+            .backend()
+            .remove_stale_temporary(STALE_TEMPORARY)
+            .await?;
         return Ok(report);
     }
 
@@ -222,19 +230,7 @@ pub async fn prune(
         .collect();
     entries.extend(new_packs);
     still_safe()?;
-    let mut file = IndexFile::default();
-    let mut blobs = 0;
-    let mut entries = entries.into_iter().peekable();
-    while let Some(pack) = entries.next() {
-        blobs += pack.blobs.len();
-        file.packs.push(pack);
-        if blobs >= BLOBS_PER_INDEX || entries.peek().is_none() {
-            let json = serde_json::to_vec(&file).expect("an index serialises");
-            repo.save_unpacked(FileType::Index, &json).await?;
-            file = IndexFile::default();
-            blobs = 0;
-        }
-    }
+    repo.save_index(entries).await?;
 
     // 3. The old index files, then 4. the packs nothing lists any more.
     still_safe()?;
@@ -249,6 +245,11 @@ pub async fn prune(
         repo.backend().remove(FileType::Pack, name).await?;
     }
     report.bytes_freed = freed.saturating_sub(written);
+    still_safe()?;
+    report.temporary_files_removed = repo
+        .backend()
+        .remove_stale_temporary(STALE_TEMPORARY)
+        .await?;
     repo.load_index().await?;
     Ok(report)
 }
@@ -274,7 +275,8 @@ async fn used_blobs(
     repo: &Arc<Repository>,
     report: &mut PruneReport,
 ) -> Result<HashSet<(Id, BlobType)>, RepoError> {
-    let snapshots = repo.snapshots().await?;
+    // Every snapshot must be known: a damaged one's data would look unused.
+    let snapshots = repo.snapshots_strict().await?;
     report.snapshots = snapshots.len();
     let mut used = HashSet::new();
     let mut todo: Vec<Id> = snapshots.iter().map(|(_, s)| s.tree).collect();

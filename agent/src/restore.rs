@@ -21,21 +21,58 @@ pub struct WalkEntry {
 
 /// Walks a snapshot depth-first, directories before their content, nodes in
 /// name order, yielding only entries on or below the `include` paths (and the
-/// directories leading to them).
+/// directories leading to them). An entry whose name no file can have (or
+/// that could leave the target: `..`, a `/`) or that repeats an earlier
+/// name in its directory is passed over and listed in
+/// [`Walker::skipped`], with everything below it: one bad entry does not
+/// stop the rest, as with restic.
 pub struct Walker {
     repo: Arc<Repository>,
     stack: Vec<(String, std::vec::IntoIter<Node>)>,
     include: Vec<String>,
+    skipped: Vec<String>,
 }
 
-fn check_name(name: &str, tree: &Id) -> Result<(), RepoError> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
-        return Err(RepoError::Corrupt {
-            what: format!("tree {tree}"),
-            reason: format!("invalid entry name {name:?} (it could escape the restore target)"),
-        });
+/// What is wrong with an entry name, if anything: empty, `.`, `..`, a `/`
+/// or a NUL byte. Such a name could escape a restore target or cannot
+/// exist in any file system.
+pub fn name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("an empty name")
+    } else if name == "." || name == ".." {
+        Some("a name that would leave its directory")
+    } else if name.contains('/') {
+        Some("a name with a '/' (it could escape the restore target)")
+    } else if name.contains('\0') {
+        Some("a name with a NUL byte, which no file can have")
+    } else {
+        None
     }
-    Ok(())
+}
+
+/// The nodes of `tree` that can be restored, and a line for each that
+/// cannot (an invalid name, or a name already used in the directory).
+fn usable_nodes(tree: Tree, dir: &str, skipped: &mut Vec<String>) -> Vec<Node> {
+    let mut seen = std::collections::HashSet::new();
+    let mut nodes = Vec::with_capacity(tree.nodes.len());
+    for n in tree.nodes {
+        let problem = name_problem(&n.name).or_else(|| {
+            (!seen.insert(n.name.clone())).then_some("a second entry of the same name")
+        });
+        match problem {
+            Some(p) => skipped.push(format!(
+                "{}: {p}; not restored{}",
+                crate::util::escaped(&format!("{dir}/{}", n.name)),
+                if n.kind == "dir" {
+                    " (nor anything below it)"
+                } else {
+                    ""
+                }
+            )),
+            None => nodes.push(n),
+        }
+    }
+    nodes
 }
 
 impl Walker {
@@ -46,16 +83,24 @@ impl Walker {
         root: Id,
         include: Vec<String>,
     ) -> Result<Self, RepoError> {
-        let tree = load_checked_tree(&repo, &root).await?;
+        let tree = repo.load_tree(&root).await?;
+        let mut skipped = Vec::new();
+        let nodes = usable_nodes(tree, "", &mut skipped);
         let include = include
             .into_iter()
             .map(|p| p.trim_end_matches('/').to_string())
             .collect();
         Ok(Walker {
             repo,
-            stack: vec![(String::new(), tree.nodes.into_iter())],
+            stack: vec![(String::new(), nodes.into_iter())],
             include,
+            skipped,
         })
+    }
+
+    /// Entries passed over, each with why.
+    pub fn skipped(&self) -> &[String] {
+        &self.skipped
     }
 
     fn selected(&self, path: &str) -> (bool, bool) {
@@ -93,20 +138,13 @@ impl Walker {
                     what: format!("directory {path}"),
                     reason: "has no subtree".into(),
                 })?;
-                let tree = load_checked_tree(&self.repo, &subtree).await?;
-                self.stack.push((path.clone(), tree.nodes.into_iter()));
+                let tree = self.repo.load_tree(&subtree).await?;
+                let nodes = usable_nodes(tree, &path, &mut self.skipped);
+                self.stack.push((path.clone(), nodes.into_iter()));
             }
             return Ok(Some(WalkEntry { path, node }));
         }
     }
-}
-
-async fn load_checked_tree(repo: &Repository, id: &Id) -> Result<Tree, RepoError> {
-    let tree = repo.load_tree(id).await?;
-    for n in &tree.nodes {
-        check_name(&n.name, id)?;
-    }
-    Ok(tree)
 }
 
 /// Find the node at `path` in the tree rooted at `root`.

@@ -21,3 +21,92 @@ pub fn system_hostname() -> String {
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "localhost".into())
 }
+
+/// Take a secret out of this process's environment: its value is
+/// returned, the variable removed (no child inherits it), and its value
+/// overwritten in the process's initial environment block, which
+/// `/proc/<pid>/environ` shows for the life of the process to anyone who
+/// may read that file. Call it at start-up, before any other thread runs.
+pub fn take_env_secret(name: &str) -> Option<String> {
+    let value = std::env::var_os(name)?;
+    scrub_initial_environment(name);
+    // SAFETY: called by `main` before the async runtime or any other
+    // thread exists, so nothing reads the environment concurrently.
+    unsafe { std::env::remove_var(name) };
+    Some(value.to_string_lossy().into_owned())
+}
+
+/// Overwrite the value of `name=` in the strings `environ` points to. At
+/// start-up they are the kernel's initial block (what `/proc/self/environ`
+/// reads); removing the variable from `environ` alone would leave it there.
+fn scrub_initial_environment(name: &str) {
+    unsafe extern "C" {
+        static mut environ: *const *mut libc::c_char;
+    }
+    let prefix = name.as_bytes();
+    // SAFETY: single-threaded start-up (see `take_env_secret`); `environ`
+    // is a NULL-terminated array of NUL-terminated strings owned by this
+    // process, and each write stays inside the string it scrubs.
+    unsafe {
+        let mut entry = environ;
+        if entry.is_null() {
+            return;
+        }
+        while !(*entry).is_null() {
+            let s = *entry;
+            let bytes = std::ffi::CStr::from_ptr(s).to_bytes();
+            if bytes.len() > prefix.len()
+                && bytes.starts_with(prefix)
+                && bytes[prefix.len()] == b'='
+            {
+                let value_len = bytes.len() - prefix.len() - 1;
+                std::ptr::write_bytes(s.add(prefix.len() + 1), 0, value_len);
+            }
+            entry = entry.add(1);
+        }
+    }
+}
+
+/// A name or message as it may be printed to a terminal or a text log:
+/// unchanged when it holds no control or invisible formatting characters,
+/// else quoted with those (and quotes and backslashes) escaped, as Go's
+/// `%q` does for restic. A newline in an entry name or an adapter's log
+/// message can then neither forge a line nor move the cursor.
+pub fn escaped(s: &str) -> std::borrow::Cow<'_, str> {
+    fn risky(c: char) -> bool {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    }
+    if !s.chars().any(risky) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if risky(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escaped;
+
+    #[test]
+    fn names_with_control_characters_are_quoted_and_escaped() {
+        assert_eq!(escaped("/plain/ünïcødé name"), "/plain/ünïcødé name");
+        assert_eq!(escaped("/a\nFAKE"), "\"/a\\nFAKE\"");
+        assert_eq!(escaped("\u{1b}[31mred"), "\"\\u{1b}[31mred\"");
+        assert_eq!(escaped("q\"\\\0"), "\"q\\\"\\\\\\u{0}\"");
+        assert_eq!(escaped("a\u{202e}b"), "\"a\\u{202e}b\"");
+    }
+}

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const TOKEN: &str = "test-token-0123456789abcdef";
+pub(crate) const TOKEN: &str = "test-token-0123456789abcdef";
 
 /// A running agent and the files around it.
-struct Agent {
+pub(crate) struct Agent {
     child: Option<Child>,
     port: u16,
     config: PathBuf,
@@ -56,7 +56,7 @@ fn write_config(s: &Scratch, port: u16, agent_extra: &str, extra: &str) -> PathB
 impl Agent {
     fn start(s: &Scratch, config: &Path, port: u16) -> Agent {
         let log = s.path(&format!("agent-{}.log", rand_suffix()));
-        let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        let child = Command::new(crate::common::cairn_bin())
             .args(["agent", "--config", config.to_str().unwrap()])
             .env("CAIRN_CACHE_DIR", cache_dir())
             .env_remove("CAIRN_REPOSITORY")
@@ -89,15 +89,15 @@ impl Agent {
         self.child.as_ref().unwrap().id() as i32
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    fn call(
+    pub(crate) fn call(
         &self,
         method: &str,
         path: &str,
@@ -125,7 +125,7 @@ impl Agent {
         )
     }
 
-    fn get(&self, path: &str) -> serde_json::Value {
+    pub(crate) fn get(&self, path: &str) -> serde_json::Value {
         let (status, body) = self.call("GET", path, Some(TOKEN), None);
         assert_eq!(status, 200, "GET {path}: {body}");
         body
@@ -149,13 +149,13 @@ impl Agent {
     }
 
     /// Start a run of `job` through the API and wait for its end.
-    fn run_job(&self, job: &str) -> serde_json::Value {
+    pub(crate) fn run_job(&self, job: &str) -> serde_json::Value {
         let (status, body) = self.call("POST", &format!("/v1/jobs/{job}/run"), Some(TOKEN), None);
         assert_eq!(status, 202, "{body}");
         self.wait_run(body["run"]["id"].as_str().unwrap())
     }
 
-    fn wait_run(&self, id: &str) -> serde_json::Value {
+    pub(crate) fn wait_run(&self, id: &str) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let run = self.get(&format!("/v1/runs/{id}"))["run"].clone();
@@ -224,7 +224,7 @@ fn init_tenant(s: &Scratch, config: &Path) {
 
 /// Write the config (with a fresh API port), create the tenant's
 /// repository unless it exists, and start the agent.
-fn start_agent(s: &Scratch, agent_extra: &str, jobs: &str) -> Agent {
+pub(crate) fn start_agent(s: &Scratch, agent_extra: &str, jobs: &str) -> Agent {
     let port = free_port();
     let config = write_config(s, port, agent_extra, jobs);
     if !s.repo().join("config").exists() {

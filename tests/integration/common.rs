@@ -7,6 +7,15 @@ use std::process::{Command, Output};
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
+/// The `cairn` binary under test: this build's, or `$CAIRN_TEST_BIN` (an
+/// earlier build, to show that a regression test fails on the code
+/// before its fix).
+pub fn cairn_bin() -> PathBuf {
+    std::env::var_os("CAIRN_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_cairn")))
+}
+
 /// A scratch directory holding a repository and test data.
 pub struct Scratch {
     pub dir: tempfile::TempDir,
@@ -32,7 +41,7 @@ impl Scratch {
 
     /// A `cairn` command with the repository and password set.
     pub fn cairn_cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        let mut c = Command::new(crate::common::cairn_bin());
         c.args(args)
             .env("CAIRN_REPOSITORY", self.repo())
             .env("CAIRN_PASSWORD", PASSWORD)
@@ -116,7 +125,8 @@ impl Scratch {
 
     /// Write config file `file`: tenant `acme` on this scratch's repository
     /// and job `job` running `adapter` with `config` (the inside of a TOML
-    /// inline table) and `programs` (a TOML array) granted.
+    /// inline table) and `programs` (a TOML array) granted, with the local
+    /// server of a database adapter as the one endpoint they may reach.
     pub fn write_job_config(
         &self,
         file: &str,
@@ -128,10 +138,15 @@ impl Scratch {
         let password = self.path("password");
         std::fs::write(&password, PASSWORD).expect("write the password file");
         let path = self.path(file);
+        let connect = match adapter {
+            "postgres" => r#"["127.0.0.1:5432"]"#,
+            "mariadb" => r#"["127.0.0.1:3306"]"#,
+            _ => "[]",
+        };
         std::fs::write(
             &path,
             format!(
-                "[tenants.acme]\nrepository = {:?}\npassword-file = {:?}\n\n[jobs.{job}]\ntenant = \"acme\"\nadapter = {adapter:?}\nconfig = {{ {config} }}\ngrants = {{ programs = {programs} }}\n",
+                "[tenants.acme]\nrepository = {:?}\npassword-file = {:?}\n\n[jobs.{job}]\ntenant = \"acme\"\nadapter = {adapter:?}\nconfig = {{ {config} }}\ngrants = {{ programs = {programs}, connect = {connect} }}\n",
                 self.repo(),
                 password,
             ),

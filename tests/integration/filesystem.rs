@@ -19,7 +19,8 @@ fn round_trip_is_byte_identical_with_metadata() {
     assert_eq!(summary["files"], 13, "{summary}");
 
     let listing = s.cairn_ok(&["ls", "latest"]);
-    assert!(listing.contains("/names/new\nline"), "{listing}");
+    // A newline in a name is printed escaped, in quotes.
+    assert!(listing.contains("/names/new\\nline\""), "{listing}");
     assert!(listing.contains("/link-out"), "{listing}");
 
     let out = s.restore_latest("out", &src);

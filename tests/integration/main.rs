@@ -12,6 +12,7 @@ mod faults;
 mod filesystem;
 mod forget;
 mod garage;
+mod hardening;
 mod mariadb;
 mod postgres;
 mod redis;

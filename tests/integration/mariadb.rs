@@ -185,10 +185,24 @@ fn mariadb_round_trip_keeps_blobs_text_triggers_and_restores_one_database_alone(
         );
         assert_eq!(s.snapshot_count(), count);
     };
-    fails(
-        &["backup", "--job", "db", "--set", "user=cairn_t3_nobody"],
-        "Access denied for user 'cairn_t3_nobody'",
+    // The job with another user in its config (`--set` may not change as
+    // whom a job connects).
+    let nobody = s.path("nobody.toml");
+    let text_of = std::fs::read_to_string(&config).unwrap();
+    assert!(text_of.contains("user = \"root\""), "{text_of}");
+    std::fs::write(
+        &nobody,
+        text_of.replace("user = \"root\"", "user = \"cairn_t3_nobody\""),
+    )
+    .unwrap();
+    let out = s.cairn_config(&nobody, &["backup", "--job", "db"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("Access denied for user 'cairn_t3_nobody'"),
+        "{}",
+        text(&out)
     );
+    assert_eq!(s.snapshot_count(), count);
     fails(
         &[
             "backup",
@@ -236,16 +250,14 @@ fn mariadb_round_trip_keeps_blobs_text_triggers_and_restores_one_database_alone(
     );
     // quiesce-sql failing: nothing is dumped, no snapshot.
     let count = s.snapshot_count();
-    let out = s.cairn_config(
-        &hooked,
-        &[
-            "backup",
-            "--job",
-            "db",
-            "--set",
-            &format!("quiesce-sql=SELECT * FROM {db}.no_such_table"),
-        ],
+    let failing = s.write_job_config(
+        "failing-hook.toml",
+        "db",
+        "mariadb",
+        &format!("databases = [\"{db}\"], quiesce-sql = \"SELECT * FROM {db}.no_such_table\""),
+        PROGRAMS,
     );
+    let out = s.cairn_config(&failing, &["backup", "--job", "db"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         stderr(&out).contains("quiesce failed") && stderr(&out).contains("no_such_table"),

@@ -22,7 +22,7 @@ fn verify_lock() -> std::sync::MutexGuard<'static, ()> {
 
 /// Run `sql` (from stdin: it may be large) on `db` as postgres, in one
 /// transaction; its unaligned output.
-fn psql(db: &str, sql: &str) -> String {
+pub(crate) fn psql(db: &str, sql: &str) -> String {
     use std::io::Write;
     let mut child = Command::new("psql")
         .args(["-h", "127.0.0.1", "-U", "postgres", "-X", "-q", "-At"])
@@ -454,11 +454,34 @@ fn postgres_dump_failures_fail_the_backup_loudly_with_no_snapshot() {
         assert!(err.contains("no snapshot was written"), "{}", text(&out));
         assert_eq!(s.snapshot_count(), 0, "a failed dump left a snapshot");
     };
+    // The same job with one key of its config changed (`--set` may not
+    // change where a job connects or as whom).
+    let variant = |file: &str, from: &str, to: &str| -> PathBuf {
+        let text = std::fs::read_to_string(&config).unwrap();
+        assert!(text.contains(from), "{from} not in the config");
+        let path = s.path(file);
+        std::fs::write(&path, text.replace(from, to)).unwrap();
+        path
+    };
     // Authentication: a role that does not exist.
-    expect_failure(
-        &["backup", "--job", "pg", "--set", "user=cairn_t2_nobody"],
-        "role \"cairn_t2_nobody\" does not exist",
+    let nobody = variant(
+        "nobody.toml",
+        "user = \"postgres\"",
+        "user = \"cairn_t2_nobody\"",
     );
+    let expect_failure_with = |config: &PathBuf, needle: &str| {
+        let out = s.cairn_config(config, &["backup", "--job", "pg"]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains(needle),
+            "expected {needle:?} in: {}",
+            text(&out)
+        );
+        assert!(err.contains("no snapshot was written"), "{}", text(&out));
+        assert_eq!(s.snapshot_count(), 0, "a failed dump left a snapshot");
+    };
+    expect_failure_with(&nobody, "role \"cairn_t2_nobody\" does not exist");
     // A database that does not exist: pg_dump's exit code and stderr.
     expect_failure(
         &[
@@ -470,11 +493,13 @@ fn postgres_dump_failures_fail_the_backup_loudly_with_no_snapshot() {
         ],
         "pg_dump of database cairn_t2_missing exited with code 1",
     );
-    // Nothing listens there.
-    expect_failure(
-        &["backup", "--job", "pg", "--set", "port=9"],
-        "Connection refused",
-    );
+    // Nothing listens there (granted, so the connection is tried).
+    let port9 = variant("port9.toml", "port = 5432", "port = 9");
+    let port9_text = std::fs::read_to_string(&port9)
+        .unwrap()
+        .replace("127.0.0.1:5432", "127.0.0.1:9");
+    std::fs::write(&port9, port9_text).unwrap();
+    expect_failure_with(&port9, "Connection refused");
 
     // A program the job does not grant.
     let narrow = write_config(&s, "narrow.toml", &[db], "", r#"["psql", "pg_dumpall"]"#);

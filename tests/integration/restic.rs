@@ -62,7 +62,7 @@ fn cairn_reads_what_restic_writes() {
     assert_eq!(snaps.as_array().unwrap().len(), 2, "{snaps}");
     assert_eq!(snaps[0]["tags"][0], "by-restic", "{snaps}");
     let ls = s.cairn_ok(&["ls", "latest"]);
-    assert!(ls.contains("/names/new\nline"), "{ls}");
+    assert!(ls.contains("/names/new\\nline\""), "{ls}");
     assert!(ls.contains("/added-later.txt"), "{ls}");
     s.cairn_ok(&["check", "--read-data"]);
     let verify = s.cairn_json(&["verify", "latest"]);

@@ -77,7 +77,7 @@ impl World {
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        let mut c = Command::new(crate::common::cairn_bin());
         c.arg("--config")
             .arg(&self.config)
             .args(args)
@@ -400,7 +400,7 @@ fn two_tenants_in_two_regimes_stay_in_their_pairs_and_restic_reads_them() {
     let g2 = w.g("us-east-2");
     let plain = format!("s3:{}/{}/plain", g2.endpoint(), bucket("us-east-2"));
     let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        let out = Command::new(crate::common::cairn_bin())
             .args(["-r", &plain])
             .args(args)
             .env("CAIRN_PASSWORD", "plain password")

@@ -262,26 +262,49 @@ impl Adapter for Filesystem {
         // Directory metadata is applied last, deepest first, so writing
         // their content does not change their restored mtimes.
         let mut dirs: Vec<(String, Metadata)> = Vec::new();
+        // Directories that could not be created: nothing below them is.
+        let mut failed: Vec<String> = Vec::new();
         fs::create_dir(&config.target)?;
         while let Some(entry) = snapshot::next_entry()? {
+            if failed
+                .iter()
+                .any(|d| entry.path.starts_with(&format!("{d}/")))
+            {
+                continue;
+            }
             let dest = target_path(&config.target, &entry.path)?;
-            match entry.kind {
-                EntryKind::Directory => {
-                    fs::create_dir(&dest)?;
-                    dirs.push((dest, entry.meta));
+            let done = match entry.kind {
+                EntryKind::Directory => fs::create_dir(&dest).map(|()| {
+                    dirs.push((dest.clone(), entry.meta));
                     summary.directories += 1;
-                }
+                }),
                 EntryKind::Symlink => {
                     let target = entry.link_target.clone().unwrap_or_default();
-                    fs::create_symlink(&dest, &target)?;
-                    fs::set_metadata(&dest, &entry.meta)?;
-                    summary.symlinks += 1;
+                    fs::create_symlink(&dest, &target)
+                        .and_then(|()| fs::set_metadata(&dest, &entry.meta))
+                        .map(|()| summary.symlinks += 1)
                 }
-                EntryKind::File | EntryKind::Stream => {
-                    summary.bytes += snapshot::open(&entry.path)?.pump_to_file(&dest)?;
-                    fs::set_metadata(&dest, &entry.meta)?;
-                    summary.files += 1;
+                EntryKind::File | EntryKind::Stream => snapshot::open(&entry.path)
+                    .and_then(|mut r| r.pump_to_file(&dest))
+                    .and_then(|n| {
+                        fs::set_metadata(&dest, &entry.meta)?;
+                        summary.bytes += n;
+                        summary.files += 1;
+                        Ok(())
+                    }),
+            };
+            match done {
+                Ok(()) => {}
+                // The target refused this entry (a name too long for it,
+                // say): the host records it, the restore goes on without
+                // it, and ends incomplete, as restic's does.
+                Err(Error::Io(reason)) | Err(Error::NotFound(reason)) => {
+                    log::warn(&format!("{}: not restored: {reason}", entry.path));
+                    if entry.kind == EntryKind::Directory {
+                        failed.push(entry.path.clone());
+                    }
                 }
+                Err(e) => return Err(e),
             }
         }
         for (dest, meta) in dirs.iter().rev() {

@@ -309,7 +309,11 @@ pub async fn run(g: &Global, mut a: Args) -> anyhow::Result<Outcome> {
     let s = &outcome.stats;
     let incomplete = !outcome.skipped.is_empty();
     for (path, reason) in &outcome.skipped {
-        eprintln!("cairn: could not read {path}: {reason}");
+        eprintln!(
+            "cairn: left out {}: {}",
+            crate::util::escaped(path),
+            crate::util::escaped(reason)
+        );
     }
     if g.json {
         out(serde_json::json!({

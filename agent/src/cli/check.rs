@@ -22,10 +22,9 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
             bail!("region {region} of the tenant's pair is not usable ({why}); check needs both");
         }
     }
-    let lock = repo.lock(false).await?;
+    let lock = g.read_lock(&repo).await?;
     let report = crate::check::check(&repo, a.read_data).await;
-    lock.release().await?;
-    let report = report?;
+    let report = super::release_read_lock(lock, report.map_err(anyhow::Error::from)).await?;
     if g.json {
         out(serde_json::to_value(&report)?);
     } else {

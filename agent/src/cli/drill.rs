@@ -140,7 +140,7 @@ async fn drill(
             flags.set.push(format!("{k}={}", serde_json::to_string(v)?));
         }
     }
-    let lock = repo.lock(false).await?;
+    let lock = g.read_lock(&repo).await?;
     let work = async {
         let runtime = Runtime::new()?;
         let request = |grants, config| RestoreRequest {
@@ -150,6 +150,8 @@ async fn drill(
             grants,
             config,
             inherit_stderr: false,
+            // A fresh scratch target: everything is written.
+            overwrite: true,
         };
         if matches!(&source, AdapterSource::Bundled(n) if n == "filesystem") {
             let drills = config.agent.state_dir.join("drills");
@@ -221,10 +223,7 @@ async fn drill(
         Ok(())
     }
     .await;
-    let released = lock.release().await;
-    work?;
-    released?;
-    Ok(())
+    super::release_read_lock(lock, work).await
 }
 
 /// Check the restored copy under `root` against the snapshot's tree.

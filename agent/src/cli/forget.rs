@@ -283,7 +283,33 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
                 }
             } else {
                 let mut chosen = Vec::new();
+                let files: std::collections::HashSet<String> = repo
+                    .backend()
+                    .list(FileType::Snapshot)
+                    .await?
+                    .into_iter()
+                    .map(|(n, _)| n)
+                    .collect();
                 for spec in &a.snapshots {
+                    // A damaged snapshot file, named whole (as `check`
+                    // names it): it cannot be read, but it can be removed.
+                    if files.contains(spec)
+                        && let Err(e @ crate::repo::RepoError::Corrupt { .. }) =
+                            repo.load_snapshot(spec).await
+                    {
+                        if !g.json {
+                            out(format!("  remove {} (damaged: {e})", crate::util::escaped(spec)));
+                        }
+                        if !a.dry_run {
+                            repo.backend()
+                                .remove(FileType::Snapshot, spec)
+                                .await
+                                .with_context(|| format!("removing damaged snapshot file {spec}"))?;
+                            repo.damage_removed(&format!("snapshots/{spec}"));
+                        }
+                        removed += 1;
+                        continue;
+                    }
                     let (id, snap) = repo
                         .find_snapshot(spec)
                         .await
@@ -367,12 +393,10 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
             Ok((report, pruned))
         }
         .await;
-    if let Some(lock) = lock {
-        let released = lock.release().await;
-        if work.is_ok() {
-            released?;
-        }
-    }
+    let work = match lock {
+        Some(lock) => lock.release_after(work).await,
+        None => work,
+    };
     let (report, pruned) = work.with_context(|| match (removed, a.dry_run) {
         (0, _) | (_, true) => "nothing was removed".to_string(),
         (n, false) => format!("{n} snapshots were removed before this"),

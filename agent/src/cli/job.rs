@@ -111,6 +111,11 @@ impl AdapterFlags {
             if key.is_empty() {
                 bail!("--set {spec:?}: the key is empty");
             }
+            if crate::config::is_connection_key(key) {
+                bail!(
+                    "--set {key}: this key says where the job connects, as whom, or which SQL it runs; it comes from the job's config only (use --adapter-config without a job for a one-off)"
+                );
+            }
             // JSON `null` would unset the key and fall back to the
             // adapter's default (`target-database=null` restoring over the
             // original database, say): it is the string "null" here.

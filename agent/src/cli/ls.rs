@@ -31,8 +31,16 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
                 "linktarget": (!e.node.linktarget.is_empty()).then_some(&e.node.linktarget),
             }));
         } else {
-            out(&e.path);
+            // Names may hold newlines or escape sequences: quoted then.
+            out(crate::util::escaped(&e.path));
         }
     }
-    Ok(Outcome::Ok)
+    for skipped in walker.skipped() {
+        eprintln!("cairn: {skipped}");
+    }
+    Ok(if walker.skipped().is_empty() {
+        Outcome::Ok
+    } else {
+        Outcome::Incomplete
+    })
 }

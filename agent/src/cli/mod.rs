@@ -20,6 +20,7 @@ mod init;
 mod job;
 mod ls;
 mod prune;
+mod rebuild_index;
 mod replicate;
 mod residency;
 mod restore;
@@ -43,7 +44,9 @@ use tracing_subscriber::prelude::*;
 
 /// Exit code when the command failed.
 pub const EXIT_FAILED: u8 = 1;
-/// Exit code when a backup completed but some entries could not be read.
+/// Exit code when a command did its job but left something out: a backup
+/// some of whose entries could not be read, a restore that skipped
+/// entries, or any command that passed over a damaged snapshot or index file.
 pub const EXIT_INCOMPLETE: u8 = 3;
 /// Exit code when the work is stored in only one region of the pair.
 pub const EXIT_DEGRADED: u8 = 4;
@@ -73,6 +76,11 @@ pub struct Cli {
     /// Log lines as `text` or `json` (one JSON object per line).
     #[arg(long, env = "CAIRN_LOG_FORMAT", global = true, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Read without writing a lock (restore, verify, check, ls, snapshots,
+    /// drill): for read-only storage credentials. A command that reads also
+    /// falls back to this, with a warning, when the storage refuses the lock.
+    #[arg(long, global = true)]
+    no_lock: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -104,6 +112,9 @@ enum Command {
     Replicate(replicate::Args),
     /// Rewrite damaged or missing objects of one region from the other.
     Repair(replicate::RepairArgs),
+    /// Build a new index from the packs themselves, replacing every index
+    /// file (a damaged or missing index file, say).
+    RebuildIndex(rebuild_index::Args),
     /// Tenant operations.
     #[command(subcommand)]
     Tenant(tenant::Command),
@@ -134,8 +145,14 @@ pub struct Global {
     tenant: Option<String>,
     /// Print JSON.
     pub json: bool,
+    /// Read without a lock (`--no-lock`).
+    no_lock: bool,
+    /// `$CAIRN_PASSWORD`, taken out of the environment at start.
+    env_password: Option<Arc<str>>,
     /// The tenant's region pair, once opened (for lagging and healed reports).
     pair: Arc<Mutex<Option<Arc<PairBackend>>>>,
+    /// Every repository the command opened, for the damage they met.
+    opened: Arc<Mutex<Vec<Arc<Repository>>>>,
 }
 
 impl Global {
@@ -284,11 +301,11 @@ impl Global {
         if let Some(file) = &self.password_file {
             return read_password_file(file);
         }
-        if let Ok(pw) = std::env::var("CAIRN_PASSWORD") {
+        if let Some(pw) = &self.env_password {
             if pw.is_empty() {
                 bail!("CAIRN_PASSWORD is set but empty");
             }
-            return Ok(pw);
+            return Ok(pw.to_string());
         }
         if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
             bail!(
@@ -317,7 +334,62 @@ impl Global {
     pub async fn open_without_index(&self) -> anyhow::Result<Arc<Repository>> {
         let backend = self.backend().await?;
         let password = self.password(false)?;
-        Ok(Arc::new(Repository::open(backend, &password).await?))
+        let repo = Arc::new(Repository::open(backend, &password).await?);
+        self.opened
+            .lock()
+            .expect("opened repositories")
+            .push(repo.clone());
+        Ok(repo)
+    }
+
+    /// The shared lock a command that only reads takes: none with
+    /// `--no-lock`, and none, with a warning, when the storage refuses to
+    /// write one (read-only credentials, a read-only mount): reading needs
+    /// no lock to be correct, only to keep a prune from removing what is
+    /// being read meanwhile.
+    pub async fn read_lock(
+        &self,
+        repo: &Arc<Repository>,
+    ) -> anyhow::Result<Option<crate::repo::LockGuard>> {
+        if self.no_lock {
+            return Ok(None);
+        }
+        match repo.lock(false).await {
+            Ok(l) => Ok(Some(l)),
+            Err(crate::repo::RepoError::Storage(e)) if e.is_write_refused() => {
+                tracing::warn!(error = %e, "The storage refuses to take a lock; reading without one (as with --no-lock). A prune running meanwhile could remove what is being read.");
+                eprintln!(
+                    "cairn: warning: the repository refuses writes ({e}); reading without a lock"
+                );
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The damaged files the opened repositories passed over.
+    fn damage(&self) -> Vec<String> {
+        let mut all = Vec::new();
+        for repo in self.opened.lock().expect("opened repositories").iter() {
+            for d in repo.damage() {
+                if !all.contains(&d) {
+                    all.push(d);
+                }
+            }
+        }
+        all
+    }
+}
+
+/// Release a read lock (if one was taken) after `work`, whose error wins
+/// over a failure to remove the lock.
+pub async fn release_read_lock<T>(
+    lock: Option<crate::repo::LockGuard>,
+    work: anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    match lock {
+        Some(l) => l.release_after(work).await,
+        None => work,
     }
 }
 
@@ -388,7 +460,11 @@ fn init_logging(verbose: u8, json: bool, agent: bool) {
         }
         !NOISY.iter().any(|p| target.starts_with(p)) || *meta.level() <= tracing::Level::WARN
     });
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colour codes only on a terminal: never in a file or a pipe (the agent's
+    // children, journald, a test reading stderr).
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if json {
         tracing_subscriber::registry()
             .with(layer.json().with_filter(filter).with_filter(guard))
@@ -424,6 +500,24 @@ pub fn out(line: impl std::fmt::Display) {
     }
 }
 
+/// What stopping a command by a signal means for its work.
+fn stop_note(command: &Command) -> &'static str {
+    match command {
+        Command::Backup(_) => "no snapshot was written",
+        Command::Restore(_) => {
+            "the restore is incomplete (a file being written was removed); run it again to resume"
+        }
+        Command::Drill(_) => "the drill was not recorded as passed",
+        Command::Forget(_) | Command::Prune(_) => {
+            "what was removed so far stays removed; the repository still checks"
+        }
+        Command::Replicate(_) | Command::Repair(_) | Command::RebuildIndex(_) => {
+            "what was written so far stays; run it again to finish"
+        }
+        _ => "nothing was changed",
+    }
+}
+
 /// Run the command line.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -438,7 +532,10 @@ pub fn main() -> ExitCode {
         config_path: cli.config,
         tenant: cli.tenant,
         json: cli.json,
+        no_lock: cli.no_lock,
+        env_password: crate::util::take_env_secret("CAIRN_PASSWORD").map(Arc::from),
         pair: Arc::new(Mutex::new(None)),
+        opened: Arc::new(Mutex::new(Vec::new())),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -458,6 +555,7 @@ pub fn main() -> ExitCode {
             | Command::Repair(_)
             | Command::Forget(_)
             | Command::Prune(_)
+            | Command::RebuildIndex(_)
     );
     let g = global.clone();
     if let Command::Agent(a) = cli.command {
@@ -472,6 +570,7 @@ pub fn main() -> ExitCode {
             }
         };
     }
+    let note = stop_note(&cli.command);
     let command = async move {
         match cli.command {
             Command::Init(a) => init::run(&global, a).await,
@@ -486,28 +585,48 @@ pub fn main() -> ExitCode {
             Command::Residency(c) => residency::run(&global, c).await,
             Command::Replicate(a) => replicate::run(&global, a).await,
             Command::Repair(a) => replicate::repair(&global, a).await,
+            Command::RebuildIndex(a) => rebuild_index::run(&global, a).await,
             Command::Tenant(c) => tenant::run(&global, c).await,
             Command::Drill(a) => drill::run(&global, a).await,
             Command::Agent(_) => unreachable!("handled above"),
         }
     };
-    // SIGTERM or SIGINT stops the command where it is: a backup records no
-    // snapshot, and the locks it held are removed before the exit.
+    // The command runs as a task of its own, so that SIGTERM or SIGINT is
+    // seen even while it is stuck in a blocking call: the command is then
+    // abandoned where it is (a backup records no snapshot), the locks this
+    // process holds are removed, and the process exits, ending any thread
+    // still blocked.
+    let task = runtime.spawn(command);
+    let abort = task.abort_handle();
     let result = runtime.block_on(async move {
         tokio::select! {
-            r = command => r,
-            signal = stop_signal() => Err(anyhow::anyhow!(
-                "stopped by {signal}; a backup stopped this way records no snapshot"
-            )),
+            r = task => match r {
+                Ok(r) => r,
+                Err(e) if e.is_panic() => Err(anyhow::anyhow!("the command panicked: {e}")),
+                Err(e) => Err(anyhow::anyhow!("the command was cancelled: {e}")),
+            },
+            signal = stop_signal() => {
+                abort.abort();
+                Err(anyhow::anyhow!("stopped by {signal}; {note}"))
+            }
         }
     });
-    runtime.block_on(crate::repo::release_abandoned_locks());
+    runtime.block_on(crate::repo::release_held_locks());
     if crate::telemetry::is_agent_child() {
         out(crate::telemetry::report());
     }
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    let damage = g.damage();
     let result = result.map(|o| g.finish(o, wrote));
+    // Damaged snapshot or index files were passed over: the command did
+    // its job with what could be read, and says what could not.
+    for d in &damage {
+        eprintln!(
+            "cairn: passed over a damaged file: {d} (run `cairn check`; `cairn rebuild-index` rebuilds a damaged index)"
+        );
+    }
     match result {
+        Ok(Outcome::Ok) if !damage.is_empty() => ExitCode::from(EXIT_INCOMPLETE),
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Incomplete) => ExitCode::from(EXIT_INCOMPLETE),
         Ok(Outcome::Degraded) => ExitCode::from(EXIT_DEGRADED),

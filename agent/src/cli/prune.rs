@@ -53,4 +53,10 @@ pub(super) fn print_report(report: &crate::prune::PruneReport, dry_run: bool) {
         "{verb} {}",
         indicatif::HumanBytes(report.bytes_freed)
     ));
+    if report.temporary_files_removed > 0 {
+        out(format!(
+            "removed {} temporary files writers left behind",
+            report.temporary_files_removed
+        ));
+    }
 }

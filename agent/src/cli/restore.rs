@@ -23,9 +23,40 @@ pub struct Args {
     /// Restore only this path of the snapshot and what is below it (repeatable).
     #[arg(short, long)]
     include: Vec<String>,
-    /// The adapter to restore with (default: the job's, or the one that made the snapshot).
+    /// The adapter to restore with (default: the job's, or the bundled
+    /// adapter that made the snapshot).
     #[arg(long)]
     adapter: Option<String>,
+    /// When to replace a file the target already has: `if-changed` (the
+    /// default) keeps one whose size and modification time are the
+    /// snapshot's (restored whole by an earlier run), `always` rewrites it.
+    #[arg(long, default_value = "if-changed", value_parser = ["if-changed", "always"])]
+    overwrite: String,
+    #[command(flatten)]
+    limits: LimitFlags,
+}
+
+/// The limits of an adapter run.
+#[derive(clap::Args, Debug)]
+pub struct LimitFlags {
+    /// Adapter memory cap in MiB.
+    #[arg(long, default_value_t = 512)]
+    memory_limit: usize,
+    /// Stop after this many seconds (default: 24 hours).
+    #[arg(long)]
+    timeout: Option<u64>,
+}
+
+impl LimitFlags {
+    fn limits(&self) -> Limits {
+        Limits {
+            memory: self.memory_limit << 20,
+            timeout: self
+                .timeout
+                .map(std::time::Duration::from_secs)
+                .unwrap_or(Limits::default().timeout),
+        }
+    }
 }
 
 /// Flags of `verify`.
@@ -37,11 +68,14 @@ pub struct VerifyArgs {
     /// adapter configuration and grants).
     #[arg(long)]
     job: Option<String>,
-    /// The adapter to verify with (default: the job's, or the one that made the snapshot).
+    /// The adapter to verify with (default: the job's, or the bundled
+    /// adapter that made the snapshot).
     #[arg(long)]
     adapter: Option<String>,
     #[command(flatten)]
     adapter_flags: AdapterFlags,
+    #[command(flatten)]
+    limits: LimitFlags,
 }
 
 /// What a restore or verify runs: the snapshot, its adapter, grants and
@@ -74,6 +108,28 @@ pub(super) fn same_adapter(
     Ok(())
 }
 
+/// The adapter a snapshot names, when neither `--adapter` nor a job says
+/// which one to run: only a bundled adapter. Whoever can write snapshots
+/// must not choose a program to run on this machine (a path to any
+/// `.wasm` file), so a component file is run only when named by the
+/// operator: `--adapter`, or a configured job.
+pub(crate) fn snapshot_adapter(
+    id: &crate::repo::Id,
+    snap: &crate::repo::snapshot::Snapshot,
+) -> anyhow::Result<AdapterSource> {
+    let name = snap.adapter();
+    match AdapterSource::parse(name) {
+        AdapterSource::Bundled(n) if crate::runtime::bundled::get(&n).is_some() => {
+            Ok(AdapterSource::Bundled(n))
+        }
+        _ => bail!(
+            "snapshot {} was made by adapter {:?}, which is not a bundled adapter; name the component to restore it with: --adapter PATH (or --job)",
+            id.short(),
+            crate::util::escaped(name)
+        ),
+    }
+}
+
 async fn plan(
     g: &Global,
     spec: &str,
@@ -97,11 +153,10 @@ async fn plan(
     };
     let repo = g.open().await?;
     let (id, snap) = repo.find_snapshot_of(spec, job).await?;
-    let name = adapter
-        .map(str::to_string)
-        .or(job_adapter)
-        .unwrap_or_else(|| snap.adapter().to_string());
-    let source = AdapterSource::parse(&name).pinned(pin.as_deref());
+    let source = match adapter.map(str::to_string).or(job_adapter) {
+        Some(name) => AdapterSource::parse(&name).pinned(pin.as_deref()),
+        None => snapshot_adapter(&id, &snap)?,
+    };
     if let Some(job) = job {
         same_adapter(&id, &snap, job, &source)?;
     }
@@ -165,7 +220,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
         }
         include.push(i.trim_end_matches('/').to_string());
     }
-    let lock = repo.lock(false).await?;
+    let lock = g.read_lock(&repo).await?;
     let req = RestoreRequest {
         repo: repo.clone(),
         tree: snap.tree,
@@ -173,28 +228,32 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
         grants,
         config,
         inherit_stderr: false,
+        overwrite: a.overwrite == "always",
     };
     let result = Runtime::new()?
-        .restore(&source, req, &Limits::default(), false)
+        .restore(&source, req, &a.limits.limits(), false)
         .await;
-    lock.release().await?;
-    let result = result.context("restore failed")?;
+    let result = super::release_read_lock(lock, result)
+        .await
+        .context("restore failed")?;
     let crate::runtime::RestoreOutcome::Restored(s) = result.outcome else {
         bail!("unexpected verify outcome");
     };
     for entry in &result.left_out {
-        eprintln!("cairn: not restored (no adapter restores this kind of entry): {entry}");
+        eprintln!("cairn: not restored: {}", crate::util::escaped(entry));
     }
     if g.json {
         out(serde_json::json!({
             "message_type": "summary", "snapshot_id": id.to_hex(), "target": target,
             "files": s.files, "directories": s.directories, "symlinks": s.symlinks, "bytes": s.bytes,
+            "files_unchanged": result.unchanged, "not_restored": result.left_out,
         }));
     } else {
         out(format!(
-            "restored snapshot {} to {target}: {} files, {} directories, {} symlinks, {}",
+            "restored snapshot {} to {target}: {} files ({} already there, kept), {} directories, {} symlinks, {}",
             id.short(),
             s.files,
+            result.unchanged,
             s.directories,
             s.symlinks,
             indicatif::HumanBytes(s.bytes)
@@ -225,7 +284,7 @@ pub async fn verify(g: &Global, a: VerifyArgs) -> anyhow::Result<Outcome> {
         a.adapter_flags,
     )
     .await?;
-    let lock = repo.lock(false).await?;
+    let lock = g.read_lock(&repo).await?;
     let req = RestoreRequest {
         repo: repo.clone(),
         tree: snap.tree,
@@ -233,12 +292,14 @@ pub async fn verify(g: &Global, a: VerifyArgs) -> anyhow::Result<Outcome> {
         grants,
         config: config.unwrap_or_else(|| serde_json::json!({})),
         inherit_stderr: false,
+        overwrite: false,
     };
     let result = Runtime::new()?
-        .restore(&source, req, &Limits::default(), true)
+        .restore(&source, req, &a.limits.limits(), true)
         .await;
-    lock.release().await?;
-    let result = result.context("verify failed")?;
+    let result = super::release_read_lock(lock, result)
+        .await
+        .context("verify failed")?;
     let crate::runtime::RestoreOutcome::Verified(r) = result.outcome else {
         bail!("unexpected restore outcome");
     };

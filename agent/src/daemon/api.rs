@@ -1,8 +1,11 @@
 //! The REST API: JSON under `/v1/`, `/metrics` for Prometheus, `/healthz`
 //! and `/readyz` for probes. Every endpoint but the two probes needs
 //! `Authorization: Bearer <token>` (the token in `api-token-file`, compared
-//! in constant time). Each client address gets `api-rate-per-sec` requests
-//! a second (bursts of twice that); bodies are at most 64 KiB. Errors are
+//! in constant time). Each client gets `api-rate-per-sec` requests a second
+//! (bursts of twice that), a client being an IPv4 address or an IPv6 /64
+//! (one host holds a whole /64); all clients together get
+//! `api-rate-total-per-sec`, so many addresses do not multiply the limit.
+//! Bodies are at most 64 KiB. Errors are
 //! `{"error": {"code": "...", "message": "..."}}` with codes that do not
 //! change; docs/openapi.json lists them, and is served at
 //! `/v1/openapi.json`.
@@ -80,30 +83,63 @@ impl From<TriggerError> for ApiError {
     }
 }
 
-/// Token buckets per client address.
+/// Token buckets per client, and one for all clients together.
 #[derive(Default)]
 struct Limiter {
     buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    total: Mutex<Option<(f64, Instant)>>,
+}
+
+/// Refill `bucket` at `rate` a second (holding at most twice that) and
+/// take a token if there is one.
+fn take(bucket: &mut (f64, Instant), rate: f64, now: Instant) -> bool {
+    let (tokens, last) = bucket;
+    *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(rate * 2.0);
+    *last = now;
+    if *tokens >= 1.0 {
+        *tokens -= 1.0;
+        true
+    } else {
+        false
+    }
+}
+
+/// The client an address belongs to: an IPv4 address, or the /64 of an
+/// IPv6 one (a single host is commonly given a whole /64).
+fn client_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut o = v6.octets();
+                o[8..].fill(0);
+                IpAddr::V6(o.into())
+            }
+        },
+        v4 => v4,
+    }
 }
 
 impl Limiter {
-    fn allow(&self, ip: IpAddr, rate: f64) -> bool {
-        let burst = rate * 2.0;
-        let mut buckets = self.buckets.lock().expect("rate buckets");
+    /// Whether a request from `ip` may go on: its client's bucket first
+    /// (one client's flood does not drain the shared bucket), then the one
+    /// all clients share.
+    fn allow(&self, ip: IpAddr, rate: f64, total_rate: f64) -> bool {
         let now = Instant::now();
-        if buckets.len() > 10_000 {
-            // Forget clients that have been quiet long enough to be full.
-            buckets.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(60));
+        {
+            let mut buckets = self.buckets.lock().expect("rate buckets");
+            if buckets.len() > 10_000 {
+                // Forget clients that have been quiet long enough to be full.
+                buckets.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(60));
+            }
+            let bucket = buckets.entry(client_of(ip)).or_insert((rate * 2.0, now));
+            if !take(bucket, rate, now) {
+                return false;
+            }
         }
-        let (tokens, last) = buckets.entry(ip).or_insert((burst, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        let mut total = self.total.lock().expect("rate buckets");
+        let bucket = total.get_or_insert((total_rate * 2.0, now));
+        take(bucket, total_rate, now)
     }
 }
 
@@ -170,10 +206,13 @@ async fn rate_limit(State(api): State<Api>, req: Request, next: Next) -> Respons
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    let rate = api.agent.loaded().config.agent.api_rate_per_sec as f64;
+    let (rate, total) = {
+        let a = &api.agent.loaded().config.agent;
+        (a.api_rate_per_sec as f64, a.api_rate_total() as f64)
+    };
     // Probes are never limited: a busy client must not make the node look dead.
     let probe = matches!(req.uri().path(), "/healthz" | "/readyz");
-    if !probe && !api.limiter.allow(ip, rate) {
+    if !probe && !api.limiter.allow(ip, rate, total) {
         return ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
@@ -475,12 +514,32 @@ mod tests {
     fn the_limiter_allows_a_burst_then_refuses() {
         let l = Limiter::default();
         let ip = IpAddr::from([127, 0, 0, 1]);
-        let allowed = (0..30).filter(|_| l.allow(ip, 5.0)).count();
+        let allowed = (0..30).filter(|_| l.allow(ip, 5.0, 100.0)).count();
         assert_eq!(allowed, 10, "a burst of twice the rate");
         assert!(
-            l.allow(IpAddr::from([127, 0, 0, 2]), 5.0),
+            l.allow(IpAddr::from([127, 0, 0, 2]), 5.0, 100.0),
             "another client has its own bucket"
         );
+    }
+
+    #[test]
+    fn many_addresses_share_one_total_and_an_ipv6_64_is_one_client() {
+        let l = Limiter::default();
+        let allowed = (1..=200u8)
+            .filter(|i| l.allow(IpAddr::from([127, 0, 0, *i]), 5.0, 20.0))
+            .count();
+        assert_eq!(
+            allowed, 40,
+            "a burst of twice the total, whatever the addresses"
+        );
+        let l = Limiter::default();
+        let allowed = (0..100u16)
+            .filter(|i| {
+                let ip: std::net::Ipv6Addr = format!("2001:db8::{i:x}").parse().unwrap();
+                l.allow(IpAddr::V6(ip), 5.0, 1000.0)
+            })
+            .count();
+        assert_eq!(allowed, 10, "addresses of one /64 are one client");
     }
 
     #[test]

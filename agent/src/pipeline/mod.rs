@@ -401,8 +401,31 @@ async fn packer(
             }
         }
     }
-    write_index(&repo, &mut pending_index, &stats).await?;
-    result
+    let unindexed: Vec<Id> = pending_index.iter().map(|p| p.id).collect();
+    match write_index(&repo, &mut pending_index, &stats).await {
+        Ok(()) => result,
+        Err(e) => {
+            let full = |r: &RepoError| matches!(r, RepoError::Storage(s) if s.is_storage_full());
+            // On a full store, the packs no index lists would keep even a
+            // small next backup from fitting: they go. (Otherwise they stay
+            // for the next backup to adopt instead of uploading again.) No
+            // other process can use them: only an index makes a pack known.
+            if full(&e) || result.as_ref().err().is_some_and(full) {
+                for id in unindexed {
+                    match repo.backend().remove(FileType::Pack, &id.to_hex()).await {
+                        Ok(()) => {
+                            tracing::info!(pack = %id.short(), "Removed a pack the full store could not index.")
+                        }
+                        Err(r) => {
+                            tracing::warn!(pack = %id.short(), error = %r, "Could not remove a pack left unindexed.")
+                        }
+                    }
+                }
+            }
+            // The first failure is the cause.
+            Err(result.err().unwrap_or(e))
+        }
+    }
 }
 
 async fn collect(

@@ -6,6 +6,9 @@ use super::pack::{BlobType, PackedBlob};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
+/// How many blobs one index file lists at most (restic's limit).
+pub const BLOBS_PER_INDEX: usize = 50_000;
+
 /// Where a blob is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlobLocation {

@@ -11,6 +11,16 @@ use serde::{Deserialize, Serialize};
 /// (N = 2^15, r = 8, p = 1), about 32 MiB and a tenth of a second.
 pub const DEFAULT_LOG_N: u8 = 15;
 
+/// The largest key file read: a real one is well under a kilobyte.
+pub const MAX_KEY_FILE: u64 = 64 * 1024;
+/// The most memory a key file's scrypt may ask for (128 * r * N bytes).
+/// restic calibrates new keys to at most 60 MiB; anything above this bound
+/// is a planted key meant to exhaust memory, skipped before deriving.
+pub const MAX_SCRYPT_MEMORY: u64 = 256 << 20;
+/// The most work a key file's scrypt may ask for (N * r * p): 16 times
+/// the default cost, a few seconds at most.
+pub const MAX_SCRYPT_WORK: u64 = 16 * (1 << DEFAULT_LOG_N) * 8;
+
 /// A key file as restic writes it.
 #[derive(Serialize, Deserialize)]
 pub struct KeyFile {
@@ -39,6 +49,26 @@ pub enum KeyError {
     /// The password does not open this key file.
     #[error("wrong password")]
     WrongPassword,
+    /// The key file asks scrypt for more memory or work than Cairn spends.
+    #[error(
+        "its scrypt parameters (N={n}, r={r}, p={p}) ask for {mib} MiB and {work} units of work; Cairn spends at most {max_mib} MiB and {max_work}"
+    )]
+    TooCostly {
+        /// scrypt's N.
+        n: u64,
+        /// scrypt's r.
+        r: u32,
+        /// scrypt's p.
+        p: u32,
+        /// The memory asked for, in MiB (saturating).
+        mib: u64,
+        /// N * r * p (saturating).
+        work: u64,
+        /// [`MAX_SCRYPT_MEMORY`] in MiB.
+        max_mib: u64,
+        /// [`MAX_SCRYPT_WORK`].
+        max_work: u64,
+    },
 }
 
 fn derive(password: &str, salt: &[u8], log_n: u8, r: u32, p: u32) -> Result<Key, KeyError> {
@@ -77,8 +107,31 @@ impl KeyFile {
         serde_json::from_slice(bytes).map_err(|e| KeyError::Malformed(e.to_string()))
     }
 
+    /// Refuse parameters whose cost is out of bounds, before any work: a
+    /// key file with N = 2^40 would otherwise abort every command.
+    pub fn check_cost(&self) -> Result<(), KeyError> {
+        let memory = 128u64.saturating_mul(self.r as u64).saturating_mul(self.n);
+        let work = self
+            .n
+            .saturating_mul(self.r as u64)
+            .saturating_mul(self.p as u64);
+        if memory > MAX_SCRYPT_MEMORY || work > MAX_SCRYPT_WORK || self.r == 0 || self.p == 0 {
+            return Err(KeyError::TooCostly {
+                n: self.n,
+                r: self.r,
+                p: self.p,
+                mib: memory >> 20,
+                work,
+                max_mib: MAX_SCRYPT_MEMORY >> 20,
+                max_work: MAX_SCRYPT_WORK,
+            });
+        }
+        Ok(())
+    }
+
     /// Open the master key with `password`.
     pub fn open(&self, password: &str) -> Result<Key, KeyError> {
+        self.check_cost()?;
         if self.kdf != "scrypt" {
             return Err(KeyError::Malformed(format!(
                 "unsupported kdf {:?}",
@@ -126,5 +179,31 @@ mod tests {
         let ct = master.encrypt(b"x");
         assert_eq!(opened.decrypt(&ct).unwrap(), b"x");
         assert!(matches!(parsed.open("wrong"), Err(KeyError::WrongPassword)));
+    }
+
+    #[test]
+    fn a_key_asking_for_too_much_memory_or_work_is_refused_before_deriving() {
+        let master = Key::random();
+        let mut file = KeyFile::create(&master, "secret", 10).unwrap();
+        file.check_cost().unwrap();
+        for (n, r, p) in [
+            (1u64 << 40, 8, 1),
+            (1 << 22, 8, 1),
+            (1 << 15, 8, 64),
+            (1 << 15, 0, 1),
+        ] {
+            file.n = n;
+            file.r = r;
+            file.p = p;
+            assert!(
+                matches!(file.open("secret"), Err(KeyError::TooCostly { .. })),
+                "N={n} r={r} p={p} must be refused"
+            );
+        }
+        // restic's default cost passes.
+        file.n = 1 << DEFAULT_LOG_N;
+        file.r = 8;
+        file.p = 1;
+        file.check_cost().unwrap();
     }
 }

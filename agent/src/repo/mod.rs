@@ -119,7 +119,15 @@ pub struct Repository {
     key: Key,
     config: Config,
     index: RwLock<Index>,
+    /// Damaged snapshot and index files met and passed over, each named
+    /// with what is wrong: the command still did its job, but must say so.
+    damage: std::sync::Mutex<Vec<String>>,
 }
+
+/// The largest snapshot file read; a bigger one is damage, not data.
+const MAX_SNAPSHOT_FILE: u64 = 64 << 20;
+/// The largest index file read; a bigger one is damage, not data.
+const MAX_INDEX_FILE: u64 = MAX_UNPACKED;
 
 fn file_label(t: FileType, name: &str) -> String {
     match t {
@@ -174,6 +182,7 @@ impl Repository {
             key,
             config,
             index: RwLock::new(Index::default()),
+            damage: Default::default(),
         })
     }
 
@@ -187,11 +196,20 @@ impl Repository {
             Err(e) => return Err(e.into()),
         };
         let mut key = None;
-        for (name, _) in backend.list(FileType::Key).await? {
-            let bytes = backend.load(FileType::Key, &name).await?;
-            let Ok(file) = KeyFile::parse(&bytes) else {
-                tracing::warn!(key = %name, "Skipping malformed key file.");
+        for (name, size) in backend.list(FileType::Key).await? {
+            // Anyone who can write to the storage can add a key file: one
+            // is parsed, and its scrypt cost bounded, before any work.
+            if size > keys::MAX_KEY_FILE {
+                tracing::warn!(key = %name, size, "Skipping a key file too large to be one.");
                 continue;
+            }
+            let bytes = backend.load(FileType::Key, &name).await?;
+            let file = match KeyFile::parse(&bytes).and_then(|f| f.check_cost().map(|()| f)) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(key = %name, error = %e, "Skipping a key file.");
+                    continue;
+                }
             };
             let password = password.to_string();
             let opened = tokio::task::spawn_blocking(move || file.open(&password))
@@ -230,6 +248,7 @@ impl Repository {
             key,
             config,
             index: RwLock::new(Index::default()),
+            damage: Default::default(),
         })
     }
 
@@ -248,16 +267,61 @@ impl Repository {
         &self.config
     }
 
-    /// Read every index file into memory. Returns the number of index files.
+    /// Read every index file into memory. Returns the number of index files
+    /// read. A damaged one is passed over and noted (see
+    /// [`Repository::damage`]): the blobs only it lists look missing, which
+    /// `check` reports and `rebuild-index` mends.
     pub async fn load_index(&self) -> Result<usize, RepoError> {
         let files = self.backend.list(FileType::Index).await?;
         let mut index = Index::default();
-        for (name, _) in &files {
-            let file = self.load_index_file(name).await?;
-            index.add_file(&file);
+        let mut read = 0;
+        for (name, size) in &files {
+            let file = if *size > MAX_INDEX_FILE {
+                Err(RepoError::corrupt(
+                    format!("index/{name}"),
+                    format!("it is {size} bytes, larger than any index file"),
+                ))
+            } else {
+                self.load_index_file(name).await
+            };
+            match file {
+                Ok(file) => {
+                    index.add_file(&file);
+                    read += 1;
+                }
+                Err(e @ RepoError::Corrupt { .. }) => self.note_damage(&e),
+                // Removed by a prune while we listed.
+                Err(RepoError::Storage(e)) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
         }
         *self.index.write().expect("index lock") = index;
-        Ok(files.len())
+        Ok(read)
+    }
+
+    /// Note a damaged file passed over, and warn about it.
+    fn note_damage(&self, e: &RepoError) {
+        let what = e.to_string();
+        let mut damage = self.damage.lock().expect("damage list");
+        if !damage.contains(&what) {
+            tracing::warn!(problem = %what, "Passing over a damaged file; run `cairn check`.");
+            damage.push(what);
+        }
+    }
+
+    /// The damaged snapshot and index files this repository passed over.
+    pub fn damage(&self) -> Vec<String> {
+        self.damage.lock().expect("damage list").clone()
+    }
+
+    /// Forget the damage noted about `file` (`snapshots/<name>`): it was
+    /// removed.
+    pub fn damage_removed(&self, file: &str) {
+        let prefix = format!("{file} ");
+        self.damage
+            .lock()
+            .expect("damage list")
+            .retain(|d| !d.starts_with(&prefix));
     }
 
     /// Parse one index file.
@@ -367,11 +431,36 @@ impl Repository {
         Ok((id, snap))
     }
 
-    /// Every snapshot, oldest first.
+    /// Every readable snapshot, oldest first. A damaged snapshot file is
+    /// passed over and noted (see [`Repository::damage`]).
     pub async fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>, RepoError> {
+        self.list_snapshots(false).await
+    }
+
+    /// Every snapshot, oldest first; a damaged snapshot file is an error
+    /// (prune must know every snapshot to know what is unused).
+    pub async fn snapshots_strict(&self) -> Result<Vec<(Id, Snapshot)>, RepoError> {
+        self.list_snapshots(true).await
+    }
+
+    async fn list_snapshots(&self, strict: bool) -> Result<Vec<(Id, Snapshot)>, RepoError> {
         let mut out = Vec::new();
-        for (name, _) in self.backend.list(FileType::Snapshot).await? {
-            out.push(self.load_snapshot(&name).await?);
+        for (name, size) in self.backend.list(FileType::Snapshot).await? {
+            let snap = if size > MAX_SNAPSHOT_FILE {
+                Err(RepoError::corrupt(
+                    format!("snapshots/{name}"),
+                    format!("it is {size} bytes, larger than any snapshot file"),
+                ))
+            } else {
+                self.load_snapshot(&name).await
+            };
+            match snap {
+                Ok(s) => out.push(s),
+                Err(e @ RepoError::Corrupt { .. }) if !strict => self.note_damage(&e),
+                // Removed by a forget while we listed.
+                Err(RepoError::Storage(e)) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
         }
         out.sort_by_key(|(_, s)| s.time);
         Ok(out)
@@ -455,12 +544,19 @@ impl Repository {
                 }
             })
         };
+        let token = NEXT_TOKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        HELD.lock().expect("held locks").push(Held {
+            token,
+            repo: Arc::clone(self),
+            current: Arc::clone(&current),
+            refresher: refresher.abort_handle(),
+        });
         Ok(LockGuard {
             repo: Arc::clone(self),
             current,
             refresher,
             refreshed,
-            released: false,
+            token,
         })
     }
 
@@ -512,6 +608,82 @@ impl Repository {
         self.save_unpacked(FileType::Index, &json).await?;
         tracing::info!(packs = n, "Indexed packs left by an interrupted backup.");
         Ok(n)
+    }
+
+    /// Store `entries` as new index files of at most
+    /// [`index::BLOBS_PER_INDEX`] blobs each; returns how many were written.
+    pub async fn save_index(&self, entries: Vec<index::IndexPack>) -> Result<usize, RepoError> {
+        let mut written = 0;
+        let mut file = IndexFile::default();
+        let mut blobs = 0;
+        let mut entries = entries.into_iter().peekable();
+        while let Some(pack) = entries.next() {
+            blobs += pack.blobs.len();
+            file.packs.push(pack);
+            if blobs >= index::BLOBS_PER_INDEX || entries.peek().is_none() {
+                let json = serde_json::to_vec(&file).expect("an index serialises");
+                self.save_unpacked(FileType::Index, &json).await?;
+                written += 1;
+                file = IndexFile::default();
+                blobs = 0;
+            }
+        }
+        Ok(written)
+    }
+
+    /// Build the index anew from the packs' own headers (restic's `repair
+    /// index`): every pack whose header authenticates is listed, new index
+    /// files are written, and only then are the old ones removed, so a
+    /// crash leaves the old index or both. The caller holds the exclusive
+    /// lock. Packs whose header cannot be read are named in the report and
+    /// left alone (their blobs then look missing, as `check` says).
+    pub async fn rebuild_index(&self) -> Result<RebuildReport, RepoError> {
+        let old: Vec<String> = self
+            .backend
+            .list(FileType::Index)
+            .await?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let packs: Vec<(Id, String, u64)> = self
+            .backend
+            .list(FileType::Pack)
+            .await?
+            .into_iter()
+            .filter_map(|(name, size)| Some((Id::parse(&name)?, name, size)))
+            .collect();
+        let read = futures::stream::iter(packs)
+            .map(|(id, name, size)| async move {
+                (id, name.clone(), self.read_pack_header(&name, size).await)
+            })
+            .buffer_unordered(8)
+            .collect::<Vec<_>>()
+            .await;
+        let mut report = RebuildReport {
+            index_files_removed: old.len(),
+            ..Default::default()
+        };
+        let mut entries = Vec::new();
+        for (id, name, header) in read {
+            match header {
+                Ok(blobs) => {
+                    report.blobs += blobs.len();
+                    entries.push(index::IndexPack::new(id, &blobs));
+                }
+                Err(e @ RepoError::Corrupt { .. }) => {
+                    report.unreadable_packs.push(format!("pack {name}: {e}"))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        entries.sort_by_key(|p| p.id);
+        report.packs = entries.len();
+        report.index_files_written = self.save_index(entries).await?;
+        for name in &old {
+            self.backend.remove(FileType::Index, name).await?;
+        }
+        self.load_index().await?;
+        Ok(report)
     }
 
     /// Read and check a pack's header: two range reads, the header
@@ -605,6 +777,21 @@ impl Repository {
     }
 }
 
+/// What [`Repository::rebuild_index`] did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct RebuildReport {
+    /// Packs now indexed.
+    pub packs: usize,
+    /// Blobs they hold.
+    pub blobs: usize,
+    /// New index files written.
+    pub index_files_written: usize,
+    /// Old index files removed.
+    pub index_files_removed: usize,
+    /// Packs whose header could not be read, each with why.
+    pub unreadable_packs: Vec<String>,
+}
+
 /// A held lock; call [`LockGuard::release`] when done.
 pub struct LockGuard {
     repo: Arc<Repository>,
@@ -613,29 +800,51 @@ pub struct LockGuard {
     /// Wall-clock time of the lock file's last successful write: others
     /// judge staleness by the time inside it, so we do too.
     refreshed: Arc<std::sync::Mutex<chrono::DateTime<chrono::FixedOffset>>>,
-    released: bool,
+    /// This lock's entry in [`HELD`].
+    token: u64,
 }
 
-/// Locks whose guard was dropped without `release` (a command stopped by a
-/// signal, an early return): [`release_abandoned_locks`] removes them
-/// before the process exits, so they do not wait to go stale.
-type Abandoned = Vec<(Arc<Repository>, Arc<tokio::sync::Mutex<Id>>)>;
-static ABANDONED: std::sync::Mutex<Abandoned> = std::sync::Mutex::new(Vec::new());
+/// One lock this process holds, as [`release_held_locks`] needs it.
+struct Held {
+    token: u64,
+    repo: Arc<Repository>,
+    current: Arc<tokio::sync::Mutex<Id>>,
+    refresher: tokio::task::AbortHandle,
+}
 
-/// Remove the lock files of guards dropped without `release`.
-pub async fn release_abandoned_locks() {
-    let abandoned = std::mem::take(&mut *ABANDONED.lock().expect("abandoned locks"));
-    for (repo, current) in abandoned {
-        let id = *current.lock().await;
+/// Every lock this process holds, from the moment it is written until its
+/// guard releases it. A command stopped by a signal or a deadline may be
+/// stuck where its guard can never be dropped (a blocking read); the exit
+/// path still finds its lock here and removes it.
+static HELD: std::sync::Mutex<Vec<Held>> = std::sync::Mutex::new(Vec::new());
+static NEXT_TOKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Remove the lock files this process still holds (a command stopped by a
+/// signal, a deadline or an early return), so they do not wait to go stale.
+/// Their refreshers stop first, so none is written again after.
+pub async fn release_held_locks() {
+    let held = std::mem::take(&mut *HELD.lock().expect("held locks"));
+    for h in held {
+        h.refresher.abort();
+        // A refresh in flight finishes first: it moves the lock to a new file.
+        let id = match tokio::time::timeout(std::time::Duration::from_secs(10), h.current.lock())
+            .await
+        {
+            Ok(id) => *id,
+            Err(_) => {
+                tracing::warn!("A lock refresh did not finish; its lock will be cleared as stale.");
+                continue;
+            }
+        };
         let name = id.to_hex();
-        let removal = repo.backend.remove(FileType::Lock, &name);
+        let removal = h.repo.backend.remove(FileType::Lock, &name);
         match tokio::time::timeout(std::time::Duration::from_secs(10), removal).await {
-            Ok(Ok(())) => tracing::debug!(lock = %id.short(), "Removed an abandoned lock."),
+            Ok(Ok(())) => tracing::debug!(lock = %id.short(), "Removed a lock left held."),
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "Could not remove an abandoned lock; it will be cleared as stale.")
+                tracing::warn!(error = %e, "Could not remove a lock left held; it will be cleared as stale.")
             }
             Err(_) => {
-                tracing::warn!("Removing an abandoned lock timed out; it will be cleared as stale.")
+                tracing::warn!("Removing a lock left held timed out; it will be cleared as stale.")
             }
         }
     }
@@ -657,28 +866,46 @@ impl LockGuard {
         Ok(())
     }
 
-    /// Stop refreshing and remove the lock file.
-    pub async fn release(mut self) -> Result<(), RepoError> {
-        self.released = true;
+    /// Stop refreshing and remove the lock file. If the removal fails the
+    /// lock stays registered, and the exit path tries once more.
+    pub async fn release(self) -> Result<(), RepoError> {
         self.refresher.abort();
         let id = *self.current.lock().await;
         self.repo
             .backend
             .remove(FileType::Lock, &id.to_hex())
             .await?;
+        HELD.lock()
+            .expect("held locks")
+            .retain(|h| h.token != self.token);
         Ok(())
+    }
+
+    /// Release the lock after work that may have failed: the work's error
+    /// is the one reported, and a failure to remove the lock (storage gone,
+    /// say) is then only a warning, never in its place.
+    pub async fn release_after<T, E>(self, work: Result<T, E>) -> Result<T, E>
+    where
+        E: From<RepoError>,
+    {
+        let released = self.release().await;
+        match (work, released) {
+            (Ok(v), Ok(())) => Ok(v),
+            (Ok(_), Err(e)) => Err(e.into()),
+            (Err(e), Ok(())) => Err(e),
+            (Err(e), Err(r)) => {
+                tracing::warn!(error = %r, "Could not remove the repository lock; it will be cleared as stale.");
+                Err(e)
+            }
+        }
     }
 }
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
+        // Stop refreshing; the lock file itself stays registered in
+        // [`HELD`] until released, here or on the way out of the process.
         self.refresher.abort();
-        if !self.released {
-            ABANDONED
-                .lock()
-                .expect("abandoned locks")
-                .push((Arc::clone(&self.repo), Arc::clone(&self.current)));
-        }
     }
 }
 

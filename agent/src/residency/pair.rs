@@ -301,6 +301,7 @@ impl PairBackend {
         }
         let results = futures::future::join_all(targets.iter().map(|r| op(&r.store))).await;
         let mut first_err = None;
+        let mut failed = Vec::new();
         let mut ok = 0;
         for (r, res) in targets.iter().zip(results) {
             match res {
@@ -316,11 +317,18 @@ impl PairBackend {
                         ),
                     });
                 }
-                Err(e) => {
-                    self.mark_lagging(r, &e.to_string());
-                    first_err.get_or_insert(e);
-                }
+                Err(e) => failed.push((*r, e)),
             }
+        }
+        // Both regions refusing the write for lack of permission is not
+        // lagging: the credentials are read-only (a restore fallen back to
+        // reading without a lock), and nothing needs replicating.
+        if ok == 0 && !failed.is_empty() && failed.iter().all(|(_, e)| e.is_write_refused()) {
+            return Err(failed.remove(0).1);
+        }
+        for (r, e) in failed {
+            self.mark_lagging(r, &e.to_string());
+            first_err.get_or_insert(e);
         }
         match (ok, first_err) {
             (0, Some(e)) => Err(e),

@@ -25,6 +25,9 @@ pub enum GrantError {
     /// The path is outside every grant (or malformed).
     #[error("{0}: not inside a path this job grants")]
     Denied(String),
+    /// A secret, variable or other named thing the job does not grant.
+    #[error("{0}: this job does not grant it")]
+    NotGranted(String),
     /// Write access to a read-only grant.
     #[error("{0}: this job grants read-only access")]
     ReadOnly(String),
@@ -47,12 +50,31 @@ impl GrantError {
     }
 }
 
+/// The largest secret read.
+pub const MAX_SECRET: u64 = 1 << 20;
+
+/// The kind of file a mode describes, for messages.
+pub fn kind_name(mode: u32) -> &'static str {
+    match mode & libc::S_IFMT {
+        libc::S_IFREG => "regular file",
+        libc::S_IFDIR => "directory",
+        libc::S_IFLNK => "symbolic link",
+        libc::S_IFIFO => "named pipe",
+        libc::S_IFCHR => "character device",
+        libc::S_IFBLK => "block device",
+        libc::S_IFSOCK => "socket",
+        _ => "file of unknown type",
+    }
+}
+
 /// The set of paths a job may use.
 #[derive(Default)]
 pub struct Grants {
     grants: Vec<Grant>,
     /// TCP endpoints the adapter may connect to; nothing else on the network.
     connect: Vec<std::net::SocketAddr>,
+    /// Local sockets (by absolute path) granted programs may connect to.
+    sockets: Vec<std::path::PathBuf>,
     /// Programs the adapter may start: the name it uses, and the absolute
     /// path that name resolved to when it was granted.
     programs: std::collections::BTreeMap<String, std::path::PathBuf>,
@@ -92,9 +114,16 @@ pub fn normalise(path: &str) -> Option<String> {
 
 impl Grants {
     /// Let the adapter open TCP connections to `endpoint` (`ip:port`, or
-    /// `host:port`, resolved now: every address it resolves to).
+    /// `host:port`, resolved now: every address it resolves to), or let its
+    /// granted programs connect to the local socket at an absolute path
+    /// (`/run/postgresql/.s.PGSQL.5432`).
     pub fn add_connect(&mut self, endpoint: &str) -> Result<(), GrantError> {
         use std::net::ToSocketAddrs;
+        if endpoint.starts_with('/') {
+            let norm = normalise(endpoint).ok_or_else(|| GrantError::Denied(endpoint.into()))?;
+            self.sockets.push(norm.into());
+            return Ok(());
+        }
         let addrs = endpoint
             .to_socket_addrs()
             .map_err(|e| GrantError::io(endpoint, e))?;
@@ -111,6 +140,11 @@ impl Grants {
     /// The TCP endpoints granted.
     pub fn connect(&self) -> &[std::net::SocketAddr] {
         &self.connect
+    }
+
+    /// The local sockets granted (to programs), by path.
+    pub fn sockets(&self) -> &[std::path::PathBuf] {
+        &self.sockets
     }
 
     /// Let the adapter start `program`: a bare name, found now on this
@@ -163,7 +197,7 @@ impl Grants {
     /// `file` (one trailing newline dropped). The file is read when used.
     pub fn add_secret(&mut self, name: &str, file: &std::path::Path) -> Result<(), GrantError> {
         if name.is_empty() {
-            return Err(GrantError::Denied("a secret needs a name".into()));
+            return Err(GrantError::NotGranted("a secret without a name".into()));
         }
         std::fs::metadata(file)
             .map_err(|e| GrantError::io(&format!("secret {name} ({})", file.display()), e))?;
@@ -177,13 +211,40 @@ impl Grants {
     }
 
     /// Read secret `name`. The error names the secret, never its value.
+    /// The file is opened without blocking (a FIFO swapped in would hang
+    /// the job) and must be a regular file of at most [`MAX_SECRET`] bytes;
+    /// links are followed (Kubernetes mounts secrets through them).
     pub fn secret(&self, name: &str) -> Result<Vec<u8>, GrantError> {
+        use std::io::Read;
         let file = self
             .secrets
             .get(name)
-            .ok_or_else(|| GrantError::Denied(format!("secret {name}")))?;
-        let mut value = std::fs::read(file)
-            .map_err(|e| GrantError::io(&format!("secret {name} ({})", file.display()), e))?;
+            .ok_or_else(|| GrantError::NotGranted(format!("secret {name}")))?;
+        let label = format!("secret {name} ({})", file.display());
+        let fd = rustix::fs::open(
+            file,
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
+            Mode::empty(),
+        )
+        .map_err(|e| GrantError::io(&label, e))?;
+        let st = rustix::fs::fstat(&fd).map_err(|e| GrantError::io(&label, e))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(GrantError::io(
+                &label,
+                std::io::Error::other(format!("not a regular file (a {})", kind_name(st.st_mode))),
+            ));
+        }
+        let mut value = Vec::new();
+        std::fs::File::from(fd)
+            .take(MAX_SECRET + 1)
+            .read_to_end(&mut value)
+            .map_err(|e| GrantError::io(&label, e))?;
+        if value.len() as u64 > MAX_SECRET {
+            return Err(GrantError::io(
+                &label,
+                std::io::Error::other(format!("larger than {MAX_SECRET} bytes")),
+            ));
+        }
         if value.ends_with(b"\n") {
             value.pop();
             if value.ends_with(b"\r") {
@@ -318,7 +379,7 @@ pub fn check_env_name(name: &str) -> Result<(), GrantError> {
         && !name.starts_with(|c: char| c.is_ascii_digit())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !plain || name.starts_with("LD_") || name == "PATH" {
-        return Err(GrantError::Denied(format!(
+        return Err(GrantError::NotGranted(format!(
             "environment variable {name:?} (not a plain name, or one that steers which code runs)"
         )));
     }
@@ -363,13 +424,69 @@ impl Resolved<'_> {
         })
     }
 
+    /// Open a regular file to read its content, without blocking and
+    /// without side effects: anything else (a FIFO, a device, a socket) is
+    /// refused before it is opened, and what was opened must be what was
+    /// looked at (a FIFO swapped in meanwhile, with `renameat2`, would
+    /// block the read forever). `examined` is the (inode, device) the
+    /// adapter saw when it looked at the entry, if it says: a different
+    /// file at that name now is refused too. Returns the file and its size.
+    pub fn open_regular(
+        &self,
+        examined: Option<(u64, u64)>,
+    ) -> Result<(std::fs::File, u64), GrantError> {
+        let Some(name) = self.name.as_deref() else {
+            return Err(GrantError::io(
+                self.path,
+                std::io::Error::other("is a directory"),
+            ));
+        };
+        let refuse = |why: String| GrantError::io(self.path, std::io::Error::other(why));
+        let before = self.stat()?;
+        if before.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(refuse(format!(
+                "not a regular file (a {}); its content is not read",
+                kind_name(before.st_mode)
+            )));
+        }
+        let fd = rustix::fs::openat(
+            &self.parent,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
+            Mode::empty(),
+        )
+        .map_err(|e| GrantError::io(self.path, e))?;
+        let opened = rustix::fs::fstat(&fd).map_err(|e| GrantError::io(self.path, e))?;
+        if opened.st_mode & libc::S_IFMT != libc::S_IFREG
+            || (opened.st_ino, opened.st_dev) != (before.st_ino, before.st_dev)
+        {
+            return Err(refuse(format!(
+                "replaced while it was being opened (now a {}); left out",
+                kind_name(opened.st_mode)
+            )));
+        }
+        if let Some((ino, dev)) = examined
+            && (ino, dev) != (opened.st_ino as u64, opened.st_dev as u64)
+        {
+            return Err(refuse(format!(
+                "not the file that was examined (inode {ino} on device {dev}, now inode {} on device {}): it was replaced; left out",
+                opened.st_ino, opened.st_dev
+            )));
+        }
+        Ok((std::fs::File::from(fd), opened.st_size as u64))
+    }
+
     /// Open the entry for reading, refusing a symbolic link.
     pub fn open_read(&self) -> Result<std::fs::File, GrantError> {
         let fd: OwnedFd = match &self.name {
             Some(n) => rustix::fs::openat(
                 &self.parent,
                 n.as_str(),
-                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                OFlags::RDONLY
+                    | OFlags::NOFOLLOW
+                    | OFlags::CLOEXEC
+                    | OFlags::NONBLOCK
+                    | OFlags::NOCTTY,
                 Mode::empty(),
             )
             .map_err(|e| GrantError::io(self.path, e))?,

@@ -21,6 +21,7 @@ use types::{AdapterError, EntryKind, Metadata};
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::WasiCtx;
 
+mod confine;
 mod process;
 
 pub use process::ChildState;
@@ -46,7 +47,9 @@ fn fault(e: impl std::fmt::Display) -> wasmtime::Error {
 
 fn grant_error(e: GrantError) -> AdapterError {
     match e {
-        GrantError::Denied(_) | GrantError::ReadOnly(_) => AdapterError::Denied(e.to_string()),
+        GrantError::Denied(_) | GrantError::ReadOnly(_) | GrantError::NotGranted(_) => {
+            AdapterError::Denied(e.to_string())
+        }
         GrantError::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
             AdapterError::NotFound(e.to_string())
         }
@@ -116,6 +119,22 @@ pub struct RestoreRequest {
     pub config: serde_json::Value,
     /// Let the adapter write to our stderr.
     pub inherit_stderr: bool,
+    /// Rewrite a file the target already has whole (same size and mtime
+    /// as in the snapshot); by default it is kept, so a rerun resumes.
+    pub overwrite: bool,
+}
+
+/// How far a restore got.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RestoreProgress {
+    /// Files whose content and metadata were written.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Files the target already had whole, kept.
+    pub unchanged: u64,
+    /// Files removed half-written (a storage failure, damaged data).
+    pub removed: u64,
 }
 
 /// What a restore or verify produced.
@@ -134,6 +153,9 @@ pub struct WriterState {
     pending: Vec<PendingId>,
     size: u64,
     finished: bool,
+    /// Why the host refused the entry (an invalid name): nothing of it is
+    /// read or stored, and the backup is incomplete.
+    refused: Option<String>,
 }
 
 /// An open entry being read.
@@ -142,6 +164,9 @@ pub struct ReaderState {
     reader: ContentReader,
     /// Plaintext bytes the content adds up to, according to the index.
     size: u64,
+    /// The entry's node, when it came from the walk (a restore keeps a
+    /// file the target already has whole: same size and mtime).
+    node: Option<Node>,
 }
 
 /// Metadata to apply to a restored file through its own descriptor, once
@@ -192,7 +217,7 @@ impl FileMeta {
 
 /// A file being written in the background by a restore.
 struct PendingWrite {
-    handle: tokio::task::JoinHandle<Result<(), AdapterError>>,
+    handle: tokio::task::JoinHandle<Result<(), WriteFailure>>,
     /// Hands the task the file's metadata; `None` once given or given up.
     meta: Option<tokio::sync::oneshot::Sender<FileMeta>>,
 }
@@ -264,7 +289,7 @@ struct RestoreJob {
     root: Id,
     walker: Walker,
     /// The last file entry handed out, so `open` of it needs no tree walk.
-    last: Option<(String, Vec<Id>)>,
+    last: Option<(String, Node)>,
     /// Damage handed to the adapter as errors. The job fails if any, even
     /// when the adapter ignores the error and reports success.
     damaged: Vec<String>,
@@ -276,8 +301,40 @@ struct RestoreJob {
     meta_order: std::collections::VecDeque<String>,
     /// Bounds the writes in flight.
     slots: Arc<tokio::sync::Semaphore>,
-    /// Background writes that failed: (path, error).
-    failed_writes: Vec<(String, AdapterError)>,
+    /// Background writes that failed: (path, error); no error for a write
+    /// cut short by a storage failure (the file is removed all the same).
+    failed_writes: Vec<(String, Option<AdapterError>)>,
+    /// A storage failure met by a background write: it stops the job, and
+    /// is the error reported first.
+    fault: Option<String>,
+    /// Entries the host could not create (a name too long for the target,
+    /// say), each with the reason: the restore goes on without them and
+    /// ends incomplete.
+    not_restored: Vec<String>,
+    /// Rewrite files the target already has whole (`--overwrite always`).
+    overwrite: bool,
+    /// Files kept because the target already had them whole.
+    unchanged: u64,
+    /// Files whose write a storage failure cut short (removed).
+    interrupted: u64,
+    /// Files whose content and metadata were written, and their bytes.
+    progress: Arc<Progress>,
+}
+
+/// What a restore's background writes have finished.
+#[derive(Default)]
+struct Progress {
+    files: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+/// How a background write failed.
+enum WriteFailure {
+    /// The entry could not be written (damaged data, a local I/O error):
+    /// the file is removed and the job fails once everything else is done.
+    Entry(AdapterError),
+    /// The storage failed: the job stops with this as its cause.
+    Fault(String),
 }
 
 enum Job {
@@ -402,6 +459,12 @@ impl HostState {
                 meta_order: Default::default(),
                 slots: Arc::new(tokio::sync::Semaphore::new(PARALLEL_WRITES)),
                 failed_writes: Vec::new(),
+                fault: None,
+                not_restored: Vec::new(),
+                overwrite: req.overwrite,
+                unchanged: 0,
+                interrupted: 0,
+                progress: Arc::default(),
             })),
             started: Vec::new(),
         })
@@ -437,8 +500,59 @@ impl HostState {
     /// handed out, and entries no adapter can restore.
     pub(super) fn restore_findings(&self) -> (Vec<String>, Vec<String>) {
         match &self.job {
-            Job::Restore(job) => (job.damaged.clone(), job.left_out.clone()),
+            Job::Restore(job) => {
+                let mut left_out = job.left_out.clone();
+                left_out.extend(job.walker.skipped().iter().cloned());
+                left_out.extend(job.not_restored.iter().cloned());
+                (job.damaged.clone(), left_out)
+            }
             Job::Backup(_) => (Vec::new(), Vec::new()),
+        }
+    }
+
+    /// The storage failure a background write met, if any: the cause of
+    /// whatever the job then reported.
+    pub(super) fn restore_fault(&self) -> Option<String> {
+        match &self.job {
+            Job::Restore(job) => job.fault.clone(),
+            Job::Backup(_) => None,
+        }
+    }
+
+    /// How far a restore got: files written whole and their bytes, files
+    /// the target already had whole, and files removed half-written.
+    pub(super) fn restore_progress(&self) -> RestoreProgress {
+        use std::sync::atomic::Ordering::Relaxed;
+        match &self.job {
+            Job::Restore(job) => RestoreProgress {
+                files: job.progress.files.load(Relaxed),
+                bytes: job.progress.bytes.load(Relaxed),
+                unchanged: job.unchanged,
+                removed: job.interrupted + job.damaged.len() as u64,
+            },
+            Job::Backup(_) => RestoreProgress::default(),
+        }
+    }
+
+    /// Remember that the host could not restore `path` (the adapter goes
+    /// on or not; either way the restore is not whole).
+    fn note_not_restored(&mut self, path: &str, e: &GrantError) {
+        if let Job::Restore(job) = &mut self.job {
+            let line = format!("{}: {e}", crate::util::escaped(path));
+            if !job.not_restored.contains(&line) {
+                job.not_restored.push(line);
+            }
+        }
+    }
+
+    /// A storage failure met in the background stops the job at its next
+    /// call into the host.
+    fn check_restore_fault(&self) -> wasmtime::Result<()> {
+        match &self.job {
+            Job::Restore(job) if job.fault.is_some() => {
+                Err(fault(job.fault.clone().unwrap_or_default()))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -519,6 +633,8 @@ impl types::Host for HostState {}
 impl log::Host for HostState {
     async fn write(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
         let adapter = self.adapter.as_str();
+        // A newline or an escape sequence must not forge a log line.
+        let message = crate::util::escaped(&message);
         match level {
             log::Level::Trace => tracing::trace!(adapter, "{message}"),
             log::Level::Debug => tracing::debug!(adapter, "{message}"),
@@ -530,7 +646,32 @@ impl log::Host for HostState {
     }
 }
 
+/// Why an entry path cannot be stored: not absolute, an empty, `.` or `..`
+/// component, or a NUL byte (no file system can create such a name, so the
+/// snapshot could never be restored).
+fn invalid_entry(path: &str) -> Option<String> {
+    if path.contains('\0') {
+        return Some("its name contains a NUL byte, which no file can have".into());
+    }
+    match split_path(path) {
+        Ok(c) if !c.is_empty() => None,
+        _ => Some(
+            "invalid entry path: paths are absolute, with no empty, '.' or '..' component".into(),
+        ),
+    }
+}
+
 impl BackupJob {
+    /// Leave an entry out of the snapshot, saying why; the backup is then
+    /// incomplete (exit 3). Said once per path.
+    fn refuse(&mut self, path: &str, reason: String) {
+        if self.skipped.iter().any(|(p, _)| p == path) {
+            return;
+        }
+        tracing::warn!(path = %crate::util::escaped(path), %reason, "Entry refused; the backup will be incomplete.");
+        self.skipped.push((path.to_string(), reason));
+    }
+
     async fn add_node(&mut self, path: &str, node: Node) -> HostResult<()> {
         self.add_pending_node(path, node, Vec::new()).await
     }
@@ -577,6 +718,7 @@ impl BackupJob {
             pending: Vec::new(),
             size: 0,
             finished: false,
+            refused: None,
         })
     }
 }
@@ -600,6 +742,10 @@ impl archive::Host for HostState {
 
     async fn add_directory(&mut self, path: String, meta: Metadata) -> HostResult<()> {
         let job = self.backup()?;
+        if let Some(reason) = invalid_entry(&path) {
+            job.refuse(&path, reason);
+            return Ok(Ok(()));
+        }
         job.directories += 1;
         job.add_node(&path, meta::node_from(EntryKind::Directory, &meta))
             .await
@@ -611,14 +757,27 @@ impl archive::Host for HostState {
         target: String,
         meta: Metadata,
     ) -> HostResult<()> {
+        let job = self.backup()?;
+        if let Some(reason) = invalid_entry(&path) {
+            job.refuse(&path, reason);
+            return Ok(Ok(()));
+        }
+        if target.contains('\0') {
+            job.refuse(&path, "its link target contains a NUL byte".into());
+            return Ok(Ok(()));
+        }
         let mut node = meta::node_from(EntryKind::Symlink, &meta);
         node.linktarget = target;
         node.size = 0;
-        self.backup()?.add_node(&path, node).await
+        job.add_node(&path, node).await
     }
 
     async fn reuse_unchanged(&mut self, path: String, meta: Metadata) -> HostResult<bool> {
         let job = self.backup()?;
+        if invalid_entry(&path).is_some() {
+            // `begin-file` refuses it, saying why.
+            return Ok(Ok(false));
+        }
         let Some(parent) = job.parent.as_mut() else {
             return Ok(Ok(false));
         };
@@ -654,8 +813,14 @@ impl archive::Host for HostState {
     }
 
     async fn skip(&mut self, path: String, reason: String) -> wasmtime::Result<()> {
-        tracing::warn!(adapter = %self.adapter, %path, %reason, "Entry could not be read; the backup will be incomplete.");
-        self.backup()?.skipped.push((path, reason));
+        let adapter = self.adapter.clone();
+        let job = self.backup()?;
+        // Refused by the host already (its reason is the one that counts).
+        if job.skipped.iter().any(|(p, _)| *p == path) {
+            return Ok(());
+        }
+        tracing::warn!(adapter = %adapter, path = %crate::util::escaped(&path), reason = %crate::util::escaped(&reason), "Entry could not be read; the backup will be incomplete.");
+        job.skipped.push((path, reason));
         Ok(())
     }
 }
@@ -667,15 +832,23 @@ impl HostState {
         meta: Metadata,
     ) -> HostResult<Resource<WriterState>> {
         let job = self.backup()?;
+        if let Some(reason) = invalid_entry(&path) {
+            // A writer that stores nothing: the adapter goes on as if the
+            // entry were unreadable; the snapshot leaves it out.
+            job.refuse(&path, reason.clone());
+            let writer = WriterState {
+                node: meta::node_from(EntryKind::File, &meta),
+                path,
+                chunker: None,
+                pending: Vec::new(),
+                size: 0,
+                finished: false,
+                refused: Some(reason),
+            };
+            return Ok(Ok(self.table.push(writer)?));
+        }
         // Validate the order now, so a misplaced entry fails at its start.
-        let comps = match split_path(&path) {
-            Ok(c) if !c.is_empty() => c,
-            _ => {
-                return Ok(Err(AdapterError::Other(format!(
-                    "invalid entry path {path:?}"
-                ))));
-            }
-        };
+        let comps = split_path(&path).unwrap_or_default();
         let granted = job.granted.clone();
         let mut make_dir = |c: &[String]| synthesized_dir(c, &granted);
         if let Err(e) = job
@@ -693,40 +866,40 @@ impl HostState {
     }
 }
 
-impl HostState {
-    /// Pump a small file: one read, at most one chunk.
-    async fn pump_small(
-        &mut self,
-        w: Resource<WriterState>,
-        mut file: std::fs::File,
-        path: String,
-    ) -> HostResult<u64> {
-        let mut data = Vec::new();
-        if let Err(e) = file.read_to_end(&mut data) {
-            return Ok(Err(AdapterError::Io(format!("{path}: {e}"))));
+/// Read from `file` into `buf` until the end or until `buf` holds `limit`
+/// bytes; `true` at the end. A read that would block (a file that is not
+/// ordinary content, like `/proc/kmsg`) is an error, never a wait.
+fn read_head(file: &mut std::fs::File, buf: &mut Vec<u8>, limit: usize) -> std::io::Result<bool> {
+    let mut chunk = [0u8; 64 * 1024];
+    while buf.len() < limit {
+        let want = chunk.len().min(limit - buf.len());
+        match file.read(&mut chunk[..want]) {
+            Ok(0) => return Ok(true),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
-        let writer = self.table.get_mut(&w)?;
-        let Some(chunker) = writer.chunker.as_mut() else {
-            return Ok(Err(AdapterError::Other(format!(
-                "entry {} is already finished",
-                writer.path
-            ))));
-        };
-        let chunks = chunker.push(&data);
-        writer.size += data.len() as u64;
-        let job = self.backup()?;
-        let mut ids = Vec::with_capacity(chunks.len());
-        for c in chunks {
-            ids.push(job.pipeline.add_data(c).await.map_err(fault)?);
-        }
-        self.table.get_mut(&w)?.pending.extend(ids);
-        Ok(Ok(data.len() as u64))
+    }
+    Ok(false)
+}
+
+/// Words for a failed source read.
+fn read_error(path: &str, e: &std::io::Error) -> AdapterError {
+    if e.kind() == std::io::ErrorKind::WouldBlock {
+        AdapterError::Io(format!(
+            "{path}: reading it would block (its content is not a regular file's); left out"
+        ))
+    } else {
+        AdapterError::Io(format!("{path}: {e}"))
     }
 }
 
 impl archive::HostEntryWriter for HostState {
     async fn write(&mut self, w: Resource<WriterState>, bytes: Vec<u8>) -> HostResult<()> {
         let writer = self.table.get_mut(&w)?;
+        if writer.refused.is_some() {
+            return Ok(Ok(()));
+        }
         let chunks = writer
             .chunker
             .as_mut()
@@ -745,20 +918,44 @@ impl archive::HostEntryWriter for HostState {
     }
 
     async fn pump_file(&mut self, w: Resource<WriterState>, path: String) -> HostResult<u64> {
-        let file = match self
+        let writer = self.table.get(&w)?;
+        if let Some(reason) = &writer.refused {
+            return Ok(Err(AdapterError::Io(format!(
+                "{path}: entry {} refused: {reason}",
+                crate::util::escaped(&writer.path)
+            ))));
+        }
+        if writer.finished || writer.chunker.is_none() {
+            return Ok(Err(AdapterError::Other(format!(
+                "entry {} is already finished",
+                writer.path
+            ))));
+        }
+        // What the adapter looked at, if it says: the file opened must be it.
+        let examined = (writer.node.inode != 0 && writer.node.device_id != 0)
+            .then_some((writer.node.inode, writer.node.device_id));
+        let (mut file, size) = match self
             .grants
             .resolve(&path, false)
-            .and_then(|r| r.open_read())
+            .and_then(|r| r.open_regular(examined))
         {
             Ok(f) => f,
             Err(e) => return Ok(Err(grant_error(e))),
         };
-        let small = file.metadata().is_ok_and(|m| m.len() <= SMALL_FILE);
         let job = self.backup()?;
         let sender = job.pipeline.data_sender();
         let params = job.params.clone();
-        if small {
-            return self.pump_small(w, file, path).await;
+        // A small file is read here in one go (a hop to a blocking thread
+        // would cost more than the read), but never more than SMALL_FILE
+        // bytes of it: a file whose size says less than it holds (procfs)
+        // goes on below, streamed with bounded memory.
+        let mut head = Vec::new();
+        let mut whole = false;
+        if size <= SMALL_FILE {
+            match read_head(&mut file, &mut head, SMALL_FILE as usize + 1) {
+                Ok(eof) => whole = eof,
+                Err(e) => return Ok(Err(read_error(&path, &e))),
+            }
         }
         let writer = self.table.get_mut(&w)?;
         let Some(mut chunker) = writer.chunker.take() else {
@@ -767,17 +964,36 @@ impl archive::HostEntryWriter for HostState {
                 writer.path
             ))));
         };
+        if whole {
+            let chunks = chunker.push(&head);
+            writer.chunker = Some(chunker);
+            writer.size += head.len() as u64;
+            let job = self.backup()?;
+            let mut ids = Vec::with_capacity(chunks.len());
+            for c in chunks {
+                ids.push(job.pipeline.add_data(c).await.map_err(fault)?);
+            }
+            self.table.get_mut(&w)?.pending.extend(ids);
+            return Ok(Ok(head.len() as u64));
+        }
         let pumped = tokio::task::spawn_blocking(move || {
             let mut file = file;
             let mut pending = Vec::new();
             let mut total = 0u64;
             let mut buf = vec![0u8; PUMP_BLOCK];
+            let mut first = Some(head);
             let outcome = loop {
-                let n = match file.read(&mut buf) {
-                    Ok(0) => break Ok(()),
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => break Err(Ok(AdapterError::Io(format!("{path}: {e}")))),
+                let n = match first.take() {
+                    Some(head) if !head.is_empty() => {
+                        buf[..head.len()].copy_from_slice(&head);
+                        head.len()
+                    }
+                    _ => match file.read(&mut buf) {
+                        Ok(0) => break Ok(()),
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => break Err(Ok(read_error(&path, &e))),
+                    },
                 };
                 total += n as u64;
                 let mut stopped = None;
@@ -828,6 +1044,9 @@ impl archive::HostEntryWriter for HostState {
             ))));
         }
         writer.finished = true;
+        if writer.refused.is_some() {
+            return Ok(Ok(0));
+        }
         let last = writer.chunker.as_mut().and_then(|c| c.finish());
         let pending = std::mem::take(&mut writer.pending);
         let mut node = writer.node.clone();
@@ -850,6 +1069,10 @@ impl archive::HostEntryWriter for HostState {
 
     async fn cancel(&mut self, w: Resource<WriterState>) -> wasmtime::Result<()> {
         let writer = self.table.get_mut(&w)?;
+        if writer.refused.is_some() {
+            writer.finished = true;
+            return Ok(());
+        }
         if !writer.finished {
             // Chunks already queued stay stored, unreferenced; nothing of
             // the entry reaches the snapshot.
@@ -866,6 +1089,7 @@ impl archive::HostEntryWriter for HostState {
     async fn drop(&mut self, w: Resource<WriterState>) -> wasmtime::Result<()> {
         let writer = self.table.delete(w)?;
         if !writer.finished
+            && writer.refused.is_none()
             && let Job::Backup(job) = &mut self.job
         {
             job.writer_open = None;
@@ -877,6 +1101,7 @@ impl archive::HostEntryWriter for HostState {
 
 impl snapshot::Host for HostState {
     async fn next_entry(&mut self) -> HostResult<Option<snapshot::Entry>> {
+        self.check_restore_fault()?;
         let job = self.restore()?;
         loop {
             let next = match job.walker.next().await {
@@ -893,10 +1118,7 @@ impl snapshot::Host for HostState {
                 continue;
             };
             if kind == EntryKind::File {
-                job.last = Some((
-                    entry.path.clone(),
-                    entry.node.content.clone().unwrap_or_default(),
-                ));
+                job.last = Some((entry.path.clone(), entry.node.clone()));
             }
             let link_target = (kind == EntryKind::Symlink).then(|| entry.node.linktarget.clone());
             return Ok(Ok(Some(snapshot::Entry {
@@ -909,11 +1131,12 @@ impl snapshot::Host for HostState {
     }
 
     async fn open(&mut self, path: String) -> HostResult<Resource<ReaderState>> {
+        self.check_restore_fault()?;
         let job = self.restore()?;
-        let content = match &job.last {
-            Some((p, c)) if *p == path => c.clone(),
+        let node = match &job.last {
+            Some((p, n)) if *p == path => n.clone(),
             _ => match crate::restore::lookup(&job.repo, job.root, &path).await {
-                Ok(Some(n)) if n.kind == "file" => n.content.unwrap_or_default(),
+                Ok(Some(n)) if n.kind == "file" => n,
                 Ok(_) => {
                     return Ok(Err(AdapterError::NotFound(format!(
                         "{path}: no such file in the snapshot"
@@ -922,6 +1145,7 @@ impl snapshot::Host for HostState {
                 Err(e) => return Ok(Err(self.restore_error(e)?)),
             },
         };
+        let content = node.content.clone().unwrap_or_default();
         let size = job.repo.with_index(|i| {
             content
                 .iter()
@@ -935,6 +1159,7 @@ impl snapshot::Host for HostState {
             reader: ContentReader::new(Arc::clone(&job.repo), content),
             path,
             size,
+            node: Some(node),
         };
         Ok(Ok(self.table.push(reader)?))
     }
@@ -942,6 +1167,7 @@ impl snapshot::Host for HostState {
 
 impl snapshot::HostEntryReader for HostState {
     async fn read(&mut self, r: Resource<ReaderState>, max: u32) -> HostResult<Vec<u8>> {
+        self.check_restore_fault()?;
         let reader = self.table.get_mut(&r)?;
         match reader.reader.read(max.min(MAX_READ) as usize).await {
             Ok(b) => Ok(Ok(b)),
@@ -950,15 +1176,26 @@ impl snapshot::HostEntryReader for HostState {
     }
 
     async fn pump_to_file(&mut self, r: Resource<ReaderState>, path: String) -> HostResult<u64> {
+        self.check_restore_fault()?;
         // A second write to the same path waits for the first.
         self.settle_write(&path).await?;
+        if self.already_restored(&r, &path)? {
+            let reader = self.table.get_mut(&r)?;
+            reader.reader = ContentReader::empty();
+            let size = reader.node.as_ref().map_or(reader.size, |n| n.size);
+            self.restore()?.unchanged += 1;
+            return Ok(Ok(size));
+        }
         let file = match self
             .grants
             .resolve(&path, true)
             .and_then(|r| r.create_write())
         {
             Ok(f) => f,
-            Err(e) => return Ok(Err(grant_error(e))),
+            Err(e) => {
+                self.note_not_restored(&path, &e);
+                return Ok(Err(grant_error(e)));
+            }
         };
         let reader = self.table.get_mut(&r)?;
         let content = std::mem::replace(&mut reader.reader, ContentReader::empty());
@@ -974,14 +1211,21 @@ impl snapshot::HostEntryReader for HostState {
             .map_err(fault)?;
         let (meta_tx, meta_rx) = tokio::sync::oneshot::channel::<FileMeta>();
         let target = path.clone();
+        let progress = Arc::clone(&job.progress);
         let handle = tokio::spawn(async move {
             let file = write_content(file, content, &entry, &target).await;
             drop(permit);
-            let file = file?;
+            let (file, written) = file?;
             if let Ok(meta) = meta_rx.await {
-                meta.apply(&file)
-                    .map_err(|e| AdapterError::Io(format!("{target}: setting metadata: {e}")))?;
+                meta.apply(&file).map_err(|e| {
+                    WriteFailure::Entry(AdapterError::Io(format!(
+                        "{target}: setting metadata: {e}"
+                    )))
+                })?;
             }
+            use std::sync::atomic::Ordering::Relaxed;
+            progress.files.fetch_add(1, Relaxed);
+            progress.bytes.fetch_add(written, Relaxed);
             Ok(())
         });
         job.writes.insert(
@@ -1003,6 +1247,7 @@ impl snapshot::HostEntryReader for HostState {
     }
 
     async fn discard(&mut self, r: Resource<ReaderState>) -> HostResult<u64> {
+        self.check_restore_fault()?;
         let reader = self.table.get_mut(&r)?;
         let mut total = 0u64;
         loop {
@@ -1069,15 +1314,16 @@ impl fs::Host for HostState {
     }
 
     async fn create_dir(&mut self, path: String) -> HostResult<()> {
-        Ok(self.grants.create_dir_all(&path).map_err(grant_error))
+        let made = self.grants.create_dir_all(&path);
+        Ok(self.restored(&path, made))
     }
 
     async fn create_symlink(&mut self, path: String, target: String) -> HostResult<()> {
-        Ok(self
+        let made = self
             .grants
             .resolve(&path, true)
-            .and_then(|r| r.create_symlink(&target))
-            .map_err(grant_error))
+            .and_then(|r| r.create_symlink(&target));
+        Ok(self.restored(&path, made))
     }
 
     async fn set_metadata(&mut self, path: String, m: Metadata) -> HostResult<()> {
@@ -1105,22 +1351,65 @@ impl fs::Host for HostState {
                 },
             )
         });
-        Ok(self
+        let set = self
             .grants
             .resolve(&path, true)
-            .and_then(|r| r.set_metadata(Some(m.mode), owner, times))
-            .map_err(grant_error))
+            .and_then(|r| r.set_metadata(Some(m.mode), owner, times));
+        Ok(self.restored(&path, set))
     }
 }
 
-/// Write a file's content, turning all-zero blobs into holes. On failure the
-/// error names the entry; the caller removes the file.
+impl HostState {
+    /// The adapter's view of a host operation on `path` during a restore;
+    /// a failure is also remembered, so the restore cannot end looking
+    /// whole whatever the adapter does with the error.
+    fn restored(&mut self, path: &str, done: Result<(), GrantError>) -> Result<(), AdapterError> {
+        done.map_err(|e| {
+            self.note_not_restored(path, &e);
+            grant_error(e)
+        })
+    }
+
+    /// Whether the target already has the file `r` would restore to
+    /// `path` whole: a regular file, not linked elsewhere, with the
+    /// snapshot's size and modification time (what a finished write and
+    /// its metadata leave; a failed write is removed). A rerun after an
+    /// interruption then resumes instead of starting over, as restic's
+    /// `--overwrite if-changed` does.
+    fn already_restored(
+        &mut self,
+        r: &Resource<ReaderState>,
+        path: &str,
+    ) -> wasmtime::Result<bool> {
+        if self.restore()?.overwrite {
+            return Ok(false);
+        }
+        let Some(node) = self.table.get(r)?.node.clone() else {
+            return Ok(false);
+        };
+        let Some(mtime) = node.mtime else {
+            return Ok(false);
+        };
+        let Ok(st) = self.grants.resolve(path, true).and_then(|r| r.stat()) else {
+            return Ok(false);
+        };
+        Ok(st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && st.st_nlink == 1
+            && st.st_size as u64 == node.size
+            && st.st_mtime == mtime.timestamp()
+            && st.st_mtime_nsec as u32 == mtime.timestamp_subsec_nanos())
+    }
+}
+
+/// Write a file's content, turning all-zero blobs into holes; returns the
+/// file and the bytes written. Damage fails the entry (the caller removes
+/// the file); a storage failure stops the whole job.
 async fn write_content(
     mut out: std::fs::File,
     mut content: ContentReader,
     entry: &str,
     target: &str,
-) -> Result<std::fs::File, AdapterError> {
+) -> Result<(std::fs::File, u64), WriteFailure> {
     let mut total = 0u64;
     let mut ends_in_hole = false;
     loop {
@@ -1128,11 +1417,21 @@ async fn write_content(
             Ok(Some(b)) => b,
             Ok(None) => break,
             Err(RepoError::Corrupt { what, reason }) => {
-                return Err(AdapterError::Corrupt(format!(
+                return Err(WriteFailure::Entry(AdapterError::Corrupt(format!(
                     "{entry}: {what} is damaged: {reason}"
-                )));
+                ))));
             }
-            Err(e) => return Err(AdapterError::Corrupt(format!("{entry}: {e}"))),
+            Err(e @ RepoError::BlobNotFound(_)) => {
+                return Err(WriteFailure::Entry(AdapterError::Corrupt(format!(
+                    "{entry}: {e}"
+                ))));
+            }
+            Err(RepoError::Storage(e)) if e.is_not_found() => {
+                return Err(WriteFailure::Entry(AdapterError::Corrupt(format!(
+                    "{entry}: {e} (the index lists it; run `cairn check`)"
+                ))));
+            }
+            Err(e) => return Err(WriteFailure::Fault(format!("reading {entry}: {e}"))),
         };
         ends_in_hole = blob.iter().all(|&b| b == 0);
         let written = if ends_in_hole {
@@ -1141,15 +1440,15 @@ async fn write_content(
         } else {
             out.write_all(&blob)
         };
-        written.map_err(|e| AdapterError::Io(format!("{target}: {e}")))?;
+        written.map_err(|e| WriteFailure::Entry(AdapterError::Io(format!("{target}: {e}"))))?;
         total += blob.len() as u64;
     }
     // A trailing hole needs the length set explicitly.
     if ends_in_hole {
         out.set_len(total)
-            .map_err(|e| AdapterError::Io(format!("{target}: {e}")))?;
+            .map_err(|e| WriteFailure::Entry(AdapterError::Io(format!("{target}: {e}"))))?;
     }
-    Ok(out)
+    Ok((out, total))
 }
 
 impl RestoreJob {
@@ -1172,12 +1471,18 @@ impl RestoreJob {
         drop(w.meta);
         let result = match w.handle.await {
             Ok(r) => r,
-            Err(e) => Err(AdapterError::Other(format!(
+            Err(e) => Err(WriteFailure::Entry(AdapterError::Other(format!(
                 "{path}: the write task failed: {e}"
-            ))),
+            )))),
         };
-        if let Err(e) = result {
-            self.failed_writes.push((path, e));
+        match result {
+            Ok(()) => {}
+            Err(WriteFailure::Entry(e)) => self.failed_writes.push((path, Some(e))),
+            Err(WriteFailure::Fault(f)) => {
+                // The file is incomplete: removed with the failed ones.
+                self.failed_writes.push((path, None));
+                self.fault.get_or_insert(f);
+            }
         }
     }
 }
@@ -1208,9 +1513,11 @@ impl HostState {
         let failed = std::mem::take(&mut job.failed_writes);
         for (path, err) in failed {
             self.remove_partial(&path);
-            let message = meta::describe_error(&err);
             if let Job::Restore(job) = &mut self.job {
-                job.damaged.push(message);
+                match err {
+                    Some(err) => job.damaged.push(meta::describe_error(&err)),
+                    None => job.interrupted += 1,
+                }
             }
         }
     }

@@ -10,7 +10,7 @@ mod host;
 mod meta;
 
 pub use grants::{GrantError, Grants};
-pub use host::{BackupOutcome, BackupRequest, RestoreOutcome, RestoreRequest};
+pub use host::{BackupOutcome, BackupRequest, RestoreOutcome, RestoreProgress, RestoreRequest};
 
 use anyhow::{Context, anyhow};
 use std::path::PathBuf;
@@ -336,21 +336,22 @@ fn wasi_ctx(grants: &Grants, writable: bool, inherit_stderr: bool) -> anyhow::Re
     Ok(b.build())
 }
 
+/// The error of a job that reached its deadline.
+fn timed_out(adapter: &str, limits: &Limits) -> anyhow::Error {
+    anyhow!("adapter {adapter}: timed out after {:?}", limits.timeout)
+}
+
 /// Turn what a call into an adapter produced into one error naming the
 /// adapter and the reason: a trap, an exhausted limit, or its own error.
 fn explain<T>(
     adapter: &str,
     limits: &Limits,
-    result: Result<wasmtime::Result<Result<T, AdapterError>>, tokio::time::error::Elapsed>,
+    result: wasmtime::Result<Result<T, AdapterError>>,
 ) -> anyhow::Result<T> {
     match result {
-        Err(_) => Err(anyhow!(
-            "adapter {adapter}: timed out after {:?}",
-            limits.timeout
-        )),
-        Ok(Ok(Ok(v))) => Ok(v),
-        Ok(Ok(Err(e))) => Err(anyhow!("adapter {adapter}: {}", meta::describe_error(&e))),
-        Ok(Err(trap)) => {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(anyhow!("adapter {adapter}: {}", meta::describe_error(&e))),
+        Err(trap) => {
             if let Some(host_fault) = trap.downcast_ref::<host::HostFault>() {
                 return Err(anyhow!(
                     "host fault while running adapter {adapter}: {host_fault}"
@@ -391,6 +392,30 @@ fn settled(adapter: &str, state: &host::HostState) -> anyhow::Result<()> {
     ))
 }
 
+/// Run an adapter call (which owns its store) as a task of its own, under
+/// the job's deadline. A host call stuck in the kernel (a read of a file
+/// that never answers) then cannot hold the deadline back: the task is
+/// abandoned where it is, the job fails, and the command exits, which ends
+/// the stuck thread. Returns the store with the call's result, or `None`
+/// when the deadline passed first.
+async fn with_deadline<T: Send + 'static>(
+    limits: &Limits,
+    call: impl std::future::Future<Output = (Store<host::HostState>, wasmtime::Result<T>)>
+    + Send
+    + 'static,
+) -> anyhow::Result<Option<(Store<host::HostState>, wasmtime::Result<T>)>> {
+    let mut task = tokio::spawn(call);
+    match tokio::time::timeout(limits.timeout, &mut task).await {
+        Ok(Ok(done)) => Ok(Some(done)),
+        Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Ok(Err(e)) => Err(anyhow!("the adapter's task was cancelled: {e}")),
+        Err(_) => {
+            task.abort();
+            Ok(None)
+        }
+    }
+}
+
 impl Runtime {
     /// Run an adapter's `backup` and write its snapshot content through the
     /// pipeline. No snapshot is written here; the caller writes it only
@@ -408,8 +433,15 @@ impl Runtime {
         let mut store = self.store(state, limits);
         let instance = self.instantiate(&component, &mut store, &adapter).await?;
         let config = store.data().config_json();
-        let result =
-            tokio::time::timeout(limits.timeout, instance.call_backup(&mut store, &config)).await;
+        let call = async move {
+            let r = instance.call_backup(&mut store, &config).await;
+            (store, r)
+        };
+        let Some((store, result)) = with_deadline(limits, call).await? else {
+            // The store (and with it the pipeline) is dropped with the
+            // task: nothing of this run is indexed or recorded.
+            return Err(timed_out(&adapter, limits));
+        };
         let summary = explain(&adapter, limits, result)
             .and_then(|s| settled(&adapter, store.data()).map(|()| s));
         let state = store.into_data();
@@ -432,22 +464,46 @@ impl Runtime {
         let mut store = self.store(state, limits);
         let instance = self.instantiate(&component, &mut store, &adapter).await?;
         let config = store.data().config_json();
-        let outcome = if verify {
-            let result =
-                tokio::time::timeout(limits.timeout, instance.call_verify(&mut store, &config))
-                    .await;
-            explain(&adapter, limits, result).map(host::RestoreOutcome::Verified)
-        } else {
-            let result =
-                tokio::time::timeout(limits.timeout, instance.call_restore(&mut store, &config))
-                    .await;
-            explain(&adapter, limits, result).map(host::RestoreOutcome::Restored)
+        let call = async move {
+            let r = if verify {
+                instance
+                    .call_verify(&mut store, &config)
+                    .await
+                    .map(|r| r.map(host::RestoreOutcome::Verified))
+            } else {
+                instance
+                    .call_restore(&mut store, &config)
+                    .await
+                    .map(|r| r.map(host::RestoreOutcome::Restored))
+            };
+            (store, r)
         };
+        let Some((mut store, result)) = with_deadline(limits, call).await? else {
+            let e = timed_out(&adapter, limits);
+            return Err(if verify {
+                e
+            } else {
+                e.context(
+                    "files restored whole before the deadline are kept; run the same restore again to resume",
+                )
+            });
+        };
+        let outcome = explain(&adapter, limits, result);
         let outcome = outcome.and_then(|o| settled(&adapter, store.data()).map(|()| o));
         // Files still being written in the background finish (or fail and
         // are removed) before anything is reported.
         store.data_mut().finish_writes().await;
-        let outcome = outcome?;
+        // A storage failure met in the background is the cause of whatever
+        // the adapter then reported (it was stopped mid-call): said first.
+        let outcome = match store.data().restore_fault() {
+            Some(f) => Err(anyhow!("{f}")),
+            None => outcome,
+        };
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) if verify => return Err(e),
+            Err(e) => return Err(stopped_restore(e, store.data().restore_progress())),
+        };
         let (damaged, left_out) = store.data().restore_findings();
         let outcome = match outcome {
             // The host knows what it handed out damaged: a report must say
@@ -469,16 +525,46 @@ impl Runtime {
             }
             restored => restored,
         };
-        Ok(RestoreResult { outcome, left_out })
+        let progress = store.data().restore_progress();
+        Ok(RestoreResult {
+            outcome,
+            left_out,
+            unchanged: progress.unchanged,
+        })
     }
+}
+
+/// A restore that stopped: its cause first, then how far it got and how
+/// to go on.
+fn stopped_restore(cause: anyhow::Error, p: host::RestoreProgress) -> anyhow::Error {
+    let mut said = format!(
+        "{cause:#}\nbefore it stopped, {} files ({}) were restored whole",
+        p.files,
+        indicatif::HumanBytes(p.bytes)
+    );
+    if p.unchanged > 0 {
+        said += &format!(" and {} the target already had were kept", p.unchanged);
+    }
+    if p.removed > 0 {
+        said += &format!(
+            "; {} files being written were removed, not left half-written",
+            p.removed
+        );
+    }
+    said += "; the rest was not restored. Run the same restore again to resume: files restored whole are kept";
+    anyhow!(said)
 }
 
 /// What a restore or verify produced.
 pub struct RestoreResult {
     /// The adapter's summary or report.
     pub outcome: host::RestoreOutcome,
-    /// Entries of kinds no adapter can restore (devices, fifos, sockets).
+    /// Entries not restored, each with why: kinds no adapter restores
+    /// (devices, fifos, sockets), names no file can have, entries the
+    /// target refused (a name too long for it, say).
     pub left_out: Vec<String>,
+    /// Files the target already had whole, kept.
+    pub unchanged: u64,
 }
 
 impl WasiView for host::HostState {

@@ -136,10 +136,15 @@ impl Backend for LocalBackend {
             if let Some(parent) = tmp.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| err(parent, e))?;
             }
-            let mut f = std::fs::File::create(&tmp).map_err(|e| err(&tmp, e))?;
-            f.write_all(&data).map_err(|e| err(&tmp, e))?;
-            f.sync_all().map_err(|e| err(&tmp, e))?;
-            drop(f);
+            let written = std::fs::File::create(&tmp).and_then(|mut f| {
+                f.write_all(&data)?;
+                f.sync_all()
+            });
+            if let Err(e) = written {
+                // A full disk, say: what was written of it must not stay.
+                let _ = std::fs::remove_file(&tmp);
+                return Err(err(&tmp, e));
+            }
             let dir = dest.parent().unwrap_or(&root).to_path_buf();
             if let Err(e) = std::fs::rename(&tmp, &dest) {
                 if e.kind() != std::io::ErrorKind::NotFound {
@@ -148,8 +153,13 @@ impl Backend for LocalBackend {
                 }
                 // The data/xx folder is missing (a repository made by a tool
                 // that creates them lazily): create it and try again.
-                std::fs::create_dir_all(&dir).map_err(|e| err(&dir, e))?;
-                std::fs::rename(&tmp, &dest).map_err(|e| err(&dest, e))?;
+                let renamed = std::fs::create_dir_all(&dir)
+                    .map_err(|e| err(&dir, e))
+                    .and_then(|()| std::fs::rename(&tmp, &dest).map_err(|e| err(&dest, e)));
+                if let Err(e) = renamed {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e);
+                }
             }
             sync_dir(&dir).map_err(|e| err(&dir, e))
         })
@@ -224,6 +234,39 @@ impl Backend for LocalBackend {
         }
         out.sort();
         Ok(out)
+    }
+
+    async fn remove_stale_temporary(
+        &self,
+        age: std::time::Duration,
+    ) -> Result<usize, StorageError> {
+        let dir = self.root.join(".tmp");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(self.io_err(&dir, e)),
+        };
+        let mut removed = 0;
+        for e in entries {
+            let e = e.map_err(|e| self.io_err(&dir, e))?;
+            let meta = match e.metadata() {
+                Ok(m) => m,
+                Err(_) => continue,
+            };
+            let idle = meta
+                .modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .unwrap_or_default();
+            if meta.is_file() && idle >= age {
+                match std::fs::remove_file(e.path()) {
+                    Ok(()) => removed += 1,
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(err) => return Err(self.io_err(&e.path(), err)),
+                }
+            }
+        }
+        Ok(removed)
     }
 
     async fn remove(&self, t: FileType, name: &str) -> Result<(), StorageError> {

@@ -81,6 +81,17 @@ pub enum StorageError {
         /// What went wrong; never contains a secret.
         message: String,
     },
+    /// The store refused the request for lack of permission (HTTP 403,
+    /// `AccessDenied`): read-only credentials, say.
+    #[error("{location}: {}{message}", with_colon(.name))]
+    Forbidden {
+        /// The store, as a user would name it (with its region).
+        location: String,
+        /// The object's key.
+        name: String,
+        /// What the store said; never contains a secret.
+        message: String,
+    },
     /// The request would put or read a tenant's data outside its region
     /// pair; it was not sent.
     #[error("residency: refused to {op} {name} for tenant {tenant} in region {region}: {reason}")]
@@ -121,6 +132,33 @@ impl StorageError {
     /// Whether the error means the object is absent.
     pub fn is_not_found(&self) -> bool {
         matches!(self, StorageError::NotFound { .. })
+    }
+
+    /// Whether the store refused a write for lack of permission or
+    /// because it is read-only (not because it failed or is full).
+    pub fn is_write_refused(&self) -> bool {
+        match self {
+            StorageError::Forbidden { .. } => true,
+            StorageError::Io { source, .. } => {
+                source.kind() == std::io::ErrorKind::PermissionDenied
+                    || source.kind() == std::io::ErrorKind::ReadOnlyFilesystem
+                    || source.raw_os_error() == Some(libc::EROFS)
+                    || source.raw_os_error() == Some(libc::EPERM)
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the store is out of space.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            StorageError::Io { source, .. } => {
+                source.kind() == std::io::ErrorKind::StorageFull
+                    || source.raw_os_error() == Some(libc::ENOSPC)
+                    || source.raw_os_error() == Some(libc::EDQUOT)
+            }
+            _ => false,
+        }
     }
 }
 
@@ -178,4 +216,14 @@ pub trait Backend: Send + Sync + 'static {
     async fn list(&self, t: FileType) -> Result<Vec<(String, u64)>, StorageError>;
     /// Delete a file; deleting a missing file is not an error.
     async fn remove(&self, t: FileType, name: &str) -> Result<(), StorageError>;
+    /// Remove the temporary files writers left (a crash, a full disk) that
+    /// nothing touched for `age`; returns how many. A store that writes no
+    /// temporary files has none.
+    async fn remove_stale_temporary(
+        &self,
+        age: std::time::Duration,
+    ) -> Result<usize, StorageError> {
+        let _ = age;
+        Ok(0)
+    }
 }

@@ -325,6 +325,12 @@ impl S3Backend {
                 location: self.location(),
                 name: key.to_string(),
             }
+        } else if status == Some(403) || code.as_deref() == Some("AccessDenied") {
+            StorageError::Forbidden {
+                location: self.location(),
+                name: key.to_string(),
+                message,
+            }
         } else {
             StorageError::Remote {
                 location: self.location(),

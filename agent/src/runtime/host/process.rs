@@ -343,6 +343,22 @@ impl process::Host for HostState {
                 Err(e) => return Ok(Err(grant_error(e))),
             }
         }
+        // The program runs outside the sandbox: it reaches only the
+        // endpoints the job grants, and cannot read the agent's memory.
+        let confinement = match super::confine::Confinement::new() {
+            Ok(c) => c,
+            Err(e) => {
+                return Err(fault(format!(
+                    "cannot prepare the confinement of program {}: {e}",
+                    cmd.program
+                )));
+            }
+        };
+        // SAFETY: the hook only makes system calls (prctl, seccomp,
+        // sendmsg, close) with memory it owns, as a forked child must.
+        unsafe {
+            command.pre_exec(confinement.child_hook());
+        }
         let mut child = match command.spawn() {
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -361,6 +377,15 @@ impl process::Host for HostState {
             }
         };
         let pid = child.id().unwrap_or_default();
+        let allowed =
+            super::confine::Allowed::for_job(self.grants.connect(), self.grants.sockets());
+        if let Err(e) = confinement.supervise(allowed, format!("{} (pid {pid})", cmd.program)) {
+            let _ = child.start_kill();
+            return Err(fault(format!(
+                "cannot supervise the network use of program {}: {e}",
+                cmd.program
+            )));
+        }
         // Arguments may carry names, never secrets (those go by reference).
         tracing::info!(adapter = %self.adapter, program = %cmd.program, pid, args = ?cmd.args, "Started a process.");
         let stderr = child.stderr.take().map(|e| tokio::spawn(drain_tail(e)));
@@ -444,6 +469,12 @@ impl process::HostChild for HostState {
             }
         };
         let writer = self.table.get_mut(&w)?;
+        if let Some(reason) = &writer.refused {
+            return Ok(Err(AdapterError::Io(format!(
+                "entry {} refused: {reason}",
+                crate::util::escaped(&writer.path)
+            ))));
+        }
         let Some(mut chunker) = writer.chunker.take() else {
             return Ok(Err(AdapterError::Other(format!(
                 "entry {} is already finished",

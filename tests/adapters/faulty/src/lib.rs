@@ -1,12 +1,21 @@
 //! A test adapter that misbehaves on request, to prove the host contains it:
 //! `{"fault": "trap" | "loop" | "oom" | "error" | "none" | "connect" |
-//! "listen" | "orphan", "address": "ip:port"}`. Each fault comes after one entry was
-//! emitted, so a snapshot would have content. `connect` opens a TCP
+//! "listen" | "orphan" | "pump" | "run" | "names" | "log", "address":
+//! "ip:port", "path": P, "stat": Q, "program": X, "args": [...],
+//! "message": M}`. Each fault comes after one entry was emitted, so a
+//! snapshot would have content. `connect` opens a TCP
 //! connection to `address` (through WASI sockets, which the host checks
 //! against the job's grants) and says "hello" on it; `listen` tries to
 //! listen on `address` and fails either way, saying whether the host
 //! allowed it; `orphan` starts a
-//! granted `sleep 30` and returns success without waiting for it.
+//! granted `sleep 30` and returns success without waiting for it; `pump`
+//! does what the filesystem adapter does with a file, but looks at `stat`
+//! (default `path`) and then pumps `path`: the race of a file swapped
+//! between the two; `run` starts granted `program` with `args` and stores
+//! its standard output as `/faulty/output`; `names` emits entries whose
+//! names no file can have (a NUL byte) or that only some targets accept (a
+//! 300-byte name), beside an ordinary one; `log` logs `message`.
+//! Restore with `{"fault": "loop"}` never returns.
 
 use cairn_sdk::{
     Adapter, BackupSummary, Error, Info, Metadata, RestoreSummary, VerifyReport, archive,
@@ -20,6 +29,16 @@ struct Config {
     fault: String,
     #[serde(default)]
     address: String,
+    #[serde(default)]
+    path: String,
+    #[serde(default)]
+    stat: Option<String>,
+    #[serde(default)]
+    program: String,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    message: String,
 }
 
 impl Adapter for Faulty {
@@ -89,11 +108,70 @@ impl Adapter for Faulty {
                 files: 1,
                 ..Default::default()
             }),
+            "pump" => {
+                let looked = cairn_sdk::fs::stat(config.stat.as_deref().unwrap_or(&config.path))?;
+                let mut w = archive::begin_file("/faulty/pumped", &looked.meta)?;
+                match w.pump_file(&config.path) {
+                    Ok(_) => w.finish().map(|_| ())?,
+                    Err(Error::Io(reason)) | Err(Error::NotFound(reason)) => {
+                        w.cancel();
+                        archive::skip(&config.path, &reason);
+                    }
+                    Err(e) => return Err(e),
+                }
+                Ok(BackupSummary {
+                    files: 1,
+                    ..Default::default()
+                })
+            }
+            "run" => {
+                let mut w = archive::begin_stream("/faulty/output", &Metadata::with_mode(0o600))?;
+                let mut child = cairn_sdk::process::Command::new(&config.program)
+                    .args(config.args.iter().cloned())
+                    .stdout(cairn_sdk::process::Stdio::Pipe)
+                    .spawn()?;
+                let pumped = child.pump_stdout(&mut w);
+                let status = child.wait()?;
+                pumped?;
+                w.finish()?;
+                status.check(&config.program)?;
+                Ok(BackupSummary {
+                    files: 1,
+                    ..Default::default()
+                })
+            }
+            "names" => {
+                let dir = Metadata::with_mode(0o755);
+                archive::add_directory("/n", &dir)?;
+                for name in ["nul\0name".to_string(), "x".repeat(300), "ok".to_string()] {
+                    let mut w =
+                        archive::begin_stream(&format!("/n/{name}"), &Metadata::with_mode(0o644))?;
+                    w.write_all(name.as_bytes())?;
+                    w.finish()?;
+                }
+                Ok(BackupSummary {
+                    files: 3,
+                    ..Default::default()
+                })
+            }
+            "log" => {
+                cairn_sdk::log::warn(&config.message);
+                Ok(BackupSummary {
+                    files: 1,
+                    ..Default::default()
+                })
+            }
             other => Err(Error::InvalidConfig(format!("unknown fault {other:?}"))),
         }
     }
 
-    fn restore(_: serde_json::Value) -> Result<RestoreSummary, Error> {
+    fn restore(config: serde_json::Value) -> Result<RestoreSummary, Error> {
+        if config["fault"] == "loop" {
+            let mut x: u64 = 0;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
         Ok(RestoreSummary::default())
     }
 

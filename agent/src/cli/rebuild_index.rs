@@ -1,0 +1,33 @@
+//! `cairn rebuild-index`: build the index anew from the packs' headers
+//! (restic's `repair index`, once called `rebuild-index`), under the
+//! exclusive lock. It mends a damaged or lost index file.
+
+use super::{Global, Outcome, out};
+
+/// Flags of `rebuild-index`.
+#[derive(clap::Args, Debug)]
+pub struct Args {}
+
+/// Run `rebuild-index`.
+pub async fn run(g: &Global, _: Args) -> anyhow::Result<Outcome> {
+    let repo = g.open_without_index().await?;
+    g.require_whole_pair("rebuild-index")?;
+    let lock = repo.lock(true).await?;
+    let report = lock.release_after(repo.rebuild_index().await).await?;
+    for p in &report.unreadable_packs {
+        eprintln!("cairn: not indexed: {p}");
+    }
+    if g.json {
+        out(serde_json::to_value(&report)?);
+    } else {
+        out(format!(
+            "indexed {} packs ({} blobs) in {} new index files; removed {} old index files",
+            report.packs, report.blobs, report.index_files_written, report.index_files_removed
+        ));
+    }
+    Ok(if report.unreadable_packs.is_empty() {
+        Outcome::Ok
+    } else {
+        Outcome::Incomplete
+    })
+}
