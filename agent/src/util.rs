@@ -22,6 +22,19 @@ pub fn system_hostname() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
+/// Cairn's cache directory: `$CAIRN_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/cairn`, else `~/.cache/cairn`.
+pub fn cache_dir() -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    if let Some(d) = std::env::var_os("CAIRN_CACHE_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(d).join("cairn"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/cairn"))
+}
+
 /// Take a secret out of this process's environment: its value is
 /// returned, the variable removed (no child inherits it), and its value
 /// overwritten in the process's initial environment block, which
@@ -97,9 +110,51 @@ pub fn escaped(s: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// A message that may span lines (an adapter's error with a program's
+/// standard error in it), made safe to print: control and invisible
+/// formatting characters but newline and tab escaped, and every line after
+/// the first indented, so no line of it can pass for a line of Cairn's own.
+pub fn indented(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 8);
+    for (i, line) in s.split('\n').enumerate() {
+        if i > 0 {
+            out.push_str("\n    ");
+        }
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        let e = escaped(line);
+        // Quoting is for names; here only the escapes matter.
+        match e {
+            std::borrow::Cow::Borrowed(b) => out.push_str(b),
+            std::borrow::Cow::Owned(_) => {
+                for c in line.chars() {
+                    match c {
+                        '\t' => out.push('\t'),
+                        c if c.is_control()
+                            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}') =>
+                        {
+                            out.push_str(&format!("\\u{{{:x}}}", c as u32))
+                        }
+                        c => out.push(c),
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use super::escaped;
+    use super::{escaped, indented};
+
+    #[test]
+    fn a_multi_line_message_cannot_forge_a_line() {
+        assert_eq!(indented("one line"), "one line");
+        assert_eq!(
+            indented("dump failed: x\nFATAL: role \"r\" does not exist\u{1b}[2K"),
+            "dump failed: x\n    FATAL: role \"r\" does not exist\\u{1b}[2K"
+        );
+    }
 
     #[test]
     fn names_with_control_characters_are_quoted_and_escaped() {

@@ -141,6 +141,160 @@ fn a_source_whose_read_blocks_is_left_out_and_the_backup_ends() {
     assert_eq!(lock_files(&s.repo()), 0, "a lock stayed behind");
 }
 
+/// A file system mounted for a test: the stuck one in tests/fixtures,
+/// served until dropped.
+struct StuckFs {
+    server: std::process::Child,
+    mountpoint: PathBuf,
+}
+
+impl StuckFs {
+    fn mount(at: &Path) -> StuckFs {
+        std::fs::create_dir_all(at).unwrap();
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/stuck_fs.py");
+        let mut server = Command::new("python3")
+            .arg(&fixture)
+            .arg(at)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        let out = server.stdout.take().unwrap();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line);
+        if line != "mounted\n" {
+            let _ = server.kill();
+            let _ = server.wait();
+            let mut err = String::new();
+            let _ = server.stderr.take().unwrap().read_to_string(&mut err);
+            panic!(
+                "this test mounts a FUSE file system (run the suite as root, with /dev/fuse): {err}"
+            );
+        }
+        StuckFs {
+            server,
+            mountpoint: at.to_path_buf(),
+        }
+    }
+
+    /// Stop serving: every request waiting on it fails.
+    fn abort(&mut self) {
+        if self.server.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.mountpoint)
+            .output();
+    }
+}
+
+impl Drop for StuckFs {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+/// Wait until `child` has said `needle` on stderr and the repository's
+/// lock is gone, while its read is still stuck in `fs`; then end the file
+/// system (and with it the read) and collect the exit status and stderr.
+fn settle_stuck(
+    s: &Scratch,
+    mut child: std::process::Child,
+    needle: &str,
+    fs: &mut StuckFs,
+) -> (std::process::ExitStatus, String) {
+    let mut err = child.stderr.take().unwrap();
+    let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let said = said.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                said.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !(said.lock().unwrap().contains(needle) && lock_files(&s.repo()) == 0) {
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} and no lock removed while the read was stuck: {}",
+            said.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    fs.abort();
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    let said = said.lock().unwrap().clone();
+    (status, said)
+}
+
+/// Issue 12, item 1: a read that the kernel never completes (a hung network
+/// or FUSE mount) held off the deadline and signals. The deadline and
+/// SIGTERM end the command (its lock removed, its error said) while the
+/// read is still stuck, also on one CPU.
+#[test]
+fn a_read_that_never_returns_is_abandoned_at_the_deadline_and_on_sigterm() {
+    let s = Scratch::new();
+    s.init();
+    let mount = s.path("stuck");
+    let config = serde_json::json!({"fault": "pump", "path": mount.join("f")}).to_string();
+    let run = |extra: &[&str]| {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0"])
+            .arg(crate::common::cairn_bin())
+            .arg("backup")
+            .arg(&mount)
+            .args([
+                "--adapter",
+                cairn::runtime::bundled::FAULTY_PATH,
+                "--adapter-config",
+                &config,
+            ])
+            .args(extra)
+            .env("CAIRN_REPOSITORY", s.repo())
+            .env("CAIRN_PASSWORD", PASSWORD)
+            .env("CAIRN_CACHE_DIR", cache_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c.spawn().unwrap()
+    };
+
+    let mut fs = StuckFs::mount(&mount);
+    let child = run(&["--timeout", "5"]);
+    let (status, said) = settle_stuck(&s, child, "timed out after 5s", &mut fs);
+    assert_eq!(status.code(), Some(1), "{said}");
+    assert!(said.contains("no snapshot was written"), "{said}");
+    assert_eq!(s.snapshot_count(), 0);
+
+    let mut fs = StuckFs::mount(&mount);
+    let child = run(&[]);
+    std::thread::sleep(Duration::from_secs(3));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let (status, said) = settle_stuck(
+        &s,
+        child,
+        "stopped by SIGTERM; no snapshot was written",
+        &mut fs,
+    );
+    assert_eq!(status.code(), Some(1), "{said}");
+    assert_eq!(s.snapshot_count(), 0);
+    s.cairn_ok(&["check"]);
+}
+
 /// Issue 12, item 1: a FIFO swapped in between the adapter's `stat` and the
 /// host's `open` (what `renameat2(RENAME_EXCHANGE)` lets any local user do
 /// in a backed-up directory) blocked the read forever. A file other than
@@ -348,15 +502,69 @@ fn a_restore_cannot_send_a_jobs_connection_or_data_elsewhere() {
     udp.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
     let mut buf = [0u8; 64];
     assert!(udp.recv(&mut buf).is_err(), "bash sent a datagram");
+    // A datagram addressed with family AF_UNSPEC (which Linux reads as
+    // AF_INET), and a socket of another protocol (SCTP connects through a
+    // socket option): from a granted python, both refused.
+    let probe = format!(
+        "import ctypes, socket, struct\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         addr = struct.pack('=H', 0) + struct.pack('>H', {udp_port}) + socket.inet_aton('127.0.0.1') + bytes(8)\n\
+         r = libc.sendto(s.fileno(), b'unspec', 6, 0, addr, len(addr))\n\
+         print('unspec', r, ctypes.get_errno())\n\
+         try:\n    socket.socket(socket.AF_INET, socket.SOCK_STREAM, 132)\n    print('sctp allowed')\n\
+         except OSError as e:\n    print('sctp', e.errno)\n"
+    );
+    let out = faulty_cmd(
+        &s,
+        &[],
+        serde_json::json!({"fault": "run", "program": "python3", "args": ["-c", probe]}),
+        &[
+            "--grant-program",
+            "python3",
+            "--grant-connect",
+            "127.0.0.1:5432",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        udp.recv(&mut buf).is_err(),
+        "an AF_UNSPEC datagram got through"
+    );
+    let said = s.restic_ok(&["dump", "latest", "/faulty/output"]);
+    assert!(said.contains("unspec -1 13"), "{said}");
+    assert!(said.contains("sctp 13"), "{said}");
+
+    // A job's configuration is not replaced whole on the command line.
+    let out = s.cairn_config(
+        &config,
+        &[
+            "restore",
+            "--job",
+            "pg",
+            "latest",
+            "--adapter-config",
+            &format!("{{\"host\": \"127.0.0.1\", \"port\": {port}}}"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("--adapter-config replaces a job's whole configuration"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(reached(&attacker), None);
     crate::postgres::psql("postgres", &format!("DROP DATABASE IF EXISTS {db}"));
 }
 
-/// A restic key file with the given scrypt N, named so that it sorts
-/// before `before` (so it is tried first), with junk it cannot open.
-fn planted_key(repo: &Path, n: u64, before: &str) -> String {
+/// A restic key file with the given scrypt N and p, named so that it
+/// sorts before `before` (so it is tried first), with junk it cannot open.
+fn planted_key(repo: &Path, n: u64, p: u32, before: &str, seed: u64) -> String {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD;
-    for i in 0u64.. {
+    for i in seed * 1_000_000.. {
         let body = serde_json::json!({
             "created": "2026-12-06T10:00:00Z",
             "username": format!("planted{i}"),
@@ -364,7 +572,7 @@ fn planted_key(repo: &Path, n: u64, before: &str) -> String {
             "kdf": "scrypt",
             "N": n,
             "r": 8,
-            "p": 1,
+            "p": p,
             "salt": b64.encode(random_bytes(64, i)),
             "data": b64.encode(random_bytes(112, i + 1)),
         })
@@ -393,9 +601,16 @@ fn a_planted_key_file_asking_scrypt_for_too_much_is_skipped() {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    let huge = planted_key(&s.repo(), 1 << 40, &real[0]);
-    let big = planted_key(&s.repo(), 1 << 22, &real[0]);
-    let b = bounded(s.cairn_cmd(&["snapshots"]), Duration::from_secs(60), 1024);
+    let huge = planted_key(&s.repo(), 1 << 40, 1, &real[0], 1);
+    let big = planted_key(&s.repo(), 1 << 22, 1, &real[0], 2);
+    // A machine that never opened the repository: no hint which key works.
+    let fresh = s.path("fresh-cache");
+    let snapshots = || {
+        let mut c = s.cairn_cmd(&["snapshots"]);
+        c.env("CAIRN_CACHE_DIR", &fresh);
+        c
+    };
+    let b = bounded(snapshots(), Duration::from_secs(60), 1024);
     assert!(b.out.status.success(), "{}", text(&b.out));
     assert!(b.took < Duration::from_secs(20), "took {:?}", b.took);
     assert!(
@@ -410,6 +625,20 @@ fn a_planted_key_file_asking_scrypt_for_too_much_is_skipped() {
             text(&b.out)
         );
     }
+    // Many keys of allowed cost, tried before the real one, would make
+    // every command slow: the key that opened the repository is tried
+    // first from then on.
+    for i in 0..25 {
+        planted_key(&s.repo(), 1 << 15, 4, &real[0], 10 + i);
+    }
+    let b = bounded(snapshots(), Duration::from_secs(60), 1024);
+    assert!(b.out.status.success(), "{}", text(&b.out));
+    assert!(
+        b.took < Duration::from_secs(5),
+        "took {:?}: {}",
+        b.took,
+        text(&b.out)
+    );
     s.restore_latest("out", &src);
     assert_same_tree(&src, &s.path("out").join(src.strip_prefix("/").unwrap()));
 }
@@ -533,26 +762,6 @@ fn a_read_only_repository_restores_and_checks_without_a_lock() {
     s.cairn_ok(&["backup", src.to_str().unwrap()]);
     let landed = |target: &Path| target.join(src.strip_prefix("/").unwrap());
 
-    // Another process holds the exclusive lock (a prune, say).
-    plant_exclusive_lock(&s);
-    let t1 = s.path("t1");
-    let out = s.cairn(&["restore", "latest", "--target", t1.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(stderr(&out).contains("locked"), "{}", text(&out));
-    let t2 = s.path("t2");
-    s.cairn_ok(&[
-        "--no-lock",
-        "restore",
-        "latest",
-        "--target",
-        t2.to_str().unwrap(),
-    ]);
-    assert_same_tree(&src, &landed(&t2));
-    assert_eq!(lock_files(&s.repo()), 1, "--no-lock wrote a lock");
-    for e in std::fs::read_dir(s.repo().join("locks")).unwrap() {
-        std::fs::remove_file(e.unwrap().path()).unwrap();
-    }
-
     // A user who may read the repository but not write to it.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -593,6 +802,150 @@ fn a_read_only_repository_restores_and_checks_without_a_lock() {
         text(&out)
     );
     assert_eq!(lock_files(&s.repo()), 0);
+
+    // Another process holds the exclusive lock (a prune, say): a restore
+    // waits its turn, one with --no-lock reads anyway and writes no lock.
+    plant_exclusive_lock(&s);
+    let t1 = s.path("t1");
+    let out = s.cairn(&["restore", "latest", "--target", t1.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(stderr(&out).contains("locked"), "{}", text(&out));
+    let t2 = s.path("t2");
+    s.cairn_ok(&[
+        "--no-lock",
+        "restore",
+        "latest",
+        "--target",
+        t2.to_str().unwrap(),
+    ]);
+    assert_same_tree(&src, &landed(&t2));
+    assert_eq!(lock_files(&s.repo()), 1, "--no-lock wrote a lock");
+    // A command that writes refuses it.
+    let out = s.cairn(&["--no-lock", "backup", src.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("--no-lock is for commands that only read"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// Issue 12, item 9: a rerun resumes: files the target already has whole
+/// are kept, read back blob by blob; one changed since, even keeping its
+/// size and modification time, is rewritten (and `--overwrite always`
+/// rewrites everything).
+#[test]
+fn a_rerun_keeps_files_restored_whole_and_rewrites_changed_ones() {
+    let (s, src) = Scratch::with_fixture();
+    s.cairn_ok(&["backup", src.to_str().unwrap()]);
+    let target = s.path("out");
+    let landed = target.join(src.strip_prefix("/").unwrap());
+    let restore = |extra: &[&str]| {
+        let mut args = vec!["restore", "latest", "--target", target.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        s.cairn_json(&args)
+    };
+    let first = restore(&[]);
+    assert_eq!(first["files_unchanged"], 0, "{first}");
+    assert_same_tree(&src, &landed);
+    // Tamper with one file, keeping its size and time.
+    let victim = landed.join("docs/readme.txt");
+    let meta = std::fs::metadata(&victim).unwrap();
+    let size = meta.len() as usize;
+    std::fs::write(&victim, "X".repeat(size)).unwrap();
+    std::fs::set_permissions(&victim, meta.permissions()).unwrap();
+    let mtime = filetime_of(&meta);
+    set_mtime(&victim, mtime.0, mtime.1);
+    let second = restore(&[]);
+    let files = second["files"].as_u64().unwrap();
+    assert_eq!(
+        second["files_unchanged"].as_u64().unwrap(),
+        files - 1,
+        "{second}"
+    );
+    assert_same_tree(&src, &landed);
+    let third = restore(&["--overwrite", "always"]);
+    assert_eq!(third["files_unchanged"], 0, "{third}");
+    assert_same_tree(&src, &landed);
+}
+
+fn filetime_of(meta: &std::fs::Metadata) -> (i64, u32) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.mtime(), meta.mtime_nsec() as u32)
+}
+
+/// Issue 12, item 9: a restore stopped in the middle (SIGTERM) leaves no
+/// file half-written, and says so.
+#[test]
+fn a_restore_stopped_midway_leaves_no_half_written_file() {
+    let s = Scratch::new();
+    s.init();
+    let src = s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("big.bin"), random_bytes(600 << 20, 77)).unwrap();
+    s.cairn_ok(&["backup", src.to_str().unwrap()]);
+    let target = s.path("out");
+    let big = target.join(src.strip_prefix("/").unwrap()).join("big.bin");
+    let child = s
+        .cairn_cmd(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(&big).map(|m| m.len()).unwrap_or(0) < (8 << 20) {
+        assert!(Instant::now() < deadline, "the restore wrote nothing");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("a file being written was removed"),
+        "{}",
+        text(&out)
+    );
+    assert!(!big.exists(), "a half-written file stayed");
+    assert_eq!(lock_files(&s.repo()), 0);
+}
+
+/// Issue 12, item 4: `rebuild-index` keeps, for a pack whose header is
+/// damaged, what a readable old index file says of it: its blobs are
+/// intact and each is authenticated when read.
+#[test]
+fn rebuild_index_keeps_what_the_old_index_knew_of_a_pack_with_a_damaged_header() {
+    let s = Scratch::new();
+    s.init();
+    let src = s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("data.bin"), random_bytes(3 << 20, 12)).unwrap();
+    s.cairn_ok(&["backup", src.to_str().unwrap()]);
+    // The data pack's header sits just before its last four bytes.
+    let pack = packs(&s.repo()).remove(0);
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let at = bytes.len() - 10;
+    bytes[at] ^= 0x01;
+    std::fs::write(&pack, &bytes).unwrap();
+    let out = s.cairn(&["rebuild-index"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("indexed as the old index had it"),
+        "{}",
+        text(&out)
+    );
+    s.restore_latest("out", &src);
+    assert_eq!(
+        std::fs::read(
+            s.path("out")
+                .join(src.strip_prefix("/").unwrap())
+                .join("data.bin")
+        )
+        .unwrap(),
+        std::fs::read(src.join("data.bin")).unwrap()
+    );
 }
 
 /// Issue 12, item 6: an adapter could add an entry named `/n/nul\0name`;
@@ -808,7 +1161,7 @@ fn a_granted_program_cannot_read_the_password_from_the_agent() {
         &s,
         &[],
         serde_json::json!({"fault": "run", "program": "sh", "args": ["-c",
-            "cat /proc/$PPID/environ 2>&1; cat /proc/$PPID/cmdline 2>&1; head -c 64 /proc/$PPID/mem 2>&1; true"]}),
+            "cat /proc/$PPID/environ 2>&1; cat /proc/$PPID/cmdline 2>&1; head -c 64 /proc/$PPID/mem 2>&1; echo; echo fds: $(ls /proc/self/fd); true"]}),
         &["--grant-program", "sh"],
     )
     .output()
@@ -819,6 +1172,12 @@ fn a_granted_program_cannot_read_the_password_from_the_agent() {
     assert!(
         seen.contains("Permission denied"),
         "the reads must have been tried: {seen}"
+    );
+    // Nothing of the agent's but standard input, output and error (3 is
+    // the directory `ls` reads).
+    assert!(
+        seen.contains("fds: 0 1 2 3\n"),
+        "descriptors leaked: {seen}"
     );
 }
 
@@ -1033,6 +1392,20 @@ fn log_messages_and_listed_names_cannot_forge_lines() {
     assert!(err.contains("first\\nFORGED"), "{err}");
     assert!(!err.lines().any(|l| l.starts_with("FORGED")), "{err}");
     assert!(!err.contains('\u{1b}'), "{err}");
+    // A program's name and an adapter's error are the adapter's text too.
+    let out = faulty_cmd(
+        &s,
+        &[],
+        serde_json::json!({"fault": "run", "program": "x\nFORGED program\u{1b}[2K", "args": []}),
+        &[],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(err.contains("FORGED program"), "{err}");
+    assert!(!err.lines().any(|l| l.starts_with("FORGED")), "{err}");
+    assert!(!err.contains('\u{1b}'), "{err}");
 
     let src = s.path("src");
     std::fs::create_dir_all(&src).unwrap();
@@ -1122,11 +1495,8 @@ fn a_secret_the_job_does_not_grant_is_named_as_such() {
 #[test]
 fn many_client_addresses_do_not_multiply_the_api_rate_limit() {
     let s = Scratch::new();
-    let agent = crate::agent::start_agent(
-        &s,
-        "api-rate-per-sec = 5\napi-rate-total-per-sec = 10\n",
-        "",
-    );
+    // The total defaults to five times the per-client rate: 10 a second.
+    let agent = crate::agent::start_agent(&s, "api-rate-per-sec = 2\n", "");
     let url = agent.url("/v1/jobs");
     let addr: std::net::SocketAddr = url
         .trim_start_matches("http://")
@@ -1173,4 +1543,30 @@ fn many_client_addresses_do_not_multiply_the_api_rate_limit() {
         ok <= 60,
         "200 addresses got {ok} requests through a total of 10/s: {statuses:?}"
     );
+
+    // Requests without the token, from many addresses, do not use up the
+    // total: the operator's own requests still get through.
+    std::thread::sleep(Duration::from_secs(3));
+    rt.block_on(async {
+        for i in 0..100u32 {
+            let ip = std::net::Ipv4Addr::new(127, 1, (i / 250) as u8, (i % 250) as u8 + 1);
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket
+                .bind(std::net::SocketAddr::new(ip.into(), 0))
+                .unwrap();
+            let mut stream = socket.connect(addr).await.unwrap();
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            stream
+                .write_all(
+                    format!("GET /v1/jobs HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .await
+                .unwrap();
+            let mut reply = String::new();
+            stream.read_to_string(&mut reply).await.unwrap();
+        }
+    });
+    let (status, body) = agent.call("GET", "/v1/jobs", Some(crate::agent::TOKEN), None);
+    assert_eq!(status, 200, "{body}");
 }

@@ -34,8 +34,8 @@ pub struct AdapterFlags {
 }
 
 impl AdapterFlags {
-    /// Add what `job` grants and configures. The command line's own
-    /// `--adapter-config` wins over the job's `config`.
+    /// Add what `job` grants and configures; `--adapter-config` cannot
+    /// replace a job's `config`.
     pub fn add_job(&mut self, job: &JobConfig) -> anyhow::Result<()> {
         self.grant_connect
             .extend(job.grants.connect.iter().cloned());
@@ -47,9 +47,15 @@ impl AdapterFlags {
             }
             self.grant_secret.push(format!("{name}={}", file.display()));
         }
-        if self.adapter_config.is_none()
-            && let Some(c) = &job.config
-        {
+        // The job's config says where it connects and as whom: a command
+        // line may change keys of it (`--set`, which refuses those), not
+        // replace it whole while keeping the job's grants and secrets.
+        if self.adapter_config.is_some() {
+            bail!(
+                "--adapter-config replaces a job's whole configuration; with --job, change single keys with --set"
+            );
+        }
+        if let Some(c) = &job.config {
             self.adapter_config = Some(serde_json::to_string(c)?);
         }
         Ok(())

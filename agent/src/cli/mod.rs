@@ -381,16 +381,19 @@ impl Global {
     }
 }
 
-/// Release a read lock (if one was taken) after `work`, whose error wins
-/// over a failure to remove the lock.
+/// Release a read lock (if one was taken) after `work`. A failure to
+/// remove it is only a warning: the reading is done (or failed for its own
+/// reason, which is the one reported), and a lock left behind goes stale.
 pub async fn release_read_lock<T>(
     lock: Option<crate::repo::LockGuard>,
     work: anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    match lock {
-        Some(l) => l.release_after(work).await,
-        None => work,
+    if let Some(l) = lock
+        && let Err(e) = l.release().await
+    {
+        tracing::warn!(error = %e, "Could not remove the repository lock; it will be cleared as stale.");
     }
+    work
 }
 
 fn read_password_file(file: &std::path::Path) -> anyhow::Result<String> {
@@ -537,7 +540,11 @@ pub fn main() -> ExitCode {
         pair: Arc::new(Mutex::new(None)),
         opened: Arc::new(Mutex::new(Vec::new())),
     };
+    // At least two workers: an adapter call stuck in the kernel holds one,
+    // and the deadline, the signals and the lock refresh need another.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
     {
@@ -569,6 +576,12 @@ pub fn main() -> ExitCode {
                 ExitCode::from(EXIT_FAILED)
             }
         };
+    }
+    if cli.no_lock && wrote {
+        eprintln!(
+            "cairn: --no-lock is for commands that only read (restore, verify, check, ls, snapshots, drill); this one writes and must lock"
+        );
+        return ExitCode::from(EXIT_FAILED);
     }
     let note = stop_note(&cli.command);
     let command = async move {
@@ -611,6 +624,14 @@ pub fn main() -> ExitCode {
             }
         }
     });
+    // A restore stopped in the middle leaves no file half-written.
+    let removed = crate::runtime::remove_unfinished_files();
+    if removed > 0 {
+        tracing::info!(
+            files = removed,
+            "Removed files a stopped restore had half-written."
+        );
+    }
     runtime.block_on(crate::repo::release_held_locks());
     if crate::telemetry::is_agent_child() {
         out(crate::telemetry::report());
@@ -618,21 +639,23 @@ pub fn main() -> ExitCode {
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     let damage = g.damage();
     let result = result.map(|o| g.finish(o, wrote));
-    // Damaged snapshot or index files were passed over: the command did
-    // its job with what could be read, and says what could not.
+    // The damaged snapshot or index files passed over (a command that did
+    // its job with what could be read says what could not, and ends
+    // incomplete); then the failure, if any, last (the agent reads a
+    // child's error from its last `cairn: ` line).
     for d in &damage {
         eprintln!(
             "cairn: passed over a damaged file: {d} (run `cairn check`; `cairn rebuild-index` rebuilds a damaged index)"
         );
+    }
+    if let Err(e) = &result {
+        eprintln!("cairn: {e:#}");
     }
     match result {
         Ok(Outcome::Ok) if !damage.is_empty() => ExitCode::from(EXIT_INCOMPLETE),
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Incomplete) => ExitCode::from(EXIT_INCOMPLETE),
         Ok(Outcome::Degraded) => ExitCode::from(EXIT_DEGRADED),
-        Err(e) => {
-            eprintln!("cairn: {e:#}");
-            ExitCode::from(EXIT_FAILED)
-        }
+        Err(_) => ExitCode::from(EXIT_FAILED),
     }
 }

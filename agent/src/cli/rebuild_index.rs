@@ -17,6 +17,11 @@ pub async fn run(g: &Global, _: Args) -> anyhow::Result<Outcome> {
     for p in &report.unreadable_packs {
         eprintln!("cairn: not indexed: {p}");
     }
+    for p in &report.kept_from_old_index {
+        eprintln!(
+            "cairn: indexed as the old index had it (its header is unreadable; run `cairn check --read-data`): {p}"
+        );
+    }
     if g.json {
         out(serde_json::to_value(&report)?);
     } else {
@@ -25,9 +30,11 @@ pub async fn run(g: &Global, _: Args) -> anyhow::Result<Outcome> {
             report.packs, report.blobs, report.index_files_written, report.index_files_removed
         ));
     }
-    Ok(if report.unreadable_packs.is_empty() {
-        Outcome::Ok
-    } else {
-        Outcome::Incomplete
-    })
+    Ok(
+        if report.unreadable_packs.is_empty() && report.kept_from_old_index.is_empty() {
+            Outcome::Ok
+        } else {
+            Outcome::Incomplete
+        },
+    )
 }

@@ -28,8 +28,9 @@ pub struct Args {
     #[arg(long)]
     adapter: Option<String>,
     /// When to replace a file the target already has: `if-changed` (the
-    /// default) keeps one whose size and modification time are the
-    /// snapshot's (restored whole by an earlier run), `always` rewrites it.
+    /// default) keeps one whose size, modification time and content (read
+    /// back, blob by blob) are the snapshot's, so a rerun resumes; `always`
+    /// rewrites it.
     #[arg(long, default_value = "if-changed", value_parser = ["if-changed", "always"])]
     overwrite: String,
     #[command(flatten)]

@@ -3,8 +3,9 @@
 //! `Authorization: Bearer <token>` (the token in `api-token-file`, compared
 //! in constant time). Each client gets `api-rate-per-sec` requests a second
 //! (bursts of twice that), a client being an IPv4 address or an IPv6 /64
-//! (one host holds a whole /64); all clients together get
-//! `api-rate-total-per-sec`, so many addresses do not multiply the limit.
+//! (one host holds a whole /64); requests with the token, from all clients
+//! together, get `api-rate-total-per-sec`, so many addresses do not
+//! multiply the limit (and a flood without the token cannot use it up).
 //! Bodies are at most 64 KiB. Errors are
 //! `{"error": {"code": "...", "message": "..."}}` with codes that do not
 //! change; docs/openapi.json lists them, and is served at
@@ -121,22 +122,23 @@ fn client_of(ip: IpAddr) -> IpAddr {
 }
 
 impl Limiter {
-    /// Whether a request from `ip` may go on: its client's bucket first
-    /// (one client's flood does not drain the shared bucket), then the one
-    /// all clients share.
-    fn allow(&self, ip: IpAddr, rate: f64, total_rate: f64) -> bool {
+    /// Whether a request from `ip` may go on, by its client's bucket.
+    fn allow(&self, ip: IpAddr, rate: f64) -> bool {
         let now = Instant::now();
-        {
-            let mut buckets = self.buckets.lock().expect("rate buckets");
-            if buckets.len() > 10_000 {
-                // Forget clients that have been quiet long enough to be full.
-                buckets.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(60));
-            }
-            let bucket = buckets.entry(client_of(ip)).or_insert((rate * 2.0, now));
-            if !take(bucket, rate, now) {
-                return false;
-            }
+        let mut buckets = self.buckets.lock().expect("rate buckets");
+        if buckets.len() > 10_000 {
+            // Forget clients that have been quiet long enough to be full.
+            buckets.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(60));
         }
+        let bucket = buckets.entry(client_of(ip)).or_insert((rate * 2.0, now));
+        take(bucket, rate, now)
+    }
+
+    /// Whether an authenticated request may go on, by the bucket all
+    /// clients share. Only requests with the token draw on it: a flood
+    /// without one cannot lock the operator out.
+    fn allow_total(&self, total_rate: f64) -> bool {
+        let now = Instant::now();
         let mut total = self.total.lock().expect("rate buckets");
         let bucket = total.get_or_insert((total_rate * 2.0, now));
         take(bucket, total_rate, now)
@@ -206,13 +208,10 @@ async fn rate_limit(State(api): State<Api>, req: Request, next: Next) -> Respons
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    let (rate, total) = {
-        let a = &api.agent.loaded().config.agent;
-        (a.api_rate_per_sec as f64, a.api_rate_total() as f64)
-    };
+    let rate = api.agent.loaded().config.agent.api_rate_per_sec as f64;
     // Probes are never limited: a busy client must not make the node look dead.
     let probe = matches!(req.uri().path(), "/healthz" | "/readyz");
-    if !probe && !api.limiter.allow(ip, rate, total) {
+    if !probe && !api.limiter.allow(ip, rate) {
         return ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
@@ -272,7 +271,18 @@ async fn authenticate(
             )
             .into_response()
         }
-        Some(_) => next.run(req).await,
+        Some(_) => {
+            let total = loaded.config.agent.api_rate_total() as f64;
+            if !api.limiter.allow_total(total) {
+                return ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many requests from all clients together; retry after a second",
+                )
+                .into_response();
+            }
+            next.run(req).await
+        }
     }
 }
 
@@ -514,10 +524,10 @@ mod tests {
     fn the_limiter_allows_a_burst_then_refuses() {
         let l = Limiter::default();
         let ip = IpAddr::from([127, 0, 0, 1]);
-        let allowed = (0..30).filter(|_| l.allow(ip, 5.0, 100.0)).count();
+        let allowed = (0..30).filter(|_| l.allow(ip, 5.0)).count();
         assert_eq!(allowed, 10, "a burst of twice the rate");
         assert!(
-            l.allow(IpAddr::from([127, 0, 0, 2]), 5.0, 100.0),
+            l.allow(IpAddr::from([127, 0, 0, 2]), 5.0),
             "another client has its own bucket"
         );
     }
@@ -526,7 +536,7 @@ mod tests {
     fn many_addresses_share_one_total_and_an_ipv6_64_is_one_client() {
         let l = Limiter::default();
         let allowed = (1..=200u8)
-            .filter(|i| l.allow(IpAddr::from([127, 0, 0, *i]), 5.0, 20.0))
+            .filter(|i| l.allow(IpAddr::from([127, 0, 0, *i]), 5.0) && l.allow_total(20.0))
             .count();
         assert_eq!(
             allowed, 40,
@@ -536,7 +546,7 @@ mod tests {
         let allowed = (0..100u16)
             .filter(|i| {
                 let ip: std::net::Ipv6Addr = format!("2001:db8::{i:x}").parse().unwrap();
-                l.allow(IpAddr::V6(ip), 5.0, 1000.0)
+                l.allow(IpAddr::V6(ip), 5.0)
             })
             .count();
         assert_eq!(allowed, 10, "addresses of one /64 are one client");

@@ -21,6 +21,40 @@ pub const MAX_SCRYPT_MEMORY: u64 = 256 << 20;
 /// the default cost, a few seconds at most.
 pub const MAX_SCRYPT_WORK: u64 = 16 * (1 << DEFAULT_LOG_N) * 8;
 
+/// The most key files tried when opening a repository (restic's limit):
+/// the one that opened it last time is tried first.
+pub const MAX_KEYS_TRIED: usize = 20;
+
+/// Where the name of the key file that last opened the repository at
+/// `location` is kept (not a secret: only which file to try first).
+fn hint_file(location: &str) -> Option<std::path::PathBuf> {
+    let dir = crate::util::cache_dir()?;
+    let id = super::Id::hash(location.as_bytes()).to_hex();
+    Some(dir.join("key-hints").join(&id[..32]))
+}
+
+/// The key file that opened the repository at `location` last time.
+pub fn hint(location: &str) -> Option<String> {
+    let text = std::fs::read_to_string(hint_file(location)?).ok()?;
+    let name = text.trim();
+    super::Id::parse(name).map(|_| name.to_string())
+}
+
+/// Remember which key file opened the repository (best effort).
+pub fn remember(location: &str, name: &str) {
+    let Some(file) = hint_file(location) else {
+        return;
+    };
+    let written = file
+        .parent()
+        .map(std::fs::create_dir_all)
+        .transpose()
+        .and_then(|_| std::fs::write(&file, name));
+    if let Err(e) = written {
+        tracing::debug!(file = %file.display(), error = %e, "Could not remember the repository's key.");
+    }
+}
+
 /// A key file as restic writes it.
 #[derive(Serialize, Deserialize)]
 pub struct KeyFile {

@@ -196,7 +196,21 @@ impl Repository {
             Err(e) => return Err(e.into()),
         };
         let mut key = None;
-        for (name, size) in backend.list(FileType::Key).await? {
+        // The key that opened this repository last time first, then the
+        // others, at most MAX_KEYS_TRIED of them: key files planted by
+        // whoever can write to the storage cannot make every command slow.
+        let mut listed = backend.list(FileType::Key).await?;
+        let hint = keys::hint(&location);
+        if let Some(h) = &hint
+            && let Some(i) = listed.iter().position(|(n, _)| n == h)
+        {
+            let first = listed.remove(i);
+            listed.insert(0, first);
+        }
+        let total = listed.len();
+        listed.truncate(keys::MAX_KEYS_TRIED);
+        let mut opened_with = None;
+        for (name, size) in listed {
             // Anyone who can write to the storage can add a key file: one
             // is parsed, and its scrypt cost bounded, before any work.
             if size > keys::MAX_KEY_FILE {
@@ -217,12 +231,25 @@ impl Repository {
                 .map_err(|e| RepoError::corrupt(format!("keys/{name}"), e))?;
             if let Ok(k) = opened {
                 key = Some(k);
+                opened_with = Some(name);
                 break;
             }
         }
-        let key = key.ok_or(RepoError::WrongPassword {
-            location: location.clone(),
-        })?;
+        let Some(key) = key else {
+            if total > keys::MAX_KEYS_TRIED {
+                tracing::warn!(
+                    tried = keys::MAX_KEYS_TRIED,
+                    total,
+                    "Tried the first key files only; the repository has more than any should."
+                );
+            }
+            return Err(RepoError::WrongPassword { location });
+        };
+        if let Some(name) = opened_with
+            && hint.as_deref() != Some(name.as_str())
+        {
+            keys::remember(&location, &name);
+        }
         // A store with more than one copy may hold a good config elsewhere.
         let config_bytes = if key.authentic(&config_bytes) {
             config_bytes
@@ -343,6 +370,14 @@ impl Repository {
     /// Encrypt (and for format 2, compress) a JSON document and store it
     /// under the SHA-256 of its stored bytes.
     pub async fn save_unpacked(&self, t: FileType, plaintext: &[u8]) -> Result<Id, RepoError> {
+        let (id, stored) = self.encode_unpacked(plaintext)?;
+        self.backend.save(t, &id.to_hex(), stored.into()).await?;
+        Ok(id)
+    }
+
+    /// What [`Repository::save_unpacked`] stores for `plaintext`, and the
+    /// name (id) it stores it under.
+    pub fn encode_unpacked(&self, plaintext: &[u8]) -> Result<(Id, Vec<u8>), RepoError> {
         let body = if self.config.version >= 2 {
             let mut v = vec![2u8];
             v.extend(
@@ -353,9 +388,7 @@ impl Repository {
             plaintext.to_vec()
         };
         let stored = self.key.encrypt(&body);
-        let id = Id::hash(&stored);
-        self.backend.save(t, &id.to_hex(), stored.into()).await?;
-        Ok(id)
+        Ok((Id::hash(&stored), stored))
     }
 
     /// Load, authenticate and decompress an unpacked file.
@@ -635,8 +668,10 @@ impl Repository {
     /// index`): every pack whose header authenticates is listed, new index
     /// files are written, and only then are the old ones removed, so a
     /// crash leaves the old index or both. The caller holds the exclusive
-    /// lock. Packs whose header cannot be read are named in the report and
-    /// left alone (their blobs then look missing, as `check` says).
+    /// lock. A pack whose header cannot be read keeps the entries a
+    /// readable old index file has for it (its blobs may well be intact,
+    /// and each is authenticated when read); a pack no readable index
+    /// file knows and whose header is unreadable is named and left out.
     pub async fn rebuild_index(&self) -> Result<RebuildReport, RepoError> {
         let old: Vec<String> = self
             .backend
@@ -663,6 +698,20 @@ impl Repository {
             index_files_removed: old.len(),
             ..Default::default()
         };
+        // What the readable old index files say, for packs whose header
+        // is unreadable.
+        let mut known: std::collections::HashMap<Id, index::IndexPack> = Default::default();
+        for name in &old {
+            match self.load_index_file(name).await {
+                Ok(file) => {
+                    for p in file.packs {
+                        known.entry(p.id).or_insert(p);
+                    }
+                }
+                Err(RepoError::Corrupt { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
         let mut entries = Vec::new();
         for (id, name, header) in read {
             match header {
@@ -670,9 +719,14 @@ impl Repository {
                     report.blobs += blobs.len();
                     entries.push(index::IndexPack::new(id, &blobs));
                 }
-                Err(e @ RepoError::Corrupt { .. }) => {
-                    report.unreadable_packs.push(format!("pack {name}: {e}"))
-                }
+                Err(e @ RepoError::Corrupt { .. }) => match known.remove(&id) {
+                    Some(entry) => {
+                        report.blobs += entry.blobs.len();
+                        report.kept_from_old_index.push(format!("pack {name}: {e}"));
+                        entries.push(entry);
+                    }
+                    None => report.unreadable_packs.push(format!("pack {name}: {e}")),
+                },
                 Err(e) => return Err(e),
             }
         }
@@ -788,8 +842,12 @@ pub struct RebuildReport {
     pub index_files_written: usize,
     /// Old index files removed.
     pub index_files_removed: usize,
-    /// Packs whose header could not be read, each with why.
+    /// Packs whose header could not be read and that no readable index
+    /// file knew: left out of the index, each with why.
     pub unreadable_packs: Vec<String>,
+    /// Packs whose header could not be read, indexed as a readable old
+    /// index file had them, each with why.
+    pub kept_from_old_index: Vec<String>,
 }
 
 /// A held lock; call [`LockGuard::release`] when done.

@@ -399,6 +399,11 @@ fn is_executable(path: &std::path::Path) -> bool {
 }
 
 impl Resolved<'_> {
+    /// The directory holding the entry and its name.
+    pub fn into_parts(self) -> (cap_std::fs::Dir, Option<String>) {
+        (self.parent, self.name)
+    }
+
     /// `lstat` of the entry.
     pub fn stat(&self) -> Result<rustix::fs::Stat, GrantError> {
         match &self.name {

@@ -220,6 +220,8 @@ struct PendingWrite {
     handle: tokio::task::JoinHandle<Result<(), WriteFailure>>,
     /// Hands the task the file's metadata; `None` once given or given up.
     meta: Option<tokio::sync::oneshot::Sender<FileMeta>>,
+    /// Its entry among the unfinished files.
+    unfinished: Option<u64>,
 }
 
 /// Files restored at once in the background.
@@ -301,9 +303,10 @@ struct RestoreJob {
     meta_order: std::collections::VecDeque<String>,
     /// Bounds the writes in flight.
     slots: Arc<tokio::sync::Semaphore>,
-    /// Background writes that failed: (path, error); no error for a write
-    /// cut short by a storage failure (the file is removed all the same).
-    failed_writes: Vec<(String, Option<AdapterError>)>,
+    /// Background writes that failed: (path, error, its unfinished-file
+    /// entry); no error for a write cut short by a storage failure (the
+    /// file is removed all the same).
+    failed_writes: Vec<(String, Option<AdapterError>, Option<u64>)>,
     /// A storage failure met by a background write: it stops the job, and
     /// is the error reported first.
     fault: Option<String>,
@@ -1179,19 +1182,21 @@ impl snapshot::HostEntryReader for HostState {
         self.check_restore_fault()?;
         // A second write to the same path waits for the first.
         self.settle_write(&path).await?;
-        if self.already_restored(&r, &path)? {
+        if self.already_restored(&r, &path).await? {
             let reader = self.table.get_mut(&r)?;
             reader.reader = ContentReader::empty();
             let size = reader.node.as_ref().map_or(reader.size, |n| n.size);
             self.restore()?.unchanged += 1;
             return Ok(Ok(size));
         }
-        let file = match self
-            .grants
-            .resolve(&path, true)
-            .and_then(|r| r.create_write())
-        {
-            Ok(f) => f,
+        let created = self.grants.resolve(&path, true).and_then(|r| {
+            let file = r.create_write()?;
+            let (dir, name) = r.into_parts();
+            Ok((file, dir, name))
+        });
+        let (file, unfinished) = match created {
+            Ok((file, dir, Some(name))) => (file, Some(register_unfinished(dir, name))),
+            Ok((file, _, None)) => (file, None),
             Err(e) => {
                 self.note_not_restored(&path, &e);
                 return Ok(Err(grant_error(e)));
@@ -1217,11 +1222,15 @@ impl snapshot::HostEntryReader for HostState {
             drop(permit);
             let (file, written) = file?;
             if let Ok(meta) = meta_rx.await {
-                meta.apply(&file).map_err(|e| {
+                blocking_io(move || meta.apply(&file)).await.map_err(|e| {
                     WriteFailure::Entry(AdapterError::Io(format!(
                         "{target}: setting metadata: {e}"
                     )))
                 })?;
+            }
+            // Whole: no longer a file to remove if the restore stops.
+            if let Some(id) = unfinished {
+                finished(id);
             }
             use std::sync::atomic::Ordering::Relaxed;
             progress.files.fetch_add(1, Relaxed);
@@ -1233,6 +1242,7 @@ impl snapshot::HostEntryReader for HostState {
             PendingWrite {
                 handle,
                 meta: Some(meta_tx),
+                unfinished,
             },
         );
         job.meta_order.push_back(path);
@@ -1372,32 +1382,67 @@ impl HostState {
 
     /// Whether the target already has the file `r` would restore to
     /// `path` whole: a regular file, not linked elsewhere, with the
-    /// snapshot's size and modification time (what a finished write and
-    /// its metadata leave; a failed write is removed). A rerun after an
-    /// interruption then resumes instead of starting over, as restic's
-    /// `--overwrite if-changed` does.
-    fn already_restored(
+    /// snapshot's size and modification time and, read back, every blob's
+    /// content (what a finished write leaves; a failed write is removed).
+    /// A rerun after an interruption then resumes instead of starting over;
+    /// a file changed since, even keeping its size and time, is rewritten.
+    async fn already_restored(
         &mut self,
         r: &Resource<ReaderState>,
         path: &str,
     ) -> wasmtime::Result<bool> {
-        if self.restore()?.overwrite {
+        let job = self.restore()?;
+        if job.overwrite {
             return Ok(false);
         }
+        let repo = Arc::clone(&job.repo);
         let Some(node) = self.table.get(r)?.node.clone() else {
             return Ok(false);
         };
         let Some(mtime) = node.mtime else {
             return Ok(false);
         };
-        let Ok(st) = self.grants.resolve(path, true).and_then(|r| r.stat()) else {
+        let Ok(resolved) = self.grants.resolve(path, true) else {
             return Ok(false);
         };
-        Ok(st.st_mode & libc::S_IFMT == libc::S_IFREG
+        let Ok(st) = resolved.stat() else {
+            return Ok(false);
+        };
+        let looks_whole = st.st_mode & libc::S_IFMT == libc::S_IFREG
             && st.st_nlink == 1
             && st.st_size as u64 == node.size
             && st.st_mtime == mtime.timestamp()
-            && st.st_mtime_nsec as u32 == mtime.timestamp_subsec_nanos())
+            && st.st_mtime_nsec as u32 == mtime.timestamp_subsec_nanos();
+        if !looks_whole {
+            return Ok(false);
+        }
+        let blobs: Option<Vec<(Id, usize)>> = repo.with_index(|i| {
+            node.content
+                .iter()
+                .flatten()
+                .map(|id| {
+                    i.get(id, crate::repo::pack::BlobType::Data)
+                        .map(|l| (*id, l.plain_length() as usize))
+                })
+                .collect()
+        });
+        let Some(blobs) = blobs else {
+            return Ok(false);
+        };
+        if blobs.iter().map(|(_, n)| *n as u64).sum::<u64>() != node.size {
+            return Ok(false);
+        }
+        let Ok((mut file, _)) = resolved.open_regular(Some((st.st_ino, st.st_dev))) else {
+            return Ok(false);
+        };
+        Ok(blocking_io(move || {
+            let mut buf = Vec::new();
+            blobs.iter().all(|(id, len)| {
+                buf.resize(*len, 0);
+                file.read_exact(&mut buf).is_ok() && Id::hash(&buf) == *id
+            })
+        })
+        .await)
     }
 }
 
@@ -1434,21 +1479,82 @@ async fn write_content(
             Err(e) => return Err(WriteFailure::Fault(format!("reading {entry}: {e}"))),
         };
         ends_in_hole = blob.iter().all(|&b| b == 0);
-        let written = if ends_in_hole {
-            out.seek(std::io::SeekFrom::Current(blob.len() as i64))
-                .map(|_| ())
-        } else {
-            out.write_all(&blob)
-        };
+        let (len, hole) = (blob.len() as u64, ends_in_hole);
+        // On a blocking thread: a target that stops answering (a hung
+        // network mount) must not hold the runtime's workers.
+        let (file, written) = blocking_io(move || {
+            let r = if hole {
+                out.seek(std::io::SeekFrom::Current(len as i64)).map(|_| ())
+            } else {
+                out.write_all(&blob)
+            };
+            (out, r)
+        })
+        .await;
+        out = file;
         written.map_err(|e| WriteFailure::Entry(AdapterError::Io(format!("{target}: {e}"))))?;
-        total += blob.len() as u64;
+        total += len;
     }
     // A trailing hole needs the length set explicitly.
     if ends_in_hole {
-        out.set_len(total)
-            .map_err(|e| WriteFailure::Entry(AdapterError::Io(format!("{target}: {e}"))))?;
+        let (file, set) = blocking_io(move || {
+            let r = out.set_len(total);
+            (out, r)
+        })
+        .await;
+        out = file;
+        set.map_err(|e| WriteFailure::Entry(AdapterError::Io(format!("{target}: {e}"))))?;
     }
     Ok((out, total))
+}
+
+/// Run a file operation on a blocking thread.
+async fn blocking_io<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// Files a restore is writing, registered from their creation until their
+/// content and metadata are written: a restore stopped in the middle (a
+/// signal, its deadline) leaves none half-written, because the exit path
+/// removes what is still registered ([`remove_unfinished_files`]). Each is
+/// its directory, opened inside the grant, and its name.
+static UNFINISHED: std::sync::Mutex<Vec<(u64, Arc<cap_std::fs::Dir>, String)>> =
+    std::sync::Mutex::new(Vec::new());
+static NEXT_UNFINISHED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn register_unfinished(dir: cap_std::fs::Dir, name: String) -> u64 {
+    let id = NEXT_UNFINISHED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    UNFINISHED
+        .lock()
+        .expect("unfinished files")
+        .push((id, Arc::new(dir), name));
+    id
+}
+
+fn finished(id: u64) {
+    UNFINISHED
+        .lock()
+        .expect("unfinished files")
+        .retain(|(i, _, _)| *i != id);
+}
+
+/// Remove every file a stopped restore left half-written. Returns how many.
+pub fn remove_unfinished_files() -> usize {
+    let left = std::mem::take(&mut *UNFINISHED.lock().expect("unfinished files"));
+    let mut removed = 0;
+    for (_, dir, name) in left {
+        match rustix::fs::unlinkat(&*dir, name.as_str(), rustix::fs::AtFlags::empty()) {
+            Ok(()) => removed += 1,
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => {
+                tracing::warn!(file = %crate::util::escaped(&name), error = %e, "Could not remove a half-written file.")
+            }
+        }
+    }
+    removed
 }
 
 impl RestoreJob {
@@ -1469,6 +1575,7 @@ impl RestoreJob {
 
     async fn settle(&mut self, path: String, w: PendingWrite) {
         drop(w.meta);
+        let unfinished = w.unfinished;
         let result = match w.handle.await {
             Ok(r) => r,
             Err(e) => Err(WriteFailure::Entry(AdapterError::Other(format!(
@@ -1477,10 +1584,10 @@ impl RestoreJob {
         };
         match result {
             Ok(()) => {}
-            Err(WriteFailure::Entry(e)) => self.failed_writes.push((path, Some(e))),
+            Err(WriteFailure::Entry(e)) => self.failed_writes.push((path, Some(e), unfinished)),
             Err(WriteFailure::Fault(f)) => {
                 // The file is incomplete: removed with the failed ones.
-                self.failed_writes.push((path, None));
+                self.failed_writes.push((path, None, unfinished));
                 self.fault.get_or_insert(f);
             }
         }
@@ -1511,8 +1618,11 @@ impl HostState {
             }
         }
         let failed = std::mem::take(&mut job.failed_writes);
-        for (path, err) in failed {
+        for (path, err, unfinished) in failed {
             self.remove_partial(&path);
+            if let Some(id) = unfinished {
+                finished(id);
+            }
             if let Job::Restore(job) = &mut self.job {
                 match err {
                     Some(err) => job.damaged.push(meta::describe_error(&err)),

@@ -102,14 +102,16 @@ pub(super) fn metadata_from_stat(st: &rustix::fs::Stat) -> (Option<EntryKind>, M
     (kind, meta)
 }
 
-/// Words for an adapter's error.
+/// Words for an adapter's error. Its text is the adapter's (or a program's
+/// standard error): made safe to print (see [`crate::util::indented`]).
 pub(super) fn describe_error(e: &AdapterError) -> String {
+    let safe = crate::util::indented;
     match e {
-        AdapterError::InvalidConfig(m) => format!("invalid configuration: {m}"),
-        AdapterError::NotFound(m) => format!("not found: {m}"),
-        AdapterError::Denied(m) => format!("denied: {m}"),
-        AdapterError::Io(m) => format!("I/O error: {m}"),
-        AdapterError::Corrupt(m) => format!("damaged repository data: {m}"),
-        AdapterError::Other(m) => m.clone(),
+        AdapterError::InvalidConfig(m) => format!("invalid configuration: {}", safe(m)),
+        AdapterError::NotFound(m) => format!("not found: {}", safe(m)),
+        AdapterError::Denied(m) => format!("denied: {}", safe(m)),
+        AdapterError::Io(m) => format!("I/O error: {}", safe(m)),
+        AdapterError::Corrupt(m) => format!("damaged repository data: {}", safe(m)),
+        AdapterError::Other(m) => safe(m),
     }
 }

@@ -10,7 +10,10 @@ mod host;
 mod meta;
 
 pub use grants::{GrantError, Grants};
-pub use host::{BackupOutcome, BackupRequest, RestoreOutcome, RestoreProgress, RestoreRequest};
+pub use host::{
+    BackupOutcome, BackupRequest, RestoreOutcome, RestoreProgress, RestoreRequest,
+    remove_unfinished_files,
+};
 
 use anyhow::{Context, anyhow};
 use std::path::PathBuf;
@@ -129,18 +132,6 @@ pub struct Runtime {
     _ticker: std::thread::JoinHandle<()>,
 }
 
-/// Where compiled components are cached: `$CAIRN_CACHE_DIR`, else
-/// `$XDG_CACHE_HOME/cairn`, else `~/.cache/cairn`.
-fn default_cache_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("CAIRN_CACHE_DIR") {
-        return Some(PathBuf::from(d));
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return Some(PathBuf::from(d).join("cairn"));
-    }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/cairn"))
-}
-
 impl Runtime {
     /// Create the engine, the linker and the epoch ticker.
     pub fn new() -> anyhow::Result<Self> {
@@ -166,7 +157,7 @@ impl Runtime {
         Ok(Runtime {
             engine,
             linker: Arc::new(linker),
-            cache_dir: default_cache_dir(),
+            cache_dir: crate::util::cache_dir(),
             _ticker: ticker,
         })
     }
@@ -372,7 +363,8 @@ fn explain<T>(
                     format!("exceeded its memory limit of {} MiB", limits.memory >> 20)
                 }
                 Some(t) => format!("trapped: {t}"),
-                None => format!("failed: {trap:#}"),
+                // The trap's text can carry the guest's own strings.
+                None => format!("failed: {}", crate::util::indented(&format!("{trap:#}"))),
             };
             Err(anyhow!("adapter {adapter}: {msg}"))
         }

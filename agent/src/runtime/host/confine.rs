@@ -188,16 +188,40 @@ fn filter(channel: RawFd) -> Vec<libc::sock_filter> {
     a.jump(libc::BPF_JEQ, libc::AF_INET as u32, Some(inet), None);
     a.jump(libc::BPF_JEQ, libc::AF_INET6 as u32, Some(inet), None);
     a.ret(errno(libc::EAFNOSUPPORT));
+    // TCP and UDP only: the protocol 0 (the type's default), TCP or UDP
+    // (SCTP, say, could connect through a socket option).
     a.here(inet);
+    let (protocol, refuse) = (a.label(), a.label());
     a.load(arg_lo(1));
     a.stmt(libc::BPF_ALU | libc::BPF_AND | libc::BPF_K, 0xf);
     a.jump(
         libc::BPF_JEQ,
         libc::SOCK_STREAM as u32,
+        Some(protocol),
+        None,
+    );
+    a.jump(
+        libc::BPF_JEQ,
+        libc::SOCK_DGRAM as u32,
+        Some(protocol),
+        Some(refuse),
+    );
+    a.here(protocol);
+    a.load(arg_lo(2));
+    a.jump(libc::BPF_JEQ, 0, Some(to_allow), None);
+    a.jump(
+        libc::BPF_JEQ,
+        libc::IPPROTO_TCP as u32,
         Some(to_allow),
         None,
     );
-    a.jump(libc::BPF_JEQ, libc::SOCK_DGRAM as u32, Some(to_allow), None);
+    a.jump(
+        libc::BPF_JEQ,
+        libc::IPPROTO_UDP as u32,
+        Some(to_allow),
+        None,
+    );
+    a.here(refuse);
     a.ret(errno(libc::EACCES));
     a.here(to_notify);
     a.ret(notify);
@@ -397,6 +421,18 @@ unsafe fn confine_self(
             // Without CAP_SETPCAP (not root) this fails, and the program
             // has none of these capabilities to lose anyway.
             libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+        }
+        // Descriptors the agent itself inherited or opened without
+        // close-on-exec are not the program's: all of them close at exec
+        // (0, 1 and 2 are its own; std's exec-error pipe still reports).
+        if libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
         }
         let listener = install(filter, true)?;
         let sent = send_fd(channel, listener);
@@ -618,8 +654,11 @@ fn destination(bytes: &[u8]) -> Result<Destination, Verdict> {
     }
 }
 
-/// Check one destination read from the program's memory.
-fn check(pid: u32, addr: u64, len: u64, allowed: &Allowed) -> Verdict {
+/// Check one destination read from the program's memory; `send` for a
+/// send that names it (where Linux reads an `AF_UNSPEC` address as
+/// `AF_INET`), else a `connect` (where `AF_UNSPEC` dissolves an
+/// association and goes nowhere).
+fn check(pid: u32, addr: u64, len: u64, allowed: &Allowed, send: bool) -> Verdict {
     let len = (len as usize).min(128);
     let bytes = match read_memory(pid, addr, len) {
         Ok(b) => b,
@@ -627,6 +666,13 @@ fn check(pid: u32, addr: u64, len: u64, allowed: &Allowed) -> Verdict {
             return Verdict::Deny(libc::EACCES, format!("an unreadable address ({e})"), true);
         }
     };
+    let mut bytes = bytes;
+    if send
+        && bytes.len() >= 2
+        && u16::from_ne_bytes([bytes[0], bytes[1]]) as i32 == libc::AF_UNSPEC
+    {
+        bytes[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+    }
     match destination(&bytes) {
         Ok(Destination::Unspecified) => Verdict::Allow,
         Ok(Destination::Ip(a)) if allowed.permits(a) => Verdict::Allow,
@@ -671,9 +717,9 @@ fn decide(listener: RawFd, req: &libc::seccomp_notif, allowed: &Allowed) -> Verd
     let args = req.data.args;
     let nr = req.data.nr as libc::c_long;
     let verdict = if nr == libc::SYS_connect {
-        check(req.pid, args[1], args[2], allowed)
+        check(req.pid, args[1], args[2], allowed, false)
     } else if nr == libc::SYS_sendto {
-        check(req.pid, args[4], args[5], allowed)
+        check(req.pid, args[4], args[5], allowed, true)
     } else if nr == libc::SYS_sendmsg || nr == libc::SYS_sendmmsg {
         let (count, stride) = if nr == libc::SYS_sendmsg {
             (1, std::mem::size_of::<libc::msghdr>())
@@ -688,7 +734,7 @@ fn decide(listener: RawFd, req: &libc::seccomp_notif, allowed: &Allowed) -> Verd
             Ok(names) => names
                 .into_iter()
                 .filter(|(name, len)| *name != 0 && *len != 0)
-                .map(|(name, len)| check(req.pid, name, len, allowed))
+                .map(|(name, len)| check(req.pid, name, len, allowed, true))
                 .find(|v| matches!(v, Verdict::Deny(..)))
                 .unwrap_or(Verdict::Allow),
         }

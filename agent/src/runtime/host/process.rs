@@ -309,7 +309,7 @@ impl process::Host for HostState {
 
     async fn spawn(&mut self, cmd: process::Command) -> HostResult<Resource<ChildState>> {
         let Some(path) = self.grants.program(&cmd.program).map(|p| p.to_path_buf()) else {
-            tracing::warn!(adapter = %self.adapter, program = %cmd.program, "Denied the adapter a program its job does not grant.");
+            tracing::warn!(adapter = %self.adapter, program = %crate::util::escaped(&cmd.program), "Denied the adapter a program its job does not grant.");
             return Ok(Err(AdapterError::Denied(format!(
                 "program {}: this job does not grant it (granted: {})",
                 cmd.program,
@@ -379,7 +379,10 @@ impl process::Host for HostState {
         let pid = child.id().unwrap_or_default();
         let allowed =
             super::confine::Allowed::for_job(self.grants.connect(), self.grants.sockets());
-        if let Err(e) = confinement.supervise(allowed, format!("{} (pid {pid})", cmd.program)) {
+        if let Err(e) = confinement.supervise(
+            allowed,
+            format!("{} (pid {pid})", crate::util::escaped(&cmd.program)),
+        ) {
             let _ = child.start_kill();
             return Err(fault(format!(
                 "cannot supervise the network use of program {}: {e}",
@@ -387,7 +390,7 @@ impl process::Host for HostState {
             )));
         }
         // Arguments may carry names, never secrets (those go by reference).
-        tracing::info!(adapter = %self.adapter, program = %cmd.program, pid, args = ?cmd.args, "Started a process.");
+        tracing::info!(adapter = %self.adapter, program = %crate::util::escaped(&cmd.program), pid, args = ?cmd.args, "Started a process.");
         let stderr = child.stderr.take().map(|e| tokio::spawn(drain_tail(e)));
         let stdout = child.stdout.take().inspect(widen_pipe);
         let state = ChildState {
@@ -549,7 +552,7 @@ impl process::HostChild for HostState {
             self.note_damage(e);
         } else if let Ok(s) = &status {
             let program = &self.table.get(&c)?.program;
-            tracing::info!(adapter = %self.adapter, %program, code = ?s.code, signal = ?s.signal, "Process ended.");
+            tracing::info!(adapter = %self.adapter, program = %crate::util::escaped(program), code = ?s.code, signal = ?s.signal, "Process ended.");
         }
         Ok(status)
     }
@@ -573,7 +576,7 @@ impl secrets::Host for HostState {
     }
 
     async fn reveal(&mut self, name: String) -> HostResult<Vec<u8>> {
-        tracing::info!(adapter = %self.adapter, secret = %name, "Revealed a secret to the adapter.");
+        tracing::info!(adapter = %self.adapter, secret = %crate::util::escaped(&name), "Revealed a secret to the adapter.");
         Ok(self.grants.secret(&name).map_err(grant_error))
     }
 }
