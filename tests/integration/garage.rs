@@ -96,6 +96,15 @@ impl Garage {
         g
     }
 
+    /// A second key that may only read `bucket`: (key id, secret).
+    pub fn read_only_key(&self, bucket: &str) -> (String, String) {
+        let key = self.cli(&["key", "create", "cairn-test-reader"]);
+        let id = field(&key, "Key ID").unwrap_or_else(|| panic!("no key id in:\n{key}"));
+        let secret = field(&key, "Secret key").unwrap_or_else(|| panic!("no secret in:\n{key}"));
+        self.cli(&["bucket", "allow", "--read", bucket, "--key", &id]);
+        (id, secret)
+    }
+
     /// Create a bucket the test key may read and write.
     pub fn create_bucket(&self, bucket: &str) {
         self.cli(&["bucket", "create", bucket]);

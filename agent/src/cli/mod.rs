@@ -76,6 +76,10 @@ pub struct Cli {
     /// Log lines as `text` or `json` (one JSON object per line).
     #[arg(long, env = "CAIRN_LOG_FORMAT", global = true, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// The repository's key file to try first (a unique prefix of its
+    /// name): for a repository holding more key files than are tried.
+    #[arg(long, env = "CAIRN_KEY_HINT", global = true)]
+    key_hint: Option<String>,
     /// Read without writing a lock (restore, verify, check, ls, snapshots,
     /// drill): for read-only storage credentials. A command that reads also
     /// falls back to this, with a warning, when the storage refuses the lock.
@@ -529,6 +533,9 @@ pub fn main() -> ExitCode {
         cli.log_format == "json",
         matches!(cli.command, Command::Agent(_)),
     );
+    if let Some(h) = &cli.key_hint {
+        crate::repo::keys::name_key(h);
+    }
     let global = Global {
         repo: cli.repo,
         password_file: cli.password_file,
@@ -624,7 +631,16 @@ pub fn main() -> ExitCode {
             }
         }
     });
-    // A restore stopped in the middle leaves no file half-written.
+    // A command stopped where it stood may have left a packer running:
+    // nothing may be written once its locks are gone.
+    crate::pipeline::stop_packers();
+    runtime.block_on(crate::repo::release_held_locks());
+    if crate::telemetry::is_agent_child() {
+        out(crate::telemetry::report());
+    }
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    // A restore stopped in the middle leaves no file half-written; with
+    // the runtime gone, no task can start another one now.
     let removed = crate::runtime::remove_unfinished_files();
     if removed > 0 {
         tracing::info!(
@@ -632,11 +648,6 @@ pub fn main() -> ExitCode {
             "Removed files a stopped restore had half-written."
         );
     }
-    runtime.block_on(crate::repo::release_held_locks());
-    if crate::telemetry::is_agent_child() {
-        out(crate::telemetry::report());
-    }
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     let damage = g.damage();
     let result = result.map(|o| g.finish(o, wrote));
     // The damaged snapshot or index files passed over (a command that did

@@ -94,14 +94,33 @@ pub struct Pipeline {
 /// Stops the packer when a pipeline is dropped without [`Pipeline::finish`]
 /// (a failed or cancelled backup): otherwise it would go on uploading and
 /// write an index after the command released its lock, and a prune that
-/// started meanwhile could remove a pack that index then names.
-struct AbortOnDrop(Option<tokio::task::AbortHandle>);
+/// started meanwhile could remove a pack that index then names. The packer
+/// is also registered in [`PACKERS`] until then: a command stopped where
+/// its pipeline can never be dropped (a read stuck in the kernel) has its
+/// packers stopped by [`stop_packers`] before its locks are removed.
+struct AbortOnDrop(Option<tokio::task::AbortHandle>, u64);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         if let Some(h) = self.0.take() {
             h.abort();
         }
+        PACKERS
+            .lock()
+            .expect("packers")
+            .retain(|(id, _)| *id != self.1);
+    }
+}
+
+/// Every packer running in this process.
+static PACKERS: Mutex<Vec<(u64, tokio::task::AbortHandle)>> = Mutex::new(Vec::new());
+static NEXT_PACKER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Stop every packer still running (a command stopped by a signal or its
+/// deadline), before the command's locks are removed.
+pub fn stop_packers() {
+    for (_, h) in std::mem::take(&mut *PACKERS.lock().expect("packers")) {
+        h.abort();
     }
 }
 
@@ -147,11 +166,16 @@ impl Pipeline {
             Arc::clone(&stats),
             opts.uploads.max(1),
         ));
+        let token = NEXT_PACKER.fetch_add(1, Ordering::Relaxed);
+        PACKERS
+            .lock()
+            .expect("packers")
+            .push((token, packer.abort_handle()));
         Pipeline {
             repo,
             jobs: jobs_tx,
             workers,
-            packer_guard: AbortOnDrop(Some(packer.abort_handle())),
+            packer_guard: AbortOnDrop(Some(packer.abort_handle()), token),
             packer,
             stats,
         }
@@ -401,30 +425,15 @@ async fn packer(
             }
         }
     }
-    let unindexed: Vec<Id> = pending_index.iter().map(|p| p.id).collect();
+    // Packs stored but left unindexed (the index write failed too) stay:
+    // the next backup adopts them, and prune removes them if unused. They
+    // are not removed here, not even on a full store: a backup running at
+    // the same time may have adopted them already, and its snapshot would
+    // then lose its data.
     match write_index(&repo, &mut pending_index, &stats).await {
         Ok(()) => result,
-        Err(e) => {
-            let full = |r: &RepoError| matches!(r, RepoError::Storage(s) if s.is_storage_full());
-            // On a full store, the packs no index lists would keep even a
-            // small next backup from fitting: they go. (Otherwise they stay
-            // for the next backup to adopt instead of uploading again.) No
-            // other process can use them: only an index makes a pack known.
-            if full(&e) || result.as_ref().err().is_some_and(full) {
-                for id in unindexed {
-                    match repo.backend().remove(FileType::Pack, &id.to_hex()).await {
-                        Ok(()) => {
-                            tracing::info!(pack = %id.short(), "Removed a pack the full store could not index.")
-                        }
-                        Err(r) => {
-                            tracing::warn!(pack = %id.short(), error = %r, "Could not remove a pack left unindexed.")
-                        }
-                    }
-                }
-            }
-            // The first failure is the cause.
-            Err(result.err().unwrap_or(e))
-        }
+        // The first failure is the cause.
+        Err(e) => Err(result.err().unwrap_or(e)),
     }
 }
 

@@ -33,8 +33,21 @@ fn hint_file(location: &str) -> Option<std::path::PathBuf> {
     Some(dir.join("key-hints").join(&id[..32]))
 }
 
-/// The key file that opened the repository at `location` last time.
+/// A key file named by the operator (`--key-hint`), tried first.
+static NAMED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Try the key file `name` (or a unique prefix of it) first, in every
+/// repository this process opens.
+pub fn name_key(name: &str) {
+    let _ = NAMED.set(name.to_string());
+}
+
+/// The key file to try first: the one the operator named, else the one
+/// that opened the repository at `location` last time.
 pub fn hint(location: &str) -> Option<String> {
+    if let Some(named) = NAMED.get() {
+        return Some(named.clone());
+    }
     let text = std::fs::read_to_string(hint_file(location)?).ok()?;
     let name = text.trim();
     super::Id::parse(name).map(|_| name.to_string())

@@ -48,6 +48,20 @@ pub enum RepoError {
         /// The repository.
         location: String,
     },
+    /// No key file of those tried opens with the password, and there were
+    /// more than are tried (key files planted by whoever can write to the
+    /// storage, say).
+    #[error(
+        "no key file of the {tried} tried (of {total}) in repository {location} opens with this password; if it is right, name the repository's key file with --key-hint (see `ls keys/`)"
+    )]
+    TooManyKeys {
+        /// The repository.
+        location: String,
+        /// Key files tried.
+        tried: usize,
+        /// Key files in the repository.
+        total: usize,
+    },
     /// The location holds no repository.
     #[error("{location} is not a Cairn/restic repository (no config file); run `cairn init` first")]
     NotARepository {
@@ -164,13 +178,11 @@ impl Repository {
         let key_file = KeyFile::create(&key, password, log_n)
             .map_err(|e| RepoError::corrupt("new key file", e))?;
         let key_bytes = key_file.to_bytes();
+        let key_name = Id::hash(&key_bytes).to_hex();
         backend
-            .save(
-                FileType::Key,
-                &Id::hash(&key_bytes).to_hex(),
-                key_bytes.into(),
-            )
+            .save(FileType::Key, &key_name, key_bytes.into())
             .await?;
+        keys::remember(&backend.location(), &key_name);
         // The config is stored as plain (uncompressed) JSON, encrypted: every
         // restic version reads that form, whatever it assumes before loading.
         let config_json = serde_json::to_vec(&config).expect("config serialises");
@@ -202,7 +214,7 @@ impl Repository {
         let mut listed = backend.list(FileType::Key).await?;
         let hint = keys::hint(&location);
         if let Some(h) = &hint
-            && let Some(i) = listed.iter().position(|(n, _)| n == h)
+            && let Some(i) = listed.iter().position(|(n, _)| n.starts_with(h.as_str()))
         {
             let first = listed.remove(i);
             listed.insert(0, first);
@@ -217,7 +229,14 @@ impl Repository {
                 tracing::warn!(key = %name, size, "Skipping a key file too large to be one.");
                 continue;
             }
-            let bytes = backend.load(FileType::Key, &name).await?;
+            let bytes = match backend.load(FileType::Key, &name).await {
+                Ok(b) => b,
+                // One unreadable key file (denied, gone) is not every key.
+                Err(e) => {
+                    tracing::warn!(key = %name, error = %e, "Skipping a key file that cannot be read.");
+                    continue;
+                }
+            };
             let file = match KeyFile::parse(&bytes).and_then(|f| f.check_cost().map(|()| f)) {
                 Ok(f) => f,
                 Err(e) => {
@@ -237,11 +256,11 @@ impl Repository {
         }
         let Some(key) = key else {
             if total > keys::MAX_KEYS_TRIED {
-                tracing::warn!(
-                    tried = keys::MAX_KEYS_TRIED,
+                return Err(RepoError::TooManyKeys {
+                    location,
+                    tried: keys::MAX_KEYS_TRIED,
                     total,
-                    "Tried the first key files only; the repository has more than any should."
-                );
+                });
             }
             return Err(RepoError::WrongPassword { location });
         };

@@ -495,7 +495,7 @@ impl HostState {
             .resolve(path, true)
             .and_then(|r| r.remove_file())
         {
-            tracing::warn!(%path, error = %e, "Could not remove a partly restored file.");
+            tracing::warn!(path = %crate::util::escaped(path), error = %e, "Could not remove a partly restored file.");
         }
     }
 
@@ -788,7 +788,7 @@ impl archive::Host for HostState {
         let old = match parent.lookup(&repo, &path).await {
             Ok(n) => n,
             Err(e) => {
-                tracing::warn!(%path, error = %e, "Parent snapshot unreadable here; reading the file again.");
+                tracing::warn!(path = %crate::util::escaped(&path), error = %e, "Parent snapshot unreadable here; reading the file again.");
                 None
             }
         };
@@ -1115,9 +1115,12 @@ impl snapshot::Host for HostState {
                 return Ok(Ok(None));
             };
             let Some(kind) = meta::kind_of(&entry.node) else {
-                tracing::warn!(path = %entry.path, kind = %entry.node.kind, "Not restorable by adapters; left out.");
-                job.left_out
-                    .push(format!("{} ({})", entry.path, entry.node.kind));
+                tracing::warn!(path = %crate::util::escaped(&entry.path), kind = %crate::util::escaped(&entry.node.kind), "Not restorable by adapters; left out.");
+                job.left_out.push(format!(
+                    "{} ({})",
+                    crate::util::escaped(&entry.path),
+                    crate::util::escaped(&entry.node.kind)
+                ));
                 continue;
             };
             if kind == EntryKind::File {
@@ -1312,7 +1315,7 @@ impl fs::Host for HostState {
                 for raw in not_utf8 {
                     let entry = format!("{}/{raw}", path.trim_end_matches('/'));
                     let reason = "name is not valid UTF-8".to_string();
-                    tracing::warn!(path = %entry, "Left out: its name is not valid UTF-8.");
+                    tracing::warn!(path = %crate::util::escaped(&entry), "Left out: its name is not valid UTF-8.");
                     if let Job::Backup(job) = &mut self.job {
                         job.skipped.push((entry, reason));
                     }
@@ -1386,6 +1389,12 @@ impl HostState {
     /// content (what a finished write leaves; a failed write is removed).
     /// A rerun after an interruption then resumes instead of starting over;
     /// a file changed since, even keeping its size and time, is rewritten.
+    /// The file must also be one a restore made: owned as the restore owns
+    /// what it writes (the snapshot's owner when running as root, else this
+    /// user), with the snapshot's mode and no extended attributes (no ACL).
+    /// A file someone else planted there with the right content, and kept
+    /// open to write to after the restore chowns it, is replaced by a new
+    /// one instead.
     async fn already_restored(
         &mut self,
         r: &Resource<ReaderState>,
@@ -1408,7 +1417,15 @@ impl HostState {
         let Ok(st) = resolved.stat() else {
             return Ok(false);
         };
+        let euid = rustix::process::geteuid();
+        let owned = if euid.is_root() {
+            st.st_uid == node.uid && st.st_gid == node.gid
+        } else {
+            st.st_uid == euid.as_raw()
+        };
         let looks_whole = st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && owned
+            && st.st_mode & 0o7777 == crate::repo::tree::go_mode::to_unix_perm(node.mode)
             && st.st_nlink == 1
             && st.st_size as u64 == node.size
             && st.st_mtime == mtime.timestamp()
@@ -1435,6 +1452,13 @@ impl HostState {
         let Ok((mut file, _)) = resolved.open_regular(Some((st.st_ino, st.st_dev))) else {
             return Ok(false);
         };
+        let mut names = [0u8; 256];
+        if !matches!(
+            rustix::fs::flistxattr(&file, &mut names[..]),
+            Ok(0) | Err(rustix::io::Errno::NOTSUP)
+        ) {
+            return Ok(false);
+        }
         Ok(blocking_io(move || {
             let mut buf = Vec::new();
             blobs.iter().all(|(id, len)| {

@@ -397,6 +397,14 @@ async fn with_deadline<T: Send + 'static>(
     + 'static,
 ) -> anyhow::Result<Option<(Store<host::HostState>, wasmtime::Result<T>)>> {
     let mut task = tokio::spawn(call);
+    // If the command itself is stopped (a signal), the call stops with it.
+    struct AbortOnDrop(tokio::task::AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let _guard = AbortOnDrop(task.abort_handle());
     match tokio::time::timeout(limits.timeout, &mut task).await {
         Ok(Ok(done)) => Ok(Some(done)),
         Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -430,8 +438,11 @@ impl Runtime {
             (store, r)
         };
         let Some((store, result)) = with_deadline(limits, call).await? else {
-            // The store (and with it the pipeline) is dropped with the
-            // task: nothing of this run is indexed or recorded.
+            // The store (and with it the pipeline) goes with the task; if
+            // the task is stuck, its packer is stopped here, before the
+            // caller removes its lock: nothing of this run is indexed or
+            // recorded.
+            crate::pipeline::stop_packers();
             return Err(timed_out(&adapter, limits));
         };
         let summary = explain(&adapter, limits, result)

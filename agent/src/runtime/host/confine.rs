@@ -112,6 +112,10 @@ impl Asm {
     }
 }
 
+/// The socket options (and control messages) of an IPv6 routing header.
+const IPV6_RTHDR: u32 = 57;
+const IPV6_2292RTHDR: u32 = 5;
+
 /// The lowest descriptor number the channel to the host may take in the
 /// child: high, so that no program reaches it by opening files.
 const CHANNEL_FD_MIN: RawFd = 512;
@@ -153,6 +157,13 @@ fn filter(channel: RawFd) -> Vec<libc::sock_filter> {
         Some(refuse_listen),
         None,
     );
+    let setsockopt = a.label();
+    a.jump(
+        libc::BPF_JEQ,
+        libc::SYS_setsockopt as u32,
+        Some(setsockopt),
+        None,
+    );
     let refuse_uring = a.label();
     a.jump(
         libc::BPF_JEQ,
@@ -160,6 +171,27 @@ fn filter(channel: RawFd) -> Vec<libc::sock_filter> {
         Some(refuse_uring),
         Some(to_allow),
     );
+    // An IPv6 routing header sends a packet on to another address than
+    // the one the program connected or sent to: refused.
+    a.here(setsockopt);
+    let refuse_option = a.label();
+    a.load(arg_lo(1));
+    a.jump(
+        libc::BPF_JEQ,
+        libc::IPPROTO_IPV6 as u32,
+        None,
+        Some(to_allow),
+    );
+    a.load(arg_lo(2));
+    a.jump(libc::BPF_JEQ, IPV6_RTHDR, Some(refuse_option), None);
+    a.jump(
+        libc::BPF_JEQ,
+        IPV6_2292RTHDR,
+        Some(refuse_option),
+        Some(to_allow),
+    );
+    a.here(refuse_option);
+    a.ret(errno(libc::EPERM));
     a.here(refuse_listen);
     a.ret(errno(libc::EACCES));
     a.here(refuse_uring);
@@ -236,15 +268,40 @@ fn filter(channel: RawFd) -> Vec<libc::sock_filter> {
 /// `sendmsg` on the channel's descriptor number fails from then on, so
 /// the exception in [`filter`] lets nothing of the program's through (the
 /// strictest answer of all filters wins).
+///
+/// It also refuses filters of the program's own (`seccomp`, `prctl
+/// PR_SET_SECCOMP`): once the host's listener is gone (the agent ended
+/// while a program it started lives on), a filter of its own with a
+/// listener could answer its own requests and let itself out. Without
+/// them, a request with no listener fails.
 fn seal(channel: RawFd) -> Vec<libc::sock_filter> {
     let mut a = Asm::new();
-    let (kill, deny, allow) = (a.label(), a.label(), a.label());
+    let (kill, deny, allow, refuse) = (a.label(), a.label(), a.label(), a.label());
+    let (sendmsg, prctl) = (a.label(), a.label());
     a.load(ARCH);
     a.jump(libc::BPF_JEQ, AUDIT_ARCH, None, Some(kill));
     a.load(NR);
-    a.jump(libc::BPF_JEQ, libc::SYS_sendmsg as u32, None, Some(allow));
+    a.jump(libc::BPF_JEQ, libc::SYS_seccomp as u32, Some(refuse), None);
+    a.jump(libc::BPF_JEQ, libc::SYS_prctl as u32, Some(prctl), None);
+    a.jump(
+        libc::BPF_JEQ,
+        libc::SYS_sendmsg as u32,
+        Some(sendmsg),
+        Some(allow),
+    );
+    a.here(prctl);
+    a.load(arg_lo(0));
+    a.jump(
+        libc::BPF_JEQ,
+        libc::PR_SET_SECCOMP as u32,
+        Some(refuse),
+        Some(allow),
+    );
+    a.here(sendmsg);
     a.load(arg_lo(0));
     a.jump(libc::BPF_JEQ, channel as u32, Some(deny), Some(allow));
+    a.here(refuse);
+    a.ret(libc::SECCOMP_RET_ERRNO | (libc::EPERM as u32 & libc::SECCOMP_RET_DATA));
     a.here(deny);
     a.ret(libc::SECCOMP_RET_ERRNO | (libc::EBADF as u32 & libc::SECCOMP_RET_DATA));
     a.here(allow);
@@ -422,6 +479,17 @@ unsafe fn confine_self(
             // has none of these capabilities to lose anyway.
             libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
         }
+        // A root program's capabilities after exec come from the bounding
+        // set and also from the inheritable and ambient sets (which some
+        // container runtimes and service managers fill): empty both.
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
+        clear_inheritable()?;
         // Descriptors the agent itself inherited or opened without
         // close-on-exec are not the program's: all of them close at exec
         // (0, 1 and 2 are its own; std's exec-error pipe still reports).
@@ -441,6 +509,55 @@ unsafe fn confine_self(
         sent?;
         install(seal, false).map(|_| ())
     }
+}
+
+/// Empty this process's inheritable capability set (capget, then capset
+/// with the same effective and permitted sets).
+unsafe fn clear_inheritable() -> io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY (for the block): `header` and `data` are the structures the
+    // calls take (version 3: two data records), on this stack frame.
+    unsafe {
+        if libc::syscall(
+            libc::SYS_capget,
+            &mut header as *mut Header,
+            data.as_mut_ptr(),
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        if data.iter().all(|d| d.inheritable == 0) {
+            return Ok(());
+        }
+        for d in &mut data {
+            d.inheritable = 0;
+        }
+        if libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Send `fd` over the socket `channel` (SCM_RIGHTS), with stack buffers only.
@@ -698,19 +815,56 @@ fn check(pid: u32, addr: u64, len: u64, allowed: &Allowed, send: bool) -> Verdic
 }
 
 /// Where `msghdr`s at `addr` send to: each one's `msg_name` and length.
-fn message_names(pid: u32, addr: u64, count: usize, stride: usize) -> io::Result<Vec<(u64, u64)>> {
+/// One `msghdr` as a send sees it: where to (`msg_name`, its length) and
+/// its control data (`msg_control`, its length).
+struct Message {
+    name: u64,
+    name_len: u64,
+    control: u64,
+    control_len: u64,
+}
+
+fn messages(pid: u32, addr: u64, count: usize, stride: usize) -> io::Result<Vec<Message>> {
     let bytes = read_memory(pid, addr, count * stride)?;
     if bytes.len() < count * stride {
         return Err(io::Error::other("a short message header"));
     }
+    let word = |m: &[u8], at: usize| u64::from_ne_bytes(m[at..at + 8].try_into().expect("8 bytes"));
     Ok(bytes
         .chunks(stride)
-        .map(|m| {
-            let name = u64::from_ne_bytes(m[0..8].try_into().expect("8 bytes"));
-            let len = u32::from_ne_bytes(m[8..12].try_into().expect("4 bytes"));
-            (name, len as u64)
+        .map(|m| Message {
+            name: word(m, 0),
+            name_len: u32::from_ne_bytes(m[8..12].try_into().expect("4 bytes")) as u64,
+            control: word(m, 32),
+            control_len: word(m, 40),
         })
         .collect())
+}
+
+/// Whether control data carries an IPv6 routing header (which would send
+/// the message on to another address than its destination).
+fn routes_elsewhere(pid: u32, m: &Message) -> io::Result<bool> {
+    if m.control == 0 || m.control_len == 0 {
+        return Ok(false);
+    }
+    let bytes = read_memory(pid, m.control, (m.control_len as usize).min(64 * 1024))?;
+    let mut at = 0;
+    // struct cmsghdr: cmsg_len (size_t), cmsg_level, cmsg_type (int).
+    while at + 16 <= bytes.len() {
+        let len = u64::from_ne_bytes(bytes[at..at + 8].try_into().expect("8 bytes")) as usize;
+        let level = i32::from_ne_bytes(bytes[at + 8..at + 12].try_into().expect("4 bytes"));
+        let kind = i32::from_ne_bytes(bytes[at + 12..at + 16].try_into().expect("4 bytes"));
+        if level == libc::IPPROTO_IPV6
+            && (kind as u32 == IPV6_RTHDR || kind as u32 == IPV6_2292RTHDR)
+        {
+            return Ok(true);
+        }
+        if len < 16 {
+            break;
+        }
+        at += (len + 7) & !7;
+    }
+    Ok(false)
 }
 
 fn decide(listener: RawFd, req: &libc::seccomp_notif, allowed: &Allowed) -> Verdict {
@@ -729,12 +883,20 @@ fn decide(listener: RawFd, req: &libc::seccomp_notif, allowed: &Allowed) -> Verd
                 std::mem::size_of::<libc::mmsghdr>(),
             )
         };
-        match message_names(req.pid, args[1], count, stride) {
+        match messages(req.pid, args[1], count, stride) {
             Err(e) => Verdict::Deny(libc::EACCES, format!("an unreadable message ({e})"), true),
-            Ok(names) => names
-                .into_iter()
-                .filter(|(name, len)| *name != 0 && *len != 0)
-                .map(|(name, len)| check(req.pid, name, len, allowed, true))
+            Ok(messages) => messages
+                .iter()
+                .map(|m| match routes_elsewhere(req.pid, m) {
+                    Ok(false) if m.name != 0 && m.name_len != 0 => {
+                        check(req.pid, m.name, m.name_len, allowed, true)
+                    }
+                    Ok(false) => Verdict::Allow,
+                    Ok(true) => Verdict::Deny(libc::EPERM, "an IPv6 routing header".into(), true),
+                    Err(e) => {
+                        Verdict::Deny(libc::EACCES, format!("an unreadable message ({e})"), true)
+                    }
+                })
                 .find(|v| matches!(v, Verdict::Deny(..)))
                 .unwrap_or(Verdict::Allow),
         }
@@ -757,7 +919,7 @@ mod tests {
 
     #[test]
     fn the_filter_assembles_with_every_jump_resolved() {
-        assert!(seal(600).len() < 16);
+        assert!(seal(600).len() < 24);
         let f = filter(600);
         assert!(f.len() > 20 && f.len() < 64, "{} instructions", f.len());
         // The last instructions are returns.
