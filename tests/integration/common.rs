@@ -384,3 +384,71 @@ pub fn packs(repo: &Path) -> Vec<PathBuf> {
     out.sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)));
     out
 }
+
+/// A snapshot written by hand through the library into the scratch's
+/// (existing) repository, as anyone holding the password could: one
+/// directory `sub` holding files `nodes` (names as given, valid or not),
+/// made by adapter `adapter`. Returns its id.
+pub fn hand_made_snapshot(s: &Scratch, nodes: Vec<(&str, &[u8])>, adapter: Option<&str>) -> String {
+    use cairn::pipeline::{Pipeline, PipelineOptions};
+    use cairn::repo::snapshot::Snapshot;
+    use cairn::repo::tree::{Node, Tree, go_mode};
+    use cairn::repo::{Id, Repository};
+    use cairn::storage::local::LocalBackend;
+    use std::sync::Arc;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let repo = Arc::new(
+            Repository::open(Arc::new(LocalBackend::new(s.repo())), PASSWORD)
+                .await
+                .unwrap(),
+        );
+        repo.load_index().await.unwrap();
+        let pipeline = Pipeline::start(repo.clone(), PipelineOptions::default());
+        let mut files = Vec::new();
+        for (name, data) in nodes {
+            let blob = pipeline
+                .add_data(data.to_vec())
+                .await
+                .unwrap()
+                .get()
+                .await
+                .unwrap();
+            let mut n = Node::new(name, "file");
+            n.mode = 0o644;
+            n.size = data.len() as u64;
+            n.content = Some(vec![blob]);
+            files.push(n);
+        }
+        let inner = Tree { nodes: files }.to_bytes();
+        let inner_id = Id::hash(&inner);
+        pipeline.add_tree(inner_id, inner).await.unwrap();
+        let mut dir = Node::new("sub", "dir");
+        dir.mode = go_mode::DIR | 0o755;
+        dir.subtree = Some(inner_id);
+        let root = Tree { nodes: vec![dir] }.to_bytes();
+        let root_id = Id::hash(&root);
+        pipeline.add_tree(root_id, root).await.unwrap();
+        pipeline.finish().await.unwrap();
+        repo.save_snapshot(&Snapshot {
+            time: chrono::Local::now().fixed_offset(),
+            parent: None,
+            tree: root_id,
+            paths: vec!["/sub".into()],
+            hostname: "hostile".into(),
+            username: String::new(),
+            uid: 0,
+            gid: 0,
+            excludes: vec![],
+            tags: vec![],
+            original: None,
+            program_version: String::new(),
+            cairn_adapter: adapter.map(str::to_string),
+            cairn_job: None,
+            cairn_skipped: vec![],
+        })
+        .await
+        .unwrap()
+        .to_hex()
+    })
+}

@@ -528,64 +528,9 @@ fn kill_9_mid_backup_leaves_a_repository_that_checks() {
 /// outside the target.
 #[test]
 fn restore_refuses_entries_that_would_escape_the_target() {
-    use cairn::pipeline::{Pipeline, PipelineOptions};
-    use cairn::repo::snapshot::Snapshot;
-    use cairn::repo::tree::{Node, Tree, go_mode};
-    use cairn::repo::{Id, Repository};
-    use cairn::storage::local::LocalBackend;
-    use std::sync::Arc;
-
     let s = Scratch::new();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let backend = Arc::new(LocalBackend::new(s.repo()));
-        let repo = Arc::new(
-            Repository::init_with_cost(backend, PASSWORD, 10)
-                .await
-                .unwrap(),
-        );
-        let pipeline = Pipeline::start(repo.clone(), PipelineOptions::default());
-        let data = pipeline
-            .add_data(b"escaped!".to_vec())
-            .await
-            .unwrap()
-            .get()
-            .await
-            .unwrap();
-        let mut evil = Node::new("..", "file");
-        evil.mode = 0o644;
-        evil.size = 8;
-        evil.content = Some(vec![data]);
-        let inner = Tree { nodes: vec![evil] }.to_bytes();
-        let inner_id = Id::hash(&inner);
-        pipeline.add_tree(inner_id, inner).await.unwrap();
-        let mut dir = Node::new("sub", "dir");
-        dir.mode = go_mode::DIR | 0o755;
-        dir.subtree = Some(inner_id);
-        let root = Tree { nodes: vec![dir] }.to_bytes();
-        let root_id = Id::hash(&root);
-        pipeline.add_tree(root_id, root).await.unwrap();
-        pipeline.finish().await.unwrap();
-        repo.save_snapshot(&Snapshot {
-            time: chrono::Local::now().fixed_offset(),
-            parent: None,
-            tree: root_id,
-            paths: vec!["/sub".into()],
-            hostname: "hostile".into(),
-            username: String::new(),
-            uid: 0,
-            gid: 0,
-            excludes: vec![],
-            tags: vec![],
-            original: None,
-            program_version: String::new(),
-            cairn_adapter: None,
-            cairn_job: None,
-            cairn_skipped: vec![],
-        })
-        .await
-        .unwrap();
-    });
+    s.init();
+    crate::common::hand_made_snapshot(&s, vec![("..", b"escaped!")], None);
     let target = s.path("jail/target");
     let out = s.cairn(&["restore", "latest", "--target", target.to_str().unwrap()]);
     // The entry is passed over and named; the restore is incomplete.

@@ -77,6 +77,15 @@ fn bounded(mut cmd: Command, limit: Duration, max_rss_mib: u64) -> Bounded {
     }
 }
 
+/// Send SIGTERM to `child`.
+fn sigterm(child: &std::process::Child) {
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+}
+
 fn lock_files(repo: &Path) -> usize {
     std::fs::read_dir(repo.join("locks"))
         .map(|d| d.count())
@@ -279,11 +288,7 @@ fn a_read_that_never_returns_is_abandoned_at_the_deadline_and_on_sigterm() {
     let mut fs = StuckFs::mount(&mount);
     let child = run(&[]);
     std::thread::sleep(Duration::from_secs(3));
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
+    sigterm(&child);
     let (status, said) = settle_stuck(
         &s,
         child,
@@ -947,11 +952,7 @@ fn a_restore_stopped_midway_leaves_no_half_written_file() {
         assert!(Instant::now() < deadline, "the restore wrote nothing");
         std::thread::sleep(Duration::from_millis(10));
     }
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
+    sigterm(&child);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
@@ -1050,79 +1051,13 @@ fn entry_names_no_file_can_have_are_refused_and_skipped_not_fatal() {
     assert_eq!(std::fs::read(target.join("n/ok")).unwrap(), b"ok");
 }
 
-/// A snapshot written by hand through the library, as anyone holding the
-/// password could: a root directory with `nodes`, adapter `adapter`.
-fn hand_made_snapshot(s: &Scratch, nodes: Vec<(&str, &[u8])>, adapter: Option<&str>) -> String {
-    use cairn::pipeline::{Pipeline, PipelineOptions};
-    use cairn::repo::snapshot::Snapshot;
-    use cairn::repo::tree::{Node, Tree, go_mode};
-    use cairn::repo::{Id, Repository};
-    use cairn::storage::local::LocalBackend;
-    use std::sync::Arc;
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let repo = Arc::new(
-            Repository::open(Arc::new(LocalBackend::new(s.repo())), PASSWORD)
-                .await
-                .unwrap(),
-        );
-        repo.load_index().await.unwrap();
-        let pipeline = Pipeline::start(repo.clone(), PipelineOptions::default());
-        let mut files = Vec::new();
-        for (name, data) in nodes {
-            let blob = pipeline
-                .add_data(data.to_vec())
-                .await
-                .unwrap()
-                .get()
-                .await
-                .unwrap();
-            let mut n = Node::new(name, "file");
-            n.mode = 0o644;
-            n.size = data.len() as u64;
-            n.content = Some(vec![blob]);
-            files.push(n);
-        }
-        let inner = Tree { nodes: files }.to_bytes();
-        let inner_id = Id::hash(&inner);
-        pipeline.add_tree(inner_id, inner).await.unwrap();
-        let mut dir = Node::new("sub", "dir");
-        dir.mode = go_mode::DIR | 0o755;
-        dir.subtree = Some(inner_id);
-        let root = Tree { nodes: vec![dir] }.to_bytes();
-        let root_id = Id::hash(&root);
-        pipeline.add_tree(root_id, root).await.unwrap();
-        pipeline.finish().await.unwrap();
-        repo.save_snapshot(&Snapshot {
-            time: chrono::Local::now().fixed_offset(),
-            parent: None,
-            tree: root_id,
-            paths: vec!["/sub".into()],
-            hostname: "hostile".into(),
-            username: String::new(),
-            uid: 0,
-            gid: 0,
-            excludes: vec![],
-            tags: vec![],
-            original: None,
-            program_version: String::new(),
-            cairn_adapter: adapter.map(str::to_string),
-            cairn_job: None,
-            cairn_skipped: vec![],
-        })
-        .await
-        .unwrap()
-        .to_hex()
-    })
-}
-
 /// Issue 12, item 6, written by hand: a tree with a NUL in a name and a
 /// name twice. `check` names both; restore goes on without them.
 #[test]
 fn check_names_invalid_and_repeated_entry_names_and_restore_goes_on() {
     let s = Scratch::new();
     s.init();
-    let id = hand_made_snapshot(
+    let id = crate::common::hand_made_snapshot(
         &s,
         vec![
             ("bad\0name", b"nul"),
@@ -1152,7 +1087,7 @@ fn check_names_invalid_and_repeated_entry_names_and_restore_goes_on() {
 fn a_snapshot_cannot_choose_the_program_that_restores_it() {
     let s = Scratch::new();
     s.init();
-    let id = hand_made_snapshot(
+    let id = crate::common::hand_made_snapshot(
         &s,
         vec![("file", b"content")],
         Some(cairn::runtime::bundled::FAULTY_PATH),
@@ -1521,11 +1456,7 @@ fn a_restore_has_a_deadline_and_says_what_a_stop_means() {
 
     let child = restore(&[]).stderr(Stdio::piped()).spawn().unwrap();
     std::thread::sleep(Duration::from_secs(3));
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
+    sigterm(&child);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = stderr(&out);

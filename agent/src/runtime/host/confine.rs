@@ -560,13 +560,29 @@ unsafe fn clear_inheritable() -> io::Result<()> {
     Ok(())
 }
 
+/// Room for one descriptor's control message, aligned as `cmsghdr` needs.
+#[repr(C)]
+union Control {
+    header: libc::cmsghdr,
+    bytes: [u8; 64],
+}
+
+/// A message whose data is the byte `iov` covers and whose control data is
+/// the first `len` bytes of `control`. Makes no allocation (the child calls
+/// it between `fork` and `exec`).
+fn one_byte_message(iov: &mut libc::iovec, control: &mut Control, len: usize) -> libc::msghdr {
+    // SAFETY: an all-zero msghdr is a valid empty message; the pointers
+    // set next outlive every use the callers make of it.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = (control as *mut Control).cast();
+    msg.msg_controllen = len as _;
+    msg
+}
+
 /// Send `fd` over the socket `channel` (SCM_RIGHTS), with stack buffers only.
 unsafe fn send_fd(channel: RawFd, fd: RawFd) -> io::Result<()> {
-    #[repr(C)]
-    union Control {
-        header: libc::cmsghdr,
-        bytes: [u8; 64],
-    }
     // SAFETY (for the block): the buffers are on this stack frame and big
     // enough for one descriptor's control message.
     unsafe {
@@ -576,11 +592,8 @@ unsafe fn send_fd(channel: RawFd, fd: RawFd) -> io::Result<()> {
             iov_len: 1,
         };
         let mut control: Control = std::mem::zeroed();
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = (&mut control as *mut Control).cast();
-        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as _;
+        let len = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize;
+        let msg = one_byte_message(&mut iov, &mut control, len);
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
@@ -595,11 +608,6 @@ unsafe fn send_fd(channel: RawFd, fd: RawFd) -> io::Result<()> {
 
 /// Receive the descriptor the child sent.
 fn receive_fd(channel: &OwnedFd) -> io::Result<OwnedFd> {
-    #[repr(C)]
-    union Control {
-        header: libc::cmsghdr,
-        bytes: [u8; 64],
-    }
     // SAFETY: the buffers live on this frame; a descriptor received with
     // SCM_RIGHTS is new in this process and owned from here on.
     unsafe {
@@ -609,11 +617,7 @@ fn receive_fd(channel: &OwnedFd) -> io::Result<OwnedFd> {
             iov_len: 1,
         };
         let mut control: Control = std::mem::zeroed();
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = (&mut control as *mut Control).cast();
-        msg.msg_controllen = std::mem::size_of::<Control>() as _;
+        let mut msg = one_byte_message(&mut iov, &mut control, std::mem::size_of::<Control>());
         let n = libc::recvmsg(
             channel.as_raw_fd(),
             &mut msg,
