@@ -825,10 +825,8 @@ impl Config {
 
 /// The per-adapter rules for `drill.set`.
 fn validate_drill_set(name: &str, job: &JobConfig, set: &toml::Table) -> Result<(), String> {
-    if let Some(k) = set.keys().find(|k| is_connection_key(k)) {
-        return Err(format!(
-            "job {name}: drill.set may not change {k}: it says where the job connects, as whom, or which SQL it runs"
-        ));
+    for k in set.keys() {
+        check_override_key(k).map_err(|e| format!("job {name}: drill.set {e}"))?;
     }
     match job.adapter.as_str() {
         "redis" => {
@@ -1028,14 +1026,24 @@ regions = ["us-east-1"]
     }
 }
 
-/// Whether an adapter configuration key says where a job connects, as
-/// whom, or which SQL its hooks run. Such keys come from the job's config
-/// only: `--set`, the API's `set` and `drill.set` may not change them, so
+/// Refuse an adapter configuration key that says where a job connects, as
+/// whom, or which SQL its hooks run, naming it. Such keys come from the
+/// job's config only: `--set`, the API's `set` and `drill.set` may not change them, so
 /// that whoever may start a restore cannot send the job's credentials or
 /// data anywhere else. Adapter authors follow the same names (see
 /// docs/adapters.md); the network confinement of granted programs holds
 /// whatever an adapter calls its keys.
-pub fn is_connection_key(key: &str) -> bool {
+pub fn check_override_key(key: &str) -> Result<(), String> {
+    if is_connection_key(key) {
+        return Err(format!(
+            "{key}: this key says where the job connects, as whom, or which SQL it runs; it comes from the job's config only"
+        ));
+    }
+    Ok(())
+}
+
+/// See [`check_override_key`].
+fn is_connection_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase().replace('_', "-");
     const EXACT: &[&str] = &[
         "host",

@@ -175,14 +175,14 @@ pub async fn prune(
         report.bytes_freed = freed.saturating_sub(moved);
         return Ok(report);
     }
+    still_safe()?;
+    report.temporary_files_removed = repo
+        .backend()
+        .remove_stale_temporary(STALE_TEMPORARY)
+        .await?;
     let nothing_to_do = remove.is_empty() && repack.is_empty() && unreferenced.is_empty();
     if nothing_to_do {
         report.index_files_replaced = 0;
-        still_safe()?;
-        report.temporary_files_removed = repo
-            .backend()
-            .remove_stale_temporary(STALE_TEMPORARY)
-            .await?;
         return Ok(report);
     }
 
@@ -245,11 +245,6 @@ pub async fn prune(
         repo.backend().remove(FileType::Pack, name).await?;
     }
     report.bytes_freed = freed.saturating_sub(written);
-    still_safe()?;
-    report.temporary_files_removed = repo
-        .backend()
-        .remove_stale_temporary(STALE_TEMPORARY)
-        .await?;
     repo.load_index().await?;
     Ok(report)
 }

@@ -80,16 +80,19 @@ fn scrub_initial_environment(name: &str) {
     }
 }
 
+/// Characters that must not reach a terminal or a text log as they are:
+/// control characters, and the invisible ones that reorder or hide text.
+fn risky(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+}
+
 /// A name or message as it may be printed to a terminal or a text log:
 /// unchanged when it holds no control or invisible formatting characters,
 /// else quoted with those (and quotes and backslashes) escaped, as Go's
 /// `%q` does for restic. A newline in an entry name or an adapter's log
 /// message can then neither forge a line nor move the cursor.
 pub fn escaped(s: &str) -> std::borrow::Cow<'_, str> {
-    fn risky(c: char) -> bool {
-        c.is_control()
-            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
-    }
     if !s.chars().any(risky) {
         return std::borrow::Cow::Borrowed(s);
     }
@@ -120,23 +123,11 @@ pub fn indented(s: &str) -> String {
         if i > 0 {
             out.push_str("\n    ");
         }
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        let e = escaped(line);
-        // Quoting is for names; here only the escapes matter.
-        match e {
-            std::borrow::Cow::Borrowed(b) => out.push_str(b),
-            std::borrow::Cow::Owned(_) => {
-                for c in line.chars() {
-                    match c {
-                        '\t' => out.push('\t'),
-                        c if c.is_control()
-                            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}') =>
-                        {
-                            out.push_str(&format!("\\u{{{:x}}}", c as u32))
-                        }
-                        c => out.push(c),
-                    }
-                }
+        for c in line.strip_suffix('\r').unwrap_or(line).chars() {
+            match c {
+                '\t' => out.push('\t'),
+                c if risky(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+                c => out.push(c),
             }
         }
     }

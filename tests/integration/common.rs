@@ -41,7 +41,7 @@ impl Scratch {
 
     /// A `cairn` command with the repository and password set.
     pub fn cairn_cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(crate::common::cairn_bin());
+        let mut c = Command::new(cairn_bin());
         c.args(args)
             .env("CAIRN_REPOSITORY", self.repo())
             .env("CAIRN_PASSWORD", PASSWORD)

@@ -1,10 +1,10 @@
 //! `cairn backup`: run an adapter's backup and record a snapshot.
 
-use super::job::AdapterFlags;
+use super::job::{AdapterFlags, LimitFlags};
 use super::{Global, Outcome, out};
 use crate::pipeline::{Pipeline, PipelineOptions};
 use crate::repo::snapshot::Snapshot;
-use crate::runtime::{AdapterSource, BackupRequest, Limits, Runtime};
+use crate::runtime::{AdapterSource, BackupRequest, Runtime};
 use anyhow::{Context, bail};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -41,12 +41,8 @@ pub struct Args {
     /// zstd level for new data (0 stores it uncompressed).
     #[arg(long, default_value_t = 3)]
     compression: i32,
-    /// Adapter memory cap in MiB.
-    #[arg(long, default_value_t = 512)]
-    memory_limit: usize,
-    /// Adapter deadline in seconds.
-    #[arg(long)]
-    timeout: Option<u64>,
+    #[command(flatten)]
+    limits: LimitFlags,
 }
 
 /// Make a path absolute and clean without resolving symlinks, as restic does.
@@ -89,7 +85,7 @@ pub async fn run(g: &Global, mut a: Args) -> anyhow::Result<Outcome> {
             a.tag.extend(job.tags.iter().cloned());
             a.adapter = job.adapter.clone();
             a.compression = job.compression;
-            a.adapter_flags.add_job(&job)?;
+            a.adapter_flags.add_job(name, &job)?;
             env = job.grants.env.clone();
             pin = job.adapter_sha256.clone();
             job_global = jg;
@@ -190,13 +186,7 @@ pub async fn run(g: &Global, mut a: Args) -> anyhow::Result<Outcome> {
     });
 
     let runtime = Runtime::new()?;
-    let limits = Limits {
-        memory: a.memory_limit << 20,
-        timeout: a
-            .timeout
-            .map(Duration::from_secs)
-            .unwrap_or(Limits::default().timeout),
-    };
+    let limits = a.limits.limits();
     let req = BackupRequest {
         pipeline,
         grants,

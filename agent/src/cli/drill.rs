@@ -133,7 +133,7 @@ async fn drill(
     let source = AdapterSource::parse(&job.adapter).pinned(job.adapter_sha256.as_deref());
     super::restore::same_adapter(&id, &snap, name, &source)?;
     let mut flags = AdapterFlags::default();
-    flags.add_job(job)?;
+    flags.add_job(name, job)?;
     let drill_set = job.drill.as_ref().and_then(|d| d.set.clone());
     if let Some(set) = &drill_set {
         for (k, v) in set {

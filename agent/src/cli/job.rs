@@ -36,7 +36,7 @@ pub struct AdapterFlags {
 impl AdapterFlags {
     /// Add what `job` grants and configures; `--adapter-config` cannot
     /// replace a job's `config`.
-    pub fn add_job(&mut self, job: &JobConfig) -> anyhow::Result<()> {
+    pub fn add_job(&mut self, job_name: &str, job: &JobConfig) -> anyhow::Result<()> {
         self.grant_connect
             .extend(job.grants.connect.iter().cloned());
         self.grant_program
@@ -52,7 +52,7 @@ impl AdapterFlags {
         // replace it whole while keeping the job's grants and secrets.
         if self.adapter_config.is_some() {
             bail!(
-                "--adapter-config replaces a job's whole configuration; with --job, change single keys with --set"
+                "--adapter-config replaces a job's whole configuration (job {job_name}); with --job, change single keys with --set"
             );
         }
         if let Some(c) = &job.config {
@@ -117,10 +117,8 @@ impl AdapterFlags {
             if key.is_empty() {
                 bail!("--set {spec:?}: the key is empty");
             }
-            if crate::config::is_connection_key(key) {
-                bail!(
-                    "--set {key}: this key says where the job connects, as whom, or which SQL it runs; it comes from the job's config only (use --adapter-config without a job for a one-off)"
-                );
+            if let Err(e) = crate::config::check_override_key(key) {
+                bail!("--set {e} (use --adapter-config without a job for a one-off)");
             }
             // JSON `null` would unset the key and fall back to the
             // adapter's default (`target-database=null` restoring over the
@@ -134,6 +132,31 @@ impl AdapterFlags {
             object.insert(key.to_string(), value);
         }
         Ok(config)
+    }
+}
+
+/// The limits of an adapter run.
+#[derive(clap::Args, Debug)]
+pub struct LimitFlags {
+    /// Adapter memory cap in MiB.
+    #[arg(long, default_value_t = 512)]
+    memory_limit: usize,
+    /// Stop the adapter after this many seconds (default: 24 hours).
+    #[arg(long)]
+    timeout: Option<u64>,
+}
+
+impl LimitFlags {
+    /// The limits these flags set.
+    pub fn limits(&self) -> crate::runtime::Limits {
+        use crate::runtime::Limits;
+        Limits {
+            memory: self.memory_limit << 20,
+            timeout: self
+                .timeout
+                .map(std::time::Duration::from_secs)
+                .unwrap_or(Limits::default().timeout),
+        }
     }
 }
 

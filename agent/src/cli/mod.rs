@@ -561,16 +561,18 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    let wrote = matches!(
-        cli.command,
-        Command::Init(_)
-            | Command::Backup(_)
-            | Command::Replicate(_)
-            | Command::Repair(_)
-            | Command::Forget(_)
-            | Command::Prune(_)
-            | Command::RebuildIndex(_)
-    );
+    // The commands that write to the repository, by name.
+    let writer = match &cli.command {
+        Command::Init(_) => Some("init"),
+        Command::Backup(_) => Some("backup"),
+        Command::Replicate(_) => Some("replicate"),
+        Command::Repair(_) => Some("repair"),
+        Command::Forget(_) => Some("forget"),
+        Command::Prune(_) => Some("prune"),
+        Command::RebuildIndex(_) => Some("rebuild-index"),
+        _ => None,
+    };
+    let wrote = writer.is_some();
     let g = global.clone();
     if let Command::Agent(a) = cli.command {
         // The agent handles its own signals (grace period, reload).
@@ -584,9 +586,9 @@ pub fn main() -> ExitCode {
             }
         };
     }
-    if cli.no_lock && wrote {
+    if let (true, Some(name)) = (cli.no_lock, writer) {
         eprintln!(
-            "cairn: --no-lock is for commands that only read (restore, verify, check, ls, snapshots, drill); this one writes and must lock"
+            "cairn: --no-lock is for commands that only read (restore, verify, check, ls, snapshots, drill); {name} writes and must lock"
         );
         return ExitCode::from(EXIT_FAILED);
     }

@@ -1,8 +1,8 @@
 //! `cairn restore` and `cairn verify`: run an adapter over a snapshot.
 
-use super::job::AdapterFlags;
+use super::job::{AdapterFlags, LimitFlags};
 use super::{Global, Outcome, out};
-use crate::runtime::{AdapterSource, Grants, Limits, RestoreRequest, Runtime};
+use crate::runtime::{AdapterSource, Grants, RestoreRequest, Runtime};
 use anyhow::{Context, bail};
 
 /// Flags of `restore`.
@@ -35,29 +35,6 @@ pub struct Args {
     overwrite: String,
     #[command(flatten)]
     limits: LimitFlags,
-}
-
-/// The limits of an adapter run.
-#[derive(clap::Args, Debug)]
-pub struct LimitFlags {
-    /// Adapter memory cap in MiB.
-    #[arg(long, default_value_t = 512)]
-    memory_limit: usize,
-    /// Stop after this many seconds (default: 24 hours).
-    #[arg(long)]
-    timeout: Option<u64>,
-}
-
-impl LimitFlags {
-    fn limits(&self) -> Limits {
-        Limits {
-            memory: self.memory_limit << 20,
-            timeout: self
-                .timeout
-                .map(std::time::Duration::from_secs)
-                .unwrap_or(Limits::default().timeout),
-        }
-    }
 }
 
 /// Flags of `verify`.
@@ -144,7 +121,7 @@ async fn plan(
     let g = match job {
         Some(name) => {
             let (job, jg) = super::job::load(g, name)?;
-            flags.add_job(&job)?;
+            flags.add_job(name, &job)?;
             env = job.grants.env.clone();
             job_adapter = Some(job.adapter.clone());
             pin = job.adapter_sha256.clone();

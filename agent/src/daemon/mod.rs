@@ -473,11 +473,8 @@ impl Agent {
                     "set: key {k:?} is not valid"
                 )));
             }
-            if crate::config::is_connection_key(k) {
-                return Err(TriggerError::Invalid(format!(
-                    "set: key {k:?} says where the job connects, as whom, or which SQL it runs; it comes from the job's config only"
-                )));
-            }
+            crate::config::check_override_key(k)
+                .map_err(|e| TriggerError::Invalid(format!("set: {e}")))?;
         }
         if let Some(t) = &spec.target {
             self.restore_target(c, t)?;

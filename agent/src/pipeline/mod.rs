@@ -430,11 +430,9 @@ async fn packer(
     // are not removed here, not even on a full store: a backup running at
     // the same time may have adopted them already, and its snapshot would
     // then lose its data.
-    match write_index(&repo, &mut pending_index, &stats).await {
-        Ok(()) => result,
-        // The first failure is the cause.
-        Err(e) => Err(result.err().unwrap_or(e)),
-    }
+    let indexed = write_index(&repo, &mut pending_index, &stats).await;
+    // The first failure is the cause.
+    result.and(indexed)
 }
 
 async fn collect(
@@ -487,22 +485,7 @@ async fn write_index(
         packs: std::mem::take(pending),
     };
     let json = serde_json::to_vec(&file).expect("index serialises");
-    let (id, stored) = repo.encode_unpacked(&json)?;
-    let name = id.to_hex();
-    if let Err(e) = repo
-        .backend()
-        .save(FileType::Index, &name, stored.into())
-        .await
-    {
-        // A write can fail after the file is in place (a local store whose
-        // directory cannot be synced): then its packs are indexed, and
-        // must not be taken for leftovers.
-        if repo.backend().size(FileType::Index, &name).await.is_err() {
-            *pending = file.packs;
-            return Err(e.into());
-        }
-        tracing::warn!(index = %id.short(), error = %e, "An index file was stored, but the store reported an error.");
-    }
+    let id = repo.save_unpacked(FileType::Index, &json).await?;
     stats
         .bytes_stored
         .fetch_add(json.len() as u64, Ordering::Relaxed);

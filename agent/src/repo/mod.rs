@@ -133,9 +133,10 @@ pub struct Repository {
     key: Key,
     config: Config,
     index: RwLock<Index>,
-    /// Damaged snapshot and index files met and passed over, each named
-    /// with what is wrong: the command still did its job, but must say so.
-    damage: std::sync::Mutex<Vec<String>>,
+    /// Damaged snapshot and index files met and passed over: the file
+    /// (`snapshots/<name>`) and what is wrong with it. The command still
+    /// did its job, but must say so.
+    damage: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 /// The largest snapshot file read; a bigger one is damage, not data.
@@ -213,11 +214,16 @@ impl Repository {
         // whoever can write to the storage cannot make every command slow.
         let mut listed = backend.list(FileType::Key).await?;
         let hint = keys::hint(&location);
-        if let Some(h) = &hint
-            && let Some(i) = listed.iter().position(|(n, _)| n.starts_with(h.as_str()))
-        {
-            let first = listed.remove(i);
-            listed.insert(0, first);
+        if let Some(h) = &hint {
+            match listed.iter().position(|(n, _)| n.starts_with(h.as_str())) {
+                Some(i) => {
+                    let first = listed.remove(i);
+                    listed.insert(0, first);
+                }
+                None => {
+                    tracing::warn!(hint = %h, repository = %location, "No key file of the repository matches the key hint.")
+                }
+            }
         }
         let total = listed.len();
         listed.truncate(keys::MAX_KEYS_TRIED);
@@ -335,7 +341,9 @@ impl Repository {
                     index.add_file(&file);
                     read += 1;
                 }
-                Err(e @ RepoError::Corrupt { .. }) => self.note_damage(&e),
+                Err(e @ RepoError::Corrupt { .. }) => {
+                    self.note_damage(&format!("index/{name}"), &e)
+                }
                 // Removed by a prune while we listed.
                 Err(RepoError::Storage(e)) if e.is_not_found() => {}
                 Err(e) => return Err(e),
@@ -345,29 +353,30 @@ impl Repository {
         Ok(read)
     }
 
-    /// Note a damaged file passed over, and warn about it.
-    fn note_damage(&self, e: &RepoError) {
-        let what = e.to_string();
+    /// Note the damaged file `file` passed over, and warn about it.
+    fn note_damage(&self, file: &str, e: &RepoError) {
         let mut damage = self.damage.lock().expect("damage list");
-        if !damage.contains(&what) {
+        if !damage.iter().any(|(f, _)| f == file) {
+            let what = e.to_string();
             tracing::warn!(problem = %what, "Passing over a damaged file; run `cairn check`.");
-            damage.push(what);
+            damage.push((file.to_string(), what));
         }
     }
 
-    /// The damaged snapshot and index files this repository passed over.
+    /// What is wrong with each damaged snapshot or index file this
+    /// repository passed over.
     pub fn damage(&self) -> Vec<String> {
-        self.damage.lock().expect("damage list").clone()
+        let damage = self.damage.lock().expect("damage list");
+        damage.iter().map(|(_, what)| what.clone()).collect()
     }
 
     /// Forget the damage noted about `file` (`snapshots/<name>`): it was
     /// removed.
     pub fn damage_removed(&self, file: &str) {
-        let prefix = format!("{file} ");
         self.damage
             .lock()
             .expect("damage list")
-            .retain(|d| !d.starts_with(&prefix));
+            .retain(|(f, _)| f != file);
     }
 
     /// Parse one index file.
@@ -389,14 +398,6 @@ impl Repository {
     /// Encrypt (and for format 2, compress) a JSON document and store it
     /// under the SHA-256 of its stored bytes.
     pub async fn save_unpacked(&self, t: FileType, plaintext: &[u8]) -> Result<Id, RepoError> {
-        let (id, stored) = self.encode_unpacked(plaintext)?;
-        self.backend.save(t, &id.to_hex(), stored.into()).await?;
-        Ok(id)
-    }
-
-    /// What [`Repository::save_unpacked`] stores for `plaintext`, and the
-    /// name (id) it stores it under.
-    pub fn encode_unpacked(&self, plaintext: &[u8]) -> Result<(Id, Vec<u8>), RepoError> {
         let body = if self.config.version >= 2 {
             let mut v = vec![2u8];
             v.extend(
@@ -407,7 +408,9 @@ impl Repository {
             plaintext.to_vec()
         };
         let stored = self.key.encrypt(&body);
-        Ok((Id::hash(&stored), stored))
+        let id = Id::hash(&stored);
+        self.backend.save(t, &id.to_hex(), stored.into()).await?;
+        Ok(id)
     }
 
     /// Load, authenticate and decompress an unpacked file.
@@ -508,7 +511,9 @@ impl Repository {
             };
             match snap {
                 Ok(s) => out.push(s),
-                Err(e @ RepoError::Corrupt { .. }) if !strict => self.note_damage(&e),
+                Err(e @ RepoError::Corrupt { .. }) if !strict => {
+                    self.note_damage(&format!("snapshots/{name}"), &e)
+                }
                 // Removed by a forget while we listed.
                 Err(RepoError::Storage(e)) if e.is_not_found() => {}
                 Err(e) => return Err(e),
@@ -718,17 +723,19 @@ impl Repository {
             ..Default::default()
         };
         // What the readable old index files say, for packs whose header
-        // is unreadable.
+        // is unreadable (read only if there is such a pack).
         let mut known: std::collections::HashMap<Id, index::IndexPack> = Default::default();
-        for name in &old {
-            match self.load_index_file(name).await {
-                Ok(file) => {
-                    for p in file.packs {
-                        known.entry(p.id).or_insert(p);
+        if read.iter().any(|(_, _, h)| h.is_err()) {
+            for name in &old {
+                match self.load_index_file(name).await {
+                    Ok(file) => {
+                        for p in file.packs {
+                            known.entry(p.id).or_insert(p);
+                        }
                     }
+                    Err(RepoError::Corrupt { .. }) => {}
+                    Err(e) => return Err(e),
                 }
-                Err(RepoError::Corrupt { .. }) => {}
-                Err(e) => return Err(e),
             }
         }
         let mut entries = Vec::new();

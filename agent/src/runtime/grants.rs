@@ -5,7 +5,6 @@
 
 use cap_fs_ext::DirExt;
 use rustix::fs::{AtFlags, Mode, OFlags};
-use std::os::fd::OwnedFd;
 
 /// A granted path, opened.
 struct Grant {
@@ -399,11 +398,6 @@ fn is_executable(path: &std::path::Path) -> bool {
 }
 
 impl Resolved<'_> {
-    /// The directory holding the entry and its name.
-    pub fn into_parts(self) -> (cap_std::fs::Dir, Option<String>) {
-        (self.parent, self.name)
-    }
-
     /// `lstat` of the entry.
     pub fn stat(&self) -> Result<rustix::fs::Stat, GrantError> {
         match &self.name {
@@ -481,30 +475,6 @@ impl Resolved<'_> {
         Ok((std::fs::File::from(fd), opened.st_size as u64))
     }
 
-    /// Open the entry for reading, refusing a symbolic link.
-    pub fn open_read(&self) -> Result<std::fs::File, GrantError> {
-        let fd: OwnedFd = match &self.name {
-            Some(n) => rustix::fs::openat(
-                &self.parent,
-                n.as_str(),
-                OFlags::RDONLY
-                    | OFlags::NOFOLLOW
-                    | OFlags::CLOEXEC
-                    | OFlags::NONBLOCK
-                    | OFlags::NOCTTY,
-                Mode::empty(),
-            )
-            .map_err(|e| GrantError::io(self.path, e))?,
-            None => {
-                return Err(GrantError::io(
-                    self.path,
-                    std::io::Error::other("is a directory"),
-                ));
-            }
-        };
-        Ok(std::fs::File::from(fd))
-    }
-
     /// Create or truncate the entry for writing, refusing a symbolic link.
     pub fn create_write(&self) -> Result<std::fs::File, GrantError> {
         let name = self
@@ -567,16 +537,6 @@ impl Resolved<'_> {
             }
             Err(e) => Err(GrantError::io(self.path, e)),
         }
-    }
-
-    /// Remove the entry if it is a file or link.
-    pub fn remove_file(&self) -> Result<(), GrantError> {
-        let name = self
-            .name
-            .as_deref()
-            .ok_or_else(|| GrantError::Denied(self.path.into()))?;
-        rustix::fs::unlinkat(&self.parent, name, AtFlags::empty())
-            .map_err(|e| GrantError::io(self.path, e))
     }
 
     /// Create a symbolic link, replacing a non-directory already there.
@@ -703,7 +663,7 @@ mod tests {
         let mut g = Grants::default();
         g.add(root.to_str().unwrap(), false).unwrap();
         let ok = format!("{}/ok", root.display());
-        assert!(g.resolve(&ok, false).unwrap().open_read().is_ok());
+        assert!(g.resolve(&ok, false).unwrap().open_regular(None).is_ok());
         assert!(matches!(g.resolve(&ok, true), Err(GrantError::ReadOnly(_))));
         assert!(matches!(
             g.resolve("/etc/passwd", false),
@@ -716,7 +676,7 @@ mod tests {
         );
         let link = format!("{}/out", root.display());
         assert!(
-            g.resolve(&link, false).unwrap().open_read().is_err(),
+            g.resolve(&link, false).unwrap().open_regular(None).is_err(),
             "a final link is not followed"
         );
     }

@@ -221,7 +221,7 @@ struct PendingWrite {
     /// Hands the task the file's metadata; `None` once given or given up.
     meta: Option<tokio::sync::oneshot::Sender<FileMeta>>,
     /// Its entry among the unfinished files.
-    unfinished: Option<u64>,
+    unfinished: u64,
 }
 
 /// Files restored at once in the background.
@@ -306,7 +306,7 @@ struct RestoreJob {
     /// Background writes that failed: (path, error, its unfinished-file
     /// entry); no error for a write cut short by a storage failure (the
     /// file is removed all the same).
-    failed_writes: Vec<(String, Option<AdapterError>, Option<u64>)>,
+    failed_writes: Vec<(String, Option<AdapterError>, u64)>,
     /// A storage failure met by a background write: it stops the job, and
     /// is the error reported first.
     fault: Option<String>,
@@ -484,18 +484,6 @@ impl HostState {
     fn note_damage(&mut self, err: &AdapterError) {
         if let (AdapterError::Corrupt(m), Job::Restore(job)) = (err, &mut self.job) {
             job.damaged.push(m.clone());
-        }
-    }
-
-    /// Remove a file a failed pump left half-written: nothing may look
-    /// restored that is not. Failing to remove it is logged, not hidden.
-    fn remove_partial(&self, path: &str) {
-        if let Err(e) = self
-            .grants
-            .resolve(path, true)
-            .and_then(|r| r.remove_file())
-        {
-            tracing::warn!(path = %crate::util::escaped(path), error = %e, "Could not remove a partly restored file.");
         }
     }
 
@@ -1185,21 +1173,22 @@ impl snapshot::HostEntryReader for HostState {
         self.check_restore_fault()?;
         // A second write to the same path waits for the first.
         self.settle_write(&path).await?;
-        if self.already_restored(&r, &path).await? {
+        let resolved = match self.grants.resolve(&path, true) {
+            Ok(r) => r,
+            Err(e) => {
+                self.note_not_restored(&path, &e);
+                return Ok(Err(grant_error(e)));
+            }
+        };
+        if self.already_restored(&r, &resolved).await? {
             let reader = self.table.get_mut(&r)?;
             reader.reader = ContentReader::empty();
             let size = reader.node.as_ref().map_or(reader.size, |n| n.size);
             self.restore()?.unchanged += 1;
             return Ok(Ok(size));
         }
-        let created = self.grants.resolve(&path, true).and_then(|r| {
-            let file = r.create_write()?;
-            let (dir, name) = r.into_parts();
-            Ok((file, dir, name))
-        });
-        let (file, unfinished) = match created {
-            Ok((file, dir, Some(name))) => (file, Some(register_unfinished(dir, name))),
-            Ok((file, _, None)) => (file, None),
+        let (file, unfinished) = match resolved.create_write() {
+            Ok(file) => (file, register_unfinished(resolved)),
             Err(e) => {
                 self.note_not_restored(&path, &e);
                 return Ok(Err(grant_error(e)));
@@ -1232,9 +1221,7 @@ impl snapshot::HostEntryReader for HostState {
                 })?;
             }
             // Whole: no longer a file to remove if the restore stops.
-            if let Some(id) = unfinished {
-                finished(id);
-            }
+            finished(unfinished);
             use std::sync::atomic::Ordering::Relaxed;
             progress.files.fetch_add(1, Relaxed);
             progress.bytes.fetch_add(written, Relaxed);
@@ -1398,23 +1385,21 @@ impl HostState {
     async fn already_restored(
         &mut self,
         r: &Resource<ReaderState>,
-        path: &str,
+        resolved: &super::grants::Resolved<'_>,
     ) -> wasmtime::Result<bool> {
         let job = self.restore()?;
         if job.overwrite {
             return Ok(false);
         }
+        // Most often nothing is there: one stat says so.
+        let Ok(st) = resolved.stat() else {
+            return Ok(false);
+        };
         let repo = Arc::clone(&job.repo);
         let Some(node) = self.table.get(r)?.node.clone() else {
             return Ok(false);
         };
         let Some(mtime) = node.mtime else {
-            return Ok(false);
-        };
-        let Ok(resolved) = self.grants.resolve(path, true) else {
-            return Ok(false);
-        };
-        let Ok(st) = resolved.stat() else {
             return Ok(false);
         };
         let euid = rustix::process::geteuid();
@@ -1545,40 +1530,72 @@ async fn blocking_io<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) 
 /// signal, its deadline) leaves none half-written, because the exit path
 /// removes what is still registered ([`remove_unfinished_files`]). Each is
 /// its directory, opened inside the grant, and its name.
-static UNFINISHED: std::sync::Mutex<Vec<(u64, Arc<cap_std::fs::Dir>, String)>> =
-    std::sync::Mutex::new(Vec::new());
+static UNFINISHED: std::sync::Mutex<Vec<Unfinished>> = std::sync::Mutex::new(Vec::new());
 static NEXT_UNFINISHED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-fn register_unfinished(dir: cap_std::fs::Dir, name: String) -> u64 {
+/// A file being restored: its directory, opened inside the grant, and its
+/// name there (never resolved by path again), and its path for messages.
+struct Unfinished {
+    id: u64,
+    dir: cap_std::fs::Dir,
+    name: String,
+    path: String,
+}
+
+impl Unfinished {
+    /// Remove the file; true if it was there.
+    fn remove(&self) -> bool {
+        match rustix::fs::unlinkat(&self.dir, self.name.as_str(), rustix::fs::AtFlags::empty()) {
+            Ok(()) => true,
+            Err(rustix::io::Errno::NOENT) => false,
+            Err(e) => {
+                tracing::warn!(path = %crate::util::escaped(&self.path), error = %e, "Could not remove a half-written file.");
+                false
+            }
+        }
+    }
+}
+
+/// Register the file `resolved` names (just created) as unfinished.
+fn register_unfinished(resolved: super::grants::Resolved<'_>) -> u64 {
     let id = NEXT_UNFINISHED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     UNFINISHED
         .lock()
         .expect("unfinished files")
-        .push((id, Arc::new(dir), name));
+        .push(Unfinished {
+            id,
+            path: resolved.path.to_string(),
+            dir: resolved.parent,
+            // A created file always has a name (the grant root is a
+            // directory, which `create_write` refuses).
+            name: resolved.name.unwrap_or_default(),
+        });
     id
 }
 
+/// The file `id` is whole: nothing to remove.
 fn finished(id: u64) {
     UNFINISHED
         .lock()
         .expect("unfinished files")
-        .retain(|(i, _, _)| *i != id);
+        .retain(|u| u.id != id);
+}
+
+/// Remove the unfinished file `id` (its write failed).
+fn remove_unfinished(id: u64) {
+    let taken = {
+        let mut all = UNFINISHED.lock().expect("unfinished files");
+        all.iter().position(|u| u.id == id).map(|i| all.remove(i))
+    };
+    if let Some(u) = taken {
+        u.remove();
+    }
 }
 
 /// Remove every file a stopped restore left half-written. Returns how many.
 pub fn remove_unfinished_files() -> usize {
     let left = std::mem::take(&mut *UNFINISHED.lock().expect("unfinished files"));
-    let mut removed = 0;
-    for (_, dir, name) in left {
-        match rustix::fs::unlinkat(&*dir, name.as_str(), rustix::fs::AtFlags::empty()) {
-            Ok(()) => removed += 1,
-            Err(rustix::io::Errno::NOENT) => {}
-            Err(e) => {
-                tracing::warn!(file = %crate::util::escaped(&name), error = %e, "Could not remove a half-written file.")
-            }
-        }
-    }
-    removed
+    left.iter().filter(|u| u.remove()).count()
 }
 
 impl RestoreJob {
@@ -1642,11 +1659,9 @@ impl HostState {
             }
         }
         let failed = std::mem::take(&mut job.failed_writes);
-        for (path, err, unfinished) in failed {
-            self.remove_partial(&path);
-            if let Some(id) = unfinished {
-                finished(id);
-            }
+        for (_, err, unfinished) in failed {
+            // Nothing may look restored that is not.
+            remove_unfinished(unfinished);
             if let Job::Restore(job) = &mut self.job {
                 match err {
                     Some(err) => job.damaged.push(meta::describe_error(&err)),

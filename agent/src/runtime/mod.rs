@@ -391,6 +391,7 @@ fn settled(adapter: &str, state: &host::HostState) -> anyhow::Result<()> {
 /// the stuck thread. Returns the store with the call's result, or `None`
 /// when the deadline passed first.
 async fn with_deadline<T: Send + 'static>(
+    adapter: &str,
     limits: &Limits,
     call: impl std::future::Future<Output = (Store<host::HostState>, wasmtime::Result<T>)>
     + Send
@@ -408,11 +409,9 @@ async fn with_deadline<T: Send + 'static>(
     match tokio::time::timeout(limits.timeout, &mut task).await {
         Ok(Ok(done)) => Ok(Some(done)),
         Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Ok(Err(e)) => Err(anyhow!("the adapter's task was cancelled: {e}")),
-        Err(_) => {
-            task.abort();
-            Ok(None)
-        }
+        Ok(Err(e)) => Err(anyhow!("adapter {adapter}: its task was cancelled: {e}")),
+        // The guard aborts the task on the way out.
+        Err(_) => Ok(None),
     }
 }
 
@@ -437,7 +436,7 @@ impl Runtime {
             let r = instance.call_backup(&mut store, &config).await;
             (store, r)
         };
-        let Some((store, result)) = with_deadline(limits, call).await? else {
+        let Some((store, result)) = with_deadline(&adapter, limits, call).await? else {
             // The store (and with it the pipeline) goes with the task; if
             // the task is stuck, its packer is stopped here, before the
             // caller removes its lock: nothing of this run is indexed or
@@ -481,7 +480,7 @@ impl Runtime {
             };
             (store, r)
         };
-        let Some((mut store, result)) = with_deadline(limits, call).await? else {
+        let Some((mut store, result)) = with_deadline(&adapter, limits, call).await? else {
             let e = timed_out(&adapter, limits);
             return Err(if verify {
                 e

@@ -148,18 +148,6 @@ impl StorageError {
             _ => false,
         }
     }
-
-    /// Whether the store is out of space.
-    pub fn is_storage_full(&self) -> bool {
-        match self {
-            StorageError::Io { source, .. } => {
-                source.kind() == std::io::ErrorKind::StorageFull
-                    || source.raw_os_error() == Some(libc::ENOSPC)
-                    || source.raw_os_error() == Some(libc::EDQUOT)
-            }
-            _ => false,
-        }
-    }
 }
 
 /// A file store holding one repository. Names are the file names restic uses

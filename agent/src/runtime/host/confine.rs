@@ -9,13 +9,17 @@
 //!   to an endpoint the job grants (or port 53 of a resolver in
 //!   `/etc/resolv.conf`, so host names still resolve); anything else fails
 //!   with `EACCES` and is logged, naming program and address;
-//! - sockets other than TCP, UDP and local ones, `listen`, and io_uring
-//!   (which would bypass the filter) are refused outright; so is any
-//!   system call made through another architecture's entry point;
-//! - the program can gain no privilege (`PR_SET_NO_NEW_PRIVS`) and starts
+//! - a local socket is reached only when granted by its path;
+//! - sockets other than TCP, UDP and local ones, IPv6 routing headers
+//!   (which carry a packet on elsewhere), `listen`, io_uring (which would
+//!   bypass the filter) and filters of the program's own are refused
+//!   outright; so is any system call made through another architecture's
+//!   entry point;
+//! - the program can gain no privilege (`PR_SET_NO_NEW_PRIVS`), starts
 //!   without the capabilities that read another process's memory or
-//!   reconfigure the machine, even when the agent runs as root: with the
-//!   agent not dumpable, it cannot read the agent's memory or environment.
+//!   reconfigure the machine, even when the agent runs as root (with the
+//!   agent not dumpable, it cannot read the agent's memory or
+//!   environment), and holds none of the agent's descriptors.
 //!
 //! The supervisor checks the address it read and then lets the kernel
 //! proceed, which reads it again: a program that rewrites the address from
