@@ -42,7 +42,10 @@ pub async fn check(repo: &Arc<Repository>, read_data: bool) -> Result<CheckRepor
                 index.add_file(&file);
                 contents.add_file(file);
             }
-            Err(e) => report.errors.push(format!("index/{name}: {e}")),
+            Err(e) => report.errors.push(format!(
+                "{}: {e}",
+                crate::util::escaped(&format!("index/{name}"))
+            )),
         }
     }
     // Check against what the readable index files say, so one damaged

@@ -135,7 +135,7 @@ impl Walker {
             }
             if node.kind == "dir" && descend {
                 let subtree = node.subtree.ok_or_else(|| RepoError::Corrupt {
-                    what: format!("directory {path}"),
+                    what: format!("directory {}", crate::util::escaped(&path)),
                     reason: "has no subtree".into(),
                 })?;
                 let tree = self.repo.load_tree(&subtree).await?;

@@ -640,6 +640,25 @@ fn a_planted_key_file_asking_scrypt_for_too_much_is_skipped() {
             text(&b.out)
         );
     }
+    // Files that are no key at all, however many and wherever they sort,
+    // cost nothing and do not count against the keys tried.
+    for i in 0..30u64 {
+        std::fs::write(s.repo().join("keys").join(format!("{:064x}", i)), b"{}").unwrap();
+    }
+    let junk_only = s.path("junk-cache");
+    let b = bounded(
+        {
+            let mut c = s.cairn_cmd(&["snapshots"]);
+            c.env("CAIRN_CACHE_DIR", &junk_only);
+            c
+        },
+        Duration::from_secs(60),
+        1024,
+    );
+    assert!(b.out.status.success(), "{}", text(&b.out));
+    for i in 0..30u64 {
+        std::fs::remove_file(s.repo().join("keys").join(format!("{:064x}", i))).unwrap();
+    }
     // Many keys of allowed cost, tried before the real one, would make
     // every command slow: the key that opened the repository is tried
     // first from then on.
@@ -775,6 +794,22 @@ fn junk_in_snapshots_or_index_is_named_and_the_rest_works() {
     assert!(!s.repo().join("index").join(&junk_index).exists());
     s.cairn_ok(&["check", "--read-data"]);
     s.restic_ok(&["check", "--read-data"]);
+
+    // A damaged file's name cannot forge a line of output.
+    let forged = s
+        .repo()
+        .join("snapshots/a\ncairn: restored snapshot e25c93af OK");
+    std::fs::write(&forged, b"junk").unwrap();
+    let out = s.cairn(&["snapshots"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        !stderr(&out)
+            .lines()
+            .any(|l| l.starts_with("cairn: restored")),
+        "{}",
+        text(&out)
+    );
+    std::fs::remove_file(&forged).unwrap();
 }
 
 /// An exclusive lock held by a live process (this test), written with the
@@ -1287,6 +1322,27 @@ fn a_restore_that_loses_its_storage_says_why_and_how_far_and_resumes() {
         text(&out)
     );
     assert_same_tree(&src, &elsewhere.join(src.strip_prefix("/").unwrap()));
+
+    // Objects whose names hold control characters (a listing could not
+    // carry them as they are) are passed over and named, escaped, not a
+    // reason for every command to fail.
+    g.put("restore-cut", "repo/locks/\u{1}", b"junk".to_vec());
+    g.put(
+        "restore-cut",
+        "repo/snapshots/\u{1b}[2Kjunk",
+        b"junk".to_vec(),
+    );
+    let out = cmd(&["snapshots"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(stdout_text(&out).contains("1 snapshots"), "{}", text(&out));
+    assert!(stderr(&out).contains("\\u{1b}[2Kjunk"), "{}", text(&out));
+    assert!(!stderr(&out).contains('\u{1b}'), "{}", text(&out));
+    let again = s.path("again");
+    let out = cmd(&["restore", "latest", "--target", again.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_same_tree(&src, &again.join(src.strip_prefix("/").unwrap()));
 }
 
 /// Unmounts a tmpfs when dropped.

@@ -361,9 +361,9 @@ impl Global {
         match repo.lock(false).await {
             Ok(l) => Ok(Some(l)),
             Err(crate::repo::RepoError::Storage(e)) if e.is_write_refused() => {
-                tracing::warn!(error = %e, "The storage refuses to take a lock; reading without one (as with --no-lock). A prune running meanwhile could remove what is being read.");
                 eprintln!(
-                    "cairn: warning: the repository refuses writes ({e}); reading without a lock"
+                    "cairn: warning: the repository refuses writes ({}); reading without a lock (as with --no-lock): a prune running meanwhile could remove what is being read",
+                    crate::util::indented(&e.to_string())
                 );
                 Ok(None)
             }
@@ -395,7 +395,9 @@ pub async fn release_read_lock<T>(
     if let Some(l) = lock
         && let Err(e) = l.release().await
     {
-        tracing::warn!(error = %e, "Could not remove the repository lock; it will be cleared as stale.");
+        // The lock stays registered: the exit path tries again, and warns
+        // if it still cannot.
+        tracing::debug!(error = %e, "Could not remove the repository lock yet.");
     }
     work
 }
@@ -656,13 +658,16 @@ pub fn main() -> ExitCode {
     // its job with what could be read says what could not, and ends
     // incomplete); then the failure, if any, last (the agent reads a
     // child's error from its last `cairn: ` line).
+    // Every line said here may carry names from the storage or an
+    // adapter's words: made safe to print.
     for d in &damage {
         eprintln!(
-            "cairn: passed over a damaged file: {d} (run `cairn check`; `cairn rebuild-index` rebuilds a damaged index)"
+            "cairn: passed over a damaged file: {} (run `cairn check`; `cairn rebuild-index` rebuilds a damaged index)",
+            crate::util::indented(d)
         );
     }
     if let Err(e) = &result {
-        eprintln!("cairn: {e:#}");
+        eprintln!("cairn: {}", crate::util::indented(&format!("{e:#}")));
     }
     match result {
         Ok(Outcome::Ok) if !damage.is_empty() => ExitCode::from(EXIT_INCOMPLETE),

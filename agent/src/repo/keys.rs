@@ -21,9 +21,12 @@ pub const MAX_SCRYPT_MEMORY: u64 = 256 << 20;
 /// the default cost, a few seconds at most.
 pub const MAX_SCRYPT_WORK: u64 = 16 * (1 << DEFAULT_LOG_N) * 8;
 
-/// The most key files tried when opening a repository (restic's limit):
-/// the one that opened it last time is tried first.
+/// The most key files whose key is derived (scrypt) when opening a
+/// repository (restic's limit): the one that opened it last time first.
 pub const MAX_KEYS_TRIED: usize = 20;
+/// The most key files read when opening a repository (files that are no
+/// key, or ask too much, are passed over without deriving).
+pub const MAX_KEY_FILES_READ: usize = 1000;
 
 /// Where the name of the key file that last opened the repository at
 /// `location` is kept (not a secret: only which file to try first).

@@ -48,9 +48,9 @@ pub enum RepoError {
         /// The repository.
         location: String,
     },
-    /// No key file of those tried opens with the password, and there were
-    /// more than are tried (key files planted by whoever can write to the
-    /// storage, say).
+    /// No key file of those tried opens with the password, and some were
+    /// not tried (more than are: key files planted by whoever can write to
+    /// the storage, say).
     #[error(
         "no key file of the {tried} tried (of {total}) in repository {location} opens with this password; if it is right, name the repository's key file with --key-hint (see `ls keys/`)"
     )]
@@ -119,9 +119,11 @@ pub enum RepoError {
 }
 
 impl RepoError {
+    /// `what` may carry a name from the storage (anyone who can write to
+    /// it chooses those): escaped, so it can forge no line where printed.
     pub(crate) fn corrupt(what: impl Into<String>, reason: impl ToString) -> Self {
         RepoError::Corrupt {
-            what: what.into(),
+            what: crate::util::escaped(&what.into()).into_owned(),
             reason: reason.to_string(),
         }
     }
@@ -210,8 +212,10 @@ impl Repository {
         };
         let mut key = None;
         // The key that opened this repository last time first, then the
-        // others, at most MAX_KEYS_TRIED of them: key files planted by
-        // whoever can write to the storage cannot make every command slow.
+        // others. At most MAX_KEYS_TRIED of them cost a derivation, and at
+        // most MAX_KEY_FILES_READ are read: key files planted by whoever can
+        // write to the storage cannot make every command slow. Files that
+        // are no key, or ask too much, cost nothing and do not count.
         let mut listed = backend.list(FileType::Key).await?;
         let hint = keys::hint(&location);
         if let Some(h) = &hint {
@@ -226,30 +230,35 @@ impl Repository {
             }
         }
         let total = listed.len();
-        listed.truncate(keys::MAX_KEYS_TRIED);
+        let (mut tried, mut read) = (0, 0);
         let mut opened_with = None;
         for (name, size) in listed {
+            if tried == keys::MAX_KEYS_TRIED || read == keys::MAX_KEY_FILES_READ {
+                break;
+            }
+            read += 1;
             // Anyone who can write to the storage can add a key file: one
             // is parsed, and its scrypt cost bounded, before any work.
             if size > keys::MAX_KEY_FILE {
-                tracing::warn!(key = %name, size, "Skipping a key file too large to be one.");
+                tracing::warn!(key = %crate::util::escaped(&name), size, "Skipping a key file too large to be one.");
                 continue;
             }
             let bytes = match backend.load(FileType::Key, &name).await {
                 Ok(b) => b,
                 // One unreadable key file (denied, gone) is not every key.
                 Err(e) => {
-                    tracing::warn!(key = %name, error = %e, "Skipping a key file that cannot be read.");
+                    tracing::warn!(key = %crate::util::escaped(&name), error = %crate::util::indented(&e.to_string()), "Skipping a key file that cannot be read.");
                     continue;
                 }
             };
             let file = match KeyFile::parse(&bytes).and_then(|f| f.check_cost().map(|()| f)) {
                 Ok(f) => f,
                 Err(e) => {
-                    tracing::warn!(key = %name, error = %e, "Skipping a key file.");
+                    tracing::warn!(key = %crate::util::escaped(&name), error = %e, "Skipping a key file.");
                     continue;
                 }
             };
+            tried += 1;
             let password = password.to_string();
             let opened = tokio::task::spawn_blocking(move || file.open(&password))
                 .await
@@ -261,10 +270,10 @@ impl Repository {
             }
         }
         let Some(key) = key else {
-            if total > keys::MAX_KEYS_TRIED {
+            if read < total {
                 return Err(RepoError::TooManyKeys {
                     location,
-                    tried: keys::MAX_KEYS_TRIED,
+                    tried,
                     total,
                 });
             }
@@ -646,7 +655,7 @@ impl Repository {
             match header {
                 Ok(blobs) => adopted.push(index::IndexPack::new(id, &blobs)),
                 Err(e) => {
-                    tracing::warn!(pack = %name, error = %e, "An unindexed pack has no readable header; leaving it.")
+                    tracing::warn!(pack = %crate::util::escaped(&name), error = %e, "An unindexed pack has no readable header; leaving it.")
                 }
             }
         }
@@ -825,20 +834,24 @@ impl Repository {
             if ours.map(|o| o.to_hex()) == Some(name.clone()) {
                 continue;
             }
-            let lock: Lock = match self.load_unpacked(FileType::Lock, &name).await {
-                Ok(plain) => match serde_json::from_slice(&plain) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::warn!(lock = %name, error = %e, "Ignoring an unreadable lock.");
-                        continue;
-                    }
-                },
+            // Like restic, a lock that cannot be read (planted junk, a
+            // name that is no ID, another key's lock) holds nothing back.
+            let lock: Result<Lock, String> = match self.load_unpacked(FileType::Lock, &name).await {
+                Ok(plain) => serde_json::from_slice(&plain).map_err(|e| e.to_string()),
                 // Removed by its holder while we listed.
                 Err(RepoError::Storage(e)) if e.is_not_found() => continue,
+                Err(e @ RepoError::Corrupt { .. }) => Err(e.to_string()),
                 Err(e) => return Err(e),
             };
+            let lock = match lock {
+                Ok(lock) => lock,
+                Err(error) => {
+                    tracing::warn!(lock = %crate::util::escaped(&name), %error, "Ignoring an unreadable lock.");
+                    continue;
+                }
+            };
             if lock.is_stale() {
-                tracing::info!(lock = %name, host = %lock.hostname, pid = lock.pid, "Removing a stale lock.");
+                tracing::info!(lock = %crate::util::escaped(&name), host = %lock.hostname, pid = lock.pid, "Removing a stale lock.");
                 self.backend.remove(FileType::Lock, &name).await?;
                 continue;
             }
@@ -978,7 +991,8 @@ impl LockGuard {
             (Ok(_), Err(e)) => Err(e.into()),
             (Err(e), Ok(())) => Err(e),
             (Err(e), Err(r)) => {
-                tracing::warn!(error = %r, "Could not remove the repository lock; it will be cleared as stale.");
+                // Still registered: the exit path tries again and warns.
+                tracing::debug!(error = %r, "Could not remove the repository lock yet.");
                 Err(e)
             }
         }

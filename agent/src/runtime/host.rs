@@ -525,11 +525,12 @@ impl HostState {
         }
     }
 
-    /// Remember that the host could not restore `path` (the adapter goes
+    /// Remember that the host could not restore an entry (the adapter goes
     /// on or not; either way the restore is not whole).
-    fn note_not_restored(&mut self, path: &str, e: &GrantError) {
+    fn note_not_restored(&mut self, e: &GrantError) {
         if let Job::Restore(job) = &mut self.job {
-            let line = format!("{}: {e}", crate::util::escaped(path));
+            // The error names the path already.
+            let line = crate::util::escaped(&e.to_string()).into_owned();
             if !job.not_restored.contains(&line) {
                 job.not_restored.push(line);
             }
@@ -1176,7 +1177,7 @@ impl snapshot::HostEntryReader for HostState {
         let resolved = match self.grants.resolve(&path, true) {
             Ok(r) => r,
             Err(e) => {
-                self.note_not_restored(&path, &e);
+                self.note_not_restored(&e);
                 return Ok(Err(grant_error(e)));
             }
         };
@@ -1188,9 +1189,12 @@ impl snapshot::HostEntryReader for HostState {
             return Ok(Ok(size));
         }
         let (file, unfinished) = match resolved.create_write() {
-            Ok(file) => (file, register_unfinished(resolved)),
+            Ok(file) => {
+                let id = register_unfinished(resolved, &file);
+                (file, id)
+            }
             Err(e) => {
-                self.note_not_restored(&path, &e);
+                self.note_not_restored(&e);
                 return Ok(Err(grant_error(e)));
             }
         };
@@ -1315,7 +1319,7 @@ impl fs::Host for HostState {
 
     async fn create_dir(&mut self, path: String) -> HostResult<()> {
         let made = self.grants.create_dir_all(&path);
-        Ok(self.restored(&path, made))
+        Ok(self.restored(made))
     }
 
     async fn create_symlink(&mut self, path: String, target: String) -> HostResult<()> {
@@ -1323,7 +1327,7 @@ impl fs::Host for HostState {
             .grants
             .resolve(&path, true)
             .and_then(|r| r.create_symlink(&target));
-        Ok(self.restored(&path, made))
+        Ok(self.restored(made))
     }
 
     async fn set_metadata(&mut self, path: String, m: Metadata) -> HostResult<()> {
@@ -1355,17 +1359,17 @@ impl fs::Host for HostState {
             .grants
             .resolve(&path, true)
             .and_then(|r| r.set_metadata(Some(m.mode), owner, times));
-        Ok(self.restored(&path, set))
+        Ok(self.restored(set))
     }
 }
 
 impl HostState {
-    /// The adapter's view of a host operation on `path` during a restore;
+    /// The adapter's view of a host operation during a restore;
     /// a failure is also remembered, so the restore cannot end looking
     /// whole whatever the adapter does with the error.
-    fn restored(&mut self, path: &str, done: Result<(), GrantError>) -> Result<(), AdapterError> {
+    fn restored(&mut self, done: Result<(), GrantError>) -> Result<(), AdapterError> {
         done.map_err(|e| {
-            self.note_not_restored(path, &e);
+            self.note_not_restored(&e);
             grant_error(e)
         })
     }
@@ -1534,17 +1538,28 @@ static UNFINISHED: std::sync::Mutex<Vec<Unfinished>> = std::sync::Mutex::new(Vec
 static NEXT_UNFINISHED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A file being restored: its directory, opened inside the grant, and its
-/// name there (never resolved by path again), and its path for messages.
+/// name there (never resolved by path again), the file's identity (what is
+/// at that name when it is removed must still be it: another restore or
+/// the user may have put a file there since), and its path for messages.
 struct Unfinished {
     id: u64,
     dir: cap_std::fs::Dir,
     name: String,
+    identity: (u64, u64),
     path: String,
 }
 
 impl Unfinished {
-    /// Remove the file; true if it was there.
+    /// Remove the file if it is still the one created; true if it was.
     fn remove(&self) -> bool {
+        let at = rustix::fs::statat(
+            &self.dir,
+            self.name.as_str(),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        );
+        if !at.is_ok_and(|st| (st.st_dev, st.st_ino) == self.identity) {
+            return false;
+        }
         match rustix::fs::unlinkat(&self.dir, self.name.as_str(), rustix::fs::AtFlags::empty()) {
             Ok(()) => true,
             Err(rustix::io::Errno::NOENT) => false,
@@ -1556,9 +1571,13 @@ impl Unfinished {
     }
 }
 
-/// Register the file `resolved` names (just created) as unfinished.
-fn register_unfinished(resolved: super::grants::Resolved<'_>) -> u64 {
+/// Register `file`, just created at the name `resolved` gives, as
+/// unfinished.
+fn register_unfinished(resolved: super::grants::Resolved<'_>, file: &std::fs::File) -> u64 {
     let id = NEXT_UNFINISHED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let identity = rustix::fs::fstat(file)
+        .map(|st| (st.st_dev, st.st_ino))
+        .unwrap_or_default();
     UNFINISHED
         .lock()
         .expect("unfinished files")
@@ -1569,6 +1588,7 @@ fn register_unfinished(resolved: super::grants::Resolved<'_>) -> u64 {
             // A created file always has a name (the grant root is a
             // directory, which `create_write` refuses).
             name: resolved.name.unwrap_or_default(),
+            identity,
         });
     id
 }

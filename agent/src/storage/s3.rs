@@ -55,6 +55,31 @@ fn expected_scope_region(message: &str) -> Option<String> {
     (service == "s3" && !region.is_empty()).then(|| region.to_string())
 }
 
+/// A key as a listing with `encoding-type=url` gives it: `%XX` escapes,
+/// and `+` for a space (AWS), decoded.
+fn url_decoded(key: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let bytes = key.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'+', _, _) => out.push(b' '),
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 2;
+            }
+            (b, _, _) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn status_meaning(status: u16) -> &'static str {
     match status {
         301 | 307 => "the bucket is in another region or endpoint",
@@ -399,11 +424,15 @@ impl S3Backend {
             self.full(rel)
         };
         let mut out = Vec::new();
+        // Keys come URL-encoded: a key with a control character (anyone
+        // who can write to the bucket can make one) cannot be sent in XML
+        // as it is, and would make every listing fail.
         let mut pages = self
             .client
             .list_objects_v2()
             .bucket(&self.bucket)
             .prefix(&prefix)
+            .encoding_type(aws_sdk_s3::types::EncodingType::Url)
             .into_paginator()
             .send();
         loop {
@@ -415,7 +444,7 @@ impl S3Backend {
             let page = page.map_err(|e| self.error(&prefix, "ListObjectsV2", e))?;
             for o in page.contents() {
                 if let Some(k) = o.key() {
-                    out.push((k.to_string(), o.size().unwrap_or(0).max(0) as u64));
+                    out.push((url_decoded(k), o.size().unwrap_or(0).max(0) as u64));
                 }
             }
         }
@@ -750,6 +779,14 @@ impl aws_sdk_s3::config::Intercept for CountRetries {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listed_keys_are_url_decoded() {
+        assert_eq!(url_decoded("repo/locks/%01"), "repo/locks/\u{1}");
+        assert_eq!(url_decoded("a+b%2Bc%20d"), "a b+c d");
+        assert_eq!(url_decoded("keep%zz%4"), "keep%zz%4");
+        assert_eq!(url_decoded("%C3%BC/ü"), "ü/ü");
+    }
 
     #[test]
     fn the_expected_region_is_read_from_a_scope_complaint() {
