@@ -635,27 +635,14 @@ impl Repository {
     pub async fn adopt_unindexed_packs(&self) -> Result<usize, RepoError> {
         let known: std::collections::HashSet<Id> =
             self.with_index(|i| i.packs().copied().collect());
-        let orphans: Vec<(Id, String, u64)> = self
-            .backend
-            .list(FileType::Pack)
-            .await?
-            .into_iter()
-            .filter_map(|(name, size)| Some((Id::parse(&name)?, name, size)))
-            .filter(|(id, _, _)| !known.contains(id))
-            .collect();
-        let read = futures::stream::iter(orphans)
-            .map(|(id, name, size)| async move {
-                (id, name.clone(), self.read_pack_header(&name, size).await)
-            })
-            .buffer_unordered(8)
-            .collect::<Vec<_>>()
-            .await;
+        let mut orphans = self.list_packs().await?;
+        orphans.retain(|(id, _, _)| !known.contains(id));
         let mut adopted = Vec::new();
-        for (id, name, header) in read {
+        for (id, header) in self.read_pack_headers(orphans).await {
             match header {
                 Ok(blobs) => adopted.push(index::IndexPack::new(id, &blobs)),
                 Err(e) => {
-                    tracing::warn!(pack = %crate::util::escaped(&name), error = %e, "An unindexed pack has no readable header; leaving it.")
+                    tracing::warn!(error = %e, "An unindexed pack has no readable header; leaving it.")
                 }
             }
         }
@@ -713,20 +700,7 @@ impl Repository {
             .into_iter()
             .map(|(n, _)| n)
             .collect();
-        let packs: Vec<(Id, String, u64)> = self
-            .backend
-            .list(FileType::Pack)
-            .await?
-            .into_iter()
-            .filter_map(|(name, size)| Some((Id::parse(&name)?, name, size)))
-            .collect();
-        let read = futures::stream::iter(packs)
-            .map(|(id, name, size)| async move {
-                (id, name.clone(), self.read_pack_header(&name, size).await)
-            })
-            .buffer_unordered(8)
-            .collect::<Vec<_>>()
-            .await;
+        let read = self.read_pack_headers(self.list_packs().await?).await;
         let mut report = RebuildReport {
             index_files_removed: old.len(),
             ..Default::default()
@@ -734,7 +708,7 @@ impl Repository {
         // What the readable old index files say, for packs whose header
         // is unreadable (read only if there is such a pack).
         let mut known: std::collections::HashMap<Id, index::IndexPack> = Default::default();
-        if read.iter().any(|(_, _, h)| h.is_err()) {
+        if read.iter().any(|(_, h)| h.is_err()) {
             for name in &old {
                 match self.load_index_file(name).await {
                     Ok(file) => {
@@ -748,19 +722,20 @@ impl Repository {
             }
         }
         let mut entries = Vec::new();
-        for (id, name, header) in read {
+        for (id, header) in read {
             match header {
                 Ok(blobs) => {
                     report.blobs += blobs.len();
                     entries.push(index::IndexPack::new(id, &blobs));
                 }
+                // The error names the pack.
                 Err(e @ RepoError::Corrupt { .. }) => match known.remove(&id) {
                     Some(entry) => {
                         report.blobs += entry.blobs.len();
-                        report.kept_from_old_index.push(format!("pack {name}: {e}"));
+                        report.kept_from_old_index.push(e.to_string());
                         entries.push(entry);
                     }
-                    None => report.unreadable_packs.push(format!("pack {name}: {e}")),
+                    None => report.unreadable_packs.push(e.to_string()),
                 },
                 Err(e) => return Err(e),
             }
@@ -773,6 +748,31 @@ impl Repository {
         }
         self.load_index().await?;
         Ok(report)
+    }
+
+    /// The packs in the storage: ID, name and size (a name that is no ID
+    /// is no pack).
+    async fn list_packs(&self) -> Result<Vec<(Id, String, u64)>, RepoError> {
+        Ok(self
+            .backend
+            .list(FileType::Pack)
+            .await?
+            .into_iter()
+            .filter_map(|(name, size)| Some((Id::parse(&name)?, name, size)))
+            .collect())
+    }
+
+    /// The headers of `packs` (as [`Repository::list_packs`] gives them),
+    /// read eight at a time, each with its pack's ID.
+    async fn read_pack_headers(
+        &self,
+        packs: Vec<(Id, String, u64)>,
+    ) -> Vec<(Id, Result<Vec<pack::PackedBlob>, RepoError>)> {
+        futures::stream::iter(packs)
+            .map(|(id, name, size)| async move { (id, self.read_pack_header(&name, size).await) })
+            .buffer_unordered(8)
+            .collect()
+            .await
     }
 
     /// Read and check a pack's header: two range reads, the header
