@@ -20,7 +20,7 @@ trap 'rm -rf "$work"' EXIT
 command -v restic >/dev/null || { echo "restic is not installed (apt-get install restic)" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "/usr/bin/time is not installed (apt-get install time)" >&2; exit 1; }
 cargo build --release --locked --bin cairn >&2
-cairn=$PWD/target/release/cairn
+cairn=${CARGO_TARGET_DIR:-$PWD/target}/release/cairn
 
 if [ ! -f "$data/.complete" ]; then
   echo "generating dataset in $data ..." >&2

@@ -7,8 +7,12 @@ use crate::repo::index::BlobLocation;
 use crate::repo::pack::{self, BlobType};
 use crate::repo::{Id, RepoError, Repository, decode_blob};
 use crate::storage::FileType;
+use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+
+/// Packs `check --read-data` holds in memory at once, at most.
+const CHECK_PACKS_IN_FLIGHT: usize = 4;
 
 /// What `check` found.
 #[derive(Debug, Default, serde::Serialize)]
@@ -91,109 +95,137 @@ pub async fn check(repo: &Arc<Repository>, read_data: bool) -> Result<CheckRepor
     report.unreferenced_packs.sort();
 
     // Snapshots and trees.
-    // Snapshots one by one: a damaged one must not hide the others.
+    // Snapshots each on its own: a damaged one must not hide the others.
     let mut snapshots = Vec::new();
-    for (name, _) in repo.backend().list(FileType::Snapshot).await? {
-        match repo.load_snapshot(&name).await {
+    let listed = repo.backend().list(FileType::Snapshot).await?;
+    let mut loaded = futures::stream::iter(listed)
+        .map(|(name, _)| async move { repo.load_snapshot(&name).await })
+        .buffered(repo.connections());
+    while let Some(snap) = loaded.next().await {
+        match snap {
             Ok(s) => snapshots.push(s),
             Err(e) => report.errors.push(e.to_string()),
         }
     }
+    drop(loaded);
     report.snapshots = snapshots.len();
     let mut seen_trees = HashSet::new();
     let mut todo: Vec<(Id, String)> = snapshots
         .iter()
         .map(|(id, s)| (s.tree, format!("snapshot {}", id.short())))
         .collect();
-    while let Some((tree_id, context)) = todo.pop() {
-        if !seen_trees.insert(tree_id) {
-            continue;
-        }
-        let tree = match repo.load_tree(&tree_id).await {
-            Ok(t) => t,
-            Err(e) => {
-                report
-                    .errors
-                    .push(format!("tree {tree_id} (in {context}): {e}"));
-                continue;
-            }
-        };
-        report.trees += 1;
-        // Names a restore could not create, or that repeat: restore passes
-        // over such entries, so the snapshot is not whole.
-        let mut names = HashSet::new();
-        for node in &tree.nodes {
-            if let Some(p) = crate::restore::name_problem(&node.name) {
-                report.errors.push(format!(
-                    "tree {tree_id} (in {context}): entry {}: {p}",
-                    crate::util::escaped(&node.name)
-                ));
-            } else if !names.insert(node.name.as_str()) {
-                report.errors.push(format!(
-                    "tree {tree_id} (in {context}): entry {} appears twice",
-                    crate::util::escaped(&node.name)
-                ));
-            }
-        }
-        for node in tree.nodes {
-            match node.kind.as_str() {
-                "file" => match &node.content {
-                    None => report.errors.push(format!(
-                        "tree {tree_id}: file {:?} has no content list",
-                        node.name
-                    )),
-                    Some(content) => {
-                        for blob in content {
-                            match repo.locate(blob, BlobType::Data) {
-                                Some(loc) if loc.kind == BlobType::Data => {}
-                                _ => report.errors.push(format!(
-                                    "tree {tree_id}: file {:?}: data blob {blob} is not in the index",
-                                    node.name
-                                )),
-                            }
-                        }
-                    }
-                },
-                "dir" => match node.subtree {
-                    Some(sub) => todo.push((sub, format!("{context}/{}", node.name))),
-                    None => report.errors.push(format!(
-                        "tree {tree_id}: directory {:?} has no subtree",
-                        node.name
-                    )),
-                },
-                _ => {}
-            }
+    // Level by level, each level's trees read several at once: against
+    // object storage each tree is a round trip.
+    while !todo.is_empty() {
+        let level: Vec<(Id, String)> = std::mem::take(&mut todo)
+            .into_iter()
+            .filter(|(id, _)| seen_trees.insert(*id))
+            .collect();
+        let mut loaded =
+            futures::stream::iter(level)
+                .map(|(tree_id, context)| async move {
+                    (tree_id, repo.load_tree(&tree_id).await, context)
+                })
+                .buffered(repo.connections());
+        while let Some((tree_id, tree, context)) = loaded.next().await {
+            check_tree(&mut report, &mut todo, repo, tree_id, tree, context);
         }
     }
-
     if read_data {
         let mut packs: Vec<_> = index_packs.into_iter().collect();
         packs.sort_by_key(|(id, _)| *id);
-        for (pack_id, blobs) in packs {
-            if !stored.contains_key(&pack_id.to_hex()) {
-                continue;
-            }
-            report.packs_read += 1;
-            let name = pack_id.to_hex();
-            let bytes = match repo.backend().load(FileType::Pack, &name).await {
-                Ok(b) => b,
-                Err(e) => {
-                    report.errors.push(format!("pack {pack_id}: {e}"));
-                    continue;
-                }
-            };
-            let key = repo.key().clone();
-            let errors =
+        packs.retain(|(id, _)| stored.contains_key(&id.to_hex()));
+        report.packs_read = packs.len();
+        // Several packs at once, each read whole: at most
+        // CHECK_PACKS_IN_FLIGHT of them, so memory stays near restic's
+        // (four 16 MiB packs keep two cores busy and hide the latency).
+        let mut checked = futures::stream::iter(packs)
+            .map(|(pack_id, blobs)| async move {
+                let bytes = match repo.backend().load(FileType::Pack, &pack_id.to_hex()).await {
+                    Ok(b) => b,
+                    Err(e) => return Ok(vec![format!("pack {pack_id}: {e}")]),
+                };
+                let key = repo.key().clone();
                 tokio::task::spawn_blocking(move || verify_pack(&key, pack_id, &bytes, &blobs))
                     .await
                     .map_err(|e| RepoError::Corrupt {
                         what: format!("pack {pack_id}"),
                         reason: e.to_string(),
-                    })?;
-            report.errors.extend(errors);
+                    })
+            })
+            .buffered(repo.connections().min(CHECK_PACKS_IN_FLIGHT));
+        while let Some(errors) = checked.next().await {
+            report.errors.extend(errors?);
         }
     }
     Ok(report)
+}
+
+/// Check one tree read during the walk (or the error reading it), and
+/// queue its subtrees in `todo`.
+fn check_tree(
+    report: &mut CheckReport,
+    todo: &mut Vec<(Id, String)>,
+    repo: &Repository,
+    tree_id: Id,
+    tree: Result<crate::repo::tree::Tree, RepoError>,
+    context: String,
+) {
+    let tree = match tree {
+        Ok(t) => t,
+        Err(e) => {
+            report
+                .errors
+                .push(format!("tree {tree_id} (in {context}): {e}"));
+            return;
+        }
+    };
+    report.trees += 1;
+    // Names a restore could not create, or that repeat: restore passes
+    // over such entries, so the snapshot is not whole.
+    let mut names = HashSet::new();
+    for node in &tree.nodes {
+        if let Some(p) = crate::restore::name_problem(&node.name) {
+            report.errors.push(format!(
+                "tree {tree_id} (in {context}): entry {}: {p}",
+                crate::util::escaped(&node.name)
+            ));
+        } else if !names.insert(node.name.as_str()) {
+            report.errors.push(format!(
+                "tree {tree_id} (in {context}): entry {} appears twice",
+                crate::util::escaped(&node.name)
+            ));
+        }
+    }
+    for node in tree.nodes {
+        match node.kind.as_str() {
+            "file" => match &node.content {
+                None => report.errors.push(format!(
+                    "tree {tree_id}: file {:?} has no content list",
+                    node.name
+                )),
+                Some(content) => {
+                    for blob in content {
+                        match repo.locate(blob, BlobType::Data) {
+                            Some(loc) if loc.kind == BlobType::Data => {}
+                            _ => report.errors.push(format!(
+                                "tree {tree_id}: file {:?}: data blob {blob} is not in the index",
+                                node.name
+                            )),
+                        }
+                    }
+                }
+            },
+            "dir" => match node.subtree {
+                Some(sub) => todo.push((sub, format!("{context}/{}", node.name))),
+                None => report.errors.push(format!(
+                    "tree {tree_id}: directory {:?} has no subtree",
+                    node.name
+                )),
+            },
+            _ => {}
+        }
+    }
 }
 
 fn verify_pack(

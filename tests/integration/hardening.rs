@@ -1213,12 +1213,14 @@ fn a_restore_that_loses_its_storage_says_why_and_how_far_and_resumes() {
     let mut g = crate::garage::Garage::start("eu-west-1", &["restore-cut"]);
     let s = Scratch::new();
     let src = s.path("src");
+    // 100 MB: several times what a restore reads ahead of the files it
+    // writes (24 MiB), so the cut lands with most of it unread.
     for i in 0..2000u64 {
         let dir = src.join(format!("d{:02}", i % 40));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(
             dir.join(format!("f{i}")),
-            random_bytes(8 * 1024 + i as usize, i),
+            random_bytes(48 * 1024 + i as usize, i),
         )
         .unwrap();
     }

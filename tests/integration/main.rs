@@ -15,6 +15,7 @@ mod garage;
 mod hardening;
 mod mariadb;
 mod postgres;
+mod reads;
 mod redis;
 mod restic;
 mod s3;

@@ -13,7 +13,7 @@ pub struct Args {
 
 /// Run `check`.
 pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
-    let repo = g.open_without_index().await?;
+    let repo = g.uncached().open_without_index().await?;
     // Check every region of a pair: a listing that fails is an error here,
     // not a region quietly left out.
     if let Some(pair) = g.pair() {

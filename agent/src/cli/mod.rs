@@ -85,6 +85,16 @@ pub struct Cli {
     /// falls back to this, with a warning, when the storage refuses the lock.
     #[arg(long, global = true)]
     no_lock: bool,
+    /// Do not keep a local copy of the repository's index, snapshots and
+    /// trees (kept by default for repositories on object storage, under
+    /// `$CAIRN_CACHE_DIR/repos/` or `~/.cache/cairn/repos/`).
+    #[arg(long, env = "CAIRN_NO_CACHE", global = true)]
+    no_cache: bool,
+    /// Requests to the storage in flight at once when reading (restore,
+    /// verify, ls, snapshots, check). Default: the region's `concurrency`
+    /// (8), which also bounds a tenant's requests whatever this says.
+    #[arg(long, env = "CAIRN_CONNECTIONS", global = true, value_parser = clap::value_parser!(u16).range(1..=256))]
+    connections: Option<u16>,
     #[command(subcommand)]
     command: Command,
 }
@@ -151,6 +161,10 @@ pub struct Global {
     pub json: bool,
     /// Read without a lock (`--no-lock`).
     no_lock: bool,
+    /// No local metadata cache (`--no-cache`).
+    no_cache: bool,
+    /// `--connections`.
+    connections: Option<u16>,
     /// `$CAIRN_PASSWORD`, taken out of the environment at start.
     env_password: Option<Arc<str>>,
     /// The tenant's region pair, once opened (for lagging and healed reports).
@@ -283,7 +297,7 @@ impl Global {
                     "-r s3:... bypasses the residency checks of --config; use --tenant to reach a tenant's S3 repository"
                 );
             }
-            return Ok(Arc::new(s3_from_url(url).await?));
+            return Ok(Arc::new(s3_from_url(url, self.connections).await?));
         }
         let path = repo.strip_prefix("local:").unwrap_or(repo);
         if path.contains("://") {
@@ -338,12 +352,43 @@ impl Global {
     pub async fn open_without_index(&self) -> anyhow::Result<Arc<Repository>> {
         let backend = self.backend().await?;
         let password = self.password(false)?;
-        let repo = Arc::new(Repository::open(backend, &password).await?);
+        let mut repo = Repository::open(backend, &password).await?;
+        self.tune(&mut repo);
+        let repo = Arc::new(repo);
         self.opened
             .lock()
             .expect("opened repositories")
             .push(repo.clone());
         Ok(repo)
+    }
+
+    /// The same options without the metadata cache: `check` reads what the
+    /// storage holds, as restic's does.
+    pub fn uncached(&self) -> Global {
+        let mut g = self.clone();
+        g.no_cache = true;
+        g
+    }
+
+    /// Apply `--connections` and the metadata cache (for a repository not
+    /// on a local disk, unless `--no-cache`) to a repository just opened.
+    pub fn tune(&self, repo: &mut Repository) {
+        if let Some(n) = self.connections {
+            repo.set_connections(n.into());
+        }
+        if self.no_cache || !repo.backend().remote() {
+            return;
+        }
+        let Some(base) = crate::util::cache_dir() else {
+            return;
+        };
+        match crate::repo::cache::Cache::open(&base, &repo.config().id) {
+            Ok(c) => repo.set_cache(c),
+            Err(e) => eprintln!(
+                "cairn: warning: no metadata cache in {} ({e}); reading everything from the repository",
+                base.display()
+            ),
+        }
     }
 
     /// The shared lock a command that only reads takes: none with
@@ -415,7 +460,7 @@ fn read_password_file(file: &std::path::Path) -> anyhow::Result<String> {
 /// A backend for `-r s3:https://host[:port]/bucket/prefix`, restic's form.
 /// The region comes from AWS_REGION / AWS_DEFAULT_REGION (default
 /// us-east-1) and credentials from the standard AWS chain.
-async fn s3_from_url(url: &str) -> anyhow::Result<S3Backend> {
+async fn s3_from_url(url: &str, connections: Option<u16>) -> anyhow::Result<S3Backend> {
     let (scheme, rest) = match url.split_once("://") {
         Some((s, r)) => (s, r),
         None => ("https", url),
@@ -432,6 +477,9 @@ async fn s3_from_url(url: &str) -> anyhow::Result<S3Backend> {
         .unwrap_or_else(|_| "us-east-1".into());
     let mut cfg = RegionConfig::new(&format!("{scheme}://{host}"), bucket);
     cfg.path_style = !host.ends_with("amazonaws.com");
+    if let Some(n) = connections {
+        cfg.concurrency = n.into();
+    }
     let check = Config {
         regions: [(region.clone(), cfg.clone())].into(),
         ..Default::default()
@@ -545,6 +593,8 @@ pub fn main() -> ExitCode {
         tenant: cli.tenant,
         json: cli.json,
         no_lock: cli.no_lock,
+        no_cache: cli.no_cache,
+        connections: cli.connections,
         env_password: crate::util::take_env_secret("CAIRN_PASSWORD").map(Arc::from),
         pair: Arc::new(Mutex::new(None)),
         opened: Arc::new(Mutex::new(Vec::new())),

@@ -7,6 +7,7 @@
 //! format version 2 prescribes.
 
 pub mod b64;
+pub mod cache;
 pub mod config;
 pub mod crypto;
 pub mod id;
@@ -15,6 +16,7 @@ pub mod keys;
 pub mod lock;
 pub mod pack;
 pub mod snapshot;
+pub mod span;
 pub mod tree;
 
 use crate::storage::{Backend, FileType, StorageError};
@@ -139,7 +141,18 @@ pub struct Repository {
     /// (`snapshots/<name>`) and what is wrong with it. The command still
     /// did its job, but must say so.
     damage: std::sync::Mutex<Vec<(String, String)>>,
+    /// Requests a reader may have in flight to the storage at once.
+    connections: usize,
+    /// The local copy of index files, snapshots and tree packs, if used.
+    cache: Option<cache::Cache>,
+    /// Held while a tree pack is copied into the cache, so two readers
+    /// wanting it do not both download it.
+    caching: tokio::sync::Mutex<()>,
 }
+
+/// Requests in flight at once to a store that does not say (a local
+/// directory); S3 regions set theirs with `concurrency`.
+pub const DEFAULT_CONNECTIONS: usize = 8;
 
 /// The largest snapshot file read; a bigger one is damage, not data.
 const MAX_SNAPSHOT_FILE: u64 = 64 << 20;
@@ -192,12 +205,16 @@ impl Repository {
         backend
             .save(FileType::Config, "config", key.encrypt(&config_json).into())
             .await?;
+        let connections = backend.connections();
         Ok(Repository {
             backend,
             key,
             config,
             index: RwLock::new(Index::default()),
             damage: Default::default(),
+            connections,
+            cache: None,
+            caching: Default::default(),
         })
     }
 
@@ -304,13 +321,33 @@ impl Repository {
                 version: config.version,
             });
         }
+        let connections = backend.connections();
         Ok(Repository {
             backend,
             key,
             config,
             index: RwLock::new(Index::default()),
             damage: Default::default(),
+            connections,
+            cache: None,
+            caching: Default::default(),
         })
+    }
+
+    /// Requests a reader may have in flight to the storage at once.
+    pub fn connections(&self) -> usize {
+        self.connections
+    }
+
+    /// Set the requests a reader may have in flight at once (at least 1).
+    pub fn set_connections(&mut self, n: usize) {
+        self.connections = n.max(1);
+    }
+
+    /// Keep index files, snapshots and tree packs in `cache` (see
+    /// [`cache`]).
+    pub fn set_cache(&mut self, cache: cache::Cache) {
+        self.cache = Some(cache);
     }
 
     /// The storage backend.
@@ -334,17 +371,28 @@ impl Repository {
     /// `check` reports and `rebuild-index` mends.
     pub async fn load_index(&self) -> Result<usize, RepoError> {
         let files = self.backend.list(FileType::Index).await?;
+        if let Some(c) = &self.cache {
+            c.retain(
+                FileType::Index,
+                &files.iter().map(|(n, _)| n.clone()).collect(),
+            );
+        }
         let mut index = Index::default();
         let mut read = 0;
-        for (name, size) in &files {
-            let file = if *size > MAX_INDEX_FILE {
-                Err(RepoError::corrupt(
-                    format!("index/{name}"),
-                    format!("it is {size} bytes, larger than any index file"),
-                ))
-            } else {
-                self.load_index_file(name).await
-            };
+        let mut loaded = futures::stream::iter(files.iter().cloned())
+            .map(|(name, size)| async move {
+                let file = if size > MAX_INDEX_FILE {
+                    Err(RepoError::corrupt(
+                        format!("index/{name}"),
+                        format!("it is {size} bytes, larger than any index file"),
+                    ))
+                } else {
+                    self.load_index_file(&name).await
+                };
+                (name, file)
+            })
+            .buffered(self.connections);
+        while let Some((name, file)) = loaded.next().await {
             match file {
                 Ok(file) => {
                     index.add_file(&file);
@@ -357,6 +405,11 @@ impl Repository {
                 Err(RepoError::Storage(e)) if e.is_not_found() => {}
                 Err(e) => return Err(e),
             }
+        }
+        drop(loaded);
+        if let Some(c) = &self.cache {
+            let packs = index.packs().map(Id::to_hex).collect();
+            c.retain(FileType::Pack, &packs);
         }
         *self.index.write().expect("index lock") = index;
         Ok(read)
@@ -424,7 +477,18 @@ impl Repository {
 
     /// Load, authenticate and decompress an unpacked file.
     pub async fn load_unpacked(&self, t: FileType, name: &str) -> Result<Vec<u8>, RepoError> {
-        let stored = self.backend.load(t, name).await?;
+        // The cache returns only a file that matches its name, so what it
+        // returns is what the storage holds.
+        let stored = match self.cache.as_ref().and_then(|c| c.get(t, name)) {
+            Some(s) => s,
+            None => {
+                let stored = self.backend.load(t, name).await?;
+                if let Some(c) = &self.cache {
+                    c.put(t, name, &stored);
+                }
+                stored
+            }
+        };
         let label = file_label(t, name);
         if Id::hash(&stored).to_hex() != name {
             return Err(RepoError::corrupt(
@@ -451,6 +515,20 @@ impl Repository {
     /// Read a blob: fetch, authenticate, decompress and check its SHA-256.
     pub async fn load_blob(&self, id: &Id, kind: BlobType) -> Result<Vec<u8>, RepoError> {
         let loc = self.locate(id, kind).ok_or(RepoError::BlobNotFound(*id))?;
+        if kind == BlobType::Tree
+            && let Some(stored) = self.cached_tree_blob(&loc).await
+        {
+            match decode_blob(&self.key, id, &loc, &stored) {
+                Ok(plain) => return Ok(plain),
+                // The pack matched its name when it was cached: the disk
+                // changed it since. Read from the storage.
+                Err(_) => {
+                    if let Some(c) = &self.cache {
+                        c.remove(FileType::Pack, &loc.pack.to_hex());
+                    }
+                }
+            }
+        }
         let key = &self.key;
         let stored = self
             .backend
@@ -472,6 +550,33 @@ impl Repository {
             Ok(r) => r,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
+    }
+
+    /// A tree blob's stored bytes from the cache, the whole pack copied
+    /// into it first if it is not there (one request for every tree in the
+    /// pack). `None` without a cache, or if the pack could not be cached.
+    async fn cached_tree_blob(&self, loc: &BlobLocation) -> Option<Vec<u8>> {
+        let cache = self.cache.as_ref()?;
+        let name = loc.pack.to_hex();
+        let (offset, length) = (loc.offset as u64, loc.length as u64);
+        if !cache.has_pack(&name) {
+            let _one_at_a_time = self.caching.lock().await;
+            if !cache.has_pack(&name) {
+                let size = self.backend.size(FileType::Pack, &name).await.ok()?;
+                if size > cache::MAX_CACHED_PACK {
+                    return None;
+                }
+                let pack = self.backend.load(FileType::Pack, &name).await.ok()?;
+                cache.put(FileType::Pack, &name, &pack);
+                // Not cached (it does not match its name, the disk is
+                // full): serve this blob from what was read.
+                if !cache.has_pack(&name) {
+                    let from = usize::try_from(offset).ok()?;
+                    return pack.get(from..from + length as usize).map(<[u8]>::to_vec);
+                }
+            }
+        }
+        cache.get_range(&name, offset, length)
     }
 
     /// Read and parse a tree.
@@ -508,16 +613,28 @@ impl Repository {
     }
 
     async fn list_snapshots(&self, strict: bool) -> Result<Vec<(Id, Snapshot)>, RepoError> {
+        let listed = self.backend.list(FileType::Snapshot).await?;
+        if let Some(c) = &self.cache {
+            c.retain(
+                FileType::Snapshot,
+                &listed.iter().map(|(n, _)| n.clone()).collect(),
+            );
+        }
         let mut out = Vec::new();
-        for (name, size) in self.backend.list(FileType::Snapshot).await? {
-            let snap = if size > MAX_SNAPSHOT_FILE {
-                Err(RepoError::corrupt(
-                    format!("snapshots/{name}"),
-                    format!("it is {size} bytes, larger than any snapshot file"),
-                ))
-            } else {
-                self.load_snapshot(&name).await
-            };
+        let mut loaded = futures::stream::iter(listed)
+            .map(|(name, size)| async move {
+                let snap = if size > MAX_SNAPSHOT_FILE {
+                    Err(RepoError::corrupt(
+                        format!("snapshots/{name}"),
+                        format!("it is {size} bytes, larger than any snapshot file"),
+                    ))
+                } else {
+                    self.load_snapshot(&name).await
+                };
+                (name, snap)
+            })
+            .buffered(self.connections);
+        while let Some((name, snap)) = loaded.next().await {
             match snap {
                 Ok(s) => out.push(s),
                 Err(e @ RepoError::Corrupt { .. }) if !strict => {

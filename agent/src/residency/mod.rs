@@ -184,6 +184,14 @@ impl Backend for Guarded {
         self.inner.location()
     }
 
+    fn remote(&self) -> bool {
+        self.inner.remote()
+    }
+
+    fn connections(&self) -> usize {
+        self.inner.connections()
+    }
+
     async fn create(&self) -> Result<(), StorageError> {
         self.check("write", FileType::Config, "config")?;
         self.inner.create().await

@@ -395,6 +395,14 @@ impl PairBackend {
 
 #[async_trait]
 impl Backend for PairBackend {
+    /// Reads go to one region at a time: the fewer of the two.
+    fn connections(&self) -> usize {
+        self.replicas[0]
+            .store
+            .connections()
+            .min(self.replicas[1].store.connections())
+    }
+
     fn location(&self) -> String {
         format!(
             "tenant {} ({} + {})",

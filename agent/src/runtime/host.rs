@@ -290,8 +290,13 @@ struct RestoreJob {
     repo: Arc<Repository>,
     root: Id,
     walker: Walker,
-    /// The last file entry handed out, so `open` of it needs no tree walk.
-    last: Option<(String, Node)>,
+    /// The last file entry handed out, so `open` of it needs no tree walk,
+    /// and its number in the walk (from 1).
+    last: Option<(String, Node, u64)>,
+    /// File entries handed out so far.
+    files_walked: u64,
+    /// Small files read ahead of the walk.
+    prefetch: crate::restore::prefetch::Prefetch,
     /// Damage handed to the adapter as errors. The job fails if any, even
     /// when the adapter ignores the error and reports success.
     damaged: Vec<String>,
@@ -443,6 +448,12 @@ impl HostState {
         limits: &Limits,
         req: RestoreRequest,
     ) -> anyhow::Result<Self> {
+        let prefetch = crate::restore::prefetch::Prefetch::start(
+            Arc::clone(&req.repo),
+            req.tree,
+            req.include.clone(),
+            req.repo.connections(),
+        );
         let walker = Walker::new(Arc::clone(&req.repo), req.tree, req.include).await?;
         Ok(HostState {
             wasi,
@@ -456,6 +467,8 @@ impl HostState {
                 root: req.tree,
                 walker,
                 last: None,
+                files_walked: 0,
+                prefetch,
                 damaged: Vec::new(),
                 left_out: Vec::new(),
                 writes: Default::default(),
@@ -1112,8 +1125,12 @@ impl snapshot::Host for HostState {
                 ));
                 continue;
             };
+            if entry.node.kind == "file" {
+                job.files_walked += 1;
+                job.prefetch.walked(job.files_walked);
+            }
             if kind == EntryKind::File {
-                job.last = Some((entry.path.clone(), entry.node.clone()));
+                job.last = Some((entry.path.clone(), entry.node.clone(), job.files_walked));
             }
             let link_target = (kind == EntryKind::Symlink).then(|| entry.node.linktarget.clone());
             return Ok(Ok(Some(snapshot::Entry {
@@ -1128,10 +1145,10 @@ impl snapshot::Host for HostState {
     async fn open(&mut self, path: String) -> HostResult<Resource<ReaderState>> {
         self.check_restore_fault()?;
         let job = self.restore()?;
-        let node = match &job.last {
-            Some((p, n)) if *p == path => n.clone(),
+        let (node, ready) = match &job.last {
+            Some((p, n, num)) if *p == path => (n.clone(), job.prefetch.take(*num, p).await),
             _ => match crate::restore::lookup(&job.repo, job.root, &path).await {
-                Ok(Some(n)) if n.kind == "file" => n,
+                Ok(Some(n)) if n.kind == "file" => (n, None),
                 Ok(_) => {
                     return Ok(Err(AdapterError::NotFound(format!(
                         "{path}: no such file in the snapshot"
@@ -1150,8 +1167,12 @@ impl snapshot::Host for HostState {
                 })
                 .sum()
         });
+        let repo = Arc::clone(&job.repo);
         let reader = ReaderState {
-            reader: ContentReader::new(Arc::clone(&job.repo), content),
+            reader: match ready {
+                Some(ready) => ContentReader::prefetched(repo, content, ready),
+                None => ContentReader::new(repo, content),
+            },
             path,
             size,
             node: Some(node),

@@ -88,6 +88,10 @@ impl Backend for LocalBackend {
         self.root.display().to_string()
     }
 
+    fn remote(&self) -> bool {
+        false
+    }
+
     async fn create(&self) -> Result<(), StorageError> {
         let config = self.path(FileType::Config, "config");
         if config.exists() {

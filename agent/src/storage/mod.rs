@@ -156,6 +156,15 @@ impl StorageError {
 pub trait Backend: Send + Sync + 'static {
     /// Where the store is, for messages (a path, or an `s3:` URL).
     fn location(&self) -> String;
+    /// Whether reading costs a round trip over a network (a local copy of
+    /// metadata is then worth keeping).
+    fn remote(&self) -> bool {
+        true
+    }
+    /// Requests the store takes at once (readers keep this many in flight).
+    fn connections(&self) -> usize {
+        crate::repo::DEFAULT_CONNECTIONS
+    }
     /// Create the store's folders; fails if a repository config already exists.
     async fn create(&self) -> Result<(), StorageError>;
     /// Store `data` under `name` atomically: readers see the whole file or none.

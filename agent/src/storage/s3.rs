@@ -36,6 +36,8 @@ pub struct S3Backend {
     /// The repository's root inside the bucket, without a trailing slash.
     root: String,
     requests: Arc<Semaphore>,
+    /// The size of `requests` (the region's `concurrency`).
+    connections: usize,
     multipart_threshold: u64,
     part_size: u64,
     max_attempts: u32,
@@ -230,6 +232,7 @@ impl S3Backend {
             bucket: cfg.bucket.clone(),
             root,
             requests: Arc::new(Semaphore::new(cfg.concurrency)),
+            connections: cfg.concurrency,
             multipart_threshold: cfg.multipart_threshold_mib << 20,
             part_size: cfg.part_size_mib << 20,
             max_attempts: cfg.max_attempts,
@@ -585,6 +588,7 @@ impl S3Backend {
         if range.is_some_and(|(_, length)| length == 0) {
             return Ok(Vec::new());
         }
+        tracing::debug!(region = %self.region, %key, ?range, "Reading an object.");
         // Counted from the first failure: waiting for a request slot and the
         // first download are not retry time.
         let mut first_failure: Option<std::time::Instant> = None;
@@ -662,6 +666,10 @@ enum GetError {
 
 #[async_trait]
 impl Backend for S3Backend {
+    fn connections(&self) -> usize {
+        self.connections
+    }
+
     fn location(&self) -> String {
         format!(
             "s3:{}/{}/{} (region {})",

@@ -1,14 +1,21 @@
-//! The read path: walk a snapshot's trees depth-first and read file content,
-//! fetching several blobs ahead so storage latency overlaps decryption.
+//! The read path: walk a snapshot's trees depth-first and read file content.
+//! A file's content is read in spans (nearby blobs of a pack with one
+//! request), several ahead, so storage latency overlaps decryption; small
+//! files are read ahead of the walk, many per request ([`prefetch`]).
 
+pub mod prefetch;
+
+use crate::repo::index::BlobLocation;
 use crate::repo::pack::BlobType;
+use crate::repo::span;
 use crate::repo::tree::{Node, Tree};
 use crate::repo::{Id, RepoError, Repository};
 use futures::StreamExt;
 use std::sync::Arc;
 
-/// Blobs fetched ahead of the one being consumed.
-const READ_AHEAD: usize = 4;
+/// Spans read ahead of the one being consumed (each at most
+/// [`span::MAX_SPAN`] bytes).
+const READ_AHEAD: usize = 2;
 
 /// One entry of a snapshot, with its absolute path.
 #[derive(Debug, Clone)]
@@ -177,22 +184,46 @@ pub struct ContentReader {
 impl ContentReader {
     /// A reader with nothing left to read.
     pub fn empty() -> Self {
-        ContentReader {
-            stream: futures::stream::empty().boxed(),
-            current: Vec::new(),
-            pos: 0,
-        }
+        Self::over(futures::stream::empty().boxed())
     }
 
     /// A reader over the blobs `content`.
     pub fn new(repo: Arc<Repository>, content: Vec<Id>) -> Self {
-        let stream = futures::stream::iter(content)
-            .map(move |id| {
+        let runs =
+            repo.with_index(|i| span::runs(&content, |id| i.get(id, BlobType::Data).copied()));
+        let stream = futures::stream::iter(runs)
+            .map(move |run| {
                 let repo = Arc::clone(&repo);
-                async move { repo.load_blob(&id, BlobType::Data).await }
+                async move { load_run(&repo, run).await }
             })
             .buffered(READ_AHEAD)
+            .flat_map(futures::stream::iter)
             .boxed();
+        Self::over(stream)
+    }
+
+    /// A reader over blobs already read (by [`prefetch::Prefetch`]), or,
+    /// if they could not be (`None`), over `content` read as by
+    /// [`ContentReader::new`].
+    pub fn prefetched(
+        repo: Arc<Repository>,
+        content: Vec<Id>,
+        ready: tokio::sync::oneshot::Receiver<Option<Vec<Vec<u8>>>>,
+    ) -> Self {
+        let stream = futures::stream::once(async move {
+            match ready.await {
+                Ok(Some(blobs)) => futures::stream::iter(blobs.into_iter().map(Ok)).boxed(),
+                // Not read ahead (a failure, damage): read as any file,
+                // which reports what is wrong.
+                _ => Self::new(repo, content).stream,
+            }
+        })
+        .flatten()
+        .boxed();
+        Self::over(stream)
+    }
+
+    fn over(stream: futures::stream::BoxStream<'static, Result<Vec<u8>, RepoError>>) -> Self {
         ContentReader {
             stream,
             current: Vec::new(),
@@ -227,4 +258,39 @@ impl ContentReader {
         self.pos = end;
         Ok(out)
     }
+}
+
+/// Read one run of a file's blobs (see [`span::runs`]) with one request;
+/// the blobs in content order. Reading stops at the first error, so one
+/// error stands for the rest of the run.
+async fn load_run(
+    repo: &Repository,
+    run: Vec<(Id, Option<BlobLocation>)>,
+) -> Vec<Result<Vec<u8>, RepoError>> {
+    let located: Vec<(Id, BlobLocation)> = run
+        .iter()
+        .filter_map(|(id, l)| Some((*id, (*l)?)))
+        .collect();
+    if located.len() < run.len() {
+        return vec![Err(RepoError::BlobNotFound(run[0].0))];
+    }
+    let mut out = Vec::with_capacity(run.len());
+    for s in span::plan(located) {
+        match repo.load_span(&s).await {
+            Ok(blobs) => {
+                for (_, blob) in blobs {
+                    let failed = blob.is_err();
+                    out.push(blob);
+                    if failed {
+                        return out;
+                    }
+                }
+            }
+            Err(e) => {
+                out.push(Err(e));
+                return out;
+            }
+        }
+    }
+    out
 }
