@@ -22,6 +22,25 @@ pub fn system_hostname() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
+/// What a task on another thread returned. Its panic is this task's
+/// panic. A task cancelled because the runtime is shutting down gives
+/// nothing: this task never returns and is dropped with the runtime
+/// (`into_panic` on a cancellation would panic with a message that is no
+/// panic of ours).
+pub async fn joined<T>(r: Result<T, tokio::task::JoinError>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// Run `f` on a blocking thread, so it never stalls the async workers
+/// (see [`joined`] for a panic or a shutdown).
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    joined(tokio::task::spawn_blocking(f).await).await
+}
+
 /// Cairn's cache directory: `$CAIRN_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/cairn`, else `~/.cache/cairn`.
 pub fn cache_dir() -> Option<std::path::PathBuf> {

@@ -1,9 +1,11 @@
 //! Shared test helpers: a scratch repository, running `cairn` and `restic`,
 //! building fixture trees, and comparing trees with an independent tool.
 
+use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
@@ -451,4 +453,94 @@ pub fn hand_made_snapshot(s: &Scratch, nodes: Vec<(&str, &[u8])>, adapter: Optio
         .unwrap()
         .to_hex()
     })
+}
+
+/// What a command run under [`bounded`] did.
+pub struct Bounded {
+    pub out: Output,
+    pub took: Duration,
+}
+
+/// The resident memory of process `pid`, in MiB (0 once it is gone).
+pub fn rss_mib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0)
+        / 1024
+}
+
+/// Run `cmd` to its end, but kill it and fail the test if it runs longer
+/// than `limit` or its memory grows past `max_rss_mib` (faults that hang
+/// forever or eat the machine).
+pub fn bounded(mut cmd: Command, limit: Duration, max_rss_mib: u64) -> Bounded {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut child = cmd.spawn().unwrap();
+    let pid = child.id();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stdout.read_to_end(&mut v);
+        v
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stderr.read_to_end(&mut v);
+        v
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        let rss = rss_mib(pid);
+        if rss > max_rss_mib {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?}: its memory grew to {rss} MiB (the bound is {max_rss_mib} MiB)");
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?}: did not end within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = started.elapsed();
+    Bounded {
+        out: Output {
+            status,
+            stdout: out_reader.join().unwrap(),
+            stderr: err_reader.join().unwrap(),
+        },
+        took,
+    }
+}
+
+/// Unmounts a tmpfs when dropped.
+pub struct Mounted(pub PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Mount a tmpfs of `size` (`mount -o size=`) on the new directory `dir`.
+pub fn mount_tmpfs(dir: &Path, size: &str) -> Mounted {
+    std::fs::create_dir_all(dir).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        mounted.status.success(),
+        "this test needs to mount a small tmpfs (run the suite as root): {}",
+        text(&mounted)
+    );
+    Mounted(dir.to_path_buf())
 }

@@ -12,71 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// What a command run under [`bounded`] did.
-struct Bounded {
-    out: Output,
-    took: Duration,
-}
-
-/// The resident memory of process `pid`, in MiB (0 once it is gone).
-fn rss_mib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or(0)
-        / 1024
-}
-
-/// Run `cmd` to its end, but kill it and fail the test if it runs longer
-/// than `limit` or its memory grows past `max_rss_mib` (the faults this
-/// module reproduces hung forever or ate the machine).
-fn bounded(mut cmd: Command, limit: Duration, max_rss_mib: u64) -> Bounded {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let started = Instant::now();
-    let mut child = cmd.spawn().unwrap();
-    let pid = child.id();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stdout.read_to_end(&mut v);
-        v
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stderr.read_to_end(&mut v);
-        v
-    });
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        let rss = rss_mib(pid);
-        if rss > max_rss_mib {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?}: its memory grew to {rss} MiB (the bound is {max_rss_mib} MiB)");
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?}: did not end within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let took = started.elapsed();
-    Bounded {
-        out: Output {
-            status,
-            stdout: out_reader.join().unwrap(),
-            stderr: err_reader.join().unwrap(),
-        },
-        took,
-    }
-}
-
 /// Send SIGTERM to `child`.
 fn sigterm(child: &std::process::Child) {
     rustix::process::kill_process(
@@ -1347,15 +1282,6 @@ fn a_restore_that_loses_its_storage_says_why_and_how_far_and_resumes() {
         .unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert_same_tree(&src, &again.join(src.strip_prefix("/").unwrap()));
-}
-
-/// Unmounts a tmpfs when dropped.
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
 }
 
 /// Issue 12, item 10: after ENOSPC, about 16 MB of orphaned packs and

@@ -3,10 +3,13 @@
 //! come from a local cache that is checked, kept current and never trusted
 //! over the storage.
 
-use crate::common::{PASSWORD, Scratch, assert_same_tree, random_bytes, stderr, text};
+use crate::common::{
+    PASSWORD, Scratch, assert_same_tree, bounded, mount_tmpfs, random_bytes, stderr, text,
+};
 use crate::garage::Garage;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 /// A repository in a Garage bucket, and commands on it.
 struct S3Repo {
@@ -228,4 +231,58 @@ fn the_metadata_cache_is_checked_kept_current_and_never_trusted_over_the_storage
         std::fs::read_dir(cache.join("index")).unwrap().count(),
         before
     );
+}
+
+/// Red-team finding: a sparse file is a few stored bytes (one all-zero
+/// blob, repeated), so the read-ahead took it for a small file and held
+/// all of it, a copy per repeat: 2 GiB of memory for a 2 GiB file.
+#[test]
+fn a_large_sparse_file_restores_and_verifies_in_bounded_memory() {
+    let r = S3Repo::new("reads-sparse");
+    let src = r.s.path("src");
+    std::fs::create_dir(&src).unwrap();
+    let sparse = std::fs::File::create(src.join("disk.img")).unwrap();
+    sparse.set_len(768 << 20).unwrap();
+    r.run(&["init"]);
+    r.run(&["backup", src.to_str().unwrap()]);
+
+    let target = r.s.path("out");
+    let restore = bounded(
+        r.cmd(&["restore", "latest", "--target", target.to_str().unwrap()]),
+        Duration::from_secs(300),
+        300,
+    );
+    assert!(restore.out.status.success(), "{}", text(&restore.out));
+    assert_same_tree(&src, &target.join(src.strip_prefix("/").unwrap()));
+    // The zero blob is read once, not once per repeat.
+    let data = reads(&restore.out, "data");
+    assert!(data <= 4, "{data} reads of packs: {}", text(&restore.out));
+    let verify = bounded(r.cmd(&["verify", "latest"]), Duration::from_secs(300), 300);
+    assert!(verify.out.status.success(), "{}", text(&verify.out));
+}
+
+/// Red-team finding: with a cache that cannot be written (a full disk),
+/// every tree read downloaded its whole pack again.
+#[test]
+fn a_full_cache_disk_costs_no_repeated_downloads() {
+    let r = S3Repo::new("reads-full-cache");
+    let src = many_small_files(&r.s.path(""));
+    r.run(&["init"]);
+    r.run(&["backup", src.to_str().unwrap()]);
+    let cache = r.s.path("cache");
+    let _unmount = mount_tmpfs(&cache, "64k");
+    let target = r.s.path("out");
+    let out = r
+        .cmd(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .env("CAIRN_CACHE_DIR", &cache)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_same_tree(&src, &target.join(src.strip_prefix("/").unwrap()));
+    let whole = stderr(&out)
+        .lines()
+        .filter(|l| l.contains("Reading an object.") && l.contains("/data/"))
+        .filter(|l| l.ends_with("range=None"))
+        .count();
+    assert_eq!(whole, 1, "the tree pack is downloaded once: {}", text(&out));
 }

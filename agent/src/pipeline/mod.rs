@@ -253,10 +253,7 @@ impl Pipeline {
         let mut packer = self.packer;
         let ended = (&mut packer).await;
         guard.0 = None;
-        match ended {
-            Ok(r) => r?,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
+        crate::util::joined(ended).await?;
         Ok(self.stats)
     }
 }
@@ -440,10 +437,7 @@ async fn collect(
     pending: &mut Vec<IndexPack>,
 ) -> Result<(), RepoError> {
     if let Some(r) = set.join_next().await {
-        match r {
-            Ok(pack) => pending.push(pack?),
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
+        pending.push(crate::util::joined(r).await?);
     }
     Ok(())
 }

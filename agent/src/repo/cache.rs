@@ -92,34 +92,43 @@ impl Cache {
     }
 
     /// `length` bytes at `offset` of a cached pack (checked whole when it
-    /// was stored; its blobs are authenticated by the reader).
+    /// was stored; its blobs are authenticated by the reader). A cached
+    /// pack that cannot give them (shortened, no regular file) is removed.
     pub fn get_range(&self, name: &str, offset: u64, length: u64) -> Option<Vec<u8>> {
         let path = self.path(FileType::Pack, name)?;
-        let file = open_regular(&path)?;
-        let mut buf = vec![0; usize::try_from(length).ok()?];
-        file.read_exact_at(&mut buf, offset).ok()?;
-        Some(buf)
+        if std::fs::symlink_metadata(&path).is_err() {
+            return None;
+        }
+        let read = open_regular(&path).and_then(|file| {
+            let mut buf = vec![0; usize::try_from(length).ok()?];
+            file.read_exact_at(&mut buf, offset).ok()?;
+            Some(buf)
+        });
+        if read.is_none() {
+            tracing::warn!(file = %path.display(), "A cached pack is damaged; reading from the repository again.");
+            self.remove(FileType::Pack, name);
+        }
+        read
     }
 
-    /// Whether the pack is cached.
-    #[must_use]
-    pub fn has_pack(&self, name: &str) -> bool {
-        self.path(FileType::Pack, name).is_some_and(|p| p.exists())
-    }
-
-    /// Keep `data` as `name`, if it matches its name. Written to a
-    /// temporary file and renamed, so a reader sees all or nothing.
-    pub fn put(&self, t: FileType, name: &str, data: &[u8]) {
+    /// Keep `data` as `name`, if it matches its name; whether it is kept.
+    /// Written to a temporary file and renamed, so a reader sees all or
+    /// nothing.
+    pub fn put(&self, t: FileType, name: &str, data: &[u8]) -> bool {
         let Some(path) = self.path(t, name) else {
-            return;
+            return false;
         };
         if Id::hash(data).to_hex() != name {
-            return;
+            return false;
         }
-        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-        // A file of that name is a leftover of a crashed process (or was
-        // planted): never written through, never followed.
-        let _ = std::fs::remove_file(&tmp);
+        // Unique among processes sharing the cache, even with the same
+        // PID (two containers).
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let tmp = path.with_extension(format!("tmp-{}-{nanos}", std::process::id()));
+        // A file of that name was planted: never written through, never
+        // followed (create_new fails, and the file is not cached).
         let written = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -128,9 +137,13 @@ impl Cache {
             .open(&tmp)
             .and_then(|mut f| f.write_all(data))
             .and_then(|()| std::fs::rename(&tmp, &path));
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            tracing::debug!(file = %path.display(), error = %e, "Could not write to the cache.");
+        match written {
+            Ok(()) => true,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                tracing::debug!(file = %path.display(), error = %e, "Could not write to the cache.");
+                false
+            }
         }
     }
 
@@ -175,15 +188,40 @@ mod tests {
         let (_base, c) = cache();
         let data = b"an index file".to_vec();
         let name = Id::hash(&data).to_hex();
-        c.put(FileType::Index, &Id::hash(b"other").to_hex(), &data);
+        assert!(!c.put(FileType::Index, &Id::hash(b"other").to_hex(), &data));
         assert_eq!(c.get(FileType::Index, &Id::hash(b"other").to_hex()), None);
-        c.put(FileType::Index, &name, &data);
+        assert!(c.put(FileType::Index, &name, &data));
         assert_eq!(c.get(FileType::Index, &name), Some(data));
         // Damaged on disk: not returned, and removed.
         let path = c.path(FileType::Index, &name).unwrap();
         std::fs::write(&path, b"an index filf").unwrap();
         assert_eq!(c.get(FileType::Index, &name), None);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_shortened_or_irregular_cached_pack_is_removed_not_served() {
+        let (_base, c) = cache();
+        let pack = b"0123456789".repeat(10);
+        let name = Id::hash(&pack).to_hex();
+        assert!(c.put(FileType::Pack, &name, &pack));
+        assert_eq!(c.get_range(&name, 10, 5).as_deref(), Some(&b"01234"[..]));
+        let path = c.path(FileType::Pack, &name).unwrap();
+        std::fs::write(&path, &pack[..50]).unwrap();
+        assert_eq!(c.get_range(&name, 40, 20), None);
+        assert!(!path.exists(), "a shortened pack stays");
+        // A FIFO under a pack's name is no pack, and reading it does not
+        // block.
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &path,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        assert_eq!(c.get_range(&name, 0, 5), None);
+        assert!(!path.exists(), "a FIFO stays");
     }
 
     #[test]

@@ -148,6 +148,8 @@ pub struct Repository {
     /// Held while a tree pack is copied into the cache, so two readers
     /// wanting it do not both download it.
     caching: tokio::sync::Mutex<()>,
+    /// Tree packs that could not be cached in this run.
+    not_cached: std::sync::Mutex<std::collections::HashSet<Id>>,
 }
 
 /// Requests in flight at once to a store that does not say (a local
@@ -215,6 +217,7 @@ impl Repository {
             connections,
             cache: None,
             caching: Default::default(),
+            not_cached: Default::default(),
         })
     }
 
@@ -331,6 +334,7 @@ impl Repository {
             connections,
             cache: None,
             caching: Default::default(),
+            not_cached: Default::default(),
         })
     }
 
@@ -546,37 +550,60 @@ impl Repository {
         // Large blobs are decrypted, decompressed and hashed on a blocking
         // thread, so the blobs a reader fetches ahead decode in parallel.
         let (key, id) = (self.key.clone(), *id);
-        match tokio::task::spawn_blocking(move || decode_blob(&key, &id, &loc, &stored)).await {
-            Ok(r) => r,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
+        crate::util::blocking(move || decode_blob(&key, &id, &loc, &stored)).await
     }
 
     /// A tree blob's stored bytes from the cache, the whole pack copied
     /// into it first if it is not there (one request for every tree in the
-    /// pack). `None` without a cache, or if the pack could not be cached.
+    /// pack). `None` without a cache, or for a pack that cannot be cached
+    /// (too large, not matching its name, the cache not writable): that
+    /// pack's trees are then read blob by blob, as without a cache, never
+    /// by downloading the pack again for each.
     async fn cached_tree_blob(&self, loc: &BlobLocation) -> Option<Vec<u8>> {
         let cache = self.cache.as_ref()?;
         let name = loc.pack.to_hex();
         let (offset, length) = (loc.offset as u64, loc.length as u64);
-        if !cache.has_pack(&name) {
-            let _one_at_a_time = self.caching.lock().await;
-            if !cache.has_pack(&name) {
-                let size = self.backend.size(FileType::Pack, &name).await.ok()?;
-                if size > cache::MAX_CACHED_PACK {
-                    return None;
-                }
-                let pack = self.backend.load(FileType::Pack, &name).await.ok()?;
-                cache.put(FileType::Pack, &name, &pack);
-                // Not cached (it does not match its name, the disk is
-                // full): serve this blob from what was read.
-                if !cache.has_pack(&name) {
-                    let from = usize::try_from(offset).ok()?;
-                    return pack.get(from..from + length as usize).map(<[u8]>::to_vec);
-                }
+        if self
+            .not_cached
+            .lock()
+            .expect("not cached")
+            .contains(&loc.pack)
+        {
+            return None;
+        }
+        if let Some(stored) = cache.get_range(&name, offset, length) {
+            return Some(stored);
+        }
+        let _one_at_a_time = self.caching.lock().await;
+        // Cached (or found not cachable) by another reader while this one
+        // waited?
+        if self
+            .not_cached
+            .lock()
+            .expect("not cached")
+            .contains(&loc.pack)
+        {
+            return None;
+        }
+        if let Some(stored) = cache.get_range(&name, offset, length) {
+            return Some(stored);
+        }
+        let pack = match self.backend.size(FileType::Pack, &name).await {
+            Ok(size) if size <= cache::MAX_CACHED_PACK => {
+                self.backend.load(FileType::Pack, &name).await.ok()
+            }
+            _ => None,
+        };
+        let from = usize::try_from(offset).ok()?;
+        match pack {
+            Some(pack) if cache.put(FileType::Pack, &name, &pack) => {
+                pack.get(from..from + length as usize).map(<[u8]>::to_vec)
+            }
+            other => {
+                self.not_cached.lock().expect("not cached").insert(loc.pack);
+                other.and_then(|p| p.get(from..from + length as usize).map(<[u8]>::to_vec))
             }
         }
-        cache.get_range(&name, offset, length)
     }
 
     /// Read and parse a tree.

@@ -82,14 +82,15 @@ pub fn plan(blobs: impl IntoIterator<Item = (Id, BlobLocation)>) -> Vec<Span> {
     spans
 }
 
+/// Consecutive blobs of a file's content that one span can read, each
+/// with its location (none: the index does not know it).
+pub type Run = Vec<(Id, Option<BlobLocation>)>;
+
 /// Split a file's content, in order, into runs of consecutive blobs that
 /// one span each can read: same pack, ascending and near. A blob the
 /// index does not know is its own run, with no location.
-pub fn runs(
-    content: &[Id],
-    locate: impl Fn(&Id) -> Option<BlobLocation>,
-) -> Vec<Vec<(Id, Option<BlobLocation>)>> {
-    let mut runs: Vec<Vec<(Id, Option<BlobLocation>)>> = Vec::new();
+pub fn runs(content: &[Id], locate: impl Fn(&Id) -> Option<BlobLocation>) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
     let mut span: Option<Span> = None;
     for id in content {
         let loc = locate(id);
@@ -166,10 +167,7 @@ impl Repository {
         }
         // Decrypting, decompressing and hashing run off the async task, so
         // spans read ahead decode in parallel.
-        match tokio::task::spawn_blocking(decode).await {
-            Ok(r) => Ok(r),
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
+        Ok(crate::util::blocking(decode).await)
     }
 }
 

@@ -191,13 +191,35 @@ impl ContentReader {
     pub fn new(repo: Arc<Repository>, content: Vec<Id>) -> Self {
         let runs =
             repo.with_index(|i| span::runs(&content, |id| i.get(id, BlobType::Data).copied()));
-        let stream = futures::stream::iter(runs)
-            .map(move |run| {
+        // The same blob again and again (a sparse file's zeros) is read
+        // once and handed out as often as the content repeats it.
+        let mut repeated: Vec<(span::Run, usize)> = Vec::new();
+        for run in runs {
+            match repeated.last_mut() {
+                Some((prev, times)) if run.len() == 1 && prev.len() == 1 && prev[0] == run[0] => {
+                    *times += 1
+                }
+                _ => repeated.push((run, 1)),
+            }
+        }
+        let stream = futures::stream::iter(repeated)
+            .map(move |(run, times)| {
                 let repo = Arc::clone(&repo);
-                async move { load_run(&repo, run).await }
+                async move { (load_run(&repo, run).await, times) }
             })
             .buffered(READ_AHEAD)
-            .flat_map(futures::stream::iter)
+            .flat_map(|(mut blobs, times)| {
+                if times == 1 {
+                    return futures::stream::iter(blobs).boxed();
+                }
+                match blobs.pop() {
+                    // Copied as the reader takes them, not all at once.
+                    Some(Ok(blob)) => {
+                        futures::stream::iter(std::iter::repeat_n(blob, times).map(Ok)).boxed()
+                    }
+                    other => futures::stream::iter(other).boxed(),
+                }
+            })
             .boxed();
         Self::over(stream)
     }
@@ -263,10 +285,7 @@ impl ContentReader {
 /// Read one run of a file's blobs (see [`span::runs`]) with one request;
 /// the blobs in content order. Reading stops at the first error, so one
 /// error stands for the rest of the run.
-async fn load_run(
-    repo: &Repository,
-    run: Vec<(Id, Option<BlobLocation>)>,
-) -> Vec<Result<Vec<u8>, RepoError>> {
+async fn load_run(repo: &Repository, run: span::Run) -> Vec<Result<Vec<u8>, RepoError>> {
     let located: Vec<(Id, BlobLocation)> = run
         .iter()
         .filter_map(|(id, l)| Some((*id, (*l)?)))

@@ -30,8 +30,11 @@ use tokio::sync::{Notify, Semaphore, oneshot};
 /// Files of at most this many stored bytes are read ahead; larger ones are
 /// read in spans by their own reader, which keeps a request busy anyway.
 pub const SMALL_FILE: u64 = 1 << 20;
-/// Content read ahead and not yet taken by the adapter, at most (a single
-/// file is admitted even if larger).
+/// ... and of at most this many bytes once read: a file of a few stored
+/// bytes can be gigabytes (a sparse file is one all-zero blob, repeated),
+/// and its reader streams it instead.
+pub const SMALL_FILE_PLAIN: u64 = 4 << 20;
+/// Content read ahead and not yet taken by the adapter, at most.
 pub const HELD_BYTES: u64 = 24 << 20;
 /// A batch (the files whose blobs are planned together) holds at most
 /// this many bytes or [`BATCH_FILES`] files.
@@ -310,8 +313,8 @@ async fn next_small_file(
         // A blob the index does not know: the reader reports it.
         if let Some(blobs) = located {
             let stored: u64 = blobs.iter().map(|(_, l)| l.length as u64).sum();
-            if stored <= SMALL_FILE {
-                let plain = blobs.iter().map(|(_, l)| l.plain_length() as u64).sum();
+            let plain: u64 = blobs.iter().map(|(_, l)| l.plain_length() as u64).sum();
+            if stored <= SMALL_FILE && plain <= SMALL_FILE_PLAIN {
                 return Some(Candidate {
                     num: *n,
                     path: entry.path,

@@ -1239,11 +1239,13 @@ impl snapshot::HostEntryReader for HostState {
             drop(permit);
             let (file, written) = file?;
             if let Ok(meta) = meta_rx.await {
-                blocking_io(move || meta.apply(&file)).await.map_err(|e| {
-                    WriteFailure::Entry(AdapterError::Io(format!(
-                        "{target}: setting metadata: {e}"
-                    )))
-                })?;
+                crate::util::blocking(move || meta.apply(&file))
+                    .await
+                    .map_err(|e| {
+                        WriteFailure::Entry(AdapterError::Io(format!(
+                            "{target}: setting metadata: {e}"
+                        )))
+                    })?;
             }
             // Whole: no longer a file to remove if the restore stops.
             finished(unfinished);
@@ -1469,7 +1471,7 @@ impl HostState {
         ) {
             return Ok(false);
         }
-        Ok(blocking_io(move || {
+        Ok(crate::util::blocking(move || {
             let mut buf = Vec::new();
             blobs.iter().all(|(id, len)| {
                 buf.resize(*len, 0);
@@ -1516,7 +1518,7 @@ async fn write_content(
         let (len, hole) = (blob.len() as u64, ends_in_hole);
         // On a blocking thread: a target that stops answering (a hung
         // network mount) must not hold the runtime's workers.
-        let (file, written) = blocking_io(move || {
+        let (file, written) = crate::util::blocking(move || {
             let r = if hole {
                 out.seek(std::io::SeekFrom::Current(len as i64)).map(|_| ())
             } else {
@@ -1531,7 +1533,7 @@ async fn write_content(
     }
     // A trailing hole needs the length set explicitly.
     if ends_in_hole {
-        let (file, set) = blocking_io(move || {
+        let (file, set) = crate::util::blocking(move || {
             let r = out.set_len(total);
             (out, r)
         })
@@ -1540,14 +1542,6 @@ async fn write_content(
         set.map_err(|e| WriteFailure::Entry(AdapterError::Io(format!("{target}: {e}"))))?;
     }
     Ok((out, total))
-}
-
-/// Run a file operation on a blocking thread.
-async fn blocking_io<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(v) => v,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
 }
 
 /// Files a restore is writing, registered from their creation until their

@@ -55,28 +55,8 @@ impl LocalBackend {
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
-) -> Result<T, StorageError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
-}
-
 /// Reads up to this size are done on the calling task.
 const INLINE_READ: u64 = 128 * 1024;
-
-/// Run file I/O on a blocking thread, so reads overlap (restore fetches
-/// several blobs ahead) and never stall the async workers.
-async fn io_blocking<T: Send + 'static>(
-    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> std::io::Result<T> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
-}
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
@@ -128,7 +108,7 @@ impl Backend for LocalBackend {
             .join(format!("{name}-{}-{n}", std::process::id()));
         let location = self.location();
         let root = self.root.clone();
-        blocking(move || {
+        crate::util::blocking(move || {
             let err = |p: &Path, e: std::io::Error| {
                 let name = p.strip_prefix(&root).unwrap_or(p).display().to_string();
                 StorageError::Io {
@@ -173,7 +153,7 @@ impl Backend for LocalBackend {
     async fn load(&self, t: FileType, name: &str) -> Result<Vec<u8>, StorageError> {
         let path = self.path(t, name);
         let p = path.clone();
-        io_blocking(move || std::fs::read(&p))
+        crate::util::blocking(move || std::fs::read(&p))
             .await
             .map_err(|e| self.io_err(&path, e))
     }
@@ -198,7 +178,7 @@ impl Backend for LocalBackend {
             return read(&path).map_err(|e| self.io_err(&path, e));
         }
         let p = path.clone();
-        io_blocking(move || read(&p))
+        crate::util::blocking(move || read(&p))
             .await
             .map_err(|e| self.io_err(&path, e))
     }
