@@ -42,6 +42,9 @@ pub struct Args {
 #[derive(Default)]
 struct Found {
     snapshot: Option<(Id, crate::repo::snapshot::Snapshot)>,
+    /// When the snapshot was chosen: its age then is the recovery point
+    /// (a backup may finish after the drill started, and be chosen).
+    chosen: Option<chrono::DateTime<chrono::Utc>>,
     entries: u64,
     problems: Vec<String>,
 }
@@ -68,7 +71,12 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
         rpo_seconds: found
             .snapshot
             .as_ref()
-            .map(|(_, s)| (started - s.time.with_timezone(&chrono::Utc)).as_seconds_f64()),
+            .zip(found.chosen)
+            .map(|((_, s), chosen)| {
+                (chosen - s.time.with_timezone(&chrono::Utc))
+                    .as_seconds_f64()
+                    .max(0.0)
+            }),
         rto_seconds: rto,
         entries: found.entries,
         problems: found.problems.clone(),
@@ -130,6 +138,7 @@ async fn drill(
         repo.find_snapshot_of(spec, Some(name)).await?
     };
     found.snapshot = Some((id, snap.clone()));
+    found.chosen = Some(chrono::Utc::now());
     let source = AdapterSource::parse(&job.adapter).pinned(job.adapter_sha256.as_deref());
     super::restore::same_adapter(&id, &snap, name, &source)?;
     let mut flags = AdapterFlags::default();
