@@ -9,7 +9,8 @@
 # up into its own prefix of one bucket, then, with an empty cache as on a
 # machine being rebuilt, restores; then `ls`, `verify` (Cairn) and
 # `check --read-data`. Every restore is compared with the data (diff -r).
-# CONNECTIONS=N sets Cairn's --connections (default: Cairn's own).
+# CONNECTIONS=N sets Cairn's --connections (default: Cairn's own);
+# SETS="small" (default "small all") picks the data sets.
 # ROUNDS=N (default 2) repeats the read side: best time, highest RSS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -75,7 +76,7 @@ results="$work/results"
 : > "$results"
 record() { echo "$1 $2 $3 $4" >> "$results"; }  # set op tool "s kib"
 
-for set in small all; do
+for set in ${SETS:-small all}; do
   src=$data; [ $set = small ] && src=$data/small
   bytes=$(du -sb --exclude=.complete "$src" | cut -f1)
   files=$(find "$src" -type f ! -name .complete | wc -l)

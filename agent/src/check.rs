@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// Packs `check --read-data` holds in memory at once, at most.
-const CHECK_PACKS_IN_FLIGHT: usize = 4;
+const CHECK_PACKS_IN_FLIGHT: usize = 2;
 
 /// What `check` found.
 #[derive(Debug, Default, serde::Serialize)]
@@ -136,9 +136,8 @@ pub async fn check(repo: &Arc<Repository>, read_data: bool) -> Result<CheckRepor
         packs.sort_by_key(|(id, _)| *id);
         packs.retain(|(id, _)| stored.contains_key(&id.to_hex()));
         report.packs_read = packs.len();
-        // Several packs at once, each read whole: at most
-        // CHECK_PACKS_IN_FLIGHT of them, so memory stays near restic's
-        // (four 16 MiB packs keep two cores busy and hide the latency).
+        // Packs are read whole, CHECK_PACKS_IN_FLIGHT at once: two keep
+        // both cores busy; four used twice restic's memory (benches/s3.sh).
         let mut checked = futures::stream::iter(packs)
             .map(|(pack_id, blobs)| async move {
                 let bytes = match repo.backend().load(FileType::Pack, &pack_id.to_hex()).await {

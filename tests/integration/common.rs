@@ -521,7 +521,7 @@ pub fn bounded(mut cmd: Command, limit: Duration, max_rss_mib: u64) -> Bounded {
 }
 
 /// Unmounts a tmpfs when dropped.
-pub struct Mounted(pub PathBuf);
+pub struct Mounted(PathBuf);
 
 impl Drop for Mounted {
     fn drop(&mut self) {

@@ -1291,18 +1291,7 @@ fn a_restore_that_loses_its_storage_says_why_and_how_far_and_resumes() {
 fn a_full_disk_leaves_no_debris_and_the_next_backup_fits() {
     let s = Scratch::new();
     let disk = s.path("disk");
-    std::fs::create_dir(&disk).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
-        .arg(&disk)
-        .output()
-        .unwrap();
-    assert!(
-        mounted.status.success(),
-        "this test needs to mount a small tmpfs (run the suite as root): {}",
-        text(&mounted)
-    );
-    let _unmount = Mounted(disk.clone());
+    let _unmount = mount_tmpfs(&disk, "24m");
     let repo = disk.join("repo");
     let cmd = |args: &[&str]| {
         let mut c = s.cairn_cmd(args);
