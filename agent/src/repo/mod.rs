@@ -374,28 +374,16 @@ impl Repository {
     /// [`Repository::damage`]): the blobs only it lists look missing, which
     /// `check` reports and `rebuild-index` mends.
     pub async fn load_index(&self) -> Result<usize, RepoError> {
-        let files = self.backend.list(FileType::Index).await?;
-        if let Some(c) = &self.cache {
-            c.retain(
-                FileType::Index,
-                &files.iter().map(|(n, _)| n.clone()).collect(),
-            );
-        }
         let mut index = Index::default();
         let mut read = 0;
-        let mut loaded = futures::stream::iter(files.iter().cloned())
-            .map(|(name, size)| async move {
-                let file = if size > MAX_INDEX_FILE {
-                    Err(RepoError::corrupt(
-                        format!("index/{name}"),
-                        format!("it is {size} bytes, larger than any index file"),
-                    ))
-                } else {
-                    self.load_index_file(&name).await
-                };
-                (name, file)
-            })
-            .buffered(self.connections);
+        let mut loaded = self
+            .load_listed(
+                FileType::Index,
+                MAX_INDEX_FILE,
+                "index",
+                |name| async move { self.load_index_file(&name).await },
+            )
+            .await?;
         while let Some((name, file)) = loaded.next().await {
             match file {
                 Ok(file) => {
@@ -417,6 +405,44 @@ impl Repository {
         }
         *self.index.write().expect("index lock") = index;
         Ok(read)
+    }
+
+    /// Every file of type `t` (index or snapshot files), each read by
+    /// `load`, `self.connections` at a time, in listing order, with its
+    /// name. A file larger than `max` is damage (`kind` names what it
+    /// should be), not read. The cache keeps only the listed files.
+    async fn load_listed<'a, T, Fut>(
+        &'a self,
+        t: FileType,
+        max: u64,
+        kind: &'a str,
+        load: impl Fn(String) -> Fut + 'a,
+    ) -> Result<impl futures::Stream<Item = (String, Result<T, RepoError>)> + 'a, RepoError>
+    where
+        Fut: std::future::Future<Output = Result<T, RepoError>> + 'a,
+        T: 'a,
+    {
+        let listed = self.backend.list(t).await?;
+        if let Some(c) = &self.cache {
+            c.retain(t, &listed.iter().map(|(n, _)| n.clone()).collect());
+        }
+        let load = std::sync::Arc::new(load);
+        Ok(futures::stream::iter(listed)
+            .map(move |(name, size)| {
+                let load = std::sync::Arc::clone(&load);
+                async move {
+                    let read = if size > max {
+                        Err(RepoError::corrupt(
+                            file_label(t, &name),
+                            format!("it is {size} bytes, larger than any {kind} file"),
+                        ))
+                    } else {
+                        load(name.clone()).await
+                    };
+                    (name, read)
+                }
+            })
+            .buffered(self.connections))
     }
 
     /// Note the damaged file `file` passed over, and warn about it.
@@ -640,27 +666,15 @@ impl Repository {
     }
 
     async fn list_snapshots(&self, strict: bool) -> Result<Vec<(Id, Snapshot)>, RepoError> {
-        let listed = self.backend.list(FileType::Snapshot).await?;
-        if let Some(c) = &self.cache {
-            c.retain(
-                FileType::Snapshot,
-                &listed.iter().map(|(n, _)| n.clone()).collect(),
-            );
-        }
         let mut out = Vec::new();
-        let mut loaded = futures::stream::iter(listed)
-            .map(|(name, size)| async move {
-                let snap = if size > MAX_SNAPSHOT_FILE {
-                    Err(RepoError::corrupt(
-                        format!("snapshots/{name}"),
-                        format!("it is {size} bytes, larger than any snapshot file"),
-                    ))
-                } else {
-                    self.load_snapshot(&name).await
-                };
-                (name, snap)
-            })
-            .buffered(self.connections);
+        let mut loaded = self
+            .load_listed(
+                FileType::Snapshot,
+                MAX_SNAPSHOT_FILE,
+                "snapshot",
+                |name| async move { self.load_snapshot(&name).await },
+            )
+            .await?;
         while let Some((name, snap)) = loaded.next().await {
             match snap {
                 Ok(s) => out.push(s),
