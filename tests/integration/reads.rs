@@ -4,7 +4,7 @@
 //! over the storage.
 
 use crate::common::{
-    PASSWORD, Scratch, assert_same_tree, bounded, mount_tmpfs, random_bytes, stderr, text,
+    PASSWORD, Scratch, assert_same_tree, bounded, mount_tmpfs, packs, random_bytes, stderr, text,
 };
 use crate::garage::Garage;
 use std::path::{Path, PathBuf};
@@ -285,4 +285,44 @@ fn a_full_cache_disk_costs_no_repeated_downloads() {
         .filter(|l| l.ends_with("range=None"))
         .count();
     assert_eq!(whole, 1, "the tree pack is downloaded once: {}", text(&out));
+}
+
+/// Red-team finding (older than the read path's change): `verify` met a
+/// pack the index lists but the storage lost as a host fault and stopped,
+/// where `restore` names every file it takes away. Both name the files.
+#[test]
+fn a_lost_pack_is_named_per_file_by_verify_as_by_restore() {
+    let s = Scratch::new();
+    let src = s.path("src");
+    std::fs::create_dir(&src).unwrap();
+    // 40 MiB of random data: more than two packs, so one can be lost.
+    std::fs::write(src.join("big.bin"), random_bytes(40 << 20, 3)).unwrap();
+    std::fs::write(src.join("small.txt"), b"kept whole").unwrap();
+    s.init();
+    s.cairn_ok(&["backup", src.to_str().unwrap()]);
+    let packs = packs(&s.repo());
+    std::fs::remove_file(&packs[0]).unwrap();
+    let lost = packs[0].file_name().unwrap().to_str().unwrap().to_string();
+
+    let target = s.path("out");
+    for args in [
+        vec!["verify", "latest"],
+        vec!["restore", "latest", "--target", target.to_str().unwrap()],
+    ] {
+        let out = s.cairn(&args);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {all}");
+        assert!(all.contains("big.bin"), "{args:?} names the file: {all}");
+        assert!(all.contains(&lost), "{args:?} names the pack: {all}");
+        assert!(!all.contains("host fault"), "{args:?}: {all}");
+    }
+    assert_eq!(
+        std::fs::read(
+            target
+                .join(src.strip_prefix("/").unwrap())
+                .join("small.txt")
+        )
+        .unwrap(),
+        b"kept whole"
+    );
 }

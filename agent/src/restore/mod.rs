@@ -145,7 +145,14 @@ impl Walker {
                     what: format!("directory {}", crate::util::escaped(&path)),
                     reason: "has no subtree".into(),
                 })?;
-                let tree = self.repo.load_tree(&subtree).await?;
+                let tree = self.repo.load_tree(&subtree).await.map_err(|e| match e {
+                    // Damage names the directory it takes away.
+                    RepoError::Corrupt { .. } | RepoError::BlobNotFound(_) => RepoError::Corrupt {
+                        what: format!("directory {}", crate::util::escaped(&path)),
+                        reason: e.to_string(),
+                    },
+                    other => other,
+                })?;
                 let nodes = usable_nodes(tree, &path, &mut self.skipped);
                 self.stack.push((path.clone(), nodes.into_iter()));
             }

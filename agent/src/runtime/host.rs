@@ -58,12 +58,16 @@ fn grant_error(e: GrantError) -> AdapterError {
 }
 
 /// Repository errors: damage is the adapter's business (it may report
-/// it); anything else is a host fault.
+/// it); anything else is a host fault. A pack the index lists but the
+/// storage does not hold is damage too (as for a restore's writes).
 fn repo_error(e: RepoError) -> wasmtime::Result<AdapterError> {
     match e {
         RepoError::Corrupt { .. } | RepoError::BlobNotFound(_) => {
             Ok(AdapterError::Corrupt(e.to_string()))
         }
+        RepoError::Storage(s) if s.is_not_found() => Ok(AdapterError::Corrupt(format!(
+            "{s} (the index lists it; run `cairn check`)"
+        ))),
         other => Err(fault(other)),
     }
 }
