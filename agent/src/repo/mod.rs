@@ -589,30 +589,26 @@ impl Repository {
         let cache = self.cache.as_ref()?;
         let name = loc.pack.to_hex();
         let (offset, length) = (loc.offset as u64, loc.length as u64);
-        if self
-            .not_cached
-            .lock()
-            .expect("not cached")
-            .contains(&loc.pack)
-        {
-            return None;
-        }
-        if let Some(stored) = cache.get_range(&name, offset, length) {
-            return Some(stored);
+        // What the cache can say without a download, if anything.
+        let known = || {
+            if self
+                .not_cached
+                .lock()
+                .expect("not cached")
+                .contains(&loc.pack)
+            {
+                return Some(None);
+            }
+            cache.get_range(&name, offset, length).map(Some)
+        };
+        if let Some(answer) = known() {
+            return answer;
         }
         let _one_at_a_time = self.caching.lock().await;
         // Cached (or found not cachable) by another reader while this one
         // waited?
-        if self
-            .not_cached
-            .lock()
-            .expect("not cached")
-            .contains(&loc.pack)
-        {
-            return None;
-        }
-        if let Some(stored) = cache.get_range(&name, offset, length) {
-            return Some(stored);
+        if let Some(answer) = known() {
+            return answer;
         }
         let pack = match self.backend.size(FileType::Pack, &name).await {
             Ok(size) if size <= cache::MAX_CACHED_PACK => {
