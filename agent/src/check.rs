@@ -40,18 +40,18 @@ pub async fn check(repo: &Arc<Repository>, read_data: bool) -> Result<CheckRepor
     // Index files: every one must load.
     let mut contents = crate::repo::index::PackContents::default();
     let mut index = crate::repo::index::Index::default();
-    for (name, _) in repo.backend().list(FileType::Index).await? {
-        match repo.load_index_file(&name).await {
+    let mut files = repo.index_files().await?;
+    while let Some((_, file)) = files.next().await {
+        match file {
             Ok(file) => {
                 index.add_file(&file);
                 contents.add_file(file);
             }
-            Err(e) => report.errors.push(format!(
-                "{}: {e}",
-                crate::util::escaped(&format!("index/{name}"))
-            )),
+            // The error names the file.
+            Err(e) => report.errors.push(e.to_string()),
         }
     }
+    drop(files);
     // Check against what the readable index files say, so one damaged
     // index file is reported instead of hiding everything else.
     repo.set_index(index);
@@ -97,11 +97,8 @@ pub async fn check(repo: &Arc<Repository>, read_data: bool) -> Result<CheckRepor
     // Snapshots and trees.
     // Snapshots each on its own: a damaged one must not hide the others.
     let mut snapshots = Vec::new();
-    let listed = repo.backend().list(FileType::Snapshot).await?;
-    let mut loaded = futures::stream::iter(listed)
-        .map(|(name, _)| async move { repo.load_snapshot(&name).await })
-        .buffered(repo.connections());
-    while let Some(snap) = loaded.next().await {
+    let mut loaded = repo.snapshot_files().await?;
+    while let Some((_, snap)) = loaded.next().await {
         match snap {
             Ok(s) => snapshots.push(s),
             Err(e) => report.errors.push(e.to_string()),

@@ -386,7 +386,7 @@ impl Global {
             Ok(c) => repo.set_cache(c),
             Err(e) => eprintln!(
                 "cairn: warning: no metadata cache in {} ({e}); reading everything from the repository",
-                base.display()
+                base.join("repos").join(&repo.config().id).display()
             ),
         }
     }

@@ -207,18 +207,7 @@ impl Repository {
         backend
             .save(FileType::Config, "config", key.encrypt(&config_json).into())
             .await?;
-        let connections = backend.connections();
-        Ok(Repository {
-            backend,
-            key,
-            config,
-            index: RwLock::new(Index::default()),
-            damage: Default::default(),
-            connections,
-            cache: None,
-            caching: Default::default(),
-            not_cached: Default::default(),
-        })
+        Ok(Self::opened(backend, key, config))
     }
 
     /// Open a repository: find a key file the password opens, read the config.
@@ -324,18 +313,23 @@ impl Repository {
                 version: config.version,
             });
         }
-        let connections = backend.connections();
-        Ok(Repository {
+        Ok(Self::opened(backend, key, config))
+    }
+
+    /// A repository just created or opened: no index loaded yet, no
+    /// cache, the store's own number of connections.
+    fn opened(backend: Arc<dyn Backend>, key: Key, config: Config) -> Self {
+        Repository {
+            connections: backend.connections(),
             backend,
             key,
             config,
             index: RwLock::new(Index::default()),
             damage: Default::default(),
-            connections,
             cache: None,
             caching: Default::default(),
             not_cached: Default::default(),
-        })
+        }
     }
 
     /// Requests a reader may have in flight to the storage at once.
@@ -376,14 +370,7 @@ impl Repository {
     pub async fn load_index(&self) -> Result<usize, RepoError> {
         let mut index = Index::default();
         let mut read = 0;
-        let mut loaded = self
-            .load_listed(
-                FileType::Index,
-                MAX_INDEX_FILE,
-                "index",
-                |name| async move { self.load_index_file(&name).await },
-            )
-            .await?;
+        let mut loaded = self.index_files().await?;
         while let Some((name, file)) = loaded.next().await {
             match file {
                 Ok(file) => {
@@ -405,6 +392,38 @@ impl Repository {
         }
         *self.index.write().expect("index lock") = index;
         Ok(read)
+    }
+
+    /// Every index file, read `connections` at a time, in listing order,
+    /// with its name; a file too large to be one is damage, not read.
+    pub async fn index_files(
+        &self,
+    ) -> Result<impl futures::Stream<Item = (String, Result<IndexFile, RepoError>)> + '_, RepoError>
+    {
+        self.load_listed(
+            FileType::Index,
+            MAX_INDEX_FILE,
+            "index",
+            move |name| async move { self.load_index_file(&name).await },
+        )
+        .await
+    }
+
+    /// Every snapshot file, as [`Repository::index_files`] reads index
+    /// files.
+    pub async fn snapshot_files(
+        &self,
+    ) -> Result<
+        impl futures::Stream<Item = (String, Result<(Id, Snapshot), RepoError>)> + '_,
+        RepoError,
+    > {
+        self.load_listed(
+            FileType::Snapshot,
+            MAX_SNAPSHOT_FILE,
+            "snapshot",
+            move |name| async move { self.load_snapshot(&name).await },
+        )
+        .await
     }
 
     /// Every file of type `t` (index or snapshot files), each read by
@@ -663,14 +682,7 @@ impl Repository {
 
     async fn list_snapshots(&self, strict: bool) -> Result<Vec<(Id, Snapshot)>, RepoError> {
         let mut out = Vec::new();
-        let mut loaded = self
-            .load_listed(
-                FileType::Snapshot,
-                MAX_SNAPSHOT_FILE,
-                "snapshot",
-                |name| async move { self.load_snapshot(&name).await },
-            )
-            .await?;
+        let mut loaded = self.snapshot_files().await?;
         while let Some((name, snap)) = loaded.next().await {
             match snap {
                 Ok(s) => out.push(s),

@@ -1501,22 +1501,16 @@ async fn write_content(
         let blob = match content.next_blob().await {
             Ok(Some(b)) => b,
             Ok(None) => break,
-            Err(RepoError::Corrupt { what, reason }) => {
-                return Err(WriteFailure::Entry(AdapterError::Corrupt(format!(
-                    "{entry}: {what} is damaged: {reason}"
-                ))));
+            // Damage fails the file, as `repo_error` tells damage apart.
+            Err(e) => {
+                return Err(match repo_error(e) {
+                    Ok(AdapterError::Corrupt(m)) => {
+                        WriteFailure::Entry(AdapterError::Corrupt(format!("{entry}: {m}")))
+                    }
+                    Ok(other) => WriteFailure::Entry(other),
+                    Err(fault) => WriteFailure::Fault(format!("reading {entry}: {fault}")),
+                });
             }
-            Err(e @ RepoError::BlobNotFound(_)) => {
-                return Err(WriteFailure::Entry(AdapterError::Corrupt(format!(
-                    "{entry}: {e}"
-                ))));
-            }
-            Err(RepoError::Storage(e)) if e.is_not_found() => {
-                return Err(WriteFailure::Entry(AdapterError::Corrupt(format!(
-                    "{entry}: {e} (the index lists it; run `cairn check`)"
-                ))));
-            }
-            Err(e) => return Err(WriteFailure::Fault(format!("reading {entry}: {e}"))),
         };
         ends_in_hole = blob.iter().all(|&b| b == 0);
         let (len, hole) = (blob.len() as u64, ends_in_hole);
