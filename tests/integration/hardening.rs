@@ -555,12 +555,14 @@ fn a_planted_key_file_asking_scrypt_for_too_much_is_skipped() {
     let big = planted_key(&s.repo(), 1 << 22, 1, &real[0], 2);
     // A machine that never opened the repository: no hint which key works.
     let fresh = s.path("fresh-cache");
-    let snapshots = || {
-        let mut c = s.cairn_cmd(&["snapshots"]);
-        c.env("CAIRN_CACHE_DIR", &fresh);
+    // `snapshots` (after the options `first`) with the cache directory
+    // `cache`, which holds the key hint.
+    let snapshots = |cache: &Path, first: &[&str]| {
+        let mut c = s.cairn_cmd(&[first, &["snapshots"]].concat());
+        c.env("CAIRN_CACHE_DIR", cache);
         c
     };
-    let b = bounded(snapshots(), Duration::from_secs(60), 1024);
+    let b = bounded(snapshots(&fresh, &[]), Duration::from_secs(60), 1024);
     assert!(b.out.status.success(), "{}", text(&b.out));
     assert!(b.took < Duration::from_secs(20), "took {:?}", b.took);
     assert!(
@@ -581,15 +583,7 @@ fn a_planted_key_file_asking_scrypt_for_too_much_is_skipped() {
         std::fs::write(s.repo().join("keys").join(format!("{:064x}", i)), b"{}").unwrap();
     }
     let junk_only = s.path("junk-cache");
-    let b = bounded(
-        {
-            let mut c = s.cairn_cmd(&["snapshots"]);
-            c.env("CAIRN_CACHE_DIR", &junk_only);
-            c
-        },
-        Duration::from_secs(60),
-        1024,
-    );
+    let b = bounded(snapshots(&junk_only, &[]), Duration::from_secs(60), 1024);
     assert!(b.out.status.success(), "{}", text(&b.out));
     for i in 0..30u64 {
         std::fs::remove_file(s.repo().join("keys").join(format!("{:064x}", i))).unwrap();
@@ -603,15 +597,7 @@ fn a_planted_key_file_asking_scrypt_for_too_much_is_skipped() {
     // A machine without the hint gives up after 20 key files, saying how
     // to name the right one; named, it opens at once.
     let another = s.path("another-cache");
-    let b = bounded(
-        {
-            let mut c = s.cairn_cmd(&["snapshots"]);
-            c.env("CAIRN_CACHE_DIR", &another);
-            c
-        },
-        Duration::from_secs(120),
-        1024,
-    );
+    let b = bounded(snapshots(&another, &[]), Duration::from_secs(120), 1024);
     assert_eq!(b.out.status.code(), Some(1), "{}", text(&b.out));
     assert!(
         stderr(&b.out).contains("of the 20 tried (of 28)"),
@@ -620,17 +606,13 @@ fn a_planted_key_file_asking_scrypt_for_too_much_is_skipped() {
     );
     assert!(stderr(&b.out).contains("--key-hint"), "{}", text(&b.out));
     let b = bounded(
-        {
-            let mut c = s.cairn_cmd(&["--key-hint", &real[0][..12], "snapshots"]);
-            c.env("CAIRN_CACHE_DIR", &another);
-            c
-        },
+        snapshots(&another, &["--key-hint", &real[0][..12]]),
         Duration::from_secs(60),
         1024,
     );
     assert!(b.out.status.success(), "{}", text(&b.out));
     assert!(b.took < Duration::from_secs(5), "took {:?}", b.took);
-    let b = bounded(snapshots(), Duration::from_secs(60), 1024);
+    let b = bounded(snapshots(&fresh, &[]), Duration::from_secs(60), 1024);
     assert!(b.out.status.success(), "{}", text(&b.out));
     assert!(
         b.took < Duration::from_secs(5),
