@@ -882,16 +882,23 @@ fn filetime_of(meta: &std::fs::Metadata) -> (i64, u32) {
     (meta.mtime(), meta.mtime_nsec() as u32)
 }
 
+/// A fresh repository in `s` holding one backup of the folder `src` with
+/// the one file `name`; returns the folder.
+fn backed_up(s: &Scratch, name: &str, data: &[u8]) -> PathBuf {
+    s.init();
+    let src = s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join(name), data).unwrap();
+    s.cairn_ok(&["backup", src.to_str().unwrap()]);
+    src
+}
+
 /// Issue 12, item 9: a restore stopped in the middle (SIGTERM) leaves no
 /// file half-written, and says so.
 #[test]
 fn a_restore_stopped_midway_leaves_no_half_written_file() {
     let s = Scratch::new();
-    s.init();
-    let src = s.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("big.bin"), random_bytes(600 << 20, 77)).unwrap();
-    s.cairn_ok(&["backup", src.to_str().unwrap()]);
+    let src = backed_up(&s, "big.bin", &random_bytes(600 << 20, 77));
     let target = s.path("out");
     let big = target.join(src.strip_prefix("/").unwrap()).join("big.bin");
     let child = s
@@ -922,11 +929,7 @@ fn a_restore_stopped_midway_leaves_no_half_written_file() {
 #[test]
 fn rebuild_index_keeps_what_the_old_index_knew_of_a_pack_with_a_damaged_header() {
     let s = Scratch::new();
-    s.init();
-    let src = s.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("data.bin"), random_bytes(3 << 20, 12)).unwrap();
-    s.cairn_ok(&["backup", src.to_str().unwrap()]);
+    let src = backed_up(&s, "data.bin", &random_bytes(3 << 20, 12));
     // The data pack's header sits just before its last four bytes.
     let pack = packs(&s.repo()).remove(0);
     let mut bytes = std::fs::read(&pack).unwrap();
