@@ -39,7 +39,7 @@ pub async fn check(repo: &Arc<Repository>, read_data: bool) -> Result<CheckRepor
 
     // Index files: every one must load.
     let mut contents = crate::repo::index::PackContents::default();
-    let mut index = crate::repo::index::Index::default();
+    let mut index = crate::repo::index::IndexBuilder::default();
     let mut files = repo.index_files().await?;
     while let Some((_, file)) = files.next().await {
         match file {
@@ -54,7 +54,7 @@ pub async fn check(repo: &Arc<Repository>, read_data: bool) -> Result<CheckRepor
     drop(files);
     // Check against what the readable index files say, so one damaged
     // index file is reported instead of hiding everything else.
-    repo.set_index(index);
+    repo.set_index(index.finish());
     let index_packs = contents.into_packs();
     report.packs = index_packs.len();
 
@@ -133,25 +133,18 @@ pub async fn check(repo: &Arc<Repository>, read_data: bool) -> Result<CheckRepor
         packs.sort_by_key(|(id, _)| *id);
         packs.retain(|(id, _)| stored.contains_key(&id.to_hex()));
         report.packs_read = packs.len();
-        // Packs are read whole, CHECK_PACKS_IN_FLIGHT at once: two keep
-        // both cores busy; four used twice restic's memory (benches/s3.sh).
+        // CHECK_PACKS_IN_FLIGHT packs at once, each read in pieces: two
+        // keep both cores busy; whole packs, four at once, used twice
+        // restic's memory (benches/compare.sh).
+        let stored = &stored;
         let mut checked = futures::stream::iter(packs)
             .map(|(pack_id, blobs)| async move {
-                let bytes = match repo.backend().load(FileType::Pack, &pack_id.to_hex()).await {
-                    Ok(b) => b,
-                    Err(e) => return Ok(vec![format!("pack {pack_id}: {e}")]),
-                };
-                let key = repo.key().clone();
-                tokio::task::spawn_blocking(move || verify_pack(&key, pack_id, &bytes, &blobs))
-                    .await
-                    .map_err(|e| RepoError::Corrupt {
-                        what: format!("pack {pack_id}"),
-                        reason: e.to_string(),
-                    })
+                let size = stored[&pack_id.to_hex()];
+                check_pack(repo, pack_id, size, blobs).await
             })
             .buffered(repo.connections().min(CHECK_PACKS_IN_FLIGHT));
         while let Some(errors) = checked.next().await {
-            report.errors.extend(errors?);
+            report.errors.extend(errors);
         }
     }
     Ok(report)
@@ -224,6 +217,216 @@ fn check_tree(
     }
 }
 
+/// Bytes of a pack `check --read-data` asks for with one request. A pack
+/// is read in pieces this size, one after another, so memory holds a piece
+/// and the blobs it cuts through, not the whole pack.
+const CHECK_PIECE: u64 = 4 << 20;
+
+/// Check one pack: read in pieces; if that finds damage, read whole
+/// again, as a store holding two copies checks a whole file (its SHA-256
+/// name) and heals it from the good copy. A single store returns the same
+/// bytes and the same damage. Returns the damage found.
+async fn check_pack(
+    repo: &Repository,
+    pack_id: Id,
+    size: u64,
+    blobs: Vec<(Id, BlobLocation)>,
+) -> Vec<String> {
+    let (errors, blobs) = check_pack_in_pieces(repo, pack_id, size, blobs).await;
+    if errors.is_empty() {
+        return errors;
+    }
+    match repo.backend().load(FileType::Pack, &pack_id.to_hex()).await {
+        Ok(bytes) => {
+            let key = repo.key().clone();
+            crate::util::blocking(move || verify_pack(&key, pack_id, &bytes, &blobs)).await
+        }
+        Err(e) => vec![format!("pack {pack_id}: {e}")],
+    }
+}
+
+/// Read one pack in pieces and check it: its bytes against its name, its
+/// header against the index, every blob (MAC, zstd, SHA-256). The next
+/// piece is fetched while the last one is checked. Returns the damage
+/// found, and the blobs.
+async fn check_pack_in_pieces(
+    repo: &Repository,
+    pack_id: Id,
+    size: u64,
+    blobs: Vec<(Id, BlobLocation)>,
+) -> (Vec<String>, Vec<(Id, BlobLocation)>) {
+    let name = pack_id.to_hex();
+    let fetch = |pos: u64| {
+        let name = &name;
+        async move {
+            let len = CHECK_PIECE.min(size - pos);
+            match repo
+                .backend()
+                .load_range(FileType::Pack, name, pos, len)
+                .await
+            {
+                Ok(b) if b.len() as u64 == len => Ok(b),
+                Ok(b) => Err(format!(
+                    "pack {pack_id}: storage returned {} bytes at offset {pos} where {len} were asked for",
+                    b.len()
+                )),
+                Err(e) => Err(format!("pack {pack_id}: {e}")),
+            }
+        }
+    };
+    let mut state = PackCheck::new(repo.key().clone(), pack_id, size, blobs);
+    if size == 0 {
+        return state.finish();
+    }
+    let mut piece = match fetch(0).await {
+        Ok(p) => p,
+        Err(e) => return (vec![e], state.blobs),
+    };
+    let mut pos = piece.len() as u64;
+    loop {
+        let check = crate::util::blocking(move || {
+            state.feed(&piece);
+            state
+        });
+        if pos >= size {
+            state = check.await;
+            break;
+        }
+        let next;
+        (state, next) = tokio::join!(check, fetch(pos));
+        match next {
+            Ok(p) => piece = p,
+            Err(e) => {
+                state.errors.push(e);
+                return (state.errors, state.blobs);
+            }
+        }
+        pos += piece.len() as u64;
+    }
+    state.finish()
+}
+
+/// A pack being checked as its bytes arrive, in order.
+struct PackCheck {
+    key: crate::repo::crypto::Key,
+    pack_id: Id,
+    size: u64,
+    /// The index's blobs, by offset; `next` is the first not yet checked.
+    blobs: Vec<(Id, BlobLocation)>,
+    next: usize,
+    /// Bytes of the pack from `base` on that are still needed: the blobs
+    /// not yet checked and the header at the end.
+    window: Vec<u8>,
+    base: u64,
+    /// The header and its length field, as long as the index says it is.
+    tail: u64,
+    hasher: sha2::Sha256,
+    errors: Vec<String>,
+}
+
+impl PackCheck {
+    fn new(
+        key: crate::repo::crypto::Key,
+        pack_id: Id,
+        size: u64,
+        mut blobs: Vec<(Id, BlobLocation)>,
+    ) -> Self {
+        blobs.sort_by_key(|(_, l)| l.offset);
+        let tail = crate::repo::crypto::OVERHEAD as u64
+            + blobs
+                .iter()
+                .map(|(_, l)| pack::header_entry_len(l.uncompressed_length.is_some()))
+                .sum::<u64>()
+            + 4;
+        PackCheck {
+            key,
+            pack_id,
+            size,
+            blobs,
+            next: 0,
+            window: Vec::new(),
+            base: 0,
+            tail,
+            hasher: sha2::Digest::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// Take the next bytes of the pack: check every blob they complete,
+    /// then drop what no blob and not the header needs.
+    fn feed(&mut self, piece: &[u8]) {
+        sha2::Digest::update(&mut self.hasher, piece);
+        self.window.extend_from_slice(piece);
+        let end = self.base + self.window.len() as u64;
+        while let Some((id, loc)) = self.blobs.get(self.next) {
+            let start = loc.offset as u64;
+            let blob_end = start + loc.length as u64;
+            if blob_end > end {
+                break;
+            }
+            let stored =
+                &self.window[(start - self.base) as usize..(blob_end - self.base) as usize];
+            if let Err(e) = decode_blob(&self.key, id, loc, stored) {
+                self.errors
+                    .push(format!("pack {}: blob {id}: {e}", self.pack_id));
+            }
+            self.next += 1;
+        }
+        let needed = self
+            .blobs
+            .get(self.next)
+            .map_or(u64::MAX, |(_, l)| l.offset as u64)
+            .min(self.size.saturating_sub(self.tail))
+            .clamp(self.base, end);
+        self.window.drain(..(needed - self.base) as usize);
+        self.base = needed;
+    }
+
+    /// The whole pack has been fed: check its name and header, and name
+    /// the blobs it did not hold. Returns the damage found, and the blobs.
+    fn finish(mut self) -> (Vec<String>, Vec<(Id, BlobLocation)>) {
+        let pack_id = self.pack_id;
+        if Id(sha2::Digest::finalize(self.hasher).into()) != pack_id {
+            self.errors.push(format!(
+                "pack {pack_id}: content does not match its name (SHA-256): the file is damaged"
+            ));
+        }
+        let end = self.base + self.window.len() as u64;
+        let header = (|| {
+            let bytes = &self.window;
+            let trailer: [u8; 4] = bytes.get(bytes.len().checked_sub(4)?..)?.try_into().ok()?;
+            let hlen = pack::header_length_from_trailer(&trailer, end).ok()?;
+            // The header must lie inside what was kept (as long as the
+            // index says it is); a longer one does not match the index.
+            let start = (end - 4).checked_sub(hlen)?.checked_sub(self.base)? as usize;
+            pack::parse_header(&self.key, &bytes[start..bytes.len() - 4]).ok()
+        })();
+        match header {
+            None => self
+                .errors
+                .push(format!("pack {pack_id}: header is damaged or unreadable")),
+            Some(entries) => {
+                let in_header: HashSet<(Id, u32)> =
+                    entries.iter().map(|e| (e.id, e.offset)).collect();
+                for (id, loc) in &self.blobs {
+                    if !in_header.contains(&(*id, loc.offset)) {
+                        self.errors.push(format!(
+                            "pack {pack_id}: blob {id} is in the index but not in the pack header"
+                        ));
+                    }
+                }
+            }
+        }
+        for (id, _) in &self.blobs[self.next..] {
+            self.errors.push(format!(
+                "pack {pack_id}: blob {id} lies beyond the end of the pack"
+            ));
+        }
+        (self.errors, self.blobs)
+    }
+}
+
+/// Check a pack read whole (after [`PackCheck`] found damage).
 fn verify_pack(
     key: &crate::repo::crypto::Key,
     pack_id: Id,
@@ -268,4 +471,100 @@ fn verify_pack(
         }
     }
     errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::crypto::Key;
+    use crate::repo::pack::PackBuilder;
+
+    /// A pack of `n` data blobs of different sizes, stored uncompressed,
+    /// and the index's view of it.
+    fn pack(key: &Key, n: usize) -> (Vec<u8>, Id, Vec<(Id, BlobLocation)>) {
+        let mut b = PackBuilder::with_capacity(1 << 20);
+        for i in 0..n {
+            let plain: Vec<u8> = (0..(100 + i * 3001)).map(|j| (i * 7 + j) as u8).collect();
+            b.add(Id::hash(&plain), BlobType::Data, &key.encrypt(&plain), None);
+        }
+        let (bytes, id, packed) = b.finish(key);
+        let blobs = packed
+            .iter()
+            .map(|p| {
+                let loc = BlobLocation {
+                    pack: id,
+                    kind: p.kind,
+                    offset: p.offset,
+                    length: p.length,
+                    uncompressed_length: p.uncompressed_length,
+                };
+                (p.id, loc)
+            })
+            .collect();
+        (bytes, id, blobs)
+    }
+
+    fn in_pieces(
+        key: &Key,
+        bytes: &[u8],
+        id: Id,
+        blobs: &[(Id, BlobLocation)],
+        piece: usize,
+    ) -> Vec<String> {
+        let mut c = PackCheck::new(key.clone(), id, bytes.len() as u64, blobs.to_vec());
+        for p in bytes.chunks(piece) {
+            c.feed(p);
+            // What is kept is the blobs not checked yet and the header.
+            assert!(c.window.len() <= piece + 16 * 3001 + c.tail as usize);
+        }
+        c.finish().0
+    }
+
+    #[test]
+    fn a_pack_read_in_pieces_of_any_size_checks_as_read_whole() {
+        let key = Key::random();
+        let (bytes, id, blobs) = pack(&key, 16);
+        assert!(verify_pack(&key, id, &bytes, &blobs).is_empty());
+        for piece in [1, 7, 4096, 10_000, bytes.len() - 1, bytes.len(), 1 << 22] {
+            assert_eq!(
+                in_pieces(&key, &bytes, id, &blobs, piece),
+                Vec::<String>::new(),
+                "piece {piece}"
+            );
+        }
+    }
+
+    #[test]
+    fn damage_found_in_pieces_names_what_whole_reading_names() {
+        let key = Key::random();
+        let (bytes, id, blobs) = pack(&key, 16);
+        // A flipped bit in the fifth blob, then in the header.
+        for at in [blobs[4].1.offset as usize + 20, bytes.len() - 10] {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 1;
+            let whole = verify_pack(&key, id, &damaged, &blobs);
+            assert!(
+                whole.iter().any(|e| e.contains("does not match its name")),
+                "{whole:?}"
+            );
+            assert_eq!(whole.len(), 2, "{whole:?}");
+            for piece in [1, 5000, 1 << 22] {
+                let mut got = in_pieces(&key, &damaged, id, &blobs, piece);
+                let mut want = whole.clone();
+                got.sort();
+                want.sort();
+                assert_eq!(got, want, "damage at {at}, piece {piece}");
+            }
+        }
+        // A truncated pack: the blobs past its end are named.
+        let cut = blobs[10].1.offset as usize + 5;
+        let got = in_pieces(&key, &bytes[..cut], id, &blobs, 4096);
+        assert_eq!(
+            got.iter()
+                .filter(|e| e.contains("lies beyond the end"))
+                .count(),
+            6,
+            "{got:?}"
+        );
+    }
 }
