@@ -368,7 +368,7 @@ impl Repository {
     /// [`Repository::damage`]): the blobs only it lists look missing, which
     /// `check` reports and `rebuild-index` mends.
     pub async fn load_index(&self) -> Result<usize, RepoError> {
-        let mut index = Index::default();
+        let mut index = index::IndexBuilder::default();
         let mut read = 0;
         let mut loaded = self.index_files().await?;
         while let Some((name, file)) = loaded.next().await {
@@ -386,6 +386,7 @@ impl Repository {
             }
         }
         drop(loaded);
+        let index = index.finish();
         if let Some(c) = &self.cache {
             let packs = index.packs().map(Id::to_hex).collect();
             c.retain(FileType::Pack, &packs);
@@ -554,11 +555,7 @@ impl Repository {
 
     /// Where a blob is stored.
     pub fn locate(&self, id: &Id, kind: BlobType) -> Option<BlobLocation> {
-        self.index
-            .read()
-            .expect("index lock")
-            .get(id, kind)
-            .copied()
+        self.index.read().expect("index lock").get(id, kind)
     }
 
     /// Read a blob: fetch, authenticate, decompress and check its SHA-256.

@@ -196,8 +196,7 @@ impl ContentReader {
 
     /// A reader over the blobs `content`.
     pub fn new(repo: Arc<Repository>, content: Vec<Id>) -> Self {
-        let runs =
-            repo.with_index(|i| span::runs(&content, |id| i.get(id, BlobType::Data).copied()));
+        let runs = repo.with_index(|i| span::runs(&content, |id| i.get(id, BlobType::Data)));
         // The same blob again and again (a sparse file's zeros) is read
         // once and handed out as often as the content repeats it.
         let mut repeated: Vec<(span::Run, usize)> = Vec::new();

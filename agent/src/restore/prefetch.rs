@@ -307,7 +307,7 @@ async fn next_small_file(
         let located: Option<Vec<(Id, BlobLocation)>> = repo.with_index(|i| {
             content
                 .iter()
-                .map(|id| Some((*id, *i.get(id, BlobType::Data)?)))
+                .map(|id| Some((*id, i.get(id, BlobType::Data)?)))
                 .collect()
         });
         // A blob the index does not know: the reader reports it.
