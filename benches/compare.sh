@@ -98,7 +98,7 @@ measure() {  # name, command...: prints "seconds peak_rss_kib"
 }
 results="$work/results"
 : > "$results"
-record() { echo "$1 $2 $3 $4 $5" >> "$results"; }  # part/set op tool "s kib"
+record() { echo "$1 $2 $3 $4" >> "$results"; }  # part op tool "s kib"
 order() { [ $(($1 % 2)) = 1 ] && echo "restic cairn" || echo "cairn restic"; }
 same() { diff -r "$1" "$2" >/dev/null || { echo "$3 restored something different from $1!" >&2; exit 1; }; }
 size_mb() { du -sb --exclude=.complete "$1" | awk '{ printf "%d", $1 / 1e6 }'; }
@@ -220,6 +220,7 @@ rng = random.Random(7)
 for i in range(50):
     open(os.path.join(sys.argv[1], f"file-{i:02d}"), "wb").write(rng.randbytes(16384))
 ' "$hist/src/app"
+    base=$(date -u -d "2026-01-01 03:00" +%s)
     for day in $(seq "$snapshots" -1 1); do
       python3 -c '
 import os, random, sys
@@ -228,7 +229,7 @@ for i in rng.sample(range(50), 5):
     open(os.path.join(sys.argv[1], f"file-{i:02d}"), "wb").write(rng.randbytes(16384))
 ' "$hist/src/app" "$day"
       (cd "$hist/src" && restic -r "$hist/repo" backup --no-cache --host bench \
-        --time "$(date -u -d "2026-01-01 03:00 - $day days" '+%Y-%m-%d %H:%M:%S')" app >/dev/null)
+        --time "$(date -u -d "@$((base - day * 86400))" '+%Y-%m-%d %H:%M:%S')" app >/dev/null)
     done
     touch "$hist/.complete"
   fi
@@ -236,19 +237,24 @@ for i in rng.sample(range(50), 5):
   export RCLONE_CONFIG_G_TYPE=s3 RCLONE_CONFIG_G_PROVIDER=Other RCLONE_CONFIG_G_ENDPOINT="http://127.0.0.1:$s3_port" \
     RCLONE_CONFIG_G_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID RCLONE_CONFIG_G_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY \
     RCLONE_CONFIG_G_REGION=garage RCLONE_CONFIG_G_FORCE_PATH_STYLE=true
-  for tool in restic cairn; do rclone copy --transfers 16 "$hist/repo" "g:bench/hist-$tool"; done
+  # (AWS_CA_BUNDLE, which some machines set, breaks rclone's plain-HTTP S3.)
+  for tool in restic cairn; do env -u AWS_CA_BUNDLE rclone copy --transfers 16 "$hist/repo" "g:bench/hist-$tool"; done
   policy="--keep-daily 7 --keep-weekly 5 --keep-monthly 12 --keep-yearly 3"
-  run() { if [ $1 = restic ]; then restic -r "s3:$url/hist-restic" "${@:2}"; else "$cairn" -r "s3:$url/hist-cairn" "${@:2}"; fi; }
+  hist() { if [ $1 = restic ]; then cmd=(restic -r "s3:$url/hist-restic"); else cmd=("$cairn" -r "s3:$url/hist-cairn"); fi; }
   for round in $(seq "$rounds"); do
     for tool in $(order "$round"); do
-      cold; record history snapshots $tool "$(measure s run $tool snapshots)"
-      cold; record history forget-dry-run $tool "$(measure f run $tool forget $policy --dry-run)"
+      hist $tool
+      cold; record history snapshots $tool "$(measure s "${cmd[@]}" snapshots)"
+      cold; record history forget-dry-run $tool "$(measure f "${cmd[@]}" forget $policy --dry-run)"
     done
   done
   for tool in restic cairn; do
-    cold; record history forget $tool "$(measure f run $tool forget $policy)"
-    cold; record history prune $tool "$(measure p run $tool prune)"
-    echo "history: $tool pruned its copy to $(run $tool snapshots --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))') snapshots" >> "$notes"
+    hist $tool
+    cold; record history forget $tool "$(measure f "${cmd[@]}" forget $policy)"
+    cold; record history prune $tool "$(measure p "${cmd[@]}" prune)"
+    # Cairn also keeps the oldest snapshot while a count is left, as restic
+    # 0.16 and later do (docs/retention.md); restic 0.14 does not.
+    echo "history: $tool pruned its copy to $("${cmd[@]}" snapshots --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))') snapshots" >> "$notes"
   done
   # Each tool checks what the other pruned, reading every pack.
   restic -r "s3:$url/hist-cairn" check --read-data >/dev/null || { echo "restic's check rejects the repository Cairn pruned" >&2; exit 1; }
