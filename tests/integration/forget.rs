@@ -266,3 +266,50 @@ fn prune_removes_what_no_snapshot_uses_and_every_snapshot_still_restores() {
         assert_eq!(again[field], 0, "{field}: {again}");
     }
 }
+
+#[test]
+fn backup_time_records_the_time_given_as_restic_does() {
+    let s = Scratch::new();
+    s.init();
+    let src = s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("file"), "x").unwrap();
+    s.cairn_ok(&[
+        "backup",
+        "--time",
+        "2024-02-29 13:40:05",
+        src.to_str().unwrap(),
+    ]);
+    restic_snapshot(&s, &src, "any", "2024-02-29 13:40:05", "");
+    s.cairn_ok(&[
+        "backup",
+        "--time",
+        "2021-06-01T12:00:00+02:00",
+        src.to_str().unwrap(),
+    ]);
+    let list: serde_json::Value =
+        serde_json::from_str(s.restic_ok(&["snapshots", "--json"]).trim()).unwrap();
+    let mut times: Vec<chrono::DateTime<chrono::FixedOffset>> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| chrono::DateTime::parse_from_rfc3339(s["time"].as_str().unwrap()).unwrap())
+        .collect();
+    times.sort();
+    assert_eq!(times.len(), 3, "{list}");
+    // Local time, read the same way by both tools.
+    assert_eq!(times[1], times[2], "{list}");
+    assert_eq!(
+        times[0],
+        chrono::DateTime::parse_from_rfc3339("2021-06-01T10:00:00Z").unwrap(),
+        "{list}"
+    );
+    let out = s.cairn(&["backup", "--time", "yesterday", src.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("\"yesterday\" is not a time"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(s.snapshot_count(), 3);
+}

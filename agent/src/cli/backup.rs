@@ -30,6 +30,10 @@ pub struct Args {
     /// Host name to record instead of this host's.
     #[arg(long)]
     host: Option<String>,
+    /// Time to record instead of now, as restic's `--time`: "2012-11-01
+    /// 22:08:41" (local time) or RFC 3339 ("2012-11-01T22:08:41+01:00").
+    #[arg(long, value_parser = parse_time)]
+    time: Option<chrono::DateTime<chrono::FixedOffset>>,
     /// Read every file even when the parent snapshot has it unchanged.
     #[arg(long)]
     force: bool,
@@ -43,6 +47,22 @@ pub struct Args {
     compression: i32,
     #[command(flatten)]
     limits: LimitFlags,
+}
+
+/// A `--time` value: RFC 3339, or "YYYY-MM-DD HH:MM:SS" in local time.
+fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::FixedOffset>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t);
+    }
+    let naive = chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").map_err(|_| {
+        format!("{s:?} is not a time: write \"2012-11-01 22:08:41\" (local time) or RFC 3339")
+    })?;
+    use chrono::TimeZone;
+    chrono::Local
+        .from_local_datetime(&naive)
+        .earliest()
+        .map(|t| t.fixed_offset())
+        .ok_or_else(|| format!("{s:?} does not exist in the local time zone"))
 }
 
 /// Make a path absolute and clean without resolving symlinks, as restic does.
@@ -209,7 +229,7 @@ pub async fn run(g: &Global, mut a: Args) -> anyhow::Result<Outcome> {
         }
     };
     let snapshot = Snapshot {
-        time: started,
+        time: a.time.unwrap_or(started),
         parent: parent.as_ref().map(|(id, _)| *id),
         tree: outcome.tree,
         // restic lists snapshots by path: a server backup records where
