@@ -192,6 +192,10 @@ impl Backend for Guarded {
         self.inner.connections()
     }
 
+    fn copies(&self) -> usize {
+        self.inner.copies()
+    }
+
     async fn create(&self) -> Result<(), StorageError> {
         self.check("write", FileType::Config, "config")?;
         self.inner.create().await

@@ -271,8 +271,16 @@ impl PairBackend {
     }
 
     fn record_heal(&self, bad: &Replica, good: &Replica, key: String, reason: String) {
+        let mut healed = self.healed.lock().expect("healed lock");
+        // A file read in several ranges is healed once.
+        if healed
+            .iter()
+            .any(|h| h.key == key && h.bad_region == bad.store.region())
+        {
+            return;
+        }
         tracing::warn!(tenant = %self.tenant, %key, bad_region = %bad.store.region(), from_region = %good.store.region(), %reason, "Read the other region's copy.");
-        self.healed.lock().expect("healed lock").push(Healed {
+        healed.push(Healed {
             key,
             bad_region: bad.store.region().to_string(),
             from_region: good.store.region().to_string(),
@@ -395,6 +403,10 @@ impl PairBackend {
 
 #[async_trait]
 impl Backend for PairBackend {
+    fn copies(&self) -> usize {
+        self.replicas.len()
+    }
+
     /// Reads go to one region at a time: the fewer of the two.
     fn connections(&self) -> usize {
         self.replicas[0]

@@ -165,6 +165,11 @@ pub trait Backend: Send + Sync + 'static {
     fn connections(&self) -> usize {
         crate::repo::DEFAULT_CONNECTIONS
     }
+    /// Copies the store keeps of each file (a region pair: two), each
+    /// read on its own when another fails its check.
+    fn copies(&self) -> usize {
+        1
+    }
     /// Create the store's folders; fails if a repository config already exists.
     async fn create(&self) -> Result<(), StorageError>;
     /// Store `data` under `name` atomically: readers see the whole file or none.
