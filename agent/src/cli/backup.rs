@@ -161,8 +161,12 @@ pub async fn run(g: &Global, mut a: Args) -> anyhow::Result<Outcome> {
     let parent = if a.force {
         None
     } else {
+        // As restic: the newest one not newer than the time recorded.
         repo.snapshots().await?.into_iter().rev().find(|(_, s)| {
-            s.hostname == hostname && s.paths == paths && s.adapter() == adapter_name
+            s.hostname == hostname
+                && s.paths == paths
+                && s.adapter() == adapter_name
+                && a.time.is_none_or(|t| s.time <= t)
         })
     };
     let opts = PipelineOptions {

@@ -208,8 +208,10 @@ impl IndexBuilder {
         self.parts.push(part);
     }
 
-    /// The index. Where index files list a blob more than once, the
-    /// location seen first wins.
+    /// The index. Where index files list a blob more than once, one
+    /// location is kept: in the pack seen first, at its lowest offset.
+    /// (Writers list a blob once; only a damaged or hand-made index lists
+    /// it twice, and then either copy is as good a claim as the other.)
     pub fn finish(mut self) -> Index {
         let total = self.parts.iter().map(Vec::len).sum();
         let mut sorted = Vec::with_capacity(total);
