@@ -697,12 +697,13 @@ fn junk_in_snapshots_or_index_is_named_and_the_rest_works() {
         random_bytes(500, 9),
     )
     .unwrap();
-    let out = s.cairn(&["snapshots"]);
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert!(stderr(&out).contains(&junk_index), "{}", text(&out));
+    // `snapshots` reads no index (as restic's); what does read it names
+    // the junk and goes on.
+    s.cairn_ok(&["snapshots"]);
     let target = s.path("out2");
     let out = s.cairn(&["restore", "latest", "--target", target.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(stderr(&out).contains(&junk_index), "{}", text(&out));
     assert_same_tree(&src, &target.join(src.strip_prefix("/").unwrap()));
     let out = s.cairn(&["check"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));

@@ -10,6 +10,7 @@ use crate::repo::snapshot::Snapshot;
 use crate::retention::{Policy, Span, Verdict, apply, has_tags, tag_list};
 use crate::storage::FileType;
 use anyhow::{Context, bail};
+use futures::StreamExt;
 use std::collections::BTreeMap;
 
 /// Flags of `forget`.
@@ -355,15 +356,28 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
                         ));
                     }
                 }
-                for (id, _, _) in members.iter().filter(|(_, _, v)| !v.keep) {
-                    if !a.dry_run {
-                        repo.backend()
-                            .remove(FileType::Snapshot, &id.to_hex())
-                            .await
-                            .with_context(|| format!("removing snapshot {}", id.short()))?;
+                let doomed: Vec<_> = members
+                    .iter()
+                    .filter(|(_, _, v)| !v.keep)
+                    .map(|(id, _, _)| *id)
+                    .collect();
+                if !a.dry_run {
+                    // Several at once: against object storage each removal
+                    // is a round trip.
+                    let repo = &repo;
+                    let mut removals = futures::stream::iter(doomed.iter().copied())
+                        .map(|id| async move {
+                            repo.backend()
+                                .remove(FileType::Snapshot, &id.to_hex())
+                                .await
+                                .with_context(|| format!("removing snapshot {}", id.short()))
+                        })
+                        .buffer_unordered(repo.connections());
+                    while let Some(r) = removals.next().await {
+                        r?;
                     }
-                    removed += 1;
                 }
+                removed += doomed.len();
                 let pick = |keep: bool| -> Vec<serde_json::Value> {
                     members
                         .iter()

@@ -20,7 +20,7 @@ pub(super) fn snapshot_json(
 
 /// Run `snapshots`.
 pub async fn run(g: &Global, _: Args) -> anyhow::Result<Outcome> {
-    let repo = g.open().await?;
+    let repo = g.open_without_index().await?;
     let snaps = repo.snapshots().await?;
     if g.json {
         let list: Vec<_> = snaps.iter().map(|(id, s)| snapshot_json(id, s)).collect();
