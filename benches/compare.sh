@@ -31,6 +31,8 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/cairn-bench.XXXXXX")
 garage_pid=
 cleanup() { [ -n "$garage_pid" ] && kill "$garage_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
+# A measurement runs in $(...): when it fails it stops the whole script.
+trap 'exit 1' TERM
 
 parts=" ${PARTS:-local s3 history index scale} "
 has() { [[ "$parts" == *" $1 "* ]]; }
@@ -93,7 +95,7 @@ cat "$data"/large/* > /dev/null  # warm the page cache for both tools alike
 measure() {  # name, command...: prints "seconds peak_rss_kib"
   local name=$1; shift
   /usr/bin/time -f "%e %M" -o "$work/$name.time" "$@" > "$work/$name.out" 2> "$work/$name.err" || {
-    echo "$name failed:" >&2; tail -20 "$work/$name.err" >&2; exit 1; }
+    echo "$name failed:" >&2; tail -20 "$work/$name.err" >&2; kill -TERM $$; exit 1; }
   tail -n 1 "$work/$name.time"
 }
 results="$work/results"
