@@ -407,28 +407,34 @@ impl PackCheck {
             let start = (end - 4).checked_sub(hlen)?.checked_sub(self.base)? as usize;
             pack::parse_header(&self.key, &bytes[start..bytes.len() - 4]).ok()
         })();
-        match header {
-            None => self
-                .errors
-                .push(format!("pack {pack_id}: header is damaged or unreadable")),
-            Some(entries) => {
-                let in_header: HashSet<(Id, u32)> =
-                    entries.iter().map(|e| (e.id, e.offset)).collect();
-                for (id, loc) in &self.blobs {
-                    if !in_header.contains(&(*id, loc.offset)) {
-                        self.errors.push(format!(
-                            "pack {pack_id}: blob {id} is in the index but not in the pack header"
-                        ));
-                    }
-                }
-            }
-        }
+        compare_header(pack_id, header, &self.blobs, &mut self.errors);
         for (id, _) in &self.blobs[self.next..] {
             self.errors.push(format!(
                 "pack {pack_id}: blob {id} lies beyond the end of the pack"
             ));
         }
         (self.errors, self.blobs)
+    }
+}
+
+/// Name a header that could not be read, or the index's blobs it lacks.
+fn compare_header(
+    pack_id: Id,
+    header: Option<Vec<pack::PackedBlob>>,
+    blobs: &[(Id, BlobLocation)],
+    errors: &mut Vec<String>,
+) {
+    let Some(entries) = header else {
+        errors.push(format!("pack {pack_id}: header is damaged or unreadable"));
+        return;
+    };
+    let in_header: HashSet<(Id, u32)> = entries.iter().map(|e| (e.id, e.offset)).collect();
+    for (id, loc) in blobs {
+        if !in_header.contains(&(*id, loc.offset)) {
+            errors.push(format!(
+                "pack {pack_id}: blob {id} is in the index but not in the pack header"
+            ));
+        }
     }
 }
 
@@ -451,19 +457,7 @@ fn verify_pack(
         let start = bytes.len() - 4 - hlen;
         pack::parse_header(key, &bytes[start..bytes.len() - 4]).ok()
     })();
-    match header {
-        None => errors.push(format!("pack {pack_id}: header is damaged or unreadable")),
-        Some(entries) => {
-            let in_header: HashSet<(Id, u32)> = entries.iter().map(|e| (e.id, e.offset)).collect();
-            for (id, loc) in blobs {
-                if !in_header.contains(&(*id, loc.offset)) {
-                    errors.push(format!(
-                        "pack {pack_id}: blob {id} is in the index but not in the pack header"
-                    ));
-                }
-            }
-        }
-    }
+    compare_header(pack_id, header, blobs, &mut errors);
     for (id, loc) in blobs {
         let start = loc.offset as usize;
         let Some(stored) = bytes.get(start..start + loc.length as usize) else {
