@@ -21,6 +21,7 @@ use crate::repo::index::{BlobLocation, IndexPack, PackContents};
 use crate::repo::pack::{BlobType, PackBuilder};
 use crate::repo::{Id, RepoError, Repository, decode_blob};
 use crate::storage::FileType;
+use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -66,18 +67,16 @@ pub async fn prune(
 ) -> Result<PruneReport, RepoError> {
     let mut report = PruneReport::default();
 
-    // Every index file, by name; a pack listed by several is one pack.
-    let index_names: Vec<String> = repo
-        .backend()
-        .list(FileType::Index)
-        .await?
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
+    // Every index file, by name, read several at once; a pack listed by
+    // several is one pack. One that cannot be read stops the prune.
+    let mut index_names = Vec::new();
     let mut contents = PackContents::default();
-    for name in &index_names {
-        contents.add_file(repo.load_index_file(name).await?);
+    let mut files = repo.index_files().await?;
+    while let Some((name, file)) = files.next().await {
+        contents.add_file(file?);
+        index_names.push(name);
     }
+    drop(files);
     let packs = contents.into_packs();
 
     // The blobs in use: walk every snapshot's trees.
