@@ -130,7 +130,7 @@ pub struct PendingId(oneshot::Receiver<Id>);
 impl PendingId {
     /// Wait for the id.
     pub async fn get(self) -> Result<Id, RepoError> {
-        self.0.await.map_err(|_| RepoError::Corrupt {
+        self.0.await.map_err(|_| RepoError::Internal {
             what: "backup pipeline".into(),
             reason: "a worker stopped before hashing a chunk".into(),
         })
@@ -240,7 +240,7 @@ impl Pipeline {
         .await
         .unwrap_or(1);
         if panicked > 0 {
-            return Err(RepoError::Corrupt {
+            return Err(RepoError::Internal {
                 what: "backup pipeline".into(),
                 reason: format!(
                     "{panicked} worker threads panicked; this backup cannot be trusted"
@@ -450,7 +450,7 @@ async fn upload(
     let key = repo.key().clone();
     let (bytes, id, blobs) = tokio::task::spawn_blocking(move || builder.finish(&key))
         .await
-        .map_err(|e| RepoError::Corrupt {
+        .map_err(|e| RepoError::Internal {
             what: "pack".into(),
             reason: e.to_string(),
         })?;

@@ -104,6 +104,15 @@ pub enum RepoError {
     /// More than one snapshot matches an id prefix.
     #[error("snapshot id prefix {0:?} is ambiguous")]
     AmbiguousSnapshot(String),
+    /// Cairn itself failed (a worker thread panicked or stopped early):
+    /// nothing was recorded, and the repository is not damaged by it.
+    #[error("{what}: {reason} (a fault in Cairn, not damage to the repository)")]
+    Internal {
+        /// What was running.
+        what: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// The write pipeline stopped after a failure in a later stage; finishing
     /// the pipeline reports that failure.
     #[error("the backup pipeline stopped after a storage failure")]
