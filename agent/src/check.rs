@@ -74,13 +74,8 @@ pub async fn check(repo: &Arc<Repository>, read_data: bool) -> Result<CheckRepor
         };
         // A pack is its blobs, the encrypted header listing them, and the
         // header's length: anything else means truncation or damage.
-        let expected = blobs.iter().map(|(_, l)| l.length as u64).sum::<u64>()
-            + crate::repo::crypto::OVERHEAD as u64
-            + blobs
-                .iter()
-                .map(|(_, l)| pack::header_entry_len(l.uncompressed_length.is_some()))
-                .sum::<u64>()
-            + 4;
+        let expected =
+            blobs.iter().map(|(_, l)| l.length as u64).sum::<u64>() + header_and_trailer(blobs);
         if size != expected {
             report.errors.push(format!(
                 "pack {pack}: {size} bytes in storage, but its index entries add up to {expected}: the pack is truncated or damaged"
@@ -148,6 +143,17 @@ pub async fn check(repo: &Arc<Repository>, read_data: bool) -> Result<CheckRepor
         }
     }
     Ok(report)
+}
+
+/// The bytes a pack holding `blobs` ends with: its encrypted header and
+/// the header's length.
+fn header_and_trailer(blobs: &[(Id, BlobLocation)]) -> u64 {
+    crate::repo::crypto::OVERHEAD as u64
+        + blobs
+            .iter()
+            .map(|(_, l)| pack::header_entry_len(l.uncompressed_length.is_some()))
+            .sum::<u64>()
+        + 4
 }
 
 /// Check one tree read during the walk (or the error reading it), and
@@ -338,12 +344,7 @@ impl PackCheck {
         mut blobs: Vec<(Id, BlobLocation)>,
     ) -> Self {
         blobs.sort_by_key(|(_, l)| l.offset);
-        let tail = crate::repo::crypto::OVERHEAD as u64
-            + blobs
-                .iter()
-                .map(|(_, l)| pack::header_entry_len(l.uncompressed_length.is_some()))
-                .sum::<u64>()
-            + 4;
+        let tail = header_and_trailer(&blobs);
         PackCheck {
             key,
             pack_id,
