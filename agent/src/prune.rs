@@ -17,7 +17,7 @@
 //! pair, that both regions answer.
 
 use crate::pipeline::PACK_SIZE;
-use crate::repo::index::{BlobLocation, IndexPack, PackContents};
+use crate::repo::index::{BlobLocation, IndexBuilder, IndexPack, PackContents};
 use crate::repo::pack::{BlobType, PackBuilder};
 use crate::repo::{Id, RepoError, Repository, decode_blob};
 use crate::storage::FileType;
@@ -56,7 +56,7 @@ pub struct PruneReport {
 /// goes this long without writing, and prune holds the exclusive lock.
 const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
-/// Prune `repo` (whose index must be loaded under the lock). The caller
+/// Prune `repo`; it reads the index itself, under the lock. The caller
 /// holds the exclusive lock; `still_safe` says whether going on is (the
 /// lock is still ours, no region stopped answering), and is asked before
 /// each step that writes or removes.
@@ -67,16 +67,22 @@ pub async fn prune(
 ) -> Result<PruneReport, RepoError> {
     let mut report = PruneReport::default();
 
-    // Every index file, by name, read several at once; a pack listed by
-    // several is one pack. One that cannot be read stops the prune.
+    // Every index file, by name, read once, several at once: the index the
+    // tree walk below looks blobs up in, and each pack's blobs (a pack
+    // listed by several files is one pack). One that cannot be read stops
+    // the prune. The caller holds the exclusive lock.
     let mut index_names = Vec::new();
+    let mut index = IndexBuilder::default();
     let mut contents = PackContents::default();
     let mut files = repo.index_files().await?;
     while let Some((name, file)) = files.next().await {
-        contents.add_file(file?);
+        let file = file?;
+        index.add_file(&file);
+        contents.add_file(file);
         index_names.push(name);
     }
     drop(files);
+    repo.set_index(index.finish());
     let packs = contents.into_packs();
 
     // The blobs in use: walk every snapshot's trees.

@@ -399,7 +399,6 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
             }
             let pruned = match (&lock, a.prune) {
                 (Some(held), true) => {
-                    repo.load_index().await?;
                     Some(crate::prune::prune(&repo, false, &|| g.still_safe(held)).await?)
                 }
                 _ => None,

@@ -16,12 +16,9 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
     let repo = g.open_without_index().await?;
     g.require_whole_pair("prune")?;
     let lock = repo.lock(true).await?;
-    // The index is read under the lock: no backup can add to it meanwhile.
-    let result = async {
-        repo.load_index().await?;
-        crate::prune::prune(&repo, a.dry_run, &|| g.still_safe(&lock)).await
-    }
-    .await;
+    // prune reads the index under the lock: no backup can add to it
+    // meanwhile.
+    let result = crate::prune::prune(&repo, a.dry_run, &|| g.still_safe(&lock)).await;
     // The lock goes whatever happened; a prune error is the one to report.
     let released = lock.release().await;
     let report = result?;
