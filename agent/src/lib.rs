@@ -8,12 +8,11 @@
 //! directory or S3, where [`residency`] keeps each tenant's data inside its
 //! region pair ([`config`] declares regions, regimes, tenants and jobs).
 
-pub mod check;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod ops;
 pub mod pipeline;
-pub mod prune;
 pub mod repo;
 pub mod residency;
 pub mod restore;
@@ -21,4 +20,6 @@ pub mod retention;
 pub mod runtime;
 pub mod storage;
 pub mod telemetry;
+#[cfg(test)]
+mod testing;
 pub mod util;

@@ -1012,7 +1012,7 @@ fn throttling_is_retried_and_the_retries_are_bounded() {
     let started = Instant::now();
     let out = w
         .cmd(&["backup", "--job", "acme-files"])
-        .env("CAIRN_AGENT_CHILD", "1")
+        .env(cairn::ops::protocol::CHILD_ENV, "1")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -1022,14 +1022,14 @@ fn throttling_is_retried_and_the_retries_are_bounded() {
         "{err}"
     );
     // The retries are counted for the agent's metrics, also when the
-    // command fails (the telemetry line its commands print last).
+    // command fails (in the end message its commands send last).
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let telemetry = crate::common::last_json(&stdout);
-    assert_eq!(telemetry["message_type"], "telemetry", "{stdout}");
-    assert!(
-        telemetry["storage_retries"].as_u64().unwrap() >= 3,
-        "{telemetry}"
-    );
+    let last = stdout.lines().last().unwrap_or_default();
+    let Ok(cairn::ops::protocol::Message::End(end)) = cairn::ops::protocol::decode(last) else {
+        panic!("the last line is no end message: {stdout}");
+    };
+    assert_eq!(end.exit, cairn::ops::protocol::Exit::Failed, "{stdout}");
+    assert!(end.storage_retries >= 3, "{end:?}");
     let attempts = proxy.throttled() - before;
     assert!(
         (4..=8).contains(&attempts),

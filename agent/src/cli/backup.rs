@@ -2,12 +2,10 @@
 
 use super::job::{AdapterFlags, LimitFlags};
 use super::{Global, Outcome, out};
-use crate::pipeline::{Pipeline, PipelineOptions};
-use crate::repo::snapshot::Snapshot;
-use crate::runtime::{AdapterSource, BackupRequest, Runtime};
+use crate::ops::backup;
+use crate::runtime::AdapterSource;
 use anyhow::{Context, bail};
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Flags of `backup`.
 #[derive(clap::Args, Debug)]
@@ -112,8 +110,6 @@ pub async fn run(g: &Global, mut a: Args) -> anyhow::Result<Outcome> {
             &job_global
         }
     };
-    let started = chrono::Local::now().fixed_offset();
-    let clock = Instant::now();
     let mut paths = Vec::new();
     let mut grants = a.adapter_flags.grants(&env)?;
     for p in &a.paths {
@@ -125,11 +121,7 @@ pub async fn run(g: &Global, mut a: Args) -> anyhow::Result<Outcome> {
         paths.push(abs);
     }
     paths.sort();
-    if paths.is_empty() && AdapterSource::parse(&a.adapter).name() == "filesystem" {
-        bail!("give the paths to back up (or --job)");
-    }
     let source = AdapterSource::parse(&a.adapter).pinned(pin.as_deref());
-    let adapter_name = source.name();
     let config = match (&source, a.adapter_flags.config()?) {
         (_, Some(config)) => config,
         (AdapterSource::Bundled(n), None) if n == "filesystem" => serde_json::json!({
@@ -137,237 +129,99 @@ pub async fn run(g: &Global, mut a: Args) -> anyhow::Result<Outcome> {
         }),
         _ => serde_json::json!({}),
     };
+    // A bad flag is refused before the repository is opened.
     if a.compression < 0 || a.compression > 22 {
         bail!("--compression {} is out of range 0..=22", a.compression);
     }
-
-    let repo = g.open_without_index().await?;
-    let lock = repo.lock(false).await?;
-    // The index is read under the lock: a prune that finished before the
-    // lock was granted has removed what it no longer lists.
-    if let Err(e) = repo.load_index().await {
-        let _ = lock.release().await;
-        return Err(e.into());
+    if paths.is_empty() && source.name() == "filesystem" {
+        bail!("give the paths to back up (or --job)");
     }
-    // Packs an interrupted backup uploaded are indexed, not uploaded again.
-    let adopted = match repo.adopt_unindexed_packs().await {
-        Ok(n) => n,
-        Err(e) => {
-            let _ = lock.release().await;
-            return Err(e.into());
-        }
-    };
-    let hostname = a.host.clone().unwrap_or_else(crate::util::hostname);
-    let parent = if a.force {
-        None
-    } else {
-        // As restic: the newest one not newer than the time recorded.
-        repo.snapshots().await?.into_iter().rev().find(|(_, s)| {
-            s.hostname == hostname
-                && s.paths == paths
-                && s.adapter() == adapter_name
-                && a.time.is_none_or(|t| s.time <= t)
-        })
-    };
-    let opts = PipelineOptions {
-        compression_level: a.compression,
-        ..Default::default()
-    };
-    let pipeline = Pipeline::start(repo.clone(), opts);
-    let stats = pipeline.stats().clone();
-    // The agent that started this backup reads its progress from stdout.
-    let status = crate::telemetry::is_agent_child().then(|| {
-        let stats = stats.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                out(serde_json::json!({
-                    "message_type": "status",
-                    "bytes_read": stats.bytes_in.load(Ordering::Relaxed),
-                    "bytes_stored": stats.bytes_stored.load(Ordering::Relaxed),
-                }));
-            }
-        })
-    });
-    let progress = (!g.json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+    let store = g.open_without_index().await?;
+    let bar = (!g.json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.enable_steady_tick(Duration::from_millis(200));
-        let stats = stats.clone();
-        let bar2 = bar.clone();
-        tokio::spawn(async move {
-            loop {
-                let read = stats.bytes_in.load(Ordering::Relaxed);
-                let stored = stats.bytes_stored.load(Ordering::Relaxed);
-                bar2.set_message(format!(
-                    "read {}, stored {}",
-                    indicatif::HumanBytes(read),
-                    indicatif::HumanBytes(stored)
-                ));
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        });
         bar
     });
-
-    let runtime = Runtime::new()?;
-    let limits = a.limits.limits();
-    let req = BackupRequest {
-        pipeline,
+    let on_progress = progress_reporter(bar.clone());
+    let options = backup::Options {
+        source,
+        paths,
         grants,
         config,
-        parent_tree: parent.as_ref().map(|(_, s)| s.tree),
-        inherit_stderr: false,
-    };
-    let outcome = runtime.backup(&source, req, &limits).await;
-    if let Some(bar) = progress {
-        bar.finish_and_clear();
-    }
-    if let Some(task) = status {
-        task.abort();
-    }
-    let outcome = match outcome {
-        Ok(o) => o,
-        Err(e) => {
-            let _ = lock.release().await;
-            return Err(e.context("backup failed; no snapshot was written"));
-        }
-    };
-    let snapshot = Snapshot {
-        time: a.time.unwrap_or(started),
-        parent: parent.as_ref().map(|(id, _)| *id),
-        tree: outcome.tree,
-        // restic lists snapshots by path: a server backup records where
-        // its adapter puts its entries.
-        paths: if paths.is_empty() {
-            vec![format!("/{adapter_name}")]
-        } else {
-            paths.clone()
-        },
-        hostname,
-        username: whoami::username(),
-        uid: rustix::process::getuid().as_raw(),
-        gid: rustix::process::getgid().as_raw(),
         excludes: a.exclude.clone(),
         tags: a.tag.clone(),
-        original: None,
-        program_version: format!("cairn {}", env!("CARGO_PKG_VERSION")),
-        cairn_adapter: Some(adapter_name.clone()),
-        cairn_job: a.job.clone(),
-        cairn_skipped: outcome
-            .skipped
-            .iter()
-            .map(|(p, r)| format!("{p}: {r}"))
-            .collect(),
+        host: a.host.clone().unwrap_or_else(crate::util::hostname),
+        time: a.time,
+        force: a.force,
+        job: a.job.clone(),
+        compression: a.compression,
+        limits: a.limits.limits(),
+        on_progress,
     };
-    // An earlier run may have left files in one region of the pair only
-    // (it was interrupted, or a region lagged): copy them over before the
-    // snapshot refers to them, so each region is a whole repository.
-    if let Some(pair) = g.pair().filter(|p| p.lagging().is_empty()) {
-        use crate::residency::pair::Role;
-        let key = repo.key().clone();
-        let config_ok = move |d: &[u8]| key.authentic(d);
-        for (from, to) in [
-            (Role::Primary, Role::Secondary),
-            (Role::Secondary, Role::Primary),
-        ] {
-            let s = crate::residency::sync::sync(&pair, from, to, false, &config_ok).await;
-            let (to_region, from_region) = (pair.store(to).region(), pair.store(from).region());
-            // The region that cannot be made whole does not get the
-            // snapshot (or, with require-both, there is no snapshot).
-            let lagging = match s {
-                Ok(s) => {
-                    if s.copied > 0 {
-                        tracing::warn!(copied = s.copied, from = %from_region, to = %to_region, "Evened out the regions of the pair.");
-                    }
-                    // Damaged in the source too: `check` and `repair` report
-                    // it; it is not the target's fault.
-                    for f in &s.failed {
-                        tracing::warn!(from = %from_region, to = %to_region, problem = %f, "Could not copy a file across the pair.");
-                    }
-                    // A file the target still lacks: it must not get a
-                    // snapshot that may refer to it.
-                    s.failed_writes
-                        .first()
-                        .or(s.failed_reads.first())
-                        .map(|e| (to, e.clone()))
-                }
-                Err(e) => Some((e.role, e.error.to_string())),
-            };
-            if let Some((role, why)) = lagging {
-                if pair.require_both() {
-                    let _ = lock.release().await;
-                    bail!(
-                        "backup stopped, no snapshot was written: region {} could not be made whole and the tenant requires both regions: {why}",
-                        pair.store(role).region()
-                    );
-                }
-                pair.mark_region_lagging(role, &why);
-                if !pair.usable(Role::Primary) && !pair.usable(Role::Secondary) {
-                    let _ = lock.release().await;
-                    bail!(
-                        "backup stopped, no snapshot was written: neither region of the pair can take it ({why})"
-                    );
-                }
-            }
-        }
+    let report = backup::run(&store, options).await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
-    lock.ensure_held()
-        .context("backup stopped; no snapshot was written")?;
-    let id = repo.save_snapshot(&snapshot).await?;
-    // The snapshot is safely stored: a lock we cannot remove is only a
-    // leftover (it goes stale and is cleared), not a failed backup.
-    if let Err(e) = lock.release().await {
-        tracing::warn!(error = %e, "Could not remove the repository lock; it will be cleared as stale.");
-    }
-
-    let s = &outcome.stats;
-    let incomplete = !outcome.skipped.is_empty();
-    for (path, reason) in &outcome.skipped {
-        eprintln!(
-            "cairn: left out {}: {}",
-            crate::util::escaped(path),
-            crate::util::escaped(reason)
-        );
+    let report = report?;
+    super::to_agent(crate::ops::protocol::Message::Backup(report.clone()));
+    for s in &report.skipped {
+        super::note(format!(
+            "left out {}: {}",
+            crate::util::escaped(&s.path),
+            crate::util::escaped(&s.reason)
+        ));
     }
     if g.json {
-        out(serde_json::json!({
-            "message_type": "summary",
-            "snapshot_id": id.to_hex(),
-            "parent": parent.map(|(p, _)| p.to_hex()),
-            "adapter": adapter_name,
-            "files": outcome.files,
-            "directories": outcome.directories,
-            "files_unchanged": outcome.unchanged,
-            "skipped": outcome.skipped.iter().map(|(p, r)| serde_json::json!({"path": p, "reason": r})).collect::<Vec<_>>(),
-            "bytes_read": s.bytes_in.load(Ordering::Relaxed),
-            "bytes_new": s.bytes_new.load(Ordering::Relaxed),
-            "bytes_stored": s.bytes_stored.load(Ordering::Relaxed),
-            "blobs_new": s.blobs_new.load(Ordering::Relaxed),
-            "packs": s.packs.load(Ordering::Relaxed),
-            "packs_adopted": adopted,
-            "duration_seconds": clock.elapsed().as_secs_f64(),
-            "complete": !incomplete,
-        }));
+        super::emit(&report);
     } else {
         out(format!(
             "Files: {} ({} unchanged), directories: {}, skipped: {}",
-            outcome.files,
-            outcome.unchanged,
-            outcome.directories,
-            outcome.skipped.len()
+            report.files,
+            report.files_unchanged,
+            report.directories,
+            report.skipped.len()
         ));
         out(format!(
             "Read {}, new {}, stored {} in {:.1}s",
-            indicatif::HumanBytes(s.bytes_in.load(Ordering::Relaxed)),
-            indicatif::HumanBytes(s.bytes_new.load(Ordering::Relaxed)),
-            indicatif::HumanBytes(s.bytes_stored.load(Ordering::Relaxed)),
-            clock.elapsed().as_secs_f64()
+            indicatif::HumanBytes(report.bytes_read),
+            indicatif::HumanBytes(report.bytes_new),
+            indicatif::HumanBytes(report.bytes_stored),
+            report.duration_seconds
         ));
-        out(format!("snapshot {} saved", id.short()));
+        out(format!(
+            "snapshot {} saved",
+            &report.snapshot_id[..8.min(report.snapshot_id.len())]
+        ));
     }
-    Ok(if incomplete {
-        Outcome::Incomplete
-    } else {
+    Ok(if report.complete {
         Outcome::Ok
+    } else {
+        Outcome::Incomplete
     })
+}
+
+/// Where a running backup's counters go: the spinner on a terminal, and
+/// a progress message each second to the agent that started this process.
+fn progress_reporter(
+    bar: Option<indicatif::ProgressBar>,
+) -> Option<Box<dyn Fn(backup::Progress) + Send + Sync>> {
+    let to_agent = crate::ops::protocol::is_child();
+    if bar.is_none() && !to_agent {
+        return None;
+    }
+    let ticks = std::sync::atomic::AtomicU32::new(0);
+    let per_second = (1000 / backup::PROGRESS_EVERY.as_millis()).max(1) as u32;
+    Some(Box::new(move |p: backup::Progress| {
+        if let Some(bar) = &bar {
+            bar.set_message(format!(
+                "read {}, stored {}",
+                indicatif::HumanBytes(p.bytes_read),
+                indicatif::HumanBytes(p.bytes_stored)
+            ));
+        }
+        let n = ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if to_agent && n.is_multiple_of(per_second) {
+            crate::ops::protocol::send(&crate::ops::protocol::Message::Progress(p));
+        }
+    }))
 }

@@ -13,18 +13,8 @@ pub struct Args {
 
 /// Run `check`.
 pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
-    let repo = g.uncached().open_without_index().await?;
-    // Check every region of a pair: a listing that fails is an error here,
-    // not a region quietly left out.
-    if let Some(pair) = g.pair() {
-        pair.set_strict_listing(true);
-        if let Some((region, why)) = pair.lagging().into_iter().next() {
-            bail!("region {region} of the tenant's pair is not usable ({why}); check needs both");
-        }
-    }
-    let lock = g.read_lock(&repo).await?;
-    let report = crate::check::check(&repo, a.read_data).await;
-    let report = super::release_read_lock(lock, report.map_err(anyhow::Error::from)).await?;
+    let store = g.uncached().open_without_index().await?;
+    let report = crate::ops::check::run(&store, a.read_data).await?;
     if g.json {
         out(serde_json::to_value(&report)?);
     } else {

@@ -9,10 +9,10 @@ pub struct Args {}
 
 /// Run `init`.
 pub async fn run(g: &Global, _: Args) -> anyhow::Result<Outcome> {
-    let backend = g.backend().await?;
+    let (backend, pair) = g.backend().await?;
     // Both regions of a pair, or none: a repository started in one region
     // alone could meet a different one started later in the other.
-    if let Some((region, why)) = g.pair().and_then(|p| p.lagging().into_iter().next()) {
+    if let Some((region, why)) = pair.and_then(|p| p.lagging().into_iter().next()) {
         anyhow::bail!(
             "init needs both regions of the tenant's pair; region {region} is not usable: {why}"
         );

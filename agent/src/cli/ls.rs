@@ -12,7 +12,7 @@ pub struct Args {
 
 /// Run `ls`.
 pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
-    let repo = g.open().await?;
+    let repo = g.open().await?.repo;
     let (id, snap) = repo.find_snapshot(&a.snapshot).await?;
     let mut walker = Walker::new(repo.clone(), snap.tree, Vec::new()).await?;
     if !g.json {
@@ -36,7 +36,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
         }
     }
     for skipped in walker.skipped() {
-        eprintln!("cairn: {skipped}");
+        super::note(skipped);
     }
     Ok(if walker.skipped().is_empty() {
         Outcome::Ok

@@ -28,6 +28,8 @@ mod snapshots;
 mod tenant;
 
 use crate::config::{Config, Placement, RegionConfig};
+use crate::ops::Store;
+use crate::ops::protocol::{self, Exit, Message};
 use crate::repo::Repository;
 use crate::residency::Policy;
 use crate::residency::audit::AuditLog;
@@ -41,15 +43,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use tracing_subscriber::prelude::*;
-
-/// Exit code when the command failed.
-pub const EXIT_FAILED: u8 = 1;
-/// Exit code when a command did its job but left something out: a backup
-/// some of whose entries could not be read, a restore that skipped
-/// entries, or any command that passed over a damaged snapshot or index file.
-pub const EXIT_INCOMPLETE: u8 = 3;
-/// Exit code when the work is stored in only one region of the pair.
-pub const EXIT_DEGRADED: u8 = 4;
 
 /// Cairn: sandboxed, restic-compatible backups.
 #[derive(Parser, Debug)]
@@ -167,10 +160,16 @@ pub struct Global {
     connections: Option<u16>,
     /// `$CAIRN_PASSWORD`, taken out of the environment at start.
     env_password: Option<Arc<str>>,
-    /// The tenant's region pair, once opened (for lagging and healed reports).
-    pair: Arc<Mutex<Option<Arc<PairBackend>>>>,
-    /// Every repository the command opened, for the damage they met.
-    opened: Arc<Mutex<Vec<Arc<Repository>>>>,
+    /// What the command opened, for what it met on the way (damaged
+    /// files passed over, copies healed, regions lagging), said at its end.
+    opened: Arc<Mutex<Opened>>,
+}
+
+/// The repositories and region pairs a command opened.
+#[derive(Default)]
+struct Opened {
+    repos: Vec<Arc<Repository>>,
+    pairs: Vec<Arc<PairBackend>>,
 }
 
 impl Global {
@@ -192,61 +191,34 @@ impl Global {
     /// Say what the tenant's pair healed and which region lags. A lagging
     /// region turns a successful write into [`Outcome::Degraded`].
     fn finish(&self, outcome: Outcome, wrote: bool) -> Outcome {
-        let Some(pair) = self.pair() else {
-            return outcome;
-        };
-        for h in pair.healed() {
-            eprintln!(
-                "cairn: healed {}: the copy in {} was bad ({}); used the copy in {}",
-                h.key, h.bad_region, h.reason, h.from_region
-            );
-        }
-        let lagging = pair.lagging();
-        for (region, why) in &lagging {
-            eprintln!(
-                "cairn: tenant {}: region {region} is lagging ({why}); run `cairn replicate --tenant {}` when it is back",
-                pair.tenant(),
-                pair.tenant()
-            );
+        let pairs = self.opened.lock().expect("opened").pairs.clone();
+        let mut lagged = false;
+        for pair in pairs {
+            lagged |= Self::say_pair(&pair);
         }
         match outcome {
-            Outcome::Ok if wrote && !lagging.is_empty() => Outcome::Degraded,
+            Outcome::Ok if wrote && lagged => Outcome::Degraded,
             o => o,
         }
     }
 
-    /// Before a command that removes data (forget, prune): on a region
-    /// pair, every listing must cover both regions (a failed one is an
-    /// error, not a region quietly left out) and no region may lag, or a
-    /// snapshot stored only in the region not listed would look unused.
-    pub fn require_whole_pair(&self, what: &str) -> anyhow::Result<()> {
-        if let Some(pair) = self.pair() {
-            pair.set_strict_listing(true);
-            if let Some((region, why)) = pair.lagging().into_iter().next() {
-                bail!(
-                    "region {region} of tenant {}'s pair is not usable ({why}); {what} needs both regions whole: run `cairn replicate` first",
-                    pair.tenant()
-                );
-            }
+    /// Say what a pair healed and which region lags; true if one does.
+    fn say_pair(pair: &PairBackend) -> bool {
+        for h in pair.healed() {
+            note(format!(
+                "healed {}: the copy in {} was bad ({}); used the copy in {}",
+                h.key, h.bad_region, h.reason, h.from_region
+            ));
         }
-        Ok(())
-    }
-
-    /// While a removal runs: the lock is still ours and, on a pair, no
-    /// region has started lagging (its listings would be missing).
-    pub fn still_safe(&self, lock: &crate::repo::LockGuard) -> Result<(), crate::repo::RepoError> {
-        lock.ensure_held()?;
-        if let Some((region, why)) = self.pair().and_then(|p| p.lagging().into_iter().next()) {
-            return Err(crate::repo::RepoError::Unsafe(format!(
-                "region {region} stopped answering ({why})"
-            )));
+        let lagging = pair.lagging();
+        for (region, why) in &lagging {
+            note(format!(
+                "tenant {}: region {region} is lagging ({why}); run `cairn replicate --tenant {}` when it is back",
+                pair.tenant(),
+                pair.tenant()
+            ));
         }
-        Ok(())
-    }
-
-    /// The tenant's region pair, if a command opened one.
-    pub fn pair(&self) -> Option<Arc<PairBackend>> {
-        self.pair.lock().expect("pair lock").clone()
+        !lagging.is_empty()
     }
 
     /// Open the tenant's region pair (residency checks and audit log on).
@@ -270,19 +242,24 @@ impl Global {
         let pair = Arc::new(
             PairBackend::open(config, tenant, policy, Arc::new(audit), allow_shredded).await?,
         );
-        *self.pair.lock().expect("pair lock") = Some(pair.clone());
+        self.opened.lock().expect("opened").pairs.push(pair.clone());
         Ok(pair)
     }
 
-    async fn backend(&self) -> anyhow::Result<Arc<dyn Backend>> {
+    /// The storage the options name, and the region pair behind it when
+    /// it is a tenant's pair.
+    async fn backend(&self) -> anyhow::Result<(Arc<dyn Backend>, Option<Arc<PairBackend>>)> {
         if let Some(tenant) = &self.tenant {
             if self.repo.is_some() {
                 bail!("give either -r/--repo or --tenant, not both");
             }
             let config = self.config()?;
             return match config.placement(tenant).map_err(anyhow::Error::msg)? {
-                Placement::Local(dir) => Ok(Arc::new(LocalBackend::new(dir))),
-                Placement::Pair { .. } => Ok(self.open_pair(&config, tenant).await?),
+                Placement::Local(dir) => Ok((Arc::new(LocalBackend::new(dir)), None)),
+                Placement::Pair { .. } => {
+                    let pair = self.open_pair(&config, tenant).await?;
+                    Ok((pair.clone(), Some(pair)))
+                }
             };
         }
         let Some(repo) = &self.repo else {
@@ -297,13 +274,13 @@ impl Global {
                     "-r s3:... bypasses the residency checks of --config; use --tenant to reach a tenant's S3 repository"
                 );
             }
-            return Ok(Arc::new(s3_from_url(url, self.connections).await?));
+            return Ok((Arc::new(s3_from_url(url, self.connections).await?), None));
         }
         let path = repo.strip_prefix("local:").unwrap_or(repo);
         if path.contains("://") {
             bail!("repository {repo:?}: use a local directory or s3:https://host/bucket/prefix");
         }
-        Ok(Arc::new(LocalBackend::new(path)))
+        Ok((Arc::new(LocalBackend::new(path)), None))
     }
 
     fn password(&self, confirm: bool) -> anyhow::Result<String> {
@@ -341,25 +318,27 @@ impl Global {
     }
 
     /// Open the repository and load its index.
-    pub async fn open(&self) -> anyhow::Result<Arc<Repository>> {
-        let repo = self.open_without_index().await?;
-        repo.load_index().await?;
-        Ok(repo)
+    pub async fn open(&self) -> anyhow::Result<Store> {
+        let store = self.open_without_index().await?;
+        store.repo.load_index().await?;
+        Ok(store)
     }
 
-    /// Open the repository without reading its index (`check` reads index
-    /// files one by one so it can report a damaged one).
-    pub async fn open_without_index(&self) -> anyhow::Result<Arc<Repository>> {
-        let backend = self.backend().await?;
+    /// Open the repository without reading its index (an operation that
+    /// locks first reads it under its lock; `check` reads index files one
+    /// by one so it can report a damaged one).
+    pub async fn open_without_index(&self) -> anyhow::Result<Store> {
+        let (backend, pair) = self.backend().await?;
         let password = self.password(false)?;
         let mut repo = Repository::open(backend, &password).await?;
         self.tune(&mut repo);
         let repo = Arc::new(repo);
-        self.opened
-            .lock()
-            .expect("opened repositories")
-            .push(repo.clone());
-        Ok(repo)
+        self.opened.lock().expect("opened").repos.push(repo.clone());
+        Ok(Store {
+            repo,
+            pair,
+            no_lock: self.no_lock,
+        })
     }
 
     /// The same options without the metadata cache: `check` reads what the
@@ -391,35 +370,10 @@ impl Global {
         }
     }
 
-    /// The shared lock a command that only reads takes: none with
-    /// `--no-lock`, and none, with a warning, when the storage refuses to
-    /// write one (read-only credentials, a read-only mount): reading needs
-    /// no lock to be correct, only to keep a prune from removing what is
-    /// being read meanwhile.
-    pub async fn read_lock(
-        &self,
-        repo: &Arc<Repository>,
-    ) -> anyhow::Result<Option<crate::repo::LockGuard>> {
-        if self.no_lock {
-            return Ok(None);
-        }
-        match repo.lock(false).await {
-            Ok(l) => Ok(Some(l)),
-            Err(crate::repo::RepoError::Storage(e)) if e.is_write_refused() => {
-                eprintln!(
-                    "cairn: warning: the repository refuses writes ({}); reading without a lock (as with --no-lock): a prune running meanwhile could remove what is being read",
-                    crate::util::indented(&e.to_string())
-                );
-                Ok(None)
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// The damaged files the opened repositories passed over.
     fn damage(&self) -> Vec<String> {
         let mut all = Vec::new();
-        for repo in self.opened.lock().expect("opened repositories").iter() {
+        for repo in self.opened.lock().expect("opened").repos.iter() {
             for d in repo.damage() {
                 if !all.contains(&d) {
                     all.push(d);
@@ -428,23 +382,6 @@ impl Global {
         }
         all
     }
-}
-
-/// Release a read lock (if one was taken) after `work`. A failure to
-/// remove it is only a warning: the reading is done (or failed for its own
-/// reason, which is the one reported), and a lock left behind goes stale.
-pub async fn release_read_lock<T>(
-    lock: Option<crate::repo::LockGuard>,
-    work: anyhow::Result<T>,
-) -> anyhow::Result<T> {
-    if let Some(l) = lock
-        && let Err(e) = l.release().await
-    {
-        // The lock stays registered: the exit path tries again, and warns
-        // if it still cannot.
-        tracing::debug!(error = %e, "Could not remove the repository lock yet.");
-    }
-    work
 }
 
 fn read_password_file(file: &std::path::Path) -> anyhow::Result<String> {
@@ -596,8 +533,7 @@ pub fn main() -> ExitCode {
         no_cache: cli.no_cache,
         connections: cli.connections,
         env_password: crate::util::take_env_secret("CAIRN_PASSWORD").map(Arc::from),
-        pair: Arc::new(Mutex::new(None)),
-        opened: Arc::new(Mutex::new(Vec::new())),
+        opened: Arc::new(Mutex::new(Opened::default())),
     };
     // At least two workers: an adapter call stuck in the kernel holds one,
     // and the deadline, the signals and the lock refresh need another.
@@ -610,7 +546,7 @@ pub fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cairn: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_FAILED);
+            return ExitCode::from(Exit::Failed.code());
         }
     };
     // The commands that write to the repository, by name.
@@ -634,7 +570,7 @@ pub fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("cairn: {e:#}");
-                ExitCode::from(EXIT_FAILED)
+                ExitCode::from(Exit::Failed.code())
             }
         };
     }
@@ -642,9 +578,9 @@ pub fn main() -> ExitCode {
         eprintln!(
             "cairn: --no-lock is for commands that only read (restore, verify, check, ls, snapshots, drill); {name} writes and must lock"
         );
-        return ExitCode::from(EXIT_FAILED);
+        return ExitCode::from(Exit::Failed.code());
     }
-    let note = stop_note(&cli.command);
+    let stopped = stop_note(&cli.command);
     let command = async move {
         match cli.command {
             Command::Init(a) => init::run(&global, a).await,
@@ -681,7 +617,7 @@ pub fn main() -> ExitCode {
             },
             signal = stop_signal() => {
                 abort.abort();
-                Err(anyhow::anyhow!("stopped by {signal}; {note}"))
+                Err(anyhow::anyhow!("stopped by {signal}; {stopped}"))
             }
         }
     });
@@ -689,9 +625,6 @@ pub fn main() -> ExitCode {
     // nothing may be written once its locks are gone.
     crate::pipeline::stop_packers();
     runtime.block_on(crate::repo::release_held_locks());
-    if crate::telemetry::is_agent_child() {
-        out(crate::telemetry::report());
-    }
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     // A restore stopped in the middle leaves no file half-written; with
     // the runtime gone, no task can start another one now.
@@ -706,24 +639,67 @@ pub fn main() -> ExitCode {
     let result = result.map(|o| g.finish(o, wrote));
     // The damaged snapshot or index files passed over (a command that did
     // its job with what could be read says what could not, and ends
-    // incomplete); then the failure, if any, last (the agent reads a
-    // child's error from its last `cairn: ` line).
+    // incomplete); then the failure, if any, last.
+    for d in &damage {
+        note(format!(
+            "passed over a damaged file: {d} (run `cairn check`; `cairn rebuild-index` rebuilds a damaged index)"
+        ));
+    }
+    let exit = match &result {
+        Ok(Outcome::Ok) if !damage.is_empty() => Exit::Incomplete,
+        Ok(Outcome::Ok) => Exit::Ok,
+        Ok(Outcome::Incomplete) => Exit::Incomplete,
+        Ok(Outcome::Degraded) => Exit::Degraded,
+        Err(_) => Exit::Failed,
+    };
     // Every line said here may carry names from the storage or an
     // adapter's words: made safe to print.
-    for d in &damage {
-        eprintln!(
-            "cairn: passed over a damaged file: {} (run `cairn check`; `cairn rebuild-index` rebuilds a damaged index)",
-            crate::util::indented(d)
-        );
+    let error = result.err().map(|e| {
+        let message = crate::util::indented(&format!("{e:#}"));
+        eprintln!("cairn: {message}");
+        protocol::Failure {
+            kind: e
+                .downcast_ref::<crate::ops::Error>()
+                .map_or(protocol::ErrorKind::Other, crate::ops::Error::kind),
+            message,
+        }
+    });
+    {
+        to_agent(Message::End(protocol::End {
+            exit,
+            error,
+            notes: std::mem::take(&mut *NOTES.lock().unwrap_or_else(|p| p.into_inner())),
+            residency_refusals: crate::telemetry::residency_refusals(),
+            storage_retries: crate::telemetry::storage_retries(),
+        }));
     }
-    if let Err(e) = &result {
-        eprintln!("cairn: {}", crate::util::indented(&format!("{e:#}")));
+    ExitCode::from(exit.code())
+}
+
+/// What this command said about work it left out (see [`note`]).
+static NOTES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Say, on stderr, something the command left out or could not finish (an
+/// entry not read, a region lagging, a damaged file passed over); the
+/// agent that started this process gets these lines too. The line may
+/// carry names from the storage or an adapter's words: made safe to print.
+pub fn note(line: impl std::fmt::Display) {
+    let line = crate::util::indented(&line.to_string());
+    eprintln!("cairn: {line}");
+    NOTES.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+}
+
+/// Send a message to the agent that started this process, if one did.
+pub fn to_agent(message: Message) {
+    if protocol::is_child() {
+        protocol::send(&message);
     }
-    match result {
-        Ok(Outcome::Ok) if !damage.is_empty() => ExitCode::from(EXIT_INCOMPLETE),
-        Ok(Outcome::Ok) => ExitCode::SUCCESS,
-        Ok(Outcome::Incomplete) => ExitCode::from(EXIT_INCOMPLETE),
-        Ok(Outcome::Degraded) => ExitCode::from(EXIT_DEGRADED),
-        Err(_) => ExitCode::from(EXIT_FAILED),
+}
+
+/// Print a report as one JSON line (`--json`).
+pub fn emit(report: &impl serde::Serialize) {
+    match serde_json::to_value(report) {
+        Ok(v) => out(v),
+        Err(e) => eprintln!("cairn: cannot print the report as JSON: {e}"),
     }
 }

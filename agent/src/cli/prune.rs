@@ -1,5 +1,5 @@
 //! `cairn prune`: remove the data no snapshot references (see
-//! [`crate::prune`]), under the repository's exclusive lock.
+//! [`crate::ops::prune`]), under the repository's exclusive lock.
 
 use super::{Global, Outcome, out};
 
@@ -13,16 +13,8 @@ pub struct Args {
 
 /// Run `prune`.
 pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
-    let repo = g.open_without_index().await?;
-    g.require_whole_pair("prune")?;
-    let lock = repo.lock(true).await?;
-    // prune reads the index under the lock: no backup can add to it
-    // meanwhile.
-    let result = crate::prune::prune(&repo, a.dry_run, &|| g.still_safe(&lock)).await;
-    // The lock goes whatever happened; a prune error is the one to report.
-    let released = lock.release().await;
-    let report = result?;
-    released?;
+    let store = g.open_without_index().await?;
+    let report = crate::ops::prune::run(&store, a.dry_run).await?;
     if g.json {
         out(serde_json::to_value(&report)?);
         return Ok(Outcome::Ok);
@@ -32,7 +24,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
 }
 
 /// Say what a prune did (or, for a dry run, would do).
-pub(super) fn print_report(report: &crate::prune::PruneReport, dry_run: bool) {
+pub(super) fn print_report(report: &crate::ops::prune::PruneReport, dry_run: bool) {
     let verb = if dry_run { "would remove" } else { "removed" };
     out(format!(
         "{} snapshots use {} blobs; {} packs kept as they are",

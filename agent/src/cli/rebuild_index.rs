@@ -10,17 +10,15 @@ pub struct Args {}
 
 /// Run `rebuild-index`.
 pub async fn run(g: &Global, _: Args) -> anyhow::Result<Outcome> {
-    let repo = g.open_without_index().await?;
-    g.require_whole_pair("rebuild-index")?;
-    let lock = repo.lock(true).await?;
-    let report = lock.release_after(repo.rebuild_index().await).await?;
+    let store = g.open_without_index().await?;
+    let report = crate::ops::rebuild_index(&store).await?;
     for p in &report.unreadable_packs {
-        eprintln!("cairn: not indexed: {p}");
+        super::note(format!("not indexed: {p}"));
     }
     for p in &report.kept_from_old_index {
-        eprintln!(
-            "cairn: indexed as the old index had it (its header is unreadable; run `cairn check --read-data`): {p}"
-        );
+        super::note(format!(
+            "indexed as the old index had it (its header is unreadable; run `cairn check --read-data`): {p}"
+        ));
     }
     if g.json {
         out(serde_json::to_value(&report)?);

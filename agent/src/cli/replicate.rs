@@ -44,7 +44,7 @@ fn report(g: &Global, tenant: &str, direction: &str, s: &SyncStats) {
         .chain(&s.failed_writes)
         .chain(&s.failed_reads)
     {
-        eprintln!("cairn: tenant {tenant}: {f}");
+        super::note(format!("tenant {tenant}: {f}"));
     }
 }
 
@@ -68,7 +68,7 @@ pub async fn run(g: &Global, _: Args) -> anyhow::Result<Outcome> {
     let mut failed = Vec::new();
     for tenant in tenants {
         if let Err(e) = replicate_tenant(g, &config, &tenant).await {
-            eprintln!("cairn: tenant {tenant}: {e:#}");
+            super::note(format!("tenant {tenant}: {e:#}"));
             failed.push(tenant);
         }
     }
@@ -111,16 +111,13 @@ async fn replicate_tenant(g: &Global, config: &Config, tenant: &str) -> anyhow::
     ] {
         let s = match sync(&pair, from, to, false, &config_ok).await {
             Ok(s) => s,
-            Err(e) => {
-                let _ = lock.release().await;
-                return Err(e.into());
-            }
+            Err(e) => return Err(e.into()),
         };
         let dir = format!("{} -> {}", region_of(&pair, from), region_of(&pair, to));
         report(g, tenant, &dir, &s);
         failed |= !s.failed.is_empty() || !s.failed_writes.is_empty() || !s.failed_reads.is_empty();
     }
-    lock.release().await?;
+    drop(lock);
     if failed {
         bail!("some files could not be copied (see above)");
     }
@@ -168,7 +165,7 @@ pub async fn repair(g: &Global, a: RepairArgs) -> anyhow::Result<Outcome> {
     let key = repo.key().clone();
     let config_ok = move |d: &[u8]| key.authentic(d);
     let s = sync(&pair, from, to, true, &config_ok).await;
-    let _ = lock.release().await;
+    drop(lock);
     let s = s?;
     let dir = format!("{} -> {}", region_of(&pair, from), region_of(&pair, to));
     report(g, tenant, &dir, &s);

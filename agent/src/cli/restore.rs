@@ -2,7 +2,8 @@
 
 use super::job::{AdapterFlags, LimitFlags};
 use super::{Global, Outcome, out};
-use crate::runtime::{AdapterSource, Grants, RestoreRequest, Runtime};
+use crate::ops::{Store, restore};
+use crate::runtime::{AdapterSource, Grants};
 use anyhow::{Context, bail};
 
 /// Flags of `restore`.
@@ -59,53 +60,12 @@ pub struct VerifyArgs {
 /// What a restore or verify runs: the snapshot, its adapter, grants and
 /// configuration, from the flags and from the job if one is named.
 struct Plan {
-    g: Global,
-    repo: std::sync::Arc<crate::repo::Repository>,
+    store: Store,
     id: crate::repo::Id,
     snap: crate::repo::snapshot::Snapshot,
     source: AdapterSource,
     grants: Grants,
     config: Option<serde_json::Value>,
-}
-
-/// A job's adapter restoring another adapter's snapshot would misread it.
-pub(super) fn same_adapter(
-    id: &crate::repo::Id,
-    snap: &crate::repo::snapshot::Snapshot,
-    job: &str,
-    source: &AdapterSource,
-) -> anyhow::Result<()> {
-    if source.name() != snap.adapter() {
-        bail!(
-            "snapshot {} was made by adapter {}, but job {job} uses {}",
-            id.short(),
-            snap.adapter(),
-            source.name()
-        );
-    }
-    Ok(())
-}
-
-/// The adapter a snapshot names, when neither `--adapter` nor a job says
-/// which one to run: only a bundled adapter. Whoever can write snapshots
-/// must not choose a program to run on this machine (a path to any
-/// `.wasm` file), so a component file is run only when named by the
-/// operator: `--adapter`, or a configured job.
-pub(crate) fn snapshot_adapter(
-    id: &crate::repo::Id,
-    snap: &crate::repo::snapshot::Snapshot,
-) -> anyhow::Result<AdapterSource> {
-    let name = snap.adapter();
-    match AdapterSource::parse(name) {
-        AdapterSource::Bundled(n) if crate::runtime::bundled::get(&n).is_some() => {
-            Ok(AdapterSource::Bundled(n))
-        }
-        _ => bail!(
-            "snapshot {} was made by adapter {:?}, which is not a bundled adapter; name the component to restore it with: --adapter PATH (or --job)",
-            id.short(),
-            crate::util::escaped(name)
-        ),
-    }
 }
 
 async fn plan(
@@ -129,20 +89,19 @@ async fn plan(
         }
         None => g.clone(),
     };
-    let repo = g.open().await?;
-    let (id, snap) = repo.find_snapshot_of(spec, job).await?;
+    let store = g.open().await?;
+    let (id, snap) = store.repo.find_snapshot_of(spec, job).await?;
     let source = match adapter.map(str::to_string).or(job_adapter) {
         Some(name) => AdapterSource::parse(&name).pinned(pin.as_deref()),
-        None => snapshot_adapter(&id, &snap)?,
+        None => restore::snapshot_adapter(&id, &snap)?,
     };
     if let Some(job) = job {
-        same_adapter(&id, &snap, job, &source)?;
+        restore::same_adapter(&id, &snap, job, &source)?;
     }
     let grants = flags.grants(&env)?;
     let config = flags.config()?;
     Ok(Plan {
-        g,
-        repo,
+        store,
         id,
         snap,
         source,
@@ -154,8 +113,7 @@ async fn plan(
 /// Run `restore`.
 pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
     let Plan {
-        g,
-        repo,
+        store,
         id,
         snap,
         source,
@@ -198,46 +156,37 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
         }
         include.push(i.trim_end_matches('/').to_string());
     }
-    let lock = g.read_lock(&repo).await?;
-    let req = RestoreRequest {
-        repo: repo.clone(),
+    let options = restore::Options {
+        snapshot: id,
         tree: snap.tree,
-        include,
+        source,
         grants,
         config,
-        inherit_stderr: false,
+        include,
         overwrite: a.overwrite == "always",
+        limits: a.limits.limits(),
+        target,
     };
-    let result = Runtime::new()?
-        .restore(&source, req, &a.limits.limits(), false)
-        .await;
-    let result = super::release_read_lock(lock, result)
-        .await
-        .context("restore failed")?;
-    let crate::runtime::RestoreOutcome::Restored(s) = result.outcome else {
-        bail!("unexpected verify outcome");
-    };
-    for entry in &result.left_out {
-        eprintln!("cairn: not restored: {}", crate::util::escaped(entry));
+    let report = restore::run(&store, options).await?;
+    super::to_agent(crate::ops::protocol::Message::Restore(report.clone()));
+    for entry in &report.not_restored {
+        super::note(format!("not restored: {}", crate::util::escaped(entry)));
     }
     if g.json {
-        out(serde_json::json!({
-            "message_type": "summary", "snapshot_id": id.to_hex(), "target": target,
-            "files": s.files, "directories": s.directories, "symlinks": s.symlinks, "bytes": s.bytes,
-            "files_unchanged": result.unchanged, "not_restored": result.left_out,
-        }));
+        super::emit(&report);
     } else {
         out(format!(
-            "restored snapshot {} to {target}: {} files ({} already there, kept), {} directories, {} symlinks, {}",
+            "restored snapshot {} to {}: {} files ({} already there, kept), {} directories, {} symlinks, {}",
             id.short(),
-            s.files,
-            result.unchanged,
-            s.directories,
-            s.symlinks,
-            indicatif::HumanBytes(s.bytes)
+            report.target,
+            report.files,
+            report.files_unchanged,
+            report.directories,
+            report.symlinks,
+            indicatif::HumanBytes(report.bytes)
         ));
     }
-    Ok(if result.left_out.is_empty() {
+    Ok(if report.not_restored.is_empty() {
         Outcome::Ok
     } else {
         Outcome::Incomplete
@@ -247,8 +196,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
 /// Run `verify`.
 pub async fn verify(g: &Global, a: VerifyArgs) -> anyhow::Result<Outcome> {
     let Plan {
-        g,
-        repo,
+        store,
         id,
         snap,
         source,
@@ -262,30 +210,20 @@ pub async fn verify(g: &Global, a: VerifyArgs) -> anyhow::Result<Outcome> {
         a.adapter_flags,
     )
     .await?;
-    let lock = g.read_lock(&repo).await?;
-    let req = RestoreRequest {
-        repo: repo.clone(),
+    let options = restore::Options {
+        snapshot: id,
         tree: snap.tree,
-        include: Vec::new(),
+        target: format!("adapter {}", source.name()),
+        source,
         grants,
         config: config.unwrap_or_else(|| serde_json::json!({})),
-        inherit_stderr: false,
+        include: Vec::new(),
         overwrite: false,
+        limits: a.limits.limits(),
     };
-    let result = Runtime::new()?
-        .restore(&source, req, &a.limits.limits(), true)
-        .await;
-    let result = super::release_read_lock(lock, result)
-        .await
-        .context("verify failed")?;
-    let crate::runtime::RestoreOutcome::Verified(r) = result.outcome else {
-        bail!("unexpected restore outcome");
-    };
+    let r = restore::verify(&store, options).await?;
     if g.json {
-        out(serde_json::json!({
-            "message_type": "verify", "snapshot_id": id.to_hex(), "entries": r.entries,
-            "bytes": r.bytes, "problems": r.problems,
-        }));
+        out(serde_json::to_value(&r)?);
     } else {
         for p in &r.problems {
             out(format!("problem: {p}"));

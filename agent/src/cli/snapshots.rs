@@ -1,30 +1,25 @@
 //! `cairn snapshots`: list snapshots.
 
 use super::{Global, Outcome, out};
+use crate::repo::snapshot::Listed;
 
 /// Flags of `snapshots`.
 #[derive(clap::Args, Debug)]
 pub struct Args {}
 
-/// A snapshot as JSON, as restic prints it: its fields, `id` and
-/// `short_id`.
-pub(super) fn snapshot_json(
-    id: &crate::repo::Id,
-    snap: &crate::repo::snapshot::Snapshot,
-) -> serde_json::Value {
-    let mut v = serde_json::to_value(snap).unwrap_or_default();
-    v["id"] = serde_json::json!(id.to_hex());
-    v["short_id"] = serde_json::json!(id.short());
-    v
-}
-
 /// Run `snapshots`.
 pub async fn run(g: &Global, _: Args) -> anyhow::Result<Outcome> {
-    let repo = g.open_without_index().await?;
+    let repo = g.open_without_index().await?.repo;
     let snaps = repo.snapshots().await?;
-    if g.json {
-        let list: Vec<_> = snaps.iter().map(|(id, s)| snapshot_json(id, s)).collect();
-        out(serde_json::Value::Array(list));
+    if g.json || crate::ops::protocol::is_child() {
+        let list: Vec<Listed> = snaps
+            .iter()
+            .map(|(id, s)| Listed::new(*id, s.clone()))
+            .collect();
+        if g.json {
+            super::emit(&list);
+        }
+        super::to_agent(crate::ops::protocol::Message::Snapshots(list));
         return Ok(Outcome::Ok);
     }
     out(format!(

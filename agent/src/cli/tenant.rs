@@ -104,9 +104,7 @@ pub async fn run(g: &Global, c: Command) -> anyhow::Result<Outcome> {
                 }
                 shred_store(store, &mut destroyed, &mut problems).await;
             }
-            if let Some(lock) = lock {
-                let _ = lock.release().await;
-            }
+            drop(lock);
         }
     }
     if g.json {
@@ -118,7 +116,7 @@ pub async fn run(g: &Global, c: Command) -> anyhow::Result<Outcome> {
     }
     if !problems.is_empty() {
         for p in &problems {
-            eprintln!("cairn: tenant {tenant}: {p}");
+            super::note(format!("tenant {tenant}: {p}"));
         }
         bail!("shred of tenant {tenant} is INCOMPLETE: run it again when every region answers");
     }

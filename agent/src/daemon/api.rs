@@ -429,7 +429,6 @@ async fn snapshots(
     let args = vec![
         "--config".into(),
         loaded.frozen.display().to_string(),
-        "--json".into(),
         "--tenant".into(),
         tenant.clone(),
         "snapshots".into(),
@@ -449,8 +448,12 @@ async fn snapshots(
             format!("cannot list tenant {tenant}'s snapshots: {e}"),
         )
     })?;
-    if f.code == Some(0)
-        && let Some(list) = f.json.iter().find(|v| v.is_array())
+    let list = f.messages.iter().rev().find_map(|m| match m {
+        crate::ops::protocol::Message::Snapshots(list) => Some(list),
+        _ => None,
+    });
+    if f.exit() == Some(crate::ops::protocol::Exit::Ok)
+        && let Some(list) = list
     {
         return Ok(Json(json!({"tenant": tenant, "snapshots": list})));
     }
@@ -487,7 +490,7 @@ async fn drills(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let dir = api.agent.loaded().config.agent.state_dir.clone();
-    let records = super::drills::read(&dir).map_err(|e| {
+    let records = crate::ops::drills::read(&dir).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",

@@ -2,8 +2,8 @@
 //! series do not need a metrics library.
 
 use super::Agent;
-use super::drills::{self, DrillRecord};
 use super::state::JobStats;
+use crate::ops::drills::{self, DrillRecord};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 

@@ -14,13 +14,14 @@
 //! retention alone) rather than let them fail on each other's locks.
 
 pub mod api;
-pub mod drills;
 pub mod metrics;
 pub mod runner;
 pub mod schedule;
 pub mod state;
 
 use crate::config::Config;
+use crate::ops::drills;
+use crate::ops::protocol::{Exit, Message};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use schedule::Schedule;
@@ -589,11 +590,7 @@ impl Agent {
     }
 
     fn common_args(loaded: &Loaded) -> Vec<String> {
-        vec![
-            "--config".into(),
-            loaded.frozen.display().to_string(),
-            "--json".into(),
-        ]
+        vec!["--config".into(), loaded.frozen.display().to_string()]
     }
 
     /// Run a child and turn its end into the run's status.
@@ -604,11 +601,10 @@ impl Agent {
         timeout: Option<Duration>,
     ) -> (Status, Option<runner::Finished>) {
         let progress_id = id.to_string();
-        let finished = runner::run(id, &args, timeout, self.abort.subscribe(), |v| {
-            let n = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+        let finished = runner::run(id, &args, timeout, self.abort.subscribe(), |p| {
             self.runs.lock().expect("runs").update(&progress_id, |r| {
-                r.progress.bytes_read = n("bytes_read");
-                r.progress.bytes_stored = n("bytes_stored");
+                r.progress.bytes_read = p.bytes_read;
+                r.progress.bytes_stored = p.bytes_stored;
             });
         })
         .await;
@@ -621,46 +617,40 @@ impl Agent {
                 return (Status::Failed, None);
             }
         };
-        if let Some(t) = &f.telemetry {
-            let n = |k: &str| t.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+        if let Some(end) = &f.end {
             let mut runs = self.runs.lock().expect("runs");
-            runs.residency_refusals += n("residency_refusals");
-            runs.storage_retries += n("storage_retries");
+            runs.residency_refusals += end.residency_refusals;
+            runs.storage_retries += end.storage_retries;
         }
-        let status = match (f.stopped, f.code) {
+        let status = match (f.stopped, f.exit()) {
             // It finished its work as the stop came: what it recorded stands.
-            (Some(_), Some(0)) => Status::Succeeded,
+            (Some(_), Some(Exit::Ok)) => Status::Succeeded,
             (Some(runner::Stopped::Timeout), _) => Status::TimedOut,
             (Some(runner::Stopped::Abort), _) => Status::Aborted,
-            (None, Some(0)) => Status::Succeeded,
-            (None, Some(3)) => Status::Incomplete,
-            (None, Some(4)) => Status::Degraded,
-            _ => Status::Failed,
+            (None, Some(Exit::Ok)) => Status::Succeeded,
+            (None, Some(Exit::Incomplete)) => Status::Incomplete,
+            (None, Some(Exit::Degraded)) => Status::Degraded,
+            (None, Some(Exit::Failed) | None) => Status::Failed,
         };
         (status, Some(f))
     }
 
-    /// Record a child's end: its summary (the JSON line of `summary_type`,
-    /// if given), its error and the reason counted in the metrics.
-    fn finish_child(
-        &self,
-        id: &str,
-        status: Status,
-        f: Option<&runner::Finished>,
-        summary_type: Option<&str>,
-    ) {
-        let summary = summary_type.and_then(|t| f.and_then(|f| f.message(t).cloned()));
+    /// Record a child's end: its report (a backup's or a restore's) as the
+    /// run's summary, its error and the reason counted in the metrics.
+    fn finish_child(&self, id: &str, status: Status, f: Option<&runner::Finished>) {
+        let summary = f.and_then(|f| {
+            f.messages.iter().rev().find_map(|m| match m {
+                Message::Backup(r) => serde_json::to_value(r).ok(),
+                Message::Restore(r) => serde_json::to_value(r).ok(),
+                _ => None,
+            })
+        });
         self.runs.lock().expect("runs").update(id, |r| {
             if summary.is_some() {
                 r.summary = summary;
             }
         });
-        let refused = f
-            .and_then(|f| f.telemetry.as_ref())
-            .and_then(|t| t.get("residency_refusals"))
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0)
-            > 0;
+        let refused = f.is_some_and(|f| f.residency_refusals() > 0);
         let (error, reason) = match status {
             Status::Succeeded => (None, None),
             Status::TimedOut => (
@@ -741,7 +731,7 @@ impl Agent {
                 .expect("runs")
                 .update(id, |r| r.retention = Some(outcome));
         }
-        self.finish_child(id, status, f.as_ref(), Some("summary"));
+        self.finish_child(id, status, f.as_ref());
     }
 
     /// Forget (and prune) this host's snapshots of `job` by its policy, with
@@ -778,14 +768,11 @@ impl Agent {
         let (status, f) = self.child(&format!("{id}/retention"), args, None).await;
         match (status, &f) {
             (Status::Succeeded, Some(f)) => {
-                let removed: usize = f
-                    .json
-                    .iter()
-                    .filter_map(|v| v.as_array())
-                    .flatten()
-                    .filter_map(|g| g.get("remove").and_then(|r| r.as_array()).map(Vec::len))
-                    .sum();
-                serde_json::json!({"removed": removed, "pruned": policy.prune})
+                let removed = f.messages.iter().rev().find_map(|m| match m {
+                    Message::Forget(r) => Some(r.removed),
+                    _ => None,
+                });
+                serde_json::json!({"removed": removed.unwrap_or(0), "pruned": policy.prune})
             }
             (_, f) => {
                 let why = f
@@ -824,13 +811,11 @@ impl Agent {
             .map(Duration::from_secs);
         let started = Utc::now();
         let (status, f) = self.child(id, args, timeout).await;
-        // The drill prints its record as a plain JSON object.
         let mut record = f.as_ref().and_then(|f| {
-            f.json
-                .iter()
-                .rev()
-                .find(|v| v.get("rto_seconds").is_some())
-                .cloned()
+            f.messages.iter().rev().find_map(|m| match m {
+                Message::Drill(r) => serde_json::to_value(r).ok(),
+                _ => None,
+            })
         });
         if record.is_none() {
             // Stopped (timeout, shutdown) or killed before it could record
@@ -868,7 +853,7 @@ impl Agent {
             .lock()
             .expect("runs")
             .update(id, |r| r.summary = record);
-        self.finish_child(id, status, f.as_ref(), None);
+        self.finish_child(id, status, f.as_ref());
     }
 
     async fn restore(&self, loaded: &Loaded, id: &str, spec: &RestoreSpec) {
@@ -910,7 +895,7 @@ impl Agent {
         }
         args.extend(["--".into(), spec.snapshot.clone()]);
         let (status, f) = self.child(id, args, None).await;
-        self.finish_child(id, status, f.as_ref(), Some("summary"));
+        self.finish_child(id, status, f.as_ref());
     }
 
     async fn group(self: &Arc<Self>, loaded: &Loaded, id: &str, group: &str) {

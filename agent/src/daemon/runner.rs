@@ -9,6 +9,8 @@
 //! group, so a Ctrl-C at the agent's terminal reaches the agent alone, and
 //! die with SIGTERM if the agent itself dies.
 
+use crate::ops::backup::Progress;
+use crate::ops::protocol::{self, End, Exit, Message};
 use std::collections::VecDeque;
 use std::process::Stdio;
 use std::time::Duration;
@@ -35,28 +37,25 @@ pub struct Finished {
     pub code: Option<i32>,
     /// Why the agent stopped it, if it did.
     pub stopped: Option<Stopped>,
-    /// JSON lines it printed (its summary, its listing), status lines aside.
-    pub json: Vec<serde_json::Value>,
-    /// Its telemetry line.
-    pub telemetry: Option<serde_json::Value>,
+    /// The messages it sent (its report), progress aside.
+    pub messages: Vec<Message>,
+    /// Its last message, saying how it ended (`None`: it died first).
+    pub end: Option<End>,
     /// The end of its stderr.
     pub stderr: Vec<String>,
 }
 
 impl Finished {
-    /// The last JSON line of `message_type` `t`.
-    pub fn message(&self, t: &str) -> Option<&serde_json::Value> {
-        self.json
-            .iter()
-            .rev()
-            .find(|v| v.get("message_type").and_then(|m| m.as_str()) == Some(t))
+    /// How it ended, by the meaning of its exit code.
+    pub fn exit(&self) -> Option<Exit> {
+        Exit::from_code(self.code)
     }
 
-    /// The error the child printed (its `cairn: ...` line), else the end of
-    /// its stderr.
+    /// Why it failed or what it left out, as it said; else (it died
+    /// before it could say) the last line of its stderr, else its exit.
     pub fn error(&self) -> String {
-        if let Some(line) = self.stderr.iter().rev().find(|l| l.starts_with("cairn: ")) {
-            return line.trim_start_matches("cairn: ").to_string();
+        if let Some(e) = self.end.as_ref().and_then(End::explanation) {
+            return e;
         }
         match self.stderr.last() {
             Some(l) => l.clone(),
@@ -65,6 +64,11 @@ impl Finished {
                 None => "killed by a signal".into(),
             },
         }
+    }
+
+    /// Residency refusals it counted.
+    pub fn residency_refusals(&self) -> u64 {
+        self.end.as_ref().map_or(0, |e| e.residency_refusals)
     }
 }
 
@@ -76,7 +80,7 @@ pub async fn run(
     args: &[String],
     timeout: Option<Duration>,
     mut abort: tokio::sync::watch::Receiver<bool>,
-    mut on_status: impl FnMut(&serde_json::Value),
+    mut on_progress: impl FnMut(&Progress),
 ) -> std::io::Result<Finished> {
     // /proc/self/exe still names this binary after an upgrade replaced
     // the file (current_exe would then end in " (deleted)").
@@ -88,7 +92,7 @@ pub async fn run(
     let agent_pid = std::process::id();
     let mut cmd = tokio::process::Command::new(exe);
     cmd.args(args)
-        .env(crate::telemetry::AGENT_CHILD_ENV, "1")
+        .env(protocol::CHILD_ENV, protocol::VERSION.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -157,13 +161,8 @@ pub async fn run(
         tokio::select! {
             line = lines.next_line(), if stdout_open => match line {
                 Ok(Some(line)) => {
-                    let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                        continue;
-                    };
-                    match v.get("message_type").and_then(|m| m.as_str()) {
-                        Some("status") => on_status(&v),
-                        Some("telemetry") => out.telemetry = Some(v),
-                        _ => out.json.push(v),
+                    if let Some(p) = receive(label, &line, &mut out) {
+                        on_progress(&p);
                     }
                 }
                 _ => stdout_open = false,
@@ -197,13 +196,7 @@ pub async fn run(
     while let Ok(Ok(Some(line))) =
         tokio::time::timeout(Duration::from_millis(200), lines.next_line()).await
     {
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-            match v.get("message_type").and_then(|m| m.as_str()) {
-                Some("status") => {}
-                Some("telemetry") => out.telemetry = Some(v),
-                _ => out.json.push(v),
-            }
-        }
+        receive(label, &line, &mut out);
     }
     out.stderr = tokio::time::timeout(Duration::from_secs(5), stderr_task)
         .await
@@ -211,6 +204,21 @@ pub async fn run(
         .and_then(Result::ok)
         .unwrap_or_default();
     Ok(out)
+}
+
+/// Take one line of a child's output: a message is kept (an end as its
+/// end, a report with its messages); progress is handed back; anything
+/// else is logged and dropped.
+fn receive(label: &str, line: &str, out: &mut Finished) -> Option<Progress> {
+    match protocol::decode(line) {
+        Ok(Message::Progress(p)) => return Some(p),
+        Ok(Message::End(end)) => out.end = Some(end),
+        Ok(m) => out.messages.push(m),
+        Err(e) => {
+            tracing::debug!(run = %label, line = %crate::util::escaped(line), error = %e, "Ignoring a line that is no message.");
+        }
+    }
+    None
 }
 
 /// Ask a child (not yet reaped, so its pid is still its own) to stop.

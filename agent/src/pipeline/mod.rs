@@ -486,3 +486,104 @@ async fn write_index(
     tracing::debug!(index = %id.short(), packs = file.packs.len(), "Index stored.");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{memory_repo, runtime};
+
+    #[test]
+    fn each_blob_is_stored_once_and_reads_back_as_handed_in() {
+        runtime().block_on(async {
+            let (backend, repo) = memory_repo("pipeline").await;
+            let p = Pipeline::start(repo.clone(), PipelineOptions::default());
+            let a = p.add_data(vec![1; 10_000]).await.unwrap();
+            let b = p.add_data(vec![2; 20_000]).await.unwrap();
+            let a_again = p.add_data(vec![1; 10_000]).await.unwrap();
+            let (a, b, a_again) = (
+                a.get().await.unwrap(),
+                b.get().await.unwrap(),
+                a_again.get().await.unwrap(),
+            );
+            assert_eq!(a, a_again);
+            let stats = p.finish().await.unwrap();
+            assert_eq!(stats.blobs_new.load(Ordering::Relaxed), 2);
+            assert_eq!(stats.bytes_in.load(Ordering::Relaxed), 40_000);
+            assert_eq!(backend.names(FileType::Index).len(), 1);
+            repo.load_index().await.unwrap();
+            assert_eq!(
+                repo.load_blob(&a, BlobType::Data).await.unwrap(),
+                vec![1; 10_000]
+            );
+            assert_eq!(
+                repo.load_blob(&b, BlobType::Data).await.unwrap(),
+                vec![2; 20_000]
+            );
+        });
+    }
+
+    #[test]
+    fn a_later_pipeline_stores_nothing_the_index_already_has() {
+        runtime().block_on(async {
+            let (backend, repo) = memory_repo("pipeline").await;
+            let p = Pipeline::start(repo.clone(), PipelineOptions::default());
+            p.add_data(vec![3; 5000]).await.unwrap();
+            p.finish().await.unwrap();
+            let packs = backend.names(FileType::Pack);
+            let p = Pipeline::start(repo.clone(), PipelineOptions::default());
+            p.add_data(vec![3; 5000])
+                .await
+                .unwrap()
+                .get()
+                .await
+                .unwrap();
+            let stats = p.finish().await.unwrap();
+            assert_eq!(stats.blobs_new.load(Ordering::Relaxed), 0);
+            assert_eq!(stats.blobs_known.load(Ordering::Relaxed), 1);
+            assert_eq!(backend.names(FileType::Pack), packs);
+        });
+    }
+
+    #[test]
+    fn a_pack_that_cannot_be_stored_fails_the_finish_and_indexes_nothing() {
+        runtime().block_on(async {
+            let (backend, repo) = memory_repo("pipeline").await;
+            backend.fail_nth_save(1);
+            let p = Pipeline::start(repo.clone(), PipelineOptions::default());
+            p.add_data(vec![4; 5000]).await.unwrap();
+            let Err(e) = p.finish().await else {
+                panic!("the finish succeeded");
+            };
+            assert!(e.to_string().contains("memory:pipeline"), "{e}");
+            assert!(backend.names(FileType::Index).is_empty());
+            assert!(backend.names(FileType::Pack).is_empty());
+        });
+    }
+
+    #[test]
+    fn compression_level_zero_stores_blobs_as_they_are() {
+        runtime().block_on(async {
+            let (_, repo) = memory_repo("pipeline").await;
+            let p = Pipeline::start(
+                repo.clone(),
+                PipelineOptions {
+                    compression_level: 0,
+                    ..Default::default()
+                },
+            );
+            let id = p
+                .add_data(vec![0; 50_000])
+                .await
+                .unwrap()
+                .get()
+                .await
+                .unwrap();
+            let stats = p.finish().await.unwrap();
+            repo.load_index().await.unwrap();
+            let loc = repo.with_index(|i| i.get(&id, BlobType::Data)).unwrap();
+            assert_eq!(loc.uncompressed_length, None);
+            // Zeros compress to nothing when compressed: stored whole here.
+            assert!(stats.bytes_stored.load(Ordering::Relaxed) > 50_000);
+        });
+    }
+}

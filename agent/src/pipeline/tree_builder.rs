@@ -196,3 +196,108 @@ async fn store_tree(children: Vec<Child>, pipeline: &Pipeline) -> Result<Id, Rep
     pipeline.add_tree(id, bytes).await?;
     Ok(id)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::PipelineOptions;
+    use crate::repo::tree::go_mode;
+    use crate::testing::{memory_repo, runtime};
+    use std::sync::Arc;
+
+    fn file(size: u64) -> Node {
+        let mut n = Node::new("", "file");
+        n.size = size;
+        n
+    }
+
+    fn dir() -> Node {
+        let mut n = Node::new("", "dir");
+        n.mode = go_mode::DIR | 0o755;
+        n
+    }
+
+    /// The tree at `id`, as (path, kind) pairs, depth-first.
+    async fn listing(repo: &Arc<crate::repo::Repository>, id: Id, prefix: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let tree = repo.load_tree(&id).await.unwrap();
+        for n in tree.nodes {
+            let path = format!("{prefix}/{}", n.name);
+            out.push(format!("{path} {}", n.kind));
+            if let Some(sub) = n.subtree {
+                out.extend(Box::pin(listing(repo, sub, &path)).await);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn directories_the_adapter_did_not_emit_are_made_and_everything_is_sorted() {
+        runtime().block_on(async {
+            let (_, repo) = memory_repo("trees").await;
+            let pipeline = Pipeline::start(repo.clone(), PipelineOptions::default());
+            let mut made = Vec::new();
+            let mut make_dir = |comps: &[String]| {
+                made.push(comps.join("/"));
+                dir()
+            };
+            let mut b = TreeBuilder::new();
+            for path in ["/srv/www/b", "/srv/www/a", "/srv/z", "/etc/x"] {
+                b.add(path, file(1), vec![], &pipeline, &mut make_dir)
+                    .await
+                    .unwrap();
+            }
+            let root = b.finish(&pipeline).await.unwrap();
+            pipeline.finish().await.unwrap();
+            repo.load_index().await.unwrap();
+            assert_eq!(made, ["srv", "srv/www", "etc"]);
+            assert_eq!(
+                listing(&repo, root, "").await,
+                [
+                    "/etc dir",
+                    "/etc/x file",
+                    "/srv dir",
+                    "/srv/www dir",
+                    "/srv/www/a file",
+                    "/srv/www/b file",
+                    "/srv/z file"
+                ]
+            );
+        });
+    }
+
+    #[test]
+    fn an_entry_out_of_depth_first_order_or_twice_is_refused() {
+        runtime().block_on(async {
+            let (_, repo) = memory_repo("trees").await;
+            let pipeline = Pipeline::start(repo.clone(), PipelineOptions::default());
+            let mut make_dir = |_: &[String]| dir();
+            let mut b = TreeBuilder::new();
+            b.add("/a/x", file(1), vec![], &pipeline, &mut make_dir)
+                .await
+                .unwrap();
+            b.add("/b/y", file(1), vec![], &pipeline, &mut make_dir)
+                .await
+                .unwrap();
+            let twice = b
+                .add("/b/y", file(1), vec![], &pipeline, &mut make_dir)
+                .await;
+            assert!(matches!(twice, Err(TreeError::OutOfOrder(p)) if p == "/b/y"));
+            // `/a` was sealed when `/b` began.
+            let late = b
+                .add("/a/z", file(1), vec![], &pipeline, &mut make_dir)
+                .await;
+            assert!(matches!(late, Err(TreeError::OutOfOrder(p)) if p == "/a"));
+            drop(pipeline);
+        });
+    }
+
+    #[test]
+    fn only_absolute_paths_without_empty_dot_or_dotdot_parts_are_entries() {
+        for bad in ["", "a/b", "/a//b", "/a/./b", "/a/../b", "/a/"] {
+            assert!(split_path(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(split_path("/").unwrap(), Vec::<String>::new());
+        assert_eq!(split_path("/a b/ç").unwrap(), ["a b", "ç"]);
+    }
+}

@@ -26,7 +26,7 @@ use futures::StreamExt;
 pub use id::Id;
 use index::{BlobLocation, Index, IndexFile};
 use keys::KeyFile;
-use lock::Lock;
+pub use lock::{LockGuard, release_held_locks};
 use pack::BlobType;
 use snapshot::Snapshot;
 use std::io::Read;
@@ -743,61 +743,6 @@ impl Repository {
         self.save_unpacked(FileType::Snapshot, &json).await
     }
 
-    /// Take a lock (shared, or exclusive), removing stale locks on the way.
-    /// The lock is refreshed in the background until released.
-    pub async fn lock(self: &Arc<Self>, exclusive: bool) -> Result<LockGuard, RepoError> {
-        self.check_locks(exclusive, None).await?;
-        let lock = Lock::for_this_process(exclusive);
-        let id = self
-            .save_unpacked(FileType::Lock, &serde_json::to_vec(&lock).expect("lock"))
-            .await?;
-        // Someone may have locked between our look and our write: look again.
-        if let Err(e) = self.check_locks(exclusive, Some(id)).await {
-            let _ = self.backend.remove(FileType::Lock, &id.to_hex()).await;
-            return Err(e);
-        }
-        let current = Arc::new(tokio::sync::Mutex::new(id));
-        // The time written into the lock file: others judge staleness by it.
-        let refreshed = Arc::new(std::sync::Mutex::new(lock.time));
-        let refresher = {
-            let repo = Arc::clone(self);
-            let current = Arc::clone(&current);
-            let refreshed = Arc::clone(&refreshed);
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(lock::REFRESH_EVERY).await;
-                    let lock = Lock::for_this_process(exclusive);
-                    let json = serde_json::to_vec(&lock).expect("lock");
-                    let mut cur = current.lock().await;
-                    match repo.save_unpacked(FileType::Lock, &json).await {
-                        Ok(new) => {
-                            let _ = repo.backend.remove(FileType::Lock, &cur.to_hex()).await;
-                            *cur = new;
-                            *refreshed.lock().expect("refresh time") = lock.time;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "Could not refresh the repository lock.");
-                        }
-                    }
-                }
-            })
-        };
-        let token = NEXT_TOKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        HELD.lock().expect("held locks").push(Held {
-            token,
-            repo: Arc::clone(self),
-            current: Arc::clone(&current),
-            refresher: refresher.abort_handle(),
-        });
-        Ok(LockGuard {
-            repo: Arc::clone(self),
-            current,
-            refresher,
-            refreshed,
-            token,
-        })
-    }
-
     /// Index the packs no index file mentions: the packs an interrupted
     /// backup uploaded before it could write their index. Their headers are
     /// read (two small range reads each, eight packs at a time) and a new index file records them,
@@ -994,52 +939,6 @@ impl Repository {
         }
         Ok(blobs)
     }
-
-    /// Remove the locks whose holders are gone (a lock left in a region
-    /// that lagged, say); live locks stay.
-    pub async fn remove_stale_locks(&self) -> Result<(), RepoError> {
-        self.check_locks(false, None).await
-    }
-
-    async fn check_locks(&self, exclusive: bool, ours: Option<Id>) -> Result<(), RepoError> {
-        for (name, _) in self.backend.list(FileType::Lock).await? {
-            if ours.map(|o| o.to_hex()) == Some(name.clone()) {
-                continue;
-            }
-            // Like restic, a lock that cannot be read (planted junk, a
-            // name that is no ID, another key's lock) holds nothing back.
-            let lock: Result<Lock, String> = match self.load_unpacked(FileType::Lock, &name).await {
-                Ok(plain) => serde_json::from_slice(&plain).map_err(|e| e.to_string()),
-                // Removed by its holder while we listed.
-                Err(RepoError::Storage(e)) if e.is_not_found() => continue,
-                Err(e @ RepoError::Corrupt { .. }) => Err(e.to_string()),
-                Err(e) => return Err(e),
-            };
-            let lock = match lock {
-                Ok(lock) => lock,
-                Err(error) => {
-                    tracing::warn!(lock = %crate::util::escaped(&name), %error, "Ignoring an unreadable lock.");
-                    continue;
-                }
-            };
-            if lock.is_stale() {
-                tracing::info!(lock = %crate::util::escaped(&name), host = %lock.hostname, pid = lock.pid, "Removing a stale lock.");
-                self.backend.remove(FileType::Lock, &name).await?;
-                continue;
-            }
-            if exclusive || lock.exclusive {
-                return Err(RepoError::Locked(format!(
-                    "{}by pid {} on {} (user {}) since {}",
-                    if lock.exclusive { "exclusively " } else { "" },
-                    lock.pid,
-                    lock.hostname,
-                    lock.username,
-                    lock.time
-                )));
-            }
-        }
-        Ok(())
-    }
 }
 
 /// What [`Repository::rebuild_index`] did.
@@ -1059,124 +958,6 @@ pub struct RebuildReport {
     /// Packs whose header could not be read, indexed as a readable old
     /// index file had them, each with why.
     pub kept_from_old_index: Vec<String>,
-}
-
-/// A held lock; call [`LockGuard::release`] when done.
-pub struct LockGuard {
-    repo: Arc<Repository>,
-    current: Arc<tokio::sync::Mutex<Id>>,
-    refresher: tokio::task::JoinHandle<()>,
-    /// Wall-clock time of the lock file's last successful write: others
-    /// judge staleness by the time inside it, so we do too.
-    refreshed: Arc<std::sync::Mutex<chrono::DateTime<chrono::FixedOffset>>>,
-    /// This lock's entry in [`HELD`].
-    token: u64,
-}
-
-/// One lock this process holds, as [`release_held_locks`] needs it.
-struct Held {
-    token: u64,
-    repo: Arc<Repository>,
-    current: Arc<tokio::sync::Mutex<Id>>,
-    refresher: tokio::task::AbortHandle,
-}
-
-/// Every lock this process holds, from the moment it is written until its
-/// guard releases it. A command stopped by a signal or a deadline may be
-/// stuck where its guard can never be dropped (a blocking read); the exit
-/// path still finds its lock here and removes it.
-static HELD: std::sync::Mutex<Vec<Held>> = std::sync::Mutex::new(Vec::new());
-static NEXT_TOKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Remove the lock files this process still holds (a command stopped by a
-/// signal, a deadline or an early return), so they do not wait to go stale.
-/// Their refreshers stop first, so none is written again after.
-pub async fn release_held_locks() {
-    let held = std::mem::take(&mut *HELD.lock().expect("held locks"));
-    for h in held {
-        h.refresher.abort();
-        // A refresh in flight finishes first: it moves the lock to a new file.
-        let id = match tokio::time::timeout(std::time::Duration::from_secs(10), h.current.lock())
-            .await
-        {
-            Ok(id) => *id,
-            Err(_) => {
-                tracing::warn!("A lock refresh did not finish; its lock will be cleared as stale.");
-                continue;
-            }
-        };
-        let name = id.to_hex();
-        let removal = h.repo.backend.remove(FileType::Lock, &name);
-        match tokio::time::timeout(std::time::Duration::from_secs(10), removal).await {
-            Ok(Ok(())) => tracing::debug!(lock = %id.short(), "Removed a lock left held."),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "Could not remove a lock left held; it will be cleared as stale.")
-            }
-            Err(_) => {
-                tracing::warn!("Removing a lock left held timed out; it will be cleared as stale.")
-            }
-        }
-    }
-}
-
-impl LockGuard {
-    /// Fail if the lock could not be refreshed for so long that another
-    /// process may have removed it as stale: work done under it must not
-    /// be recorded as if it had been protected.
-    pub fn ensure_held(&self) -> Result<(), RepoError> {
-        let last = *self.refreshed.lock().expect("refresh time");
-        let age = chrono::Local::now().signed_duration_since(last);
-        if age.to_std().unwrap_or_default() >= lock::TRUST_FOR {
-            return Err(RepoError::LockLost(format!(
-                "the repository lock could not be refreshed for {} minutes; another process may have removed it",
-                lock::TRUST_FOR.as_secs() / 60
-            )));
-        }
-        Ok(())
-    }
-
-    /// Stop refreshing and remove the lock file. If the removal fails the
-    /// lock stays registered, and the exit path tries once more.
-    pub async fn release(self) -> Result<(), RepoError> {
-        self.refresher.abort();
-        let id = *self.current.lock().await;
-        self.repo
-            .backend
-            .remove(FileType::Lock, &id.to_hex())
-            .await?;
-        HELD.lock()
-            .expect("held locks")
-            .retain(|h| h.token != self.token);
-        Ok(())
-    }
-
-    /// Release the lock after work that may have failed: the work's error
-    /// is the one reported, and a failure to remove the lock (storage gone,
-    /// say) is then only a warning, never in its place.
-    pub async fn release_after<T, E>(self, work: Result<T, E>) -> Result<T, E>
-    where
-        E: From<RepoError>,
-    {
-        let released = self.release().await;
-        match (work, released) {
-            (Ok(v), Ok(())) => Ok(v),
-            (Ok(_), Err(e)) => Err(e.into()),
-            (Err(e), Ok(())) => Err(e),
-            (Err(e), Err(r)) => {
-                // Still registered: the exit path tries again and warns.
-                tracing::debug!(error = %r, "Could not remove the repository lock yet.");
-                Err(e)
-            }
-        }
-    }
-}
-
-impl Drop for LockGuard {
-    fn drop(&mut self) {
-        // Stop refreshing; the lock file itself stays registered in
-        // [`HELD`] until released, here or on the way out of the process.
-        self.refresher.abort();
-    }
 }
 
 /// Decrypt, decompress and authenticate one stored blob.

@@ -64,3 +64,27 @@ impl Snapshot {
         self.cairn_adapter.as_deref().unwrap_or("filesystem")
     }
 }
+
+/// A snapshot as restic lists it (`snapshots --json`, `forget --json`):
+/// its fields, `id` and `short_id`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Listed {
+    /// The snapshot's fields.
+    #[serde(flatten)]
+    pub snapshot: Snapshot,
+    /// Its id.
+    pub id: Id,
+    /// The id's short form.
+    pub short_id: String,
+}
+
+impl Listed {
+    /// `snapshot`, stored as `id`.
+    pub fn new(id: Id, snapshot: Snapshot) -> Listed {
+        Listed {
+            short_id: id.short(),
+            id,
+            snapshot,
+        }
+    }
+}

@@ -2,7 +2,7 @@
 //!
 //! Writes go to both regions at once. When one region fails, the default is
 //! to finish in the other and mark the failed one as lagging (the command
-//! then exits with [`crate::cli::EXIT_DEGRADED`] and `cairn replicate`
+//! then exits with [`crate::ops::protocol::Exit::Degraded`] and `cairn replicate`
 //! catches it up); with `require-both` the write fails instead.
 //!
 //! Reads go to the primary and fall back, per object, to the secondary when

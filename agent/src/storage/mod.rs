@@ -3,6 +3,7 @@
 //! encrypts, compresses and names the files.
 
 pub mod local;
+pub mod memory;
 pub mod s3;
 
 use async_trait::async_trait;

@@ -26,7 +26,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// What a prune did, or with `dry_run` would do.
-#[derive(Debug, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct PruneReport {
     /// Snapshots whose trees were walked.
     pub snapshots: usize,
@@ -50,6 +50,17 @@ pub struct PruneReport {
     pub index_files_replaced: usize,
     /// Temporary files writers left (a crash, a full disk), removed.
     pub temporary_files_removed: usize,
+}
+
+/// Prune the store under its exclusive lock (a dry run says what it would
+/// remove and changes nothing). On a region pair both regions must be
+/// whole, and stay answering throughout.
+pub async fn run(store: &super::Store, dry_run: bool) -> super::Result<PruneReport> {
+    store.require_whole_pair("prune")?;
+    let lock = store.repo.lock(true).await?;
+    // prune reads the index under the lock: no backup can add to it
+    // meanwhile.
+    Ok(prune(&store.repo, dry_run, &|| store.still_safe(&lock)).await?)
 }
 
 /// A temporary file nothing touched for this long is a leftover: no writer
@@ -295,4 +306,170 @@ async fn used_blobs(
         }
     }
     Ok(used)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{backed_up, memory_repo, noise, runtime, store};
+
+    async fn read_back(repo: &Arc<Repository>, snapshot: &Id) -> Vec<Vec<u8>> {
+        repo.load_index().await.unwrap();
+        let (_, snap) = repo.load_snapshot(&snapshot.to_hex()).await.unwrap();
+        let tree = repo.load_tree(&snap.tree).await.unwrap();
+        let mut out = Vec::new();
+        for n in tree.nodes {
+            for blob in n.content.unwrap_or_default() {
+                out.push(repo.load_blob(&blob, BlobType::Data).await.unwrap());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_packs_of_a_forgotten_snapshot_go_and_the_kept_one_still_reads() {
+        runtime().block_on(async {
+            let (backend, repo) = memory_repo("prune").await;
+            let (a, b) = (noise(1, 200_000), noise(2, 300_000));
+            let kept = backed_up(&repo, &[("a", &a)], 2, "h").await;
+            let gone = backed_up(&repo, &[("b", &b)], 1, "h").await;
+            let packs_before = backend.names(FileType::Pack).len();
+            repo.backend()
+                .remove(FileType::Snapshot, &gone.to_hex())
+                .await
+                .unwrap();
+            let report = run(&store(&repo), false).await.unwrap();
+            assert_eq!(report.snapshots, 1);
+            assert!(report.packs_removed >= 1, "{report:?}");
+            assert!(report.bytes_freed >= 300_000, "{report:?}");
+            assert!(backend.names(FileType::Pack).len() < packs_before);
+            assert_eq!(read_back(&repo, &kept).await, vec![a]);
+            let check = crate::ops::check::check(&repo, true).await.unwrap();
+            assert!(check.errors.is_empty(), "{:?}", check.errors);
+        });
+    }
+
+    #[test]
+    fn a_dry_run_says_what_it_would_free_and_changes_nothing() {
+        runtime().block_on(async {
+            let (backend, repo) = memory_repo("prune").await;
+            backed_up(&repo, &[("a", &noise(3, 100_000))], 2, "h").await;
+            let gone = backed_up(&repo, &[("b", &noise(4, 100_000))], 1, "h").await;
+            repo.backend()
+                .remove(FileType::Snapshot, &gone.to_hex())
+                .await
+                .unwrap();
+            let packs = backend.names(FileType::Pack);
+            let index = backend.names(FileType::Index);
+            let report = run(&store(&repo), true).await.unwrap();
+            assert!(report.packs_removed >= 1, "{report:?}");
+            assert_eq!(backend.names(FileType::Pack), packs);
+            assert_eq!(backend.names(FileType::Index), index);
+        });
+    }
+
+    #[test]
+    fn a_pack_partly_in_use_is_repacked_with_only_the_blobs_in_use() {
+        runtime().block_on(async {
+            let (backend, repo) = memory_repo("prune").await;
+            let (a, b) = (noise(5, 150_000), noise(6, 150_000));
+            // One pipeline: both blobs land in one pack.
+            let tree_a = crate::testing::store_tree(&repo, &[("a", &a), ("b", &b)]).await;
+            let both = repo
+                .save_snapshot(&crate::testing::snapshot(tree_a, 2, "h"))
+                .await
+                .unwrap();
+            let only_a = backed_up(&repo, &[("a", &a)], 1, "h").await;
+            // a and b share a data pack; each snapshot has its tree pack.
+            assert_eq!(backend.names(FileType::Pack).len(), 3);
+            repo.backend()
+                .remove(FileType::Snapshot, &both.to_hex())
+                .await
+                .unwrap();
+            let report = run(&store(&repo), false).await.unwrap();
+            assert_eq!(report.packs_repacked, 1, "{report:?}");
+            assert_eq!(report.blobs_repacked, 1, "{report:?}");
+            assert_eq!(read_back(&repo, &only_a).await, vec![a]);
+            let check = crate::ops::check::check(&repo, true).await.unwrap();
+            assert!(check.errors.is_empty(), "{:?}", check.errors);
+        });
+    }
+
+    #[test]
+    fn a_prune_that_is_no_longer_safe_stops_before_removing_anything() {
+        runtime().block_on(async {
+            let (backend, repo) = memory_repo("prune").await;
+            backed_up(&repo, &[("a", &noise(7, 50_000))], 2, "h").await;
+            let gone = backed_up(&repo, &[("b", &noise(8, 50_000))], 1, "h").await;
+            repo.backend()
+                .remove(FileType::Snapshot, &gone.to_hex())
+                .await
+                .unwrap();
+            let packs = backend.names(FileType::Pack);
+            let unsafe_now = || {
+                Err(RepoError::Unsafe(
+                    "region eu-west-1 stopped answering".into(),
+                ))
+            };
+            let e = prune(&repo, false, &unsafe_now).await.unwrap_err();
+            assert!(e.to_string().contains("eu-west-1"), "{e}");
+            assert_eq!(backend.names(FileType::Pack), packs);
+        });
+    }
+
+    #[test]
+    fn a_pack_no_index_lists_is_removed() {
+        runtime().block_on(async {
+            let (backend, repo) = memory_repo("prune").await;
+            backed_up(&repo, &[("a", &noise(9, 10_000))], 1, "h").await;
+            // An interrupted backup's pack: uploaded, never indexed.
+            let (bytes, id, _) = {
+                let mut b = PackBuilder::with_capacity(1 << 16);
+                let plain = noise(10, 5_000);
+                b.add(
+                    Id::hash(&plain),
+                    BlobType::Data,
+                    &repo.key().encrypt(&plain),
+                    None,
+                );
+                b.finish(repo.key())
+            };
+            backend.put_raw(FileType::Pack, &id.to_hex(), bytes);
+            let report = run(&store(&repo), false).await.unwrap();
+            assert_eq!(report.packs_unreferenced, 1, "{report:?}");
+            assert!(!backend.names(FileType::Pack).contains(&id.to_hex()));
+        });
+    }
+
+    #[test]
+    fn on_a_storage_failure_midway_the_repository_still_checks() {
+        runtime().block_on(async {
+            let (backend, repo) = memory_repo("prune").await;
+            let (a, b) = (noise(11, 80_000), noise(12, 80_000));
+            let tree = crate::testing::store_tree(&repo, &[("a", &a), ("b", &b)]).await;
+            let both = repo
+                .save_snapshot(&crate::testing::snapshot(tree, 2, "h"))
+                .await
+                .unwrap();
+            let only_a = backed_up(&repo, &[("a", &a)], 1, "h").await;
+            repo.backend()
+                .remove(FileType::Snapshot, &both.to_hex())
+                .await
+                .unwrap();
+            // The new index is the second write (after the repacked pack
+            // and with the lock file first): each failure point in turn.
+            for nth in 1..=4 {
+                backend.fail_nth_save(nth);
+                let _ = run(&store(&repo), false).await;
+                repo.load_index().await.unwrap();
+                let check = crate::ops::check::check(&repo, true).await.unwrap();
+                assert!(
+                    check.errors.is_empty(),
+                    "failing save {nth}: {:?}",
+                    check.errors
+                );
+                assert_eq!(read_back(&repo, &only_a).await, vec![a.clone()]);
+            }
+        });
+    }
 }

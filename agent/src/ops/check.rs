@@ -11,11 +11,27 @@ use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+/// Check the store under a shared lock; `read_data` reads every pack. On a
+/// region pair every region is checked: a listing that fails is an error,
+/// not a region quietly left out.
+pub async fn run(store: &super::Store, read_data: bool) -> super::Result<CheckReport> {
+    if let Some(pair) = &store.pair {
+        pair.set_strict_listing(true);
+        if let Some((region, why)) = pair.lagging().into_iter().next() {
+            return Err(super::Error::Residency(format!(
+                "region {region} of the tenant's pair is not usable ({why}); check needs both"
+            )));
+        }
+    }
+    let _lock = store.read_lock().await?;
+    Ok(check(&store.repo, read_data).await?)
+}
+
 /// Packs `check --read-data` holds in memory at once, at most.
 const CHECK_PACKS_IN_FLIGHT: usize = 2;
 
 /// What `check` found.
-#[derive(Debug, Default, serde::Serialize)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct CheckReport {
     /// Snapshots checked.
     pub snapshots: usize,
@@ -567,5 +583,101 @@ mod tests {
             6,
             "{got:?}"
         );
+    }
+
+    mod repository {
+        use super::*;
+        use crate::testing::{backed_up, memory_repo, runtime};
+
+        #[test]
+        fn a_whole_repository_checks_clean_with_and_without_reading_data() {
+            runtime().block_on(async {
+                let (_, repo) = memory_repo("check").await;
+                backed_up(&repo, &[("a", b"alpha"), ("b", b"beta")], 1, "h").await;
+                for read_data in [false, true] {
+                    let r = check(&repo, read_data).await.unwrap();
+                    assert!(r.errors.is_empty(), "{:?}", r.errors);
+                    assert_eq!((r.snapshots, r.trees), (1, 1));
+                    assert_eq!(r.packs_read, if read_data { r.packs } else { 0 });
+                }
+            });
+        }
+
+        #[test]
+        fn a_missing_pack_is_named() {
+            runtime().block_on(async {
+                let (backend, repo) = memory_repo("check").await;
+                backed_up(&repo, &[("a", &[7u8; 5000])], 1, "h").await;
+                let packs = backend.names(FileType::Pack);
+                // Remove every pack: the tree's and the data's.
+                for p in &packs {
+                    repo.backend().remove(FileType::Pack, p).await.unwrap();
+                }
+                let r = check(&repo, false).await.unwrap();
+                for p in &packs {
+                    assert!(
+                        r.errors.iter().any(|e| e.contains(&p[..8])),
+                        "pack {p} not named: {:?}",
+                        r.errors
+                    );
+                }
+            });
+        }
+
+        #[test]
+        fn reading_data_names_a_damaged_pack() {
+            runtime().block_on(async {
+                let (backend, repo) = memory_repo("check").await;
+                backed_up(&repo, &[("a", &crate::testing::noise(9, 50_000))], 1, "h").await;
+                let name = backend
+                    .names(FileType::Pack)
+                    .into_iter()
+                    .max_by_key(|p| backend.get(FileType::Pack, p).map_or(0, |b| b.len()))
+                    .unwrap();
+                let mut bytes = backend.get(FileType::Pack, &name).unwrap().to_vec();
+                bytes[40] ^= 0xff;
+                backend.put_raw(FileType::Pack, &name, bytes);
+                let quick = check(&repo, false).await.unwrap();
+                assert!(
+                    quick.errors.is_empty(),
+                    "sizes still match: {:?}",
+                    quick.errors
+                );
+                let full = check(&repo, true).await.unwrap();
+                assert!(
+                    full.errors.iter().any(|e| e.contains(&name[..8])),
+                    "{:?}",
+                    full.errors
+                );
+            });
+        }
+
+        #[test]
+        fn a_pack_no_index_lists_is_reported_not_an_error() {
+            runtime().block_on(async {
+                let (backend, repo) = memory_repo("check").await;
+                backed_up(&repo, &[("a", b"x")], 1, "h").await;
+                let (bytes, id, _) = pack(repo.key(), 2);
+                backend.put_raw(FileType::Pack, &id.to_hex(), bytes);
+                let r = check(&repo, true).await.unwrap();
+                assert!(r.errors.is_empty(), "{:?}", r.errors);
+                assert_eq!(r.unreferenced_packs, vec![id.to_hex()]);
+            });
+        }
+
+        #[test]
+        fn a_damaged_snapshot_file_is_an_error_naming_it() {
+            runtime().block_on(async {
+                let (backend, repo) = memory_repo("check").await;
+                let id = backed_up(&repo, &[("a", b"x")], 1, "h").await;
+                backend.put_raw(FileType::Snapshot, &id.to_hex(), b"not encrypted".to_vec());
+                let r = check(&repo, false).await.unwrap();
+                assert!(
+                    r.errors.iter().any(|e| e.contains(&id.to_hex()[..8])),
+                    "{:?}",
+                    r.errors
+                );
+            });
+        }
     }
 }

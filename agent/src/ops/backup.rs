@@ -1,0 +1,295 @@
+//! A backup as one transaction: lock the repository, read its index, adopt
+//! the packs an interrupted backup left, choose the parent, run the
+//! adapter through the pipeline, even out a region pair, record the
+//! snapshot.
+
+use super::{Error, Result, Store, invalid};
+use crate::pipeline::{Pipeline, PipelineOptions, Stats};
+use crate::repo::snapshot::Snapshot;
+use crate::runtime::{AdapterSource, BackupRequest, Grants, Limits, Runtime};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// What to back up and how.
+pub struct Options {
+    /// The adapter.
+    pub source: AdapterSource,
+    /// Absolute paths granted to the adapter and recorded in the snapshot
+    /// (empty for a service adapter), sorted.
+    pub paths: Vec<String>,
+    /// What the adapter may reach.
+    pub grants: Grants,
+    /// The adapter's configuration.
+    pub config: serde_json::Value,
+    /// Excludes, recorded in the snapshot.
+    pub excludes: Vec<String>,
+    /// Tags of the snapshot.
+    pub tags: Vec<String>,
+    /// The host name recorded.
+    pub host: String,
+    /// The time recorded instead of now (restic's `--time`).
+    pub time: Option<chrono::DateTime<chrono::FixedOffset>>,
+    /// Read every file, with no parent snapshot.
+    pub force: bool,
+    /// The config file's job this backup runs, recorded in the snapshot.
+    pub job: Option<String>,
+    /// zstd level for new data (0: uncompressed).
+    pub compression: i32,
+    /// The adapter's memory and time limits.
+    pub limits: Limits,
+    /// Called with the counters every [`PROGRESS_EVERY`] while it runs.
+    pub on_progress: Option<Box<dyn Fn(Progress) + Send + Sync>>,
+}
+
+/// How often [`Options::on_progress`] is called.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+/// A running backup's counters.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes handed to the pipeline so far.
+    pub bytes_read: u64,
+    /// Bytes written to storage so far.
+    pub bytes_stored: u64,
+}
+
+impl Progress {
+    fn of(stats: &Stats) -> Progress {
+        Progress {
+            bytes_read: stats.bytes_in.load(Ordering::Relaxed),
+            bytes_stored: stats.bytes_stored.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// An entry the adapter could not read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Skipped {
+    /// The entry's path in the snapshot.
+    pub path: String,
+    /// Why it was left out.
+    pub reason: String,
+}
+
+/// What a backup stored (`backup --json` prints it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "message_type", rename = "summary")]
+pub struct Report {
+    /// The snapshot written.
+    pub snapshot_id: String,
+    /// Its parent, if one was used.
+    pub parent: Option<String>,
+    /// The adapter's name.
+    pub adapter: String,
+    /// Files the adapter emitted.
+    pub files: u64,
+    /// Directories emitted.
+    pub directories: u64,
+    /// Files re-used from the parent without reading.
+    pub files_unchanged: u64,
+    /// Entries left out.
+    pub skipped: Vec<Skipped>,
+    /// Bytes read.
+    pub bytes_read: u64,
+    /// Bytes of data new to the repository.
+    pub bytes_new: u64,
+    /// Bytes written to storage.
+    pub bytes_stored: u64,
+    /// Blobs stored.
+    pub blobs_new: u64,
+    /// Packs written.
+    pub packs: u64,
+    /// Packs an interrupted backup had uploaded, indexed instead of
+    /// uploaded again.
+    pub packs_adopted: usize,
+    /// Seconds taken.
+    pub duration_seconds: f64,
+    /// Whether every entry was read (no `skipped`).
+    pub complete: bool,
+}
+
+/// Run a backup and record its snapshot.
+pub async fn run(store: &Store, o: Options) -> Result<Report> {
+    if !(0..=22).contains(&o.compression) {
+        invalid!("--compression {} is out of range 0..=22", o.compression);
+    }
+    if o.paths.is_empty() && o.source.name() == "filesystem" {
+        invalid!("give the paths to back up (or --job)");
+    }
+    let started = chrono::Local::now().fixed_offset();
+    let clock = Instant::now();
+    let repo = &store.repo;
+    let adapter_name = o.source.name();
+    // Dropped on every way out: the lock goes with it.
+    let lock = repo.lock(false).await?;
+    // The index is read under the lock: a prune that finished before the
+    // lock was granted has removed what it no longer lists.
+    repo.load_index().await?;
+    // Packs an interrupted backup uploaded are indexed, not uploaded again.
+    let adopted = repo.adopt_unindexed_packs().await?;
+    let parent = if o.force {
+        None
+    } else {
+        // As restic: the newest one not newer than the time recorded.
+        repo.snapshots().await?.into_iter().rev().find(|(_, s)| {
+            s.hostname == o.host
+                && s.paths == o.paths
+                && s.adapter() == adapter_name
+                && o.time.is_none_or(|t| s.time <= t)
+        })
+    };
+    let pipeline = Pipeline::start(
+        repo.clone(),
+        PipelineOptions {
+            compression_level: o.compression,
+            ..Default::default()
+        },
+    );
+    let stats = pipeline.stats().clone();
+    let ticker = o.on_progress.map(|report| {
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PROGRESS_EVERY).await;
+                report(Progress::of(&stats));
+            }
+        })
+    });
+    let request = BackupRequest {
+        pipeline,
+        grants: o.grants,
+        config: o.config,
+        parent_tree: parent.as_ref().map(|(_, s)| s.tree),
+        inherit_stderr: false,
+    };
+    let outcome = async {
+        Runtime::new()
+            .map_err(Error::Adapter)?
+            .backup(&o.source, request, &o.limits)
+            .await
+            .map_err(|e| Error::Adapter(e.context("backup failed; no snapshot was written")))
+    }
+    .await;
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    let outcome = outcome?;
+    let snapshot = Snapshot {
+        time: o.time.unwrap_or(started),
+        parent: parent.as_ref().map(|(id, _)| *id),
+        tree: outcome.tree,
+        // restic lists snapshots by path: a server backup records where
+        // its adapter puts its entries.
+        paths: if o.paths.is_empty() {
+            vec![format!("/{adapter_name}")]
+        } else {
+            o.paths.clone()
+        },
+        hostname: o.host.clone(),
+        username: whoami::username(),
+        uid: rustix::process::getuid().as_raw(),
+        gid: rustix::process::getgid().as_raw(),
+        excludes: o.excludes.clone(),
+        tags: o.tags.clone(),
+        original: None,
+        program_version: format!("cairn {}", env!("CARGO_PKG_VERSION")),
+        cairn_adapter: Some(adapter_name.clone()),
+        cairn_job: o.job.clone(),
+        cairn_skipped: outcome
+            .skipped
+            .iter()
+            .map(|(p, r)| format!("{p}: {r}"))
+            .collect(),
+    };
+    if let Some(pair) = &store.pair {
+        even_out(pair, repo).await?;
+    }
+    lock.ensure_held()
+        .map_err(|e| Error::from(e).context("backup stopped; no snapshot was written"))?;
+    let id = repo.save_snapshot(&snapshot).await?;
+    // The snapshot is safely stored: a lock we cannot remove is only a
+    // leftover (it goes stale and is cleared), not a failed backup.
+    drop(lock);
+    let s = &outcome.stats;
+    Ok(Report {
+        snapshot_id: id.to_hex(),
+        parent: parent.map(|(p, _)| p.to_hex()),
+        adapter: adapter_name,
+        files: outcome.files,
+        directories: outcome.directories,
+        files_unchanged: outcome.unchanged,
+        complete: outcome.skipped.is_empty(),
+        skipped: outcome
+            .skipped
+            .into_iter()
+            .map(|(path, reason)| Skipped { path, reason })
+            .collect(),
+        bytes_read: s.bytes_in.load(Ordering::Relaxed),
+        bytes_new: s.bytes_new.load(Ordering::Relaxed),
+        bytes_stored: s.bytes_stored.load(Ordering::Relaxed),
+        blobs_new: s.blobs_new.load(Ordering::Relaxed),
+        packs: s.packs.load(Ordering::Relaxed),
+        packs_adopted: adopted,
+        duration_seconds: clock.elapsed().as_secs_f64(),
+    })
+}
+
+/// An earlier run may have left files in one region of the pair only (it
+/// was interrupted, or a region lagged): copy them over before the
+/// snapshot refers to them, so each region is a whole repository. A region
+/// that cannot be made whole does not get the snapshot (or, when the
+/// tenant requires both, there is no snapshot).
+async fn even_out(
+    pair: &Arc<crate::residency::pair::PairBackend>,
+    repo: &crate::repo::Repository,
+) -> Result<()> {
+    use crate::residency::pair::Role;
+    if !pair.lagging().is_empty() {
+        return Ok(());
+    }
+    let key = repo.key().clone();
+    let config_ok = move |d: &[u8]| key.authentic(d);
+    for (from, to) in [
+        (Role::Primary, Role::Secondary),
+        (Role::Secondary, Role::Primary),
+    ] {
+        let s = crate::residency::sync::sync(pair, from, to, false, &config_ok).await;
+        let (to_region, from_region) = (pair.store(to).region(), pair.store(from).region());
+        let lagging = match s {
+            Ok(s) => {
+                if s.copied > 0 {
+                    tracing::warn!(copied = s.copied, from = %from_region, to = %to_region, "Evened out the regions of the pair.");
+                }
+                // Damaged in the source too: `check` and `repair` report
+                // it; it is not the target's fault.
+                for f in &s.failed {
+                    tracing::warn!(from = %from_region, to = %to_region, problem = %f, "Could not copy a file across the pair.");
+                }
+                // A file the target still lacks: it must not get a
+                // snapshot that may refer to it.
+                s.failed_writes
+                    .first()
+                    .or(s.failed_reads.first())
+                    .map(|e| (to, e.clone()))
+            }
+            Err(e) => Some((e.role, e.error.to_string())),
+        };
+        if let Some((role, why)) = lagging {
+            if pair.require_both() {
+                return Err(Error::Residency(format!(
+                    "backup stopped, no snapshot was written: region {} could not be made whole and the tenant requires both regions: {why}",
+                    pair.store(role).region()
+                )));
+            }
+            pair.mark_region_lagging(role, &why);
+            if !pair.usable(Role::Primary) && !pair.usable(Role::Secondary) {
+                return Err(Error::Residency(format!(
+                    "backup stopped, no snapshot was written: neither region of the pair can take it ({why})"
+                )));
+            }
+        }
+    }
+    Ok(())
+}

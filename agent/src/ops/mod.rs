@@ -1,0 +1,159 @@
+//! What each command does to a repository, as library calls: each
+//! operation takes an opened [`Store`] and typed options and returns a
+//! typed report (`Serialize`), which the command line prints as text or
+//! JSON and the agent reads from its children through [`protocol`].
+//!
+//! The layers: `cli` and `daemon` call `ops`; `ops` drives `runtime`
+//! (adapters), `pipeline` and `repo`; `repo` reads and writes through a
+//! `storage::Backend`, which `residency` wraps for tenants.
+
+pub mod backup;
+pub mod check;
+pub mod drill;
+pub mod drills;
+pub mod forget;
+pub mod protocol;
+pub mod prune;
+pub mod restore;
+
+use crate::repo::{LockGuard, RepoError, Repository};
+use crate::residency::pair::PairBackend;
+use std::sync::Arc;
+
+/// Why an operation failed. Every variant names what it is about.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The options given cannot work (a flag out of range, paths missing).
+    #[error("{0}")]
+    Invalid(String),
+    /// The repository or its storage failed.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    /// The adapter or the sandbox around it failed (its own error, a
+    /// trap, a timeout); the message names the adapter.
+    #[error("{0:#}")]
+    Adapter(anyhow::Error),
+    /// The tenant's residency rules stopped the work (a region of the pair
+    /// that cannot be made whole when both are required, say).
+    #[error("{0}")]
+    Residency(String),
+    /// Something this process needs locally failed (the drill record, a
+    /// scratch directory); the message names the file.
+    #[error("{0:#}")]
+    Local(anyhow::Error),
+}
+
+impl Error {
+    /// Wrap an error with what was being done, keeping its kind.
+    pub fn context(self, what: impl std::fmt::Display) -> Error {
+        match self {
+            Error::Invalid(m) => Error::Invalid(format!("{what}: {m}")),
+            Error::Residency(m) => Error::Residency(format!("{what}: {m}")),
+            Error::Repo(e) => Error::Local(anyhow::Error::new(e).context(what.to_string())),
+            Error::Adapter(e) => Error::Adapter(e.context(what.to_string())),
+            Error::Local(e) => Error::Local(e.context(what.to_string())),
+        }
+    }
+
+    /// The kind the agent records (and counts in its metrics).
+    pub fn kind(&self) -> protocol::ErrorKind {
+        use protocol::ErrorKind;
+        match self {
+            Error::Invalid(_) => ErrorKind::Invalid,
+            Error::Repo(RepoError::Storage(crate::storage::StorageError::Refused { .. })) => {
+                ErrorKind::Residency
+            }
+            Error::Repo(_) => ErrorKind::Repository,
+            Error::Adapter(_) => ErrorKind::Adapter,
+            Error::Residency(_) => ErrorKind::Residency,
+            Error::Local(_) => ErrorKind::Local,
+        }
+    }
+}
+
+/// An operation's result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Fail with [`Error::Invalid`].
+macro_rules! invalid {
+    ($($t:tt)*) => { return Err($crate::ops::Error::Invalid(format!($($t)*))) };
+}
+pub(crate) use invalid;
+
+/// A repository opened for an operation, and what stands behind it.
+pub struct Store {
+    /// The repository.
+    pub repo: Arc<Repository>,
+    /// The tenant's region pair, when the repository is replicated across
+    /// one: operations that remove data need both regions whole, and a
+    /// backup evens the regions out before recording its snapshot.
+    pub pair: Option<Arc<PairBackend>>,
+    /// Read without a lock (`--no-lock`): for read-only credentials.
+    pub no_lock: bool,
+}
+
+impl Store {
+    /// Before an operation that removes data or checks every region: on a
+    /// region pair, every listing must cover both regions (a failed one is
+    /// an error, not a region quietly left out) and no region may lag, or a
+    /// snapshot stored only in the region not listed would look unused.
+    pub fn require_whole_pair(&self, what: &str) -> Result<()> {
+        if let Some(pair) = &self.pair {
+            pair.set_strict_listing(true);
+            if let Some((region, why)) = pair.lagging().into_iter().next() {
+                return Err(Error::Residency(format!(
+                    "region {region} of tenant {}'s pair is not usable ({why}); {what} needs both regions whole: run `cairn replicate` first",
+                    pair.tenant()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// While a removal runs: the lock is still ours and, on a pair, no
+    /// region has started lagging (its listings would be missing).
+    pub fn still_safe(&self, lock: &LockGuard) -> Result<(), RepoError> {
+        lock.ensure_held()?;
+        if let Some((region, why)) = self
+            .pair
+            .as_ref()
+            .and_then(|p| p.lagging().into_iter().next())
+        {
+            return Err(RepoError::Unsafe(format!(
+                "region {region} stopped answering ({why})"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The shared lock an operation that only reads takes: none with
+    /// [`Store::no_lock`], and none, with a warning, when the storage
+    /// refuses to write one (read-only credentials, a read-only mount):
+    /// reading needs no lock to be correct, only to keep a prune from
+    /// removing what is being read meanwhile.
+    pub async fn read_lock(&self) -> Result<Option<LockGuard>> {
+        if self.no_lock {
+            return Ok(None);
+        }
+        match self.repo.lock(false).await {
+            Ok(l) => Ok(Some(l)),
+            Err(RepoError::Storage(e)) if e.is_write_refused() => {
+                tracing::warn!(
+                    error = %crate::util::indented(&e.to_string()),
+                    "The repository refuses writes; reading without a lock (as with --no-lock): a prune running meanwhile could remove what is being read."
+                );
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Build the index anew from the packs' headers, under the exclusive lock
+/// (restic's `repair index`); both regions of a pair must be whole.
+pub async fn rebuild_index(store: &Store) -> Result<crate::repo::RebuildReport> {
+    store.require_whole_pair("rebuild-index")?;
+    let _lock = store.repo.lock(true).await?;
+    Ok(store.repo.rebuild_index().await?)
+}
