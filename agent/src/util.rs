@@ -153,6 +153,24 @@ pub fn indented(s: &str) -> String {
     out
 }
 
+/// Lock `m` even when a thread panicked while holding it. The shared
+/// state this guards (run records, rate buckets, lock lists) is changed in
+/// single steps, so it stays usable; one panic must not turn every later
+/// use into another.
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// [`lock`] for reading an `RwLock`.
+pub fn read<T>(l: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// [`lock`] for writing an `RwLock`.
+pub fn write<T>(l: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[cfg(test)]
 mod tests {
     use super::{escaped, indented};

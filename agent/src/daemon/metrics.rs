@@ -4,6 +4,7 @@
 use super::Agent;
 use super::state::JobStats;
 use crate::ops::drills::{self, DrillRecord};
+use crate::util::lock;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -135,7 +136,7 @@ const DRILL_SERIES: [DrillSeries; 4] = [
 pub fn render(agent: &Agent) -> String {
     let loaded = agent.loaded();
     let config = &loaded.config;
-    let runs = agent.runs.lock().expect("runs");
+    let runs = lock(&agent.runs);
     let mut o = Out(String::new());
     let none = JobStats::default();
     let stats = |name: &str| runs.stats.get(name).unwrap_or(&none);
