@@ -1,7 +1,7 @@
 //! `cairn ls`: list a snapshot's entries.
 
 use super::{Global, Outcome, out};
-use crate::restore::Walker;
+use crate::read::Walker;
 
 /// Flags of `ls`.
 #[derive(clap::Args, Debug)]

@@ -628,7 +628,7 @@ pub fn main() -> ExitCode {
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     // A restore stopped in the middle leaves no file half-written; with
     // the runtime gone, no task can start another one now.
-    let removed = crate::runtime::remove_unfinished_files();
+    let removed = crate::read::write::remove_unfinished_files();
     if removed > 0 {
         tracing::info!(
             files = removed,

@@ -196,7 +196,7 @@ fn check_tree(
     // over such entries, so the snapshot is not whole.
     let mut names = HashSet::new();
     for node in &tree.nodes {
-        if let Some(p) = crate::restore::name_problem(&node.name) {
+        if let Some(p) = crate::read::name_problem(&node.name) {
             report.errors.push(format!(
                 "tree {tree_id} (in {context}): entry {}: {p}",
                 crate::util::escaped(&node.name)

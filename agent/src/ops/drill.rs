@@ -214,7 +214,7 @@ async fn compare_tree(
     root: &Path,
     found: &mut Found,
 ) -> anyhow::Result<()> {
-    let mut walker = crate::restore::Walker::new(repo.clone(), tree, Vec::new()).await?;
+    let mut walker = crate::read::Walker::new(repo.clone(), tree, Vec::new()).await?;
     while let Some(entry) = walker.next().await? {
         found.entries += 1;
         let local = root.join(entry.path.trim_start_matches('/'));

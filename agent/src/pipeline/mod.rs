@@ -9,6 +9,8 @@
 
 pub mod buffers;
 pub mod chunker;
+pub mod parent;
+pub mod pump;
 pub mod tree_builder;
 
 use crate::repo::index::{IndexFile, IndexPack};

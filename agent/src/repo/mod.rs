@@ -130,6 +130,18 @@ pub enum RepoError {
 }
 
 impl RepoError {
+    /// Whether the error is damage in the repository (a file or blob that
+    /// fails its check, or that the index lists and the storage lacks), as
+    /// opposed to a storage or host failure: damage fails what needs that
+    /// data and nothing else.
+    pub fn is_damage(&self) -> bool {
+        match self {
+            RepoError::Corrupt { .. } | RepoError::BlobNotFound(_) => true,
+            RepoError::Storage(s) => s.is_not_found(),
+            _ => false,
+        }
+    }
+
     /// `what` may carry a name from the storage (anyone who can write to
     /// it chooses those): escaped, so it can forge no line where printed.
     pub(crate) fn corrupt(what: impl Into<String>, reason: impl ToString) -> Self {

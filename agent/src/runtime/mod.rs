@@ -10,10 +10,7 @@ mod host;
 mod meta;
 
 pub use grants::{GrantError, Grants};
-pub use host::{
-    BackupOutcome, BackupRequest, RestoreOutcome, RestoreProgress, RestoreRequest,
-    remove_unfinished_files,
-};
+pub use host::{BackupOutcome, BackupRequest, RestoreOutcome, RestoreProgress, RestoreRequest};
 
 use anyhow::{Context, anyhow};
 use std::path::PathBuf;

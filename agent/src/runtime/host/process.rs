@@ -12,8 +12,8 @@
 
 use super::{AdapterError, HostResult, HostState, Job, MAX_READ, WriterState, fault, grant_error};
 use crate::pipeline::chunker::Chunker;
+use crate::read::ContentReader;
 use crate::repo::RepoError;
-use crate::restore::ContentReader;
 use crate::runtime::bindings::cairn::adapter0_2_0::{process, secrets};
 use crate::runtime::host::ReaderState;
 use std::os::unix::process::ExitStatusExt;

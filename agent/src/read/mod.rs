@@ -4,6 +4,7 @@
 //! files are read ahead of the walk, many per request ([`prefetch`]).
 
 pub mod prefetch;
+pub mod write;
 
 use crate::repo::index::BlobLocation;
 use crate::repo::pack::BlobType;
