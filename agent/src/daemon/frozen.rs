@@ -3,8 +3,8 @@
 //! disk takes effect only through a reload that accepts it).
 
 use super::Target;
-use super::schedule::Schedule;
 use crate::config::Config;
+use crate::config::schedule::Schedule;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use std::path::{Path, PathBuf};

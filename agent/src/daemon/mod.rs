@@ -19,7 +19,6 @@ pub mod metrics;
 mod request;
 pub mod runner;
 mod runs;
-pub mod schedule;
 mod scheduler;
 mod shutdown;
 pub mod state;
