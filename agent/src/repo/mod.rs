@@ -7,31 +7,35 @@
 //! format version 2 prescribes.
 
 pub mod b64;
+mod blob;
 pub mod cache;
 pub mod config;
 pub mod crypto;
+mod error;
 pub mod id;
 pub mod index;
 pub mod keys;
 pub mod lock;
 pub mod pack;
+mod rebuild;
 pub mod snapshot;
 pub mod span;
 pub mod tree;
 
-use crate::storage::{Backend, FileType, StorageError};
+use crate::storage::{Backend, FileType};
+pub use blob::decode_blob;
 use config::Config;
 use crypto::Key;
+pub use error::RepoError;
 use futures::StreamExt;
 pub use id::Id;
-use index::{BlobLocation, Index, IndexFile};
+use index::{Index, IndexFile};
 use keys::KeyFile;
 pub use lock::{LockGuard, release_held_locks};
-use pack::BlobType;
+pub use rebuild::RebuildReport;
 use snapshot::Snapshot;
 use std::io::Read;
 use std::sync::{Arc, RwLock};
-use tree::Tree;
 
 /// Blobs at least this large are decoded off the async task.
 const PARALLEL_DECODE: usize = 128 * 1024;
@@ -39,118 +43,6 @@ const PARALLEL_DECODE: usize = 128 * 1024;
 /// The most an unpacked file (index, snapshot, lock) may decompress to;
 /// anything larger is treated as damage, not allocated.
 const MAX_UNPACKED: u64 = 1 << 30;
-
-/// Errors from repository operations. Each names the object it is about.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RepoError {
-    /// No key file opens with the given password.
-    #[error("wrong password, or no key in repository {location} opens with it")]
-    WrongPassword {
-        /// The repository.
-        location: String,
-    },
-    /// No key file of those tried opens with the password, and some were
-    /// not tried (more than are: key files planted by whoever can write to
-    /// the storage, say).
-    #[error(
-        "no key file of the {tried} tried (of {total}) in repository {location} opens with this password; if it is right, name the repository's key file with --key-hint (see `ls keys/`)"
-    )]
-    TooManyKeys {
-        /// The repository.
-        location: String,
-        /// Key files tried.
-        tried: usize,
-        /// Key files in the repository.
-        total: usize,
-    },
-    /// The location holds no repository.
-    #[error("{location} is not a Cairn/restic repository (no config file); run `cairn init` first")]
-    NotARepository {
-        /// The location given.
-        location: String,
-    },
-    /// The repository already exists.
-    #[error("a repository already exists at {location}")]
-    AlreadyExists {
-        /// The location given.
-        location: String,
-    },
-    /// The config uses a format this version does not read.
-    #[error("repository {location} has format version {version}; Cairn reads versions 1 and 2")]
-    UnsupportedVersion {
-        /// The repository.
-        location: String,
-        /// The version found.
-        version: u32,
-    },
-    /// The storage failed.
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-    /// An object failed authentication or does not parse.
-    #[error("{what} is damaged: {reason}")]
-    Corrupt {
-        /// The file or blob, named.
-        what: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The index knows no such blob.
-    #[error("blob {0} is not in the index (the repository is missing data; run `cairn check`)")]
-    BlobNotFound(Id),
-    /// No snapshot matches.
-    #[error("no snapshot matches {0:?}")]
-    SnapshotNotFound(String),
-    /// More than one snapshot matches an id prefix.
-    #[error("snapshot id prefix {0:?} is ambiguous")]
-    AmbiguousSnapshot(String),
-    /// Cairn itself failed (a worker thread panicked or stopped early):
-    /// nothing was recorded, and the repository is not damaged by it.
-    #[error("{what}: {reason} (a fault in Cairn, not damage to the repository)")]
-    Internal {
-        /// What was running.
-        what: String,
-        /// What went wrong.
-        reason: String,
-    },
-    /// The write pipeline stopped after a failure in a later stage; finishing
-    /// the pipeline reports that failure.
-    #[error("the backup pipeline stopped after a storage failure")]
-    PipelineStopped,
-    /// Another process holds a conflicting lock.
-    #[error("repository is locked {0}")]
-    Locked(String),
-    /// Our own lock could not be kept fresh; nothing more is recorded.
-    #[error("{0}")]
-    LockLost(String),
-    /// A removal stopped because going on could lose data (a region of
-    /// the pair stopped answering, say); what it says is why.
-    #[error("stopped before removing anything more: {0}")]
-    Unsafe(String),
-}
-
-impl RepoError {
-    /// Whether the error is damage in the repository (a file or blob that
-    /// fails its check, or that the index lists and the storage lacks), as
-    /// opposed to a storage or host failure: damage fails what needs that
-    /// data and nothing else.
-    pub fn is_damage(&self) -> bool {
-        match self {
-            RepoError::Corrupt { .. } | RepoError::BlobNotFound(_) => true,
-            RepoError::Storage(s) => s.is_not_found(),
-            _ => false,
-        }
-    }
-
-    /// `what` may carry a name from the storage (anyone who can write to
-    /// it chooses those): escaped, so it can forge no line where printed.
-    pub(crate) fn corrupt(what: impl Into<String>, reason: impl ToString) -> Self {
-        RepoError::Corrupt {
-            what: crate::util::escaped(&what.into()).into_owned(),
-            reason: reason.to_string(),
-        }
-    }
-}
 
 /// An open repository.
 pub struct Repository {
@@ -574,222 +466,9 @@ impl Repository {
         decompress_unpacked(&plain, &label)
     }
 
-    /// Where a blob is stored.
-    pub fn locate(&self, id: &Id, kind: BlobType) -> Option<BlobLocation> {
-        self.index.read().expect("index lock").get(id, kind)
-    }
-
-    /// Read a blob: fetch, authenticate, decompress and check its SHA-256.
-    pub async fn load_blob(&self, id: &Id, kind: BlobType) -> Result<Vec<u8>, RepoError> {
-        let loc = self.locate(id, kind).ok_or(RepoError::BlobNotFound(*id))?;
-        if kind == BlobType::Tree
-            && let Some(stored) = self.cached_tree_blob(&loc).await
-        {
-            match decode_blob(&self.key, id, &loc, &stored) {
-                Ok(plain) => return Ok(plain),
-                // The pack matched its name when it was cached: the disk
-                // changed it since. Read from the storage.
-                Err(_) => {
-                    if let Some(c) = &self.cache {
-                        c.remove(FileType::Pack, &loc.pack.to_hex());
-                    }
-                }
-            }
-        }
-        let key = &self.key;
-        let stored = self
-            .backend
-            .load_range_verified(
-                FileType::Pack,
-                &loc.pack.to_hex(),
-                loc.offset as u64,
-                loc.length as u64,
-                &|data: &[u8]| key.authentic(data),
-            )
-            .await?;
-        if stored.len() < PARALLEL_DECODE {
-            return decode_blob(&self.key, id, &loc, &stored);
-        }
-        // Large blobs are decrypted, decompressed and hashed on a blocking
-        // thread, so the blobs a reader fetches ahead decode in parallel.
-        let (key, id) = (self.key.clone(), *id);
-        crate::util::blocking(move || decode_blob(&key, &id, &loc, &stored)).await
-    }
-
-    /// A tree blob's stored bytes from the cache, the whole pack copied
-    /// into it first if it is not there (one request for every tree in the
-    /// pack). `None` without a cache, or for a pack that cannot be cached
-    /// (too large, not matching its name, the cache not writable): that
-    /// pack's trees are then read blob by blob, as without a cache, never
-    /// by downloading the pack again for each.
-    async fn cached_tree_blob(&self, loc: &BlobLocation) -> Option<Vec<u8>> {
-        let cache = self.cache.as_ref()?;
-        let name = loc.pack.to_hex();
-        let (offset, length) = (loc.offset as u64, loc.length as u64);
-        // What the cache can say without a download, if anything.
-        let known = || {
-            if self
-                .not_cached
-                .lock()
-                .expect("not cached")
-                .contains(&loc.pack)
-            {
-                return Some(None);
-            }
-            cache.get_range(&name, offset, length).map(Some)
-        };
-        if let Some(answer) = known() {
-            return answer;
-        }
-        let _one_at_a_time = self.caching.lock().await;
-        // Cached (or found not cachable) by another reader while this one
-        // waited?
-        if let Some(answer) = known() {
-            return answer;
-        }
-        let pack = match self.backend.size(FileType::Pack, &name).await {
-            Ok(size) if size <= cache::MAX_CACHED_PACK => {
-                self.backend.load(FileType::Pack, &name).await.ok()
-            }
-            _ => None,
-        };
-        let from = usize::try_from(offset).ok()?;
-        match pack {
-            Some(pack) if cache.put(FileType::Pack, &name, &pack) => {
-                pack.get(from..from + length as usize).map(<[u8]>::to_vec)
-            }
-            other => {
-                self.not_cached.lock().expect("not cached").insert(loc.pack);
-                other.and_then(|p| p.get(from..from + length as usize).map(<[u8]>::to_vec))
-            }
-        }
-    }
-
-    /// Read and parse a tree.
-    pub async fn load_tree(&self, id: &Id) -> Result<Tree, RepoError> {
-        let bytes = self.load_blob(id, BlobType::Tree).await?;
-        serde_json::from_slice(&bytes).map_err(|e| RepoError::corrupt(format!("tree {id}"), e))
-    }
-
     /// Replace the in-memory index.
     pub fn set_index(&self, index: Index) {
         *self.index.write().expect("index lock") = index;
-    }
-
-    /// Load one snapshot file.
-    pub async fn load_snapshot(&self, name: &str) -> Result<(Id, Snapshot), RepoError> {
-        let what = format!("snapshots/{name}");
-        let plain = self.load_unpacked(FileType::Snapshot, name).await?;
-        let snap: Snapshot =
-            serde_json::from_slice(&plain).map_err(|e| RepoError::corrupt(&what, e))?;
-        let id = Id::parse(name).ok_or_else(|| RepoError::corrupt(&what, "bad file name"))?;
-        Ok((id, snap))
-    }
-
-    /// Every readable snapshot, oldest first. A damaged snapshot file is
-    /// passed over and noted (see [`Repository::damage`]).
-    pub async fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>, RepoError> {
-        self.list_snapshots(false).await
-    }
-
-    /// Every snapshot, oldest first; a damaged snapshot file is an error
-    /// (prune must know every snapshot to know what is unused).
-    pub async fn snapshots_strict(&self) -> Result<Vec<(Id, Snapshot)>, RepoError> {
-        self.list_snapshots(true).await
-    }
-
-    async fn list_snapshots(&self, strict: bool) -> Result<Vec<(Id, Snapshot)>, RepoError> {
-        let mut out = Vec::new();
-        let mut loaded = self.snapshot_files().await?;
-        while let Some((name, snap)) = loaded.next().await {
-            match snap {
-                Ok(s) => out.push(s),
-                Err(e @ RepoError::Corrupt { .. }) if !strict => {
-                    self.note_damage(&format!("snapshots/{name}"), &e)
-                }
-                // Removed by a forget while we listed.
-                Err(RepoError::Storage(e)) if e.is_not_found() => {}
-                Err(e) => return Err(e),
-            }
-        }
-        out.sort_by_key(|(_, s)| s.time);
-        Ok(out)
-    }
-
-    /// Find a snapshot by `latest` or a unique id prefix.
-    pub async fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot), RepoError> {
-        self.find_snapshot_of(spec, None).await
-    }
-
-    /// Like [`Repository::find_snapshot`], but `latest` means the latest
-    /// snapshot that `job` made, when a job is given.
-    pub async fn find_snapshot_of(
-        &self,
-        spec: &str,
-        job: Option<&str>,
-    ) -> Result<(Id, Snapshot), RepoError> {
-        let all = self.snapshots().await?;
-        if spec == "latest" {
-            return all
-                .into_iter()
-                .rfind(|(_, s)| job.is_none() || s.cairn_job.as_deref() == job)
-                .ok_or_else(|| match job {
-                    Some(j) => RepoError::SnapshotNotFound(format!("latest (of job {j})")),
-                    None => RepoError::SnapshotNotFound(spec.into()),
-                });
-        }
-        let mut found: Vec<_> = all
-            .into_iter()
-            .filter(|(id, _)| id.to_hex().starts_with(spec))
-            .collect();
-        match found.len() {
-            0 => Err(RepoError::SnapshotNotFound(spec.into())),
-            1 => Ok(found.remove(0)),
-            _ => Err(RepoError::AmbiguousSnapshot(spec.into())),
-        }
-    }
-
-    /// Store a snapshot; returns its id.
-    pub async fn save_snapshot(&self, snap: &Snapshot) -> Result<Id, RepoError> {
-        let json = serde_json::to_vec(snap).expect("snapshot serialises");
-        self.save_unpacked(FileType::Snapshot, &json).await
-    }
-
-    /// Index the packs no index file mentions: the packs an interrupted
-    /// backup uploaded before it could write their index. Their headers are
-    /// read (two small range reads each, eight packs at a time) and a new index file records them,
-    /// so the next backup deduplicates against them instead of uploading
-    /// the data again. A pack whose header cannot be read is left alone
-    /// (`check` reports it). Returns the number of packs adopted.
-    pub async fn adopt_unindexed_packs(&self) -> Result<usize, RepoError> {
-        let known: std::collections::HashSet<Id> =
-            self.with_index(|i| i.packs().copied().collect());
-        let mut orphans = self.list_packs().await?;
-        orphans.retain(|(id, _, _)| !known.contains(id));
-        let mut adopted = Vec::new();
-        for (id, header) in self.read_pack_headers(orphans).await {
-            match header {
-                Ok(blobs) => adopted.push(index::IndexPack::new(id, &blobs)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "An unindexed pack has no readable header; leaving it.")
-                }
-            }
-        }
-        if adopted.is_empty() {
-            return Ok(0);
-        }
-        let n = adopted.len();
-        for p in &adopted {
-            self.index_add(p);
-        }
-        let file = IndexFile {
-            supersedes: None,
-            packs: adopted,
-        };
-        let json = serde_json::to_vec(&file).expect("index serialises");
-        self.save_unpacked(FileType::Index, &json).await?;
-        tracing::info!(packs = n, "Indexed packs left by an interrupted backup.");
-        Ok(n)
     }
 
     /// Store `entries` as new index files of at most
@@ -812,207 +491,6 @@ impl Repository {
         }
         Ok(written)
     }
-
-    /// Build the index anew from the packs' own headers (restic's `repair
-    /// index`): every pack whose header authenticates is listed, new index
-    /// files are written, and only then are the old ones removed, so a
-    /// crash leaves the old index or both. The caller holds the exclusive
-    /// lock. A pack whose header cannot be read keeps the entries a
-    /// readable old index file has for it (its blobs may well be intact,
-    /// and each is authenticated when read); a pack no readable index
-    /// file knows and whose header is unreadable is named and left out.
-    pub async fn rebuild_index(&self) -> Result<RebuildReport, RepoError> {
-        let old: Vec<String> = self
-            .backend
-            .list(FileType::Index)
-            .await?
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
-        let read = self.read_pack_headers(self.list_packs().await?).await;
-        let mut report = RebuildReport {
-            index_files_removed: old.len(),
-            ..Default::default()
-        };
-        // What the readable old index files say, for packs whose header
-        // is unreadable (read only if there is such a pack).
-        let mut known: std::collections::HashMap<Id, index::IndexPack> = Default::default();
-        if read.iter().any(|(_, h)| h.is_err()) {
-            for name in &old {
-                match self.load_index_file(name).await {
-                    Ok(file) => {
-                        for p in file.packs {
-                            known.entry(p.id).or_insert(p);
-                        }
-                    }
-                    Err(RepoError::Corrupt { .. }) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        let mut entries = Vec::new();
-        for (id, header) in read {
-            match header {
-                Ok(blobs) => {
-                    report.blobs += blobs.len();
-                    entries.push(index::IndexPack::new(id, &blobs));
-                }
-                // The error names the pack.
-                Err(e @ RepoError::Corrupt { .. }) => match known.remove(&id) {
-                    Some(entry) => {
-                        report.blobs += entry.blobs.len();
-                        report.kept_from_old_index.push(e.to_string());
-                        entries.push(entry);
-                    }
-                    None => report.unreadable_packs.push(e.to_string()),
-                },
-                Err(e) => return Err(e),
-            }
-        }
-        entries.sort_by_key(|p| p.id);
-        report.packs = entries.len();
-        report.index_files_written = self.save_index(entries).await?;
-        for name in &old {
-            self.backend.remove(FileType::Index, name).await?;
-        }
-        self.load_index().await?;
-        Ok(report)
-    }
-
-    /// The packs in the storage: ID, name and size (a name that is no ID
-    /// is no pack).
-    async fn list_packs(&self) -> Result<Vec<(Id, String, u64)>, RepoError> {
-        Ok(self
-            .backend
-            .list(FileType::Pack)
-            .await?
-            .into_iter()
-            .filter_map(|(name, size)| Some((Id::parse(&name)?, name, size)))
-            .collect())
-    }
-
-    /// The headers of `packs` (as [`Repository::list_packs`] gives them),
-    /// read eight at a time, each with its pack's ID.
-    async fn read_pack_headers(
-        &self,
-        packs: Vec<(Id, String, u64)>,
-    ) -> Vec<(Id, Result<Vec<pack::PackedBlob>, RepoError>)> {
-        futures::stream::iter(packs)
-            .map(|(id, name, size)| async move { (id, self.read_pack_header(&name, size).await) })
-            .buffer_unordered(8)
-            .collect()
-            .await
-    }
-
-    /// Read and check a pack's header: two range reads, the header
-    /// authenticated by its MAC (a replicated store tries the other copy when
-    /// it fails), and its blobs must lie inside the pack. The blobs' own
-    /// bytes are checked when read, as every blob is.
-    async fn read_pack_header(
-        &self,
-        name: &str,
-        size: u64,
-    ) -> Result<Vec<pack::PackedBlob>, RepoError> {
-        let bad = |reason: String| RepoError::corrupt(format!("pack {name}"), reason);
-        if size < 4 {
-            return Err(bad("shorter than its length field".into()));
-        }
-        let trailer = self
-            .backend
-            .load_range(FileType::Pack, name, size - 4, 4)
-            .await?;
-        let trailer: [u8; 4] = trailer
-            .as_slice()
-            .try_into()
-            .map_err(|_| bad("short trailer".into()))?;
-        let hlen =
-            pack::header_length_from_trailer(&trailer, size).map_err(|e| bad(e.to_string()))?;
-        let key = &self.key;
-        let header = self
-            .backend
-            .load_range_verified(
-                FileType::Pack,
-                name,
-                size - 4 - hlen,
-                hlen,
-                &|d: &[u8]| key.authentic(d),
-            )
-            .await?;
-        let blobs = pack::parse_header(&self.key, &header).map_err(|e| bad(e.to_string()))?;
-        let data_end = size - 4 - hlen;
-        if blobs.is_empty() {
-            return Err(bad("its header lists no blobs".into()));
-        }
-        if blobs
-            .iter()
-            .any(|b| b.offset as u64 + b.length as u64 > data_end)
-        {
-            return Err(bad("a blob lies outside the pack's data".into()));
-        }
-        Ok(blobs)
-    }
-}
-
-/// What [`Repository::rebuild_index`] did.
-#[derive(Debug, Default, serde::Serialize)]
-pub struct RebuildReport {
-    /// Packs now indexed.
-    pub packs: usize,
-    /// Blobs they hold.
-    pub blobs: usize,
-    /// New index files written.
-    pub index_files_written: usize,
-    /// Old index files removed.
-    pub index_files_removed: usize,
-    /// Packs whose header could not be read and that no readable index
-    /// file knew: left out of the index, each with why.
-    pub unreadable_packs: Vec<String>,
-    /// Packs whose header could not be read, indexed as a readable old
-    /// index file had them, each with why.
-    pub kept_from_old_index: Vec<String>,
-}
-
-/// Decrypt, decompress and authenticate one stored blob.
-pub fn decode_blob(
-    key: &Key,
-    id: &Id,
-    loc: &BlobLocation,
-    stored: &[u8],
-) -> Result<Vec<u8>, RepoError> {
-    let label = || format!("blob {id} in pack {}", loc.pack);
-    let plain = key
-        .decrypt(stored)
-        .map_err(|e| RepoError::corrupt(label(), e))?;
-    let plain = match loc.uncompressed_length {
-        Some(len) => decompress_blob(&plain, len as usize)
-            .map_err(|e| RepoError::corrupt(label(), format!("zstd: {e}")))?,
-        None => plain,
-    };
-    if Id::hash(&plain) != *id {
-        return Err(RepoError::corrupt(
-            label(),
-            "content does not match its id (SHA-256)",
-        ));
-    }
-    Ok(plain)
-}
-
-/// Decompress a blob of known size, never allocating more than that size
-/// (a zstd bomb fails instead of exhausting memory). The decompression
-/// context is kept per thread: creating one per blob is measurable.
-fn decompress_blob(data: &[u8], len: usize) -> std::io::Result<Vec<u8>> {
-    thread_local! {
-        static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
-            const { std::cell::RefCell::new(None) };
-    }
-    DCTX.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(zstd::bulk::Decompressor::new()?);
-        }
-        let d = slot.as_mut().expect("set above");
-        d.decompress(data, len)
-    })
 }
 
 /// Undo format 2's optional compression of unpacked files: JSON starts with

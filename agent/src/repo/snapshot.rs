@@ -88,3 +88,88 @@ impl Listed {
         }
     }
 }
+
+use super::{RepoError, Repository};
+use crate::storage::FileType;
+use futures::StreamExt;
+
+impl Repository {
+    /// Load one snapshot file.
+    pub async fn load_snapshot(&self, name: &str) -> Result<(Id, Snapshot), RepoError> {
+        let what = format!("snapshots/{name}");
+        let plain = self.load_unpacked(FileType::Snapshot, name).await?;
+        let snap: Snapshot =
+            serde_json::from_slice(&plain).map_err(|e| RepoError::corrupt(&what, e))?;
+        let id = Id::parse(name).ok_or_else(|| RepoError::corrupt(&what, "bad file name"))?;
+        Ok((id, snap))
+    }
+
+    /// Every readable snapshot, oldest first. A damaged snapshot file is
+    /// passed over and noted (see [`Repository::damage`]).
+    pub async fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>, RepoError> {
+        self.list_snapshots(false).await
+    }
+
+    /// Every snapshot, oldest first; a damaged snapshot file is an error
+    /// (prune must know every snapshot to know what is unused).
+    pub async fn snapshots_strict(&self) -> Result<Vec<(Id, Snapshot)>, RepoError> {
+        self.list_snapshots(true).await
+    }
+
+    async fn list_snapshots(&self, strict: bool) -> Result<Vec<(Id, Snapshot)>, RepoError> {
+        let mut out = Vec::new();
+        let mut loaded = self.snapshot_files().await?;
+        while let Some((name, snap)) = loaded.next().await {
+            match snap {
+                Ok(s) => out.push(s),
+                Err(e @ RepoError::Corrupt { .. }) if !strict => {
+                    self.note_damage(&format!("snapshots/{name}"), &e)
+                }
+                // Removed by a forget while we listed.
+                Err(RepoError::Storage(e)) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by_key(|(_, s)| s.time);
+        Ok(out)
+    }
+
+    /// Find a snapshot by `latest` or a unique id prefix.
+    pub async fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot), RepoError> {
+        self.find_snapshot_of(spec, None).await
+    }
+
+    /// Like [`Repository::find_snapshot`], but `latest` means the latest
+    /// snapshot that `job` made, when a job is given.
+    pub async fn find_snapshot_of(
+        &self,
+        spec: &str,
+        job: Option<&str>,
+    ) -> Result<(Id, Snapshot), RepoError> {
+        let all = self.snapshots().await?;
+        if spec == "latest" {
+            return all
+                .into_iter()
+                .rfind(|(_, s)| job.is_none() || s.cairn_job.as_deref() == job)
+                .ok_or_else(|| match job {
+                    Some(j) => RepoError::SnapshotNotFound(format!("latest (of job {j})")),
+                    None => RepoError::SnapshotNotFound(spec.into()),
+                });
+        }
+        let mut found: Vec<_> = all
+            .into_iter()
+            .filter(|(id, _)| id.to_hex().starts_with(spec))
+            .collect();
+        match found.len() {
+            0 => Err(RepoError::SnapshotNotFound(spec.into())),
+            1 => Ok(found.remove(0)),
+            _ => Err(RepoError::AmbiguousSnapshot(spec.into())),
+        }
+    }
+
+    /// Store a snapshot; returns its id.
+    pub async fn save_snapshot(&self, snap: &Snapshot) -> Result<Id, RepoError> {
+        let json = serde_json::to_vec(snap).expect("snapshot serialises");
+        self.save_unpacked(FileType::Snapshot, &json).await
+    }
+}
