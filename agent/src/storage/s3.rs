@@ -27,6 +27,16 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
+mod credentials;
+mod errors;
+mod retries;
+
+use credentials::credentials;
+#[cfg(test)]
+use credentials::read_credentials_file;
+use errors::*;
+use retries::CountRetries;
+
 /// An S3 bucket (and key prefix) holding one repository.
 pub struct S3Backend {
     client: aws_sdk_s3::Client,
@@ -44,124 +54,6 @@ pub struct S3Backend {
     request_timeout: Duration,
     /// Secret strings that must never appear in a message.
     secrets: Vec<String>,
-}
-
-/// The region in a signature-scope complaint such as "unexpected scope:
-/// '20261124/eu-north-1/s3/aws4_request', expected:
-/// '20261124/eu-west-1/s3/aws4_request'".
-fn expected_scope_region(message: &str) -> Option<String> {
-    let rest = &message[message.rfind("expected")?..];
-    let scope = rest.split('\'').nth(1)?;
-    let mut parts = scope.split('/');
-    let (_date, region, service) = (parts.next()?, parts.next()?, parts.next()?);
-    (service == "s3" && !region.is_empty()).then(|| region.to_string())
-}
-
-/// A key as a listing with `encoding-type=url` gives it: `%XX` escapes,
-/// and `+` for a space (AWS), decoded.
-fn url_decoded(key: &str) -> String {
-    let hex = |b: u8| (b as char).to_digit(16);
-    let bytes = key.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'+', _, _) => out.push(b' '),
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 2;
-            }
-            (b, _, _) => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn status_meaning(status: u16) -> &'static str {
-    match status {
-        301 | 307 => "the bucket is in another region or endpoint",
-        400 => "bad request: a wrong region or signature?",
-        403 => "access denied: check the credentials and the bucket's permissions",
-        404 => "no such bucket or object",
-        429 | 503 => "SlowDown: the server is throttling requests",
-        500..=599 => "server error",
-        _ => "unexpected status",
-    }
-}
-
-/// An error and its sources, each said once, without Debug dumps.
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        let s = e.to_string();
-        if !s.is_empty() && !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-        cur = e.source();
-    }
-    parts.join(": ")
-}
-
-/// The keys a region's credentials come from, resolved once.
-fn credentials(cfg: &RegionConfig) -> Result<Option<Credentials>, String> {
-    if let (Some(id_var), Some(secret_var)) = (&cfg.access_key_id_env, &cfg.secret_access_key_env) {
-        let get = |var: &str| {
-            std::env::var(var)
-                .map_err(|_| format!("environment variable {var} is not set (or not UTF-8)"))
-        };
-        let id = get(id_var)?;
-        let secret = get(secret_var)?;
-        return Ok(Some(Credentials::new(id, secret, None, None, "cairn-env")));
-    }
-    if let Some(file) = &cfg.credentials_file {
-        let profile = cfg.profile.as_deref().unwrap_or("default");
-        return read_credentials_file(file, profile)
-            .map(Some)
-            .map_err(|e| format!("credentials file {}: {e}", file.display()));
-    }
-    Ok(None)
-}
-
-/// Read one profile of an AWS shared credentials file (INI).
-fn read_credentials_file(path: &Path, profile: &str) -> Result<Credentials, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let (mut id, mut secret, mut token) = (None, None, None);
-    let mut in_profile = false;
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-            continue;
-        }
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            let name = name.trim();
-            in_profile = name == profile || name.strip_prefix("profile ") == Some(profile);
-            continue;
-        }
-        if !in_profile {
-            continue;
-        }
-        if let Some((k, v)) = line.split_once('=') {
-            let v = v.trim().to_string();
-            match k.trim() {
-                "aws_access_key_id" => id = Some(v),
-                "aws_secret_access_key" => secret = Some(v),
-                "aws_session_token" => token = Some(v),
-                _ => {}
-            }
-        }
-    }
-    match (id, secret) {
-        (Some(id), Some(secret)) => Ok(Credentials::new(id, secret, token, None, "cairn-file")),
-        _ => Err(format!(
-            "profile {profile} lacks aws_access_key_id or aws_secret_access_key"
-        )),
-    }
 }
 
 impl S3Backend {
@@ -754,33 +646,6 @@ impl Backend for S3Backend {
 
     async fn remove(&self, t: FileType, name: &str) -> Result<(), StorageError> {
         self.delete_key(&self.key(t, name)).await
-    }
-}
-
-/// Counts the SDK's retried attempts for the agent's
-/// `cairn_storage_retries_total` (throttling, 5xx, timeouts, dropped
-/// connections).
-#[derive(Debug)]
-struct CountRetries;
-
-impl aws_sdk_s3::config::Intercept for CountRetries {
-    fn name(&self) -> &'static str {
-        "CountRetries"
-    }
-
-    fn read_before_attempt(
-        &self,
-        _context: &aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
-        _components: &aws_sdk_s3::config::RuntimeComponents,
-        cfg: &mut aws_sdk_s3::config::ConfigBag,
-    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
-        let attempts = cfg
-            .load::<aws_smithy_runtime_api::client::retries::RequestAttempts>()
-            .map_or(1, |a| a.attempts());
-        if attempts > 1 {
-            crate::telemetry::storage_retried();
-        }
-        Ok(())
     }
 }
 
