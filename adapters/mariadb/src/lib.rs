@@ -541,3 +541,43 @@ impl Adapter for Mariadb {
 }
 
 cairn_sdk::export_adapter!(Mariadb);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_tuples_split_outside_string_literals() {
+        let s = b" (1,'a,b'),(2,'(x)'),(3,'it\\'s'),(4,NULL);";
+        let tuples: Vec<&[u8]> = split_tuples(s);
+        assert_eq!(
+            tuples,
+            [
+                &b"(1,'a,b')"[..],
+                b"(2,'(x)')",
+                b"(3,'it\\'s')",
+                b"(4,NULL)"
+            ]
+        );
+    }
+
+    #[test]
+    fn nested_parentheses_stay_in_one_tuple() {
+        let tuples = split_tuples(b" (1,POINT(1,2)),(2,'')");
+        assert_eq!(tuples, [&b"(1,POINT(1,2))"[..], b"(2,'')"]);
+    }
+
+    #[test]
+    fn a_column_list_is_skipped_with_quoted_names_holding_parentheses() {
+        assert_eq!(skip_column_list(b" (`a`,`b)`) VALUES"), b" VALUES");
+        assert_eq!(skip_column_list(b" (`x``y`) VALUES"), b" VALUES");
+        assert_eq!(skip_column_list(b" VALUES (1)"), b" VALUES (1)");
+    }
+
+    #[test]
+    fn a_backquoted_name_ends_at_a_single_backtick() {
+        assert_eq!(find_name_end(b"ab`"), Some(2));
+        assert_eq!(find_name_end(b"a``b`"), Some(4));
+        assert_eq!(find_name_end(b"unterminated"), None);
+    }
+}

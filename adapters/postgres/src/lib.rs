@@ -786,3 +786,67 @@ impl Adapter for Postgres {
 }
 
 cairn_sdk::export_adapter!(Postgres);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_role_is_made_to_tolerate_an_existing_role() {
+        let line = idempotent_global("CREATE ROLE shop;", &[]);
+        assert!(
+            line.starts_with("DO $cairn_role$ BEGIN CREATE ROLE shop;"),
+            "{line}"
+        );
+        assert!(line.contains("duplicate_object"), "{line}");
+        // Not a whole statement on one line: left as it is.
+        assert_eq!(
+            idempotent_global("CREATE ROLE shop", &[]),
+            "CREATE ROLE shop"
+        );
+    }
+
+    #[test]
+    fn an_existing_tablespace_is_left_out_and_others_are_kept() {
+        let have = vec!["fast".to_string(), "with \"quote\"".to_string()];
+        assert_eq!(
+            idempotent_global("CREATE TABLESPACE fast OWNER x LOCATION '/f';", &have),
+            ""
+        );
+        assert_eq!(
+            idempotent_global(
+                "CREATE TABLESPACE \"with \"\"quote\"\"\" LOCATION '/q';",
+                &have
+            ),
+            ""
+        );
+        let new = "CREATE TABLESPACE slow LOCATION '/s';";
+        assert_eq!(idempotent_global(new, &have), new);
+        let alter = "ALTER TABLESPACE fast OWNER TO shop;";
+        assert_eq!(idempotent_global(alter, &have), alter);
+    }
+
+    #[test]
+    fn identifiers_are_read_bare_or_quoted() {
+        assert_eq!(leading_identifier("fast OWNER x").as_deref(), Some("fast"));
+        assert_eq!(
+            leading_identifier("\"a \"\"b\"\"\" rest").as_deref(),
+            Some("a \"b\"")
+        );
+        assert_eq!(leading_identifier("\"unterminated"), None);
+    }
+
+    #[test]
+    fn the_table_of_a_copy_line_is_found_even_when_quoted_with_spaces() {
+        assert_eq!(
+            copy_target(b"COPY public.items (id, name) FROM stdin;"),
+            Some(&b"public.items"[..])
+        );
+        assert_eq!(
+            copy_target(b"COPY public.\"odd name\" (id) FROM stdin;"),
+            Some(&b"public.\"odd name\""[..])
+        );
+        assert_eq!(copy_target(b"COPY public.items TO stdout;"), None);
+        assert_eq!(copy_target(b"SELECT 1;"), None);
+    }
+}

@@ -738,3 +738,28 @@ fn verify_keys(config: &Config) -> Result<VerifyReport, Error> {
 }
 
 cairn_sdk::export_adapter!(Redis);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_matches_runs_and_single_bytes() {
+        assert!(glob(b"*", b""));
+        assert!(glob(b"*", b"anything"));
+        assert!(glob(b"user:*", b"user:42"));
+        assert!(!glob(b"user:*", b"session:42"));
+        assert!(glob(b"user:?", b"user:4"));
+        assert!(!glob(b"user:?", b"user:42"));
+        assert!(glob(b"*:*:end", b"a:b:c:end"));
+        assert!(!glob(b"a*b", b"a"));
+        assert!(glob(b"", b""));
+        assert!(!glob(b"", b"x"));
+    }
+
+    #[test]
+    fn glob_compares_bytes_not_text() {
+        assert!(glob(b"caf\xc3\xa9", "café".as_bytes()));
+        assert!(glob(b"k?", b"k\xff"));
+    }
+}

@@ -61,9 +61,10 @@ impl Error {
         use protocol::ErrorKind;
         match self {
             Error::Invalid(_) => ErrorKind::Invalid,
-            Error::Repo(RepoError::Storage(crate::storage::StorageError::Refused { .. })) => {
-                ErrorKind::Residency
-            }
+            Error::Repo(RepoError::Storage(
+                crate::storage::StorageError::Refused { .. }
+                | crate::storage::StorageError::Policy { .. },
+            )) => ErrorKind::Residency,
             Error::Repo(_) => ErrorKind::Repository,
             Error::Adapter(_) => ErrorKind::Adapter,
             Error::Residency(_) => ErrorKind::Residency,

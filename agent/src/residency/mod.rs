@@ -16,7 +16,7 @@ pub mod sync;
 
 use crate::config::{Config, Placement};
 use crate::storage::s3::S3Backend;
-use crate::storage::{Backend, FileType, StorageError};
+use crate::storage::{Backend, FileType, Regional, StorageError};
 use async_trait::async_trait;
 use audit::{AuditLog, Record};
 use bytes::Bytes;
@@ -87,23 +87,23 @@ impl Policy {
 }
 
 /// A tenant's repository in one region, behind the residency check and the
-/// audit log.
-pub struct Guarded {
-    inner: S3Backend,
+/// audit log: a decorator over any store that lives in a region.
+pub struct Guarded<B = S3Backend> {
+    inner: B,
     tenant: String,
     policy: Arc<Policy>,
     audit: Arc<AuditLog>,
 }
 
-impl Guarded {
+impl<B: Regional> Guarded<B> {
     /// Wrap `inner`; refuses at once (before any request) when the region
     /// is outside the tenant's pair.
     pub fn new(
-        inner: S3Backend,
+        inner: B,
         tenant: &str,
         policy: Arc<Policy>,
         audit: Arc<AuditLog>,
-    ) -> Result<Guarded, StorageError> {
+    ) -> Result<Guarded<B>, StorageError> {
         policy.check(tenant, inner.region(), "open", inner.bucket())?;
         Ok(Guarded {
             inner,
@@ -119,7 +119,7 @@ impl Guarded {
     }
 
     /// The unguarded store, for region checks that are not tenant data.
-    pub fn s3(&self) -> &S3Backend {
+    pub fn inner(&self) -> &B {
         &self.inner
     }
 
@@ -170,16 +170,18 @@ impl Guarded {
                 size,
                 sha256,
             })
-            .map_err(|message| StorageError::Remote {
-                location: self.location(),
-                name: key.into(),
-                message: format!("stored, but the audit record failed: {message}"),
+            .map_err(|message| StorageError::Policy {
+                tenant: self.tenant.clone(),
+                message: format!(
+                    "{}: {key}: stored, but the audit record failed: {message}",
+                    self.location()
+                ),
             })
     }
 }
 
 #[async_trait]
-impl Backend for Guarded {
+impl<B: Regional> Backend for Guarded<B> {
     fn location(&self) -> String {
         self.inner.location()
     }

@@ -16,7 +16,7 @@ use super::sync::matches_name;
 use super::{Guarded, Policy, audit::AuditLog};
 use crate::config::{Config, Placement};
 use crate::storage::s3::S3Backend;
-use crate::storage::{Backend, FileType, StorageError};
+use crate::storage::{Backend, FileType, Regional, StorageError};
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -44,8 +44,8 @@ impl std::fmt::Display for Role {
     }
 }
 
-struct Replica {
-    store: Guarded,
+struct Replica<B> {
+    store: Guarded<B>,
     role: Role,
     /// Why this region is not used at all in this run (its bucket is not
     /// where it is declared, or it did not answer at start), if so.
@@ -54,12 +54,12 @@ struct Replica {
     lagging: Mutex<Option<String>>,
 }
 
-impl Replica {
+impl<B> Replica<B> {
     /// Why the region takes no writes, if it does not.
     fn lagging(&self) -> Option<String> {
         self.disabled
             .clone()
-            .or_else(|| self.lagging.lock().expect("lagging lock").clone())
+            .or_else(|| crate::util::lock(&self.lagging).clone())
     }
 }
 
@@ -76,17 +76,18 @@ pub struct Healed {
     pub reason: String,
 }
 
-/// A tenant's repository in both regions of its pair.
-pub struct PairBackend {
+/// A tenant's repository in both regions of its pair: a decorator over two
+/// guarded stores of any kind that lives in a region.
+pub struct PairBackend<B = S3Backend> {
     tenant: String,
-    replicas: [Replica; 2],
+    replicas: [Replica<B>; 2],
     require_both: bool,
     healed: Mutex<Vec<Healed>>,
     /// Fail a listing when any usable region fails it (for `check`).
     strict_listing: std::sync::atomic::AtomicBool,
 }
 
-impl PairBackend {
+impl PairBackend<S3Backend> {
     /// Open the tenant's repository in both regions of its pair, checking
     /// that each bucket really is in the region it is declared in. A region
     /// that fails the check, or does not answer, is disabled for this run
@@ -145,15 +146,14 @@ impl PairBackend {
         let checks = pair
             .replicas
             .iter()
-            .map(|r| super::report::check_region(r.store.s3()));
+            .map(|r| super::report::check_region(r.store.inner()));
         let results = futures::future::join_all(checks).await;
         for (r, check) in pair.replicas.iter_mut().zip(results) {
             if let (false, Some(reason)) = (check.ok, check.error) {
                 tracing::error!(tenant = %pair.tenant, region = %r.store.region(), role = %r.role, %reason, "Region disabled for this run.");
                 if pair.require_both {
-                    return Err(StorageError::Remote {
-                        location: format!("tenant {}", pair.tenant),
-                        name: String::new(),
+                    return Err(StorageError::Policy {
+                        tenant: pair.tenant.clone(),
                         message: format!(
                             "region {} disabled: {reason} (tenant {} requires both regions)",
                             r.store.region(),
@@ -167,9 +167,8 @@ impl PairBackend {
         if !allow_shredded {
             for r in pair.replicas.iter().filter(|r| r.disabled.is_none()) {
                 if r.store.exists_marker(SHREDDED).await? {
-                    return Err(StorageError::Remote {
-                        location: format!("tenant {tenant}"),
-                        name: String::new(),
+                    return Err(StorageError::Policy {
+                        tenant: tenant.to_string(),
                         message: format!(
                             "the tenant was shredded (marker {SHREDDED} in region {}); its repository can no longer be used. If a region still holds keys, run `cairn tenant shred {tenant}` again",
                             r.store.region()
@@ -192,6 +191,34 @@ impl PairBackend {
         }
         Ok(pair)
     }
+}
+
+impl<B: Regional> PairBackend<B> {
+    /// Join two guarded regions (primary, secondary) into one store; with
+    /// `require_both`, a write that fails in either region fails.
+    pub fn from_regions(
+        tenant: &str,
+        primary: Guarded<B>,
+        secondary: Guarded<B>,
+        require_both: bool,
+    ) -> PairBackend<B> {
+        let replica = |store, role| Replica {
+            store,
+            role,
+            disabled: None,
+            lagging: Mutex::new(None),
+        };
+        PairBackend {
+            tenant: tenant.to_string(),
+            replicas: [
+                replica(primary, Role::Primary),
+                replica(secondary, Role::Secondary),
+            ],
+            require_both,
+            healed: Mutex::new(Vec::new()),
+            strict_listing: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
 
     /// The tenant.
     pub fn tenant(&self) -> &str {
@@ -208,15 +235,15 @@ impl PairBackend {
 
     /// Objects read from the other region because the first copy was bad.
     pub fn healed(&self) -> Vec<Healed> {
-        self.healed.lock().expect("healed lock").clone()
+        crate::util::lock(&self.healed).clone()
     }
 
-    fn replica(&self, role: Role) -> &Replica {
+    fn replica(&self, role: Role) -> &Replica<B> {
         &self.replicas[if role == Role::Primary { 0 } else { 1 }]
     }
 
     /// The region store playing `role`.
-    pub fn store(&self, role: Role) -> &Guarded {
+    pub fn store(&self, role: Role) -> &Guarded<B> {
         &self.replica(role).store
     }
 
@@ -244,8 +271,8 @@ impl PairBackend {
 
     /// Regions in read order: never a disabled one; regions that lagged in
     /// this run last; primary before secondary.
-    fn read_order(&self) -> Vec<&Replica> {
-        let mut v: Vec<&Replica> = self
+    fn read_order(&self) -> Vec<&Replica<B>> {
+        let mut v: Vec<&Replica<B>> = self
             .replicas
             .iter()
             .filter(|r| r.disabled.is_none())
@@ -262,16 +289,16 @@ impl PairBackend {
         }
     }
 
-    fn mark_lagging(&self, r: &Replica, reason: &str) {
-        let mut slot = r.lagging.lock().expect("lagging lock");
+    fn mark_lagging(&self, r: &Replica<B>, reason: &str) {
+        let mut slot = crate::util::lock(&r.lagging);
         if slot.is_none() {
             tracing::warn!(tenant = %self.tenant, region = %r.store.region(), role = %r.role, %reason, "Region is lagging: writes go on in the other region only.");
             *slot = Some(reason.to_string());
         }
     }
 
-    fn record_heal(&self, bad: &Replica, good: &Replica, key: String, reason: String) {
-        let mut healed = self.healed.lock().expect("healed lock");
+    fn record_heal(&self, bad: &Replica<B>, good: &Replica<B>, key: String, reason: String) {
+        let mut healed = crate::util::lock(&self.healed);
         // A file read in several ranges is healed once.
         if healed
             .iter()
@@ -292,10 +319,10 @@ impl PairBackend {
     /// depends on `require-both`.
     async fn write_all<'a, F, Fut>(&'a self, op: F) -> Result<(), StorageError>
     where
-        F: Fn(&'a Guarded) -> Fut,
+        F: Fn(&'a Guarded<B>) -> Fut,
         Fut: std::future::Future<Output = Result<(), StorageError>> + 'a,
     {
-        let targets: Vec<&Replica> = self
+        let targets: Vec<&Replica<B>> = self
             .replicas
             .iter()
             .filter(|r| r.lagging().is_none())
@@ -316,11 +343,11 @@ impl PairBackend {
                 Ok(()) => ok += 1,
                 Err(e @ StorageError::Refused { .. }) => return Err(e),
                 Err(e) if self.require_both => {
-                    return Err(StorageError::Remote {
-                        location: r.store.location(),
-                        name: String::new(),
+                    return Err(StorageError::Policy {
+                        tenant: self.tenant.clone(),
                         message: format!(
-                            "{e} (tenant {} requires both regions of its pair)",
+                            "{}: {e} (tenant {} requires both regions of its pair)",
+                            r.store.location(),
                             self.tenant
                         ),
                     });
@@ -352,14 +379,14 @@ impl PairBackend {
         good: impl Fn(&[u8]) -> bool,
     ) -> Result<Vec<u8>, StorageError>
     where
-        F: Fn(&'a Guarded) -> Fut,
+        F: Fn(&'a Guarded<B>) -> Fut,
         Fut: std::future::Future<Output = Result<Vec<u8>, StorageError>> + 'a,
     {
         let order = self.read_order();
         if order.is_empty() {
             return Err(self.nothing_usable());
         }
-        let mut failures: Vec<(&Replica, String, Option<StorageError>)> = Vec::new();
+        let mut failures: Vec<(&Replica<B>, String, Option<StorageError>)> = Vec::new();
         for r in order {
             match read(&r.store).await {
                 Ok(data) if good(&data) => {
@@ -402,7 +429,7 @@ impl PairBackend {
 }
 
 #[async_trait]
-impl Backend for PairBackend {
+impl<B: Regional> Backend for PairBackend<B> {
     fn copies(&self) -> usize {
         self.replicas.len()
     }
@@ -434,7 +461,7 @@ impl Backend for PairBackend {
     }
 
     async fn load(&self, t: FileType, name: &str) -> Result<Vec<u8>, StorageError> {
-        let key = self.replicas[0].store.s3().key(t, name);
+        let key = self.replicas[0].store.inner().key(t, name);
         self.read_first(key, |s| s.load(t, name), |d| matches_name(t, name, d))
             .await
     }
@@ -446,7 +473,7 @@ impl Backend for PairBackend {
         offset: u64,
         length: u64,
     ) -> Result<Vec<u8>, StorageError> {
-        let key = self.replicas[0].store.s3().key(t, name);
+        let key = self.replicas[0].store.inner().key(t, name);
         self.read_first(key, |s| s.load_range(t, name, offset, length), |_| true)
             .await
     }
@@ -457,7 +484,7 @@ impl Backend for PairBackend {
         name: &str,
         verify: &(dyn for<'b> Fn(&'b [u8]) -> bool + Send + Sync),
     ) -> Result<Vec<u8>, StorageError> {
-        let key = self.replicas[0].store.s3().key(t, name);
+        let key = self.replicas[0].store.inner().key(t, name);
         self.read_first(
             key,
             |s| s.load(t, name),
@@ -474,7 +501,7 @@ impl Backend for PairBackend {
         length: u64,
         verify: &(dyn for<'b> Fn(&'b [u8]) -> bool + Send + Sync),
     ) -> Result<Vec<u8>, StorageError> {
-        let key = self.replicas[0].store.s3().key(t, name);
+        let key = self.replicas[0].store.inner().key(t, name);
         self.read_first(key, |s| s.load_range(t, name, offset, length), verify)
             .await
     }
@@ -533,5 +560,222 @@ impl Backend for PairBackend {
 
     async fn remove(&self, t: FileType, name: &str) -> Result<(), StorageError> {
         self.write_all(|s| s.remove(t, name)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::memory::MemoryBackend;
+    use crate::testing::runtime;
+    use bytes::Bytes;
+
+    /// A pair of memory regions `a` (primary) and `b` for tenant `t`, and
+    /// the regions themselves (shared, so a test can break them).
+    struct Pair {
+        pair: PairBackend<MemoryBackend>,
+        a: MemoryBackend,
+        b: MemoryBackend,
+        _audit: tempfile::TempDir,
+    }
+
+    fn pair(require_both: bool) -> Pair {
+        let config = Config::parse(
+            std::path::Path::new("t"),
+            r#"
+[regions.a]
+endpoint = "http://127.0.0.1:1"
+bucket = "x"
+[regions.b]
+endpoint = "http://127.0.0.1:2"
+bucket = "y"
+[regimes.eu]
+regions = ["a", "b"]
+[tenants.t]
+regime = "eu"
+primary = "a"
+secondary = "b"
+password-file = "/k"
+"#,
+        )
+        .unwrap();
+        let policy = Arc::new(Policy::from_config(&config));
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Arc::new(AuditLog::open(&dir.path().join("audit.jsonl")).unwrap());
+        let (a, b) = (MemoryBackend::new("a"), MemoryBackend::new("b"));
+        let guard = |m: &MemoryBackend| {
+            Guarded::new(m.clone(), "t", policy.clone(), audit.clone()).unwrap()
+        };
+        Pair {
+            pair: PairBackend::from_regions("t", guard(&a), guard(&b), require_both),
+            a,
+            b,
+            _audit: dir,
+        }
+    }
+
+    /// A snapshot-like file: named by the SHA-256 of its bytes.
+    fn file(content: &[u8]) -> (String, Bytes) {
+        (
+            crate::repo::Id::hash(content).to_hex(),
+            Bytes::copy_from_slice(content),
+        )
+    }
+
+    #[test]
+    fn a_write_lands_in_both_regions() {
+        let p = pair(false);
+        let (name, data) = file(b"snapshot");
+        runtime().block_on(async {
+            p.pair.save(FileType::Snapshot, &name, data).await.unwrap();
+        });
+        assert!(p.a.get(FileType::Snapshot, &name).is_some());
+        assert!(p.b.get(FileType::Snapshot, &name).is_some());
+        assert!(p.pair.lagging().is_empty());
+    }
+
+    #[test]
+    fn a_region_that_fails_a_write_lags_and_the_other_takes_the_rest() {
+        let p = pair(false);
+        p.b.set_down(true);
+        let (one, d1) = file(b"one");
+        let (two, d2) = file(b"two");
+        runtime().block_on(async {
+            p.pair.save(FileType::Snapshot, &one, d1).await.unwrap();
+            p.b.set_down(false);
+            // Lagging for the rest of the run: not written again.
+            p.pair.save(FileType::Snapshot, &two, d2).await.unwrap();
+        });
+        let lagging = p.pair.lagging();
+        assert_eq!(lagging.len(), 1);
+        assert_eq!(lagging[0].0, "b");
+        assert!(p.a.get(FileType::Snapshot, &two).is_some());
+        assert!(p.b.get(FileType::Snapshot, &two).is_none());
+        assert!(!p.pair.usable(Role::Secondary));
+    }
+
+    #[test]
+    fn with_require_both_a_write_one_region_fails_fails() {
+        let p = pair(true);
+        p.b.fail_nth_save(1);
+        let (name, data) = file(b"snapshot");
+        let e = runtime()
+            .block_on(p.pair.save(FileType::Snapshot, &name, data))
+            .unwrap_err();
+        assert!(e.to_string().contains("requires both regions"), "{e}");
+        assert!(p.pair.lagging().is_empty(), "nothing goes on in one region");
+    }
+
+    #[test]
+    fn a_damaged_copy_is_read_from_the_other_region_and_recorded_as_healed() {
+        let p = pair(false);
+        let (name, data) = file(b"index file");
+        runtime().block_on(async {
+            p.pair
+                .save(FileType::Index, &name, data.clone())
+                .await
+                .unwrap();
+            p.a.put_raw(FileType::Index, &name, b"index fil3".to_vec());
+            let read = p.pair.load(FileType::Index, &name).await.unwrap();
+            assert_eq!(read, data);
+            // A second read of the same object is not a second heal.
+            p.pair.load(FileType::Index, &name).await.unwrap();
+        });
+        let healed = p.pair.healed();
+        assert_eq!(healed.len(), 1, "{healed:?}");
+        assert_eq!(
+            (
+                healed[0].bad_region.as_str(),
+                healed[0].from_region.as_str()
+            ),
+            ("a", "b")
+        );
+    }
+
+    #[test]
+    fn a_file_missing_everywhere_stays_not_found_and_damage_everywhere_names_both_regions() {
+        let p = pair(false);
+        let (name, data) = file(b"pack");
+        runtime().block_on(async {
+            let missing = p.pair.load(FileType::Pack, &name).await.unwrap_err();
+            assert!(missing.is_not_found(), "{missing}");
+            p.pair.save(FileType::Pack, &name, data).await.unwrap();
+            p.a.put_raw(FileType::Pack, &name, b"bad".to_vec());
+            p.b.put_raw(FileType::Pack, &name, b"bad".to_vec());
+            let e = p
+                .pair
+                .load(FileType::Pack, &name)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("a (primary)") && e.contains("b (secondary)"),
+                "{e}"
+            );
+        });
+    }
+
+    #[test]
+    fn a_listing_is_the_union_unless_strict_when_a_region_fails() {
+        let p = pair(false);
+        let (one, d1) = file(b"one");
+        let (two, d2) = file(b"two");
+        runtime().block_on(async {
+            p.pair.save(FileType::Snapshot, &one, d1).await.unwrap();
+            // Only the secondary has the second (the primary lagged once).
+            p.b.save(FileType::Snapshot, &two, d2).await.unwrap();
+            let names: Vec<String> = p
+                .pair
+                .list(FileType::Snapshot)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            assert_eq!(names.len(), 2);
+            p.a.set_down(true);
+            assert_eq!(p.pair.list(FileType::Snapshot).await.unwrap().len(), 2);
+            p.pair.set_strict_listing(true);
+            assert!(p.pair.list(FileType::Snapshot).await.is_err());
+        });
+    }
+
+    #[test]
+    fn replicate_copies_what_one_region_lacks_and_rewrites_damage_when_deep() {
+        let p = pair(false);
+        let (one, d1) = file(b"one");
+        let (two, d2) = file(b"two");
+        runtime().block_on(async {
+            p.a.save(FileType::Snapshot, &one, d1.clone())
+                .await
+                .unwrap();
+            p.b.save(FileType::Snapshot, &two, d2.clone())
+                .await
+                .unwrap();
+            let ok = |_: &[u8]| true;
+            let s = super::super::sync::sync(&p.pair, Role::Primary, Role::Secondary, false, &ok)
+                .await
+                .unwrap();
+            assert_eq!(s.copied, 1);
+            assert_eq!(p.b.get(FileType::Snapshot, &one).unwrap(), d1);
+            // Damage in the secondary is found only by a deep pass.
+            p.b.put_raw(FileType::Snapshot, &one, b"0ne".to_vec());
+            let s = super::super::sync::sync(&p.pair, Role::Primary, Role::Secondary, true, &ok)
+                .await
+                .unwrap();
+            assert_eq!((s.copied, s.repaired), (0, 1), "{s:?}");
+            assert_eq!(p.b.get(FileType::Snapshot, &one).unwrap(), d1);
+        });
+    }
+
+    #[test]
+    fn a_region_outside_the_pair_is_refused_before_any_request() {
+        let p = pair(false);
+        let c = MemoryBackend::new("c");
+        let config = Config::default();
+        let policy = Arc::new(Policy::from_config(&config));
+        let audit = Arc::new(AuditLog::open(&p._audit.path().join("other.jsonl")).unwrap());
+        let e = Guarded::new(c, "t", policy, audit).err().expect("refused");
+        assert!(matches!(e, StorageError::Refused { .. }), "{e}");
     }
 }

@@ -5,7 +5,7 @@
 //! written, so a damaged source is never spread.
 
 use super::pair::{PairBackend, Role};
-use crate::storage::{Backend, FileType, StorageError};
+use crate::storage::{Backend, FileType, Regional, StorageError};
 use futures::StreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -68,8 +68,8 @@ pub fn matches_name(t: FileType, name: &str, data: &[u8]) -> bool {
 /// file not named by its hash. Data first, then indexes,
 /// snapshots, keys and config, so the target never refers to a file it
 /// does not have yet.
-pub async fn sync(
-    pair: &PairBackend,
+pub async fn sync<B: Regional>(
+    pair: &PairBackend<B>,
     from: Role,
     to: Role,
     deep: bool,
@@ -101,11 +101,13 @@ pub async fn sync(
                     .await
                     .map_err(at(role))?
                 {
-                    return Err(at(role)(StorageError::Remote {
-                        location: store.location(),
-                        name: store.s3().root_key(super::pair::SHREDDED),
-                        message: "the tenant is being shredded; keys and config are not copied"
-                            .into(),
+                    return Err(at(role)(StorageError::Policy {
+                        tenant: pair.tenant().to_string(),
+                        message: format!(
+                            "{}: {}: the tenant is being shredded; keys and config are not copied",
+                            store.location(),
+                            store.inner().root_key(super::pair::SHREDDED)
+                        ),
                     }));
                 }
             }
@@ -168,7 +170,7 @@ pub async fn sync(
                 }
                 Ok((name, Step::SourceDamaged)) => stats.failed.push(format!(
                     "{}: the source copy is damaged too",
-                    src.s3().key(t, &name)
+                    src.inner().key(t, &name)
                 )),
                 Ok((_, Step::WriteFailed(e))) => stats.failed_writes.push(e.to_string()),
                 Ok((_, Step::ReadFailed(e))) => stats.failed_reads.push(e.to_string()),

@@ -29,6 +29,7 @@ mod fs;
 mod log;
 mod process;
 mod restore_writes;
+mod secrets;
 mod snapshot;
 
 pub use process::ChildState;

@@ -4,16 +4,18 @@
 //! proof; this one makes the failure orders they cannot stage exact: the
 //! Nth write failing, a region gone, a listing that lags behind writes.
 
-use super::{Backend, FileType, StorageError};
+use super::{Backend, FileType, Regional, StorageError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-/// A store held in memory.
+/// A store held in memory. A clone is the same store (a test keeps one to
+/// break or inspect the store it handed over).
+#[derive(Clone)]
 pub struct MemoryBackend {
     name: String,
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
 }
 
 #[derive(Default)]
@@ -27,6 +29,8 @@ struct State {
     down: bool,
     /// Listings show the files as they were when they were frozen.
     frozen: Option<BTreeMap<(&'static str, String), Bytes>>,
+    /// Objects beside the repository, by key (markers).
+    others: BTreeMap<String, Bytes>,
 }
 
 impl MemoryBackend {
@@ -34,7 +38,7 @@ impl MemoryBackend {
     pub fn new(name: &str) -> MemoryBackend {
         MemoryBackend {
             name: name.to_string(),
-            state: Mutex::new(State::default()),
+            state: Arc::new(Mutex::new(State::default())),
         }
     }
 
@@ -205,6 +209,42 @@ impl Backend for MemoryBackend {
         self.down(&s, name)?;
         s.files.remove(&(t.dir(), name.to_string()));
         Ok(())
+    }
+}
+
+/// As a region: the store's name is its region.
+#[async_trait]
+impl Regional for MemoryBackend {
+    fn region(&self) -> &str {
+        &self.name
+    }
+
+    fn bucket(&self) -> &str {
+        "memory"
+    }
+
+    fn key(&self, t: FileType, name: &str) -> String {
+        match t {
+            FileType::Config => name.to_string(),
+            t => format!("{}/{name}", t.dir()),
+        }
+    }
+
+    fn root_key(&self, rel: &str) -> String {
+        format!("../{rel}")
+    }
+
+    async fn put_key(&self, key: &str, data: Vec<u8>) -> Result<(), StorageError> {
+        let mut s = self.state();
+        self.down(&s, key)?;
+        s.others.insert(key.to_string(), Bytes::from(data));
+        Ok(())
+    }
+
+    async fn exists_key(&self, key: &str) -> Result<bool, StorageError> {
+        let s = self.state();
+        self.down(&s, key)?;
+        Ok(s.others.contains_key(key))
     }
 }
 

@@ -93,6 +93,16 @@ pub enum StorageError {
         /// What the store said; never contains a secret.
         message: String,
     },
+    /// A tenant's rules stopped the work: the tenant was shredded, it
+    /// requires both regions and one failed, or a write could not be
+    /// recorded in the audit log.
+    #[error("tenant {tenant}: {message}")]
+    Policy {
+        /// The tenant.
+        tenant: String,
+        /// What the rule is and what it stopped, naming the region.
+        message: String,
+    },
     /// The request would put or read a tenant's data outside its region
     /// pair; it was not sent.
     #[error("residency: refused to {op} {name} for tenant {tenant} in region {region}: {reason}")]
@@ -229,4 +239,25 @@ pub trait Backend: Send + Sync + 'static {
         let _ = age;
         Ok(0)
     }
+}
+
+/// A store that lives in one region: what the residency guard and the
+/// region pair need beyond [`Backend`] (S3 in production, memory in the
+/// unit tests).
+#[async_trait]
+pub trait Regional: Backend {
+    /// The region it is in.
+    fn region(&self) -> &str;
+    /// The bucket (or whatever the store calls its container).
+    fn bucket(&self) -> &str;
+    /// The object key of a repository file: what the policy checks, the
+    /// audit log records and messages name.
+    fn key(&self, t: FileType, name: &str) -> String;
+    /// The key of an object beside the repository (`rel` under the
+    /// tenant's root: the shred marker).
+    fn root_key(&self, rel: &str) -> String;
+    /// Write an object by key.
+    async fn put_key(&self, key: &str, data: Vec<u8>) -> Result<(), StorageError>;
+    /// Whether an object exists, by key.
+    async fn exists_key(&self, key: &str) -> Result<bool, StorageError>;
 }

@@ -557,6 +557,33 @@ enum GetError {
 }
 
 #[async_trait]
+impl super::Regional for S3Backend {
+    fn region(&self) -> &str {
+        S3Backend::region(self)
+    }
+
+    fn bucket(&self) -> &str {
+        S3Backend::bucket(self)
+    }
+
+    fn key(&self, t: FileType, name: &str) -> String {
+        S3Backend::key(self, t, name)
+    }
+
+    fn root_key(&self, rel: &str) -> String {
+        S3Backend::root_key(self, rel)
+    }
+
+    async fn put_key(&self, key: &str, data: Vec<u8>) -> Result<(), StorageError> {
+        S3Backend::put_key(self, key, data).await
+    }
+
+    async fn exists_key(&self, key: &str) -> Result<bool, StorageError> {
+        S3Backend::exists_key(self, key).await
+    }
+}
+
+#[async_trait]
 impl Backend for S3Backend {
     fn connections(&self) -> usize {
         self.connections

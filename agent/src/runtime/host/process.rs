@@ -14,7 +14,7 @@ use super::{AdapterError, HostResult, HostState, Job, MAX_READ, WriterState, fau
 use crate::pipeline::chunker::Chunker;
 use crate::read::ContentReader;
 use crate::repo::RepoError;
-use crate::runtime::bindings::cairn::adapter0_2_0::{process, secrets};
+use crate::runtime::bindings::cairn::adapter0_2_0::process;
 use crate::runtime::host::ReaderState;
 use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
@@ -567,16 +567,5 @@ impl process::HostChild for HostState {
     async fn drop(&mut self, c: Resource<ChildState>) -> wasmtime::Result<()> {
         self.table.delete(c)?;
         Ok(())
-    }
-}
-
-impl secrets::Host for HostState {
-    async fn granted_secrets(&mut self) -> wasmtime::Result<Vec<String>> {
-        Ok(self.grants.secret_names())
-    }
-
-    async fn reveal(&mut self, name: String) -> HostResult<Vec<u8>> {
-        tracing::info!(adapter = %self.adapter, secret = %crate::util::escaped(&name), "Revealed a secret to the adapter.");
-        Ok(self.grants.secret(&name).map_err(grant_error))
     }
 }
