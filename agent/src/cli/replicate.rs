@@ -3,11 +3,9 @@
 
 use super::{Global, Outcome, out};
 use crate::config::{Config, Placement};
-use crate::repo::Repository;
+use crate::ops::replicate;
 use crate::residency::pair::Role;
-use crate::residency::sync::{SyncStats, sync};
 use anyhow::bail;
-use std::sync::Arc;
 
 /// Flags of `replicate`.
 #[derive(clap::Args, Debug)]
@@ -22,7 +20,8 @@ pub struct RepairArgs {
     from: String,
 }
 
-fn report(g: &Global, tenant: &str, direction: &str, s: &SyncStats) {
+fn report(g: &Global, tenant: &str, d: &replicate::Direction) {
+    let (direction, s) = (&d.direction, &d.stats);
     if g.json {
         out(serde_json::json!({
             "tenant": tenant, "direction": direction, "copied": s.copied,
@@ -46,10 +45,6 @@ fn report(g: &Global, tenant: &str, direction: &str, s: &SyncStats) {
     {
         super::note(format!("tenant {tenant}: {f}"));
     }
-}
-
-fn region_of(pair: &crate::residency::pair::PairBackend, role: Role) -> String {
-    pair.store(role).region().to_string()
 }
 
 /// Run `replicate`: for the tenant given (or every tenant with a pair),
@@ -81,8 +76,7 @@ pub async fn run(g: &Global, _: Args) -> anyhow::Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-/// Replicate one tenant both ways, under a shared lock (so a shred or a
-/// prune, which lock exclusively, cannot run at the same time).
+/// Replicate one tenant both ways (see [`replicate::replicate`]).
 async fn replicate_tenant(g: &Global, config: &Config, tenant: &str) -> anyhow::Result<()> {
     if !matches!(
         config.placement(tenant).map_err(anyhow::Error::msg)?,
@@ -92,32 +86,13 @@ async fn replicate_tenant(g: &Global, config: &Config, tenant: &str) -> anyhow::
     }
     let tg = g.for_tenant(tenant);
     let pair = tg.open_pair(config, tenant).await?;
-    if let Some((region, why)) = pair.lagging().into_iter().next() {
-        bail!("region {region} is not usable ({why}); cannot replicate now");
-    }
-    // Open the repository first: the config is checked by its MAC.
-    let repo = Arc::new(Repository::open(pair.clone(), &tg.password(false)?).await?);
-    // Locks are not copied; a lock a lagging region kept because its
-    // holder could not remove it there is cleared once its holder is gone,
-    // so restic and Cairn can lock the region again.
-    repo.remove_stale_locks().await?;
-    let lock = repo.lock(false).await?;
-    let key = repo.key().clone();
-    let config_ok = move |d: &[u8]| key.authentic(d);
+    let password = tg.password(false)?;
+    let done = replicate::replicate(&pair, &password).await?;
     let mut failed = false;
-    for (from, to) in [
-        (Role::Primary, Role::Secondary),
-        (Role::Secondary, Role::Primary),
-    ] {
-        let s = match sync(&pair, from, to, false, &config_ok).await {
-            Ok(s) => s,
-            Err(e) => return Err(e.into()),
-        };
-        let dir = format!("{} -> {}", region_of(&pair, from), region_of(&pair, to));
-        report(g, tenant, &dir, &s);
-        failed |= !s.failed.is_empty() || !s.failed_writes.is_empty() || !s.failed_reads.is_empty();
+    for d in &done {
+        report(g, tenant, d);
+        failed |= d.failed();
     }
-    drop(lock);
     if failed {
         bail!("some files could not be copied (see above)");
     }
@@ -146,30 +121,10 @@ pub async fn repair(g: &Global, a: RepairArgs) -> anyhow::Result<Outcome> {
             "residency: refused to repair tenant {tenant} from region {r}: the tenant's pair is {primary} + {secondary}; nothing was read or written"
         ),
     };
-    let to = if from == Role::Primary {
-        Role::Secondary
-    } else {
-        Role::Primary
-    };
     let pair = g.open_pair(&config, tenant).await?;
-    for role in [from, to] {
-        if !pair.usable(role) {
-            bail!(
-                "tenant {tenant}: region {} is not usable; cannot repair now",
-                region_of(&pair, role)
-            );
-        }
-    }
-    let repo = Arc::new(Repository::open(pair.clone(), &g.password(false)?).await?);
-    let lock = repo.lock(false).await?;
-    let key = repo.key().clone();
-    let config_ok = move |d: &[u8]| key.authentic(d);
-    let s = sync(&pair, from, to, true, &config_ok).await;
-    drop(lock);
-    let s = s?;
-    let dir = format!("{} -> {}", region_of(&pair, from), region_of(&pair, to));
-    report(g, tenant, &dir, &s);
-    if !s.failed.is_empty() || !s.failed_writes.is_empty() || !s.failed_reads.is_empty() {
+    let d = replicate::repair(&pair, &g.password(false)?, from).await?;
+    report(g, tenant, &d);
+    if d.failed() {
         bail!("repair of tenant {tenant}: some objects could not be repaired (see above)");
     }
     Ok(Outcome::Ok)

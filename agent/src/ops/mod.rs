@@ -14,7 +14,9 @@ pub mod drills;
 pub mod forget;
 pub mod protocol;
 pub mod prune;
+pub mod replicate;
 pub mod restore;
+pub mod shred;
 
 use crate::repo::{LockGuard, RepoError, Repository};
 use crate::residency::pair::PairBackend;
@@ -157,4 +159,36 @@ pub async fn rebuild_index(store: &Store) -> Result<crate::repo::RebuildReport> 
     store.require_whole_pair("rebuild-index")?;
     let _lock = store.repo.lock(true).await?;
     Ok(store.repo.rebuild_index().await?)
+}
+
+/// What `init` created.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Initialized {
+    /// The new repository's id.
+    pub id: String,
+    /// Where it is.
+    pub repository: String,
+}
+
+/// Create a repository on `backend`. On a region pair both regions must
+/// be usable: a repository started in one region alone could meet a
+/// different one started later in the other. `password` is asked for once
+/// that is known.
+pub async fn init(
+    backend: Arc<dyn crate::storage::Backend>,
+    pair: Option<&PairBackend>,
+    password: impl FnOnce() -> anyhow::Result<String>,
+) -> Result<Initialized> {
+    if let Some((region, why)) = pair.and_then(|p| p.lagging().into_iter().next()) {
+        return Err(Error::Residency(format!(
+            "init needs both regions of the tenant's pair; region {region} is not usable: {why}"
+        )));
+    }
+    let password = password().map_err(Error::Local)?;
+    let repository = backend.location();
+    let repo = Repository::init(backend, &password).await?;
+    Ok(Initialized {
+        id: repo.config().id.clone(),
+        repository,
+    })
 }
