@@ -19,24 +19,17 @@ pub(crate) struct Agent {
     log: PathBuf,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The config's fixed part: tenant `acme` on the scratch repository, the
-/// API on `port`, `extra` appended (jobs, groups, agent keys).
-fn write_config(s: &Scratch, port: u16, agent_extra: &str, extra: &str) -> PathBuf {
+/// API on a port the system chooses (the agent logs the one it got),
+/// `extra` appended (jobs, groups, agent keys).
+fn write_config(s: &Scratch, agent_extra: &str, extra: &str) -> PathBuf {
     std::fs::write(s.path("password"), PASSWORD).unwrap();
     std::fs::write(s.path("token"), TOKEN).unwrap();
     let config = s.path("agent.toml");
     std::fs::write(
         &config,
         format!(
-            "audit-log = {audit:?}\n[agent]\nlisten = \"127.0.0.1:{port}\"\napi-token-file = {token:?}\nstate-dir = {state:?}\n{grace}{agent_extra}\n\n[tenants.acme]\nrepository = {repo:?}\npassword-file = {pw:?}\n\n{extra}",
+            "audit-log = {audit:?}\n[agent]\nlisten = \"127.0.0.1:0\"\napi-token-file = {token:?}\nstate-dir = {state:?}\n{grace}{agent_extra}\n\n[tenants.acme]\nrepository = {repo:?}\npassword-file = {pw:?}\n\n{extra}",
             audit = s.path("audit.jsonl"),
             token = s.path("token"),
             state = s.path("state"),
@@ -54,7 +47,7 @@ fn write_config(s: &Scratch, port: u16, agent_extra: &str, extra: &str) -> PathB
 }
 
 impl Agent {
-    fn start(s: &Scratch, config: &Path, port: u16) -> Agent {
+    fn start(s: &Scratch, config: &Path) -> Agent {
         let log = s.path(&format!("agent-{}.log", rand_suffix()));
         let child = Command::new(crate::common::cairn_bin())
             .args(["agent", "--config", config.to_str().unwrap()])
@@ -65,15 +58,18 @@ impl Agent {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let agent = Agent {
+        let mut agent = Agent {
             child: Some(child),
-            port,
+            port: 0,
             config: config.to_path_buf(),
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if agent.get_no_token("/readyz").0 == 200 {
+            if agent.port == 0 {
+                agent.port = agent.listening_port().unwrap_or(0);
+            }
+            if agent.port != 0 && agent.get_no_token("/readyz").0 == 200 {
                 return agent;
             }
             assert!(
@@ -83,6 +79,14 @@ impl Agent {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The port the agent's log says the API listens on.
+    fn listening_port(&self) -> Option<u16> {
+        let log = self.log();
+        let line = log.lines().find(|l| l.contains("API listening."))?;
+        let address = line.split("address=").nth(1)?.split_whitespace().next()?;
+        address.rsplit(':').next()?.parse().ok()
     }
 
     fn pid(&self) -> i32 {
@@ -155,6 +159,24 @@ impl Agent {
         self.wait_run(body["run"]["id"].as_str().unwrap())
     }
 
+    /// Wait until run `id` is `running` (the group's quiesce hook, say,
+    /// has started); its record then.
+    pub(crate) fn wait_running(&self, id: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let run = self.get(&format!("/v1/runs/{id}"))["run"].clone();
+            if run["status"] == "running" {
+                return run;
+            }
+            assert!(
+                run["status"] == "queued" && Instant::now() < deadline,
+                "run {id} did not start: {run}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub(crate) fn wait_run(&self, id: &str) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
@@ -222,15 +244,14 @@ fn init_tenant(s: &Scratch, config: &Path) {
     s.cairn_config_ok(config, &["init", "--tenant", "acme"]);
 }
 
-/// Write the config (with a fresh API port), create the tenant's
+/// Write the config, create the tenant's
 /// repository unless it exists, and start the agent.
 pub(crate) fn start_agent(s: &Scratch, agent_extra: &str, jobs: &str) -> Agent {
-    let port = free_port();
-    let config = write_config(s, port, agent_extra, jobs);
+    let config = write_config(s, agent_extra, jobs);
     if !s.repo().join("config").exists() {
         init_tenant(s, &config);
     }
-    Agent::start(s, &config, port)
+    Agent::start(s, &config)
 }
 
 /// The run the agent recorded in its history under `id`.
@@ -826,7 +847,6 @@ fn the_newest_snapshot_that_passed_a_drill_survives_retention() {
     let (s, src) = Scratch::with_fixture();
     let config = write_config(
         &s,
-        free_port(),
         "",
         &format!("[jobs.files]\ntenant = \"acme\"\npaths = [{src:?}]\n"),
     );
@@ -904,7 +924,7 @@ fn sigterm_lets_a_running_group_finish_within_the_grace_period() {
     let (status, body) = agent.call("POST", "/v1/jobs/window/run", Some(TOKEN), None);
     assert_eq!(status, 202, "{body}");
     let id = body["run"]["id"].as_str().unwrap().to_string();
-    std::thread::sleep(Duration::from_millis(500));
+    agent.wait_running(&id);
     // Stopping: no new runs, but the running one finishes (grace: 20 s).
     assert_eq!(
         agent.terminate(Duration::from_secs(60)),
@@ -959,7 +979,7 @@ fn a_pinned_adapter_runs_only_with_its_sha256_and_check_config_names_what_is_wro
             cairn::runtime::bundled::FAULTY_PATH
         )
     };
-    let config = write_config(&s, free_port(), "", &job(&wrong));
+    let config = write_config(&s, "", &job(&wrong));
     init_tenant(&s, &config);
     let out = s.cairn_config(&config, &["backup", "--job", "pinned"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -969,7 +989,7 @@ fn a_pinned_adapter_runs_only_with_its_sha256_and_check_config_names_what_is_wro
         text(&out)
     );
     assert_eq!(s.snapshot_count(), 0);
-    let config = write_config(&s, free_port(), "", &job(&right));
+    let config = write_config(&s, "", &job(&right));
     s.cairn_config_ok(&config, &["backup", "--job", "pinned"]);
     assert_eq!(s.snapshot_count(), 1);
 
@@ -978,7 +998,6 @@ fn a_pinned_adapter_runs_only_with_its_sha256_and_check_config_names_what_is_wro
     assert!(out.contains("is valid: 1 jobs, 0 groups"), "{out}");
     let bad = write_config(
         &s,
-        free_port(),
         "",
         &format!("{}schedule = \"0 25 * * *\"\n", job(&right)),
     );
@@ -994,7 +1013,6 @@ fn a_pinned_adapter_runs_only_with_its_sha256_and_check_config_names_what_is_wro
     std::fs::create_dir_all(&src).unwrap();
     let other = write_config(
         &s,
-        free_port(),
         "",
         &format!("[jobs.pinned]\ntenant = \"acme\"\npaths = [{src:?}]\n"),
     );
@@ -1026,7 +1044,20 @@ fn runs_beyond_the_node_wide_cap_wait_their_turn() {
         assert_eq!(status, 202, "{body}");
         ids.push(body["run"]["id"].as_str().unwrap().to_string());
     }
-    std::thread::sleep(Duration::from_millis(700));
+    // Whichever got the slot runs (its quiesce hook takes 2 s); the other
+    // waits for it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ids
+        .iter()
+        .any(|id| agent.get(&format!("/v1/runs/{id}"))["run"]["status"] == "running")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no run started:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let states: Vec<String> = ids
         .iter()
         .map(|id| {
