@@ -110,6 +110,10 @@ pub async fn run(g: &Global, mut a: Args) -> anyhow::Result<Outcome> {
             &job_global
         }
     };
+    let began = (
+        chrono::Local::now().fixed_offset(),
+        std::time::Instant::now(),
+    );
     let mut paths = Vec::new();
     let mut grants = a.adapter_flags.grants(&env)?;
     for p in &a.paths {
@@ -157,6 +161,7 @@ pub async fn run(g: &Global, mut a: Args) -> anyhow::Result<Outcome> {
         compression: a.compression,
         limits: a.limits.limits(),
         on_progress,
+        began,
     };
     let report = backup::run(&store, options).await;
     if let Some(bar) = bar {

@@ -22,14 +22,19 @@ pub struct Args {
 pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
     let config = g.config()?;
     let (job, jg) = super::job::load(g, &a.job)?;
+    // A job whose grants or drill settings cannot be used fails its drill,
+    // recorded like any other failure.
     let mut flags = AdapterFlags::default();
-    flags.add_job(&a.job, &job)?;
-    if let Some(set) = job.drill.as_ref().and_then(|d| d.set.as_ref()) {
-        for (k, v) in set {
-            flags.set.push(format!("{k}={}", serde_json::to_string(v)?));
+    let adapter_config = (|| {
+        flags.add_job(&a.job, &job)?;
+        if let Some(set) = job.drill.as_ref().and_then(|d| d.set.as_ref()) {
+            for (k, v) in set {
+                flags.set.push(format!("{k}={}", serde_json::to_string(v)?));
+            }
         }
-    }
-    let adapter_config = flags.config()?;
+        flags.config()
+    })()
+    .map_err(|e| format!("{e:#}"));
     let env = job.grants.env.clone();
     let options = drill::Options {
         job_name: a.job.clone(),
@@ -39,13 +44,13 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
         grants: Box::new(move || flags.grants(&env)),
         config: adapter_config,
     };
-    let record = drill::run(jg.open(), options).await?;
+    let (record, recorded) = drill::run(jg.open(), options).await;
     super::to_agent(Message::Drill(record.clone()));
     if g.json {
         out(serde_json::to_value(&record)?);
     } else {
         for p in &record.problems {
-            out(format!("problem: {p}"));
+            out(format!("problem: {}", crate::util::escaped(p)));
         }
         let snapshot = match (&record.snapshot_id, record.rpo_seconds) {
             (Some(id), Some(rpo)) => format!("snapshot {} ({rpo:.0}s old)", &id[..8.min(id.len())]),
@@ -59,6 +64,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
             record.rto_seconds
         ));
     }
+    recorded?;
     if let Some(e) = &record.error {
         bail!("drill of job {}: {e}", a.job);
     }

@@ -199,8 +199,16 @@ async fn stop_signal() -> &'static str {
 }
 
 /// Print a line to stdout; a closed pipe ends the program quietly.
+///
+/// In a process the agent started, standard output carries the protocol's
+/// messages alone: the text (which may hold names from the storage or an
+/// adapter's words, a newline included) is not printed, so no line of it
+/// can pass for a message.
 pub fn out(line: impl std::fmt::Display) {
     use std::io::Write;
+    if protocol::is_child() {
+        return;
+    }
     if writeln!(std::io::stdout(), "{line}").is_err() {
         std::process::exit(0);
     }

@@ -210,6 +210,11 @@ pub async fn run(
 /// end, a report with its messages); progress is handed back; anything
 /// else is logged and dropped.
 fn receive(label: &str, line: &str, out: &mut Finished) -> Option<Progress> {
+    // The end is the last word: nothing after it counts.
+    if out.end.is_some() {
+        tracing::warn!(run = %label, line = %crate::util::escaped(line), "Ignoring output after the command's end message.");
+        return None;
+    }
     match protocol::decode(line) {
         Ok(Message::Progress(p)) => return Some(p),
         Ok(Message::End(end)) => out.end = Some(end),
@@ -299,5 +304,63 @@ impl Drop for KillGroupOnDrop {
         {
             let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::protocol::{ErrorKind, Failure, encode};
+
+    fn end() -> Message {
+        Message::End(End {
+            exit: Exit::Failed,
+            error: Some(Failure {
+                kind: ErrorKind::Adapter,
+                message: "adapter x: trapped".into(),
+            }),
+            notes: vec![],
+            residency_refusals: 0,
+            storage_retries: 3,
+        })
+    }
+
+    #[test]
+    fn only_messages_before_the_end_count_and_stray_lines_are_dropped() {
+        let mut f = Finished::default();
+        let progress = Message::Progress(Progress {
+            bytes_read: 10,
+            bytes_stored: 5,
+        });
+        assert_eq!(
+            receive("t", &encode(&progress), &mut f).map(|p| p.bytes_read),
+            Some(10)
+        );
+        assert!(receive("t", "restored 3 files", &mut f).is_none());
+        assert!(receive("t", "{\"message_type\":\"summary\"}", &mut f).is_none());
+        receive("t", &encode(&end()), &mut f);
+        // A line after the end (forged, or anything else) is not read.
+        receive("t", &encode(&Message::Snapshots(vec![])), &mut f);
+        assert!(f.messages.is_empty(), "{:?}", f.messages);
+        let end = f.end.as_ref().expect("the end was kept");
+        assert_eq!(end.storage_retries, 3);
+        assert_eq!(f.error(), "adapter x: trapped");
+    }
+
+    #[test]
+    fn a_child_that_died_before_its_end_is_explained_by_its_stderr_or_exit() {
+        let f = Finished {
+            code: None,
+            stderr: vec!["thread 'main' panicked at x".into()],
+            ..Default::default()
+        };
+        assert_eq!(f.error(), "thread 'main' panicked at x");
+        assert_eq!(f.exit(), None);
+        let f = Finished {
+            code: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(f.exit(), Some(Exit::Incomplete));
+        assert_eq!(f.error(), "exited with code 3");
     }
 }

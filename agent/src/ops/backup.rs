@@ -41,6 +41,10 @@ pub struct Options {
     pub limits: Limits,
     /// Called with the counters every [`PROGRESS_EVERY`] while it runs.
     pub on_progress: Option<Box<dyn Fn(Progress) + Send + Sync>>,
+    /// When the backup began, as the snapshot records it (unless `time`),
+    /// and the clock its duration is measured from: the caller's start,
+    /// before the repository was opened.
+    pub began: (chrono::DateTime<chrono::FixedOffset>, Instant),
 }
 
 /// How often [`Options::on_progress`] is called.
@@ -118,8 +122,7 @@ pub async fn run(store: &Store, o: Options) -> Result<Report> {
     if o.paths.is_empty() && o.source.name() == "filesystem" {
         invalid!("give the paths to back up (or --job)");
     }
-    let started = chrono::Local::now().fixed_offset();
-    let clock = Instant::now();
+    let (started, clock) = o.began;
     let repo = &store.repo;
     let adapter_name = o.source.name();
     // Dropped on every way out: the lock goes with it.

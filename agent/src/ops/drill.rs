@@ -41,8 +41,9 @@ pub struct Options {
     pub state_dir: PathBuf,
     /// The job's grants, made anew for each adapter run.
     pub grants: Box<dyn Fn() -> anyhow::Result<Grants> + Send + Sync>,
-    /// The job's adapter configuration with the drill's `set` applied.
-    pub config: Option<serde_json::Value>,
+    /// The job's adapter configuration with the drill's `set` applied,
+    /// or why it could not be made (a failed drill, recorded).
+    pub config: Result<Option<serde_json::Value>, String>,
 }
 
 /// What a drill found.
@@ -58,12 +59,12 @@ struct Found {
 
 /// Drill a job and append the result to the drill record. The record is
 /// the report, pass or fail (a repository that cannot be opened is a
-/// failed drill, recorded); the error is only for a record that could not
-/// be written.
+/// failed drill, recorded); the second part says whether it could be
+/// appended to the record file.
 pub async fn run(
     open: impl std::future::Future<Output = anyhow::Result<Store>>,
     o: Options,
-) -> Result<DrillRecord> {
+) -> (DrillRecord, Result<()>) {
     let started = chrono::Utc::now();
     let clock = Instant::now();
     let mut found = Found::default();
@@ -96,13 +97,13 @@ pub async fn run(
         problems: found.problems,
         error: result.err().map(|e| format!("{e:#}")),
     };
-    drills::append(&o.state_dir, &record).map_err(|e| {
+    let recorded = drills::append(&o.state_dir, &record).map_err(|e| {
         Error::Local(anyhow::Error::new(e).context(format!(
             "recording the drill in {}",
             drills::path(&o.state_dir).display()
         )))
-    })?;
-    Ok(record)
+    });
+    (record, recorded)
 }
 
 async fn drill(store: &Store, o: &Options, found: &mut Found) -> anyhow::Result<()> {
@@ -122,6 +123,7 @@ async fn drill(store: &Store, o: &Options, found: &mut Found) -> anyhow::Result<
     found.chosen = Some(chrono::Utc::now());
     let source = AdapterSource::parse(&job.adapter).pinned(job.adapter_sha256.as_deref());
     super::restore::same_adapter(&id, &snap, name, &source)?;
+    let adapter_config = o.config.clone().map_err(anyhow::Error::msg)?;
     let drill_set = job.drill.as_ref().and_then(|d| d.set.as_ref());
     let _lock = store.read_lock().await?;
     {
@@ -182,7 +184,7 @@ async fn drill(store: &Store, o: &Options, found: &mut Found) -> anyhow::Result<
                 .with_context(|| format!("removing the scratch directory {}", scratch.display()))?;
             return Ok(());
         }
-        let adapter_config = o.config.clone().unwrap_or_else(|| serde_json::json!({}));
+        let adapter_config = adapter_config.unwrap_or_else(|| serde_json::json!({}));
         if drill_set.is_some() {
             let req = request((o.grants)()?, adapter_config.clone());
             let restored = runtime

@@ -44,6 +44,9 @@ pub enum Error {
     /// scratch directory); the message names the file.
     #[error("{0:#}")]
     Local(anyhow::Error),
+    /// A repository error, with what was being done when it happened.
+    #[error("{0:#}")]
+    RepoContext(anyhow::Error),
 }
 
 impl Error {
@@ -52,7 +55,8 @@ impl Error {
         match self {
             Error::Invalid(m) => Error::Invalid(format!("{what}: {m}")),
             Error::Residency(m) => Error::Residency(format!("{what}: {m}")),
-            Error::Repo(e) => Error::Local(anyhow::Error::new(e).context(what.to_string())),
+            Error::Repo(e) => Error::RepoContext(anyhow::Error::new(e).context(what.to_string())),
+            Error::RepoContext(e) => Error::RepoContext(e.context(what.to_string())),
             Error::Adapter(e) => Error::Adapter(e.context(what.to_string())),
             Error::Local(e) => Error::Local(e.context(what.to_string())),
         }
@@ -68,6 +72,13 @@ impl Error {
                 | crate::storage::StorageError::Policy { .. },
             )) => ErrorKind::Residency,
             Error::Repo(_) => ErrorKind::Repository,
+            Error::RepoContext(e) => match e.downcast_ref::<RepoError>() {
+                Some(RepoError::Storage(
+                    crate::storage::StorageError::Refused { .. }
+                    | crate::storage::StorageError::Policy { .. },
+                )) => ErrorKind::Residency,
+                _ => ErrorKind::Repository,
+            },
             Error::Adapter(_) => ErrorKind::Adapter,
             Error::Residency(_) => ErrorKind::Residency,
             Error::Local(_) => ErrorKind::Local,

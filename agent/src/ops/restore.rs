@@ -71,9 +71,7 @@ pub struct VerifyReport {
 /// Restore a snapshot through its adapter.
 pub async fn run(store: &Store, o: Options) -> Result<Report> {
     let (snapshot, target, adapter) = (o.snapshot, o.target.clone(), o.source.name());
-    let result = adapter_pass(store, o, false)
-        .await
-        .map_err(|e| e.context("restore failed"))?;
+    let result = adapter_pass(store, o, false, "restore failed").await?;
     let RestoreOutcome::Restored(s) = result.outcome else {
         return Err(Error::Adapter(anyhow::anyhow!(
             "adapter {adapter}: answered a restore with a verify report"
@@ -95,9 +93,7 @@ pub async fn run(store: &Store, o: Options) -> Result<Report> {
 /// (an empty list: it verified).
 pub async fn verify(store: &Store, o: Options) -> Result<VerifyReport> {
     let (snapshot, adapter) = (o.snapshot, o.source.name());
-    let result = adapter_pass(store, o, true)
-        .await
-        .map_err(|e| e.context("verify failed"))?;
+    let result = adapter_pass(store, o, true, "verify failed").await?;
     let RestoreOutcome::Verified(r) = result.outcome else {
         return Err(Error::Adapter(anyhow::anyhow!(
             "adapter {adapter}: answered a verify with a restore summary"
@@ -111,8 +107,15 @@ pub async fn verify(store: &Store, o: Options) -> Result<VerifyReport> {
     })
 }
 
-/// Run the adapter's restore (or verify) under a shared lock.
-async fn adapter_pass(store: &Store, o: Options, verify: bool) -> Result<RestoreResult> {
+/// Run the adapter's restore (or verify) under a shared lock; what the
+/// adapter run fails with is said to be `what` (the lock's own failure is
+/// said as it is).
+async fn adapter_pass(
+    store: &Store,
+    o: Options,
+    verify: bool,
+    what: &str,
+) -> Result<RestoreResult> {
     let _lock = store.read_lock().await?;
     let request = RestoreRequest {
         repo: store.repo.clone(),
@@ -127,7 +130,7 @@ async fn adapter_pass(store: &Store, o: Options, verify: bool) -> Result<Restore
         .map_err(Error::Adapter)?
         .restore(&o.source, request, &o.limits, verify)
         .await
-        .map_err(Error::Adapter)
+        .map_err(|e| Error::Adapter(e.context(what.to_string())))
 }
 
 /// A job's adapter restoring another adapter's snapshot would misread it.

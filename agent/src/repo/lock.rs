@@ -103,7 +103,7 @@ impl Repository {
     /// which removes it.
     pub async fn lock(self: &Arc<Self>, exclusive: bool) -> Result<LockGuard, RepoError> {
         // A lock this process dropped a moment ago is not someone else's.
-        settle_dropped().await;
+        settle_dropped(Some(self)).await;
         self.check_locks(exclusive, None).await?;
         let lock = Lock::for_this_process(exclusive);
         let id = self
@@ -273,11 +273,20 @@ async fn remove_lock_file(repo: &Repository, current: &tokio::sync::Mutex<Id>) -
     }
 }
 
-/// Wait for the removals that dropped guards started.
-async fn settle_dropped() {
-    let pending: Vec<_> = held().iter_mut().filter_map(|h| h.removal.take()).collect();
-    for task in pending {
-        let _ = task.await;
+/// Wait (a bounded time) for the removals that dropped guards started, of
+/// `repo`'s locks only when given. The handles stay in place: whoever else
+/// waits sees the same removals.
+async fn settle_dropped(repo: Option<&Repository>) {
+    let deadline = tokio::time::Instant::now() + REMOVE_WITHIN;
+    loop {
+        let pending = held().iter().any(|h| {
+            repo.is_none_or(|r| std::ptr::eq(Arc::as_ptr(&h.repo), r))
+                && h.removal.as_ref().is_some_and(|t| !t.is_finished())
+        });
+        if !pending || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
 
@@ -286,7 +295,7 @@ async fn settle_dropped() {
 /// so they do not wait to go stale. Their refreshers stop first, so none is
 /// written again after.
 pub async fn release_held_locks() {
-    settle_dropped().await;
+    settle_dropped(None).await;
     let left = std::mem::take(&mut *held());
     for h in left {
         h.refresher.abort();
@@ -354,7 +363,7 @@ mod tests {
             let guard = repo.lock(false).await.unwrap();
             assert_eq!(backend.names(FileType::Lock).len(), 1);
             drop(guard);
-            settle_dropped().await;
+            settle_dropped(None).await;
             assert!(backend.names(FileType::Lock).is_empty());
         });
     }
@@ -435,7 +444,7 @@ mod tests {
             let guard = repo.lock(false).await.unwrap();
             backend.set_down(true);
             drop(guard);
-            settle_dropped().await;
+            settle_dropped(None).await;
             backend.set_down(false);
             assert_eq!(backend.names(FileType::Lock).len(), 1, "still there");
             release_held_locks().await;

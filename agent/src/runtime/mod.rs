@@ -27,13 +27,14 @@ pub mod bundled {
 
     /// The bytes of a bundled adapter by name.
     pub fn get(name: &str) -> Option<&'static [u8]> {
-        match name {
-            "filesystem" => Some(FILESYSTEM),
-            "redis" => Some(REDIS),
-            "postgres" => Some(POSTGRES),
-            "mariadb" => Some(MARIADB),
-            _ => None,
-        }
+        ALL.iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, bytes)| *bytes)
+    }
+
+    /// The bundled adapters' names, for messages.
+    pub fn names() -> String {
+        ALL.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -165,7 +166,7 @@ impl Runtime {
         let bytes: Vec<u8> = match source {
             AdapterSource::Bundled(n) => bundled::get(n)
                 .ok_or_else(|| {
-                    anyhow!("unknown adapter {n:?}: the bundled adapters are: filesystem, redis, postgres, mariadb (for another adapter, pass its component with --adapter PATH)")
+                    anyhow!("unknown adapter {n:?}: the bundled adapters are: {} (for another adapter, pass its component with --adapter PATH)", bundled::names())
                 })?
                 .to_vec(),
             AdapterSource::File(p, pin) => {
