@@ -136,7 +136,7 @@ impl Span {
 
 /// A retention policy. Counts: 0 is off, -1 keeps every period.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Policy {
+pub struct KeepPolicy {
     /// The newest N snapshots.
     pub last: i32,
     /// The newest snapshot of each of the last N hours that have one.
@@ -165,10 +165,10 @@ pub struct Policy {
     pub tags: Vec<Vec<String>>,
 }
 
-impl Policy {
+impl KeepPolicy {
     /// Whether no rule is set: then every snapshot is kept.
     pub fn is_empty(&self) -> bool {
-        *self == Policy::default()
+        *self == KeepPolicy::default()
     }
 }
 
@@ -234,7 +234,7 @@ pub fn apply<T>(
     mut items: Vec<T>,
     time: impl Fn(&T) -> DateTime<FixedOffset>,
     tags: impl Fn(&T) -> Vec<String>,
-    policy: &Policy,
+    policy: &KeepPolicy,
     now: DateTime<FixedOffset>,
 ) -> Vec<(T, Verdict)> {
     items.sort_by_key(|item| std::cmp::Reverse(time(item)));
@@ -322,7 +322,7 @@ mod tests {
         DateTime::parse_from_rfc3339(s).expect("a test time")
     }
 
-    fn kept(times: &[&str], policy: &Policy) -> Vec<String> {
+    fn kept(times: &[&str], policy: &KeepPolicy) -> Vec<String> {
         let items: Vec<String> = times.iter().map(|s| s.to_string()).collect();
         apply(
             items,
@@ -368,18 +368,18 @@ mod tests {
             "2024-05-02T23:00:00Z",
             "2024-05-02T01:00:00Z",
         ];
-        let daily = Policy {
+        let daily = KeepPolicy {
             daily: 2,
-            ..Policy::default()
+            ..KeepPolicy::default()
         };
         assert_eq!(
             kept(&times, &daily),
             ["2024-05-03T20:00:00Z", "2024-05-02T23:00:00Z"]
         );
         // Three days asked, two exist: the oldest snapshot is kept as well.
-        let more = Policy {
+        let more = KeepPolicy {
             daily: 3,
-            ..Policy::default()
+            ..KeepPolicy::default()
         };
         assert_eq!(
             kept(&times, &more),
@@ -396,15 +396,15 @@ mod tests {
         // 23:30 at +02:00 and 00:30 at +02:00 are two days there, though one
         // day in UTC.
         let times = ["2024-05-03T00:30:00+02:00", "2024-05-02T23:30:00+02:00"];
-        let daily = Policy {
+        let daily = KeepPolicy {
             daily: 1,
             last: 0,
-            ..Policy::default()
+            ..KeepPolicy::default()
         };
         assert_eq!(kept(&times, &daily), ["2024-05-03T00:30:00+02:00"]);
-        let two = Policy {
+        let two = KeepPolicy {
             daily: 2,
-            ..Policy::default()
+            ..KeepPolicy::default()
         };
         assert_eq!(kept(&times, &two).len(), 2);
     }
@@ -417,9 +417,9 @@ mod tests {
             "2024-05-01T12:00:00Z",
             "2024-04-30T00:00:00Z",
         ];
-        let within = Policy {
+        let within = KeepPolicy {
             within: "2d".parse().unwrap(),
-            ..Policy::default()
+            ..KeepPolicy::default()
         };
         assert_eq!(
             kept(&times, &within),
@@ -434,14 +434,14 @@ mod tests {
     #[test]
     fn an_empty_policy_keeps_everything_and_tags_keep_what_has_them() {
         let times = ["2024-05-03T00:00:00Z", "2024-05-01T00:00:00Z"];
-        assert_eq!(kept(&times, &Policy::default()).len(), 2);
+        assert_eq!(kept(&times, &KeepPolicy::default()).len(), 2);
         let items = vec![
             ("a", vec!["x".to_string(), "y".to_string()]),
             ("b", vec!["x".to_string()]),
         ];
-        let policy = Policy {
+        let policy = KeepPolicy {
             tags: vec![vec!["x".into(), "y".into()]],
-            ..Policy::default()
+            ..KeepPolicy::default()
         };
         let out = apply(
             items,

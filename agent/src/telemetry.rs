@@ -1,5 +1,5 @@
 //! Process-wide counters a command reports to the agent that started it
-//! (in its [`crate::ops::protocol::End`] message): residency refusals and
+//! (in the end message of the agent protocol): residency refusals and
 //! storage retries happen deep in the storage stack, and a run that fails
 //! because of one still has to be counted.
 

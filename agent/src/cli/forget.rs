@@ -5,7 +5,7 @@
 
 use super::{Global, Outcome, out};
 use crate::ops::{drills, forget};
-use crate::retention::{Policy, Span, tag_list};
+use crate::retention::{KeepPolicy, Span, tag_list};
 use anyhow::{Context, bail};
 
 /// Flags of `forget`.
@@ -125,7 +125,7 @@ fn tag_lists(specs: &[String]) -> Vec<Vec<String>> {
 }
 
 impl Args {
-    fn policy(&self) -> anyhow::Result<Policy> {
+    fn policy(&self) -> anyhow::Result<KeepPolicy> {
         for (flag, n) in [
             ("--keep-last", self.keep_last),
             ("--keep-hourly", self.keep_hourly),
@@ -139,7 +139,7 @@ impl Args {
             }
         }
         let span = |s: &Option<Span>| s.unwrap_or_default();
-        Ok(Policy {
+        Ok(KeepPolicy {
             last: self.keep_last,
             hourly: self.keep_hourly,
             daily: self.keep_daily,

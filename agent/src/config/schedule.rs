@@ -83,9 +83,10 @@ fn spread_delay_for(host: &str, spread: Duration, key: &str) -> Duration {
     if spread.is_zero() {
         return Duration::ZERO;
     }
-    let digest = crate::repo::Id::hash(format!("{host}\0{key}").as_bytes());
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{host}\0{key}").as_bytes());
     let mut n = [0u8; 8];
-    n.copy_from_slice(&digest.0[..8]);
+    n.copy_from_slice(&digest[..8]);
     Duration::from_millis(u64::from_le_bytes(n) % spread.as_millis().max(1) as u64)
 }
 

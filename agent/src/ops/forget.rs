@@ -7,7 +7,7 @@ use super::prune::PruneReport;
 use super::{Error, Result, Store};
 use crate::repo::id::Id;
 use crate::repo::snapshot::{Listed, Snapshot};
-use crate::retention::{Policy, Verdict, apply, has_tags};
+use crate::retention::{KeepPolicy, Verdict, apply, has_tags};
 use crate::storage::FileType;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -19,7 +19,7 @@ pub struct Options {
     /// Snapshots named by id or unique prefix (instead of a policy).
     pub snapshots: Vec<String>,
     /// The retention policy (when no snapshot is named).
-    pub policy: Policy,
+    pub policy: KeepPolicy,
     /// The fields groups are made by: `host`, `paths`, `tags`, `job`.
     pub group_by: Vec<String>,
     /// Which snapshots the policy looks at.
@@ -379,7 +379,7 @@ mod tests {
 
     fn keep_last(n: i32) -> Options {
         Options {
-            policy: Policy {
+            policy: KeepPolicy {
                 last: n,
                 ..Default::default()
             },

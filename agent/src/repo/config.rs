@@ -10,7 +10,7 @@ pub const FORMAT_VERSION: u32 = 2;
 
 /// The decrypted contents of the `config` file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Config {
+pub struct RepoConfig {
     /// Repository format version (1 or 2; Cairn writes 2).
     pub version: u32,
     /// Random repository id, 64 hex digits.
@@ -19,12 +19,12 @@ pub struct Config {
     pub chunker_polynomial: Polynomial,
 }
 
-impl Config {
+impl RepoConfig {
     /// A fresh config for a new repository.
     pub fn generate() -> Self {
         let mut id = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut id);
-        Config {
+        RepoConfig {
             version: FORMAT_VERSION,
             id: hex::encode(id),
             chunker_polynomial: Polynomial::random_irreducible(),

@@ -24,7 +24,7 @@ pub mod tree;
 
 use crate::storage::{Backend, FileType};
 pub use blob::decode_blob;
-use config::Config;
+use config::RepoConfig;
 use crypto::Key;
 pub use error::RepoError;
 use futures::StreamExt;
@@ -48,7 +48,7 @@ const MAX_UNPACKED: u64 = 1 << 30;
 pub struct Repository {
     backend: Arc<dyn Backend>,
     key: Key,
-    config: Config,
+    config: RepoConfig,
     index: RwLock<Index>,
     /// Damaged snapshot and index files met and passed over: the file
     /// (`snapshots/<name>`) and what is wrong with it. The command still
@@ -65,9 +65,9 @@ pub struct Repository {
     not_cached: std::sync::Mutex<std::collections::HashSet<Id>>,
 }
 
-/// Requests in flight at once to a store that does not say (a local
-/// directory); S3 regions set theirs with `concurrency`.
-pub const DEFAULT_CONNECTIONS: usize = 8;
+/// Requests in flight at once when reading, unless the store says
+/// otherwise.
+pub use crate::storage::DEFAULT_CONNECTIONS;
 
 /// The largest snapshot file read; a bigger one is damage, not data.
 const MAX_SNAPSHOT_FILE: u64 = 64 << 20;
@@ -105,7 +105,7 @@ impl Repository {
         }
         backend.create().await?;
         let key = Key::random();
-        let config = Config::generate();
+        let config = RepoConfig::generate();
         let key_file = KeyFile::create(&key, password, log_n)
             .map_err(|e| RepoError::corrupt("new key file", e))?;
         let key_bytes = key_file.to_bytes();
@@ -218,7 +218,7 @@ impl Repository {
             .decrypt(&config_bytes)
             .map_err(|e| RepoError::corrupt("config", e))?;
         let plain = decompress_unpacked(&plain, "config")?;
-        let config: Config =
+        let config: RepoConfig =
             serde_json::from_slice(&plain).map_err(|e| RepoError::corrupt("config", e))?;
         if config.version != 1 && config.version != 2 {
             return Err(RepoError::UnsupportedVersion {
@@ -231,7 +231,7 @@ impl Repository {
 
     /// A repository just created or opened: no index loaded yet, no
     /// cache, the store's own number of connections.
-    fn opened(backend: Arc<dyn Backend>, key: Key, config: Config) -> Self {
+    fn opened(backend: Arc<dyn Backend>, key: Key, config: RepoConfig) -> Self {
         Repository {
             connections: backend.connections(),
             backend,
@@ -272,7 +272,7 @@ impl Repository {
     }
 
     /// The repository config.
-    pub fn config(&self) -> &Config {
+    pub fn config(&self) -> &RepoConfig {
         &self.config
     }
 

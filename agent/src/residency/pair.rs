@@ -2,7 +2,7 @@
 //!
 //! Writes go to both regions at once. When one region fails, the default is
 //! to finish in the other and mark the failed one as lagging (the command
-//! then exits with [`crate::ops::protocol::Exit::Degraded`] and `cairn replicate`
+//! then exits degraded (exit code 4) and `cairn replicate`
 //! catches it up); with `require-both` the write fails instead.
 //!
 //! Reads go to the primary and fall back, per object, to the secondary when
@@ -12,9 +12,9 @@
 //! that succeeded is recorded as healed, so the command can say what it
 //! healed.
 
-use super::sync::matches_name;
 use super::{Guarded, Policy, audit::AuditLog};
 use crate::config::{Config, Placement};
+use crate::storage::layout::matches_name;
 use crate::storage::s3::S3Backend;
 use crate::storage::{Backend, FileType, Regional, StorageError};
 use async_trait::async_trait;

@@ -5,10 +5,10 @@
 //! written, so a damaged source is never spread.
 
 use super::pair::{PairBackend, Role};
+use crate::storage::layout::matches_name;
 use crate::storage::{Backend, FileType, Regional, StorageError};
 use futures::StreamExt;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 /// What a sync did.
@@ -51,15 +51,6 @@ pub struct SyncError {
     pub role: Role,
     /// What failed.
     pub error: StorageError,
-}
-
-/// Whether `data` is what a file called `name` must hold (every repository
-/// file but `config` is named by the SHA-256 of its bytes).
-pub fn matches_name(t: FileType, name: &str, data: &[u8]) -> bool {
-    if t == FileType::Config || name.len() != 64 {
-        return true;
-    }
-    hex::encode(Sha256::digest(data)) == name
 }
 
 /// Copy into `to` what it lacks from `from`; with `deep`, also read every

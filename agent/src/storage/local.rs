@@ -24,14 +24,7 @@ impl LocalBackend {
     }
 
     fn path(&self, t: FileType, name: &str) -> PathBuf {
-        match t {
-            FileType::Config => self.root.join("config"),
-            FileType::Pack => {
-                let sub = name.get(..2).unwrap_or("00");
-                self.root.join("data").join(sub).join(name)
-            }
-            _ => self.root.join(t.dir()).join(name),
-        }
+        self.root.join(super::layout::path(t, name))
     }
 
     fn io_err(&self, name: &Path, source: std::io::Error) -> StorageError {

@@ -224,10 +224,7 @@ impl Regional for MemoryBackend {
     }
 
     fn key(&self, t: FileType, name: &str) -> String {
-        match t {
-            FileType::Config => name.to_string(),
-            t => format!("{}/{name}", t.dir()),
-        }
+        super::layout::path(t, name)
     }
 
     fn root_key(&self, rel: &str) -> String {

@@ -2,12 +2,17 @@
 //! implements (a local directory now, S3 next); the repository layer above it
 //! encrypts, compresses and names the files.
 
+pub mod layout;
 pub mod local;
 pub mod memory;
 pub mod s3;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+
+/// Requests in flight at once to a store that does not say (a local
+/// directory); S3 regions set theirs with `concurrency`.
+pub const DEFAULT_CONNECTIONS: usize = 8;
 
 /// The kinds of file in a restic-format repository, each in its own folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -128,16 +133,7 @@ fn with_colon(name: &str) -> String {
     }
 }
 
-/// The SHA-256 of a repository file's bytes. Every file but the config is
-/// named by it, so it is read from the name instead of computed again; a
-/// store that sends it along (S3's checksum) thereby has the server check the
-/// bytes against their name.
-pub fn content_sha256(t: FileType, name: &str, data: &[u8]) -> [u8; 32] {
-    match crate::repo::id::Id::parse(name) {
-        Some(id) if t != FileType::Config => id.0,
-        _ => crate::repo::id::Id::hash(data).0,
-    }
-}
+pub use layout::content_sha256;
 
 impl StorageError {
     /// Whether the error means the object is absent.
@@ -174,7 +170,7 @@ pub trait Backend: Send + Sync + 'static {
     }
     /// Requests the store takes at once (readers keep this many in flight).
     fn connections(&self) -> usize {
-        crate::repo::DEFAULT_CONNECTIONS
+        DEFAULT_CONNECTIONS
     }
     /// Copies the store keeps of each file (a region pair: two), each
     /// read on its own when another fails its check.

@@ -145,12 +145,7 @@ impl S3Backend {
 
     /// The full object key of a repository file.
     pub fn key(&self, t: FileType, name: &str) -> String {
-        let rel = match t {
-            FileType::Config => "config".to_string(),
-            FileType::Pack => format!("data/{}/{name}", name.get(..2).unwrap_or("00")),
-            _ => format!("{}/{name}", t.dir()),
-        };
-        self.full(&rel)
+        self.full(&super::layout::path(t, name))
     }
 
     /// The full key of `rel` under the repository root.
