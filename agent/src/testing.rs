@@ -114,3 +114,74 @@ pub fn noise(seed: u8, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A tenant `t`'s region pair of memory regions `a` (primary) and `b`,
+/// with the regions themselves (clones share the store, so a test can
+/// break one) and the audit log's directory (kept while the pair lives).
+pub struct MemoryPair {
+    /// The pair.
+    pub pair: Arc<crate::residency::pair::PairBackend<MemoryBackend>>,
+    /// The primary region.
+    pub a: MemoryBackend,
+    /// The secondary region.
+    pub b: MemoryBackend,
+    /// Where the audit log is.
+    pub dir: tempfile::TempDir,
+}
+
+/// See [`MemoryPair`]; `require_both` as the tenant's setting.
+pub fn memory_pair(require_both: bool) -> MemoryPair {
+    use crate::residency::audit::AuditLog;
+    use crate::residency::{Guarded, Policy};
+    let config = crate::config::Config::parse(
+        std::path::Path::new("t"),
+        r#"
+[regions.a]
+endpoint = "http://127.0.0.1:1"
+bucket = "x"
+[regions.b]
+endpoint = "http://127.0.0.1:2"
+bucket = "y"
+[regimes.eu]
+regions = ["a", "b"]
+[tenants.t]
+regime = "eu"
+primary = "a"
+secondary = "b"
+password-file = "/k"
+"#,
+    )
+    .expect("a valid config");
+    let policy = Arc::new(Policy::from_config(&config));
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let audit = Arc::new(AuditLog::open(&dir.path().join("audit.jsonl")).expect("an audit log"));
+    let (a, b) = (MemoryBackend::new("a"), MemoryBackend::new("b"));
+    let guard = |m: &MemoryBackend| {
+        Guarded::new(m.clone(), "t", policy.clone(), audit.clone()).expect("inside the pair")
+    };
+    MemoryPair {
+        pair: Arc::new(crate::residency::pair::PairBackend::from_regions(
+            "t",
+            guard(&a),
+            guard(&b),
+            require_both,
+        )),
+        a,
+        b,
+        dir,
+    }
+}
+
+/// A repository on a memory pair, opened as an operation opens it.
+pub async fn pair_store(p: &MemoryPair) -> crate::ops::Store {
+    let repo = Repository::init_with_cost(p.pair.clone(), PASSWORD, 10)
+        .await
+        .expect("init on the pair");
+    let repo = Arc::new(repo);
+    repo.load_index().await.expect("load the empty index");
+    crate::ops::Store {
+        repo,
+        pair: Some(p.pair.clone()),
+        no_lock: false,
+    }
+}

@@ -211,7 +211,7 @@ impl Global {
         self.opened.lock().expect("opened").repos.push(repo.clone());
         Ok(Store {
             repo,
-            pair,
+            pair: pair.map(|p| p as Arc<dyn crate::residency::pair::Replicated>),
             no_lock: self.no_lock,
         })
     }

@@ -9,7 +9,13 @@ pub struct Args {}
 /// Run `init`.
 pub async fn run(g: &Global, _: Args) -> anyhow::Result<Outcome> {
     let (backend, pair) = g.backend().await?;
-    let made = crate::ops::init(backend, pair.as_deref(), || g.password(true)).await?;
+    let made = crate::ops::init(
+        backend,
+        pair.as_deref()
+            .map(|p| p as &dyn crate::residency::pair::Replicated),
+        || g.password(true),
+    )
+    .await?;
     if g.json {
         out(
             serde_json::json!({"message_type": "initialized", "id": made.id, "repository": made.repository}),

@@ -6,6 +6,7 @@
 use super::{Error, Result, Store, invalid};
 use crate::pipeline::{Pipeline, PipelineOptions, Stats};
 use crate::repo::snapshot::Snapshot;
+use crate::residency::pair::Replicated;
 use crate::runtime::{AdapterSource, BackupRequest, Grants, Limits, Runtime};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -244,10 +245,7 @@ pub async fn run(store: &Store, o: Options) -> Result<Report> {
 /// snapshot refers to them, so each region is a whole repository. A region
 /// that cannot be made whole does not get the snapshot (or, when the
 /// tenant requires both, there is no snapshot).
-async fn even_out(
-    pair: &Arc<crate::residency::pair::PairBackend>,
-    repo: &crate::repo::Repository,
-) -> Result<()> {
+async fn even_out(pair: &Arc<dyn Replicated>, repo: &crate::repo::Repository) -> Result<()> {
     use crate::residency::pair::Role;
     if !pair.lagging().is_empty() {
         return Ok(());
@@ -258,8 +256,8 @@ async fn even_out(
         (Role::Primary, Role::Secondary),
         (Role::Secondary, Role::Primary),
     ] {
-        let s = crate::residency::sync::sync(pair, from, to, false, &config_ok).await;
-        let (to_region, from_region) = (pair.store(to).region(), pair.store(from).region());
+        let s = pair.copy_missing(from, to, &config_ok).await;
+        let (to_region, from_region) = (pair.region(to), pair.region(from));
         let lagging = match s {
             Ok(s) => {
                 if s.copied > 0 {
@@ -283,7 +281,7 @@ async fn even_out(
             if pair.require_both() {
                 return Err(Error::Residency(format!(
                     "backup stopped, no snapshot was written: region {} could not be made whole and the tenant requires both regions: {why}",
-                    pair.store(role).region()
+                    pair.region(role)
                 )));
             }
             pair.mark_region_lagging(role, &why);

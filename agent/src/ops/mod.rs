@@ -19,7 +19,7 @@ pub mod restore;
 pub mod shred;
 
 use crate::repo::{LockGuard, RepoError, Repository};
-use crate::residency::pair::PairBackend;
+use crate::residency::pair::Replicated;
 use std::sync::Arc;
 
 /// Why an operation failed. Every variant names what it is about.
@@ -102,7 +102,7 @@ pub struct Store {
     /// The tenant's region pair, when the repository is replicated across
     /// one: operations that remove data need both regions whole, and a
     /// backup evens the regions out before recording its snapshot.
-    pub pair: Option<Arc<PairBackend>>,
+    pub pair: Option<Arc<dyn Replicated>>,
     /// Read without a lock (`--no-lock`): for read-only credentials.
     pub no_lock: bool,
 }
@@ -187,7 +187,7 @@ pub struct Initialized {
 /// that is known.
 pub async fn init(
     backend: Arc<dyn crate::storage::Backend>,
-    pair: Option<&PairBackend>,
+    pair: Option<&dyn Replicated>,
     password: impl FnOnce() -> anyhow::Result<String>,
 ) -> Result<Initialized> {
     if let Some((region, why)) = pair.and_then(|p| p.lagging().into_iter().next()) {
@@ -202,4 +202,73 @@ pub async fn init(
         id: repo.config().id.clone(),
         repository,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::residency::pair::Role;
+    use crate::storage::FileType;
+    use crate::testing::{backed_up, memory_pair, pair_store, runtime};
+
+    #[test]
+    fn forget_and_prune_refuse_a_pair_with_a_lagging_region_and_remove_nothing() {
+        let p = memory_pair(false);
+        runtime().block_on(async {
+            let store = pair_store(&p).await;
+            for days in [2u8, 1] {
+                backed_up(&store.repo, &[("a", &[days; 100])], days.into(), "h").await;
+            }
+            p.pair
+                .mark_region_lagging(Role::Secondary, "it did not answer");
+            let keep_last = forget::Options {
+                policy: crate::retention::KeepPolicy {
+                    last: 1,
+                    ..Default::default()
+                },
+                group_by: vec!["host".into()],
+                ..Default::default()
+            };
+            let e = forget::run(&store, keep_last).await.unwrap_err();
+            assert!(matches!(e, Error::Residency(_)), "{e}");
+            assert!(e.to_string().contains("needs both regions whole"), "{e}");
+            let e = prune::run(&store, false).await.unwrap_err();
+            assert!(e.to_string().contains("region b"), "{e}");
+            assert_eq!(p.a.names(FileType::Snapshot).len(), 2);
+        });
+    }
+
+    #[test]
+    fn check_reads_both_regions_and_fails_when_one_cannot_be_listed() {
+        let p = memory_pair(false);
+        runtime().block_on(async {
+            let store = pair_store(&p).await;
+            backed_up(&store.repo, &[("a", b"x")], 1, "h").await;
+            let clean = check::run(&store, true).await.unwrap();
+            assert!(clean.errors.is_empty(), "{:?}", clean.errors);
+            // With one region silent, check does not quietly use the other.
+            p.b.set_down(true);
+            assert!(check::run(&store, false).await.is_err());
+        });
+    }
+
+    #[test]
+    fn a_lock_dropped_on_a_pair_leaves_neither_region_locked() {
+        let p = memory_pair(false);
+        runtime().block_on(async {
+            let store = pair_store(&p).await;
+            let lock = store.read_lock().await.unwrap().expect("a lock");
+            assert_eq!(p.a.names(FileType::Lock).len(), 1);
+            assert_eq!(p.b.names(FileType::Lock).len(), 1);
+            drop(lock);
+            // Locking again waits for the removal: then both are clear.
+            let again = store.repo.lock(true).await.unwrap();
+            drop(again);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !p.a.names(FileType::Lock).is_empty() || !p.b.names(FileType::Lock).is_empty() {
+                assert!(std::time::Instant::now() < deadline, "a lock was left");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        });
+    }
 }

@@ -428,6 +428,75 @@ impl<B: Regional> PairBackend<B> {
     }
 }
 
+/// What operations need of a replicated store, whatever its regions are
+/// made of: which regions lag, the tenant's rules, and copying between
+/// the regions. An operation holds one as a trait object, so it runs the
+/// same on S3 regions and on memory ones in the unit tests.
+#[async_trait]
+pub trait Replicated: Send + Sync {
+    /// The tenant.
+    fn tenant(&self) -> &str;
+    /// Regions that stopped taking writes in this run, with the reason.
+    fn lagging(&self) -> Vec<(String, String)>;
+    /// Make a listing fail when any usable region fails it.
+    fn set_strict_listing(&self, strict: bool);
+    /// Whether the tenant requires both regions to take every write.
+    fn require_both(&self) -> bool;
+    /// Stop writing to the region playing `role` for the rest of the run.
+    fn mark_region_lagging(&self, role: Role, reason: &str);
+    /// Whether the region playing `role` is usable in this run.
+    fn usable(&self, role: Role) -> bool;
+    /// The name of the region playing `role`.
+    fn region(&self, role: Role) -> String;
+    /// Copy into `to` what it lacks from `from` (see [`super::sync::sync`]).
+    async fn copy_missing(
+        &self,
+        from: Role,
+        to: Role,
+        config_ok: &(dyn for<'b> Fn(&'b [u8]) -> bool + Send + Sync),
+    ) -> Result<super::sync::SyncStats, super::sync::SyncError>;
+}
+
+#[async_trait]
+impl<B: Regional> Replicated for PairBackend<B> {
+    fn tenant(&self) -> &str {
+        PairBackend::tenant(self)
+    }
+
+    fn lagging(&self) -> Vec<(String, String)> {
+        PairBackend::lagging(self)
+    }
+
+    fn set_strict_listing(&self, strict: bool) {
+        PairBackend::set_strict_listing(self, strict)
+    }
+
+    fn require_both(&self) -> bool {
+        PairBackend::require_both(self)
+    }
+
+    fn mark_region_lagging(&self, role: Role, reason: &str) {
+        PairBackend::mark_region_lagging(self, role, reason)
+    }
+
+    fn usable(&self, role: Role) -> bool {
+        PairBackend::usable(self, role)
+    }
+
+    fn region(&self, role: Role) -> String {
+        self.store(role).region().to_string()
+    }
+
+    async fn copy_missing(
+        &self,
+        from: Role,
+        to: Role,
+        config_ok: &(dyn for<'b> Fn(&'b [u8]) -> bool + Send + Sync),
+    ) -> Result<super::sync::SyncStats, super::sync::SyncError> {
+        super::sync::sync(self, from, to, false, config_ok).await
+    }
+}
+
 #[async_trait]
 impl<B: Regional> Backend for PairBackend<B> {
     fn copies(&self) -> usize {
@@ -570,49 +639,7 @@ mod tests {
     use crate::testing::runtime;
     use bytes::Bytes;
 
-    /// A pair of memory regions `a` (primary) and `b` for tenant `t`, and
-    /// the regions themselves (shared, so a test can break them).
-    struct Pair {
-        pair: PairBackend<MemoryBackend>,
-        a: MemoryBackend,
-        b: MemoryBackend,
-        _audit: tempfile::TempDir,
-    }
-
-    fn pair(require_both: bool) -> Pair {
-        let config = Config::parse(
-            std::path::Path::new("t"),
-            r#"
-[regions.a]
-endpoint = "http://127.0.0.1:1"
-bucket = "x"
-[regions.b]
-endpoint = "http://127.0.0.1:2"
-bucket = "y"
-[regimes.eu]
-regions = ["a", "b"]
-[tenants.t]
-regime = "eu"
-primary = "a"
-secondary = "b"
-password-file = "/k"
-"#,
-        )
-        .unwrap();
-        let policy = Arc::new(Policy::from_config(&config));
-        let dir = tempfile::tempdir().unwrap();
-        let audit = Arc::new(AuditLog::open(&dir.path().join("audit.jsonl")).unwrap());
-        let (a, b) = (MemoryBackend::new("a"), MemoryBackend::new("b"));
-        let guard = |m: &MemoryBackend| {
-            Guarded::new(m.clone(), "t", policy.clone(), audit.clone()).unwrap()
-        };
-        Pair {
-            pair: PairBackend::from_regions("t", guard(&a), guard(&b), require_both),
-            a,
-            b,
-            _audit: dir,
-        }
-    }
+    use crate::testing::memory_pair as pair;
 
     /// A snapshot-like file: named by the SHA-256 of its bytes.
     fn file(content: &[u8]) -> (String, Bytes) {
@@ -774,7 +801,7 @@ password-file = "/k"
         let c = MemoryBackend::new("c");
         let config = Config::default();
         let policy = Arc::new(Policy::from_config(&config));
-        let audit = Arc::new(AuditLog::open(&p._audit.path().join("other.jsonl")).unwrap());
+        let audit = Arc::new(AuditLog::open(&p.dir.path().join("other.jsonl")).unwrap());
         let e = Guarded::new(c, "t", policy, audit).err().expect("refused");
         assert!(matches!(e, StorageError::Refused { .. }), "{e}");
     }
