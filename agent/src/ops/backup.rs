@@ -294,3 +294,108 @@ async fn even_out(pair: &Arc<dyn Replicated>, repo: &crate::repo::Repository) ->
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{Backend, FileType};
+    use crate::testing::{memory_pair, memory_repo, pair_store, runtime, store};
+
+    /// A backup through the test adapter, which emits `/faulty/data` and
+    /// then does what `fault` says.
+    fn options(fault: &str) -> Options {
+        Options {
+            source: AdapterSource::parse(crate::runtime::bundled::FAULTY_PATH),
+            paths: Vec::new(),
+            grants: Grants::default(),
+            config: serde_json::json!({ "fault": fault }),
+            excludes: Vec::new(),
+            tags: Vec::new(),
+            host: "unit".into(),
+            time: None,
+            force: false,
+            job: Some("faulty".into()),
+            compression: 3,
+            limits: Limits::default(),
+            on_progress: None,
+            began: (chrono::Local::now().fixed_offset(), Instant::now()),
+        }
+    }
+
+    #[test]
+    fn a_backup_records_a_snapshot_of_what_the_adapter_emitted() {
+        runtime().block_on(async {
+            let (backend, repo) = memory_repo("backup").await;
+            let report = run(&store(&repo), options("none")).await.unwrap();
+            assert!(report.complete, "{report:?}");
+            assert_eq!(report.files, 1);
+            assert_eq!(
+                backend.names(FileType::Snapshot),
+                vec![report.snapshot_id.clone()]
+            );
+            let (_, snap) = repo.load_snapshot(&report.snapshot_id).await.unwrap();
+            assert_eq!(snap.paths, ["/cairn_test_adapter_faulty"]);
+            assert_eq!(snap.cairn_job.as_deref(), Some("faulty"));
+            // A second one stores nothing new but its snapshot.
+            let again = run(&store(&repo), options("none")).await.unwrap();
+            assert_eq!(again.blobs_new, 0, "{again:?}");
+            assert_eq!(backend.names(FileType::Snapshot).len(), 2);
+        });
+    }
+
+    #[test]
+    fn a_backup_whose_adapter_fails_writes_no_snapshot_and_leaves_no_lock() {
+        runtime().block_on(async {
+            let (backend, repo) = memory_repo("backup").await;
+            let e = run(&store(&repo), options("error")).await.unwrap_err();
+            assert!(matches!(e, Error::Adapter(_)), "{e}");
+            assert!(e.to_string().contains("no snapshot was written"), "{e}");
+            assert!(backend.names(FileType::Snapshot).is_empty());
+            // The lock goes with the guard: the next locker finds none.
+            let exclusive = repo.lock(true).await.unwrap();
+            drop(exclusive);
+        });
+    }
+
+    #[test]
+    fn options_out_of_range_are_refused_before_the_repository_is_touched() {
+        runtime().block_on(async {
+            let (backend, repo) = memory_repo("backup").await;
+            let saves = backend.saves();
+            let mut o = options("none");
+            o.compression = 23;
+            let e = run(&store(&repo), o).await.unwrap_err();
+            assert!(matches!(e, Error::Invalid(_)), "{e}");
+            let mut o = options("none");
+            o.source = AdapterSource::parse("filesystem");
+            assert!(matches!(
+                run(&store(&repo), o).await,
+                Err(Error::Invalid(_))
+            ));
+            assert_eq!(backend.saves(), saves, "nothing was written, no lock taken");
+        });
+    }
+
+    #[test]
+    fn a_backup_on_a_pair_first_copies_what_one_region_lacks() {
+        let p = memory_pair(false);
+        runtime().block_on(async {
+            let store = pair_store(&p).await;
+            // An earlier run left an index file in the primary only.
+            let orphan = store.repo.key().encrypt(b"{\"packs\":[]}");
+            let name = crate::repo::Id::hash(&orphan).to_hex();
+            p.a.save(FileType::Index, &name, orphan.into())
+                .await
+                .unwrap();
+            let report = run(&store, options("none")).await.unwrap();
+            assert!(p.b.get(FileType::Index, &name).is_some(), "not copied");
+            for region in [&p.a, &p.b] {
+                assert_eq!(
+                    region.names(FileType::Snapshot),
+                    vec![report.snapshot_id.clone()]
+                );
+            }
+            assert!(p.pair.lagging().is_empty());
+        });
+    }
+}
