@@ -67,23 +67,26 @@ impl Error {
         use protocol::ErrorKind;
         match self {
             Error::Invalid(_) => ErrorKind::Invalid,
-            Error::Repo(RepoError::Storage(
-                crate::storage::StorageError::Refused { .. }
-                | crate::storage::StorageError::Policy { .. },
-            )) => ErrorKind::Residency,
-            Error::Repo(_) => ErrorKind::Repository,
-            Error::RepoContext(e) => match e.downcast_ref::<RepoError>() {
-                Some(RepoError::Storage(
-                    crate::storage::StorageError::Refused { .. }
-                    | crate::storage::StorageError::Policy { .. },
-                )) => ErrorKind::Residency,
-                _ => ErrorKind::Repository,
-            },
+            Error::Repo(e) if residency_stop(e) => ErrorKind::Residency,
+            Error::RepoContext(e) if e.downcast_ref().is_some_and(residency_stop) => {
+                ErrorKind::Residency
+            }
+            Error::Repo(_) | Error::RepoContext(_) => ErrorKind::Repository,
             Error::Adapter(_) => ErrorKind::Adapter,
             Error::Residency(_) => ErrorKind::Residency,
             Error::Local(_) => ErrorKind::Local,
         }
     }
+}
+
+/// Whether the storage refused a request for the tenant's residency rules
+/// (outside the pair, or a rule that stops the work).
+fn residency_stop(e: &RepoError) -> bool {
+    use crate::storage::StorageError;
+    matches!(
+        e,
+        RepoError::Storage(StorageError::Refused { .. } | StorageError::Policy { .. })
+    )
 }
 
 /// An operation's result.
@@ -210,6 +213,32 @@ mod tests {
     use crate::residency::pair::Role;
     use crate::storage::FileType;
     use crate::testing::{backed_up, memory_pair, pair_store, runtime};
+
+    #[test]
+    fn a_refusal_keeps_its_kind_under_context() {
+        use crate::storage::StorageError;
+        let refused = || {
+            Error::from(RepoError::Storage(StorageError::Refused {
+                tenant: "t".into(),
+                region: "us-east-1".into(),
+                op: "write",
+                name: "k".into(),
+                reason: "outside the pair".into(),
+            }))
+        };
+        assert_eq!(refused().kind(), protocol::ErrorKind::Residency);
+        let wrapped = refused().context("saving the snapshot");
+        assert_eq!(wrapped.kind(), protocol::ErrorKind::Residency);
+        assert!(
+            wrapped.to_string().starts_with("saving the snapshot: "),
+            "{wrapped}"
+        );
+        let damaged = Error::from(RepoError::BlobNotFound(crate::repo::Id::hash(b"x")));
+        assert_eq!(
+            damaged.context("reading").kind(),
+            protocol::ErrorKind::Repository
+        );
+    }
 
     #[test]
     fn forget_and_prune_refuse_a_pair_with_a_lagging_region_and_remove_nothing() {
