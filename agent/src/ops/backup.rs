@@ -133,13 +133,21 @@ pub async fn run(store: &Store, o: Options) -> Result<Report> {
     repo.load_index().await?;
     // Packs an interrupted backup uploaded are indexed, not uploaded again.
     let adopted = repo.adopt_unindexed_packs().await?;
+    // restic lists snapshots by path: a server backup records where its
+    // adapter puts its entries.
+    let recorded_paths = if o.paths.is_empty() {
+        vec![format!("/{adapter_name}")]
+    } else {
+        o.paths.clone()
+    };
     let parent = if o.force {
         None
     } else {
-        // As restic: the newest one not newer than the time recorded.
+        // As restic: the newest one of the same paths and host, not newer
+        // than the time recorded.
         repo.snapshots().await?.into_iter().rev().find(|(_, s)| {
             s.hostname == o.host
-                && s.paths == o.paths
+                && s.paths == recorded_paths
                 && s.adapter() == adapter_name
                 && o.time.is_none_or(|t| s.time <= t)
         })
@@ -184,13 +192,7 @@ pub async fn run(store: &Store, o: Options) -> Result<Report> {
         time: o.time.unwrap_or(started),
         parent: parent.as_ref().map(|(id, _)| *id),
         tree: outcome.tree,
-        // restic lists snapshots by path: a server backup records where
-        // its adapter puts its entries.
-        paths: if o.paths.is_empty() {
-            vec![format!("/{adapter_name}")]
-        } else {
-            o.paths.clone()
-        },
+        paths: recorded_paths,
         hostname: o.host.clone(),
         username: whoami::username(),
         uid: rustix::process::getuid().as_raw(),
@@ -336,9 +338,12 @@ mod tests {
             let (_, snap) = repo.load_snapshot(&report.snapshot_id).await.unwrap();
             assert_eq!(snap.paths, ["/cairn_test_adapter_faulty"]);
             assert_eq!(snap.cairn_job.as_deref(), Some("faulty"));
-            // A second one stores nothing new but its snapshot.
+            // A second one stores nothing new but its snapshot, whose
+            // parent is the first (matched by the paths recorded, as
+            // restic matches them: a service adapter's `/<adapter>`).
             let again = run(&store(&repo), options("none")).await.unwrap();
             assert_eq!(again.blobs_new, 0, "{again:?}");
+            assert_eq!(again.parent.as_deref(), Some(report.snapshot_id.as_str()));
             assert_eq!(backend.names(FileType::Snapshot).len(), 2);
         });
     }
