@@ -384,15 +384,13 @@ pub fn main() -> ExitCode {
             message,
         }
     });
-    {
-        to_agent(Message::End(protocol::End {
-            exit,
-            error,
-            notes: std::mem::take(&mut *NOTES.lock().unwrap_or_else(|p| p.into_inner())),
-            residency_refusals: crate::telemetry::residency_refusals(),
-            storage_retries: crate::telemetry::storage_retries(),
-        }));
-    }
+    to_agent(Message::End(protocol::End {
+        exit,
+        error,
+        notes: std::mem::take(&mut *crate::util::lock(&NOTES)),
+        residency_refusals: crate::telemetry::residency_refusals(),
+        storage_retries: crate::telemetry::storage_retries(),
+    }));
     ExitCode::from(exit.code())
 }
 
@@ -406,7 +404,7 @@ static NOTES: Mutex<Vec<String>> = Mutex::new(Vec::new());
 pub fn note(line: impl std::fmt::Display) {
     let line = crate::util::indented(&line.to_string());
     eprintln!("cairn: {line}");
-    NOTES.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+    crate::util::lock(&NOTES).push(line);
 }
 
 /// Send a message to the agent that started this process, if one did.

@@ -107,16 +107,30 @@ impl Agent {
         self.end(id, status, error, reason);
     }
 
-    /// Back up `job`, then apply its retention; `own_slot`: take a node
-    /// slot (a group's jobs run in the group's).
-    pub(super) async fn backup(&self, loaded: &Loaded, id: &str, job: &str, own_slot: bool) {
-        let Some(j) = loaded.config.jobs.get(job) else {
+    /// The job's config; `None`, with the run ended as failed, when a
+    /// reload removed the job after the run was queued.
+    fn job_or_end<'a>(
+        &self,
+        loaded: &'a Loaded,
+        id: &str,
+        job: &str,
+    ) -> Option<&'a crate::config::JobConfig> {
+        let j = loaded.config.jobs.get(job);
+        if j.is_none() {
             self.end(
                 id,
                 Status::Failed,
                 Some(format!("job {job} is no longer in the config")),
                 Some("failed"),
             );
+        }
+        j
+    }
+
+    /// Back up `job`, then apply its retention; `own_slot`: take a node
+    /// slot (a group's jobs run in the group's).
+    pub(super) async fn backup(&self, loaded: &Loaded, id: &str, job: &str, own_slot: bool) {
+        let Some(j) = self.job_or_end(loaded, id, job) else {
             return;
         };
         let tenant = self.tenant_lock(&j.tenant);
@@ -207,13 +221,7 @@ impl Agent {
     }
 
     pub(super) async fn drill(&self, loaded: &Loaded, id: &str, job: &str) {
-        let Some(j) = loaded.config.jobs.get(job) else {
-            self.end(
-                id,
-                Status::Failed,
-                Some(format!("job {job} is no longer in the config")),
-                Some("failed"),
-            );
+        let Some(j) = self.job_or_end(loaded, id, job) else {
             return;
         };
         let tenant = self.tenant_lock(&j.tenant);

@@ -142,9 +142,11 @@ impl Exit {
 /// holding the [`VERSION`] it reads: they then send [`Message`]s.
 pub const CHILD_ENV: &str = "CAIRN_AGENT_CHILD";
 
-/// Whether this process was started by `cairn agent`.
+/// Whether this process was started by `cairn agent`. Read once: every
+/// line a command prints asks (`ls` prints one per entry).
 pub fn is_child() -> bool {
-    std::env::var_os(CHILD_ENV).is_some()
+    static CHILD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CHILD.get_or_init(|| std::env::var_os(CHILD_ENV).is_some())
 }
 
 /// The line that carries `message`.
