@@ -228,6 +228,18 @@ impl Adapter for Filesystem {
     type RestoreConfig = RestoreConfig;
     type VerifyConfig = VerifyConfig;
 
+    fn check(
+        config: &serde_json::Value,
+        drill_set: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<cairn_sdk::Footprint, Error> {
+        cairn_sdk::refuse_drill_set(
+            drill_set,
+            "its drill restores into a scratch directory of the agent's own",
+        )?;
+        cairn_sdk::parse_value::<BackupConfig>(config)?;
+        Ok(cairn_sdk::Footprint::default())
+    }
+
     fn info() -> Info {
         Info::new(
             "filesystem",

@@ -472,6 +472,18 @@ impl Adapter for Mariadb {
     type RestoreConfig = Config;
     type VerifyConfig = Config;
 
+    fn check(
+        config: &serde_json::Value,
+        drill_set: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<cairn_sdk::Footprint, Error> {
+        cairn_sdk::refuse_drill_set(
+            drill_set,
+            "its drill restores into a scratch database of its own",
+        )?;
+        cairn_sdk::parse_value::<Config>(config)?;
+        Ok(cairn_sdk::Footprint::default())
+    }
+
     fn info() -> Info {
         Info::new(
             "mariadb",

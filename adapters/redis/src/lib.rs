@@ -16,8 +16,8 @@
 //! (-1: none), `u64` payload length, payload.
 
 use cairn_sdk::{
-    Adapter, BackupSummary, Error, Info, Metadata, RestoreSummary, VerifyReport, archive, log,
-    snapshot,
+    Adapter, BackupSummary, Error, Footprint, Info, Metadata, RestoreSummary, VerifyReport,
+    archive, log, snapshot,
 };
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -649,6 +649,59 @@ impl Adapter for Redis {
         clear_scratch(&config)?;
         result
     }
+
+    fn check(
+        config: &serde_json::Value,
+        drill_set: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<Footprint, Error> {
+        footprint(config, drill_set)
+    }
+}
+
+/// The databases a job's settings read, and the spare database its drill
+/// writes: `redis://<address>/<n>`, or `redis://<address>/` for every
+/// database of the server.
+fn footprint(
+    config: &serde_json::Value,
+    drill_set: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> Result<Footprint, Error> {
+    let own: Config = cairn_sdk::parse_value(config)?;
+    let server = format!("redis://{}/", own.address);
+    let reads = if own.databases.is_empty() {
+        vec![server.clone()]
+    } else {
+        own.databases
+            .iter()
+            .map(|d| format!("{server}{d}"))
+            .collect()
+    };
+    let footprint = Footprint::reading(reads);
+    let Some(set) = drill_set else {
+        return Ok(footprint);
+    };
+    if let Some(k) = set.keys().find(|k| *k != "scratch-database") {
+        return Err(Error::InvalidConfig(format!(
+            "a Redis drill's set takes scratch-database only, not {k}"
+        )));
+    }
+    let drill: Config = cairn_sdk::parse_value(&cairn_sdk::drill_config(config, set))?;
+    let Some(scratch) = drill.scratch_database else {
+        return Err(Error::InvalidConfig(
+            "a Redis drill restores into a spare database: give drill.set = { scratch-database = N }"
+                .into(),
+        ));
+    };
+    if own.databases.is_empty() {
+        return Err(Error::InvalidConfig(
+            "a Redis drill needs the job's databases listed (databases), so the scratch database cannot be one of them".into(),
+        ));
+    }
+    if own.databases.contains(&scratch) {
+        return Err(Error::InvalidConfig(format!(
+            "drill scratch-database {scratch} is one of the job's own databases"
+        )));
+    }
+    Ok(footprint.writing([format!("{server}{scratch}")]))
 }
 
 fn restore_keys(config: &Config) -> Result<RestoreSummary, Error> {
@@ -742,6 +795,70 @@ cairn_sdk::export_adapter!(Redis);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn check(
+        config: serde_json::Value,
+        set: Option<serde_json::Value>,
+    ) -> Result<Footprint, Error> {
+        let set = set.map(|s| s.as_object().cloned().unwrap_or_default());
+        footprint(&config, set.as_ref())
+    }
+
+    #[test]
+    fn the_footprint_names_the_databases_read_and_the_scratch_written() {
+        let f = check(
+            serde_json::json!({"address": "10.0.0.5:6379", "databases": [0, 2]}),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            f.reads,
+            ["redis://10.0.0.5:6379/0", "redis://10.0.0.5:6379/2"]
+        );
+        assert!(f.writes.is_empty());
+        let f = check(serde_json::json!({"address": "10.0.0.5:6379"}), None).unwrap();
+        assert_eq!(f.reads, ["redis://10.0.0.5:6379/"]);
+        let f = check(
+            serde_json::json!({"address": "10.0.0.5:6379", "databases": [0]}),
+            Some(serde_json::json!({"scratch-database": 15})),
+        )
+        .unwrap();
+        assert_eq!(f.writes, ["redis://10.0.0.5:6379/15"]);
+    }
+
+    #[test]
+    fn a_drill_must_name_a_spare_database_not_its_own() {
+        let job = serde_json::json!({"address": "10.0.0.5:6379", "databases": [0]});
+        let e = check(job.clone(), Some(serde_json::json!({}))).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("give drill.set = { scratch-database = N }"),
+            "{e}"
+        );
+        let e = check(
+            job.clone(),
+            Some(serde_json::json!({"scratch-database": 0})),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("one of the job's own databases"),
+            "{e}"
+        );
+        let e = check(
+            job,
+            Some(serde_json::json!({"scratch-database": 1, "pattern": "a*"})),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("scratch-database only, not pattern"),
+            "{e}"
+        );
+        let every = serde_json::json!({"address": "10.0.0.5:6379"});
+        let e = check(every, Some(serde_json::json!({"scratch-database": 15}))).unwrap_err();
+        assert!(e.to_string().contains("databases listed"), "{e}");
+        let e = check(serde_json::json!({"databases": [0]}), None).unwrap_err();
+        assert!(matches!(e, Error::InvalidConfig(m) if m.contains("address")));
+    }
 
     #[test]
     fn glob_matches_runs_and_single_bytes() {

@@ -6,7 +6,8 @@ use anyhow::bail;
 /// Flags of `agent`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Check the config (schedules, groups, the API's token file) and exit.
+    /// Check the config (schedules, groups, the API's token file, each job's
+    /// settings as its adapter reads them) and exit.
     #[arg(long)]
     check_config: bool,
 }
@@ -17,7 +18,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<()> {
         bail!("the agent needs --config (or CAIRN_CONFIG)");
     };
     if a.check_config {
-        let loaded = crate::daemon::Loaded::load(path, false)?;
+        let loaded = crate::daemon::Loaded::load_checked(path, false).await?;
         println!(
             "config {} is valid: {} jobs, {} groups",
             path.display(),

@@ -35,6 +35,14 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
         flags.config()
     })()
     .map_err(|e| format!("{e:#}"));
+    // The adapters say whether this drill would write what a job backs up.
+    let adapter_config = match adapter_config {
+        Ok(c) => crate::ops::settings::check_drill(&config, &a.job)
+            .await
+            .map(|()| c)
+            .map_err(|e| e.to_string()),
+        refused => refused,
+    };
     let env = job.grants.env.clone();
     let options = drill::Options {
         job_name: a.job.clone(),

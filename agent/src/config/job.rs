@@ -86,102 +86,16 @@ fn default_compression() -> i32 {
     3
 }
 
-/// The Redis databases a job backs up, by address (empty: all of them).
-fn redis_databases(job: &JobConfig) -> (Option<&str>, Vec<i64>) {
-    let c = job.config.as_ref();
-    let address = c.and_then(|c| c.get("address")).and_then(|a| a.as_str());
-    let dbs = c
-        .and_then(|c| c.get("databases"))
-        .and_then(|d| d.as_array())
-        .map(|d| d.iter().filter_map(|v| v.as_integer()).collect())
-        .unwrap_or_default();
-    (address, dbs)
-}
-
 impl Config {
-    /// A drill restores into what `drill.set` points at: it must be a
-    /// scratch target, never the job's own data nor another job's.
-    pub(super) fn validate_drill_set(
-        &self,
-        name: &str,
-        job: &JobConfig,
-        set: &toml::Table,
-    ) -> Result<(), String> {
-        validate_drill_set(name, job, set)?;
-        if job.adapter != "redis" {
-            return Ok(());
-        }
-        let scratch = set.get("scratch-database").and_then(|v| v.as_integer());
-        let (address, _) = redis_databases(job);
-        for (other, o) in self
-            .jobs
-            .iter()
-            .filter(|(n, o)| *n != name && o.adapter == "redis")
-        {
-            let (o_address, o_dbs) = redis_databases(o);
-            if o_address != address {
-                continue;
-            }
-            if o_dbs.is_empty() {
-                return Err(format!(
-                    "job {name}: job {other} backs up every database of {}, the drill's scratch database too; list its databases",
-                    address.unwrap_or("the server")
-                ));
-            }
-            if scratch.is_some_and(|s| o_dbs.contains(&s)) {
-                return Err(format!(
-                    "job {name}: drill scratch-database {} is a database job {other} backs up",
-                    scratch.unwrap_or_default()
-                ));
-            }
+    /// `drill.set` may not change where the job connects or as whom. What
+    /// else it may set, and whether the drill then writes what a job backs
+    /// up, is the adapter's to say (`configuration.check`, see
+    /// [`crate::ops::settings`]).
+    pub(super) fn validate_drill_set(&self, name: &str, set: &toml::Table) -> Result<(), String> {
+        for k in set.keys() {
+            check_override_key(k).map_err(|e| format!("job {name}: drill.set {e}"))?;
         }
         Ok(())
-    }
-}
-
-/// The per-adapter rules for `drill.set`.
-fn validate_drill_set(name: &str, job: &JobConfig, set: &toml::Table) -> Result<(), String> {
-    for k in set.keys() {
-        check_override_key(k).map_err(|e| format!("job {name}: drill.set {e}"))?;
-    }
-    match job.adapter.as_str() {
-        "redis" => {
-            let Some(scratch) = set.get("scratch-database").and_then(|v| v.as_integer()) else {
-                return Err(format!(
-                    "job {name}: a Redis drill restores into a spare database: give drill.set = {{ scratch-database = N }}"
-                ));
-            };
-            let own = job
-                .config
-                .as_ref()
-                .and_then(|c| c.get("databases"))
-                .and_then(|d| d.as_array())
-                .map(|d| d.iter().filter_map(|v| v.as_integer()).collect::<Vec<_>>())
-                .unwrap_or_default();
-            if own.is_empty() {
-                return Err(format!(
-                    "job {name}: a Redis drill needs the job's databases listed (config.databases), so the scratch database cannot be one of them"
-                ));
-            }
-            if own.contains(&scratch) {
-                return Err(format!(
-                    "job {name}: drill scratch-database {scratch} is one of the job's own databases"
-                ));
-            }
-            if set.keys().any(|k| k != "scratch-database") {
-                return Err(format!(
-                    "job {name}: a Redis drill's set takes scratch-database only"
-                ));
-            }
-            Ok(())
-        }
-        "filesystem" | "postgres" | "mariadb" => Err(format!(
-            "job {name}: drill.set is not used with the {} adapter (its drill restores into a scratch target of its own)",
-            job.adapter
-        )),
-        // A component of its own: its author says which keys name a
-        // scratch target.
-        _ => Ok(()),
     }
 }
 

@@ -276,16 +276,8 @@ impl Config {
                     "job {name}: retention keeps nothing; give at least one keep-* rule"
                 ));
             }
-            match job.drill.as_ref().and_then(|d| d.set.as_ref()) {
-                Some(set) => self.validate_drill_set(name, job, set)?,
-                // Without a scratch target, a Redis "drill" would verify the
-                // live server and restore nothing.
-                None if job.drill.is_some() && job.adapter == "redis" => {
-                    return Err(format!(
-                        "job {name}: a Redis drill restores into a spare database: give drill.set = {{ scratch-database = N }}"
-                    ));
-                }
-                None => {}
+            if let Some(set) = job.drill.as_ref().and_then(|d| d.set.as_ref()) {
+                self.validate_drill_set(name, set)?;
             }
             if job.timeout_secs == Some(0) {
                 return Err(format!("job {name}: timeout-secs must be positive"));
@@ -468,37 +460,13 @@ regions = ["us-east-1"]
     }
 
     #[test]
-    fn a_redis_drill_must_name_a_spare_database_not_its_own() {
-        let job = |drill: &str| {
-            format!(
-                "[tenants.t]\nrepository = \"/r\"\npassword-file = \"/k\"\n[jobs.j]\ntenant = \"t\"\nadapter = \"redis\"\nconfig = {{ address = \"127.0.0.1:6379\", databases = [0] }}\n{drill}\n"
-            )
-        };
-        let e = parse(&job("drill = { set = { scratch-database = 0 } }"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("one of the job's own databases"), "{e}");
-        let e = parse(&job(
-            "drill = { schedule = \"@daily\", set = { target = 1 } }",
-        ))
+    fn a_drill_may_not_change_where_its_job_connects() {
+        let e = parse(
+            "[tenants.t]\nrepository = \"/r\"\npassword-file = \"/k\"\n[jobs.j]\ntenant = \"t\"\nadapter = \"redis\"\nconfig = { address = \"127.0.0.1:6379\" }\ndrill = { set = { address = \"10.0.0.9:6379\" } }\n",
+        )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("scratch-database"), "{e}");
-        parse(&job("drill = { set = { scratch-database = 15 } }")).unwrap();
-        let e = parse(&job("drill = { schedule = \"@daily\" }"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("spare database"), "{e}");
-        // Another job on the same server backing up every database would
-        // back up the scratch one too.
-        let other = "[jobs.k]\ntenant = \"t\"\nadapter = \"redis\"\nconfig = { address = \"127.0.0.1:6379\" }\n";
-        let e = parse(&format!(
-            "{}{other}",
-            job("drill = { set = { scratch-database = 15 } }")
-        ))
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("job k backs up every database"), "{e}");
+        assert!(e.contains("job j: drill.set address"), "{e}");
     }
 
     #[test]

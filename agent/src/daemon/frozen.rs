@@ -22,6 +22,20 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// [`Loaded::load`], then every job's settings checked by its adapter
+    /// (see [`crate::ops::settings`]): a refusal refuses the config; a job
+    /// that could not be checked is logged and fails when it runs.
+    pub async fn load_checked(path: &Path, freeze: bool) -> anyhow::Result<Loaded> {
+        let loaded = Loaded::load(path, freeze)?;
+        let checked = crate::ops::settings::check(&loaded.config)
+            .await
+            .with_context(|| format!("config {}", path.display()))?;
+        for why in &checked.unchecked {
+            tracing::warn!(reason = %why, "Could not check a job's settings before it runs.");
+        }
+        Ok(loaded)
+    }
+
     /// Read and validate the config at `path` (and its token file); with
     /// `freeze`, also write the copy the agent's commands read.
     pub fn load(path: &Path, freeze: bool) -> anyhow::Result<Loaded> {

@@ -56,8 +56,8 @@ pub struct Agent {
 
 impl Agent {
     /// Load the config and the run history.
-    pub fn new(config_path: &Path) -> anyhow::Result<Arc<Agent>> {
-        let loaded = Loaded::load(config_path, true)?;
+    pub async fn new(config_path: &Path) -> anyhow::Result<Arc<Agent>> {
+        let loaded = Loaded::load_checked(config_path, true).await?;
         let runs = Runs::load(&loaded.config.agent.state_dir);
         let cap = loaded.config.agent.max_concurrent_jobs;
         Ok(Arc::new(Agent {
@@ -95,8 +95,8 @@ impl Agent {
     /// Re-read the config file: a valid one takes effect for the next runs
     /// (runs in progress finish under the old one); an invalid one is
     /// refused and the old one stays.
-    pub fn reload(&self) -> anyhow::Result<()> {
-        let new = Loaded::load(&self.config_path, true)?;
+    pub async fn reload(&self) -> anyhow::Result<()> {
+        let new = Loaded::load_checked(&self.config_path, true).await?;
         let old = self.loaded();
         if new.config.agent.listen != old.config.agent.listen {
             tracing::warn!("The API's listen address changed; it takes effect at the next start.");

@@ -56,7 +56,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let agent = Agent::new(config_path)?;
+    let agent = Agent::new(config_path).await?;
     let loaded = agent.loaded();
     let server = match &loaded.config.agent.listen {
         Some(addr) => {
@@ -78,7 +78,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     );
     loop {
         tokio::select! {
-            _ = hup.recv() => match agent.reload() {
+            _ = hup.recv() => match agent.reload().await {
                 Ok(()) => tracing::info!(config = %config_path.display(), "Reloaded the config."),
                 Err(e) => tracing::error!(config = %config_path.display(), error = %format!("{e:#}"), "The new config is refused; the old one stays in force."),
             },

@@ -16,6 +16,7 @@ pub mod protocol;
 pub mod prune;
 pub mod replicate;
 pub mod restore;
+pub mod settings;
 pub mod shred;
 
 use crate::repo::{LockGuard, RepoError, Repository};

@@ -317,6 +317,8 @@ enum WriteFailure {
 enum Job {
     Backup(Box<BackupJob>),
     Restore(Box<RestoreJob>),
+    /// `configuration.check`: settings only, no snapshot either way.
+    Check,
 }
 
 /// The data of one job's store.
@@ -361,6 +363,20 @@ impl HostState {
                 files: 0,
                 directories: 0,
             })),
+            started: Vec::new(),
+        }
+    }
+
+    /// A store for `configuration.check`: no grants, no snapshot.
+    pub(super) fn for_check(adapter: String, wasi: WasiCtx, limits: &Limits) -> Self {
+        HostState {
+            wasi,
+            table: super::new_table(),
+            limits: store_limits(limits),
+            adapter,
+            grants: Grants::default(),
+            config: String::new(),
+            job: Job::Check,
             started: Vec::new(),
         }
     }
@@ -445,7 +461,7 @@ impl HostState {
                 left_out.extend(job.not_restored.iter().cloned());
                 (job.damaged.clone(), left_out)
             }
-            Job::Backup(_) => (Vec::new(), Vec::new()),
+            Job::Backup(_) | Job::Check => (Vec::new(), Vec::new()),
         }
     }
 
@@ -454,7 +470,7 @@ impl HostState {
     pub(super) fn restore_fault(&self) -> Option<String> {
         match &self.job {
             Job::Restore(job) => job.fault.clone(),
-            Job::Backup(_) => None,
+            Job::Backup(_) | Job::Check => None,
         }
     }
 
@@ -469,7 +485,7 @@ impl HostState {
                 unchanged: job.unchanged,
                 removed: job.interrupted + job.damaged.len() as u64,
             },
-            Job::Backup(_) => RestoreProgress::default(),
+            Job::Backup(_) | Job::Check => RestoreProgress::default(),
         }
     }
 
@@ -503,14 +519,16 @@ impl HostState {
     fn backup(&mut self) -> wasmtime::Result<&mut BackupJob> {
         match &mut self.job {
             Job::Backup(b) => Ok(b),
-            Job::Restore(_) => Err(fault("archive calls are only available during a backup")),
+            Job::Restore(_) | Job::Check => {
+                Err(fault("archive calls are only available during a backup"))
+            }
         }
     }
 
     fn restore(&mut self) -> wasmtime::Result<&mut RestoreJob> {
         match &mut self.job {
             Job::Restore(r) => Ok(r),
-            Job::Backup(_) => Err(fault(
+            Job::Backup(_) | Job::Check => Err(fault(
                 "snapshot calls are only available during a restore or verify",
             )),
         }

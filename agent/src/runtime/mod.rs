@@ -57,6 +57,29 @@ mod bindings {
 
 use bindings::cairn::adapter0_1_0::types::AdapterError;
 
+/// What a job's settings touch outside the repository, as the adapter's
+/// `configuration.check` (WIT 0.3.0) names it: resource names, where one
+/// ending in `/` covers every name starting with it.
+#[derive(
+    wasmtime::component::ComponentType,
+    wasmtime::component::Lift,
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+)]
+#[component(record)]
+pub struct Footprint {
+    /// What a backup with the settings reads.
+    pub reads: Vec<String>,
+    /// What the job's drill writes.
+    pub writes: Vec<String>,
+}
+
+/// The export of WIT 0.3.0 that checks a job's settings, by its name.
+const CONFIGURATION: &str = "cairn:adapter/configuration@0.3.0";
+
 /// How often the epoch ticks; deadlines are counted in ticks.
 const TICK: Duration = Duration::from_millis(50);
 
@@ -414,6 +437,57 @@ async fn with_deadline<T: Send + 'static>(
 }
 
 impl Runtime {
+    /// Ask the adapter to check a job's settings (`configuration.check`,
+    /// WIT 0.3.0) with no grants and a short deadline. `Ok(None)`: the
+    /// component predates 0.3.0, and checks its settings only when it runs.
+    pub async fn check_config(
+        &self,
+        adapter: &str,
+        component: &Component,
+        config: &str,
+        drill_set: Option<&str>,
+    ) -> anyhow::Result<Option<Footprint>> {
+        let adapter = adapter.to_string();
+        let limits = Limits {
+            memory: 256 << 20,
+            timeout: Duration::from_secs(30),
+        };
+        let wasi = wasi_ctx(&Grants::default(), false, false)?;
+        let state = host::HostState::for_check(adapter.clone(), wasi, &limits);
+        let mut store = self.store(state, &limits);
+        // Linking checks every import, whichever version the component
+        // was built against.
+        let instance = self
+            .linker
+            .instantiate_async(&mut store, component)
+            .await
+            .map_err(|e| anyhow!("adapter {adapter}: cannot be instantiated: {e}"))?;
+        let Some(interface) = instance.get_export_index(&mut store, None, CONFIGURATION) else {
+            return Ok(None);
+        };
+        let check = instance
+            .get_export_index(&mut store, Some(&interface), "check")
+            .and_then(|f| {
+                instance
+                    .get_typed_func::<(String, Option<String>), (Result<Footprint, AdapterError>,)>(
+                        &mut store, &f,
+                    )
+                    .ok()
+            })
+            .ok_or_else(|| {
+                anyhow!("adapter {adapter}: its {CONFIGURATION} export has no check function of the right type")
+            })?;
+        let (config, drill_set) = (config.to_string(), drill_set.map(str::to_string));
+        let call = async move {
+            let r = check.call_async(&mut store, (config, drill_set)).await;
+            (store, r.map(|(r,)| r))
+        };
+        let Some((_, result)) = with_deadline(&adapter, &limits, call).await? else {
+            return Err(timed_out(&adapter, &limits));
+        };
+        explain(&adapter, &limits, result).map(Some)
+    }
+
     /// Run an adapter's `backup` and write its snapshot content through the
     /// pipeline. No snapshot is written here; the caller writes it only
     /// after this returns `Ok`.

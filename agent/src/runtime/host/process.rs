@@ -465,7 +465,7 @@ impl process::HostChild for HostState {
     ) -> HostResult<u64> {
         let (sender, params) = match &self.job {
             Job::Backup(job) => (job.pipeline.data_sender(), job.params.clone()),
-            Job::Restore(_) => {
+            Job::Restore(_) | Job::Check => {
                 return Ok(Err(AdapterError::Other(
                     "pump-stdout writes an entry: it works only during a backup".into(),
                 )));
