@@ -74,6 +74,7 @@ pub fn snapshot(tree: Id, days_ago: i64, host: &str) -> Snapshot {
         original: None,
         program_version: String::new(),
         cairn_adapter: Some("filesystem".into()),
+        cairn_component: None,
         cairn_job: None,
         cairn_skipped: vec![],
     }

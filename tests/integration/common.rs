@@ -446,6 +446,7 @@ pub fn hand_made_snapshot(s: &Scratch, nodes: Vec<(&str, &[u8])>, adapter: Optio
             original: None,
             program_version: String::new(),
             cairn_adapter: adapter.map(str::to_string),
+            cairn_component: None,
             cairn_job: None,
             cairn_skipped: vec![],
         })

@@ -13,6 +13,7 @@ mod filesystem;
 mod forget;
 mod garage;
 mod hardening;
+mod kit;
 mod mariadb;
 mod postgres;
 mod reads;

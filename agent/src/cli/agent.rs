@@ -18,7 +18,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<()> {
         bail!("the agent needs --config (or CAIRN_CONFIG)");
     };
     if a.check_config {
-        let loaded = crate::daemon::Loaded::load_checked(path, false).await?;
+        let loaded = crate::daemon::Loaded::load_checked(path, false, true).await?;
         println!(
             "config {} is valid: {} jobs, {} groups",
             path.display(),

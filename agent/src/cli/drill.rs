@@ -36,11 +36,17 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
     })()
     .map_err(|e| format!("{e:#}"));
     // The adapters say whether this drill would write what a job backs up.
+    let restores = job.drill.as_ref().is_some_and(|d| d.set.is_some());
     let adapter_config = match adapter_config {
-        Ok(c) => crate::ops::settings::check_drill(&config, &a.job)
-            .await
-            .map(|()| c)
-            .map_err(|e| e.to_string()),
+        Ok(c) => match crate::ops::settings::check_drill(&config, &a.job).await {
+            // A drill restores only into a target its adapter names.
+            Ok(Some(f)) if restores && f.writes.is_empty() => Err(format!(
+                "job {}: its adapter {} names no scratch target that the drill's set makes it write, so the drill does not restore (leave drill.set out)",
+                a.job, job.adapter
+            )),
+            Ok(_) => Ok(c),
+            Err(e) => Err(e.to_string()),
+        },
         refused => refused,
     };
     let env = job.grants.env.clone();

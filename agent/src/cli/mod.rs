@@ -11,6 +11,7 @@
 //! work is stored in one region of the tenant's pair only; the other lags
 //! until `cairn replicate`).
 
+mod adapter;
 mod agent;
 mod backup;
 mod check;
@@ -125,6 +126,9 @@ enum Command {
     /// Restore a job's latest snapshot into a scratch target, verify it,
     /// remove the scratch target, and record the result.
     Drill(drill::Args),
+    /// Tools for adapter authors: check a component.
+    #[command(subcommand)]
+    Adapter(adapter::Command),
 }
 
 /// What a command ended with, beyond plain failure.
@@ -318,6 +322,7 @@ pub fn main() -> ExitCode {
             Command::RebuildIndex(a) => rebuild_index::run(&global, a).await,
             Command::Tenant(c) => tenant::run(&global, c).await,
             Command::Drill(a) => drill::run(&global, a).await,
+            Command::Adapter(c) => adapter::run(&global, c).await,
             Command::Agent(_) => unreachable!("handled above"),
         }
     };

@@ -141,6 +141,12 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
         None => None,
     };
     let config = match (adapter_config, &target) {
+        // `--target` is where, over whatever the job's config says: a
+        // job's settings need no `--set target=` beside it.
+        (Some(serde_json::Value::Object(mut c)), Some(t)) => {
+            c.insert("target".into(), t.clone().into());
+            serde_json::Value::Object(c)
+        }
         (Some(c), _) => c,
         (None, Some(t)) => serde_json::json!({ "target": t }),
         (None, None) => bail!(

@@ -92,6 +92,13 @@ impl Config {
     /// up, is the adapter's to say (`configuration.check`, see
     /// [`crate::ops::settings`]).
     pub(super) fn validate_drill_set(&self, name: &str, set: &toml::Table) -> Result<(), String> {
+        // A drill with a `set` restores with it: an empty one would restore
+        // with the job's own settings, over the job's own data.
+        if set.is_empty() {
+            return Err(format!(
+                "job {name}: drill.set is empty; leave it out, or name the scratch target the drill restores into"
+            ));
+        }
         for k in set.keys() {
             check_override_key(k).map_err(|e| format!("job {name}: drill.set {e}"))?;
         }

@@ -467,6 +467,12 @@ regions = ["us-east-1"]
         .unwrap_err()
         .to_string();
         assert!(e.contains("job j: drill.set address"), "{e}");
+        let e = parse(
+            "[tenants.t]\nrepository = \"/r\"\npassword-file = \"/k\"\n[jobs.j]\ntenant = \"t\"\nadapter = \"postgres\"\nconfig = { database = \"app\" }\ndrill = { set = {} }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("job j: drill.set is empty"), "{e}");
     }
 
     #[test]

@@ -25,13 +25,26 @@ impl Loaded {
     /// [`Loaded::load`], then every job's settings checked by its adapter
     /// (see [`crate::ops::settings`]): a refusal refuses the config; a job
     /// that could not be checked is logged and fails when it runs.
-    pub async fn load_checked(path: &Path, freeze: bool) -> anyhow::Result<Loaded> {
+    ///
+    /// With `refuse_refused` (`--check-config`), a job whose own settings
+    /// its adapter refuses refuses the config too.
+    pub async fn load_checked(
+        path: &Path,
+        freeze: bool,
+        refuse_refused: bool,
+    ) -> anyhow::Result<Loaded> {
         let loaded = Loaded::load(path, freeze)?;
         let checked = crate::ops::settings::check(&loaded.config)
             .await
             .with_context(|| format!("config {}", path.display()))?;
         for why in &checked.unchecked {
             tracing::warn!(reason = %why, "Could not check a job's settings before it runs.");
+        }
+        for why in &checked.refused {
+            tracing::error!(reason = %why, "A job's adapter refuses its settings: the job will fail when it runs.");
+        }
+        if refuse_refused && !checked.refused.is_empty() {
+            anyhow::bail!("config {}: {}", path.display(), checked.refused.join("; "));
         }
         Ok(loaded)
     }

@@ -52,12 +52,14 @@ pub struct Agent {
     /// When each schedule next fires, by target description.
     next_runs: Mutex<BTreeMap<String, DateTime<Utc>>>,
     scheduler_up: std::sync::atomic::AtomicBool,
+    /// Held while a reload checks the new config: one at a time.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl Agent {
     /// Load the config and the run history.
     pub async fn new(config_path: &Path) -> anyhow::Result<Arc<Agent>> {
-        let loaded = Loaded::load_checked(config_path, true).await?;
+        let loaded = Loaded::load_checked(config_path, true, false).await?;
         let runs = Runs::load(&loaded.config.agent.state_dir);
         let cap = loaded.config.agent.max_concurrent_jobs;
         Ok(Arc::new(Agent {
@@ -74,6 +76,7 @@ impl Agent {
             active: watch::channel(0).0,
             next_runs: Mutex::new(BTreeMap::new()),
             scheduler_up: std::sync::atomic::AtomicBool::new(false),
+            reloading: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -96,7 +99,8 @@ impl Agent {
     /// (runs in progress finish under the old one); an invalid one is
     /// refused and the old one stays.
     pub async fn reload(&self) -> anyhow::Result<()> {
-        let new = Loaded::load_checked(&self.config_path, true).await?;
+        let _one = self.reloading.lock().await;
+        let new = Loaded::load_checked(&self.config_path, true, false).await?;
         let old = self.loaded();
         if new.config.agent.listen != old.config.agent.listen {
             tracing::warn!("The API's listen address changed; it takes effect at the next start.");
@@ -296,17 +300,12 @@ struct RunGuard {
 
 impl Drop for RunGuard {
     fn drop(&mut self) {
-        if let Some(key) = &self.key
-            && let Ok(mut busy) = self.agent.busy.lock()
-        {
-            busy.remove(key);
+        if let Some(key) = &self.key {
+            lock(&self.agent.busy).remove(key);
         }
-        let unfinished = self
-            .agent
-            .runs
-            .lock()
-            .ok()
-            .is_some_and(|r| r.get(&self.id).is_some_and(|r| !r.status.ended()));
+        let unfinished = lock(&self.agent.runs)
+            .get(&self.id)
+            .is_some_and(|r| !r.status.ended());
         if unfinished {
             self.agent.end(
                 &self.id,

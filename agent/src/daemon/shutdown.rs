@@ -78,10 +78,17 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     );
     loop {
         tokio::select! {
-            _ = hup.recv() => match agent.reload().await {
-                Ok(()) => tracing::info!(config = %config_path.display(), "Reloaded the config."),
-                Err(e) => tracing::error!(config = %config_path.display(), error = %format!("{e:#}"), "The new config is refused; the old one stays in force."),
-            },
+            // The new config's adapters check its jobs' settings: that
+            // runs beside this loop, so a stop is never held behind it.
+            _ = hup.recv() => {
+                let (agent, path) = (agent.clone(), config_path.to_path_buf());
+                tokio::spawn(async move {
+                    match agent.reload().await {
+                        Ok(()) => tracing::info!(config = %path.display(), "Reloaded the config."),
+                        Err(e) => tracing::error!(config = %path.display(), error = %format!("{e:#}"), "The new config is refused; the old one stays in force."),
+                    }
+                });
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }

@@ -113,6 +113,9 @@ pub struct Report {
     pub duration_seconds: f64,
     /// Whether every entry was read (no `skipped`).
     pub complete: bool,
+    /// Most linear memory the adapter held, in bytes (what
+    /// `--memory-limit` must allow).
+    pub adapter_memory_bytes: u64,
 }
 
 /// Run a backup and record its snapshot.
@@ -144,11 +147,14 @@ pub async fn run(store: &Store, o: Options) -> Result<Report> {
         None
     } else {
         // As restic: the newest one of the same paths and host, not newer
-        // than the time recorded.
+        // than the time recorded. A service adapter's paths (`/<adapter>`)
+        // say nothing of which server or database: its parent is also the
+        // same job's, so no job is handed another's tree.
         repo.snapshots().await?.into_iter().rev().find(|(_, s)| {
             s.hostname == o.host
                 && s.paths == recorded_paths
                 && s.adapter() == adapter_name
+                && (!o.paths.is_empty() || s.cairn_job == o.job)
                 && o.time.is_none_or(|t| s.time <= t)
         })
     };
@@ -174,7 +180,6 @@ pub async fn run(store: &Store, o: Options) -> Result<Report> {
         grants: o.grants,
         config: o.config,
         parent_tree: parent.as_ref().map(|(_, s)| s.tree),
-        inherit_stderr: false,
     };
     let outcome = async {
         Runtime::new()
@@ -202,6 +207,7 @@ pub async fn run(store: &Store, o: Options) -> Result<Report> {
         original: None,
         program_version: format!("cairn {}", env!("CARGO_PKG_VERSION")),
         cairn_adapter: Some(adapter_name.clone()),
+        cairn_component: outcome.component.clone(),
         cairn_job: o.job.clone(),
         cairn_skipped: outcome
             .skipped
@@ -227,6 +233,7 @@ pub async fn run(store: &Store, o: Options) -> Result<Report> {
         directories: outcome.directories,
         files_unchanged: outcome.unchanged,
         complete: outcome.skipped.is_empty(),
+        adapter_memory_bytes: outcome.memory_peak,
         skipped: outcome
             .skipped
             .into_iter()
@@ -345,6 +352,18 @@ mod tests {
             assert_eq!(again.blobs_new, 0, "{again:?}");
             assert_eq!(again.parent.as_deref(), Some(report.snapshot_id.as_str()));
             assert_eq!(backend.names(FileType::Snapshot).len(), 2);
+            // Another job of the same adapter (another database, say) is
+            // not handed this job's tree as its parent.
+            let other = Options {
+                job: Some("other".into()),
+                ..options("none")
+            };
+            let other = run(&store(&repo), other).await.unwrap();
+            assert_eq!(other.parent, None, "{other:?}");
+            assert_eq!(
+                snap.cairn_component.as_ref().map(|c| c.name.as_str()),
+                Some("faulty")
+            );
         });
     }
 

@@ -134,7 +134,6 @@ async fn drill(store: &Store, o: &Options, found: &mut Found) -> anyhow::Result<
             include: Vec::new(),
             grants,
             config,
-            inherit_stderr: false,
             // A fresh scratch target: everything is written.
             overwrite: true,
         };

@@ -9,6 +9,7 @@
 
 pub mod backup;
 pub mod check;
+pub mod conformance;
 pub mod drill;
 pub mod drills;
 pub mod forget;

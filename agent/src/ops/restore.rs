@@ -123,7 +123,6 @@ async fn adapter_pass(
         include: o.include,
         grants: o.grants,
         config: o.config,
-        inherit_stderr: false,
         overwrite: o.overwrite,
     };
     Runtime::new()
@@ -137,9 +136,10 @@ async fn adapter_pass(
 pub fn same_adapter(id: &Id, snap: &Snapshot, job: &str, source: &AdapterSource) -> Result<()> {
     if source.name() != snap.adapter() {
         super::invalid!(
-            "snapshot {} was made by adapter {}, but job {job} uses {}",
+            "snapshot {} was made by adapter {}{}, but job {job} uses {}",
             id.short(),
             snap.adapter(),
+            made_by(snap),
             source.name()
         );
     }
@@ -158,9 +158,19 @@ pub fn snapshot_adapter(id: &Id, snap: &Snapshot) -> Result<AdapterSource> {
             Ok(AdapterSource::Bundled(n))
         }
         _ => super::invalid!(
-            "snapshot {} was made by adapter {:?}, which is not a bundled adapter; name the component to restore it with: --adapter PATH (or --job)",
+            "snapshot {} was made by adapter {:?}{}, which is not a bundled adapter; name the component to restore it with: --adapter PATH (or --job)",
             id.short(),
-            crate::util::escaped(name)
+            crate::util::escaped(name),
+            made_by(snap)
         ),
     }
+}
+
+/// `, component NAME VERSION (component sha256 …)` when the snapshot
+/// records which component made it.
+fn made_by(snap: &Snapshot) -> String {
+    snap.cairn_component
+        .as_ref()
+        .map(|c| format!(", component {c}"))
+        .unwrap_or_default()
 }

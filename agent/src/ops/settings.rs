@@ -18,39 +18,73 @@ pub struct Checked {
     pub checked: Vec<String>,
     /// Jobs whose adapter could not be asked, and why: a component file
     /// that is missing or not the pinned one (the job fails when it runs),
-    /// or one built before WIT 0.3.0 (it checks its settings when it runs).
+    /// one built before WIT 0.3.0 (it checks its settings when it runs),
+    /// or one that failed while checking (a trap, its deadline).
     pub unchecked: Vec<String>,
+    /// Jobs whose adapter refuses their settings, and why: each fails when
+    /// it runs, as it would have without the check; the other jobs run.
+    pub refused: Vec<String>,
 }
 
 /// What one job's adapter said of its settings.
 enum Asked {
     /// They are valid, and touch this.
     Valid(Footprint),
-    /// The adapter could not be asked; why.
+    /// The adapter could not be asked, or failed while answering; why.
     Unchecked(String),
-    /// The adapter refused them (or failed while checking them).
+    /// The adapter refused the job's own settings (`invalid-config`...).
     Refused(anyhow::Error),
+    /// It accepts the job's settings but refuses its drill's.
+    DrillRefused(anyhow::Error),
 }
 
-/// Ask each job's adapter about the job's settings.
+/// Whether an adapter call failed with the adapter's own error (its
+/// answer), rather than a trap, a timeout or a link failure.
+fn answered(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<crate::runtime::AdapterFailure>().is_some()
+}
+
+/// Ask each job's adapter about the job's settings, then about its
+/// drill's (apart, so that the answer says which is refused).
 async fn ask(config: &Config) -> Result<Vec<(&str, Asked)>, super::Error> {
     let runtime = Runtime::new().map_err(super::Error::Local)?;
     let mut asked = Vec::new();
     for (name, job) in &config.jobs {
         let source = AdapterSource::parse(&job.adapter).pinned(job.adapter_sha256.as_deref());
-        let answer = match (runtime.load(&source), settings(job)) {
-            (Err(e), _) => Asked::Unchecked(format!("job {name}: {e:#}")),
-            (_, Err(e)) => Asked::Refused(e),
-            (Ok(component), Ok((settings, drill_set))) => match runtime
-                .check_config(&source.name(), &component, &settings, drill_set.as_deref())
-                .await
-            {
-                Ok(Some(f)) => Asked::Valid(f),
-                Ok(None) => Asked::Unchecked(format!(
-                    "job {name}: adapter {} predates WIT 0.3.0 and checks its settings only when it runs",
-                    source.name()
-                )),
-                Err(e) => Asked::Refused(e),
+        let adapter = source.name();
+        let (component, (settings, drill_set)) = match (runtime.load(&source), settings(job)) {
+            (Err(e), _) => {
+                asked.push((
+                    name.as_str(),
+                    Asked::Unchecked(format!("job {name}: {e:#}")),
+                ));
+                continue;
+            }
+            (_, Err(e)) => {
+                asked.push((name.as_str(), Asked::Refused(e)));
+                continue;
+            }
+            (Ok(c), Ok(s)) => (c, s),
+        };
+        let own = runtime
+            .check_config(&adapter, &component, &settings, None)
+            .await;
+        let answer = match own {
+            Ok(None) => Asked::Unchecked(format!(
+                "job {name}: adapter {adapter} predates WIT 0.3.0 and checks its settings only when it runs"
+            )),
+            Err(e) if answered(&e) => Asked::Refused(e),
+            Err(e) => Asked::Unchecked(format!("job {name}: {e:#}")),
+            Ok(Some(f)) => match &drill_set {
+                None => Asked::Valid(f),
+                Some(set) => match runtime
+                    .check_config(&adapter, &component, &settings, Some(set))
+                    .await
+                {
+                    Ok(f) => Asked::Valid(f.unwrap_or_default()),
+                    Err(e) if answered(&e) => Asked::DrillRefused(e),
+                    Err(e) => Asked::Unchecked(format!("job {name}: {e:#}")),
+                },
             },
         };
         asked.push((name.as_str(), answer));
@@ -58,9 +92,10 @@ async fn ask(config: &Config) -> Result<Vec<(&str, Asked)>, super::Error> {
     Ok(asked)
 }
 
-/// Ask each job's adapter to check the job's settings, then refuse a
-/// config in which a drill writes what any job backs up. The error names
-/// the job (and the other job).
+/// Ask each job's adapter to check the job's settings. A job whose own
+/// settings are refused is reported (it fails when it runs, the others
+/// run); a drill the adapter refuses, or one that writes what any job
+/// backs up, refuses the config, naming the job (and the other job).
 pub async fn check(config: &Config) -> Result<Checked, super::Error> {
     let mut checked = Checked::default();
     let mut footprints = Vec::new();
@@ -71,26 +106,47 @@ pub async fn check(config: &Config) -> Result<Checked, super::Error> {
                 footprints.push((name, f));
             }
             Asked::Unchecked(why) => checked.unchecked.push(why),
-            Asked::Refused(e) => return Err(invalid(name, e)),
+            Asked::Refused(e) => checked.refused.push(format!("job {name}: {e:#}")),
+            Asked::DrillRefused(e) => return Err(invalid(name, e)),
         }
     }
     apart(&footprints, None)?;
     Ok(checked)
 }
 
-/// Before a drill of `job`: refuse it if its adapter refuses the job's
-/// settings or the drill would write what any job backs up. Other jobs'
-/// own faults are theirs (the agent refuses such a config when it loads).
-pub async fn check_drill(config: &Config, job: &str) -> Result<(), super::Error> {
+/// Before a drill of `job`: refuse it unless its adapter accepts the
+/// job's and the drill's settings and the drill writes nothing any job
+/// backs up. Returns what the drill's adapter said the settings touch
+/// (`None`: a component built before WIT 0.3.0, which cannot say). Other
+/// jobs' own faults are theirs.
+pub async fn check_drill(config: &Config, job: &str) -> Result<Option<Footprint>, super::Error> {
     let mut footprints = Vec::new();
+    let mut own = None;
+    let mut old = false;
     for (name, answer) in ask(config).await? {
         match answer {
-            Asked::Valid(f) => footprints.push((name, f)),
-            Asked::Refused(e) if name == job => return Err(invalid(name, e)),
-            Asked::Refused(_) | Asked::Unchecked(_) => {}
+            Asked::Valid(f) => {
+                if name == job {
+                    own = Some(f.clone());
+                }
+                footprints.push((name, f));
+            }
+            Asked::Refused(e) | Asked::DrillRefused(e) if name == job => {
+                return Err(invalid(name, e));
+            }
+            Asked::Unchecked(why) if name == job => {
+                if !why.contains("predates WIT 0.3.0") {
+                    return Err(super::Error::Invalid(format!(
+                        "{why}; a drill runs only once its adapter has checked its settings"
+                    )));
+                }
+                old = true;
+            }
+            _ => {}
         }
     }
-    apart(&footprints, Some(job))
+    apart(&footprints, Some(job))?;
+    Ok(if old { None } else { own })
 }
 
 fn invalid(job: &str, e: anyhow::Error) -> super::Error {
@@ -239,7 +295,7 @@ mod tests {
     #[test]
     fn a_drill_set_is_refused_by_adapters_whose_drill_has_its_own_scratch() {
         let e = refusal(
-            "[jobs.db]\ntenant = \"t\"\nadapter = \"postgres\"\nconfig = { database = \"app\" }\ndrill = { set = { target-database = \"x\" } }\n",
+            "[jobs.db]\ntenant = \"t\"\nadapter = \"postgres\"\nconfig = { databases = [\"app\"] }\ndrill = { set = { target-database = \"x\" } }\n",
         );
         assert!(
             e.starts_with("job db: adapter postgres: invalid configuration")
@@ -249,11 +305,19 @@ mod tests {
     }
 
     #[test]
-    fn bad_settings_are_refused_before_any_job_runs_naming_the_job() {
-        let e = refusal(
-            "[jobs.files]\ntenant = \"t\"\npaths = [\"/srv\"]\nconfig = { exclude = [\"[\"] , colour = 1 }\n",
+    fn a_job_whose_settings_are_refused_is_named_and_the_others_still_run() {
+        let c = config(&format!(
+            "[jobs.files]\ntenant = \"t\"\npaths = [\"/srv\"]\nconfig = {{ colour = 1 }}\n{}",
+            redis("k", ", databases = [1]", "")
+        ));
+        let checked = crate::testing::runtime().block_on(check(&c)).unwrap();
+        assert_eq!(checked.checked, ["k"]);
+        assert_eq!(checked.refused.len(), 1, "{checked:?}");
+        let e = &checked.refused[0];
+        assert!(
+            e.starts_with("job files: adapter filesystem: invalid configuration"),
+            "{e}"
         );
-        assert!(e.starts_with("job files: adapter filesystem"), "{e}");
         assert!(e.contains("colour"), "{e}");
     }
 
@@ -267,7 +331,8 @@ mod tests {
         let broken = "[jobs.b]\ntenant = \"t\"\nadapter = \"redis\"\nconfig = { adress = \"x\" }\n";
         let c = config(&format!("{drilled}{broken}"));
         let rt = crate::testing::runtime();
-        rt.block_on(check_drill(&c, "j")).unwrap();
+        let f = rt.block_on(check_drill(&c, "j")).unwrap().unwrap();
+        assert_eq!(f.writes, ["redis://127.0.0.1:6379/15"]);
         let e = rt.block_on(check_drill(&c, "b")).unwrap_err().to_string();
         assert!(
             e.starts_with("job b: adapter redis: invalid configuration") && e.contains("adress"),

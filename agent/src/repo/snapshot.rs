@@ -44,6 +44,10 @@ pub struct Snapshot {
     /// The adapter that produced the snapshot (Cairn only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cairn_adapter: Option<String>,
+    /// The component that made it, as its `info` named it, with the
+    /// SHA-256 of the component's bytes: what a restore needs (Cairn only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cairn_component: Option<ComponentId>,
     /// The config file's job that made the snapshot (Cairn only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cairn_job: Option<String>,
@@ -51,6 +55,29 @@ pub struct Snapshot {
     /// each `path: reason` (Cairn only). Non-empty means incomplete.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cairn_skipped: Vec<String>,
+}
+
+/// Which adapter component made a snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ComponentId {
+    /// The adapter's own name (`info().name`).
+    pub name: String,
+    /// Its own version (`info().version`).
+    pub version: String,
+    /// SHA-256 of the component file (hex).
+    pub sha256: String,
+}
+
+impl std::fmt::Display for ComponentId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} (component sha256 {})",
+            crate::util::escaped(&self.name),
+            crate::util::escaped(&self.version),
+            crate::util::escaped(&self.sha256)
+        )
+    }
 }
 
 fn is_zero(v: &u32) -> bool {

@@ -95,8 +95,6 @@ pub struct BackupRequest {
     pub config: serde_json::Value,
     /// The parent snapshot's root tree, for unchanged-file detection.
     pub parent_tree: Option<Id>,
-    /// Let the adapter write to our stderr.
-    pub inherit_stderr: bool,
 }
 
 /// What a finished backup produced.
@@ -113,6 +111,10 @@ pub struct BackupOutcome {
     pub unchanged: u64,
     /// The pipeline's counters.
     pub stats: Arc<Stats>,
+    /// The component, as its `info` names itself, and its SHA-256.
+    pub component: Option<crate::repo::snapshot::ComponentId>,
+    /// Most linear memory the adapter held, in bytes.
+    pub memory_peak: u64,
 }
 
 /// What a restore job needs from its caller.
@@ -127,8 +129,6 @@ pub struct RestoreRequest {
     pub grants: Grants,
     /// The adapter's configuration.
     pub config: serde_json::Value,
-    /// Let the adapter write to our stderr.
-    pub inherit_stderr: bool,
     /// Rewrite a file the target already has whole (same size and mtime
     /// as in the snapshot); by default it is kept, so a rerun resumes.
     pub overwrite: bool,
@@ -582,6 +582,8 @@ impl HostState {
             skipped: job.skipped,
             unchanged: job.unchanged,
             stats,
+            component: None,
+            memory_peak: 0,
         })
     }
 }

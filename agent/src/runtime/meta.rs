@@ -104,6 +104,17 @@ pub(super) fn metadata_from_stat(st: &rustix::fs::Stat) -> (Option<EntryKind>, M
 
 /// Words for an adapter's error. Its text is the adapter's (or a program's
 /// standard error): made safe to print (see [`crate::util::indented`]).
+pub(super) fn case_name(e: &AdapterError) -> &'static str {
+    match e {
+        AdapterError::InvalidConfig(_) => "invalid-config",
+        AdapterError::NotFound(_) => "not-found",
+        AdapterError::Denied(_) => "denied",
+        AdapterError::Io(_) => "io",
+        AdapterError::Corrupt(_) => "corrupt",
+        AdapterError::Other(_) => "other",
+    }
+}
+
 pub(super) fn describe_error(e: &AdapterError) -> String {
     let safe = crate::util::indented;
     match e {

@@ -8,6 +8,7 @@
 mod grants;
 mod host;
 mod meta;
+mod output;
 
 pub use grants::{GrantError, Grants};
 pub use host::{BackupOutcome, BackupRequest, RestoreOutcome, RestoreProgress, RestoreRequest};
@@ -76,6 +77,60 @@ pub struct Footprint {
     /// What the job's drill writes.
     pub writes: Vec<String>,
 }
+
+/// An adapter's own error (its WIT `adapter-error`), as the host reports
+/// it; found under any context with `anyhow::Error::downcast_ref`.
+#[derive(Debug)]
+pub struct AdapterFailure {
+    /// The WIT case: `invalid-config`, `not-found`, `denied`, `io`,
+    /// `corrupt` or `other`.
+    pub case: &'static str,
+    message: String,
+}
+
+impl std::fmt::Display for AdapterFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for AdapterFailure {}
+
+/// What a component offers and needs, read from its type.
+#[derive(Debug, Clone, Default)]
+pub struct Inspected {
+    /// Its exports, by name.
+    pub exports: Vec<String>,
+    /// Its imports, by name.
+    pub imports: Vec<String>,
+    /// Why it cannot link against this host (an import the host lacks).
+    pub link_error: Option<String>,
+}
+
+/// What an adapter's `info` says.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AdapterInfo {
+    /// Its name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// What it backs up.
+    pub description: String,
+    /// The capabilities it needs (`read-paths`, ...).
+    pub needs: Vec<String>,
+}
+
+/// The limits of `info` and `configuration.check`, which read settings
+/// only: the agent runs them itself, at load and on each reload.
+const CHECK_LIMITS: Limits = Limits {
+    memory: 256 << 20,
+    timeout: Duration::from_secs(10),
+};
+
+/// Most resource names a footprint may hold, and their longest length: the
+/// host compares every drill's against every job's.
+const MAX_NAMES: usize = 1024;
+const MAX_NAME: usize = 1024;
 
 /// The export of WIT 0.3.0 that checks a job's settings, by its name.
 const CONFIGURATION: &str = "cairn:adapter/configuration@0.3.0";
@@ -185,6 +240,11 @@ impl Runtime {
 
     /// Load (from the cache when possible) and compile an adapter.
     pub fn load(&self, source: &AdapterSource) -> anyhow::Result<Component> {
+        self.load_identified(source).map(|(c, _)| c)
+    }
+
+    /// [`Runtime::load`], with the SHA-256 (hex) of the component's bytes.
+    pub fn load_identified(&self, source: &AdapterSource) -> anyhow::Result<(Component, String)> {
         let name = source.name();
         let bytes: Vec<u8> = match source {
             AdapterSource::Bundled(n) => bundled::get(n)
@@ -207,15 +267,12 @@ impl Runtime {
                 bytes
             }
         };
+        let sha256 = crate::repo::Id::hash(&bytes).to_hex();
         let key = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
             self.engine.precompile_compatibility_hash().hash(&mut h);
-            format!(
-                "{}-{:016x}",
-                crate::repo::Id::hash(&bytes).to_hex(),
-                h.finish()
-            )
+            format!("{sha256}-{:016x}", h.finish())
         };
         let cached = self
             .cache_dir
@@ -232,7 +289,7 @@ impl Runtime {
             match unsafe { Component::deserialize_file(&self.engine, path) } {
                 Ok(c) => {
                     tracing::debug!(adapter = %name, "Loaded compiled adapter from cache.");
-                    return Ok(c);
+                    return Ok((c, sha256));
                 }
                 Err(e) => {
                     tracing::warn!(adapter = %name, error = %e, "Ignoring an unusable cached component.")
@@ -257,7 +314,7 @@ impl Runtime {
                 tracing::debug!(path = %path.display(), "Could not cache the compiled adapter.");
             }
         }
-        Ok(component)
+        Ok((component, sha256))
     }
 
     fn store(&self, state: host::HostState, limits: &Limits) -> Store<host::HostState> {
@@ -309,9 +366,18 @@ fn cache_is_private(path: &std::path::Path) -> bool {
 
 /// WASI context for a job: its grants preopened at the same paths as on the
 /// host, TCP connections only to the granted endpoints (no listening, no
-/// UDP, no name lookup), no environment, no arguments, stderr only if asked.
-fn wasi_ctx(grants: &Grants, writable: bool, inherit_stderr: bool) -> anyhow::Result<WasiCtx> {
+/// UDP, no name lookup), no environment, no arguments; standard output and
+/// error into the host's log (see [`output`]). Returns the standard error,
+/// whose tail explains a trap.
+fn wasi_ctx(
+    grants: &Grants,
+    writable: bool,
+    adapter: &str,
+) -> anyhow::Result<(WasiCtx, output::GuestOutput)> {
     let mut b = WasiCtx::builder();
+    let stderr = output::GuestOutput::new(adapter, output::Stream::Stderr);
+    b.stdout(output::GuestOutput::new(adapter, output::Stream::Stdout))
+        .stderr(stderr.clone());
     b.allow_tcp(!grants.connect().is_empty())
         .allow_udp(false)
         .allow_ip_name_lookup(false);
@@ -331,9 +397,6 @@ fn wasi_ctx(grants: &Grants, writable: bool, inherit_stderr: bool) -> anyhow::Re
         }
         Box::pin(async move { ok })
     });
-    if inherit_stderr {
-        b.inherit_stderr();
-    }
     let perms = if writable {
         FsPerms::ReadWrite
     } else {
@@ -345,7 +408,7 @@ fn wasi_ctx(grants: &Grants, writable: bool, inherit_stderr: bool) -> anyhow::Re
                 .map_err(|e| anyhow!("preopening {p}: {e}"))?;
         }
     }
-    Ok(b.build())
+    Ok((b.build(), stderr))
 }
 
 /// The error of a job that reached its deadline.
@@ -359,10 +422,14 @@ fn explain<T>(
     adapter: &str,
     limits: &Limits,
     result: wasmtime::Result<Result<T, AdapterError>>,
+    stderr: &output::GuestOutput,
 ) -> anyhow::Result<T> {
     match result {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(anyhow!("adapter {adapter}: {}", meta::describe_error(&e))),
+        Ok(Err(e)) => Err(anyhow::Error::new(AdapterFailure {
+            case: meta::case_name(&e),
+            message: format!("adapter {adapter}: {}", meta::describe_error(&e)),
+        })),
         Err(trap) => {
             if let Some(host_fault) = trap.downcast_ref::<host::HostFault>() {
                 return Err(anyhow!(
@@ -387,7 +454,15 @@ fn explain<T>(
                 // The trap's text can carry the guest's own strings.
                 None => format!("failed: {}", crate::util::indented(&format!("{trap:#}"))),
             };
-            Err(anyhow!("adapter {adapter}: {msg}"))
+            // What the guest printed last says why (a Python traceback).
+            let tail = stderr.tail();
+            if tail.is_empty() {
+                return Err(anyhow!("adapter {adapter}: {msg}"));
+            }
+            Err(anyhow!(
+                "adapter {adapter}: {msg}; its standard error ended with:\n    {}",
+                crate::util::indented(&tail)
+            ))
         }
     }
 }
@@ -437,6 +512,66 @@ async fn with_deadline<T: Send + 'static>(
 }
 
 impl Runtime {
+    /// What `component` exports and imports, and whether it links here.
+    pub fn inspect(&self, component: &Component) -> Inspected {
+        let ty = component.component_type();
+        Inspected {
+            exports: ty
+                .exports(&self.engine)
+                .map(|(n, _)| n.to_string())
+                .collect(),
+            imports: ty
+                .imports(&self.engine)
+                .map(|(n, _)| n.to_string())
+                .collect(),
+            link_error: self
+                .linker
+                .instantiate_pre(component)
+                .err()
+                .map(|e| format!("{e:#}")),
+        }
+    }
+
+    /// Call the adapter's `info`, with no grants.
+    pub async fn info(&self, adapter: &str, component: &Component) -> anyhow::Result<AdapterInfo> {
+        let adapter = adapter.to_string();
+        let limits = CHECK_LIMITS;
+        let (wasi, stderr) = wasi_ctx(&Grants::default(), false, &adapter)?;
+        let state = host::HostState::for_check(adapter.clone(), wasi, &limits);
+        let mut store = self.store(state, &limits);
+        let instance = self.instantiate(component, &mut store, &adapter).await?;
+        let call = async move {
+            let r = instance.call_info(&mut store).await;
+            (store, r.map(Ok))
+        };
+        let Some((_, result)) = with_deadline(&adapter, &limits, call).await? else {
+            return Err(timed_out(&adapter, &limits));
+        };
+        let info = explain(&adapter, &limits, result, &stderr)?;
+        Ok(AdapterInfo {
+            name: info.name,
+            version: info.version,
+            description: info.description,
+            // The WIT case names: `ReadPaths` is `read-paths`.
+            needs: info
+                .needs
+                .iter()
+                .map(|n| {
+                    let debug = format!("{n:?}");
+                    let case = debug.rsplit("::").next().unwrap_or(&debug);
+                    let mut kebab = String::new();
+                    for (i, c) in case.chars().enumerate() {
+                        if c.is_ascii_uppercase() && i > 0 {
+                            kebab.push('-');
+                        }
+                        kebab.push(c.to_ascii_lowercase());
+                    }
+                    kebab
+                })
+                .collect(),
+        })
+    }
+
     /// Ask the adapter to check a job's settings (`configuration.check`,
     /// WIT 0.3.0) with no grants and a short deadline. `Ok(None)`: the
     /// component predates 0.3.0, and checks its settings only when it runs.
@@ -448,11 +583,8 @@ impl Runtime {
         drill_set: Option<&str>,
     ) -> anyhow::Result<Option<Footprint>> {
         let adapter = adapter.to_string();
-        let limits = Limits {
-            memory: 256 << 20,
-            timeout: Duration::from_secs(30),
-        };
-        let wasi = wasi_ctx(&Grants::default(), false, false)?;
+        let limits = CHECK_LIMITS;
+        let (wasi, stderr) = wasi_ctx(&Grants::default(), false, &adapter)?;
         let state = host::HostState::for_check(adapter.clone(), wasi, &limits);
         let mut store = self.store(state, &limits);
         // Linking checks every import, whichever version the component
@@ -485,7 +617,15 @@ impl Runtime {
         let Some((_, result)) = with_deadline(&adapter, &limits, call).await? else {
             return Err(timed_out(&adapter, &limits));
         };
-        explain(&adapter, &limits, result).map(Some)
+        let footprint = explain(&adapter, &limits, result, &stderr)?;
+        let names = footprint.reads.iter().chain(&footprint.writes);
+        if names.clone().count() > MAX_NAMES || names.clone().any(|n| n.len() > MAX_NAME) {
+            anyhow::bail!(
+                "adapter {adapter}: its footprint names {} resources; at most {MAX_NAMES}, of at most {MAX_NAME} bytes each",
+                names.count()
+            );
+        }
+        Ok(Some(footprint))
     }
 
     /// Run an adapter's `backup` and write its snapshot content through the
@@ -498,14 +638,22 @@ impl Runtime {
         limits: &Limits,
     ) -> anyhow::Result<BackupOutcome> {
         let adapter = source.name();
-        let component = self.load(source)?;
-        let wasi = wasi_ctx(&req.grants, false, req.inherit_stderr)?;
+        let (component, sha256) = self.load_identified(source)?;
+        let (wasi, stderr) = wasi_ctx(&req.grants, false, &adapter)?;
         let state = host::HostState::for_backup(adapter.clone(), wasi, limits, req);
         let mut store = self.store(state, limits);
         let instance = self.instantiate(&component, &mut store, &adapter).await?;
         let config = store.data().config_json();
         let call = async move {
-            let r = instance.call_backup(&mut store, &config).await;
+            // The snapshot records who made it, as the adapter names itself.
+            let info = match instance.call_info(&mut store).await {
+                Ok(info) => info,
+                Err(trap) => return (store, Err(trap)),
+            };
+            let r = instance
+                .call_backup(&mut store, &config)
+                .await
+                .map(|r| r.map(|summary| (summary, info)));
             (store, r)
         };
         let Some((store, result)) = with_deadline(&adapter, limits, call).await? else {
@@ -516,10 +664,22 @@ impl Runtime {
             crate::pipeline::stop_packers();
             return Err(timed_out(&adapter, limits));
         };
-        let summary = explain(&adapter, limits, result)
+        let summary = explain(&adapter, limits, result, &stderr)
             .and_then(|s| settled(&adapter, store.data()).map(|()| s));
+        let memory_peak = store.data().limits.used as u64;
+        let (summary, info) = match summary {
+            Ok((s, info)) => (Ok(s), Some(info)),
+            Err(e) => (Err(e), None),
+        };
         let state = store.into_data();
-        state.finish_backup(summary).await
+        let mut outcome = state.finish_backup(summary).await?;
+        outcome.component = info.map(|i| crate::repo::snapshot::ComponentId {
+            name: i.name,
+            version: i.version,
+            sha256,
+        });
+        outcome.memory_peak = memory_peak;
+        Ok(outcome)
     }
 
     /// Run an adapter's `restore` (or `verify` when `verify` is set) over a
@@ -533,7 +693,7 @@ impl Runtime {
     ) -> anyhow::Result<RestoreResult> {
         let adapter = source.name();
         let component = self.load(source)?;
-        let wasi = wasi_ctx(&req.grants, true, req.inherit_stderr)?;
+        let (wasi, stderr) = wasi_ctx(&req.grants, true, &adapter)?;
         let state = host::HostState::for_restore(adapter.clone(), wasi, limits, req).await?;
         let mut store = self.store(state, limits);
         let instance = self.instantiate(&component, &mut store, &adapter).await?;
@@ -562,7 +722,7 @@ impl Runtime {
                 )
             });
         };
-        let outcome = explain(&adapter, limits, result);
+        let outcome = explain(&adapter, limits, result, &stderr);
         let outcome = outcome.and_then(|o| settled(&adapter, store.data()).map(|()| o));
         // Files still being written in the background finish (or fail and
         // are removed) before anything is reported.

@@ -1,5 +1,5 @@
 //! A test adapter that misbehaves on request, to prove the host contains it:
-//! `{"fault": "trap" | "loop" | "oom" | "error" | "none" | "connect" |
+//! `{"fault": "trap" | "panic" | "loop" | "oom" | "error" | "none" | "connect" |
 //! "listen" | "orphan" | "pump" | "run" | "names" | "log", "address":
 //! "ip:port", "path": P, "stat": Q, "program": X, "args": [...],
 //! "message": M}`. Each fault comes after one entry was emitted, so a
@@ -14,7 +14,8 @@
 //! between the two; `run` starts granted `program` with `args` and stores
 //! its standard output as `/faulty/output`; `names` emits entries whose
 //! names no file can have (a NUL byte) or that only some targets accept (a
-//! 300-byte name), beside an ordinary one; `log` logs `message`.
+//! 300-byte name), beside an ordinary one; `log` logs `message`; `panic`
+//! panics (its message goes to standard error, then it traps).
 //! Restore with `{"fault": "loop"}` never returns.
 
 use cairn_sdk::{
@@ -57,6 +58,8 @@ impl Adapter for Faulty {
         w.finish()?;
         match config.fault.as_str() {
             "trap" => unreachable_trap(),
+            // A Rust panic prints its message to standard error, then traps.
+            "panic" => panic!("the faulty adapter panicked on request"),
             "loop" => {
                 let mut x: u64 = 0;
                 loop {

@@ -1,0 +1,217 @@
+//! The adapter author's side: `cairn adapter check` (the conformance kit),
+//! a trap explained by what the guest printed, and the snapshot saying
+//! which component made it.
+
+use crate::common::{Scratch, text};
+
+/// A bundled adapter as a component file, as an author would hold one.
+fn component(s: &Scratch, name: &str, bytes: &[u8]) -> String {
+    let path = s.path(&format!("{name}.wasm"));
+    std::fs::write(&path, bytes).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn adapter_check_passes_the_filesystem_adapter_with_a_restore_compared_to_the_fixture() {
+    let s = Scratch::new();
+    let wasm = component(&s, "filesystem", cairn::runtime::bundled::FILESYSTEM);
+    let out = s.cairn(&["adapter", "check", &wasm, "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["passed"], true, "{report:#}");
+    let steps: Vec<&str> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "load",
+            "link",
+            "info",
+            "configuration.check",
+            "bad configuration",
+            "backup",
+            "restore and compare",
+            "memory"
+        ]
+    );
+    assert!(
+        report["adapter"]
+            .as_str()
+            .unwrap()
+            .starts_with("filesystem ")
+    );
+    let mib = report["smallest_memory_limit_mib"].as_u64().unwrap();
+    assert!((1..512).contains(&mib), "{report:#}");
+    // The limit it names works, and one far below it does not.
+    assert!(
+        report["steps"][7]["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("--memory-limit {mib} works"))
+    );
+}
+
+#[test]
+fn adapter_check_of_a_service_adapter_runs_its_verify() {
+    let s = Scratch::new();
+    let wasm = component(&s, "redis", cairn::runtime::bundled::REDIS);
+    let out = std::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-n", "13", "SET", "kit:key", "value"])
+        .output()
+        .expect("redis-cli");
+    assert!(out.status.success());
+    let out = s.cairn(&[
+        "adapter",
+        "check",
+        &wasm,
+        "--adapter-config",
+        r#"{"address": "127.0.0.1:6379", "databases": [13]}"#,
+        "--grant-connect",
+        "127.0.0.1:6379",
+    ]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("verify compared"), "{t}");
+    assert!(t.contains("redis "), "{t}");
+}
+
+#[test]
+fn adapter_check_names_every_failure_and_exits_non_zero() {
+    let s = Scratch::new();
+    // A component that exports nothing.
+    let empty = component(&s, "empty", b"\0asm\x0d\x00\x01\x00");
+    let out = s.cairn(&["adapter", "check", &empty]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains("does not export info, backup, restore, verify"),
+        "{t}"
+    );
+    assert!(t.contains("failed 1 of 2 checks: link"), "{t}");
+
+    // One that traps in its backup: the trap and what it printed.
+    let out = s.cairn(&[
+        "adapter",
+        "check",
+        cairn::runtime::bundled::FAULTY_PATH,
+        "--adapter-config",
+        r#"{"fault": "panic"}"#,
+    ]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("FAIL backup"), "{t}");
+    assert!(
+        t.contains("the faulty adapter panicked on request"),
+        "the guest's own words must explain the trap: {t}"
+    );
+    assert!(t.contains("failed 1 of"), "{t}");
+    // Not a file: named.
+    let out = s.cairn(&["adapter", "check", "/nonexistent.wasm"]);
+    assert!(text(&out).contains("/nonexistent.wasm is not a file"));
+}
+
+#[test]
+fn a_trap_is_explained_by_the_end_of_the_guests_standard_error() {
+    let s = Scratch::new();
+    let src = s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    s.cairn_ok(&["init"]);
+    let out = s.cairn(&[
+        "backup",
+        src.to_str().unwrap(),
+        "--adapter",
+        cairn::runtime::bundled::FAULTY_PATH,
+        "--adapter-config",
+        r#"{"fault": "panic"}"#,
+    ]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("its standard error ended with:"), "{t}");
+    assert!(t.contains("the faulty adapter panicked on request"), "{t}");
+    assert!(t.contains("no snapshot was written"), "{t}");
+}
+
+#[test]
+fn a_snapshot_names_the_component_that_made_it() {
+    let s = Scratch::new();
+    let src = s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), "x").unwrap();
+    s.cairn_ok(&["init"]);
+    let wasm = component(&s, "myfs", cairn::runtime::bundled::FILESYSTEM);
+    s.cairn_ok(&["backup", src.to_str().unwrap(), "--adapter", &wasm]);
+    let listed: serde_json::Value =
+        serde_json::from_str(&s.cairn_ok(&["snapshots", "--json"])).unwrap();
+    let made = &listed[0]["cairn_component"];
+    assert_eq!(made["name"], "filesystem", "{listed:#}");
+    let sha = hex_sha256(cairn::runtime::bundled::FILESYSTEM);
+    assert_eq!(made["sha256"], sha.as_str());
+    // Without --adapter, restore says which component it needs.
+    let out = s.cairn(&[
+        "restore",
+        "latest",
+        "--target",
+        s.path("out").to_str().unwrap(),
+    ]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains("component filesystem") && t.contains(&sha),
+        "{t}"
+    );
+    // restic reads the snapshot with the extra field.
+    let restic: serde_json::Value =
+        serde_json::from_str(&s.restic_ok(&["snapshots", "--json"])).unwrap();
+    assert_eq!(restic.as_array().unwrap().len(), 1, "{restic:#}");
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Red-team finding: a drill's `set` made the drill restore with the job's
+/// own settings, over the job's live data, when the adapter named no
+/// scratch target. A drill restores only into a target its adapter names.
+#[test]
+fn a_drill_restores_only_into_a_scratch_target_its_adapter_names() {
+    let s = Scratch::new();
+    let password = s.path("password");
+    std::fs::write(&password, crate::common::PASSWORD).unwrap();
+    let src = s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let config = s.path("cairn.toml");
+    let write = |drill: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[agent]\nstate-dir = {state:?}\n[tenants.acme]\nrepository = {repo:?}\npassword-file = {password:?}\n\n[jobs.odd]\ntenant = \"acme\"\nadapter = {faulty:?}\npaths = [{src:?}]\nconfig = {{ fault = \"none\" }}\n{drill}\n",
+                state = s.path("state"),
+                repo = s.repo(),
+                faulty = cairn::runtime::bundled::FAULTY_PATH,
+            ),
+        )
+        .unwrap();
+    };
+    // An empty set would restore with the job's own settings.
+    write("drill = { set = {} }");
+    let out = s.cairn_config(&config, &["agent", "--check-config"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("job odd: drill.set is empty"),
+        "{}",
+        text(&out)
+    );
+    // A set the adapter accepts but names no target for.
+    write("drill = { set = { anything = 1 } }");
+    s.cairn_config_ok(&config, &["init", "--tenant", "acme"]);
+    s.cairn_config_ok(&config, &["backup", "--job", "odd"]);
+    let out = s.cairn_config(&config, &["drill", "odd"]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("names no scratch target"), "{t}");
+}
