@@ -215,3 +215,82 @@ fn a_drill_restores_only_into_a_scratch_target_its_adapter_names() {
     assert!(!out.status.success(), "{t}");
     assert!(t.contains("names no scratch target"), "{t}");
 }
+
+/// Run a project's build script (componentize-py, which tests/run
+/// installs), failing with its output.
+fn build(project: &std::path::Path) {
+    let out = std::process::Command::new(project.join("build"))
+        .output()
+        .expect("run the project's build script");
+    assert!(out.status.success(), "build failed: {}", text(&out));
+}
+
+#[test]
+fn a_new_python_adapter_builds_and_passes_the_check_and_a_python_exception_names_its_line() {
+    let s = Scratch::new();
+    let project = s.path("pyfiles");
+    let out = s.cairn_ok(&[
+        "adapter",
+        "new",
+        "--lang",
+        "python",
+        "pyfiles",
+        project.to_str().unwrap(),
+    ]);
+    assert!(out.contains("wrote the pyfiles adapter"), "{out}");
+    // A second time into the same directory is refused, naming it.
+    let again = s.cairn(&[
+        "adapter",
+        "new",
+        "--lang",
+        "python",
+        "pyfiles",
+        project.to_str().unwrap(),
+    ]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again).contains("exists and is not empty"),
+        "{}",
+        text(&again)
+    );
+    build(&project);
+    let wasm = project.join("pyfiles.wasm");
+    let out = s.cairn(&["adapter", "check", wasm.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["passed"], true, "{report:#}");
+    assert_eq!(report["adapter"], "pyfiles 0.1.0");
+    let compared = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "restore and compare")
+        .expect("a file adapter's restore is compared");
+    assert_eq!(compared["ok"], true, "{report:#}");
+
+    // An exception the adapter does not catch reaches the host as an
+    // error with its traceback, not a bare trap.
+    let app = project.join("app.py");
+    let code = std::fs::read_to_string(&app).unwrap().replace(
+        "        summary = kit.backup_summary()\n",
+        "        summary = kit.backup_summary()\n        {}[\"no-such-key\"]\n",
+    );
+    std::fs::write(&app, code).unwrap();
+    build(&project);
+    let src = s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    s.cairn_ok(&["init"]);
+    let out = s.cairn(&[
+        "backup",
+        src.to_str().unwrap(),
+        "--adapter",
+        wasm.to_str().unwrap(),
+    ]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("Traceback (most recent call last)"), "{t}");
+    assert!(t.contains("KeyError: 'no-such-key'"), "{t}");
+    assert!(t.contains("app.py\", line"), "{t}");
+    assert!(!t.contains("unreachable"), "{t}");
+    assert!(t.contains("no snapshot was written"), "{t}");
+}

@@ -16,6 +16,30 @@ pub enum Command {
     /// (a service adapter, given --adapter-config), and the smallest memory
     /// limit that runs it. Exits non-zero naming every failure.
     Check(CheckArgs),
+    /// Write a new adapter project that builds with one command and passes
+    /// `cairn adapter check` as it is: a file adapter to change into yours.
+    New(NewArgs),
+}
+
+/// Languages `adapter new` writes a project in.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lang {
+    /// Python, built with componentize-py.
+    Python,
+}
+
+/// Flags of `adapter new`.
+#[derive(clap::Args, Debug)]
+pub struct NewArgs {
+    /// The language of the project.
+    #[arg(long, value_enum)]
+    lang: Lang,
+    /// The adapter's name: lowercase letters, digits and `-`, starting
+    /// with a letter.
+    name: String,
+    /// Where to write the project (default: ./NAME); it must not exist or
+    /// be empty.
+    dir: Option<PathBuf>,
 }
 
 /// Flags of `adapter check`.
@@ -37,7 +61,99 @@ pub struct CheckArgs {
 pub async fn run(g: &Global, c: Command) -> anyhow::Result<Outcome> {
     match c {
         Command::Check(a) => check(g, a).await,
+        Command::New(a) => new(a),
     }
+}
+
+/// The WIT package, as this binary links it: written into each project.
+const WIT: &[(&str, &str)] = &[
+    ("wit/adapter.wit", include_str!("../../../wit/adapter.wit")),
+    (
+        "wit/deps/adapter-0.2.0/adapter.wit",
+        include_str!("../../../wit/deps/adapter-0.2.0/adapter.wit"),
+    ),
+    (
+        "wit/deps/adapter-0.1.0/adapter.wit",
+        include_str!("../../../wit/deps/adapter-0.1.0/adapter.wit"),
+    ),
+];
+
+/// The Python project: the kit, the template and its build script.
+const PYTHON: &[(&str, &str)] = &[
+    (
+        "cairn_kit/__init__.py",
+        include_str!("../../../sdk/python/cairn_kit/__init__.py"),
+    ),
+    (
+        "app.py",
+        include_str!("../../../sdk/python/template/app.py"),
+    ),
+    ("build", include_str!("../../../sdk/python/template/build")),
+    (
+        "README.md",
+        include_str!("../../../sdk/python/template/README.md"),
+    ),
+];
+
+fn new(a: NewArgs) -> anyhow::Result<Outcome> {
+    let name = &a.name;
+    let valid = name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !valid {
+        bail!(
+            "adapter new: name {:?}: use lowercase letters, digits and '-', starting with a letter (at most 64)",
+            crate::util::escaped(name)
+        );
+    }
+    let class: String = name
+        .split('-')
+        .map(|part| {
+            let mut c = part.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect();
+    let dir = a.dir.clone().unwrap_or_else(|| PathBuf::from(name));
+    if dir.exists()
+        && std::fs::read_dir(&dir)
+            .with_context(|| format!("adapter new: reading {}", dir.display()))?
+            .next()
+            .is_some()
+    {
+        bail!(
+            "adapter new: {} exists and is not empty; give another directory",
+            dir.display()
+        );
+    }
+    let files = match a.lang {
+        Lang::Python => PYTHON,
+    };
+    for (path, text) in WIT.iter().chain(files) {
+        let file = dir.join(path);
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("adapter new: creating {}", parent.display()))?;
+        }
+        let text = text.replace("{{name}}", name).replace("{{Class}}", &class);
+        std::fs::write(&file, text)
+            .with_context(|| format!("adapter new: writing {}", file.display()))?;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let build = dir.join("build");
+    std::fs::set_permissions(&build, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("adapter new: making {} executable", build.display()))?;
+    out(format!(
+        "wrote the {name} adapter ({:?}) in {}: build it with {}/build, then run `cairn adapter check {}/{name}.wasm`",
+        a.lang,
+        dir.display(),
+        dir.display(),
+        dir.display()
+    ));
+    Ok(Outcome::Ok)
 }
 
 async fn check(g: &Global, a: CheckArgs) -> anyhow::Result<Outcome> {

@@ -136,11 +136,11 @@ async fn adapter_pass(
 pub fn same_adapter(id: &Id, snap: &Snapshot, job: &str, source: &AdapterSource) -> Result<()> {
     if source.name() != snap.adapter() {
         super::invalid!(
-            "snapshot {} was made by adapter {}{}, but job {job} uses {}",
+            "snapshot {} was made by adapter {}, but job {job} uses {}{}",
             id.short(),
             snap.adapter(),
-            made_by(snap),
-            source.name()
+            source.name(),
+            made_by(snap)
         );
     }
     Ok(())
@@ -166,11 +166,11 @@ pub fn snapshot_adapter(id: &Id, snap: &Snapshot) -> Result<AdapterSource> {
     }
 }
 
-/// `, component NAME VERSION (component sha256 …)` when the snapshot
-/// records which component made it.
+/// ` (made by component NAME VERSION, sha256 …)` when the
+/// snapshot records which component made it.
 fn made_by(snap: &Snapshot) -> String {
     snap.cairn_component
         .as_ref()
-        .map(|c| format!(", component {c}"))
+        .map(|c| format!(" (made by component {c})"))
         .unwrap_or_default()
 }

@@ -72,7 +72,7 @@ impl std::fmt::Display for ComponentId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} {} (component sha256 {})",
+            "{} {}, sha256 {}",
             crate::util::escaped(&self.name),
             crate::util::escaped(&self.version),
             crate::util::escaped(&self.sha256)
