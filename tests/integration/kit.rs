@@ -294,3 +294,52 @@ fn a_new_python_adapter_builds_and_passes_the_check_and_a_python_exception_names
     assert!(!t.contains("unreachable"), "{t}");
     assert!(t.contains("no snapshot was written"), "{t}");
 }
+
+#[test]
+fn new_javascript_and_typescript_adapters_build_and_pass_the_check_and_a_throw_carries_its_stack() {
+    let s = Scratch::new();
+    for (lang, name) in [("javascript", "jsfiles"), ("typescript", "tsfiles")] {
+        let project = s.path(name);
+        s.cairn_ok(&[
+            "adapter",
+            "new",
+            "--lang",
+            lang,
+            name,
+            project.to_str().unwrap(),
+        ]);
+        build(&project);
+        let wasm = project.join(format!("{name}.wasm"));
+        let out = s.cairn(&["adapter", "check", wasm.to_str().unwrap(), "--json"]);
+        assert!(out.status.success(), "{lang}: {}", text(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["passed"], true, "{lang}: {report:#}");
+        assert_eq!(report["adapter"], format!("{name} 0.1.0"));
+    }
+
+    // A plain `throw new Error()` (which alone would trap) reaches the host
+    // as an error with its message and stack.
+    let project = s.path("jsfiles");
+    let source = project.join("src/adapter.js");
+    let code = std::fs::read_to_string(&source).unwrap().replace(
+        "    for (const root of grantedPaths()) this.backUp(root, summary);\n",
+        "    throw new RangeError('thrown on purpose');\n",
+    );
+    std::fs::write(&source, code).unwrap();
+    build(&project);
+    let src = s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    s.cairn_ok(&["init"]);
+    let wasm = project.join("jsfiles.wasm");
+    let out = s.cairn(&[
+        "backup",
+        src.to_str().unwrap(),
+        "--adapter",
+        wasm.to_str().unwrap(),
+    ]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("RangeError: thrown on purpose"), "{t}");
+    assert!(t.contains("adapter.js:"), "the stack names the line: {t}");
+    assert!(!t.contains("unreachable"), "{t}");
+}

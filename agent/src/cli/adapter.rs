@@ -26,6 +26,10 @@ pub enum Command {
 pub enum Lang {
     /// Python, built with componentize-py.
     Python,
+    /// JavaScript, built with componentize-js.
+    Javascript,
+    /// TypeScript: tsc, then componentize-js.
+    Typescript,
 }
 
 /// Flags of `adapter new`.
@@ -95,6 +99,62 @@ const PYTHON: &[(&str, &str)] = &[
     ),
 ];
 
+/// The JavaScript project.
+const JAVASCRIPT: &[(&str, &str)] = &[
+    (
+        "src/cairn-kit.js",
+        include_str!("../../../sdk/js/cairn-kit.js"),
+    ),
+    ("build.mjs", include_str!("../../../sdk/js/build.mjs")),
+    (
+        "src/adapter.js",
+        include_str!("../../../sdk/js/template/src/adapter.js"),
+    ),
+    (
+        "package.json",
+        include_str!("../../../sdk/js/template/package.json"),
+    ),
+    ("build", include_str!("../../../sdk/js/template/build")),
+    (
+        "README.md",
+        include_str!("../../../sdk/js/template/README.md"),
+    ),
+];
+
+/// The TypeScript project.
+const TYPESCRIPT: &[(&str, &str)] = &[
+    (
+        "src/cairn-kit.js",
+        include_str!("../../../sdk/js/cairn-kit.js"),
+    ),
+    (
+        "src/cairn-kit.d.ts",
+        include_str!("../../../sdk/js/cairn-kit.d.ts"),
+    ),
+    ("build.mjs", include_str!("../../../sdk/js/build.mjs")),
+    (
+        "src/adapter.ts",
+        include_str!("../../../sdk/js/template-ts/src/adapter.ts"),
+    ),
+    (
+        "src/globals.d.ts",
+        include_str!("../../../sdk/js/template-ts/src/globals.d.ts"),
+    ),
+    (
+        "tsconfig.json",
+        include_str!("../../../sdk/js/template-ts/tsconfig.json"),
+    ),
+    (
+        "package.json",
+        include_str!("../../../sdk/js/template-ts/package.json"),
+    ),
+    ("build", include_str!("../../../sdk/js/template-ts/build")),
+    (
+        "README.md",
+        include_str!("../../../sdk/js/template-ts/README.md"),
+    ),
+];
+
 fn new(a: NewArgs) -> anyhow::Result<Outcome> {
     let name = &a.name;
     let valid = name.len() <= 64
@@ -131,6 +191,8 @@ fn new(a: NewArgs) -> anyhow::Result<Outcome> {
     }
     let files = match a.lang {
         Lang::Python => PYTHON,
+        Lang::Javascript => JAVASCRIPT,
+        Lang::Typescript => TYPESCRIPT,
     };
     for (path, text) in WIT.iter().chain(files) {
         let file = dir.join(path);
@@ -147,8 +209,8 @@ fn new(a: NewArgs) -> anyhow::Result<Outcome> {
     std::fs::set_permissions(&build, std::fs::Permissions::from_mode(0o755))
         .with_context(|| format!("adapter new: making {} executable", build.display()))?;
     out(format!(
-        "wrote the {name} adapter ({:?}) in {}: build it with {}/build, then run `cairn adapter check {}/{name}.wasm`",
-        a.lang,
+        "wrote the {name} adapter ({}) in {}: build it with {}/build, then run `cairn adapter check {}/{name}.wasm`",
+        format!("{:?}", a.lang).to_lowercase(),
         dir.display(),
         dir.display(),
         dir.display()

@@ -341,6 +341,10 @@ pub fn main() -> ExitCode {
                 Err(e) => Err(anyhow::anyhow!("the command was cancelled: {e}")),
             },
             signal = stop_signal() => {
+                // Packers first: dropping the command drops its lock guards,
+                // whose removal starts at once, and nothing may be written
+                // once a lock is gone (red-team finding on issue 14).
+                crate::pipeline::stop_packers();
                 abort.abort();
                 Err(anyhow::anyhow!("stopped by {signal}; {stopped}"))
             }
