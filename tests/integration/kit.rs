@@ -343,3 +343,39 @@ fn new_javascript_and_typescript_adapters_build_and_pass_the_check_and_a_throw_c
     assert!(t.contains("adapter.js:"), "the stack names the line: {t}");
     assert!(!t.contains("unreachable"), "{t}");
 }
+
+#[test]
+fn a_new_rust_adapter_builds_with_the_sdk_it_carries_and_passes_the_check() {
+    let s = Scratch::new();
+    let project = s.path("rs-files");
+    s.cairn_ok(&[
+        "adapter",
+        "new",
+        "--lang",
+        "rust",
+        "rs-files",
+        project.to_str().unwrap(),
+    ]);
+    // The project's own build, sharing the adapters' target directory so
+    // its dependencies are compiled once.
+    let shared = std::path::Path::new(cairn::runtime::bundled::FAULTY_PATH)
+        .ancestors()
+        .nth(3)
+        .unwrap()
+        .to_path_buf();
+    let out = std::process::Command::new(project.join("build"))
+        .env("CARGO_TARGET_DIR", &shared)
+        .output()
+        .expect("run the project's build script");
+    assert!(out.status.success(), "build failed: {}", text(&out));
+    let wasm = project.join("rs-files.wasm");
+    let out = s.cairn(&["adapter", "check", wasm.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["passed"], true, "{report:#}");
+    assert_eq!(report["adapter"], "rs-files 0.1.0");
+    // A name an adapter cannot have is refused, naming it.
+    let out = s.cairn(&["adapter", "new", "--lang", "rust", "Bad_Name"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("name \"Bad_Name\""), "{}", text(&out));
+}

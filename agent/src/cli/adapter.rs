@@ -24,6 +24,8 @@ pub enum Command {
 /// Languages `adapter new` writes a project in.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lang {
+    /// Rust, with Cairn's SDK (copied into the project), built by cargo.
+    Rust,
     /// Python, built with componentize-py.
     Python,
     /// JavaScript, built with componentize-js.
@@ -96,6 +98,68 @@ const PYTHON: &[(&str, &str)] = &[
     (
         "README.md",
         include_str!("../../../sdk/python/template/README.md"),
+    ),
+];
+
+/// The Rust project: the template and the SDK's sources, built against
+/// the project's `wit/` (the SDK reads `../wit`).
+const RUST: &[(&str, &str)] = &[
+    (
+        "Cargo.toml",
+        include_str!("../../../sdk/template-rust/Cargo.toml"),
+    ),
+    (
+        "src/lib.rs",
+        include_str!("../../../sdk/template-rust/src/lib.rs"),
+    ),
+    ("build", include_str!("../../../sdk/template-rust/build")),
+    (
+        "README.md",
+        include_str!("../../../sdk/template-rust/README.md"),
+    ),
+    (
+        "cairn-sdk/Cargo.toml",
+        include_str!("../../../sdk/template-rust/cairn-sdk.toml"),
+    ),
+    (
+        "cairn-sdk/src/lib.rs",
+        include_str!("../../../sdk/src/lib.rs"),
+    ),
+    (
+        "cairn-sdk/src/archive.rs",
+        include_str!("../../../sdk/src/archive.rs"),
+    ),
+    (
+        "cairn-sdk/src/snapshot.rs",
+        include_str!("../../../sdk/src/snapshot.rs"),
+    ),
+    (
+        "cairn-sdk/src/fs.rs",
+        include_str!("../../../sdk/src/fs.rs"),
+    ),
+    (
+        "cairn-sdk/src/process.rs",
+        include_str!("../../../sdk/src/process.rs"),
+    ),
+    (
+        "cairn-sdk/src/secrets.rs",
+        include_str!("../../../sdk/src/secrets.rs"),
+    ),
+    (
+        "cairn-sdk/src/log.rs",
+        include_str!("../../../sdk/src/log.rs"),
+    ),
+    (
+        "cairn-sdk/src/check.rs",
+        include_str!("../../../sdk/src/check.rs"),
+    ),
+    (
+        "cairn-sdk/src/database.rs",
+        include_str!("../../../sdk/src/database.rs"),
+    ),
+    (
+        "cairn-sdk/src/hooks.rs",
+        include_str!("../../../sdk/src/hooks.rs"),
     ),
 ];
 
@@ -190,6 +254,7 @@ fn new(a: NewArgs) -> anyhow::Result<Outcome> {
         );
     }
     let files = match a.lang {
+        Lang::Rust => RUST,
         Lang::Python => PYTHON,
         Lang::Javascript => JAVASCRIPT,
         Lang::Typescript => TYPESCRIPT,
@@ -200,7 +265,10 @@ fn new(a: NewArgs) -> anyhow::Result<Outcome> {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("adapter new: creating {}", parent.display()))?;
         }
-        let text = text.replace("{{name}}", name).replace("{{Class}}", &class);
+        let text = text
+            .replace("{{name}}", name)
+            .replace("{{Class}}", &class)
+            .replace("{{lib}}", &name.replace('-', "_"));
         std::fs::write(&file, text)
             .with_context(|| format!("adapter new: writing {}", file.display()))?;
     }
