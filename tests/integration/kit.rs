@@ -379,3 +379,45 @@ fn a_new_rust_adapter_builds_with_the_sdk_it_carries_and_passes_the_check() {
     assert!(!out.status.success());
     assert!(text(&out).contains("name \"Bad_Name\""), "{}", text(&out));
 }
+
+#[test]
+fn adapter_stderr_streams_live_and_adapter_compile_warms_the_cache() {
+    let s = Scratch::new();
+    let src = s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    s.cairn_ok(&["init"]);
+    let out = s.cairn(&[
+        "--adapter-stderr",
+        "backup",
+        src.to_str().unwrap(),
+        "--adapter",
+        cairn::runtime::bundled::FAULTY_PATH,
+        "--adapter-config",
+        r#"{"fault": "panic"}"#,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.lines()
+            .any(|l| l
+                .starts_with("cairn_test_adapter_faulty: the faulty adapter panicked on request")),
+        "{err}"
+    );
+    // A fresh cache: compile fills it, and the check then loads from it.
+    let cache = s.path("cache");
+    let wasm = component(&s, "fs", cairn::runtime::bundled::FILESYSTEM);
+    let out = s
+        .cairn_cmd(&["adapter", "compile", &wasm])
+        .env("CAIRN_CACHE_DIR", &cache)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("later runs read it from the cache"),
+        "{}",
+        text(&out)
+    );
+    let cached = std::fs::read_dir(cache.join("components")).unwrap().count();
+    assert_eq!(cached, 1);
+    let out = s.cairn(&["adapter", "compile", "/nonexistent.wasm"]);
+    assert!(text(&out).contains("/nonexistent.wasm is not a file"));
+}

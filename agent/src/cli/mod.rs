@@ -83,6 +83,10 @@ pub struct Cli {
     /// (8), which also bounds a tenant's requests whatever this says.
     #[arg(long, env = "CAIRN_CONNECTIONS", global = true, value_parser = clap::value_parser!(u16).range(1..=256))]
     connections: Option<u16>,
+    /// Print what the adapter writes to its standard error on ours, live,
+    /// line by line (escaped), besides logging it: for adapter authors.
+    #[arg(long, global = true)]
+    adapter_stderr: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -246,6 +250,9 @@ pub fn main() -> ExitCode {
     );
     if let Some(h) = &cli.key_hint {
         crate::repo::keys::name_key(h);
+    }
+    if cli.adapter_stderr {
+        crate::runtime::stream_adapter_stderr();
     }
     let global = Global {
         repo: cli.repo,

@@ -12,6 +12,7 @@ mod output;
 
 pub use grants::{GrantError, Grants};
 pub use host::{BackupOutcome, BackupRequest, RestoreOutcome, RestoreProgress, RestoreRequest};
+pub use output::stream_adapter_stderr;
 
 use anyhow::{Context, anyhow};
 use std::path::PathBuf;

@@ -20,6 +20,16 @@ const LOGGED: usize = 1 << 20;
 /// Most bytes of standard error kept to explain a trap.
 const TAIL: usize = 16 << 10;
 
+/// Whether standard error lines are also printed on ours, live.
+static LIVE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Print every adapter's standard error on this process's, line by line
+/// as it comes (escaped, prefixed with the adapter's name), besides
+/// logging it (`--adapter-stderr`).
+pub fn stream_adapter_stderr() {
+    LIVE.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Which stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stream {
@@ -100,6 +110,9 @@ impl GuestOutput {
                 let gone = s.tail.pop_front().map_or(0, |l| l.len());
                 s.tail_bytes -= gone;
             }
+        }
+        if self.stream == Stream::Stderr && LIVE.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!("{}: {text}", self.adapter);
         }
         if s.silenced || text.trim().is_empty() {
             return;
