@@ -39,25 +39,48 @@ export const io = (m) => new AdapterError('io', m);
 export const corrupt = (m) => new AdapterError('corrupt', m);
 export const other = (m) => new AdapterError('other', m);
 
+/** Words for any thrown value, even one whose conversion throws. */
+function words(v) {
+  try {
+    return String(v);
+  } catch {
+    return Object.prototype.toString.call(v);
+  }
+}
+
 /** What a throw becomes: the adapter-error the host receives. */
 export function toAdapterError(e) {
+  try {
+    return describe(e);
+  } catch {
+    return { tag: 'other', val: 'thrown: a value that cannot be described' };
+  }
+}
+
+function describe(e) {
   // A host call that failed threw an error whose payload is the case.
   if (e && typeof e === 'object' && e.payload && CASES.has(e.payload.tag)) {
-    return { tag: e.payload.tag, val: String(e.payload.val) };
+    return { tag: e.payload.tag, val: words(e.payload.val) };
   }
   if (e && typeof e === 'object' && CASES.has(e.tag) && typeof e.val === 'string') {
     return { tag: e.tag, val: e.val };
   }
   if (e instanceof Error) {
-    return { tag: 'other', val: `${e.name}: ${e.message}\n${e.stack ?? ''}`.trimEnd() };
+    return { tag: 'other', val: `${words(e.name)}: ${words(e.message)}\n${words(e.stack ?? '')}`.trimEnd() };
   }
-  return { tag: 'other', val: `thrown: ${String(e)}` };
+  return { tag: 'other', val: `thrown: ${words(e)}` };
 }
 
 function guard(fn) {
   return (...args) => {
     try {
-      return fn(...args);
+      const result = fn(...args);
+      // The component model is synchronous here: a Promise's outcome would
+      // be lost, and an empty summary returned as if all went well.
+      if (result && typeof result.then === 'function') {
+        throw other('the adapter returned a Promise: backup, restore, verify and check must be synchronous functions');
+      }
+      return result;
     } catch (e) {
       // componentize-js returns a thrown {tag, val} as the result's error.
       throw toAdapterError(e);
@@ -87,7 +110,12 @@ export const log = {
   error: (m) => logWrite('error', String(m)),
 };
 
-const big = (v) => BigInt(v ?? 0);
+/** A u64 count, refused (not wrapped) when it is not one. */
+function big(v) {
+  const n = typeof v === 'bigint' ? v : BigInt(v ?? 0);
+  if (n < 0n || n >= 2n ** 64n) throw other(`a count of ${n} is not a u64 (0 to 2^64-1)`);
+  return n;
+}
 
 /** Who the adapter is; `needs` lists 'read-paths' and 'write-paths'. */
 export function info(name, version, description, needs = []) {
@@ -125,6 +153,14 @@ export const footprint = (reads = [], writes = []) => ({ reads: [...reads], writ
  * applied key by key, as the host applies it. */
 export const drillConfig = (config, set) => ({ ...config, ...set });
 
+/** `v`, unless it is a Promise (whose outcome would be lost). */
+function settled(v) {
+  if (v && typeof v.then === 'function') {
+    throw other('the adapter returned a Promise: backup, restore, verify and check must be synchronous functions');
+  }
+  return v;
+}
+
 /** The component's exports, from an object with `info`, `backup`,
  * `restore`, `verify` and, optionally, `check(config, drillSet)`. */
 export function exportAdapter(adapter) {
@@ -139,14 +175,14 @@ export function exportAdapter(adapter) {
         throw e;
       }
     },
-    backup: guard((c) => backupSummary(adapter.backup(parseConfig(c)))),
-    restore: guard((c) => restoreSummary(adapter.restore(parseConfig(c)))),
-    verify: guard((c) => verifyReport(adapter.verify(parseConfig(c)))),
+    backup: guard((c) => backupSummary(settled(adapter.backup(parseConfig(c))))),
+    restore: guard((c) => restoreSummary(settled(adapter.restore(parseConfig(c))))),
+    verify: guard((c) => verifyReport(settled(adapter.verify(parseConfig(c))))),
     configuration: {
       check: guard((c, drillSet) => {
         const config = parseConfig(c);
         const set = drillSet === undefined ? undefined : parseConfig(drillSet, "the drill's set");
-        const f = adapter.check ? adapter.check(config, set) : undefined;
+        const f = adapter.check ? settled(adapter.check(config, set)) : undefined;
         return footprint(f?.reads ?? [], f?.writes ?? []);
       }),
     },

@@ -35,6 +35,7 @@ fn adapter_check_passes_the_filesystem_adapter_with_a_restore_compared_to_the_fi
             "bad configuration",
             "backup",
             "restore and compare",
+            "verify",
             "memory"
         ]
     );
@@ -48,7 +49,7 @@ fn adapter_check_passes_the_filesystem_adapter_with_a_restore_compared_to_the_fi
     assert!((1..512).contains(&mib), "{report:#}");
     // The limit it names works, and one far below it does not.
     assert!(
-        report["steps"][7]["detail"]
+        report["steps"][8]["detail"]
             .as_str()
             .unwrap()
             .contains(&format!("--memory-limit {mib} works"))

@@ -69,8 +69,12 @@ pub struct CheckArgs {
     #[command(flatten)]
     adapter_flags: AdapterFlags,
     /// Memory limit of the runs, in MiB.
-    #[arg(long, default_value_t = 512)]
-    memory_limit: usize,
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    memory_limit: u32,
+    /// Deadline of each adapter run, in seconds: a step that passes it
+    /// fails, naming the deadline.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    timeout: u64,
 }
 
 /// Run an `adapter` subcommand.
@@ -304,11 +308,11 @@ fn new(a: NewArgs) -> anyhow::Result<Outcome> {
     std::fs::set_permissions(&build, std::fs::Permissions::from_mode(0o755))
         .with_context(|| format!("adapter new: making {} executable", build.display()))?;
     out(format!(
-        "wrote the {name} adapter ({}) in {}: build it with {}/build, then run `cairn adapter check {}/{name}.wasm`",
+        "wrote the {name} adapter ({}) in {}: build it with {:?}, then run `cairn adapter check {:?}`",
         format!("{:?}", a.lang).to_lowercase(),
         dir.display(),
-        dir.display(),
-        dir.display()
+        dir.join("build"),
+        dir.join(format!("{name}.wasm"))
     ));
     Ok(Outcome::Ok)
 }
@@ -319,35 +323,42 @@ async fn check(g: &Global, a: CheckArgs) -> anyhow::Result<Outcome> {
     }
     let config = a.adapter_flags.config().context("adapter check")?;
     let flags = a.adapter_flags;
+    if !g.json {
+        out(format!("adapter check of {}", a.component.display()));
+    }
     let report = crate::ops::conformance::run(crate::ops::conformance::Options {
         component: a.component.clone(),
         config,
         grants: Box::new(move || flags.grants(&Default::default())),
-        memory: a.memory_limit << 20,
+        memory: (a.memory_limit as usize) << 20,
+        timeout: std::time::Duration::from_secs(a.timeout),
+        on_step: (!g.json).then(
+            || -> Box<dyn Fn(&crate::ops::conformance::Step) + Send + Sync> {
+                Box::new(|s| {
+                    out(format!(
+                        "  {} {:<22} {:>6.2}s  {}",
+                        if s.ok { "ok  " } else { "FAIL" },
+                        s.name,
+                        s.seconds,
+                        crate::util::indented(&s.detail)
+                    ))
+                })
+            },
+        ),
     })
     .await;
     if g.json {
         out(serde_json::to_value(&report)?);
     } else {
         out(format!(
-            "adapter check of {} (sha256 {}){}",
-            report.component,
+            "component sha256 {}: {}",
             report.sha256,
             report
                 .adapter
-                .as_ref()
-                .map(|a| format!(": {a}"))
+                .as_deref()
+                .map(crate::util::escaped)
                 .unwrap_or_default()
         ));
-        for s in &report.steps {
-            out(format!(
-                "  {} {:<22} {:>6.2}s  {}",
-                if s.ok { "ok  " } else { "FAIL" },
-                s.name,
-                s.seconds,
-                crate::util::indented(&s.detail)
-            ));
-        }
     }
     let failed: Vec<&str> = report
         .steps

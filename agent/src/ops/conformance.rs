@@ -33,7 +33,14 @@ pub struct Options {
     /// Memory limit of the runs (the smallest that works is searched
     /// below it).
     pub memory: usize,
+    /// Deadline of each adapter run: a step that passes it fails.
+    pub timeout: std::time::Duration,
+    /// Called with each step as it ends, so a long check shows progress.
+    pub on_step: Option<OnStep>,
 }
+
+/// What is called with each step as it ends.
+pub type OnStep = Box<dyn Fn(&Step) + Send + Sync>;
 
 /// One step's outcome.
 #[derive(Debug, Clone, Serialize)]
@@ -71,6 +78,7 @@ pub struct Report {
 /// Run every step; the report says what passed and what did not.
 pub async fn run(o: Options) -> Report {
     let mut k = Kit {
+        on_step: o.on_step.as_deref(),
         report: Report {
             component: o.component.display().to_string(),
             sha256: String::new(),
@@ -86,22 +94,27 @@ pub async fn run(o: Options) -> Report {
     k.report
 }
 
-struct Kit {
+struct Kit<'a> {
     report: Report,
+    on_step: Option<&'a (dyn Fn(&Step) + Send + Sync)>,
 }
 
 /// A step that failed in a way that stops the later ones.
 struct Stop;
 
-impl Kit {
+impl Kit<'_> {
     fn step(&mut self, name: &str, clock: Instant, result: Result<String, String>) -> bool {
         let ok = result.is_ok();
-        self.report.steps.push(Step {
+        let step = Step {
             name: name.into(),
             ok,
             detail: result.unwrap_or_else(|e| e),
             seconds: clock.elapsed().as_secs_f64(),
-        });
+        };
+        if let Some(f) = self.on_step {
+            f(&step);
+        }
+        self.report.steps.push(step);
         ok
     }
 
@@ -279,7 +292,7 @@ impl Kit {
                     compression: 3,
                     limits: Limits {
                         memory,
-                        ..Limits::default()
+                        timeout: o.timeout,
                     },
                     on_progress: None,
                     began: (chrono::Utc::now().fixed_offset(), Instant::now()),
@@ -349,7 +362,7 @@ impl Kit {
             overwrite: false,
             limits: Limits {
                 memory: o.memory,
-                ..Limits::default()
+                timeout: o.timeout,
             },
             target: "adapter check".into(),
         };
@@ -366,8 +379,22 @@ impl Kit {
                 let r = super::restore::run(&store, restore_options(c, g))
                     .await
                     .map_err(|e| format!("{e:#}"))?;
-                // The fixture's path is recorded whole under the target.
+                // The fixture's path is recorded whole under the target,
+                // in real directories: a symbolic link on the way would
+                // compare the fixture with itself.
                 let restored = target.join(fixture.strip_prefix("/").unwrap_or(&fixture));
+                let mut walked = target.clone();
+                for part in restored.strip_prefix(&target).map_err(|e| e.to_string())? {
+                    walked.push(part);
+                    let real =
+                        std::fs::symlink_metadata(&walked).is_ok_and(|m| m.file_type().is_dir());
+                    if !real {
+                        return Err(format!(
+                            "{} was not restored as a directory (a symbolic link or nothing)",
+                            walked.display()
+                        ));
+                    }
+                }
                 let differences = compare_dirs(&fixture, &restored);
                 if differences.is_empty() {
                     Ok(format!(
@@ -384,6 +411,24 @@ impl Kit {
             }
             .await;
             self.step("restore and compare", clock, result);
+            // A file adapter's verify runs too.
+            let clock = Instant::now();
+            let result = async {
+                let g = grants(&[])?;
+                let r = super::restore::verify(&store, restore_options(config.clone(), g))
+                    .await
+                    .map_err(|e| format!("{e:#}"))?;
+                if r.problems.is_empty() {
+                    Ok(format!(
+                        "{} entries, {} bytes read back: no problem",
+                        r.entries, r.bytes
+                    ))
+                } else {
+                    Err(format!("verify found: {}", r.problems.join("; ")))
+                }
+            }
+            .await;
+            self.step("verify", clock, result);
         } else {
             let result = async {
                 let g = grants(&[])?;
@@ -411,7 +456,7 @@ impl Kit {
             Ok(_) => {
                 self.report.smallest_memory_limit_mib = Some(mib);
                 Ok(format!(
-                    "peak {:.1} MiB of linear memory; --memory-limit {mib} works",
+                    "peak {:.1} MiB of linear memory; --memory-limit {mib} works for this fixture (more data may need more)",
                     done.adapter_memory_bytes as f64 / f64::from(1 << 20)
                 ))
             }

@@ -138,7 +138,7 @@ pub fn same_adapter(id: &Id, snap: &Snapshot, job: &str, source: &AdapterSource)
         super::invalid!(
             "snapshot {} was made by adapter {}, but job {job} uses {}{}",
             id.short(),
-            snap.adapter(),
+            crate::util::escaped(snap.adapter()),
             source.name(),
             made_by(snap)
         );

@@ -121,6 +121,23 @@ pub struct AdapterInfo {
     pub needs: Vec<String>,
 }
 
+/// An adapter's `info`, refused when its name or version is longer than
+/// a snapshot should carry (every snapshot records them) or its
+/// description longer than a line.
+fn bounded(
+    info: bindings::cairn::adapter0_1_0::types::AdapterInfo,
+) -> wasmtime::Result<bindings::cairn::adapter0_1_0::types::AdapterInfo> {
+    if info.name.len() > 64 || info.version.len() > 64 || info.description.len() > 1024 {
+        return Err(wasmtime::Error::msg(format!(
+            "its info() gives a name of {} bytes, a version of {} and a description of {}; at most 64, 64 and 1024",
+            info.name.len(),
+            info.version.len(),
+            info.description.len()
+        )));
+    }
+    Ok(info)
+}
+
 /// The limits of `info` and `configuration.check`, which read settings
 /// only: the agent runs them itself, at load and on each reload.
 const CHECK_LIMITS: Limits = Limits {
@@ -542,7 +559,7 @@ impl Runtime {
         let mut store = self.store(state, &limits);
         let instance = self.instantiate(component, &mut store, &adapter).await?;
         let call = async move {
-            let r = instance.call_info(&mut store).await;
+            let r = instance.call_info(&mut store).await.and_then(bounded);
             (store, r.map(Ok))
         };
         let Some((_, result)) = with_deadline(&adapter, &limits, call).await? else {
@@ -647,7 +664,7 @@ impl Runtime {
         let config = store.data().config_json();
         let call = async move {
             // The snapshot records who made it, as the adapter names itself.
-            let info = match instance.call_info(&mut store).await {
+            let info = match instance.call_info(&mut store).await.and_then(bounded) {
                 Ok(info) => info,
                 Err(trap) => return (store, Err(trap)),
             };

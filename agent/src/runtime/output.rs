@@ -17,8 +17,11 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 const LINE: usize = 4096;
 /// Most bytes of one stream a job logs.
 const LOGGED: usize = 1 << 20;
-/// Most bytes of standard error kept to explain a trap.
+/// Most lines of one stream a job logs (short lines are many records).
+const LOGGED_LINES: usize = 10_000;
+/// Most bytes, and lines, of standard error kept to explain a trap.
 const TAIL: usize = 16 << 10;
+const TAIL_LINES: usize = 200;
 
 /// Whether standard error lines are also printed on ours, live.
 static LIVE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -44,6 +47,7 @@ pub enum Stream {
 struct State {
     partial: Vec<u8>,
     logged: usize,
+    lines: usize,
     silenced: bool,
     tail: VecDeque<String>,
     tail_bytes: usize,
@@ -103,25 +107,26 @@ impl GuestOutput {
     fn line(&self, s: &mut State, raw: &[u8]) {
         let text = String::from_utf8_lossy(raw);
         let text = crate::util::escaped(text.trim_end_matches('\r')).into_owned();
-        if self.stream == Stream::Stderr {
+        if self.stream == Stream::Stderr && !text.trim().is_empty() {
             s.tail_bytes += text.len();
             s.tail.push_back(text.clone());
-            while s.tail_bytes > TAIL && s.tail.len() > 1 {
+            while (s.tail_bytes > TAIL || s.tail.len() > TAIL_LINES) && s.tail.len() > 1 {
                 let gone = s.tail.pop_front().map_or(0, |l| l.len());
                 s.tail_bytes -= gone;
             }
         }
         if self.stream == Stream::Stderr && LIVE.load(std::sync::atomic::Ordering::Relaxed) {
-            eprintln!("{}: {text}", self.adapter);
+            eprintln!("{}: {text}", crate::util::escaped(&self.adapter));
         }
         if s.silenced || text.trim().is_empty() {
             return;
         }
         s.logged += raw.len() + 1;
+        s.lines += 1;
         let adapter = &*self.adapter;
-        if s.logged > LOGGED {
+        if s.logged > LOGGED || s.lines > LOGGED_LINES {
             s.silenced = true;
-            tracing::warn!(adapter, stream = ?self.stream, "The adapter wrote more than {} MiB; the rest of this stream is not logged.", LOGGED >> 20);
+            tracing::warn!(adapter, stream = ?self.stream, "The adapter wrote more than {} MiB or {LOGGED_LINES} lines; the rest of this stream is not logged.", LOGGED >> 20);
             return;
         }
         match self.stream {
@@ -191,6 +196,14 @@ mod tests {
         assert!(tail.contains("line 99999\\u{1b}[31m"), "{tail}");
         assert!(!tail.contains('\x1b'));
         assert!(tail.ends_with(&"x".repeat(LINE)));
+        // Many short or blank lines: bounded by lines as well as bytes
+        // (red-team finding: 1 MiB of two-byte lines was 512K records).
+        let err = GuestOutput::new("a", Stream::Stderr);
+        for _ in 0..50_000 {
+            err.take(b"x\n\n");
+        }
+        assert!(crate::util::lock(&err.state).silenced);
+        assert_eq!(err.tail().lines().count(), TAIL_LINES);
         // Standard output keeps no tail.
         let out = GuestOutput::new("a", Stream::Stdout);
         out.take(b"hello\n");

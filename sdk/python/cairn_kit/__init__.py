@@ -214,9 +214,13 @@ log = _Log()
 
 # --- Configuration ----------------------------------------------------------
 
+def _not_json(constant):
+    raise ValueError(f"{constant} is not JSON")
+
+
 def _parse_json(text: str, what: str) -> dict:
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_not_json)
     except ValueError as e:
         raise InvalidConfig(f"{what} is not JSON: {e}") from None
     if not isinstance(value, dict):
@@ -225,11 +229,32 @@ def _parse_json(text: str, what: str) -> dict:
 
 
 def _matches(value, hint) -> bool:
-    """Whether a JSON value fits a dataclass field's annotation (the simple
-    ones: str, int, float, bool, list, dict, Optional of those)."""
-    if hint in (typing.Any, None) or isinstance(hint, str):
+    """Whether a JSON value fits a dataclass field's annotation: str, int,
+    float, bool, None, list[T], tuple[...], dict[str, T], Literal, Enum,
+    a nested dataclass, and unions of those. Any other annotation is
+    refused when the config is parsed, so nothing passes unchecked."""
+    if hint is typing.Any:
         return True
     origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if isinstance(hint, type) and issubclass(hint, __import__("enum").Enum):
+        return any(value == m.value for m in hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            return False
+        try:
+            parse(hint, value)
+        except InvalidConfig:
+            return False
+        return True
+    if origin is tuple or hint is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, list):
+            return False
+        if args and args[-1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return not args or (len(args) == len(value) and all(_matches(v, h) for v, h in zip(value, args)))
     if origin is typing.Union or (sys.version_info >= (3, 10) and origin is __import__("types").UnionType):
         return any(_matches(value, h) for h in typing.get_args(hint))
     if hint is type(None):
@@ -246,8 +271,9 @@ def _matches(value, hint) -> bool:
         args = typing.get_args(hint)
         return isinstance(value, list) and (not args or all(_matches(v, args[0]) for v in value))
     if origin in (dict, typing.Dict) or hint is dict:
-        return isinstance(value, dict)
-    return True
+        args = typing.get_args(hint)
+        return isinstance(value, dict) and (not args or all(_matches(v, args[1]) for v in value.values()))
+    raise InvalidConfig(f"the kit cannot check a field annotated {hint!r}; use str, int, float, bool, list, tuple, dict, Literal, an Enum or a dataclass")
 
 
 def parse(cls, value: dict, what: str = "config"):
@@ -271,6 +297,18 @@ def parse(cls, value: dict, what: str = "config"):
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if required and name not in given:
             raise InvalidConfig(f"{what}: missing key {name.replace('_', '-')!r}")
+    # Enum and nested dataclass fields get their types, not the raw JSON.
+    for name, v in list(given.items()):
+        hint = hints.get(name)
+        # An optional dataclass or Enum: the member of the union it is.
+        options = [h for h in typing.get_args(hint) if h is not type(None)]
+        union = typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None))
+        if v is not None and union and len(options) == 1:
+            hint = options[0]
+        if isinstance(hint, type) and issubclass(hint, __import__("enum").Enum):
+            given[name] = hint(v)
+        elif dataclasses.is_dataclass(hint):
+            given[name] = parse(hint, v, f"{what}: {name.replace('_', '-')}")
     return cls(**given)
 
 

@@ -14,7 +14,7 @@ import cairn_kit as kit
 from cairn_kit import Capability, EntryKind, archive, fs, snapshot
 
 
-class {{Class}}(kit.Adapter):
+class {{Class}}Adapter(kit.Adapter):
     @dataclasses.dataclass
     class Config:
         # Restore: the directory entries are restored under (it must be granted).
@@ -30,17 +30,20 @@ class {{Class}}(kit.Adapter):
 
     def backup(self, config):
         summary = kit.backup_summary()
-        for root in fs.granted_paths():
-            self._back_up(root, summary)
+        # Depth-first in name order, with a stack of its own: a deep tree
+        # must not exhaust Python's recursion limit.
+        pending = list(reversed(fs.granted_paths()))
+        while pending:
+            self._back_up(pending.pop(), summary, pending)
         return summary
 
-    def _back_up(self, path, summary):
+    def _back_up(self, path, summary, pending):
         found = fs.stat(path)
         if found.kind == EntryKind.DIRECTORY:
             archive.add_directory(path, found.meta)
             summary.directories += 1
-            for name in fs.list_dir(path):
-                self._back_up(path.rstrip("/") + "/" + name, summary)
+            for name in reversed(fs.list_dir(path)):
+                pending.append(path.rstrip("/") + "/" + name)
         elif found.kind == EntryKind.SYMLINK:
             archive.add_symlink(path, found.link_target, found.meta)
             summary.symlinks += 1
@@ -90,4 +93,4 @@ class {{Class}}(kit.Adapter):
         return report
 
 
-WitWorld, Configuration = kit.export({{Class}})
+WitWorld, Configuration = kit.export({{Class}}Adapter)

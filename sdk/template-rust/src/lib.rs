@@ -10,7 +10,7 @@ use cairn_sdk::{
     VerifyReport, archive, fs, snapshot,
 };
 
-struct {{Class}};
+struct {{Class}}Adapter;
 
 /// Settings of a backup (none yet: unknown keys are refused).
 #[derive(serde::Deserialize)]
@@ -25,7 +25,7 @@ struct RestoreConfig {
     target: Option<String>,
 }
 
-impl Adapter for {{Class}} {
+impl Adapter for {{Class}}Adapter {
     type BackupConfig = BackupConfig;
     type RestoreConfig = RestoreConfig;
     type VerifyConfig = serde_json::Value;
@@ -120,4 +120,4 @@ fn back_up(path: &str, summary: &mut BackupSummary) -> Result<(), Error> {
     Ok(())
 }
 
-cairn_sdk::export_adapter!({{Class}});
+cairn_sdk::export_adapter!({{Class}}Adapter);

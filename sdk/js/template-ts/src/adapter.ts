@@ -10,7 +10,7 @@ import { createDir, createSymlink, grantedPaths, listDir, setMetadata, stat } fr
 import { nextEntry, open } from 'cairn:adapter/snapshot@0.1.0';
 import type { Metadata } from 'cairn:adapter/types@0.1.0';
 
-class {{Class}} implements kit.Adapter {
+class {{Class}}Adapter implements kit.Adapter {
   info() {
     return kit.info('{{name}}', '0.1.0', 'Backs up the paths its job grants.', ['read-paths', 'write-paths']);
   }
@@ -80,4 +80,4 @@ class {{Class}} implements kit.Adapter {
   }
 }
 
-export const { info, backup, restore, verify, configuration } = kit.exportAdapter(new {{Class}}());
+export const { info, backup, restore, verify, configuration } = kit.exportAdapter(new {{Class}}Adapter());

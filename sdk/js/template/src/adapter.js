@@ -9,7 +9,7 @@ import { addDirectory, addSymlink, beginFile, skip } from 'cairn:adapter/archive
 import { createDir, createSymlink, grantedPaths, listDir, setMetadata, stat } from 'cairn:adapter/fs@0.1.0';
 import { nextEntry, open } from 'cairn:adapter/snapshot@0.1.0';
 
-class {{Class}} {
+class {{Class}}Adapter {
   info() {
     return kit.info('{{name}}', '0.1.0', 'Backs up the paths its job grants.', ['read-paths', 'write-paths']);
   }
@@ -79,4 +79,4 @@ class {{Class}} {
   }
 }
 
-export const { info, backup, restore, verify, configuration } = kit.exportAdapter(new {{Class}}());
+export const { info, backup, restore, verify, configuration } = kit.exportAdapter(new {{Class}}Adapter());
