@@ -9,10 +9,14 @@ mod grants;
 mod host;
 mod meta;
 mod output;
+mod probe;
+mod source;
 
 pub use grants::{GrantError, Grants};
 pub use host::{BackupOutcome, BackupRequest, RestoreOutcome, RestoreProgress, RestoreRequest};
 pub use output::stream_adapter_stderr;
+pub use probe::{AdapterFailure, AdapterInfo, Footprint, Inspected};
+pub use source::AdapterSource;
 
 use anyhow::{Context, anyhow};
 use std::path::PathBuf;
@@ -59,100 +63,6 @@ mod bindings {
 
 use bindings::cairn::adapter0_1_0::types::AdapterError;
 
-/// What a job's settings touch outside the repository, as the adapter's
-/// `configuration.check` (WIT 0.3.0) names it: resource names, where one
-/// ending in `/` covers every name starting with it.
-#[derive(
-    wasmtime::component::ComponentType,
-    wasmtime::component::Lift,
-    Debug,
-    Clone,
-    Default,
-    PartialEq,
-    Eq,
-)]
-#[component(record)]
-pub struct Footprint {
-    /// What a backup with the settings reads.
-    pub reads: Vec<String>,
-    /// What the job's drill writes.
-    pub writes: Vec<String>,
-}
-
-/// An adapter's own error (its WIT `adapter-error`), as the host reports
-/// it; found under any context with `anyhow::Error::downcast_ref`.
-#[derive(Debug)]
-pub struct AdapterFailure {
-    /// The WIT case: `invalid-config`, `not-found`, `denied`, `io`,
-    /// `corrupt` or `other`.
-    pub case: &'static str,
-    message: String,
-}
-
-impl std::fmt::Display for AdapterFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for AdapterFailure {}
-
-/// What a component offers and needs, read from its type.
-#[derive(Debug, Clone, Default)]
-pub struct Inspected {
-    /// Its exports, by name.
-    pub exports: Vec<String>,
-    /// Its imports, by name.
-    pub imports: Vec<String>,
-    /// Why it cannot link against this host (an import the host lacks).
-    pub link_error: Option<String>,
-}
-
-/// What an adapter's `info` says.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct AdapterInfo {
-    /// Its name.
-    pub name: String,
-    /// Its version.
-    pub version: String,
-    /// What it backs up.
-    pub description: String,
-    /// The capabilities it needs (`read-paths`, ...).
-    pub needs: Vec<String>,
-}
-
-/// An adapter's `info`, refused when its name or version is longer than
-/// a snapshot should carry (every snapshot records them) or its
-/// description longer than a line.
-fn bounded(
-    info: bindings::cairn::adapter0_1_0::types::AdapterInfo,
-) -> wasmtime::Result<bindings::cairn::adapter0_1_0::types::AdapterInfo> {
-    if info.name.len() > 64 || info.version.len() > 64 || info.description.len() > 1024 {
-        return Err(wasmtime::Error::msg(format!(
-            "its info() gives a name of {} bytes, a version of {} and a description of {}; at most 64, 64 and 1024",
-            info.name.len(),
-            info.version.len(),
-            info.description.len()
-        )));
-    }
-    Ok(info)
-}
-
-/// The limits of `info` and `configuration.check`, which read settings
-/// only: the agent runs them itself, at load and on each reload.
-const CHECK_LIMITS: Limits = Limits {
-    memory: 256 << 20,
-    timeout: Duration::from_secs(10),
-};
-
-/// Most resource names a footprint may hold, and their longest length: the
-/// host compares every drill's against every job's.
-const MAX_NAMES: usize = 1024;
-const MAX_NAME: usize = 1024;
-
-/// The export of WIT 0.3.0 that checks a job's settings, by its name.
-const CONFIGURATION: &str = "cairn:adapter/configuration@0.3.0";
-
 /// How often the epoch ticks; deadlines are counted in ticks.
 const TICK: Duration = Duration::from_millis(50);
 
@@ -170,50 +80,6 @@ impl Default for Limits {
         Limits {
             memory: 512 << 20,
             timeout: Duration::from_secs(24 * 3600),
-        }
-    }
-}
-
-/// Which adapter to run: bundled by name, or a component file.
-#[derive(Debug, Clone)]
-pub enum AdapterSource {
-    /// A bundled adapter.
-    Bundled(String),
-    /// A `.wasm` component on disk, with the SHA-256 (hex) it must have
-    /// if the job pins one.
-    File(PathBuf, Option<String>),
-}
-
-impl AdapterSource {
-    /// `filesystem` names a bundled adapter; anything with a `/` or ending
-    /// in `.wasm` is a file.
-    pub fn parse(s: &str) -> Self {
-        if s.contains('/') || s.ends_with(".wasm") {
-            AdapterSource::File(PathBuf::from(s), None)
-        } else {
-            AdapterSource::Bundled(s.to_string())
-        }
-    }
-
-    /// The same source, refused at load unless a component file's SHA-256
-    /// is `sha256` (when given). Bundled adapters are part of the binary.
-    pub fn pinned(self, sha256: Option<&str>) -> Self {
-        match self {
-            AdapterSource::File(p, _) => {
-                AdapterSource::File(p, sha256.map(|s| s.to_ascii_lowercase()))
-            }
-            b => b,
-        }
-    }
-
-    /// The adapter's name, for messages.
-    pub fn name(&self) -> String {
-        match self {
-            AdapterSource::Bundled(n) => n.clone(),
-            AdapterSource::File(p, _) => p
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| p.display().to_string()),
         }
     }
 }
@@ -530,122 +396,6 @@ async fn with_deadline<T: Send + 'static>(
 }
 
 impl Runtime {
-    /// What `component` exports and imports, and whether it links here.
-    pub fn inspect(&self, component: &Component) -> Inspected {
-        let ty = component.component_type();
-        Inspected {
-            exports: ty
-                .exports(&self.engine)
-                .map(|(n, _)| n.to_string())
-                .collect(),
-            imports: ty
-                .imports(&self.engine)
-                .map(|(n, _)| n.to_string())
-                .collect(),
-            link_error: self
-                .linker
-                .instantiate_pre(component)
-                .err()
-                .map(|e| format!("{e:#}")),
-        }
-    }
-
-    /// Call the adapter's `info`, with no grants.
-    pub async fn info(&self, adapter: &str, component: &Component) -> anyhow::Result<AdapterInfo> {
-        let adapter = adapter.to_string();
-        let limits = CHECK_LIMITS;
-        let (wasi, stderr) = wasi_ctx(&Grants::default(), false, &adapter)?;
-        let state = host::HostState::for_check(adapter.clone(), wasi, &limits);
-        let mut store = self.store(state, &limits);
-        let instance = self.instantiate(component, &mut store, &adapter).await?;
-        let call = async move {
-            let r = instance.call_info(&mut store).await.and_then(bounded);
-            (store, r.map(Ok))
-        };
-        let Some((_, result)) = with_deadline(&adapter, &limits, call).await? else {
-            return Err(timed_out(&adapter, &limits));
-        };
-        let info = explain(&adapter, &limits, result, &stderr)?;
-        Ok(AdapterInfo {
-            name: info.name,
-            version: info.version,
-            description: info.description,
-            // The WIT case names: `ReadPaths` is `read-paths`.
-            needs: info
-                .needs
-                .iter()
-                .map(|n| {
-                    let debug = format!("{n:?}");
-                    let case = debug.rsplit("::").next().unwrap_or(&debug);
-                    let mut kebab = String::new();
-                    for (i, c) in case.chars().enumerate() {
-                        if c.is_ascii_uppercase() && i > 0 {
-                            kebab.push('-');
-                        }
-                        kebab.push(c.to_ascii_lowercase());
-                    }
-                    kebab
-                })
-                .collect(),
-        })
-    }
-
-    /// Ask the adapter to check a job's settings (`configuration.check`,
-    /// WIT 0.3.0) with no grants and a short deadline. `Ok(None)`: the
-    /// component predates 0.3.0, and checks its settings only when it runs.
-    pub async fn check_config(
-        &self,
-        adapter: &str,
-        component: &Component,
-        config: &str,
-        drill_set: Option<&str>,
-    ) -> anyhow::Result<Option<Footprint>> {
-        let adapter = adapter.to_string();
-        let limits = CHECK_LIMITS;
-        let (wasi, stderr) = wasi_ctx(&Grants::default(), false, &adapter)?;
-        let state = host::HostState::for_check(adapter.clone(), wasi, &limits);
-        let mut store = self.store(state, &limits);
-        // Linking checks every import, whichever version the component
-        // was built against.
-        let instance = self
-            .linker
-            .instantiate_async(&mut store, component)
-            .await
-            .map_err(|e| anyhow!("adapter {adapter}: cannot be instantiated: {e}"))?;
-        let Some(interface) = instance.get_export_index(&mut store, None, CONFIGURATION) else {
-            return Ok(None);
-        };
-        let check = instance
-            .get_export_index(&mut store, Some(&interface), "check")
-            .and_then(|f| {
-                instance
-                    .get_typed_func::<(String, Option<String>), (Result<Footprint, AdapterError>,)>(
-                        &mut store, &f,
-                    )
-                    .ok()
-            })
-            .ok_or_else(|| {
-                anyhow!("adapter {adapter}: its {CONFIGURATION} export has no check function of the right type")
-            })?;
-        let (config, drill_set) = (config.to_string(), drill_set.map(str::to_string));
-        let call = async move {
-            let r = check.call_async(&mut store, (config, drill_set)).await;
-            (store, r.map(|(r,)| r))
-        };
-        let Some((_, result)) = with_deadline(&adapter, &limits, call).await? else {
-            return Err(timed_out(&adapter, &limits));
-        };
-        let footprint = explain(&adapter, &limits, result, &stderr)?;
-        let names = footprint.reads.iter().chain(&footprint.writes);
-        if names.clone().count() > MAX_NAMES || names.clone().any(|n| n.len() > MAX_NAME) {
-            anyhow::bail!(
-                "adapter {adapter}: its footprint names {} resources; at most {MAX_NAMES}, of at most {MAX_NAME} bytes each",
-                names.count()
-            );
-        }
-        Ok(Some(footprint))
-    }
-
     /// Run an adapter's `backup` and write its snapshot content through the
     /// pipeline. No snapshot is written here; the caller writes it only
     /// after this returns `Ok`.
@@ -664,7 +414,11 @@ impl Runtime {
         let config = store.data().config_json();
         let call = async move {
             // The snapshot records who made it, as the adapter names itself.
-            let info = match instance.call_info(&mut store).await.and_then(bounded) {
+            let info = match instance
+                .call_info(&mut store)
+                .await
+                .and_then(probe::bounded)
+            {
                 Ok(info) => info,
                 Err(trap) => return (store, Err(trap)),
             };
