@@ -164,6 +164,26 @@ fn a_snapshot_names_the_component_that_made_it() {
         t.contains("component filesystem") && t.contains(&sha),
         "{t}"
     );
+    // What `snapshots --json` shows is enough to restore: the component
+    // whose sha256 it names, found among the author's builds.
+    let other = component(&s, "other", cairn::runtime::bundled::REDIS);
+    let found = [other, wasm.clone()]
+        .into_iter()
+        .find(|p| {
+            std::fs::read(p).is_ok_and(|b| hex_sha256(&b) == made["sha256"].as_str().unwrap())
+        })
+        .expect("the component the snapshot names");
+    let out_dir = s.path("out");
+    s.cairn_ok(&[
+        "restore",
+        "latest",
+        "--target",
+        out_dir.to_str().unwrap(),
+        "--adapter",
+        &found,
+    ]);
+    let restored = out_dir.join(src.strip_prefix("/").unwrap()).join("f");
+    assert_eq!(std::fs::read(&restored).unwrap(), b"x");
     // restic reads the snapshot with the extra field.
     let restic: serde_json::Value =
         serde_json::from_str(&s.restic_ok(&["snapshots", "--json"])).unwrap();
