@@ -140,10 +140,13 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
         }
         None => None,
     };
+    // A file adapter's snapshot records the paths it backed up; a service
+    // adapter's records `/<adapter>` only, and its settings have no target.
+    let files = snap.paths != [format!("/{}", snap.adapter())];
     let config = match (adapter_config, &target) {
         // `--target` is where, over whatever the job's config says: a
         // job's settings need no `--set target=` beside it.
-        (Some(serde_json::Value::Object(mut c)), Some(t)) => {
+        (Some(serde_json::Value::Object(mut c)), Some(t)) if files || c.contains_key("target") => {
             c.insert("target".into(), t.clone().into());
             serde_json::Value::Object(c)
         }
