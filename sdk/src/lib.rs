@@ -397,6 +397,19 @@ pub fn refuse_drill_set(
     }
 }
 
+/// The whole `check` of an adapter whose drill restores into a scratch
+/// target of its own: refuse a drill that sets anything (saying `why`),
+/// parse `config` as `C`, and name nothing.
+pub fn check_own_scratch<C: DeserializeOwned>(
+    config: &serde_json::Value,
+    drill_set: Option<&serde_json::Map<String, serde_json::Value>>,
+    why: &str,
+) -> Result<Footprint, Error> {
+    refuse_drill_set(drill_set, why)?;
+    parse_value::<C>(config)?;
+    Ok(Footprint::default())
+}
+
 /// Parse a configuration value into `C`; a failure is
 /// [`Error::InvalidConfig`] naming the key.
 pub fn parse_value<C: DeserializeOwned>(config: &serde_json::Value) -> Result<C, Error> {

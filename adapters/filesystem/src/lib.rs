@@ -232,12 +232,11 @@ impl Adapter for Filesystem {
         config: &serde_json::Value,
         drill_set: Option<&serde_json::Map<String, serde_json::Value>>,
     ) -> Result<cairn_sdk::Footprint, Error> {
-        cairn_sdk::refuse_drill_set(
+        cairn_sdk::check_own_scratch::<BackupConfig>(
+            config,
             drill_set,
             "its drill restores into a scratch directory of the agent's own",
-        )?;
-        cairn_sdk::parse_value::<BackupConfig>(config)?;
-        Ok(cairn_sdk::Footprint::default())
+        )
     }
 
     fn info() -> Info {

@@ -718,12 +718,11 @@ impl Adapter for Postgres {
         config: &serde_json::Value,
         drill_set: Option<&serde_json::Map<String, serde_json::Value>>,
     ) -> Result<cairn_sdk::Footprint, Error> {
-        cairn_sdk::refuse_drill_set(
+        cairn_sdk::check_own_scratch::<Config>(
+            config,
             drill_set,
             "its drill restores into a scratch database of its own",
-        )?;
-        cairn_sdk::parse_value::<Config>(config)?;
-        Ok(cairn_sdk::Footprint::default())
+        )
     }
 
     fn info() -> Info {
