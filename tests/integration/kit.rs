@@ -442,3 +442,67 @@ fn adapter_stderr_streams_live_and_adapter_compile_warms_the_cache() {
     let out = s.cairn(&["adapter", "compile", "/nonexistent.wasm"]);
     assert!(text(&out).contains("/nonexistent.wasm is not a file"));
 }
+
+#[test]
+fn a_new_c_adapter_builds_with_clang_and_cairn_and_passes_the_check_and_a_crash_shows_its_stderr() {
+    let s = Scratch::new();
+    let project = s.path("cfiles");
+    s.cairn_ok(&[
+        "adapter",
+        "new",
+        "--lang",
+        "c",
+        "cfiles",
+        project.to_str().unwrap(),
+    ]);
+    // The bindings were generated from the WIT this binary links.
+    let header = std::fs::read_to_string(project.join("kit/bindings/adapter.h")).unwrap();
+    assert!(header.contains("exports_cairn_adapter_0_3_0_configuration_check"));
+    let build_c = |project: &std::path::Path| {
+        let out = std::process::Command::new(project.join("build"))
+            .env("CAIRN", crate::common::cairn_bin())
+            .output()
+            .expect("run the project's build script");
+        assert!(out.status.success(), "build failed: {}", text(&out));
+    };
+    build_c(&project);
+    let wasm = project.join("cfiles.wasm");
+    let out = s.cairn(&["adapter", "check", wasm.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["passed"], true, "{report:#}");
+    assert_eq!(report["adapter"], "cfiles 0.1.0");
+    let steps = report["steps"].as_array().unwrap();
+    let compared = steps
+        .iter()
+        .find(|s| s["name"] == "restore and compare")
+        .unwrap();
+    assert_eq!(compared["ok"], true, "{report:#}");
+
+    // C has no exceptions: a crash traps, and the host shows what the
+    // adapter wrote to standard error before it.
+    let source = project.join("src/adapter.c");
+    let code = std::fs::read_to_string(&source).unwrap().replace(
+        "    char **paths = cairn_granted_paths();\n",
+        "    fprintf(stderr, \"the ledger is inconsistent\\n\");\n    abort();\n    char **paths = cairn_granted_paths();\n",
+    );
+    let code = code.replace(
+        "#include <stdlib.h>\n",
+        "#include <stdio.h>\n#include <stdlib.h>\n",
+    );
+    std::fs::write(&source, code).unwrap();
+    build_c(&project);
+    let src = s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    s.cairn_ok(&["init"]);
+    let out = s.cairn(&[
+        "backup",
+        src.to_str().unwrap(),
+        "--adapter",
+        wasm.to_str().unwrap(),
+    ]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("the ledger is inconsistent"), "{t}");
+    assert!(t.contains("no snapshot was written"), "{t}");
+}

@@ -3,6 +3,7 @@
 
 use super::job::AdapterFlags;
 use super::{Global, Outcome, out};
+use crate::ops::authoring::WIT;
 use anyhow::{Context, bail};
 use std::path::PathBuf;
 
@@ -22,6 +23,36 @@ pub enum Command {
     /// Compile a component into the cache, so that its first backup does
     /// not pay for it (a Python or JavaScript component takes seconds).
     Compile(CompileArgs),
+    /// Make a component of a core WebAssembly module built for wasm32-wasi
+    /// (preview 1, reactor) that carries the adapter world's type, as a C
+    /// project's build does (`cairn adapter new --lang c`).
+    Componentize(ComponentizeArgs),
+    /// Write the C bindings of the adapter world this binary links
+    /// (adapter.h, adapter.c, adapter_component_type.o) into DIR, as
+    /// `adapter new --lang c` writes them into kit/bindings: run it after
+    /// upgrading cairn.
+    Bindings(BindingsArgs),
+}
+
+/// Flags of `adapter bindings`.
+#[derive(clap::Args, Debug)]
+pub struct BindingsArgs {
+    /// The language; only C needs generated bindings from Cairn (the other
+    /// kits' toolchains generate their own).
+    #[arg(long, value_parser = ["c"])]
+    lang: String,
+    /// The directory to write them into (created when missing).
+    dir: PathBuf,
+}
+
+/// Flags of `adapter componentize`.
+#[derive(clap::Args, Debug)]
+pub struct ComponentizeArgs {
+    /// The core module (`.wasm`).
+    core: PathBuf,
+    /// Where to write the component.
+    #[arg(short, long)]
+    output: PathBuf,
 }
 
 /// Flags of `adapter compile`.
@@ -42,6 +73,8 @@ pub enum Lang {
     Javascript,
     /// TypeScript: tsc, then componentize-js.
     Typescript,
+    /// C, built with clang for wasm32-wasi, then `cairn adapter componentize`.
+    C,
 }
 
 /// Flags of `adapter new`.
@@ -83,7 +116,40 @@ pub async fn run(g: &Global, c: Command) -> anyhow::Result<Outcome> {
         Command::Check(a) => check(g, a).await,
         Command::New(a) => new(a),
         Command::Compile(a) => compile(a),
+        Command::Componentize(a) => componentize(a),
+        Command::Bindings(a) => bindings(&a.dir).map(|()| {
+            out(format!("wrote the C bindings into {}", a.dir.display()));
+            Outcome::Ok
+        }),
     }
+}
+
+/// Write the C bindings into `dir`.
+fn bindings(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, bytes) in crate::ops::authoring::c_bindings()? {
+        let file = dir.join(name);
+        std::fs::write(&file, bytes).with_context(|| format!("writing {}", file.display()))?;
+    }
+    Ok(())
+}
+
+fn componentize(a: ComponentizeArgs) -> anyhow::Result<Outcome> {
+    let core = std::fs::read(&a.core)
+        .with_context(|| format!("adapter componentize: reading {}", a.core.display()))?;
+    let component = crate::ops::authoring::componentize(&core)
+        .with_context(|| format!("adapter componentize: {}", a.core.display()))?;
+    // Written beside, then renamed: a failed write leaves no half component.
+    let partial = a.output.with_extension("wasm.partial");
+    std::fs::write(&partial, &component)
+        .and_then(|()| std::fs::rename(&partial, &a.output))
+        .with_context(|| format!("adapter componentize: writing {}", a.output.display()))?;
+    out(format!(
+        "wrote {} ({} bytes)",
+        a.output.display(),
+        component.len()
+    ));
+    Ok(Outcome::Ok)
 }
 
 fn compile(a: CompileArgs) -> anyhow::Result<Outcome> {
@@ -101,19 +167,6 @@ fn compile(a: CompileArgs) -> anyhow::Result<Outcome> {
     ));
     Ok(Outcome::Ok)
 }
-
-/// The WIT package, as this binary links it: written into each project.
-const WIT: &[(&str, &str)] = &[
-    ("wit/adapter.wit", include_str!("../../../wit/adapter.wit")),
-    (
-        "wit/deps/adapter-0.2.0/adapter.wit",
-        include_str!("../../../wit/deps/adapter-0.2.0/adapter.wit"),
-    ),
-    (
-        "wit/deps/adapter-0.1.0/adapter.wit",
-        include_str!("../../../wit/deps/adapter-0.1.0/adapter.wit"),
-    ),
-];
 
 /// The Python project: the kit, the template and its build script.
 const PYTHON: &[(&str, &str)] = &[
@@ -191,6 +244,29 @@ const RUST: &[(&str, &str)] = &[
     (
         "cairn-sdk/src/hooks.rs",
         include_str!("../../../sdk/src/hooks.rs"),
+    ),
+];
+
+/// The C project: the kit (its generated bindings are written beside it).
+const C: &[(&str, &str)] = &[
+    ("kit/cairn.h", include_str!("../../../sdk/c/cairn.h")),
+    ("kit/cairn.c", include_str!("../../../sdk/c/cairn.c")),
+    (
+        "kit/cairn_config.c",
+        include_str!("../../../sdk/c/cairn_config.c"),
+    ),
+    (
+        "kit/cairn_internal.h",
+        include_str!("../../../sdk/c/cairn_internal.h"),
+    ),
+    (
+        "src/adapter.c",
+        include_str!("../../../sdk/c/template/src/adapter.c"),
+    ),
+    ("build", include_str!("../../../sdk/c/template/build")),
+    (
+        "README.md",
+        include_str!("../../../sdk/c/template/README.md"),
     ),
 ];
 
@@ -289,7 +365,13 @@ fn new(a: NewArgs) -> anyhow::Result<Outcome> {
         Lang::Python => PYTHON,
         Lang::Javascript => JAVASCRIPT,
         Lang::Typescript => TYPESCRIPT,
+        Lang::C => C,
     };
+    // C bindings are generated from the WIT this binary links, so they
+    // always match it.
+    if a.lang == Lang::C {
+        bindings(&dir.join("kit/bindings")).context("adapter new")?;
+    }
     for (path, text) in WIT.iter().chain(files) {
         let file = dir.join(path);
         if let Some(parent) = file.parent() {

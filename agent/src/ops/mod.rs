@@ -7,6 +7,7 @@
 //! (adapters), `pipeline` and `repo`; `repo` reads and writes through a
 //! `storage::Backend`, which `residency` wraps for tenants.
 
+pub mod authoring;
 pub mod backup;
 pub mod check;
 pub mod conformance;
