@@ -14,6 +14,7 @@ mod forget;
 mod garage;
 mod hardening;
 mod kit;
+mod languages;
 mod mariadb;
 mod postgres;
 mod reads;
