@@ -24,6 +24,13 @@ from cairn_kit import archive, fs, process, snapshot
 # How long `sqlite3` waits for a writer's lock before giving up, in ms.
 BUSY_TIMEOUT_MS = 30_000
 
+# Every run of sqlite3 is in its safe mode: a dump is SQL text from a
+# database whose writers may be hostile, and sqlite3's shell obeys
+# dot-commands (`.shell`, `.output`) and `ATTACH` in what it reads. Safe
+# mode refuses them, so loading a dump can only build the database it is
+# loaded into (a planted command fails the load, and verify names it).
+SAFE = ["-safe", "-bail"]
+
 
 def _run_ok(child, program: str, what: str) -> None:
     status = child.wait()
@@ -82,7 +89,7 @@ class SqliteAdapter(kit.Adapter):
                 raise kit.InvalidConfig(f"databases: {db} is not a file")
             child = process.spawn(_command(
                 config.sqlite3,
-                ["-bail", "-cmd", f".timeout {BUSY_TIMEOUT_MS}", db, ".dump"],
+                [*SAFE, "-cmd", f".timeout {BUSY_TIMEOUT_MS}", db, ".dump"],
                 stdin=False, stdout=True))
             meta = kit.metadata(found.meta.mode & 0o7777)
             meta.mtime = found.meta.mtime
@@ -115,10 +122,15 @@ class SqliteAdapter(kit.Adapter):
                     raise
             else:
                 raise kit.Denied(f"{path} exists; restore into an empty target (nothing was overwritten)")
-            child = process.spawn(_command(config.sqlite3, ["-bail", path], stdin=True, stdout=False))
+            child = process.spawn(_command(config.sqlite3, [*SAFE, path], stdin=True, stdout=False))
             with child:
                 child.pump_stdin(snapshot.open(entry.path))
-                _run_ok(child, config.sqlite3, f"rebuilding {path}")
+                try:
+                    _run_ok(child, config.sqlite3, f"rebuilding {path}")
+                except kit.Io as e:
+                    # The shell cannot remove what it created; say so, so
+                    # that nobody takes it for a restored database.
+                    raise kit.Io(f"{e} -- {path} was left as sqlite3 stopped (its transaction was not committed); remove it before restoring again") from None
             fs.set_metadata(path, entry.meta)
             summary.files += 1
             summary.bytes += entry.meta.size or 0
@@ -147,7 +159,7 @@ class SqliteAdapter(kit.Adapter):
             report.entries += 1
             if entry.kind not in (kit.EntryKind.FILE, kit.EntryKind.STREAM):
                 continue
-            child = process.spawn(_command(config.sqlite3, ["-bail", ":memory:"], stdin=True, stdout=False))
+            child = process.spawn(_command(config.sqlite3, [*SAFE, ":memory:"], stdin=True, stdout=False))
             with child:
                 child.pump_stdin(snapshot.open(entry.path))
                 status = child.wait()
@@ -158,14 +170,13 @@ class SqliteAdapter(kit.Adapter):
 
     def check(self, config, drill_set):
         dbs = self._databases(config)
-        reads = [f"sqlite://{db}" for db in dbs]
-        writes = []
-        if drill_set is not None:
-            drill = kit.parse(self.Config, kit.drill_config(self._raw, drill_set), "with the drill's set")
-            if not drill.target:
-                raise kit.InvalidConfig("drill.set.target: a drill rebuilds the databases under a scratch target; name it")
-            writes.append(f"sqlite://{drill.target.rstrip('/')}/")
-        return kit.footprint(reads, writes)
+        # A drill verifies: it loads every dump into an empty in-memory
+        # database. It restores nothing, so it takes no settings of its own.
+        if drill_set:
+            raise kit.InvalidConfig(
+                "drill.set: the sqlite adapter's drill loads every dump into an empty in-memory database "
+                "and restores nothing; leave drill.set out")
+        return kit.footprint([f"sqlite://{db}" for db in dbs])
 
 
 WitWorld, Configuration = kit.export(SqliteAdapter)

@@ -190,7 +190,7 @@ static bool parse_string(parser_t *ps, char **out) {
             }
             if (cp == 0) {
                 free(buf);
-                return parse_error(ps, "a string holds a NUL character, which a C string cannot");
+                return parse_error(ps, "a string holds \\u0000 (NUL), which a C string cannot carry");
             }
             put_utf8(buf, &n, cp);
             break;
@@ -234,7 +234,8 @@ static bool parse_number(parser_t *ps, json_t *out) {
 static bool parse_word(parser_t *ps, const char *word) {
     size_t n = strlen(word);
     if ((size_t)(ps->end - ps->p) < n || memcmp(ps->p, word, n) != 0) {
-        return parse_error(ps, "unexpected text \"%.12s\"", ps->p);
+        size_t left = (size_t)(ps->end - ps->p);
+        return parse_error(ps, "unexpected text \"%.*s\"", (int)(left < 12 ? left : 12), ps->p);
     }
     ps->p += n;
     return true;
@@ -322,7 +323,7 @@ cairn_config_t *cairn_config_parse(const char *text, size_t len, const char *wha
         if (ps.p != ps.end) ok = parse_error(&ps, "there is text after the value");
     }
     if (!ok) {
-        *error = cairn_format("%s is not JSON: %s", what, ps.error);
+        *error = cairn_format("%s is not JSON the C kit can read: %s", what, ps.error);
     } else if (config->root.type != J_OBJECT) {
         *error = cairn_format("%s is not a JSON object", what);
         ok = false;

@@ -517,3 +517,76 @@ fn rabbit_job(s: &Scratch, wasm: &Path) -> PathBuf {
     .unwrap();
     path
 }
+
+/// Red-team finding: a database's writer can make `.dump` print a line
+/// such as `.shell ...` (through `PRAGMA writable_schema`); the sqlite3
+/// shell that loads a dump on verify and restore would run it as the
+/// agent's user. The adapter runs sqlite3 in safe mode: the line fails the
+/// load, verify names the entry, and nothing runs.
+#[test]
+fn sqlite_adapter_never_runs_a_command_a_database_planted_in_its_dump() {
+    let s = Scratch::new();
+    s.init();
+    let data = s.path("data");
+    std::fs::create_dir(&data).unwrap();
+    let db = data.join("planted.db");
+    let pwned = s.path("PWNED");
+    sqlite(&db, "CREATE TABLE t(a); INSERT INTO t VALUES (1);");
+    sqlite(
+        &db,
+        &format!(
+            "PRAGMA writable_schema=ON; UPDATE sqlite_schema SET sql='CREATE TABLE t(a);\n.shell touch {}\nSELECT 1' WHERE name='t';",
+            pwned.display()
+        ),
+    );
+    assert!(
+        sqlite(&db, ".dump").contains(".shell touch"),
+        "the plant is in the dump"
+    );
+    let wasm = built("sqlite");
+    let wasm = wasm.to_str().unwrap();
+    let config = serde_json::json!({ "databases": [db.to_str().unwrap()] }).to_string();
+    s.cairn_ok(&[
+        "backup",
+        data.to_str().unwrap(),
+        "--adapter",
+        wasm,
+        "--adapter-config",
+        &config,
+        "--grant-program",
+        "sqlite3",
+    ]);
+    let out = s.cairn(&[
+        "verify",
+        "latest",
+        "--adapter",
+        wasm,
+        "--adapter-config",
+        &config,
+        "--grant-program",
+        "sqlite3",
+    ]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("does not load"), "{}", text(&out));
+    assert!(text(&out).contains("safe mode"), "{}", text(&out));
+    let target = s.path("restored");
+    let out = s.cairn(&[
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+        "--adapter",
+        wasm,
+        "--adapter-config",
+        &config,
+        "--grant-program",
+        "sqlite3",
+    ]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("remove it before restoring again"),
+        "{}",
+        text(&out)
+    );
+    assert!(!pwned.exists(), "the planted command ran");
+}

@@ -21,7 +21,9 @@ import { nextEntry, open } from 'cairn:adapter/snapshot@0.1.0';
 const ENTRY = '/definitions.json';
 // The most the adapter reads of an export: far above any real broker's
 // definitions, and a bound on what a misbehaving program can make it hold.
-const MAX_EXPORT = 256 * 1024 * 1024;
+// The document is held about five times over (chunks, one buffer, the
+// decoded string, the parsed objects), which must fit the default 512 MiB.
+const MAX_EXPORT = 64 * 1024 * 1024;
 // What a definitions document holds, each an array.
 const SECTIONS = ['users', 'vhosts', 'permissions', 'topic_permissions', 'parameters', 'global_parameters',
   'policies', 'queues', 'exchanges', 'bindings'];

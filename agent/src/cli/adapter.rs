@@ -117,15 +117,19 @@ pub async fn run(g: &Global, c: Command) -> anyhow::Result<Outcome> {
         Command::New(a) => new(a),
         Command::Compile(a) => compile(a),
         Command::Componentize(a) => componentize(a),
-        Command::Bindings(a) => bindings(&a.dir).map(|()| {
+        Command::Bindings(a) => {
+            bindings(&a.dir).context("adapter bindings")?;
             out(format!("wrote the C bindings into {}", a.dir.display()));
-            Outcome::Ok
-        }),
+            Ok(Outcome::Ok)
+        }
     }
 }
 
 /// Write the C bindings into `dir`.
 fn bindings(dir: &std::path::Path) -> anyhow::Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     for (name, bytes) in crate::ops::authoring::c_bindings()? {
         let file = dir.join(name);
@@ -141,9 +145,13 @@ fn componentize(a: ComponentizeArgs) -> anyhow::Result<Outcome> {
         .with_context(|| format!("adapter componentize: {}", a.core.display()))?;
     // Written beside, then renamed: a failed write leaves no half component.
     let partial = a.output.with_extension("wasm.partial");
-    std::fs::write(&partial, &component)
-        .and_then(|()| std::fs::rename(&partial, &a.output))
-        .with_context(|| format!("adapter componentize: writing {}", a.output.display()))?;
+    if let Err(e) =
+        std::fs::write(&partial, &component).and_then(|()| std::fs::rename(&partial, &a.output))
+    {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e)
+            .with_context(|| format!("adapter componentize: writing {}", a.output.display()));
+    }
     out(format!(
         "wrote {} ({} bytes)",
         a.output.display(),

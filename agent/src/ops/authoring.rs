@@ -68,6 +68,21 @@ pub fn componentize(core: &[u8]) -> anyhow::Result<Vec<u8>> {
         }
         bail!("it is not a WebAssembly module");
     }
+    // Without the world's type the encoder makes a component that exports
+    // nothing: refuse it here, where the cause is known, not at the first
+    // backup.
+    let (_, bindgen) = wit_component::metadata::decode(core)
+        .context("reading the core module's component-type section")?;
+    let world = &bindgen.resolve.worlds[bindgen.world];
+    if !world
+        .exports
+        .keys()
+        .any(|k| bindgen.resolve.name_world_key(k) == "backup")
+    {
+        bail!(
+            "the core module carries no adapter world (no export `backup` in a component-type section): link it with the adapter_component_type.o that `cairn adapter bindings --lang c` writes"
+        );
+    }
     wit_component::ComponentEncoder::default()
         .validate(true)
         .module(core)
@@ -104,5 +119,11 @@ mod tests {
         assert!(e.to_string().contains("not a WebAssembly module"), "{e}");
         let e = componentize(b"\0asm\x0d\0\x01\0").unwrap_err();
         assert!(e.to_string().contains("already a component"), "{e}");
+        // A valid core module (empty) that carries no adapter world.
+        let e = componentize(b"\0asm\x01\0\0\0").unwrap_err();
+        assert!(
+            format!("{e:#}").contains("carries no adapter world"),
+            "{e:#}"
+        );
     }
 }
