@@ -87,6 +87,25 @@ fn command_adapter_backs_up_a_programs_output_and_restores_it_into_another() {
         "tar",
     ]);
     assert_eq!(summary["files"], 1, "{summary}");
+    // The restore program decides where the bytes go: a --target the
+    // adapter would not read is refused, not reported as where they went
+    // (red-team finding), and no directory is made for it.
+    let ignored = s.path("ignored-target");
+    let out = s.cairn(&[
+        "restore",
+        "latest",
+        "--target",
+        ignored.to_str().unwrap(),
+        "--adapter",
+        wasm,
+        "--adapter-config",
+        &config,
+        "--grant-program",
+        "tar",
+    ]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("leave --target out"), "{}", text(&out));
+    assert!(!ignored.exists());
     // A program the job does not grant is refused by the host.
     let out = s.cairn(&[
         "restore",

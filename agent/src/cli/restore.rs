@@ -127,6 +127,22 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
         a.adapter_flags,
     )
     .await?;
+    // A file adapter's snapshot records the paths it backed up; a service
+    // adapter's records `/<adapter>` only, and its settings have no target.
+    let files = snap.paths != [format!("/{}", snap.adapter())];
+    // A service adapter restores where its settings say: a `--target` it
+    // would not read must not be taken (nor reported) as where the data
+    // went. Refused before the directory is made.
+    if let (Some(t), Some(serde_json::Value::Object(c))) = (&a.target, &adapter_config)
+        && !files
+        && !c.contains_key("target")
+    {
+        bail!(
+            "--target {t}: snapshot {} was made by a service adapter ({}), whose settings take no target: it restores where its settings say; leave --target out",
+            id.short(),
+            source.name()
+        );
+    }
     let target = match &a.target {
         Some(t) => {
             std::fs::create_dir_all(t).with_context(|| format!("creating restore target {t}"))?;
@@ -140,9 +156,6 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
         }
         None => None,
     };
-    // A file adapter's snapshot records the paths it backed up; a service
-    // adapter's records `/<adapter>` only, and its settings have no target.
-    let files = snap.paths != [format!("/{}", snap.adapter())];
     let config = match (adapter_config, &target) {
         // `--target` is where, over whatever the job's config says: a
         // job's settings need no `--set target=` beside it.
