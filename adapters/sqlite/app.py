@@ -16,6 +16,7 @@ writes only inside its target: the adapter proves both through the host's
 from __future__ import annotations
 
 import dataclasses
+import codecs
 import posixpath
 
 import cairn_kit as kit
@@ -30,6 +31,153 @@ BUSY_TIMEOUT_MS = 30_000
 # mode refuses them, so loading a dump can only build the database it is
 # loaded into (a planted command fails the load, and verify names it).
 SAFE = ["-safe", "-bail"]
+
+
+class _Refused(Exception):
+    """A dump statement that is not one `.dump` writes."""
+
+
+# What `.dump` writes, statement by statement. Anything else is refused:
+# the sqlite3 shell that loads a dump obeys dot-commands (`.trace FILE`,
+# `.exit 0`, which safe mode allows) and runs any SQL (the shell's `fsdir`
+# reads the host's files), and a database's writer can shape the text of
+# its schema (`PRAGMA writable_schema`). A list of what is forbidden would
+# never be complete; this is the list of what is allowed.
+_PLAIN = {
+    "PRAGMA foreign_keys=OFF", "PRAGMA writable_schema=ON", "PRAGMA writable_schema=OFF",
+    "BEGIN TRANSACTION", "COMMIT", "DELETE FROM sqlite_sequence", "ANALYZE sqlite_schema",
+    "ANALYZE sqlite_master",
+}
+# Words a row's VALUES may hold besides literals: how `.dump` writes NULL,
+# newlines (`replace('a\nb','\n',char(10))`), other characters and BLOBs.
+_VALUE_WORDS = {"NULL", "replace", "char", "unistr", "X", "x"}
+
+
+def _words_and_rest(statement: str):
+    """The statement's words outside string literals and quoted names, and
+    whether it holds a `(`-group that starts with SELECT (a subquery)."""
+    words, i, n = [], 0, len(statement)
+    while i < n:
+        c = statement[i]
+        if c in "'\"`[":
+            close = "]" if c == "[" else c
+            j = i + 1
+            while True:
+                j = statement.find(close, j)
+                if j < 0:
+                    raise _Refused("a quote is not closed")
+                if close != "]" and j + 1 < n and statement[j + 1] == close:
+                    j += 2
+                    continue
+                break
+            i = j + 1
+        elif c.isdigit() or (c == "." and i + 1 < n and statement[i + 1].isdigit()):
+            # A number: 12, 1.5, 9.9e+307, 0x1F; not a word.
+            j = i
+            while j < n and (statement[j].isalnum() or statement[j] == "."):
+                if statement[j] in "eE" and j + 1 < n and statement[j + 1] in "+-":
+                    j += 1
+                j += 1
+            i = j
+        elif c.isalpha() or c == "_":
+            j = i
+            while j < n and (statement[j].isalnum() or statement[j] in "_$"):
+                j += 1
+            words.append(statement[i:j])
+            i = j
+        elif statement.startswith("--", i) or statement.startswith("/*", i):
+            raise _Refused("a comment")
+        else:
+            i += 1
+    return words
+
+
+def _allowed(statement: str) -> None:
+    """Refuse a statement `.dump` does not write."""
+    text = statement.strip()
+    if text in _PLAIN:
+        return
+    if text.startswith("."):
+        raise _Refused(f"a shell command ({text.split()[0]})")
+    words = _words_and_rest(text)
+    upper = [w.upper() for w in words]
+    if upper[:2] == ["INSERT", "INTO"]:
+        # `INSERT INTO name VALUES(...)`, or for a virtual table
+        # `INSERT INTO sqlite_schema(type,name,tbl_name,rootpage,sql)VALUES(...)`:
+        # only literals after VALUES, so no subquery and no function the
+        # shell adds (fsdir, readfile) can run.
+        if "VALUES" not in upper:
+            raise _Refused("an INSERT without VALUES")
+        after = words[upper.index("VALUES") + 1:]
+        stray = [w for w in after if w not in _VALUE_WORDS]
+        if stray:
+            raise _Refused(f"an INSERT whose values call {stray[0]}")
+        return
+    if upper[:1] == ["CREATE"]:
+        kind = upper[1:3]
+        if kind[:1] in (["TABLE"], ["INDEX"], ["VIEW"], ["TRIGGER"]) or kind == ["UNIQUE", "INDEX"]:
+            # CREATE TABLE ... AS SELECT would run its query now.
+            if kind[:1] == ["TABLE"] and "AS" in upper and "SELECT" in upper:
+                raise _Refused("CREATE TABLE ... AS SELECT")
+            return
+    raise _Refused(f"a statement .dump does not write ({' '.join(words[:3])} ...)")
+
+
+def _checked_dump(reader, path: str):
+    """The dump of entry `path`, statement by statement, each one checked;
+    the last one must be the dump's COMMIT, so a dump cut short or ended
+    early does not load as if whole. Bytes that are not UTF-8 (SQLite does
+    not enforce it) pass through unchanged."""
+    decode = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+    pending, last = "", None
+    while True:
+        chunk = reader.read(1 << 20)
+        text = pending + decode.decode(chunk, final=not chunk)
+        # `pending` starts at a statement's start: scan from there, outside
+        # any quote.
+        start, quote = 0, None
+        for i, c in enumerate(text):
+            if quote:
+                if c == quote:
+                    quote = None
+            elif c in "'\"`":
+                quote = c
+            elif c == "[":
+                quote = "]"
+            elif c == ";":
+                statement = text[start:i + 1]
+                # A trigger's body holds statements of its own: it ends at
+                # `END;` (and runs only when the application writes).
+                head = statement.lstrip()[:64].upper().split()
+                if head[:2] == ["CREATE", "TRIGGER"]:
+                    words = _words_and_rest(statement[:-1])
+                    if not words or words[-1].upper() != "END":
+                        continue
+                try:
+                    _allowed(statement[:-1])
+                except _Refused as e:
+                    raise kit.Corrupt(f"{path}: the dump holds {e}, which Cairn does not load: "
+                                      f"{statement.strip()[:120]!r}") from None
+                last = statement.strip()
+                yield statement.encode("utf-8", errors="surrogateescape")
+                start = i + 1
+        pending = text[start:]
+        if not chunk:
+            break
+    if pending.strip() or last != "COMMIT;":
+        raise kit.Corrupt(f"{path}: the dump does not end with its COMMIT (cut short, or not a dump)")
+
+
+def _load(child, reader, path: str) -> None:
+    """Write the checked dump into the child's standard input."""
+    try:
+        for statement in _checked_dump(reader, path):
+            try:
+                child.write_stdin(statement + b"\n")
+            except kit.Err:
+                return  # sqlite3 stopped reading: its exit status says why
+    finally:
+        child.close_stdin()
 
 
 def _run_ok(child, program: str, what: str) -> None:
@@ -123,8 +271,15 @@ class SqliteAdapter(kit.Adapter):
             else:
                 raise kit.Denied(f"{path} exists; restore into an empty target (nothing was overwritten)")
             child = process.spawn(_command(config.sqlite3, [*SAFE, path], stdin=True, stdout=False))
-            with child:
-                child.pump_stdin(snapshot.open(entry.path))
+            with child, snapshot.open(entry.path) as reader:
+                try:
+                    # Through the adapter, not pumped: every statement is
+                    # checked before sqlite3 sees it.
+                    _load(child, reader, entry.path)
+                except kit.Error as e:
+                    child.kill()
+                    child.wait()
+                    raise kit.Corrupt(f"{e} -- {path} was left empty or partial; remove it before restoring again") from None
                 try:
                     _run_ok(child, config.sqlite3, f"rebuilding {path}")
                 except kit.Io as e:
@@ -160,8 +315,14 @@ class SqliteAdapter(kit.Adapter):
             if entry.kind not in (kit.EntryKind.FILE, kit.EntryKind.STREAM):
                 continue
             child = process.spawn(_command(config.sqlite3, [*SAFE, ":memory:"], stdin=True, stdout=False))
-            with child:
-                child.pump_stdin(snapshot.open(entry.path))
+            with child, snapshot.open(entry.path) as reader:
+                try:
+                    _load(child, reader, entry.path)
+                except kit.Error as e:
+                    child.kill()
+                    child.wait()
+                    report.problems.append(str(e))
+                    continue
                 status = child.wait()
             if status.code != 0:
                 report.problems.append(f"{entry.path}: the dump does not load into an empty database: {status.stderr_tail.strip()}")

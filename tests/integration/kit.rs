@@ -237,13 +237,48 @@ fn a_drill_restores_only_into_a_scratch_target_its_adapter_names() {
     assert!(t.contains("names no scratch target"), "{t}");
 }
 
-/// Run a project's build script (componentize-py, which tests/run
-/// installs), failing with its output.
-fn build(project: &std::path::Path) {
+/// Run a project's build script (componentize-py, npm, clang or cargo,
+/// which tests/run installs) with `env`, failing with its output.
+fn build(project: &std::path::Path, env: &[(&str, &std::ffi::OsStr)]) {
     let out = std::process::Command::new(project.join("build"))
+        .envs(env.iter().copied())
         .output()
         .expect("run the project's build script");
     assert!(out.status.success(), "build failed: {}", text(&out));
+}
+
+/// `cairn adapter check --json` of a file-adapter template passes, under
+/// its name, with its restore compared to the fixture.
+fn passes_the_check(s: &Scratch, wasm: &std::path::Path, name: &str) {
+    let out = s.cairn(&["adapter", "check", wasm.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{name}: {}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["passed"], true, "{name}: {report:#}");
+    assert_eq!(report["adapter"], format!("{name} 0.1.0"));
+    let compared = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "restore and compare")
+        .expect("a file adapter's restore is compared");
+    assert_eq!(compared["ok"], true, "{name}: {report:#}");
+}
+
+/// A backup with `wasm` into a fresh repository, which must fail with exit
+/// code 1 (the adapter's error); its output.
+fn failing_backup(s: &Scratch, wasm: &std::path::Path) -> String {
+    let src = s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    s.cairn_ok(&["init"]);
+    let out = s.cairn(&[
+        "backup",
+        src.to_str().unwrap(),
+        "--adapter",
+        wasm.to_str().unwrap(),
+    ]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    t
 }
 
 #[test]
@@ -274,20 +309,9 @@ fn a_new_python_adapter_builds_and_passes_the_check_and_a_python_exception_names
         "{}",
         text(&again)
     );
-    build(&project);
+    build(&project, &[]);
     let wasm = project.join("pyfiles.wasm");
-    let out = s.cairn(&["adapter", "check", wasm.to_str().unwrap(), "--json"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["passed"], true, "{report:#}");
-    assert_eq!(report["adapter"], "pyfiles 0.1.0");
-    let compared = report["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "restore and compare")
-        .expect("a file adapter's restore is compared");
-    assert_eq!(compared["ok"], true, "{report:#}");
+    passes_the_check(&s, &wasm, "pyfiles");
 
     // An exception the adapter does not catch reaches the host as an
     // error with its traceback, not a bare trap.
@@ -297,18 +321,8 @@ fn a_new_python_adapter_builds_and_passes_the_check_and_a_python_exception_names
         "        summary = kit.backup_summary()\n        {}[\"no-such-key\"]\n",
     );
     std::fs::write(&app, code).unwrap();
-    build(&project);
-    let src = s.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    s.cairn_ok(&["init"]);
-    let out = s.cairn(&[
-        "backup",
-        src.to_str().unwrap(),
-        "--adapter",
-        wasm.to_str().unwrap(),
-    ]);
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{t}");
+    build(&project, &[]);
+    let t = failing_backup(&s, &wasm);
     assert!(t.contains("Traceback (most recent call last)"), "{t}");
     assert!(t.contains("KeyError: 'no-such-key'"), "{t}");
     assert!(t.contains("app.py\", line"), "{t}");
@@ -329,13 +343,8 @@ fn new_javascript_and_typescript_adapters_build_and_pass_the_check_and_a_throw_c
             name,
             project.to_str().unwrap(),
         ]);
-        build(&project);
-        let wasm = project.join(format!("{name}.wasm"));
-        let out = s.cairn(&["adapter", "check", wasm.to_str().unwrap(), "--json"]);
-        assert!(out.status.success(), "{lang}: {}", text(&out));
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(report["passed"], true, "{lang}: {report:#}");
-        assert_eq!(report["adapter"], format!("{name} 0.1.0"));
+        build(&project, &[]);
+        passes_the_check(&s, &project.join(format!("{name}.wasm")), name);
     }
 
     // A plain `throw new Error()` (which alone would trap) reaches the host
@@ -347,19 +356,8 @@ fn new_javascript_and_typescript_adapters_build_and_pass_the_check_and_a_throw_c
         "    throw new RangeError('thrown on purpose');\n",
     );
     std::fs::write(&source, code).unwrap();
-    build(&project);
-    let src = s.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    s.cairn_ok(&["init"]);
-    let wasm = project.join("jsfiles.wasm");
-    let out = s.cairn(&[
-        "backup",
-        src.to_str().unwrap(),
-        "--adapter",
-        wasm.to_str().unwrap(),
-    ]);
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{t}");
+    build(&project, &[]);
+    let t = failing_backup(&s, &project.join("jsfiles.wasm"));
     assert!(t.contains("RangeError: thrown on purpose"), "{t}");
     assert!(t.contains("adapter.js:"), "the stack names the line: {t}");
     assert!(!t.contains("unreachable"), "{t}");
@@ -384,17 +382,8 @@ fn a_new_rust_adapter_builds_with_the_sdk_it_carries_and_passes_the_check() {
         .nth(3)
         .unwrap()
         .to_path_buf();
-    let out = std::process::Command::new(project.join("build"))
-        .env("CARGO_TARGET_DIR", &shared)
-        .output()
-        .expect("run the project's build script");
-    assert!(out.status.success(), "build failed: {}", text(&out));
-    let wasm = project.join("rs-files.wasm");
-    let out = s.cairn(&["adapter", "check", wasm.to_str().unwrap(), "--json"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["passed"], true, "{report:#}");
-    assert_eq!(report["adapter"], "rs-files 0.1.0");
+    build(&project, &[("CARGO_TARGET_DIR", shared.as_os_str())]);
+    passes_the_check(&s, &project.join("rs-files.wasm"), "rs-files");
     // A name an adapter cannot have is refused, naming it.
     let out = s.cairn(&["adapter", "new", "--lang", "rust", "Bad_Name"]);
     assert!(!out.status.success());
@@ -458,26 +447,44 @@ fn a_new_c_adapter_builds_with_clang_and_cairn_and_passes_the_check_and_a_crash_
     // The bindings were generated from the WIT this binary links.
     let header = std::fs::read_to_string(project.join("kit/bindings/adapter.h")).unwrap();
     assert!(header.contains("exports_cairn_adapter_0_3_0_configuration_check"));
-    let build_c = |project: &std::path::Path| {
-        let out = std::process::Command::new(project.join("build"))
-            .env("CAIRN", crate::common::cairn_bin())
-            .output()
-            .expect("run the project's build script");
-        assert!(out.status.success(), "build failed: {}", text(&out));
-    };
-    build_c(&project);
+    let cairn = crate::common::cairn_bin();
+    let env = [("CAIRN", cairn.as_os_str())];
+    build(&project, &env);
     let wasm = project.join("cfiles.wasm");
-    let out = s.cairn(&["adapter", "check", wasm.to_str().unwrap(), "--json"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["passed"], true, "{report:#}");
-    assert_eq!(report["adapter"], "cfiles 0.1.0");
-    let steps = report["steps"].as_array().unwrap();
-    let compared = steps
-        .iter()
-        .find(|s| s["name"] == "restore and compare")
-        .unwrap();
-    assert_eq!(compared["ok"], true, "{report:#}");
+    passes_the_check(&s, &wasm, "cfiles");
+    // componentize refuses a truncated core module (wit-component panics
+    // on it), and writes through no symlink planted at its partial file
+    // (red-team findings).
+    let core = std::fs::read(project.join("target/cfiles.core.wasm")).unwrap();
+    let cut = s.path("cut.core.wasm");
+    std::fs::write(&cut, &core[..5000]).unwrap();
+    let out = s.path("cut.wasm");
+    let r = s.cairn(&[
+        "adapter",
+        "componentize",
+        cut.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!r.status.success(), "{}", text(&r));
+    assert!(text(&r).contains("not a valid core module"), "{}", text(&r));
+    let victim = s.path("victim");
+    std::fs::write(&victim, b"keep").unwrap();
+    std::os::unix::fs::symlink(&victim, s.path("again.wasm.partial")).unwrap();
+    let again = s.path("again.wasm");
+    let core_path = project.join("target/cfiles.core.wasm");
+    s.cairn_ok(&[
+        "adapter",
+        "componentize",
+        core_path.to_str().unwrap(),
+        "-o",
+        again.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+    assert_eq!(
+        std::fs::read(&again).unwrap(),
+        std::fs::read(&wasm).unwrap()
+    );
 
     // C has no exceptions: a crash traps, and the host shows what the
     // adapter wrote to standard error before it.
@@ -491,18 +498,8 @@ fn a_new_c_adapter_builds_with_clang_and_cairn_and_passes_the_check_and_a_crash_
         "#include <stdio.h>\n#include <stdlib.h>\n",
     );
     std::fs::write(&source, code).unwrap();
-    build_c(&project);
-    let src = s.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    s.cairn_ok(&["init"]);
-    let out = s.cairn(&[
-        "backup",
-        src.to_str().unwrap(),
-        "--adapter",
-        wasm.to_str().unwrap(),
-    ]);
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{t}");
+    build(&project, &env);
+    let t = failing_backup(&s, &wasm);
     assert!(t.contains("the ledger is inconsistent"), "{t}");
     assert!(t.contains("no snapshot was written"), "{t}");
 }

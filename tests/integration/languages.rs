@@ -56,6 +56,19 @@ fn built(name: &str) -> PathBuf {
     wasm
 }
 
+/// `cmd` with the adapter file `wasm`, its `config` and its `grants`.
+fn with_adapter<'a>(
+    cmd: &[&'a str],
+    wasm: &'a str,
+    config: &'a str,
+    grants: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = cmd.to_vec();
+    args.extend(["--adapter", wasm, "--adapter-config", config]);
+    args.extend(grants);
+    args
+}
+
 fn run(program: &str, args: &[&str]) -> String {
     let out = Command::new(program).args(args).output().unwrap();
     assert!(out.status.success(), "{program} {args:?}: {}", text(&out));
@@ -77,56 +90,40 @@ fn command_adapter_backs_up_a_programs_output_and_restores_it_into_another() {
         "path": "/tree.tar",
     })
     .to_string();
-    let summary = s.cairn_json(&[
-        "backup",
-        "--adapter",
+    let summary = s.cairn_json(&with_adapter(
+        &["backup"],
         wasm,
-        "--adapter-config",
         &config,
-        "--grant-program",
-        "tar",
-    ]);
+        &["--grant-program", "tar"],
+    ));
     assert_eq!(summary["files"], 1, "{summary}");
     // The restore program decides where the bytes go: a --target the
     // adapter would not read is refused, not reported as where they went
     // (red-team finding), and no directory is made for it.
     let ignored = s.path("ignored-target");
-    let out = s.cairn(&[
-        "restore",
-        "latest",
-        "--target",
-        ignored.to_str().unwrap(),
-        "--adapter",
+    let out = s.cairn(&with_adapter(
+        &["restore", "latest", "--target", ignored.to_str().unwrap()],
         wasm,
-        "--adapter-config",
         &config,
-        "--grant-program",
-        "tar",
-    ]);
+        &["--grant-program", "tar"],
+    ));
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("leave --target out"), "{}", text(&out));
     assert!(!ignored.exists());
     // A program the job does not grant is refused by the host.
-    let out = s.cairn(&[
-        "restore",
-        "latest",
-        "--adapter",
-        wasm,
-        "--adapter-config",
-        &config,
-    ]);
+    let out = s.cairn(&with_adapter(&["restore", "latest"], wasm, &config, &[]));
     assert!(!out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("tar"), "{}", text(&out));
-    s.cairn_ok(&[
-        "restore",
-        "latest",
-        "--adapter",
+    assert!(
+        text(&out).contains("program tar: this job does not grant it"),
+        "{}",
+        text(&out)
+    );
+    s.cairn_ok(&with_adapter(
+        &["restore", "latest"],
         wasm,
-        "--adapter-config",
         &config,
-        "--grant-program",
-        "tar",
-    ]);
+        &["--grant-program", "tar"],
+    ));
     // diff, not Cairn, says the trees are the same.
     let diff = Command::new("diff")
         .args(["-r", "--no-dereference"])
@@ -135,16 +132,12 @@ fn command_adapter_backs_up_a_programs_output_and_restores_it_into_another() {
         .output()
         .unwrap();
     assert!(diff.status.success(), "{}", text(&diff));
-    let verify = s.cairn_json(&[
-        "verify",
-        "latest",
-        "--adapter",
+    let verify = s.cairn_json(&with_adapter(
+        &["verify", "latest"],
         wasm,
-        "--adapter-config",
         &config,
-        "--grant-program",
-        "tar",
-    ]);
+        &["--grant-program", "tar"],
+    ));
     assert_eq!(verify["problems"], serde_json::json!([]), "{verify}");
 }
 
@@ -162,15 +155,8 @@ fn command_adapter_pumps_a_large_output_natively_and_restic_reads_it() {
     })
     .to_string();
     let grants = ["--grant-program", "cat", "--grant-program", "dd"];
-    let mut args = vec![
-        "backup",
-        "--adapter",
-        wasm.to_str().unwrap(),
-        "--adapter-config",
-        &config,
-    ];
-    args.extend(grants);
-    let summary = s.cairn_json(&args);
+    let wasm = wasm.to_str().unwrap();
+    let summary = s.cairn_json(&with_adapter(&["backup"], wasm, &config, &grants));
     // 96 MiB went through; the adapter's memory stayed small, because the
     // host pumped the pipe into the repository.
     let memory = summary["adapter_memory_bytes"].as_u64().unwrap();
@@ -178,16 +164,12 @@ fn command_adapter_pumps_a_large_output_natively_and_restic_reads_it() {
         memory < 8 << 20,
         "the adapter held {memory} bytes: {summary}"
     );
-    let mut args = vec![
-        "restore",
-        "latest",
-        "--adapter",
-        wasm.to_str().unwrap(),
-        "--adapter-config",
+    s.cairn_ok(&with_adapter(
+        &["restore", "latest"],
+        wasm,
         &config,
-    ];
-    args.extend(grants);
-    s.cairn_ok(&args);
+        &grants,
+    ));
     run("cmp", &[big.to_str().unwrap(), copy.to_str().unwrap()]);
     // restic, not Cairn, reads the entry back.
     let dumped = s.restic(&["dump", "latest", "/stdout"]);
@@ -207,15 +189,12 @@ fn command_adapter_fails_the_backup_when_its_program_fails_and_writes_no_snapsho
         "command": ["sh", "-c", "echo half an output; echo disk on fire >&2; exit 3"],
     })
     .to_string();
-    let out = s.cairn(&[
-        "backup",
-        "--adapter",
+    let out = s.cairn(&with_adapter(
+        &["backup"],
         wasm.to_str().unwrap(),
-        "--adapter-config",
         &config,
-        "--grant-program",
-        "sh",
-    ]);
+        &["--grant-program", "sh"],
+    ));
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(t.contains("sh exited with status 3"), "{t}");
@@ -288,16 +267,12 @@ fn sqlite_adapter_copies_a_database_consistently_while_a_writer_writes() {
     let wasm = wasm.to_str().unwrap();
     let target = s.path("restored");
     let config = serde_json::json!({ "databases": [db.to_str().unwrap()] }).to_string();
-    let summary = s.cairn_json(&[
-        "backup",
-        data.to_str().unwrap(),
-        "--adapter",
+    let summary = s.cairn_json(&with_adapter(
+        &["backup", data.to_str().unwrap()],
         wasm,
-        "--adapter-config",
         &config,
-        "--grant-program",
-        "sqlite3",
-    ]);
+        &["--grant-program", "sqlite3"],
+    ));
     assert_eq!(summary["files"], 1, "{summary}");
     let rows_after_backup: u64 = sqlite(&db, "SELECT count(*) FROM orders")
         .trim()
@@ -306,18 +281,12 @@ fn sqlite_adapter_copies_a_database_consistently_while_a_writer_writes() {
     writer.kill().unwrap();
     writer.wait().unwrap();
 
-    s.cairn_ok(&[
-        "restore",
-        "latest",
-        "--target",
-        target.to_str().unwrap(),
-        "--adapter",
+    s.cairn_ok(&with_adapter(
+        &["restore", "latest", "--target", target.to_str().unwrap()],
         wasm,
-        "--adapter-config",
         &config,
-        "--grant-program",
-        "sqlite3",
-    ]);
+        &["--grant-program", "sqlite3"],
+    ));
     let restored = target.join(db.strip_prefix("/").unwrap());
     // Consistent: every transaction whole, none half.
     let counts = sqlite(
@@ -353,31 +322,21 @@ fn sqlite_adapter_copies_a_database_consistently_while_a_writer_writes() {
         ),
     );
     assert_eq!(sqlite(&restored, ".dump"), sqlite(&cut, ".dump"));
-    let verify = s.cairn_json(&[
-        "verify",
-        "latest",
-        "--adapter",
+    let verify = s.cairn_json(&with_adapter(
+        &["verify", "latest"],
         wasm,
-        "--adapter-config",
         &config,
-        "--grant-program",
-        "sqlite3",
-    ]);
+        &["--grant-program", "sqlite3"],
+    ));
     assert_eq!(verify["problems"], serde_json::json!([]), "{verify}");
 
     // A second restore into the same target refuses to overwrite, naming it.
-    let out = s.cairn(&[
-        "restore",
-        "latest",
-        "--target",
-        target.to_str().unwrap(),
-        "--adapter",
+    let out = s.cairn(&with_adapter(
+        &["restore", "latest", "--target", target.to_str().unwrap()],
         wasm,
-        "--adapter-config",
         &config,
-        "--grant-program",
-        "sqlite3",
-    ]);
+        &["--grant-program", "sqlite3"],
+    ));
     assert!(!out.status.success());
     assert!(
         text(&out).contains("exists; restore into an empty target"),
@@ -386,16 +345,12 @@ fn sqlite_adapter_copies_a_database_consistently_while_a_writer_writes() {
     );
     // A database outside the job's granted paths is refused by the host.
     let elsewhere = serde_json::json!({ "databases": [cut.to_str().unwrap()] }).to_string();
-    let out = s.cairn(&[
-        "backup",
-        data.to_str().unwrap(),
-        "--adapter",
+    let out = s.cairn(&with_adapter(
+        &["backup", data.to_str().unwrap()],
         wasm,
-        "--adapter-config",
         &elsewhere,
-        "--grant-program",
-        "sqlite3",
-    ]);
+        &["--grant-program", "sqlite3"],
+    ));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("cut.db"), "{}", text(&out));
 }
@@ -537,75 +492,103 @@ fn rabbit_job(s: &Scratch, wasm: &Path) -> PathBuf {
     path
 }
 
-/// Red-team finding: a database's writer can make `.dump` print a line
-/// such as `.shell ...` (through `PRAGMA writable_schema`); the sqlite3
-/// shell that loads a dump on verify and restore would run it as the
-/// agent's user. The adapter runs sqlite3 in safe mode: the line fails the
-/// load, verify names the entry, and nothing runs.
+/// Red-team findings: a database's writer can shape what `.dump` prints
+/// (its schema's text, through `PRAGMA writable_schema`), and the sqlite3
+/// shell that loads a dump obeys dot-commands and runs any SQL, even in
+/// safe mode: `.shell` (refused there), `.trace FILE` (overwrites a file),
+/// `.exit 0` (ends the load "successfully" with nothing committed), and the
+/// shell's `fsdir` (reads the host's files). The adapter passes only the
+/// statements `.dump` writes: verify and restore refuse the entry, name
+/// what it holds, and nothing runs.
 #[test]
 fn sqlite_adapter_never_runs_a_command_a_database_planted_in_its_dump() {
     let s = Scratch::new();
-    s.init();
-    let data = s.path("data");
-    std::fs::create_dir(&data).unwrap();
-    let db = data.join("planted.db");
+    let secret = s.path("secret");
+    std::fs::create_dir(&secret).unwrap();
+    std::fs::write(secret.join("key"), b"do not copy").unwrap();
+    let victim = s.path("victim");
+    std::fs::write(&victim, b"untouched").unwrap();
     let pwned = s.path("PWNED");
-    sqlite(&db, "CREATE TABLE t(a); INSERT INTO t VALUES (1);");
-    sqlite(
-        &db,
-        &format!(
-            "PRAGMA writable_schema=ON; UPDATE sqlite_schema SET sql='CREATE TABLE t(a);\n.shell touch {}\nSELECT 1' WHERE name='t';",
-            pwned.display()
+    let plants = [
+        (
+            format!("\n.shell touch {}\nSELECT 1", pwned.display()),
+            ".shell",
         ),
-    );
-    assert!(
-        sqlite(&db, ".dump").contains(".shell touch"),
-        "the plant is in the dump"
-    );
+        (format!("\n.trace {}\nSELECT 1", victim.display()), ".trace"),
+        ("\n.exit 0\n".to_string(), ".exit"),
+        (
+            format!(
+                " CREATE TABLE stolen AS SELECT name FROM fsdir(''{}'')",
+                secret.display()
+            ),
+            "CREATE TABLE ... AS SELECT",
+        ),
+    ];
     let wasm = built("sqlite");
     let wasm = wasm.to_str().unwrap();
-    let config = serde_json::json!({ "databases": [db.to_str().unwrap()] }).to_string();
-    s.cairn_ok(&[
-        "backup",
-        data.to_str().unwrap(),
-        "--adapter",
-        wasm,
-        "--adapter-config",
-        &config,
-        "--grant-program",
-        "sqlite3",
-    ]);
-    let out = s.cairn(&[
-        "verify",
-        "latest",
-        "--adapter",
-        wasm,
-        "--adapter-config",
-        &config,
-        "--grant-program",
-        "sqlite3",
-    ]);
-    assert!(!out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("does not load"), "{}", text(&out));
-    assert!(text(&out).contains("safe mode"), "{}", text(&out));
-    let target = s.path("restored");
-    let out = s.cairn(&[
-        "restore",
-        "latest",
-        "--target",
-        target.to_str().unwrap(),
-        "--adapter",
-        wasm,
-        "--adapter-config",
-        &config,
-        "--grant-program",
-        "sqlite3",
-    ]);
-    assert!(!out.status.success(), "{}", text(&out));
-    assert!(
-        text(&out).contains("remove it before restoring again"),
-        "{}",
-        text(&out)
-    );
-    assert!(!pwned.exists(), "the planted command ran");
+    for (n, (plant, named)) in plants.iter().enumerate() {
+        let s = Scratch::new();
+        s.init();
+        let data = s.path("data");
+        std::fs::create_dir(&data).unwrap();
+        let db = data.join("planted.db");
+        sqlite(&db, "CREATE TABLE t(a); INSERT INTO t VALUES (1);");
+        sqlite(
+            &db,
+            &format!(
+                "PRAGMA writable_schema=ON; UPDATE sqlite_schema SET sql='CREATE TABLE t(a);{plant}' WHERE name='t';"
+            ),
+        );
+        let config = serde_json::json!({ "databases": [db.to_str().unwrap()] }).to_string();
+        s.cairn_ok(&with_adapter(
+            &["backup", data.to_str().unwrap()],
+            wasm,
+            &config,
+            &["--grant-program", "sqlite3"],
+        ));
+        let out = s.cairn(&with_adapter(
+            &["verify", "latest"],
+            wasm,
+            &config,
+            &["--grant-program", "sqlite3"],
+        ));
+        assert!(!out.status.success(), "plant {n}: {}", text(&out));
+        assert!(
+            text(&out).contains("which Cairn does not load"),
+            "plant {n}: {}",
+            text(&out)
+        );
+        assert!(text(&out).contains(named), "plant {n}: {}", text(&out));
+        let target = s.path("restored");
+        let out = s.cairn(&with_adapter(
+            &["restore", "latest", "--target", target.to_str().unwrap()],
+            wasm,
+            &config,
+            &["--grant-program", "sqlite3"],
+        ));
+        assert!(!out.status.success(), "plant {n}: {}", text(&out));
+        assert!(
+            text(&out).contains("does not load"),
+            "plant {n}: {}",
+            text(&out)
+        );
+        assert!(
+            text(&out).contains("remove it before restoring again"),
+            "plant {n}: {}",
+            text(&out)
+        );
+        assert!(!pwned.exists(), "plant {n}: the planted command ran");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"untouched", "plant {n}");
+        let restored = target.join(db.strip_prefix("/").unwrap());
+        if restored.exists() {
+            assert_eq!(
+                sqlite(
+                    &restored,
+                    "SELECT count(*) FROM sqlite_schema WHERE name='stolen'"
+                )
+                .trim(),
+                "0"
+            );
+        }
+    }
 }

@@ -144,10 +144,22 @@ fn componentize(a: ComponentizeArgs) -> anyhow::Result<Outcome> {
     let component = crate::ops::authoring::componentize(&core)
         .with_context(|| format!("adapter componentize: {}", a.core.display()))?;
     // Written beside, then renamed: a failed write leaves no half component.
+    // Whatever sits at the partial path (a planted symlink, a stale file)
+    // is removed, not written through: the file is created anew.
     let partial = a.output.with_extension("wasm.partial");
-    if let Err(e) =
-        std::fs::write(&partial, &component).and_then(|()| std::fs::rename(&partial, &a.output))
-    {
+    let write = || -> std::io::Result<()> {
+        match std::fs::remove_file(&partial) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&partial)?;
+        std::io::Write::write_all(&mut file, &component)?;
+        std::fs::rename(&partial, &a.output)
+    };
+    if let Err(e) = write() {
         let _ = std::fs::remove_file(&partial);
         return Err(e)
             .with_context(|| format!("adapter componentize: writing {}", a.output.display()));

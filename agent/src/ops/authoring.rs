@@ -68,11 +68,13 @@ pub fn componentize(core: &[u8]) -> anyhow::Result<Vec<u8>> {
         }
         bail!("it is not a WebAssembly module");
     }
-    // Without the world's type the encoder makes a component that exports
-    // nothing: refuse it here, where the cause is known, not at the first
-    // backup.
-    let (_, bindgen) = wit_component::metadata::decode(core)
-        .context("reading the core module's component-type section")?;
+    // wit-component panics on some malformed modules (a truncated one):
+    // a panic here is a refused input, not a crash. Without the world's
+    // type the encoder makes a component that exports nothing: refuse it
+    // here, where the cause is known, not at the first backup.
+    let decoded = std::panic::catch_unwind(|| wit_component::metadata::decode(core))
+        .map_err(|_| anyhow::anyhow!("it is not a valid core module (truncated or malformed)"))?;
+    let (_, bindgen) = decoded.context("reading the core module's component-type section")?;
     let world = &bindgen.resolve.worlds[bindgen.world];
     if !world
         .exports
@@ -83,17 +85,21 @@ pub fn componentize(core: &[u8]) -> anyhow::Result<Vec<u8>> {
             "the core module carries no adapter world (no export `backup` in a component-type section): link it with the adapter_component_type.o that `cairn adapter bindings --lang c` writes"
         );
     }
-    wit_component::ComponentEncoder::default()
-        .validate(true)
-        .module(core)
-        .context("reading the core module (was it linked with adapter_component_type.o?)")?
-        .adapter(
-            wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME,
-            wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
-        )
-        .context("adding the WASI preview 1 reactor adapter")?
-        .encode()
-        .context("making the component")
+    let encode = || {
+        wit_component::ComponentEncoder::default()
+            .validate(true)
+            .module(core)
+            .context("reading the core module (was it linked with adapter_component_type.o?)")?
+            .adapter(
+                wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME,
+                wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+            )
+            .context("adding the WASI preview 1 reactor adapter")?
+            .encode()
+            .context("making the component")
+    };
+    std::panic::catch_unwind(encode)
+        .map_err(|_| anyhow::anyhow!("it is not a valid core module (truncated or malformed)"))?
 }
 
 #[cfg(test)]
