@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import codecs
 import posixpath
+import re
 
 import cairn_kit as kit
 from cairn_kit import archive, fs, process, snapshot
@@ -92,15 +93,39 @@ def _words_and_rest(statement: str):
     return words
 
 
+# How `.dump` writes an INSERT: a name (bare or quoted), or the schema
+# table's column list for a virtual table, then VALUES at once.
+_INSERT = re.compile(
+    r"INSERT INTO (?:[A-Za-z_][A-Za-z0-9_$]*|\"(?:[^\"]|\"\")*\"|'(?:[^']|'')*'|\[[^\]]*\]|`(?:[^`]|``)*`"
+    r"|sqlite_schema\(type,name,tbl_name,rootpage,sql\)) ?VALUES ?\(",
+    re.S,
+)
+
+
 def _allowed(statement: str) -> None:
     """Refuse a statement `.dump` does not write."""
+    # The shell reads line by line: a line that is only `/` or `go` ends a
+    # statement, one starting with `.` is a command, one starting with `#`
+    # a comment, and a NUL drops the rest of its line. `.dump` writes none
+    # of them (it escapes newlines in values), so they are refused wherever
+    # they stand, quotes or not.
+    if "\0" in statement:
+        raise _Refused("a NUL byte")
+    for line in statement.split("\n"):
+        bare = line.strip()
+        if bare in ("/",) or bare.lower() == "go":
+            raise _Refused(f"a line the shell reads as the end of a statement ({bare})")
+        if bare[:1] in (".", "#"):
+            raise _Refused(f"a shell command ({bare.split()[0]})" if bare[0] == "." else "a shell comment line")
     text = statement.strip()
     if text in _PLAIN:
         return
-    if text.startswith("."):
-        raise _Refused(f"a shell command ({text.split()[0]})")
+    if not text[:1].isalpha():
+        raise _Refused("a statement that does not start with a keyword")
     words = _words_and_rest(text)
     upper = [w.upper() for w in words]
+    if upper[:2] == ["INSERT", "INTO"] and not _INSERT.match(text):
+        raise _Refused("an INSERT that is not INSERT INTO name VALUES(...)")
     if upper[:2] == ["INSERT", "INTO"]:
         # `INSERT INTO name VALUES(...)`, or for a virtual table
         # `INSERT INTO sqlite_schema(type,name,tbl_name,rootpage,sql)VALUES(...)`:
@@ -148,10 +173,14 @@ def _checked_dump(reader, path: str):
                 statement = text[start:i + 1]
                 # A trigger's body holds statements of its own: it ends at
                 # `END;` (and runs only when the application writes).
+                # SQLite's own rule: it ends at `; END ;` (a CASE's END
+                # inside it is not preceded by a `;`).
                 head = statement.lstrip()[:64].upper().split()
                 if head[:2] == ["CREATE", "TRIGGER"]:
-                    words = _words_and_rest(statement[:-1])
-                    if not words or words[-1].upper() != "END":
+                    body = statement[:-1].rstrip()
+                    before = body[:-3]
+                    if not (body[-3:].upper() == "END" and not before[-1:].isalnum()
+                            and before.rstrip().endswith(";")):
                         continue
                 try:
                     _allowed(statement[:-1])

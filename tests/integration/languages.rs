@@ -516,6 +516,13 @@ fn sqlite_adapter_never_runs_a_command_a_database_planted_in_its_dump() {
         ),
         (format!("\n.trace {}\nSELECT 1", victim.display()), ".trace"),
         ("\n.exit 0\n".to_string(), ".exit"),
+        // Third red team: lines the shell, not SQL, reads as a statement's
+        // end, and a `#` comment line that hides a quote from a checker.
+        ("\n/\n.exit 0\n".to_string(), "end of a statement (/)"),
+        (
+            "\n#''\n.exit 0\n'' INSERT INTO t VALUES(9)".to_string(),
+            "a shell comment line",
+        ),
         (
             format!(
                 " CREATE TABLE stolen AS SELECT name FROM fsdir(''{}'')",
