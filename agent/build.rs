@@ -12,6 +12,7 @@ const ADAPTERS: &[(&str, bool)] = &[
     ("cairn-adapter-redis", true),
     ("cairn-adapter-postgres", true),
     ("cairn-adapter-mariadb", true),
+    ("cairn-adapter-s3-bucket", true),
     ("cairn-test-adapter-faulty", false),
 ];
 

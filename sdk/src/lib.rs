@@ -62,6 +62,8 @@ pub mod fs;
 #[cfg(feature = "db")]
 pub mod hooks;
 pub mod log;
+pub mod object_store;
+pub mod parent;
 pub mod process;
 pub mod secrets;
 pub mod snapshot;

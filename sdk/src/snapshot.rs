@@ -25,6 +25,10 @@ impl EntryReader {
         Ok(self.inner.discard()?)
     }
 
+    pub(crate) fn from_host(inner: host::EntryReader) -> Self {
+        EntryReader { inner }
+    }
+
     pub(crate) fn into_host(self) -> host::EntryReader {
         self.inner
     }

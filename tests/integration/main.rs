@@ -16,6 +16,7 @@ mod hardening;
 mod kit;
 mod languages;
 mod mariadb;
+mod objects;
 mod postgres;
 mod reads;
 mod redis;

@@ -250,6 +250,14 @@ const RUST: &[(&str, &str)] = &[
         include_str!("../../../sdk/src/secrets.rs"),
     ),
     (
+        "cairn-sdk/src/object_store.rs",
+        include_str!("../../../sdk/src/object_store.rs"),
+    ),
+    (
+        "cairn-sdk/src/parent.rs",
+        include_str!("../../../sdk/src/parent.rs"),
+    ),
+    (
         "cairn-sdk/src/log.rs",
         include_str!("../../../sdk/src/log.rs"),
     ),

@@ -23,6 +23,15 @@ pub struct AdapterFlags {
     /// (repeatable). The adapter passes it to processes by reference.
     #[arg(long = "grant-secret", value_name = "NAME=FILE")]
     pub grant_secret: Vec<String>,
+    /// Let the adapter use the bucket NAME at URL:
+    /// `http[s]://HOST[:PORT]/BUCKET[/PREFIX]?region=R[&write][&path-style]
+    /// [&credentials-file=FILE][&profile=P]` (repeatable). Only the host
+    /// reads the credentials.
+    #[arg(long = "grant-bucket", value_name = "NAME=URL")]
+    pub grant_bucket: Vec<String>,
+    /// Buckets a config file's job grants, by name.
+    #[arg(skip)]
+    pub buckets: std::collections::BTreeMap<String, crate::config::BucketGrant>,
     /// Adapter configuration as a JSON object (adapters other than filesystem).
     #[arg(long)]
     pub adapter_config: Option<String>,
@@ -47,6 +56,12 @@ impl AdapterFlags {
             }
             self.grant_secret.push(format!("{name}={}", file.display()));
         }
+        self.buckets.extend(
+            job.grants
+                .buckets
+                .iter()
+                .map(|(n, b)| (n.clone(), b.clone())),
+        );
         // The job's config says where it connects and as whom: a command
         // line may change keys of it (`--set`, which refuses those), not
         // replace it whole while keeping the job's grants and secrets.
@@ -84,6 +99,30 @@ impl AdapterFlags {
             grants
                 .add_secret(name, std::path::Path::new(file))
                 .with_context(|| format!("granting secret {name}"))?;
+        }
+        let mut buckets = self.buckets.clone();
+        for spec in &self.grant_bucket {
+            let Some((name, url)) = spec.split_once('=') else {
+                bail!("--grant-bucket {spec:?}: expected NAME=URL");
+            };
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            {
+                bail!("--grant-bucket {name:?}: names use a-z, 0-9, '-' and '_' only");
+            }
+            let grant = crate::config::BucketGrant::from_url(url)
+                .and_then(|g| g.validate(&format!("--grant-bucket {name}")).map(|()| g))
+                .map_err(|e| anyhow::anyhow!("--grant-bucket {name}: {e}"))?;
+            if buckets.insert(name.to_string(), grant).is_some() {
+                bail!("--grant-bucket {name}: the bucket grant {name} is given twice");
+            }
+        }
+        for (name, grant) in buckets {
+            grants
+                .add_bucket(&name, grant)
+                .with_context(|| format!("granting bucket {name}"))?;
         }
         for (name, value) in env {
             grants

@@ -110,6 +110,21 @@ async fn plan(
     })
 }
 
+/// Whether the adapter says it writes paths (so takes `--target`); an
+/// adapter that cannot be loaded or asked does not.
+async fn writes_paths(source: &crate::runtime::AdapterSource) -> bool {
+    let Ok(runtime) = crate::runtime::Runtime::new() else {
+        return false;
+    };
+    let Ok(component) = runtime.load(source) else {
+        return false;
+    };
+    runtime
+        .info(&source.name(), &component)
+        .await
+        .is_ok_and(|i| i.needs.iter().any(|n| n == "write-paths"))
+}
+
 /// Run `restore`.
 pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
     let Plan {
@@ -133,9 +148,12 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
     // A service adapter restores where its settings say: a `--target` it
     // would not read must not be taken (nor reported) as where the data
     // went. Refused before the directory is made.
+    // An adapter that says it writes paths (`info.needs` has
+    // `write-paths`) takes one.
     if let (Some(t), Some(serde_json::Value::Object(c))) = (&a.target, &adapter_config)
         && !files
         && !c.contains_key("target")
+        && !writes_paths(&source).await
     {
         bail!(
             "--target {t}: snapshot {} was made by a service adapter ({}), whose settings take no target: it restores where its settings say; leave --target out",
@@ -159,7 +177,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
     let config = match (adapter_config, &target) {
         // `--target` is where, over whatever the job's config says: a
         // job's settings need no `--set target=` beside it.
-        (Some(serde_json::Value::Object(mut c)), Some(t)) if files || c.contains_key("target") => {
+        (Some(serde_json::Value::Object(mut c)), Some(t)) => {
             c.insert("target".into(), t.clone().into());
             serde_json::Value::Object(c)
         }

@@ -74,6 +74,108 @@ pub struct JobGrants {
     /// Environment variables every process of the job gets.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// S3 (or S3-compatible) buckets the adapter may list, read and, when
+    /// `write = true`, write, by grant name. Only the host reads their
+    /// credentials.
+    #[serde(default)]
+    pub buckets: BTreeMap<String, BucketGrant>,
+}
+
+/// A bucket a job grants (`grants.buckets.NAME`): a region's keys
+/// (`endpoint`, `bucket`, `prefix`, `path-style`, credentials, retries,
+/// concurrency, multipart sizes, as under `[regions]`), plus the region
+/// requests are signed for and whether the job may write.
+#[derive(Debug, Clone)]
+pub struct BucketGrant {
+    /// The region name requests are signed for (`us-east-1`, `garage`).
+    pub region: String,
+    /// Whether restores may write into the bucket.
+    pub write: bool,
+    /// Where the bucket is and how to reach it.
+    pub s3: RegionConfig,
+}
+
+impl<'de> Deserialize<'de> for BucketGrant {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(d)?;
+        let region = match table.remove("region") {
+            Some(toml::Value::String(s)) => s,
+            Some(_) => return Err(D::Error::custom("region: expected a string")),
+            None => return Err(D::Error::custom("missing field `region`")),
+        };
+        let write = match table.remove("write") {
+            Some(toml::Value::Boolean(b)) => b,
+            Some(_) => return Err(D::Error::custom("write: expected true or false")),
+            None => false,
+        };
+        let mut s3 =
+            RegionConfig::deserialize(toml::Value::Table(table)).map_err(D::Error::custom)?;
+        // A prefix is a folder: `tenant-a` must not also grant `tenant-ab/`.
+        if !s3.prefix.is_empty() && !s3.prefix.ends_with('/') {
+            s3.prefix.push('/');
+        }
+        Ok(BucketGrant { region, write, s3 })
+    }
+}
+
+impl BucketGrant {
+    /// Parse `--grant-bucket`'s value: `ENDPOINT/BUCKET[/PREFIX]`, then
+    /// `?key=value&...` with any key of the config table (`region` is
+    /// required; `write`, `path-style`, `credentials-file`, `profile`...).
+    pub fn from_url(spec: &str) -> Result<BucketGrant, String> {
+        let (location, query) = spec.split_once('?').unwrap_or((spec, ""));
+        let (scheme, rest) = location
+            .split_once("://")
+            .ok_or_else(|| format!("{location:?} is not a URL (http[s]://HOST/BUCKET[/PREFIX])"))?;
+        let mut parts = rest.splitn(3, '/');
+        let host = parts.next().unwrap_or_default();
+        if host.contains('@') {
+            return Err(format!(
+                "{scheme}://{host}: give credentials with credentials-file=FILE, not in the URL"
+            ));
+        }
+        let bucket = parts.next().unwrap_or_default();
+        let prefix = parts.next().unwrap_or_default();
+        if bucket.is_empty() {
+            return Err(format!(
+                "{location:?} names no bucket (http[s]://HOST/BUCKET[/PREFIX])"
+            ));
+        }
+        let mut table = toml::Table::new();
+        table.insert("endpoint".into(), format!("{scheme}://{host}").into());
+        table.insert("bucket".into(), bucket.to_string().into());
+        table.insert("prefix".into(), prefix.to_string().into());
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, "true"));
+            const NUMBERS: &[&str] = &[
+                "max-attempts",
+                "request-timeout-secs",
+                "concurrency",
+                "multipart-threshold-mib",
+                "part-size-mib",
+            ];
+            let value: toml::Value = match v {
+                "true" => true.into(),
+                "false" => false.into(),
+                v if NUMBERS.contains(&k) => v
+                    .parse::<i64>()
+                    .map_err(|_| format!("{k}={v:?}: expected a number"))?
+                    .into(),
+                v => v.to_string().into(),
+            };
+            table.insert(k.to_string(), value);
+        }
+        BucketGrant::deserialize(toml::Value::Table(table)).map_err(|e| e.to_string())
+    }
+
+    /// Check the grant's settings; messages start with `label`.
+    pub fn validate(&self, label: &str) -> Result<(), String> {
+        if self.region.is_empty() {
+            return Err(format!("{label}: region is empty"));
+        }
+        super::validate_region(label, &self.s3)
+    }
 }
 
 fn default_adapter() -> String {

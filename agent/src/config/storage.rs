@@ -114,11 +114,11 @@ pub struct TenantConfig {
     pub require_both: bool,
 }
 
-pub(super) fn validate_endpoint(name: &str, r: &RegionConfig) -> Result<(), String> {
+pub(super) fn validate_endpoint(label: &str, r: &RegionConfig) -> Result<(), String> {
     let (scheme, rest) = r
         .endpoint
         .split_once("://")
-        .ok_or_else(|| format!("region {name}: endpoint {:?} is not a URL", r.endpoint))?;
+        .ok_or_else(|| format!("{label}: endpoint {:?} is not a URL", r.endpoint))?;
     let host = rest.split(['/', '?']).next().unwrap_or_default();
     let host = match host.rsplit_once(':') {
         Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
@@ -126,10 +126,7 @@ pub(super) fn validate_endpoint(name: &str, r: &RegionConfig) -> Result<(), Stri
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
-        return Err(format!(
-            "region {name}: endpoint {:?} has no host",
-            r.endpoint
-        ));
+        return Err(format!("{label}: endpoint {:?} has no host", r.endpoint));
     }
     match scheme {
         "https" => Ok(()),
@@ -142,13 +139,13 @@ pub(super) fn validate_endpoint(name: &str, r: &RegionConfig) -> Result<(), Stri
                 Ok(())
             } else {
                 Err(format!(
-                    "region {name}: endpoint {} is plain http to a non-loopback host; use https or set allow-http = true",
+                    "{label}: endpoint {} is plain http to a non-loopback host; use https or set allow-http = true",
                     r.endpoint
                 ))
             }
         }
         other => Err(format!(
-            "region {name}: endpoint scheme {other:?} is not http or https"
+            "{label}: endpoint scheme {other:?} is not http or https"
         )),
     }
 }

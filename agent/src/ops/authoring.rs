@@ -23,6 +23,10 @@ pub const WIT: &[(&str, &str)] = &[
         "wit/deps/adapter-0.2.0/adapter.wit",
         include_str!("../../../wit/deps/adapter-0.2.0/adapter.wit"),
     ),
+    (
+        "wit/deps/adapter-0.3.0/adapter.wit",
+        include_str!("../../../wit/deps/adapter-0.3.0/adapter.wit"),
+    ),
     ("wit/adapter.wit", include_str!("../../../wit/adapter.wit")),
 ];
 

@@ -81,6 +81,8 @@ pub struct Grants {
     secrets: std::collections::BTreeMap<String, std::path::PathBuf>,
     /// Environment variables every process of the job gets.
     env: std::collections::BTreeMap<String, String>,
+    /// Buckets the adapter may reach through `object-store`, by grant name.
+    buckets: std::collections::BTreeMap<String, crate::config::BucketGrant>,
 }
 
 /// A resolved path: the directory it lives in and its final name (`None`
@@ -134,6 +136,26 @@ impl Grants {
             )));
         }
         Ok(())
+    }
+
+    /// Let the adapter use a bucket, under the grant's name.
+    pub fn add_bucket(
+        &mut self,
+        name: &str,
+        grant: crate::config::BucketGrant,
+    ) -> Result<(), GrantError> {
+        if name.is_empty() || self.buckets.contains_key(name) {
+            return Err(GrantError::Denied(format!(
+                "bucket grant {name:?}: empty or given twice"
+            )));
+        }
+        self.buckets.insert(name.to_string(), grant);
+        Ok(())
+    }
+
+    /// The buckets granted, by name.
+    pub fn buckets(&self) -> &std::collections::BTreeMap<String, crate::config::BucketGrant> {
+        &self.buckets
     }
 
     /// The TCP endpoints granted.

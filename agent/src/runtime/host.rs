@@ -27,6 +27,7 @@ mod archive;
 mod confine;
 mod fs;
 mod log;
+mod object_store;
 mod process;
 mod restore_writes;
 mod secrets;
@@ -330,6 +331,8 @@ pub struct HostState {
     grants: Grants,
     config: String,
     job: Job,
+    /// The clients of the job's bucket grants, made on first use.
+    buckets: object_store::Buckets,
     /// Every process the adapter started.
     started: Vec<process::Started>,
 }
@@ -363,6 +366,7 @@ impl HostState {
                 files: 0,
                 directories: 0,
             })),
+            buckets: Default::default(),
             started: Vec::new(),
         }
     }
@@ -377,6 +381,7 @@ impl HostState {
             grants: Grants::default(),
             config: String::new(),
             job: Job::Check,
+            buckets: Default::default(),
             started: Vec::new(),
         }
     }
@@ -433,6 +438,7 @@ impl HostState {
                 interrupted: 0,
                 progress: Arc::default(),
             })),
+            buckets: Default::default(),
             started: Vec::new(),
         })
     }

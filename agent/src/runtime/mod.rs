@@ -61,6 +61,28 @@ mod bindings {
     });
 }
 
+/// The imports WIT 0.4.0 adds (`object-store`, `parent`), over the same
+/// types as the bindings above; only their linker functions are used, so
+/// a component of any version instantiates through [`bindings::Adapter`].
+#[allow(missing_docs)]
+mod bindings_0_4 {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "cairn:adapter/adapter@0.4.0",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "cairn:adapter/types@0.1.0": super::bindings::cairn::adapter0_1_0::types,
+            "cairn:adapter/log@0.1.0": super::bindings::cairn::adapter0_1_0::log,
+            "cairn:adapter/archive@0.1.0": super::bindings::cairn::adapter0_1_0::archive,
+            "cairn:adapter/snapshot@0.1.0": super::bindings::cairn::adapter0_1_0::snapshot,
+            "cairn:adapter/fs@0.1.0": super::bindings::cairn::adapter0_1_0::fs,
+            "cairn:adapter/process@0.2.0": super::bindings::cairn::adapter0_2_0::process,
+            "cairn:adapter/secrets@0.2.0": super::bindings::cairn::adapter0_2_0::secrets,
+        },
+    });
+}
+
 use bindings::cairn::adapter0_1_0::types::AdapterError;
 
 /// How often the epoch ticks; deadlines are counted in ticks.
@@ -103,6 +125,16 @@ impl Runtime {
             .map_err(|e| anyhow!("linking WASI: {e}"))?;
         bindings::Adapter::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| anyhow!("linking the Cairn host: {e}"))?;
+        bindings_0_4::cairn::adapter0_4_0::object_store::add_to_linker::<
+            _,
+            wasmtime::component::HasSelf<_>,
+        >(&mut linker, |s| s)
+        .map_err(|e| anyhow!("linking the Cairn host's object store: {e}"))?;
+        bindings_0_4::cairn::adapter0_4_0::parent::add_to_linker::<
+            _,
+            wasmtime::component::HasSelf<_>,
+        >(&mut linker, |s| s)
+        .map_err(|e| anyhow!("linking the Cairn host's parent snapshot: {e}"))?;
         let ticker_engine = engine.weak();
         let ticker = std::thread::Builder::new()
             .name("cairn-epoch".into())

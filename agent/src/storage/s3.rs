@@ -186,9 +186,41 @@ impl S3Backend {
         }
     }
 
+    /// The SDK client (for the object-store host, which signs an
+    /// adapter's requests to a granted bucket with it).
+    pub(crate) fn client(&self) -> &aws_sdk_s3::Client {
+        &self.client
+    }
+
+    /// Objects at least this large are written in parts of
+    /// [`S3Backend::part_size`].
+    pub(crate) fn multipart_threshold(&self) -> u64 {
+        self.multipart_threshold
+    }
+
+    /// The size of each part of a multipart upload.
+    pub(crate) fn part_size(&self) -> u64 {
+        self.part_size
+    }
+
+    /// The region's `concurrency`: requests in flight at once.
+    pub(crate) fn concurrency(&self) -> usize {
+        self.connections
+    }
+
+    /// A key from a listing made with `encoding-type=url`, decoded.
+    pub(crate) fn listed_key(key: &str) -> String {
+        url_decoded(key)
+    }
+
     /// Turn an SDK error into a message naming region, bucket and object,
     /// with any secret removed.
-    fn error<E>(&self, key: &str, op: &str, err: SdkError<E, HttpResponse>) -> StorageError
+    pub(crate) fn error<E>(
+        &self,
+        key: &str,
+        op: &str,
+        err: SdkError<E, HttpResponse>,
+    ) -> StorageError
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {

@@ -7,7 +7,7 @@ use super::*;
 
 /// A directory node for a path the adapter did not emit itself (a parent of
 /// a backed-up root): the host's own metadata when the path exists.
-fn synthesized_dir(comps: &[String], granted: &[String]) -> Node {
+pub(super) fn synthesized_dir(comps: &[String], granted: &[String]) -> Node {
     let path = format!("/{}", comps.join("/"));
     // Only a parent of a granted path may lend its real metadata: anything
     // else would let an adapter read metadata outside its grants.
@@ -39,7 +39,7 @@ fn synthesized_dir(comps: &[String], granted: &[String]) -> Node {
 /// Why an entry path cannot be stored: not absolute, an empty, `.` or `..`
 /// component, or a NUL byte (no file system can create such a name, so the
 /// snapshot could never be restored).
-fn invalid_entry(path: &str) -> Option<String> {
+pub(super) fn invalid_entry(path: &str) -> Option<String> {
     if path.contains('\0') {
         return Some("its name contains a NUL byte, which no file can have".into());
     }
@@ -54,7 +54,7 @@ fn invalid_entry(path: &str) -> Option<String> {
 impl BackupJob {
     /// Leave an entry out of the snapshot, saying why; the backup is then
     /// incomplete (exit 3). Said once per path.
-    fn refuse(&mut self, path: &str, reason: String) {
+    pub(super) fn refuse(&mut self, path: &str, reason: String) {
         if self.skipped.iter().any(|(p, _)| p == path) {
             return;
         }
@@ -68,7 +68,7 @@ impl BackupJob {
 
     /// Add a node whose content ids may still be on their way from the
     /// workers; the tree builder collects them when it seals the directory.
-    async fn add_pending_node(
+    pub(super) async fn add_pending_node(
         &mut self,
         path: &str,
         node: Node,
