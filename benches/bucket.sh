@@ -33,33 +33,12 @@ garage=${CAIRN_GARAGE:-$HOME/.cache/cairn-tools/garage/bin/garage}
 cargo build --release --locked --bin cairn >&2
 cairn=${CARGO_TARGET_DIR:-$PWD/target}/release/cairn
 export CAIRN_PASSWORD=bench CAIRN_CACHE_DIR="$work/cairn-cache"
+# rclone refuses a custom CA bundle on plain http (some machines set one).
+unset AWS_CA_BUNDLE
 
 # --- Garage -----------------------------------------------------------------
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-s3_port=$(port); rpc_port=$(port)
-cat > "$work/garage.toml" <<EOF
-metadata_dir = "$work/garage/meta"
-data_dir = "$work/garage/data"
-db_engine = "lmdb"
-replication_factor = 1
-rpc_bind_addr = "127.0.0.1:$rpc_port"
-rpc_public_addr = "127.0.0.1:$rpc_port"
-rpc_secret = "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-[s3_api]
-s3_region = "garage"
-api_bind_addr = "127.0.0.1:$s3_port"
-root_domain = ".s3.garage.localhost"
-EOF
-g() { "$garage" -c "$work/garage.toml" "$@"; }
-"$garage" -c "$work/garage.toml" server > "$work/garage.log" 2>&1 &
-garage_pid=$!
-for _ in $(seq 100); do g status >/dev/null 2>&1 && break; sleep 0.2; done
-node=$(g status | awk '$1 ~ /^[0-9a-f]{16}$/ {print $1; exit}')
-g layout assign -z dc1 -c 10G "$node" >/dev/null
-g layout apply --version 1 >/dev/null
-key=$(g key create bench)
-key_id=$(echo "$key" | awk -F': *' '/Key ID/ {print $2}')
-secret=$(echo "$key" | awk -F': *' '/Secret key/ {print $2}')
+source benches/garage.sh
+start_garage "$work/garage" 10G
 for b in media one-64m one-1g; do
   g bucket create "$b" >/dev/null
   g bucket allow --read --write --owner "$b" --key "$key_id" >/dev/null

@@ -138,32 +138,9 @@ fi
 
 # --- Garage -----------------------------------------------------------------
 if has s3 || has history; then
-  port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-  s3_port=$(port); rpc_port=$(port)
-  mkdir -p "$work/garage"
-  cat > "$work/garage/garage.toml" <<EOF
-metadata_dir = "$work/garage/meta"
-data_dir = "$work/garage/data"
-db_engine = "lmdb"
-replication_factor = 1
-rpc_bind_addr = "127.0.0.1:$rpc_port"
-rpc_public_addr = "127.0.0.1:$rpc_port"
-rpc_secret = "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-[s3_api]
-s3_region = "garage"
-api_bind_addr = "127.0.0.1:$s3_port"
-root_domain = ".s3.garage.localhost"
-EOF
-  g() { "$garage" -c "$work/garage/garage.toml" "$@"; }
-  "$garage" -c "$work/garage/garage.toml" server > "$work/garage/log" 2>&1 &
-  garage_pid=$!
-  for _ in $(seq 100); do g status >/dev/null 2>&1 && break; sleep 0.2; done
-  node=$(g status | awk 'length($1) == 16 && $1 ~ /^[0-9a-f]+$/ { print $1; exit }')
-  g layout assign -z dc1 -c 20G "$node" >/dev/null
-  g layout apply --version 1 >/dev/null
-  key=$(g key create bench)
-  export AWS_ACCESS_KEY_ID=$(echo "$key" | awk -F': *' '/Key ID/ { print $2 }')
-  export AWS_SECRET_ACCESS_KEY=$(echo "$key" | awk -F': *' '/Secret key/ { print $2 }')
+  source benches/garage.sh
+  start_garage "$work/garage" 20G
+  export AWS_ACCESS_KEY_ID=$key_id AWS_SECRET_ACCESS_KEY=$secret
   export AWS_DEFAULT_REGION=garage AWS_REGION=garage
   g bucket create bench >/dev/null
   g bucket allow --read --write --owner bench --key "$AWS_ACCESS_KEY_ID" >/dev/null

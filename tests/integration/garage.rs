@@ -293,44 +293,188 @@ root_domain = ".s3.garage.localhost"
         })
     }
 
-    /// Put a one-byte object under each key, 16 at a time.
+    /// Put a one-byte object under each key.
     pub fn put_many(&self, bucket: &str, keys: impl Iterator<Item = String>) {
+        self.put_objects(
+            bucket,
+            keys.map(|key| Put {
+                key,
+                data: b"x".to_vec(),
+                ..Put::default()
+            })
+            .collect(),
+        );
+    }
+
+    pub fn put(&self, bucket: &str, key: &str, data: Vec<u8>) {
+        self.put_objects(
+            bucket,
+            vec![Put {
+                key: key.into(),
+                data,
+                ..Put::default()
+            }],
+        );
+    }
+
+    /// Put objects with their headers, 32 at a time.
+    pub fn put_objects(&self, bucket: &str, puts: Vec<Put>) {
         use futures::StreamExt;
         let client = self.client();
         runtime().block_on(async {
-            futures::stream::iter(keys)
-                .map(|key| {
+            futures::stream::iter(puts)
+                .map(|p| {
                     let client = client.clone();
                     async move {
-                        client
+                        let mut req = client
                             .put_object()
                             .bucket(bucket)
-                            .key(&key)
-                            .body(b"x".to_vec().into())
-                            .send()
+                            .key(&p.key)
+                            .set_content_type(p.content_type)
+                            .set_cache_control(p.cache_control)
+                            .set_content_disposition(p.disposition)
+                            .set_content_language(p.language)
+                            .body(p.data.into());
+                        for (k, v) in p.metadata {
+                            req = req.metadata(k, v);
+                        }
+                        req.send()
                             .await
-                            .expect("put object");
+                            .unwrap_or_else(|e| panic!("put {:?}: {e:?}", p.key));
                     }
                 })
-                .buffer_unordered(16)
+                .buffer_unordered(32)
                 .collect::<Vec<()>>()
                 .await;
         });
     }
 
-    pub fn put(&self, bucket: &str, key: &str, data: Vec<u8>) {
+    /// Upload `parts` parts of `part` random bytes each as one multipart
+    /// object.
+    pub fn put_multipart(&self, bucket: &str, key: &str, parts: u64, part: usize) {
+        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+        let client = self.client();
+        runtime().block_on(async {
+            let up = client
+                .create_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .content_type("application/octet-stream")
+                .send()
+                .await
+                .expect("create multipart upload");
+            let id = up.upload_id().expect("an upload id").to_string();
+            let mut done = Vec::new();
+            for n in 1..=parts {
+                let r = client
+                    .upload_part()
+                    .bucket(bucket)
+                    .key(key)
+                    .upload_id(&id)
+                    .part_number(n as i32)
+                    .body(common_random(part, 1000 + n).into())
+                    .send()
+                    .await
+                    .expect("upload part");
+                done.push(
+                    CompletedPart::builder()
+                        .part_number(n as i32)
+                        .set_e_tag(r.e_tag().map(str::to_string))
+                        .build(),
+                );
+            }
+            client
+                .complete_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(done))
+                        .build(),
+                )
+                .send()
+                .await
+                .expect("complete multipart upload");
+        });
+    }
+
+    pub fn delete(&self, bucket: &str, key: &str) {
         let client = self.client();
         runtime().block_on(async {
             client
-                .put_object()
+                .delete_object()
                 .bucket(bucket)
                 .key(key)
-                .body(data.into())
                 .send()
                 .await
-                .expect("put object");
+                .expect("delete object");
         });
     }
+
+    /// One object as GET returns it: the SHA-256 of its bytes (streamed),
+    /// its size and headers.
+    pub fn object(&self, bucket: &str, key: &str) -> Seen {
+        use sha2::Digest;
+        let client = self.client();
+        runtime().block_on(async {
+            let r = client
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("get {key:?}: {e:?}"));
+            let seen = Seen {
+                sha256: String::new(),
+                size: 0,
+                content_type: r.content_type().map(str::to_string),
+                cache_control: r.cache_control().map(str::to_string),
+                disposition: r.content_disposition().map(str::to_string),
+                language: r.content_language().map(str::to_string),
+                metadata: r
+                    .metadata()
+                    .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                    .unwrap_or_default(),
+            };
+            let mut body = r.body;
+            let mut h = sha2::Sha256::new();
+            let mut size = 0u64;
+            while let Some(b) = body.try_next().await.expect("object body") {
+                size += b.len() as u64;
+                h.update(&b);
+            }
+            Seen {
+                sha256: format!("{:x}", h.finalize()),
+                size,
+                ..seen
+            }
+        })
+    }
+}
+
+/// An object to put: key, bytes, headers.
+#[derive(Clone, Default)]
+pub struct Put {
+    pub key: String,
+    pub data: Vec<u8>,
+    pub content_type: Option<String>,
+    pub cache_control: Option<String>,
+    pub disposition: Option<String>,
+    pub language: Option<String>,
+    pub metadata: Vec<(String, String)>,
+}
+
+/// An object as GET returns it: the SHA-256 of its bytes, size, headers.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Seen {
+    pub sha256: String,
+    pub size: u64,
+    pub content_type: Option<String>,
+    pub cache_control: Option<String>,
+    pub disposition: Option<String>,
+    pub language: Option<String>,
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 impl Drop for Garage {

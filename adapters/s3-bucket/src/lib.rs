@@ -105,13 +105,30 @@ struct Object {
 }
 
 impl Object {
-    fn new(key: String, path: String, head: &ObjectHead) -> Object {
+    /// An object as the listing gives it: key, size, ETag, Last-Modified
+    /// (which the next backup compares with its own listing), no headers.
+    fn listed(o: &store::ObjectSummary, path: String) -> Object {
         Object {
-            key,
+            key: o.key.clone(),
             path,
-            size: head.size,
-            etag: head.etag.clone(),
-            last_modified: head.last_modified.map(|t| (t.seconds, t.nanoseconds)),
+            size: o.size,
+            etag: o.etag.clone(),
+            last_modified: o.last_modified.map(|t| (t.seconds, t.nanoseconds)),
+            content_type: None,
+            content_encoding: None,
+            cache_control: None,
+            content_disposition: None,
+            content_language: None,
+            expires: None,
+            metadata: Vec::new(),
+        }
+    }
+
+    /// The same object with the headers a GET returned (its size, ETag and
+    /// Last-Modified stay the listing's: a GET's Last-Modified is whole
+    /// seconds, a listing's may hold milliseconds).
+    fn with_headers(self, head: &ObjectHead) -> Object {
+        Object {
             content_type: head.content_type.clone(),
             content_encoding: head.content_encoding.clone(),
             cache_control: head.cache_control.clone(),
@@ -119,6 +136,7 @@ impl Object {
             content_language: head.content_language.clone(),
             expires: head.expires.clone(),
             metadata: head.user_metadata.clone(),
+            ..self
         }
     }
 
@@ -294,8 +312,8 @@ struct Backup<'a> {
     grant: &'a str,
     concurrency: u32,
     objects: Vec<Object>,
-    /// Each object to GET and what the listing said of it.
-    pending: Vec<(Fetch, Object)>,
+    /// Objects to GET, as listed.
+    pending: Vec<Object>,
     summary: BackupSummary,
     fetched: u64,
 }
@@ -307,33 +325,33 @@ impl Backup<'_> {
             return Ok(());
         }
         let pending = std::mem::take(&mut self.pending);
-        let fetches: Vec<Fetch> = pending.iter().map(|(f, _)| f.clone()).collect();
+        let fetches: Vec<Fetch> = pending
+            .iter()
+            .map(|o| Fetch {
+                key: o.key.clone(),
+                if_match: Some(o.etag.clone()),
+                path: o.path.clone(),
+                meta: o.meta(),
+            })
+            .collect();
         let results = store::fetch_objects(self.grant, &fetches, self.concurrency);
-        for ((f, listed), r) in pending.into_iter().zip(results) {
-            let key = listed.key.clone();
+        for (listed, r) in pending.into_iter().zip(results) {
             match r {
                 Ok(head) => {
                     self.summary.files += 1;
                     self.fetched += 1;
-                    // Headers from the GET; size, ETag and Last-Modified as
-                    // the listing says them (a GET's Last-Modified is whole
-                    // seconds, a listing's may hold milliseconds): the next
-                    // backup compares with its listing.
-                    let mut o = Object::new(key, f.path, &head);
-                    o.size = listed.size;
-                    o.etag = listed.etag;
-                    o.last_modified = listed.last_modified;
-                    self.objects.push(o);
+                    self.objects.push(listed.with_headers(&head));
                 }
                 // Changed or deleted since it was listed, or unreadable by
                 // its state (archived, SSE-C): left out, named; the backup
                 // is incomplete.
                 Err(Error::NotFound(why) | Error::Denied(why)) => {
-                    cairn_sdk::archive::skip(&f.path, &format!("object {key:?}: {why}"));
+                    let reason = format!("object {:?}: {why}", listed.key);
+                    cairn_sdk::archive::skip(&listed.path, &reason);
                     self.summary.skipped += 1;
                 }
                 Err(e) => {
-                    return Err(Error::Io(format!("object {key:?}: {e}")));
+                    return Err(Error::Io(format!("object {:?}: {e}", listed.key)));
                 }
             }
         }
@@ -365,45 +383,24 @@ fn backup(config: Config) -> Result<BackupSummary, Error> {
         fetched: 0,
     };
     for (i, path) in paths {
-        let o = &listed[i];
-        let listed_as = Object {
-            key: o.key.clone(),
-            path: path.clone(),
-            size: o.size,
-            etag: o.etag.clone(),
-            last_modified: o.last_modified.map(|t| (t.seconds, t.nanoseconds)),
-            content_type: None,
-            content_encoding: None,
-            cache_control: None,
-            content_disposition: None,
-            content_language: None,
-            expires: None,
-            metadata: Vec::new(),
-        };
-        let meta = listed_as.meta();
+        let o = Object::listed(&listed[i], path);
         // Same key, size, ETag and Last-Modified as last time: the host
         // keeps the parent's content, and the parent's manifest its headers.
-        if let Some(old) = parent.get(&o.key).filter(|p| {
-            p.size == o.size && p.etag == o.etag && p.last_modified == listed_as.last_modified
-        }) {
+        if let Some(old) = parent
+            .get(&o.key)
+            .filter(|p| p.size == o.size && p.etag == o.etag && p.last_modified == o.last_modified)
+        {
             b.flush()?;
-            if cairn_sdk::archive::reuse_unchanged(&path, &meta)? {
-                let mut kept = old.clone();
-                kept.path = path;
-                b.objects.push(kept);
+            if cairn_sdk::archive::reuse_unchanged(&o.path, &o.meta())? {
+                b.objects.push(Object {
+                    path: o.path,
+                    ..old.clone()
+                });
                 b.summary.files += 1;
                 continue;
             }
         }
-        b.pending.push((
-            Fetch {
-                key: o.key.clone(),
-                if_match: Some(o.etag.clone()),
-                path,
-                meta,
-            },
-            listed_as,
-        ));
+        b.pending.push(o);
         if b.pending.len() >= BATCH {
             b.flush()?;
         }
@@ -441,6 +438,24 @@ fn selected(config: &Config) -> Result<(Header, Vec<Object>), Error> {
     Ok((header, objects))
 }
 
+/// Walk the snapshot's entries in order (so the host reads small files
+/// ahead of the walk) and hand each object of `objects` to `f` as its entry
+/// comes. Returns the objects the walk did not reach (`cairn restore
+/// --include` leaves entries out).
+fn walk_objects<'a>(
+    objects: &'a [Object],
+    mut f: impl FnMut(&'a Object) -> Result<(), Error>,
+) -> Result<Vec<&'a Object>, Error> {
+    let mut by_path: HashMap<&str, &Object> =
+        objects.iter().map(|o| (o.path.as_str(), o)).collect();
+    while let Some(entry) = cairn_sdk::snapshot::next_entry()? {
+        if let Some(o) = by_path.remove(entry.path.as_str()) {
+            f(o)?;
+        }
+    }
+    Ok(by_path.into_values().collect())
+}
+
 fn restore_to_directory(target: &str, objects: &[Object]) -> Result<RestoreSummary, Error> {
     let target = target.trim_end_matches('/');
     let mut summary = RestoreSummary {
@@ -450,48 +465,55 @@ fn restore_to_directory(target: &str, objects: &[Object]) -> Result<RestoreSumma
         bytes: 0,
     };
     let mut refused = Vec::new();
-    for o in objects {
+    let mut write = |o: &Object, summary: &mut RestoreSummary| -> Result<(), Error> {
+        let path = format!("{target}/{}", o.key);
+        if let Some(dir) = o.key.strip_suffix('/') {
+            // A directory marker (its bytes, if any, are not a file's).
+            cairn_sdk::fs::create_dir(&format!("{target}/{dir}"))?;
+            if o.size > 0 {
+                cairn_sdk::log::warn(&format!(
+                    "object {:?}: a directory marker holding {} bytes; restored as a directory only",
+                    o.key, o.size
+                ));
+            }
+            summary.directories += 1;
+            return Ok(());
+        }
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            cairn_sdk::fs::create_dir(parent)?;
+        }
+        summary.bytes += cairn_sdk::snapshot::open(&o.path)?.pump_to_file(&path)?;
+        cairn_sdk::fs::set_metadata(&path, &o.meta())?;
+        summary.files += 1;
+        Ok(())
+    };
+    let outside = walk_objects(objects, |o| {
         if let Some(why) = keys::unsafe_as_path(&o.key) {
             cairn_sdk::log::warn(&format!(
                 "object {:?}: not restored as a path: {why}",
                 o.key
             ));
             refused.push(format!("{:?} ({why})", o.key));
-            continue;
+            return Ok(());
         }
-        let path = format!("{target}/{}", o.key);
-        let written = (|| -> Result<(), Error> {
-            if let Some(dir) = o.key.strip_suffix('/') {
-                // A directory marker (its bytes, if any, are not a file's).
-                cairn_sdk::fs::create_dir(&format!("{target}/{dir}"))?;
-                if o.size > 0 {
-                    cairn_sdk::log::warn(&format!(
-                        "object {:?}: a directory marker holding {} bytes; restored as a directory only",
-                        o.key, o.size
-                    ));
-                }
-                summary.directories += 1;
-                return Ok(());
-            }
-            if let Some((parent, _)) = path.rsplit_once('/') {
-                cairn_sdk::fs::create_dir(parent)?;
-            }
-            summary.bytes += cairn_sdk::snapshot::open(&o.path)?.pump_to_file(&path)?;
-            cairn_sdk::fs::set_metadata(&path, &o.meta())?;
-            summary.files += 1;
-            Ok(())
-        })();
-        match written {
-            Ok(()) => {}
+        match write(o, &mut summary) {
+            Ok(()) => Ok(()),
             // Damaged data is the restore's failure, not a key's.
-            Err(e @ Error::Corrupt(_)) => return Err(e),
+            Err(e @ Error::Corrupt(_)) => Err(e),
             // A key that is a file here and a directory there (`a` and
             // `a/b`), say: named, and the rest goes on.
             Err(e) => {
                 cairn_sdk::log::warn(&format!("object {:?}: not restored: {e}", o.key));
                 refused.push(format!("{:?} ({e})", o.key));
+                Ok(())
             }
         }
+    })?;
+    if !outside.is_empty() {
+        cairn_sdk::log::info(&format!(
+            "{} object(s) outside the restore's --include were left out",
+            outside.len()
+        ));
     }
     if !refused.is_empty() {
         return Err(Error::Other(format!(
@@ -576,16 +598,25 @@ fn verify(config: Config) -> Result<VerifyReport, Error> {
         problems: Vec::new(),
     };
     // Every object's content is read back and authenticated.
-    for o in &objects {
+    let mut problems = Vec::new();
+    let unreached = walk_objects(&objects, |o| {
         let n = cairn_sdk::snapshot::open(&o.path)?.discard()?;
         report.entries += 1;
         report.bytes += n;
         if n != o.size {
-            report.problems.push(format!(
+            problems.push(format!(
                 "{:?}: the snapshot holds {n} bytes, the object had {}",
                 o.key, o.size
             ));
         }
+        Ok(())
+    })?;
+    report.problems.extend(problems);
+    for o in unreached {
+        report.problems.push(format!(
+            "{:?}: the manifest lists it at {}, which the snapshot does not hold",
+            o.key, o.path
+        ));
     }
     // And compared with the live bucket.
     let grant = choose_grant(&Config {

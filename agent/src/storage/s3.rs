@@ -427,20 +427,7 @@ impl S3Backend {
         };
         let result = self.upload_parts(key, &upload_id, &data).await;
         if result.is_err() {
-            // Leave no orphaned parts behind (they would be billed and are
-            // invisible to listings).
-            let _permit = self.requests.acquire().await;
-            let aborted = self
-                .client
-                .abort_multipart_upload()
-                .bucket(&self.bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .send()
-                .await;
-            if let Err(e) = aborted {
-                tracing::warn!(region = %self.region, bucket = %self.bucket, %key, error = %self.error(key, "AbortMultipartUpload", e), "Parts of a failed upload are left; a bucket lifecycle rule for incomplete multipart uploads removes them.");
-            }
+            self.abort_multipart(key, &upload_id).await;
         }
         result
     }
@@ -456,31 +443,7 @@ impl S3Backend {
         let uploads = (0..parts).map(|i| {
             let start = (i * self.part_size) as usize;
             let end = ((i + 1) * self.part_size).min(size) as usize;
-            let body = data.slice(start..end);
-            async move {
-                let sum = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&body));
-                let number = i as i32 + 1;
-                let _permit = self.requests.acquire().await;
-                let r = self
-                    .client
-                    .upload_part()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .upload_id(upload_id)
-                    .part_number(number)
-                    .checksum_sha256(sum.clone())
-                    .body(ByteStream::from(body))
-                    .send()
-                    .await
-                    .map_err(|e| self.error(key, "UploadPart", e))?;
-                Ok::<_, StorageError>(
-                    CompletedPart::builder()
-                        .part_number(number)
-                        .set_e_tag(r.e_tag().map(str::to_string))
-                        .checksum_sha256(sum)
-                        .build(),
-                )
-            }
+            self.upload_part(key, upload_id, i as i32 + 1, data.slice(start..end))
         });
         let done = futures::future::try_join_all(uploads).await?;
         let _permit = self.requests.acquire().await;
@@ -498,6 +461,54 @@ impl S3Backend {
             .await
             .map_err(|e| self.error(key, "CompleteMultipartUpload", e))?;
         Ok(())
+    }
+
+    /// Upload part `number` of a multipart upload, with its SHA-256; the
+    /// part as CompleteMultipartUpload lists it.
+    pub(crate) async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> Result<CompletedPart, StorageError> {
+        let sum = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&body));
+        let _permit = self.requests.acquire().await;
+        let r = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .checksum_sha256(sum.clone())
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| self.error(key, "UploadPart", e))?;
+        Ok(CompletedPart::builder()
+            .part_number(number)
+            .set_e_tag(r.e_tag().map(str::to_string))
+            .checksum_sha256(sum)
+            .build())
+    }
+
+    /// Abort a failed multipart upload, so that no orphaned parts are left
+    /// (they would be billed and are invisible to listings); warn if that
+    /// fails too.
+    pub(crate) async fn abort_multipart(&self, key: &str, upload_id: &str) {
+        let _permit = self.requests.acquire().await;
+        let aborted = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await;
+        if let Err(e) = aborted {
+            tracing::warn!(region = %self.region, bucket = %self.bucket, key = %crate::util::escaped(key), error = %self.error(key, "AbortMultipartUpload", e), "Parts of a failed upload are left; a bucket lifecycle rule for incomplete multipart uploads removes them.");
+        }
     }
 
     /// Read an object (or a range of it). The SDK retries a request until

@@ -7,7 +7,7 @@ use super::*;
 
 /// A directory node for a path the adapter did not emit itself (a parent of
 /// a backed-up root): the host's own metadata when the path exists.
-pub(super) fn synthesized_dir(comps: &[String], granted: &[String]) -> Node {
+fn synthesized_dir(comps: &[String], granted: &[String]) -> Node {
     let path = format!("/{}", comps.join("/"));
     // Only a parent of a granted path may lend its real metadata: anything
     // else would let an adapter read metadata outside its grants.

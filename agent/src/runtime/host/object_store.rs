@@ -14,7 +14,7 @@ use crate::storage::s3::S3Backend;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload};
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use wit_os::object_store::{
@@ -97,29 +97,24 @@ where
             ))
         };
     }
-    match s3.error(key, op, err) {
+    adapter_error(s3.error(key, op, err))
+}
+
+/// A storage error as the adapter's: a missing object is `not-found`, a
+/// refusal `denied`, anything else `io`.
+fn adapter_error(e: StorageError) -> AdapterError {
+    match e {
         e @ StorageError::NotFound { .. } => AdapterError::NotFound(e.to_string()),
         e @ StorageError::Forbidden { .. } => AdapterError::Denied(e.to_string()),
         e => AdapterError::Io(e.to_string()),
     }
 }
 
-/// An adapter error's message, for the skipped-entries list.
-fn wit_error_text(e: &AdapterError) -> String {
-    match e {
-        AdapterError::InvalidConfig(m)
-        | AdapterError::NotFound(m)
-        | AdapterError::Denied(m)
-        | AdapterError::Io(m)
-        | AdapterError::Corrupt(m)
-        | AdapterError::Other(m) => m.clone(),
-    }
-}
-
 impl HostState {
-    /// The grant named `name` and its client, or why not: a grant the job
-    /// does not have is refused and logged.
-    fn bucket(
+    /// The grant named `name` and its client (made on first use), or why
+    /// not: a grant the job does not have, or a write to a read-only one,
+    /// is refused and logged; credentials that cannot be read are named.
+    async fn granted_bucket(
         &mut self,
         name: &str,
         write: bool,
@@ -143,58 +138,17 @@ impl HostState {
                 grant.s3.bucket
             )));
         }
-        let client = match self.buckets.clients.get(name) {
-            Some(c) => Arc::clone(c),
-            None => {
-                return Err(AdapterError::Other(format!(
-                    "bucket grant {name}: not connected"
-                )));
-            }
-        };
+        if let Some(c) = self.buckets.clients.get(name) {
+            return Ok((grant, Arc::clone(c)));
+        }
+        let client = S3Backend::new(&grant.region, &grant.s3, "")
+            .await
+            .map(Arc::new)
+            .map_err(|e| AdapterError::Io(format!("bucket grant {name}: {e}")))?;
+        self.buckets
+            .clients
+            .insert(name.to_string(), Arc::clone(&client));
         Ok((grant, client))
-    }
-
-    /// Connect a grant's client if it is not yet (reading its credentials).
-    async fn connect_bucket(&mut self, name: &str) {
-        if self.buckets.clients.contains_key(name) {
-            return;
-        }
-        let Some(grant) = self.grants.buckets().get(name).cloned() else {
-            return;
-        };
-        match S3Backend::new(&grant.region, &grant.s3, "").await {
-            Ok(c) => {
-                self.buckets.clients.insert(name.to_string(), Arc::new(c));
-            }
-            Err(e) => {
-                tracing::warn!(adapter = %self.adapter, grant = %name, error = %e, "Cannot connect the granted bucket.");
-            }
-        }
-    }
-
-    /// [`HostState::bucket`], connecting first; a grant whose credentials
-    /// cannot be read says so.
-    async fn granted_bucket(
-        &mut self,
-        name: &str,
-        write: bool,
-    ) -> Result<(BucketGrant, Arc<S3Backend>), AdapterError> {
-        self.connect_bucket(name).await;
-        match self.bucket(name, write) {
-            Err(AdapterError::Other(_)) => {
-                let grant = self.grants.buckets().get(name).cloned();
-                let why = match grant {
-                    Some(g) => S3Backend::new(&g.region, &g.s3, "")
-                        .await
-                        .err()
-                        .map(|e| e.to_string())
-                        .unwrap_or_default(),
-                    None => String::new(),
-                };
-                Err(AdapterError::Io(format!("bucket grant {name}: {why}")))
-            }
-            other => other,
-        }
     }
 
     /// Refuse (and log) a key outside the grant's prefix.
@@ -334,7 +288,32 @@ enum StoreError {
     Repo(RepoError),
 }
 
-/// PUT one snapshot file as an object with `head`'s headers.
+/// Set an object's headers on a PutObject or CreateMultipartUpload
+/// request (two builder types with the same setters).
+macro_rules! with_headers {
+    ($req:expr, $head:expr) => {{
+        let head: &ObjectHead = $head;
+        let expires = head.expires.as_deref().and_then(|s| {
+            aws_sdk_s3::primitives::DateTime::from_str(
+                s,
+                aws_sdk_s3::primitives::DateTimeFormat::HttpDate,
+            )
+            .ok()
+        });
+        let metadata: std::collections::HashMap<String, String> =
+            head.user_metadata.iter().cloned().collect();
+        $req.set_content_type(head.content_type.clone())
+            .set_content_encoding(head.content_encoding.clone())
+            .set_cache_control(head.cache_control.clone())
+            .set_content_disposition(head.content_disposition.clone())
+            .set_content_language(head.content_language.clone())
+            .set_expires(expires)
+            .set_metadata((!metadata.is_empty()).then_some(metadata))
+    }};
+}
+
+/// PUT one snapshot file as an object with `head`'s headers: in one
+/// request below the grant's multipart threshold, else in parts.
 async fn store_one(
     s3: Arc<S3Backend>,
     repo: Arc<Repository>,
@@ -343,7 +322,7 @@ async fn store_one(
     head: ObjectHead,
     overwrite: bool,
 ) -> Result<u64, StoreError> {
-    let obj = |e| StoreError::Object(e);
+    let obj = StoreError::Object;
     if !overwrite {
         match s3
             .client()
@@ -365,15 +344,6 @@ async fn store_one(
             },
         }
     }
-    let expires = head.expires.as_deref().and_then(|s| {
-        aws_sdk_s3::primitives::DateTime::from_str(
-            s,
-            aws_sdk_s3::primitives::DateTimeFormat::HttpDate,
-        )
-        .ok()
-    });
-    let metadata: std::collections::HashMap<String, String> =
-        head.user_metadata.iter().cloned().collect();
     let size = node.size;
     let mut reader = ContentReader::new(repo, node.content.clone().unwrap_or_default());
     if size < s3.multipart_threshold() {
@@ -388,20 +358,14 @@ async fn store_one(
             ))));
         }
         let sum = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&data));
-        let mut req = s3
+        let req = s3
             .client()
             .put_object()
             .bucket(s3.bucket())
             .key(&key)
             .checksum_sha256(sum)
-            .set_content_type(head.content_type.clone())
-            .set_content_encoding(head.content_encoding.clone())
-            .set_cache_control(head.cache_control.clone())
-            .set_content_disposition(head.content_disposition.clone())
-            .set_content_language(head.content_language.clone())
-            .set_expires(expires)
-            .set_metadata((!metadata.is_empty()).then_some(metadata))
             .body(ByteStream::from(data));
+        let mut req = with_headers!(req, &head);
         if !overwrite {
             req = req.if_none_match("*");
         }
@@ -410,19 +374,13 @@ async fn store_one(
             .map_err(|e| obj(s3_error(&s3, &key, "PutObject", e)))?;
         return Ok(size);
     }
-    let upload = s3
+    let req = s3
         .client()
         .create_multipart_upload()
         .bucket(s3.bucket())
         .key(&key)
-        .checksum_algorithm(ChecksumAlgorithm::Sha256)
-        .set_content_type(head.content_type.clone())
-        .set_content_encoding(head.content_encoding.clone())
-        .set_cache_control(head.cache_control.clone())
-        .set_content_disposition(head.content_disposition.clone())
-        .set_content_language(head.content_language.clone())
-        .set_expires(expires)
-        .set_metadata((!metadata.is_empty()).then_some(metadata))
+        .checksum_algorithm(ChecksumAlgorithm::Sha256);
+    let upload = with_headers!(req, &head)
         .send()
         .await
         .map_err(|e| obj(s3_error(&s3, &key, "CreateMultipartUpload", e)))?;
@@ -434,22 +392,13 @@ async fn store_one(
     };
     let result = upload_parts(&s3, &mut reader, &key, &upload_id, size, overwrite).await;
     if result.is_err() {
-        // Leave no invisible, billed parts behind.
-        if let Err(e) = s3
-            .client()
-            .abort_multipart_upload()
-            .bucket(s3.bucket())
-            .key(&key)
-            .upload_id(&upload_id)
-            .send()
-            .await
-        {
-            tracing::warn!(key = %crate::util::escaped(&key), error = %s3_error(&s3, &key, "AbortMultipartUpload", e), "Parts of a failed upload are left; a lifecycle rule for incomplete multipart uploads removes them.");
-        }
+        s3.abort_multipart(&key, &upload_id).await;
     }
     result
 }
 
+/// The parts of a multipart upload, read one at a time from the snapshot
+/// (memory: one part), then completed.
 async fn upload_parts(
     s3: &S3Backend,
     reader: &mut ContentReader,
@@ -458,10 +407,8 @@ async fn upload_parts(
     size: u64,
     overwrite: bool,
 ) -> Result<u64, StoreError> {
-    let obj = |e| StoreError::Object(e);
     let mut parts = Vec::new();
     let mut written = 0u64;
-    let mut number = 0i32;
     // S3 takes at most 10,000 parts: larger objects take larger parts.
     let part_size = s3
         .part_size()
@@ -470,38 +417,23 @@ async fn upload_parts(
         let body = read_up_to(reader, part_size as usize)
             .await
             .map_err(StoreError::Repo)?;
-        if body.is_empty() && number > 0 {
+        if body.is_empty() && !parts.is_empty() {
             break;
         }
-        number += 1;
-        written += body.len() as u64;
         let last = (body.len() as u64) < part_size;
-        let sum = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&body));
-        let r = s3
-            .client()
-            .upload_part()
-            .bucket(s3.bucket())
-            .key(key)
-            .upload_id(upload_id)
-            .part_number(number)
-            .checksum_sha256(sum.clone())
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(|e| obj(s3_error(s3, key, "UploadPart", e)))?;
+        written += body.len() as u64;
+        let number = parts.len() as i32 + 1;
         parts.push(
-            CompletedPart::builder()
-                .part_number(number)
-                .set_e_tag(r.e_tag().map(str::to_string))
-                .checksum_sha256(sum)
-                .build(),
+            s3.upload_part(key, upload_id, number, body.into())
+                .await
+                .map_err(|e| StoreError::Object(adapter_error(e)))?,
         );
         if last {
             break;
         }
     }
     if written != size {
-        return Err(obj(AdapterError::Corrupt(format!(
+        return Err(StoreError::Object(AdapterError::Corrupt(format!(
             "{}: the snapshot holds {written} bytes, its entry says {size}",
             crate::util::escaped(key)
         ))));
@@ -522,7 +454,7 @@ async fn upload_parts(
     }
     req.send()
         .await
-        .map_err(|e| obj(s3_error(s3, key, "CompleteMultipartUpload", e)))?;
+        .map_err(|e| StoreError::Object(s3_error(s3, key, "CompleteMultipartUpload", e)))?;
     Ok(written)
 }
 
@@ -697,7 +629,7 @@ impl wit_os::object_store::Host for HostState {
                     // the snapshot is then incomplete, never whole-looking.
                     self.backup()?.refuse(
                         &o.path,
-                        format!("object {:?}: {}", o.key, wit_error_text(&e)),
+                        format!("object {:?}: {}", o.key, meta::describe_error(&e)),
                     );
                     results.push(Err(e));
                     continue;
@@ -705,23 +637,6 @@ impl wit_os::object_store::Host for HostState {
                 Err(FetchError::Stopped(e)) => return Err(fault(e)),
             };
             let job = self.backup()?;
-            let comps = split_path(&o.path).unwrap_or_default();
-            let granted = job.granted.clone();
-            let mut make_dir = |c: &[String]| archive::synthesized_dir(c, &granted);
-            if let Err(e) = job
-                .tree
-                .enter(
-                    &comps[..comps.len().saturating_sub(1)],
-                    &job.pipeline,
-                    &mut make_dir,
-                )
-                .await
-            {
-                let e = tree_error(e)?;
-                self.backup()?.refuse(&o.path, wit_error_text(&e));
-                results.push(Err(e));
-                continue;
-            }
             let mut node = meta::node_from(EntryKind::File, &o.meta);
             node.content = Some(Vec::new());
             node.size = size;
@@ -731,7 +646,7 @@ impl wit_os::object_store::Host for HostState {
                     results.push(Ok(head));
                 }
                 Err(e) => {
-                    job.refuse(&o.path, wit_error_text(&e));
+                    job.refuse(&o.path, meta::describe_error(&e));
                     results.push(Err(e));
                 }
             }
@@ -762,7 +677,7 @@ impl wit_os::object_store::Host for HostState {
         let mut guard = Tasks(Vec::with_capacity(objects.len()));
         for o in objects {
             if let Err(e) = self.inside(&grant, &g, &o.key) {
-                tasks.push((o.path, Err(e)));
+                tasks.push(Err(e));
                 continue;
             }
             let job = self.restore()?;
@@ -773,12 +688,12 @@ impl wit_os::object_store::Host for HostState {
                         "{}: no such file in the snapshot",
                         crate::util::escaped(&o.path)
                     ));
-                    tasks.push((o.path, Err(e)));
+                    tasks.push(Err(e));
                     continue;
                 }
                 Err(e) => {
                     let e = self.restore_error(e)?;
-                    tasks.push((o.path, Err(e)));
+                    tasks.push(Err(e));
                     continue;
                 }
             };
@@ -797,10 +712,10 @@ impl wit_os::object_store::Host for HostState {
                 r
             });
             guard.0.push(handle.abort_handle());
-            tasks.push((o.path, Ok(handle)));
+            tasks.push(Ok(handle));
         }
         let mut results = Vec::with_capacity(tasks.len());
-        for (_path, task) in tasks {
+        for task in tasks {
             let r = match task {
                 Err(e) => Err(e),
                 Ok(handle) => match handle.await.map_err(fault)? {
