@@ -84,32 +84,45 @@ pub fn unsafe_as_path(key: &str) -> Option<&'static str> {
 /// `**` any run at all, `?` one character but `/`; anything else matches
 /// itself.
 pub fn glob_match(glob: &str, key: &str) -> bool {
-    fn go(g: &[char], k: &[char]) -> bool {
-        match g.first() {
-            None => k.is_empty(),
-            Some('*') if g.get(1) == Some(&'*') => {
-                let rest = &g[2..];
-                (0..=k.len()).any(|i| go(rest, &k[i..]))
-            }
-            Some('*') => {
-                let rest = &g[1..];
-                for i in 0..=k.len() {
-                    if go(rest, &k[i..]) {
-                        return true;
-                    }
-                    if k.get(i) == Some(&'/') {
-                        break;
-                    }
-                }
-                false
-            }
-            Some('?') => k.first().is_some_and(|c| *c != '/') && go(&g[1..], &k[1..]),
-            Some(c) => k.first() == Some(c) && go(&g[1..], &k[1..]),
-        }
+    enum Tok {
+        Star,
+        Stars,
+        One,
+        Lit(char),
     }
     let g: Vec<char> = glob.chars().collect();
+    let mut toks = Vec::new();
+    let mut i = 0;
+    while i < g.len() {
+        toks.push(match g[i] {
+            '*' if g.get(i + 1) == Some(&'*') => {
+                i += 1;
+                Tok::Stars
+            }
+            '*' => Tok::Star,
+            '?' => Tok::One,
+            c => Tok::Lit(c),
+        });
+        i += 1;
+    }
     let k: Vec<char> = key.chars().collect();
-    go(&g, &k)
+    // ok[j]: the tokens from t on match k[j..]; filled from the last token
+    // back, one row per token: time and memory linear in each length.
+    let mut ok = vec![false; k.len() + 1];
+    ok[k.len()] = true;
+    for t in toks.iter().rev() {
+        let mut row = vec![false; k.len() + 1];
+        for j in (0..=k.len()).rev() {
+            row[j] = match t {
+                Tok::Stars => ok[j] || (j < k.len() && row[j + 1]),
+                Tok::Star => ok[j] || (j < k.len() && k[j] != '/' && row[j + 1]),
+                Tok::One => j < k.len() && k[j] != '/' && ok[j + 1],
+                Tok::Lit(c) => j < k.len() && k[j] == *c && ok[j + 1],
+            };
+        }
+        ok = row;
+    }
+    ok[0]
 }
 
 /// A 64-bit FNV-1a hash of an ETag: the "inode" the host compares for an
@@ -171,5 +184,11 @@ mod tests {
         assert!(!glob_match("a?c", "a/c"));
         assert!(glob_match("exact", "exact"));
         assert!(!glob_match("exact", "exactly"));
+        assert!(glob_match("a/**/z", "a/b/c/z"));
+        assert!(glob_match("**", ""));
+        // Linear, not exponential: this took minutes with backtracking.
+        let long = "L".repeat(200);
+        assert!(!glob_match("**L**L**L**L**L**L**X", &long));
+        assert!(glob_match("**L**L**L**L**L**L**", &long));
     }
 }

@@ -76,6 +76,10 @@ struct Header {
     bucket: String,
     /// The listing's prefix.
     prefix: String,
+    /// Objects listed but left out of this snapshot (changed or deleted
+    /// while it ran, unreadable), with the reason: verify names them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    left_out: Vec<(String, String)>,
 }
 
 /// One object of the manifest.
@@ -192,7 +196,7 @@ fn choose_grant(config: &Config) -> Result<BucketGrant, Error> {
                 .into(),
         )),
         [] => Err(Error::InvalidConfig(format!(
-            "no granted bucket matches{}{}; granted: {}",
+            "no granted bucket matches{}{}; granted: {} (choose one with --set grant=NAME or --set bucket=BUCKET)",
             config
                 .grant
                 .as_ref()
@@ -316,6 +320,8 @@ struct Backup<'a> {
     pending: Vec<Object>,
     summary: BackupSummary,
     fetched: u64,
+    /// Keys left out, and why.
+    left_out: Vec<(String, String)>,
 }
 
 impl Backup<'_> {
@@ -349,6 +355,7 @@ impl Backup<'_> {
                     let reason = format!("object {:?}: {why}", listed.key);
                     cairn_sdk::archive::skip(&listed.path, &reason);
                     self.summary.skipped += 1;
+                    self.left_out.push((listed.key, why));
                 }
                 Err(e) => {
                     return Err(Error::Io(format!("object {:?}: {e}", listed.key)));
@@ -381,6 +388,7 @@ fn backup(config: Config) -> Result<BackupSummary, Error> {
             skipped: 0,
         },
         fetched: 0,
+        left_out: Vec::new(),
     };
     for (i, path) in paths {
         let o = Object::listed(&listed[i], path);
@@ -412,6 +420,7 @@ fn backup(config: Config) -> Result<BackupSummary, Error> {
         endpoint: grant.endpoint.clone(),
         bucket: grant.bucket.clone(),
         prefix,
+        left_out: std::mem::take(&mut b.left_out),
     };
     write_manifest(&header, &b.objects)?;
     cairn_sdk::log::info(&format!(
@@ -427,8 +436,19 @@ fn backup(config: Config) -> Result<BackupSummary, Error> {
 }
 
 /// The snapshot's objects that `include` selects.
+/// The snapshot's manifest.
+fn manifest() -> Result<(Header, Vec<Object>), Error> {
+    match cairn_sdk::snapshot::open(MANIFEST) {
+        Ok(r) => read_manifest(r),
+        Err(Error::NotFound(_)) => Err(Error::NotFound(format!(
+            "this snapshot has no {MANIFEST}: it was not made by the s3-bucket adapter"
+        ))),
+        Err(e) => Err(e),
+    }
+}
+
 fn selected(config: &Config) -> Result<(Header, Vec<Object>), Error> {
-    let (header, objects) = read_manifest(cairn_sdk::snapshot::open(MANIFEST)?)?;
+    let (header, objects) = manifest()?;
     let objects = objects
         .into_iter()
         .filter(|o| {
@@ -465,18 +485,18 @@ fn restore_to_directory(target: &str, objects: &[Object]) -> Result<RestoreSumma
         bytes: 0,
     };
     let mut refused = Vec::new();
-    let mut write = |o: &Object, summary: &mut RestoreSummary| -> Result<(), Error> {
+    let write = |o: &Object, summary: &mut RestoreSummary| -> Result<(), Error> {
         let path = format!("{target}/{}", o.key);
         if let Some(dir) = o.key.strip_suffix('/') {
             // A directory marker (its bytes, if any, are not a file's).
             cairn_sdk::fs::create_dir(&format!("{target}/{dir}"))?;
-            if o.size > 0 {
-                cairn_sdk::log::warn(&format!(
-                    "object {:?}: a directory marker holding {} bytes; restored as a directory only",
-                    o.key, o.size
-                ));
-            }
             summary.directories += 1;
+            if o.size > 0 {
+                return Err(Error::Other(format!(
+                    "a key ending in '/' holding {} bytes: restored as a directory, its bytes are not",
+                    o.size
+                )));
+            }
             return Ok(());
         }
         if let Some((parent, _)) = path.rsplit_once('/') {
@@ -538,10 +558,19 @@ fn restore(config: Config) -> Result<RestoreSummary, Error> {
             grant.name, grant.bucket
         )));
     }
-    let to_prefix = config
+    // A prefix is a folder, as a grant's is; `..` segments are refused.
+    let mut to_prefix = config
         .prefix
         .clone()
         .unwrap_or_else(|| header.prefix.clone());
+    if to_prefix.split('/').any(|seg| seg == "..") {
+        return Err(Error::InvalidConfig(format!(
+            "prefix {to_prefix:?}: a '..' segment is not a folder"
+        )));
+    }
+    if !to_prefix.is_empty() && !to_prefix.ends_with('/') {
+        to_prefix.push('/');
+    }
     let mut summary = RestoreSummary {
         files: 0,
         directories: 0,
@@ -549,18 +578,9 @@ fn restore(config: Config) -> Result<RestoreSummary, Error> {
         bytes: 0,
     };
     let mut kept = Vec::new();
-    for batch in objects.chunks(BATCH) {
-        let stores: Vec<Store> = batch
-            .iter()
-            .map(|o| Store {
-                path: o.path.clone(),
-                key: format!(
-                    "{to_prefix}{}",
-                    o.key.strip_prefix(&header.prefix).unwrap_or(&o.key)
-                ),
-                head: o.head(),
-            })
-            .collect();
+    let mut batch: Vec<Store> = Vec::new();
+    let mut flush = |batch: &mut Vec<Store>, summary: &mut RestoreSummary| -> Result<(), Error> {
+        let stores = std::mem::take(batch);
         let results =
             store::store_objects(&grant.name, &stores, config.concurrency, config.overwrite);
         for (s, r) in stores.iter().zip(results) {
@@ -575,6 +595,39 @@ fn restore(config: Config) -> Result<RestoreSummary, Error> {
                 Err(e) => return Err(Error::Io(format!("object {:?}: {e}", s.key))),
             }
         }
+        Ok(())
+    };
+    // The walk, not the manifest, says which objects this restore takes
+    // (`cairn restore --include` narrows it).
+    let outside = walk_objects(&objects, |o| {
+        let key = format!(
+            "{to_prefix}{}",
+            o.key.strip_prefix(&header.prefix).unwrap_or(&o.key)
+        );
+        if key.is_empty() {
+            // The backed-up prefix's own marker, restored to no prefix.
+            cairn_sdk::log::info(&format!(
+                "object {:?}: the prefix's own marker; nothing to restore without a prefix",
+                o.key
+            ));
+            return Ok(());
+        }
+        batch.push(Store {
+            path: o.path.clone(),
+            key,
+            head: o.head(),
+        });
+        if batch.len() >= BATCH {
+            flush(&mut batch, &mut summary)?;
+        }
+        Ok(())
+    })?;
+    flush(&mut batch, &mut summary)?;
+    if !outside.is_empty() {
+        cairn_sdk::log::info(&format!(
+            "{} object(s) outside the restore's --include were left out",
+            outside.len()
+        ));
     }
     if !kept.is_empty() {
         let shown: Vec<String> = kept.iter().take(10).map(|k| format!("{k:?}")).collect();
@@ -591,7 +644,7 @@ fn restore(config: Config) -> Result<RestoreSummary, Error> {
 }
 
 fn verify(config: Config) -> Result<VerifyReport, Error> {
-    let (header, objects) = read_manifest(cairn_sdk::snapshot::open(MANIFEST)?)?;
+    let (header, objects) = manifest()?;
     let mut report = VerifyReport {
         entries: 1,
         bytes: 0,
@@ -623,6 +676,17 @@ fn verify(config: Config) -> Result<VerifyReport, Error> {
         grant: config.grant.clone().or(Some(header.grant.clone())),
         ..config
     })?;
+    if grant.bucket != header.bucket || grant.endpoint != header.endpoint {
+        return Err(Error::InvalidConfig(format!(
+            "the snapshot is of bucket {} at {}, but grant {} is bucket {} at {}: verify compares a snapshot with the bucket it came from",
+            header.bucket, header.endpoint, grant.name, grant.bucket, grant.endpoint
+        )));
+    }
+    for (key, why) in &header.left_out {
+        report
+            .problems
+            .push(format!("{key:?}: left out of this snapshot: {why}"));
+    }
     let live: HashMap<String, store::ObjectSummary> = list_all(&grant.name, &header.prefix)?
         .into_iter()
         .map(|o| (o.key.clone(), o))
@@ -638,6 +702,18 @@ fn verify(config: Config) -> Result<VerifyReport, Error> {
             )),
             Some(_) => {}
         }
+    }
+    let in_snapshot: std::collections::HashSet<&str> =
+        objects.iter().map(|o| o.key.as_str()).collect();
+    let added = live
+        .keys()
+        .filter(|k| !in_snapshot.contains(k.as_str()))
+        .count();
+    if added > 0 {
+        cairn_sdk::log::info(&format!(
+            "bucket {} holds {added} object(s) the snapshot does not (written since it was taken)",
+            grant.bucket
+        ));
     }
     Ok(report)
 }

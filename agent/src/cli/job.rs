@@ -113,8 +113,10 @@ impl AdapterFlags {
                 bail!("--grant-bucket {name:?}: names use a-z, 0-9, '-' and '_' only");
             }
             let grant = crate::config::BucketGrant::from_url(url)
-                .and_then(|g| g.validate(&format!("--grant-bucket {name}")).map(|()| g))
                 .map_err(|e| anyhow::anyhow!("--grant-bucket {name}: {e}"))?;
+            grant
+                .validate(&format!("--grant-bucket {name}"))
+                .map_err(anyhow::Error::msg)?;
             if buckets.insert(name.to_string(), grant).is_some() {
                 bail!("--grant-bucket {name}: the bucket grant {name} is given twice");
             }

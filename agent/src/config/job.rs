@@ -119,6 +119,33 @@ impl<'de> Deserialize<'de> for BucketGrant {
     }
 }
 
+/// `%XX` escapes of a URL part decoded; a `#` is refused (a fragment is no
+/// part of a grant).
+fn percent_decoded(s: &str) -> Result<String, String> {
+    if s.contains('#') {
+        return Err(format!(
+            "{s:?}: '#' has no place in a grant URL (escape it as %23)"
+        ));
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("{s:?}: '%' is not followed by two hex digits"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("{s:?}: its escapes are not UTF-8"))
+}
+
 impl BucketGrant {
     /// Parse `--grant-bucket`'s value: `ENDPOINT/BUCKET[/PREFIX]`, then
     /// `?key=value&...` with any key of the config table (`region` is
@@ -144,10 +171,17 @@ impl BucketGrant {
         }
         let mut table = toml::Table::new();
         table.insert("endpoint".into(), format!("{scheme}://{host}").into());
-        table.insert("bucket".into(), bucket.to_string().into());
-        table.insert("prefix".into(), prefix.to_string().into());
+        table.insert("bucket".into(), percent_decoded(bucket)?.into());
+        table.insert("prefix".into(), percent_decoded(prefix)?.into());
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, "true"));
+            let v = percent_decoded(v)?;
+            let v = v.as_str();
+            if table.contains_key(k) {
+                return Err(format!(
+                    "{k} is given twice (the URL's place names endpoint, bucket and prefix)"
+                ));
+            }
             const NUMBERS: &[&str] = &[
                 "max-attempts",
                 "request-timeout-secs",
@@ -166,7 +200,8 @@ impl BucketGrant {
             };
             table.insert(k.to_string(), value);
         }
-        BucketGrant::deserialize(toml::Value::Table(table)).map_err(|e| e.to_string())
+        BucketGrant::deserialize(toml::Value::Table(table))
+            .map_err(|e| format!("{e} (besides: region, write)"))
     }
 
     /// Check the grant's settings; messages start with `label`.

@@ -363,6 +363,56 @@ impl Config {
     }
 }
 
+/// The checks of one S3 location's settings (a region, or a job's bucket
+/// grant), each message starting with `label`.
+pub(crate) fn validate_region(label: &str, r: &RegionConfig) -> Result<(), String> {
+    validate_endpoint(label, r)?;
+    if r.bucket.is_empty() {
+        return Err(format!("{label}: bucket is empty"));
+    }
+    if r.prefix.starts_with('/') || r.prefix.contains("..") {
+        return Err(format!(
+            "{label}: prefix {:?} must be relative and must not contain '..'",
+            r.prefix
+        ));
+    }
+    if r.access_key_id_env.is_some() != r.secret_access_key_env.is_some() {
+        return Err(format!(
+            "{label}: set both access-key-id-env and secret-access-key-env, or neither"
+        ));
+    }
+    if r.access_key_id_env.is_some() && r.credentials_file.is_some() {
+        return Err(format!(
+            "{label}: choose environment variables or a credentials-file, not both"
+        ));
+    }
+    if r.max_attempts == 0 || r.max_attempts > 20 {
+        return Err(format!("{label}: max-attempts must be 1..=20"));
+    }
+    if r.concurrency == 0 || r.concurrency > 256 {
+        return Err(format!("{label}: concurrency must be 1..=256"));
+    }
+    if r.part_size_mib < 5 || r.part_size_mib > 5 * 1024 {
+        return Err(format!(
+            "{label}: part-size-mib must be 5..=5120 (S3's limits)"
+        ));
+    }
+    if r.multipart_threshold_mib > 5 * 1024 {
+        return Err(format!(
+            "{label}: multipart-threshold-mib must be at most 5120 (a single PUT is at most 5 GiB)"
+        ));
+    }
+    if r.multipart_threshold_mib < r.part_size_mib {
+        return Err(format!(
+            "{label}: multipart-threshold-mib must be at least part-size-mib"
+        ));
+    }
+    if r.request_timeout_secs == 0 {
+        return Err(format!("{label}: request-timeout-secs must be positive"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -461,54 +511,4 @@ regions = ["us-east-1"]
         )
         .unwrap();
     }
-}
-
-/// The checks of one S3 location's settings (a region, or a job's bucket
-/// grant), each message starting with `label`.
-pub(crate) fn validate_region(label: &str, r: &RegionConfig) -> Result<(), String> {
-    validate_endpoint(label, r)?;
-    if r.bucket.is_empty() {
-        return Err(format!("{label}: bucket is empty"));
-    }
-    if r.prefix.starts_with('/') || r.prefix.contains("..") {
-        return Err(format!(
-            "{label}: prefix {:?} must be relative and must not contain '..'",
-            r.prefix
-        ));
-    }
-    if r.access_key_id_env.is_some() != r.secret_access_key_env.is_some() {
-        return Err(format!(
-            "{label}: set both access-key-id-env and secret-access-key-env, or neither"
-        ));
-    }
-    if r.access_key_id_env.is_some() && r.credentials_file.is_some() {
-        return Err(format!(
-            "{label}: choose environment variables or a credentials-file, not both"
-        ));
-    }
-    if r.max_attempts == 0 || r.max_attempts > 20 {
-        return Err(format!("{label}: max-attempts must be 1..=20"));
-    }
-    if r.concurrency == 0 || r.concurrency > 256 {
-        return Err(format!("{label}: concurrency must be 1..=256"));
-    }
-    if r.part_size_mib < 5 || r.part_size_mib > 5 * 1024 {
-        return Err(format!(
-            "{label}: part-size-mib must be 5..=5120 (S3's limits)"
-        ));
-    }
-    if r.multipart_threshold_mib > 5 * 1024 {
-        return Err(format!(
-            "{label}: multipart-threshold-mib must be at most 5120 (a single PUT is at most 5 GiB)"
-        ));
-    }
-    if r.multipart_threshold_mib < r.part_size_mib {
-        return Err(format!(
-            "{label}: multipart-threshold-mib must be at least part-size-mib"
-        ));
-    }
-    if r.request_timeout_secs == 0 {
-        return Err(format!("{label}: request-timeout-secs must be positive"));
-    }
-    Ok(())
 }

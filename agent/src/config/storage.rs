@@ -121,7 +121,15 @@ pub(super) fn validate_endpoint(label: &str, r: &RegionConfig) -> Result<(), Str
         .ok_or_else(|| format!("{label}: endpoint {:?} is not a URL", r.endpoint))?;
     let host = rest.split(['/', '?']).next().unwrap_or_default();
     let host = match host.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => {
+            if port.parse::<u16>().map_or(true, |p| p == 0) {
+                return Err(format!(
+                    "{label}: endpoint {:?} has no valid port ({port})",
+                    r.endpoint
+                ));
+            }
+            h
+        }
         _ => host,
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');

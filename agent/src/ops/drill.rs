@@ -185,7 +185,17 @@ async fn drill(store: &Store, o: &Options, found: &mut Found) -> anyhow::Result<
         }
         let adapter_config = adapter_config.unwrap_or_else(|| serde_json::json!({}));
         if drill_set.is_some() {
-            let req = request((o.grants)()?, adapter_config.clone());
+            let mut grants = (o.grants)()?;
+            // A scratch directory the drill's set names (`target`) is
+            // granted for writing, as `cairn restore --target` grants one.
+            if let Some(t) = adapter_config.get("target").and_then(|t| t.as_str()) {
+                std::fs::create_dir_all(t)
+                    .with_context(|| format!("creating the drill's target {t}"))?;
+                grants
+                    .add(t, true)
+                    .with_context(|| format!("the drill's target {t}"))?;
+            }
+            let req = request(grants, adapter_config.clone());
             let restored = runtime
                 .restore(&source, req, &Limits::default(), false)
                 .await

@@ -323,6 +323,7 @@ async fn store_one(
     overwrite: bool,
 ) -> Result<u64, StoreError> {
     let obj = StoreError::Object;
+    let size = node.size;
     if !overwrite {
         match s3
             .client()
@@ -332,6 +333,14 @@ async fn store_one(
             .send()
             .await
         {
+            // The same object already there (a restore run again after an
+            // interruption): nothing to write.
+            Ok(there)
+                if there.content_length() == Some(size as i64)
+                    && there.e_tag() == Some(head.etag.as_str()) =>
+            {
+                return Ok(size);
+            }
             Ok(_) => {
                 return Err(obj(AdapterError::Denied(format!(
                     "{}: the bucket already has this key; not overwritten (set overwrite to replace it)",
@@ -344,7 +353,6 @@ async fn store_one(
             },
         }
     }
-    let size = node.size;
     let mut reader = ContentReader::new(repo, node.content.clone().unwrap_or_default());
     if size < s3.multipart_threshold() {
         let data = read_up_to(&mut reader, size as usize + 1)
@@ -663,7 +671,8 @@ impl wit_os::object_store::Host for HostState {
         overwrite: bool,
     ) -> wasmtime::Result<Vec<Result<u64, AdapterError>>> {
         self.check_restore_fault()?;
-        self.restore()?;
+        // `cairn restore --overwrite always` replaces objects too.
+        let overwrite = overwrite || self.restore()?.overwrite;
         let all = |e: AdapterError, n: usize| (0..n).map(|_| Err(e.clone())).collect();
         let (g, s3) = match self.granted_bucket(&grant, true).await {
             Ok(x) => x,
