@@ -73,7 +73,7 @@ EOF
 for b in media one-64m one-1g; do rclone copy --transfers 8 "$work/data/$b" "g:$b"; done
 rm -rf "$work/data"
 
-grant() { echo "$1=http://127.0.0.1:$s3_port/$1?region=garage&path-style=true&credentials-file=$work/creds"; }
+grant() { echo "$1=http://127.0.0.1:$s3_port/$1?region=garage&path-style=true&concurrency=16&credentials-file=$work/creds"; }
 
 # One measurement: wall seconds and peak RSS (MiB) of a command.
 measure() {
