@@ -103,6 +103,13 @@ results="$work/results"
 record() { echo "$1 $2 $3 $4" >> "$results"; }  # part op tool "s kib"
 order() { [ $(($1 % 2)) = 1 ] && echo "restic cairn" || echo "cairn restic"; }
 same() { diff -r "$1" "$2" >/dev/null || { echo "$3 restored something different from $1!" >&2; exit 1; }; }
+# Before a local restore: the writes of earlier steps reach the disk, and
+# (where the script may, as root) the page cache is dropped, so both tools
+# read their repository from the disk, as a restore after a loss does.
+# Cairn writes packs with direct I/O, so only restic's repository would
+# otherwise be read from memory.
+if [ -w /proc/sys/vm/drop_caches ]; then cold="cold page cache"; else cold="page cache NOT dropped (not root: restic's repository may be read from memory, Cairn's is not)"; fi
+settle() { sync; { echo 3 > /proc/sys/vm/drop_caches; } 2>/dev/null || true; }
 size_mb() { du -sb --exclude=.complete "$1" | awk '{ printf "%d", $1 / 1e6 }'; }
 notes="$work/notes"
 : > "$notes"
@@ -112,7 +119,7 @@ notes="$work/notes"
 # minutes after many were deleted, which would penalise whoever came next.
 if has local; then
   echo "local: $(size_mb "$data") MB in $(find "$data" -type f ! -name .complete | wc -l) files" >&2
-  echo "local: $(size_mb "$data") MB in $(find "$data" -type f ! -name .complete | wc -l) files, local repository, warm page cache" >> "$notes"
+  echo "local: $(size_mb "$data") MB in $(find "$data" -type f ! -name .complete | wc -l) files, local repository; backups from a warm page cache, restores from a $cold" >> "$notes"
   for round in $(seq "$rounds"); do
     for tool in $(order "$round"); do
       repo="$work/local-$tool-$round" out="$work/local-out-$tool-$round"
@@ -121,12 +128,14 @@ if has local; then
         record local backup restic "$(measure b restic -r "$repo" backup --no-cache "$data")"
         record local backup-unchanged restic "$(measure b restic -r "$repo" backup --no-cache "$data")"
         record local backup-force restic "$(measure b restic -r "$repo" backup --no-cache --force "$data")"
+        settle
         record local restore restic "$(measure r restic -r "$repo" restore --no-cache latest --target "$out")"
       else
         "$cairn" -r "$repo" init >/dev/null
         record local backup cairn "$(measure b "$cairn" -r "$repo" backup "$data")"
         record local backup-unchanged cairn "$(measure b "$cairn" -r "$repo" backup "$data")"
         record local backup-force cairn "$(measure b "$cairn" -r "$repo" backup --force "$data")"
+        settle
         record local restore cairn "$(measure r "$cairn" -r "$repo" restore latest --target "$out")"
       fi
       same "$data" "$out$data" $tool
@@ -273,16 +282,18 @@ with open(sys.argv[1] + "/data.bin", "wb") as f:
 ' "$src" "$gib"
       touch "$src/.complete"
     fi
-    echo "scale-$gib: $gib GiB of random data in one file, local repository" >> "$notes"
+    echo "scale-$gib: $gib GiB of random data in one file, local repository; restores from a $cold" >> "$notes"
     for tool in restic cairn; do
       repo="$work/scale-$tool" out="$work/scale-out-$tool"
       if [ $tool = restic ]; then
         restic -r "$repo" init >/dev/null
         record scale-$gib backup restic "$(measure b restic -r "$repo" backup --no-cache "$src")"
+        settle
         record scale-$gib restore restic "$(measure r restic -r "$repo" restore --no-cache latest --target "$out")"
       else
         "$cairn" -r "$repo" init >/dev/null
         record scale-$gib backup cairn "$(measure b "$cairn" -r "$repo" backup "$src")"
+        settle
         record scale-$gib restore cairn "$(measure r "$cairn" -r "$repo" restore latest --target "$out")"
       fi
       cmp "$src/data.bin" "$out$src/data.bin" || { echo "$tool restored something different from $src!" >&2; exit 1; }

@@ -518,7 +518,7 @@ mod tests {
                 (p.id, loc)
             })
             .collect();
-        (bytes, id, blobs)
+        (bytes.to_vec(), id, blobs)
     }
 
     fn in_pieces(

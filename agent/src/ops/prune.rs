@@ -275,7 +275,7 @@ async fn save_pack(
     let (bytes, id, blobs) = builder.finish(repo.key());
     let size = bytes.len() as u64;
     repo.backend()
-        .save(FileType::Pack, &id.to_hex(), bytes.into())
+        .save(FileType::Pack, &id.to_hex(), bytes.into_bytes())
         .await?;
     new_packs.push(IndexPack::new(id, &blobs));
     Ok(size)
@@ -434,7 +434,7 @@ mod tests {
                 );
                 b.finish(repo.key())
             };
-            backend.put_raw(FileType::Pack, &id.to_hex(), bytes);
+            backend.put_raw(FileType::Pack, &id.to_hex(), bytes.to_vec());
             let report = run(&store(&repo), false).await.unwrap();
             assert_eq!(report.packs_unreferenced, 1, "{report:?}");
             assert!(!backend.names(FileType::Pack).contains(&id.to_hex()));

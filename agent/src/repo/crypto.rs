@@ -110,15 +110,24 @@ impl Key {
     /// `plaintext.len() + OVERHEAD` bytes long.
     pub fn encrypt(&self, plaintext: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(plaintext.len() + OVERHEAD);
+        self.encrypt_into(plaintext, &mut out);
+        out
+    }
+
+    /// Encrypt `plaintext` under a random IV, appending the
+    /// `plaintext.len() + OVERHEAD` bytes to `out` (a reused buffer: no
+    /// fresh allocation per blob).
+    pub fn encrypt_into(&self, plaintext: &[u8], out: &mut Vec<u8>) {
+        let at = out.len();
         let mut iv = [0u8; IV_LEN];
         rand::rngs::OsRng.fill_bytes(&mut iv);
+        out.reserve(plaintext.len() + OVERHEAD);
         out.extend_from_slice(&iv);
         out.extend_from_slice(plaintext);
         let mut cipher = Aes256Ctr::new((&self.encrypt).into(), (&iv).into());
-        cipher.apply_keystream(&mut out[IV_LEN..]);
-        let mac = self.mac(&iv, &out[IV_LEN..]);
+        cipher.apply_keystream(&mut out[at + IV_LEN..]);
+        let mac = self.mac(&iv, &out[at + IV_LEN..]);
         out.extend_from_slice(&mac);
-        out
     }
 
     /// Whether `data` carries a valid MAC for this key, without decrypting
@@ -181,6 +190,11 @@ mod tests {
         bad[20] ^= 1;
         assert_eq!(key.decrypt(&bad), Err(CryptoError::Authentication));
         assert_eq!(Key::random().decrypt(&ct), Err(CryptoError::Authentication));
+        // Appended after what the buffer holds, and as readable.
+        let mut buf = b"prefix".to_vec();
+        key.encrypt_into(b"hello restic", &mut buf);
+        assert_eq!(&buf[..6], b"prefix");
+        assert_eq!(key.decrypt(&buf[6..]).unwrap(), b"hello restic");
     }
 
     /// Poly1305-AES test vector from D. J. Bernstein's paper (the one restic's

@@ -55,18 +55,38 @@ pub fn header_entry_len(compressed: bool) -> u64 {
     }
 }
 
-/// Builds one pack in memory.
+/// Memory alignment of a pack's first byte, so a local repository can write
+/// packs with direct I/O (no copy into the page cache).
+pub const ALIGN: usize = 4096;
+
+/// Builds one pack in memory. The pack starts at the first [`ALIGN`]ed byte
+/// of its buffer (a few zero bytes of padding before it are not the pack's).
 pub struct PackBuilder {
     data: Vec<u8>,
+    start: usize,
     blobs: Vec<PackedBlob>,
+    recycle: Option<fn(Vec<u8>)>,
 }
 
 impl PackBuilder {
     /// An empty pack with room for `capacity` bytes.
     pub fn with_capacity(capacity: usize) -> Self {
+        Self::in_buffer(Vec::with_capacity(capacity + ALIGN), None)
+    }
+
+    /// An empty pack built in `buffer` (its content is discarded), which
+    /// goes to `recycle` once the finished pack is dropped.
+    pub fn in_buffer(mut buffer: Vec<u8>, recycle: Option<fn(Vec<u8>)>) -> Self {
+        buffer.clear();
+        let start = buffer.as_ptr().align_offset(ALIGN);
+        // Padding only where it fits: growing the buffer would move it.
+        let start = if start < buffer.capacity() { start } else { 0 };
+        buffer.resize(start, 0);
         PackBuilder {
-            data: Vec::with_capacity(capacity),
+            data: buffer,
+            start,
             blobs: Vec::new(),
+            recycle,
         }
     }
 
@@ -81,7 +101,7 @@ impl PackBuilder {
         self.blobs.push(PackedBlob {
             id,
             kind,
-            offset: self.data.len() as u32,
+            offset: self.len() as u32,
             length: encrypted.len() as u32,
             uncompressed_length,
         });
@@ -90,7 +110,7 @@ impl PackBuilder {
 
     /// Bytes of blob data so far.
     pub fn len(&self) -> usize {
-        self.data.len()
+        self.data.len() - self.start
     }
 
     /// Whether no blob was added.
@@ -100,7 +120,7 @@ impl PackBuilder {
 
     /// Append the encrypted header and its length; returns the pack's bytes,
     /// its id (SHA-256 of those bytes) and its blobs.
-    pub fn finish(mut self, key: &Key) -> (Vec<u8>, Id, Vec<PackedBlob>) {
+    pub fn finish(mut self, key: &Key) -> (PackBytes, Id, Vec<PackedBlob>) {
         let mut header = Vec::with_capacity(self.blobs.len() * ENTRY_COMPRESSED);
         for b in &self.blobs {
             let type_byte = match (b.kind, b.uncompressed_length.is_some()) {
@@ -116,12 +136,54 @@ impl PackBuilder {
             }
             header.extend_from_slice(&b.id.0);
         }
-        let encrypted = key.encrypt(&header);
-        self.data.extend_from_slice(&encrypted);
+        let before = self.data.len();
+        key.encrypt_into(&header, &mut self.data);
+        let encrypted = self.data.len() - before;
         self.data
-            .extend_from_slice(&(encrypted.len() as u32).to_le_bytes());
-        let id = Id::hash(&self.data);
-        (self.data, id, self.blobs)
+            .extend_from_slice(&(encrypted as u32).to_le_bytes());
+        let id = Id::hash(&self.data[self.start..]);
+        let bytes = PackBytes {
+            buf: std::mem::take(&mut self.data),
+            start: self.start,
+            recycle: self.recycle.take(),
+        };
+        (bytes, id, std::mem::take(&mut self.blobs))
+    }
+}
+
+/// A finished pack's bytes, in the buffer it was built in.
+pub struct PackBytes {
+    buf: Vec<u8>,
+    start: usize,
+    recycle: Option<fn(Vec<u8>)>,
+}
+
+impl PackBytes {
+    /// The pack as `Bytes` for storage, without a copy; the buffer is
+    /// recycled once the last clone is dropped.
+    pub fn into_bytes(self) -> bytes::Bytes {
+        bytes::Bytes::from_owner(self)
+    }
+}
+
+impl AsRef<[u8]> for PackBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+impl std::ops::Deref for PackBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_ref()
+    }
+}
+
+impl Drop for PackBytes {
+    fn drop(&mut self) {
+        if let Some(recycle) = self.recycle.take() {
+            recycle(std::mem::take(&mut self.buf));
+        }
     }
 }
 
@@ -206,5 +268,40 @@ mod tests {
         let header = &bytes[bytes.len() - 4 - hlen..bytes.len() - 4];
         assert_eq!(parse_header(&key, header).unwrap(), blobs);
         assert_eq!(blobs[1].offset as usize, blob1.len());
+        assert_eq!(&bytes[..blob1.len()], &blob1[..]);
+        assert_eq!(bytes.as_ptr() as usize % ALIGN, 0, "the pack is aligned");
+    }
+
+    #[test]
+    fn a_recycled_buffer_builds_the_same_pack() {
+        static RECYCLED: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+        let key = Key::random();
+        let blob = key.encrypt(b"abc");
+        let mut first = PackBuilder::in_buffer(
+            Vec::with_capacity(1 << 16),
+            Some(|b| RECYCLED.lock().unwrap().push(b)),
+        );
+        first.add(Id::hash(b"abc"), BlobType::Data, &blob, None);
+        let (bytes, id, _) = first.finish(&key);
+        let bytes = bytes.into_bytes();
+        assert_eq!(id, Id::hash(&bytes));
+        assert!(RECYCLED.lock().unwrap().is_empty(), "recycled while in use");
+        let copy = bytes.clone();
+        drop(bytes);
+        assert!(RECYCLED.lock().unwrap().is_empty(), "recycled while in use");
+        drop(copy);
+        let buffer = RECYCLED.lock().unwrap().pop().expect("recycled");
+        // A used buffer starts clean: the pack is only what is added.
+        let mut second = PackBuilder::in_buffer(buffer, None);
+        assert!(second.is_empty());
+        assert_eq!(second.len(), 0, "the padding is not the pack's");
+        second.add(Id::hash(b"abc"), BlobType::Data, &blob, None);
+        let (again, id2, blobs) = second.finish(&key);
+        assert_eq!(id2, Id::hash(&again));
+        assert_eq!(blobs[0].offset, 0);
+        assert_eq!(
+            parse_header(&key, &again[blob.len()..again.len() - 4]).unwrap(),
+            blobs
+        );
     }
 }
