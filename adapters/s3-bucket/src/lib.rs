@@ -36,8 +36,11 @@ use std::io::{BufRead, Write};
 const MANIFEST: &str = "/objects.jsonl";
 /// The manifest's format, in its first line.
 const FORMAT: u32 = 1;
-/// Objects handed to the host per call.
-const BATCH: usize = 256;
+/// Objects handed to the host per call. A call returns once its last
+/// object is done, so slots idle at its end; the host starts the largest
+/// first, and a large batch gives the other slots small objects to take
+/// meanwhile.
+const BATCH: usize = 1000;
 
 /// The adapter's settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -318,6 +321,8 @@ struct Backup<'a> {
     objects: Vec<Object>,
     /// Objects to GET, as listed.
     pending: Vec<Object>,
+    /// The folder every pending object is in, if they share one.
+    pending_folder: Option<String>,
     summary: BackupSummary,
     fetched: u64,
     /// Keys left out, and why.
@@ -325,6 +330,22 @@ struct Backup<'a> {
 }
 
 impl Backup<'_> {
+    /// Queue an object to GET.
+    fn push(&mut self, o: Object) {
+        let f = folder(&o.path);
+        if self.pending.is_empty() {
+            self.pending_folder = Some(f.to_string());
+        } else if self.pending_folder.as_deref() != Some(f) {
+            self.pending_folder = None;
+        }
+        self.pending.push(o);
+    }
+
+    /// Whether every pending object (if any) is in `folder`.
+    fn pending_only_in(&self, folder: &str) -> bool {
+        self.pending.is_empty() || self.pending_folder.as_deref() == Some(folder)
+    }
+
     /// GET the pending objects into their entries.
     fn flush(&mut self) -> Result<(), Error> {
         if self.pending.is_empty() {
@@ -366,6 +387,11 @@ impl Backup<'_> {
     }
 }
 
+/// The folder of a snapshot path (`/objects/a/b` -> `/objects/a`).
+fn folder(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(f, _)| f)
+}
+
 fn backup(config: Config) -> Result<BackupSummary, Error> {
     let grant = choose_grant(&config)?;
     let prefix = config
@@ -381,6 +407,7 @@ fn backup(config: Config) -> Result<BackupSummary, Error> {
         concurrency: config.concurrency,
         objects: Vec::with_capacity(listed.len()),
         pending: Vec::new(),
+        pending_folder: None,
         summary: BackupSummary {
             files: 0,
             directories: 0,
@@ -398,7 +425,14 @@ fn backup(config: Config) -> Result<BackupSummary, Error> {
             .get(&o.key)
             .filter(|p| p.size == o.size && p.etag == o.etag && p.last_modified == o.last_modified)
         {
-            b.flush()?;
+            // Entries go in depth-first: the objects waiting for a fetch
+            // are added before this one, unless they all share its folder
+            // (where order does not matter): then the batch goes on, and an
+            // incremental backup of a folder with scattered changes keeps
+            // its fetches concurrent.
+            if !b.pending_only_in(folder(&o.path)) {
+                b.flush()?;
+            }
             if cairn_sdk::archive::reuse_unchanged(&o.path, &o.meta())? {
                 b.objects.push(Object {
                     path: o.path,
@@ -408,7 +442,7 @@ fn backup(config: Config) -> Result<BackupSummary, Error> {
                 continue;
             }
         }
-        b.pending.push(o);
+        b.push(o);
         if b.pending.len() >= BATCH {
             b.flush()?;
         }
@@ -424,7 +458,7 @@ fn backup(config: Config) -> Result<BackupSummary, Error> {
     };
     write_manifest(&header, &b.objects)?;
     cairn_sdk::log::info(&format!(
-        "bucket {}: {} objects listed, {} downloaded, {} unchanged, {} changed while listed",
+        "bucket {}: {} objects listed, {} downloaded, {} unchanged, {} left out (changed, deleted or unreadable since listed)",
         grant.bucket,
         listed.len(),
         b.fetched,

@@ -56,6 +56,18 @@ fn effective_concurrency(asked: u32, grant: usize) -> usize {
     .min(MAX_CONCURRENCY)
 }
 
+/// The indices of the objects to start (those not refused), the largest
+/// first: a call returns once its last object is done, so a large object
+/// started late would keep it waiting while every other slot stands idle.
+fn largest_first<T>(
+    tasks: &[Result<Option<T>, AdapterError>],
+    size: impl Fn(usize) -> u64,
+) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..tasks.len()).filter(|&i| tasks[i].is_ok()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(size(i)));
+    order
+}
+
 /// Spawned per-object tasks, aborted if the call ends before it has taken
 /// every result (a trap, a timeout, the job cancelled): no GET or PUT goes
 /// on behind a failed call.
@@ -602,19 +614,20 @@ impl wit_os::object_store::Host for HostState {
         )));
         let sender = job.pipeline.data_sender();
         let params = job.params.clone();
-        // Every object starts now (each waits for a slot); the results are
-        // taken, and the entries added, in the adapter's order.
-        let mut tasks = Vec::with_capacity(objects.len());
-        let mut guard = Tasks(Vec::with_capacity(objects.len()));
+        let mut tasks: Vec<Result<_, AdapterError>> = Vec::with_capacity(objects.len());
         for o in &objects {
             let refused = self
                 .inside(&grant, &g, &o.key)
                 .err()
                 .or_else(|| archive::invalid_entry(&o.path).map(AdapterError::Other));
-            if let Some(e) = refused {
-                tasks.push(Err(e));
-                continue;
-            }
+            tasks.push(refused.map_or(Ok(None), Err));
+        }
+        // Every object starts now, the largest first (each waits for a
+        // slot); the results are taken, and the entries added, in the
+        // adapter's order.
+        let mut guard = Tasks(Vec::with_capacity(objects.len()));
+        for i in largest_first(&tasks, |i| objects[i].meta.size.unwrap_or(0)) {
+            let o = &objects[i];
             let (s3, key, if_match) = (Arc::clone(&s3), o.key.clone(), o.if_match.clone());
             let (params, sender, slots) = (params.clone(), sender.clone(), Arc::clone(&slots));
             let handle = tokio::spawn(async move {
@@ -622,13 +635,16 @@ impl wit_os::object_store::Host for HostState {
                 fetch_one(s3, key, if_match, params, sender).await
             });
             guard.0.push(handle.abort_handle());
-            tasks.push(Ok(handle));
+            tasks[i] = Ok(Some(handle));
         }
         let mut results = Vec::with_capacity(objects.len());
         for (o, task) in objects.into_iter().zip(tasks) {
             let fetched = match task {
                 Err(e) => Err(FetchError::Object(e)),
-                Ok(handle) => handle.await.map_err(fault)?,
+                Ok(handle) => handle
+                    .expect("every object not refused was started")
+                    .await
+                    .map_err(fault)?,
             };
             let (head, pending, size) = match fetched {
                 Ok(x) => x,
@@ -682,27 +698,32 @@ impl wit_os::object_store::Host for HostState {
             concurrency,
             s3.concurrency(),
         )));
-        let mut tasks = Vec::with_capacity(objects.len());
-        let mut guard = Tasks(Vec::with_capacity(objects.len()));
-        for o in objects {
-            if let Err(e) = self.inside(&grant, &g, &o.key) {
-                tasks.push(Err(e));
-                continue;
-            }
+        let mut tasks: Vec<Result<_, AdapterError>> = Vec::with_capacity(objects.len());
+        for o in &objects {
+            tasks.push(self.inside(&grant, &g, &o.key).map(|()| None));
+        }
+        // Every object starts now, the largest first by the size the
+        // adapter passes (each waits for a slot); the results are taken in
+        // the adapter's order. Each is looked up in the snapshot just
+        // before it starts, one at a time (a lookup parses its folder's
+        // tree, which can be large), while the started ones upload.
+        let mut guard = Tasks(Vec::with_capacity(tasks.len()));
+        let order = largest_first(&tasks, |i| objects[i].head.size);
+        let mut objects: Vec<Option<Store>> = objects.into_iter().map(Some).collect();
+        for i in order {
+            let o = objects[i].take().expect("started once");
             let job = self.restore()?;
             let node = match crate::read::lookup(&job.repo, job.root, &o.path).await {
                 Ok(Some(n)) if n.kind == "file" => n,
                 Ok(_) => {
-                    let e = AdapterError::NotFound(format!(
+                    tasks[i] = Err(AdapterError::NotFound(format!(
                         "{}: no such file in the snapshot",
                         crate::util::escaped(&o.path)
-                    ));
-                    tasks.push(Err(e));
+                    )));
                     continue;
                 }
                 Err(e) => {
-                    let e = self.restore_error(e)?;
-                    tasks.push(Err(e));
+                    tasks[i] = Err(self.restore_error(e)?);
                     continue;
                 }
             };
@@ -721,13 +742,17 @@ impl wit_os::object_store::Host for HostState {
                 r
             });
             guard.0.push(handle.abort_handle());
-            tasks.push(Ok(handle));
+            tasks[i] = Ok(Some(handle));
         }
         let mut results = Vec::with_capacity(tasks.len());
         for task in tasks {
             let r = match task {
                 Err(e) => Err(e),
-                Ok(handle) => match handle.await.map_err(fault)? {
+                Ok(handle) => match handle
+                    .expect("every object not refused was started")
+                    .await
+                    .map_err(fault)?
+                {
                     Ok(n) => Ok(n),
                     Err(StoreError::Object(e)) => Err(e),
                     Err(StoreError::Repo(e)) => Err(self.restore_error(e)?),
