@@ -13,6 +13,7 @@ pub mod config;
 pub mod daemon;
 pub mod ops;
 pub mod pipeline;
+pub mod pitr;
 pub mod read;
 pub mod repo;
 pub mod residency;

@@ -17,6 +17,7 @@ mod kit;
 mod languages;
 mod mariadb;
 mod objects;
+mod pitr;
 mod postgres;
 mod reads;
 mod redis;

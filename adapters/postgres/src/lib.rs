@@ -20,6 +20,12 @@
 //! row count and content checksum, every sequence's value and every large
 //! object's content with the dump's own data, then drops the scratch
 //! database.
+//!
+//! With `mode = "physical"` the adapter takes the whole cluster with
+//! `pg_basebackup` instead, the base of point-in-time recovery: see
+//! [`physical`].
+
+mod physical;
 
 use cairn_sdk::check::{RowSum, StreamSum};
 use cairn_sdk::hooks::HeldSession;
@@ -36,6 +42,23 @@ struct Postgres;
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Config {
+    /// `logical` (the default): dumps of databases, restorable one by one
+    /// into any server. `physical`: the whole cluster's files, restorable
+    /// into an empty data directory and recoverable to a point in time
+    /// with the cluster's WAL.
+    #[serde(default)]
+    mode: Mode,
+    /// Physical restore: the empty directory the cluster goes into (set by
+    /// `cairn restore --target`).
+    #[serde(default)]
+    target: Option<String>,
+    /// Physical backup: ask for an immediate checkpoint (`true`, the
+    /// default: the copy starts at once, at the cost of a burst of
+    /// writes) or let the server spread it over its
+    /// `checkpoint_completion_target` (`false`: gentler, but the backup
+    /// may wait minutes to start).
+    #[serde(default = "default_true")]
+    fast_checkpoint: bool,
     /// Server host name or address (the job must grant the programs; they
     /// connect by themselves).
     #[serde(default = "default_host")]
@@ -54,9 +77,10 @@ struct Config {
     /// that accepts connections, templates left out.
     #[serde(default)]
     databases: Vec<String>,
-    /// Back up (and on a whole restore, restore) roles and tablespaces.
-    #[serde(default = "default_true")]
-    globals: bool,
+    /// Back up (and on a whole restore, restore) roles and tablespaces
+    /// (unset: yes).
+    #[serde(default)]
+    globals: Option<bool>,
     /// SQL run before the dumps start, for a cold-backup window (on
     /// `hook-database`), in a session held open until `release-sql` runs
     /// in it, so its locks last over the dumps; a failure stops the backup
@@ -80,6 +104,17 @@ struct Config {
     /// table), replacing the rows of the existing table in one transaction.
     #[serde(default)]
     table: Option<String>,
+}
+
+/// What a backup takes.
+#[derive(serde::Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+enum Mode {
+    /// `pg_dump` of each database, plus roles and tablespaces.
+    #[default]
+    Logical,
+    /// `pg_basebackup` of the whole cluster.
+    Physical,
 }
 
 fn default_host() -> String {
@@ -198,6 +233,21 @@ impl Config {
     /// Whether the restore takes only part of a database.
     fn selective(&self) -> bool {
         self.schema.is_some() || self.table.is_some()
+    }
+
+    /// Roles and tablespaces are backed up and restored.
+    fn globals(&self) -> bool {
+        self.globals.unwrap_or(true)
+    }
+
+    /// A logical backup or restore has no directory target.
+    fn refuse_physical_keys(&self) -> Result<(), Error> {
+        if self.target.is_some() {
+            return Err(Error::InvalidConfig(
+                "target: dumps are restored into the server, not a directory; a directory target is for physical snapshots (mode = \"physical\")".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -675,7 +725,7 @@ fn verify_database(config: &Config, db: &str, report: &mut VerifyReport) -> Resu
 fn dump_all(config: &Config) -> Result<BackupSummary, Error> {
     let mut summary = BackupSummary::default();
     let databases = config.backup_databases()?;
-    if config.globals {
+    if config.globals() {
         config
             .command("pg_dumpall")
             .arg("--globals-only")
@@ -729,11 +779,17 @@ impl Adapter for Postgres {
         Info::new(
             "postgres",
             env!("CARGO_PKG_VERSION"),
-            "PostgreSQL databases as pg_dump custom-format dumps, plus roles and tablespaces.",
+            "PostgreSQL databases as pg_dump custom-format dumps, plus roles and tablespaces; or (mode = \"physical\") the whole cluster as pg_basebackup takes it.",
         )
+        // A physical snapshot is restored into a directory (`--target`).
+        .needs(&[cairn_sdk::Capability::WritePaths])
     }
 
     fn backup(config: Config) -> Result<BackupSummary, Error> {
+        if config.mode == Mode::Physical {
+            return physical::backup(&config);
+        }
+        config.refuse_physical_keys()?;
         // quiesce-sql runs in a psql session held open over the dumps, so
         // a lock it takes lasts until release-sql runs in the same session.
         let session = std::cell::RefCell::new(None);
@@ -758,6 +814,11 @@ impl Adapter for Postgres {
     }
 
     fn restore(config: Config) -> Result<RestoreSummary, Error> {
+        // The snapshot decides: a job's config may say either mode.
+        if physical::in_snapshot()? {
+            return physical::restore(&config);
+        }
+        config.refuse_physical_keys()?;
         let (has_globals, in_snapshot) = snapshot_entries()?;
         let chosen = cairn_sdk::database::choose(
             &in_snapshot,
@@ -766,7 +827,7 @@ impl Adapter for Postgres {
         )?;
         let mut summary = RestoreSummary::default();
         let whole = config.target_database.is_none() && !config.selective();
-        if has_globals && config.globals && whole {
+        if has_globals && config.globals() && whole {
             restore_globals(&config)?;
             summary.files += 1;
         }
@@ -780,6 +841,10 @@ impl Adapter for Postgres {
     }
 
     fn verify(config: Config) -> Result<VerifyReport, Error> {
+        if physical::in_snapshot()? {
+            physical::refuse_logical_keys(&config)?;
+            return physical::verify();
+        }
         let (has_globals, in_snapshot) = snapshot_entries()?;
         let mut report = VerifyReport::default();
         if has_globals {

@@ -126,6 +126,11 @@ pub async fn run(store: &Store, o: Options) -> Result<Report> {
     if o.paths.is_empty() && o.source.name() == "filesystem" {
         invalid!("give the paths to back up (or --job)");
     }
+    if let Some(t) = o.tags.iter().find(|t| crate::pitr::reserved_tag(t)) {
+        invalid!(
+            "tag {t:?}: tags starting with pg- or wal-, and cairn-wal, are the ones Cairn sets on PostgreSQL base backups and WAL; choose another"
+        );
+    }
     let (started, clock) = o.began;
     let repo = &store.repo;
     let adapter_name = o.source.name();
@@ -193,6 +198,20 @@ pub async fn run(store: &Store, o: Options) -> Result<Report> {
         t.abort();
     }
     let outcome = outcome?;
+    let mut tags = o.tags.clone();
+    if recorded_paths == ["/postgres"] {
+        // A physical base backup: tagged with its WAL bounds, or no
+        // snapshot at all if its record does not hold together.
+        let base = crate::pitr::basebackup::read(repo, outcome.tree)
+            .await
+            .map_err(|e| match e {
+                crate::pitr::PitrError::Repo(e) => Error::Repo(e),
+                e => Error::Adapter(anyhow::anyhow!(
+                    "adapter {adapter_name}: {e}; no snapshot was written"
+                )),
+            })?;
+        tags.extend(base.iter().flat_map(|b| b.tags()));
+    }
     let snapshot = Snapshot {
         time: o.time.unwrap_or(started),
         parent: parent.as_ref().map(|(id, _)| *id),
@@ -203,7 +222,7 @@ pub async fn run(store: &Store, o: Options) -> Result<Report> {
         uid: rustix::process::getuid().as_raw(),
         gid: rustix::process::getgid().as_raw(),
         excludes: o.excludes.clone(),
-        tags: o.tags.clone(),
+        tags,
         original: None,
         program_version: format!("cairn {}", env!("CARGO_PKG_VERSION")),
         cairn_adapter: Some(adapter_name.clone()),
