@@ -46,6 +46,106 @@ fn as_postgres(program: &Path, args: &[&str]) -> String {
 /// A server started on a restored directory, stopped when dropped.
 struct Recovered {
     data: PathBuf,
+    sockets: PathBuf,
+    port: u16,
+}
+
+impl Recovered {
+    /// Start a server on the restored data directory `data` (in `s`,
+    /// whose root the postgres user may traverse) on `port`, reached by a
+    /// socket only, recovering with `recovery` (restore_command, target)
+    /// and promoting at the end; wait until it is promoted.
+    fn start(s: &Scratch, data: &Path, port: u16, recovery: &str) -> Recovered {
+        let sockets = s.path(&format!("sockets-{port}"));
+        std::fs::create_dir_all(&sockets).unwrap();
+        let hba = data.join("cairn_test_hba.conf");
+        std::fs::write(&hba, "local all all trust\n").unwrap();
+        let conf = data.join("cairn_test.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port = {port}\nlisten_addresses = ''\nunix_socket_directories = '{}'\nhba_file = '{}'\n\
+                 {recovery}recovery_target_action = 'promote'\narchive_mode = off\nhot_standby = off\n",
+                sockets.display(),
+                hba.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(data.join("recovery.signal"), "").unwrap();
+        for path in [data, &sockets] {
+            let out = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(path)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "chown: {}", text(&out));
+        }
+        let server = Recovered {
+            data: data.to_path_buf(),
+            sockets,
+            port,
+        };
+        let log = data.join("recovery.log");
+        let started = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(pg_bin("pg_ctl"))
+            .args(["start", "-w", "-t", "120", "-D"])
+            .arg(data)
+            .arg("-l")
+            .arg(&log)
+            .arg("-o")
+            .arg(format!("-c config_file={}", conf.display()))
+            .output()
+            .unwrap();
+        assert!(
+            started.status.success(),
+            "pg_ctl start: {}\nlog:\n{}",
+            text(&started),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        // Connections are refused until recovery ends and the copy is promoted.
+        let mut last = None;
+        for _ in 0..600 {
+            let out = server.psql("postgres", "SELECT pg_is_in_recovery()");
+            if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "f" {
+                last = None;
+                break;
+            }
+            last = Some(text(&out));
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(
+            last.is_none(),
+            "not promoted after 60 s: {last:?}\nlog:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        server
+    }
+
+    fn psql(&self, db: &str, sql: &str) -> std::process::Output {
+        Command::new("runuser")
+            .args(["-u", "postgres", "--", "psql", "-h"])
+            .arg(&self.sockets)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-X",
+                "-At",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap()
+    }
+
+    /// Run `sql` on `db`; its output, which must be a success.
+    fn query(&self, db: &str, sql: &str) -> String {
+        let out = self.psql(db, sql);
+        assert!(out.status.success(), "{sql}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
 }
 
 impl Drop for Recovered {
@@ -64,6 +164,11 @@ impl Drop for Recovered {
 struct Slot(&'static str);
 
 impl Slot {
+    /// Drop slot `name` when this is dropped (one Cairn creates).
+    fn dropped_later(name: &'static str) -> Slot {
+        Slot(name)
+    }
+
     fn create(name: &'static str) -> Slot {
         psql(
             "postgres",
@@ -242,99 +347,254 @@ fn a_physical_base_backup_restores_and_recovers_to_exactly_the_rows_committed_be
 
     // Recover it with the source's WAL and compare what it holds.
     let source_wal = psql("postgres", "SHOW data_directory").trim().to_string() + "/pg_wal";
-    let sockets = s.path("sockets");
-    std::fs::create_dir(&sockets).unwrap();
-    Command::new("chown")
-        .args(["postgres:postgres", sockets.to_str().unwrap()])
-        .status()
-        .unwrap();
-    let hba = data.join("cairn_test_hba.conf");
-    std::fs::write(&hba, "local all all trust\n").unwrap();
-    let conf = data.join("cairn_test.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "port = 5439\nlisten_addresses = ''\nunix_socket_directories = '{}'\nhba_file = '{}'\n\
-             restore_command = 'cp {source_wal}/%f %p'\nrecovery_target = 'immediate'\n\
-             recovery_target_action = 'promote'\narchive_mode = off\nhot_standby = off\n",
-            sockets.display(),
-            hba.display()
-        ),
-    )
-    .unwrap();
-    std::fs::write(data.join("recovery.signal"), "").unwrap();
-    Command::new("chown")
-        .args(["-R", "postgres:postgres", data.to_str().unwrap()])
-        .status()
-        .unwrap();
-    let _server = Recovered { data: data.clone() };
-    let log = data.join("recovery.log");
-    let started = Command::new("runuser")
-        .args(["-u", "postgres", "--"])
-        .arg(pg_bin("pg_ctl"))
-        .args([
-            "start",
-            "-w",
-            "-t",
-            "120",
-            "-D",
-            data.to_str().unwrap(),
-            "-l",
-        ])
-        .arg(&log)
-        .arg("-o")
-        .arg(format!("-c config_file={}", conf.display()))
-        .output()
-        .unwrap();
-    assert!(
-        started.status.success(),
-        "pg_ctl start: {}\nlog:\n{}",
-        text(&started),
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    let query = |sql: &str| {
-        let sock = sockets.to_str().unwrap().to_string();
-        as_postgres(
-            Path::new("/usr/bin/psql"),
-            &["-h", &sock, "-p", "5439", "-X", "-At", "-d", db, "-c", sql],
-        )
-    };
-    // Connections are refused until recovery ends and the copy is promoted.
-    let mut last = None;
-    for _ in 0..600 {
-        let out = Command::new("runuser")
-            .args(["-u", "postgres", "--", "psql", "-h"])
-            .arg(&sockets)
-            .args([
-                "-p",
-                "5439",
-                "-X",
-                "-At",
-                "-d",
-                db,
-                "-c",
-                "SELECT pg_is_in_recovery()",
-            ])
-            .output()
-            .unwrap();
-        if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "f" {
-            last = None;
-            break;
-        }
-        last = Some(text(&out));
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert!(
-        last.is_none(),
-        "not promoted after 60 s: {last:?}\nlog:\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
+    let server = Recovered::start(
+        &s,
+        &data,
+        5439,
+        &format!("restore_command = 'cp {source_wal}/%f %p'\nrecovery_target = 'immediate'\n"),
     );
     assert_eq!(
-        table_digest(query, "items"),
+        table_digest(|q| server.query(db, q), "items"),
         before,
         "rows of the recovered copy"
     );
 
-    drop(_server);
+    drop(server);
+    psql("postgres", &format!("DROP DATABASE {db} WITH (FORCE)"));
+}
+
+/// Insert `n` marker rows, one transaction each, numbered after the last.
+fn insert_markers(db: &str, n: usize) {
+    for _ in 0..n {
+        psql(db, "INSERT INTO marker (at) VALUES (clock_timestamp())");
+    }
+}
+
+/// Wait until slot `slot` is in use by a receiver (`active`) or free.
+fn wait_slot_active(slot: &str, active: bool) {
+    let want = if active { "t" } else { "f" };
+    for _ in 0..300 {
+        let a = psql(
+            "postgres",
+            &format!("SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'"),
+        );
+        if a.trim() == want {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("slot {slot} is not active = {active} after 30 s");
+}
+
+/// Wait until the receiver of slot `slot` has everything the server had
+/// flushed when this was called (other tests write WAL all the while).
+fn wait_caught_up(slot: &str) {
+    let target = psql("postgres", "SELECT pg_current_wal_flush_lsn()");
+    let target = target.trim();
+    for _ in 0..300 {
+        let caught = psql(
+            "postgres",
+            &format!(
+                "SELECT restart_lsn >= '{target}'::pg_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
+            ),
+        );
+        if caught.trim() == "t" {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("the receiver of slot {slot} did not reach {target} in 30 s");
+}
+
+#[test]
+fn streamed_wal_and_a_base_backup_recover_every_committed_row_through_restic_alone() {
+    let s = Scratch::new();
+    s.init();
+    std::fs::set_permissions(s.path(""), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let db = "cairn_t_pitr_wal";
+    psql(
+        "postgres",
+        &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+    );
+    psql("postgres", &format!("CREATE DATABASE {db}"));
+    psql(
+        db,
+        "CREATE TABLE marker (id serial PRIMARY KEY, at timestamptz NOT NULL)",
+    );
+    let (slot, hold) = ("cairn_t_pitrw", "cairn_t_pitrw_stored");
+    let _slots = (Slot::dropped_later(slot), Slot::dropped_later(hold));
+    // The server keeps its own copy of every segment, for the comparison.
+    let _keep = Slot::create("cairn_t_pitrw_keep");
+    let config = s.write_job_config(
+        "pitr.toml",
+        "pg",
+        "postgres",
+        r#"host = "127.0.0.1", port = 5432, user = "postgres", mode = "physical""#,
+        r#"["pg_basebackup", "pg_receivewal", "psql", "tar"]"#,
+    );
+    let spool = s.path("spool");
+    let mut text_config = std::fs::read_to_string(&config).unwrap();
+    text_config.push_str(&format!(
+        "wal = {{ flush-secs = 1, slot = \"{slot}\", spool = {:?} }}\n",
+        spool
+    ));
+    std::fs::write(&config, text_config).unwrap();
+
+    // A config that cannot stream is refused, naming the job and the key.
+    let bad = s.path("bad.toml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("flush-secs = 1", "flush-secs = 0"),
+    )
+    .unwrap();
+    let out = s.cairn_config(&bad, &["wal-stream", "--job", "pg"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("flush-secs"), "{}", text(&out));
+
+    let start_stream = || {
+        let child = s
+            .cairn_cmd(&[
+                "--config",
+                config.to_str().unwrap(),
+                "wal-stream",
+                "--job",
+                "pg",
+            ])
+            .env_remove("CAIRN_REPOSITORY")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_slot_active(slot, true);
+        child
+    };
+    let stream = start_stream();
+    // A second stream of the same job is refused while the first runs.
+    let out = s.cairn_config(&config, &["wal-stream", "--job", "pg"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("another wal-stream"), "{}", text(&out));
+
+    insert_markers(db, 30);
+    psql("postgres", "SELECT pg_switch_wal()");
+    let base = last_json(&s.cairn_config_ok(&config, &["--json", "backup", "--job", "pg"]));
+    let base_id = base["snapshot_id"].as_str().unwrap().to_string();
+    // Killed outright: its receiver goes with it (the slot is released),
+    // and what it had not stored stays on the server, held by the slots.
+    let mut killed = stream;
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    wait_slot_active(slot, false);
+    insert_markers(db, 30);
+    psql("postgres", "SELECT pg_switch_wal()");
+    let stream = start_stream();
+    // These stay in the segment being received: only the partial has them.
+    insert_markers(db, 20);
+    wait_caught_up(slot);
+    // A flush of the partial happens within a second; then stop.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(stream.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let out = stream.wait_with_output().unwrap();
+    assert!(out.status.success(), "wal-stream: {}", text(&out));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("stopped"), "{printed}");
+    let expected = psql(db, "SELECT count(*), max(id) FROM marker");
+    assert_eq!(expected.trim(), "80|80");
+
+    // restic reads the window and finds nothing wrong.
+    let listed = s.restic_ok(&["snapshots", "--json", "--tag", "cairn-wal"]);
+    let windows: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
+    assert_eq!(windows.len(), 1, "one window: {listed}");
+    s.restic_ok(&["check", "--read-data"]);
+    let wal = s.path("wal");
+    let window_id = windows[0]["short_id"].as_str().unwrap();
+    s.restic_ok(&["restore", window_id, "--target", wal.to_str().unwrap()]);
+    // Every complete segment restic gives back is the server's own, byte for byte.
+    let source_wal = PathBuf::from(psql("postgres", "SHOW data_directory").trim()).join("pg_wal");
+    let mut compared = 0;
+    let mut partial = None;
+    let mut segments = Vec::new();
+    for folder in std::fs::read_dir(wal.join("postgres-wal")).unwrap() {
+        let folder = folder.unwrap().path();
+        if !folder.is_dir() || folder.ends_with("history") {
+            continue;
+        }
+        for file in std::fs::read_dir(&folder).unwrap() {
+            let file = file.unwrap().path();
+            let name = file.file_name().unwrap().to_str().unwrap().to_string();
+            if let Some(stem) = name.strip_suffix(".partial") {
+                partial = Some((file.clone(), folder.join(stem)));
+                continue;
+            }
+            segments.push(
+                u64::from_str_radix(&name[8..16], 16).unwrap() * 256
+                    + u64::from_str_radix(&name[16..], 16).unwrap(),
+            );
+            let theirs = source_wal.join(&name);
+            if theirs.exists() {
+                assert!(
+                    std::fs::read(&file).unwrap() == std::fs::read(&theirs).unwrap(),
+                    "segment {name} differs from the server's"
+                );
+                compared += 1;
+            }
+        }
+    }
+    // No gap across the kill: every segment from the first to the last.
+    segments.sort();
+    assert!(segments.len() >= 3, "{segments:?}");
+    assert!(
+        segments.windows(2).all(|w| w[1] == w[0] + 1),
+        "segments with a gap: {segments:X?}"
+    );
+    assert!(
+        compared >= 2,
+        "{compared} segments compared with the server's pg_wal"
+    );
+    // As PostgreSQL's docs say for a partial: renamed to its full name, it replays.
+    let (from, to) = partial.expect("the segment being received is in the window");
+    std::fs::rename(from, to).unwrap();
+    // The window's folders are private (0700): the server's user reads them.
+    let out = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(&wal)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "chown: {}", text(&out));
+
+    // The base backup recovers with nothing but what restic restored, to the last row.
+    let data = s.path("data");
+    s.cairn_config_ok(
+        &config,
+        &[
+            "restore",
+            "--job",
+            "pg",
+            &base_id,
+            "--target",
+            data.to_str().unwrap(),
+        ],
+    );
+    let server = Recovered::start(
+        &s,
+        &data,
+        5438,
+        &format!(
+            "restore_command = 'cp {}/postgres-wal/*/%f %p'\n",
+            wal.display()
+        ),
+    );
+    assert_eq!(
+        server
+            .query(db, "SELECT count(*), max(id) FROM marker")
+            .trim(),
+        "80|80"
+    );
+    drop(server);
     psql("postgres", &format!("DROP DATABASE {db} WITH (FORCE)"));
 }

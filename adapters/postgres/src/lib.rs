@@ -57,8 +57,8 @@ struct Config {
     /// writes) or let the server spread it over its
     /// `checkpoint_completion_target` (`false`: gentler, but the backup
     /// may wait minutes to start).
-    #[serde(default = "default_true")]
-    fast_checkpoint: bool,
+    #[serde(default)]
+    fast_checkpoint: Option<bool>,
     /// Server host name or address (the job must grant the programs; they
     /// connect by themselves).
     #[serde(default = "default_host")]
@@ -91,9 +91,10 @@ struct Config {
     /// `quiesce-sql` ran (in its session).
     #[serde(default)]
     release_sql: Option<String>,
-    /// The database the hooks run in.
-    #[serde(default = "default_hook_database")]
-    hook_database: String,
+    /// The database the hooks run in (`postgres` when unset); in physical
+    /// mode, the database `psql` connects to for the WAL positions.
+    #[serde(default)]
+    hook_database: Option<String>,
     /// Restore: the one database selected goes under this name instead.
     #[serde(default)]
     target_database: Option<String>,
@@ -125,12 +126,6 @@ fn default_port() -> u16 {
 }
 fn default_user() -> String {
     "postgres".into()
-}
-fn default_hook_database() -> String {
-    "postgres".into()
-}
-fn default_true() -> bool {
-    true
 }
 
 const ROOT: &str = "/postgres";
@@ -235,6 +230,11 @@ impl Config {
         self.schema.is_some() || self.table.is_some()
     }
 
+    /// The database hooks (and, in physical mode, WAL queries) run in.
+    fn hook_database(&self) -> &str {
+        self.hook_database.as_deref().unwrap_or("postgres")
+    }
+
     /// Roles and tablespaces are backed up and restored.
     fn globals(&self) -> bool {
         self.globals.unwrap_or(true)
@@ -242,6 +242,11 @@ impl Config {
 
     /// A logical backup or restore has no directory target.
     fn refuse_physical_keys(&self) -> Result<(), Error> {
+        if self.fast_checkpoint.is_some() {
+            return Err(Error::InvalidConfig(
+                "fast-checkpoint: dumps take no checkpoint; it is for mode = \"physical\"".into(),
+            ));
+        }
         if self.target.is_some() {
             return Err(Error::InvalidConfig(
                 "target: dumps are restored into the server, not a directory; a directory target is for physical snapshots (mode = \"physical\")".into(),
@@ -796,7 +801,7 @@ impl Adapter for Postgres {
         cairn_sdk::hooks::within_window(
             || {
                 if let Some(sql) = &config.quiesce_sql {
-                    let client = config.psql(&config.hook_database).arg("--file=-");
+                    let client = config.psql(config.hook_database()).arg("--file=-");
                     *session.borrow_mut() =
                         Some(HeldSession::open(client, sql, "psql running quiesce-sql")?);
                 }
@@ -806,7 +811,7 @@ impl Adapter for Postgres {
             || match session.borrow_mut().take() {
                 Some(held) => held.release(config.release_sql.as_deref().unwrap_or("")),
                 None => match &config.release_sql {
-                    Some(sql) => config.query(&config.hook_database, sql).map(|_| ()),
+                    Some(sql) => config.query(config.hook_database(), sql).map(|_| ()),
                     None => Ok(()),
                 },
             },

@@ -81,7 +81,7 @@ struct Position {
 /// The server's current WAL position, timeline and time (UTC).
 fn position(config: &Config) -> Result<(Position, Vec<String>), Error> {
     let row = config.query(
-        "postgres",
+        config.hook_database(),
         "SELECT pg_current_wal_lsn(), pg_walfile_name(pg_current_wal_lsn()), \
          to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
          pg_current_snapshot()",
@@ -135,7 +135,7 @@ pub fn refuse_logical_keys(config: &Config) -> Result<(), Error> {
 pub fn backup(config: &Config) -> Result<BackupSummary, Error> {
     refuse_logical_keys(config)?;
     let about = config.query(
-        "postgres",
+        config.hook_database(),
         "SELECT pg_is_in_recovery(), system_identifier, \
          (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'), \
          current_setting('server_version_num') FROM pg_control_system()",
@@ -163,7 +163,7 @@ pub fn backup(config: &Config) -> Result<BackupSummary, Error> {
             "--wal-method=none",
             &format!(
                 "--checkpoint={}",
-                if config.fast_checkpoint {
+                if config.fast_checkpoint.unwrap_or(true) {
                     "fast"
                 } else {
                     "spread"
@@ -222,13 +222,29 @@ pub fn restore(config: &Config) -> Result<RestoreSummary, Error> {
             present[0]
         )));
     }
+    // `--no-same-permissions`: no set-user-ID, set-group-ID or sticky bit
+    // comes out of a snapshot (a data directory has none, and tar runs
+    // as root); nor can a device node, since granted programs cannot make
+    // one.
     let mut tar = cairn_sdk::process::Command::new("tar")
-        .args(["--extract", "--file=-", "--directory", target])
+        .args([
+            "--extract",
+            "--no-same-permissions",
+            "--file=-",
+            "--directory",
+            target,
+        ])
         .stdin(Stdio::Pipe)
         .spawn()?;
     tar.pump_stdin(snapshot::open(BASE_TAR)?)?;
-    tar.wait()?
-        .check(&format!("tar extracting {BASE_TAR} into {target}"))?;
+    if let Err(e) = tar
+        .wait()?
+        .check(&format!("tar extracting {BASE_TAR} into {target}"))
+    {
+        return Err(Error::Other(format!(
+            "{e}; {target} holds a partial extraction: empty it before restoring again"
+        )));
+    }
     // PostgreSQL starts only in a directory its owner alone may enter,
     // owned like the files in it (tar, run as root, kept their owner).
     let owner = fs::stat(&format!("{target}/PG_VERSION"))?.meta;
@@ -261,7 +277,7 @@ pub fn verify() -> Result<VerifyReport, Error> {
     report.entries += 1;
     report.bytes += text.len() as u64;
     let mut tar = cairn_sdk::process::Command::new("tar")
-        .args(["--list", "--file=-"])
+        .args(["--list", "--verbose", "--numeric-owner", "--file=-"])
         .stdin(Stdio::Pipe)
         .stdout(Stdio::Pipe)
         .spawn()?;
@@ -269,12 +285,19 @@ pub fn verify() -> Result<VerifyReport, Error> {
     tar.pump_stdin(snapshot::open(BASE_TAR)?)?;
     let mut members = std::collections::BTreeSet::new();
     tar.for_each_line(|line| {
-        let name = String::from_utf8_lossy(line);
-        members.insert(
-            name.trim_start_matches("./")
-                .trim_end_matches('/')
-                .to_string(),
-        );
+        let line = String::from_utf8_lossy(line);
+        let Some((name, problem)) = member(&line) else {
+            report
+                .problems
+                .push(format!("{BASE_TAR}: unreadable listing line {line:?}"));
+            return Ok(());
+        };
+        if let Some(problem) = problem {
+            report
+                .problems
+                .push(format!("{BASE_TAR}: {name}: {problem}"));
+        }
+        members.insert(name);
         Ok(())
     })?;
     if let Err(e) = tar.wait()?.check(&format!("tar reading {BASE_TAR}")) {
@@ -291,6 +314,40 @@ pub fn verify() -> Result<VerifyReport, Error> {
     report.bytes += size;
     log::info(&format!("{BASE_TAR}: {} members read", members.len()));
     Ok(report)
+}
+
+/// A line of `tar --list --verbose --numeric-owner`: the member's name,
+/// and what is wrong with it for a data directory (PostgreSQL writes
+/// regular files and directories into a tar on standard output: no link,
+/// no device, no set-ID or sticky bit).
+fn member(line: &str) -> Option<(String, Option<String>)> {
+    let mut fields = line.splitn(6, ' ').filter(|f| !f.is_empty());
+    let mode = fields.next()?;
+    // owner, size, date, time, then the name (and `-> target` for a link).
+    let rest = line.split_whitespace().nth(4).and_then(|time| {
+        let at = line.find(&format!(" {time} "))?;
+        Some(&line[at + time.len() + 2..])
+    })?;
+    let (name, _) = rest.split_once(" -> ").unwrap_or((rest, ""));
+    let name = name
+        .trim_start_matches("./")
+        .trim_end_matches('/')
+        .to_string();
+    let kind = mode.chars().next()?;
+    let problem = match kind {
+        '-' | 'd' => None,
+        // `pg_basebackup` writes to standard output only for a cluster
+        // without tablespaces, so not even pg_tblspc holds a link.
+        'l' => Some("a symbolic link".to_string()),
+        'h' => Some("a hard link".to_string()),
+        other => Some(format!("not a regular file or directory (type {other:?})")),
+    };
+    let problem = problem.or_else(|| {
+        mode.chars()
+            .any(|c| matches!(c, 's' | 'S' | 't' | 'T'))
+            .then(|| format!("mode {mode} has a set-ID or sticky bit"))
+    });
+    Some((name, problem))
 }
 
 /// The recorded size of the snapshot's file `path`.
@@ -335,6 +392,37 @@ mod tests {
         let c = config(serde_json::json!({ "mode": "physical", "target": "/x" })).unwrap();
         assert!(refuse_logical_keys(&c).is_ok());
         assert!(config(serde_json::json!({ "mode": "incremental" })).is_err());
+    }
+
+    #[test]
+    fn listing_lines_are_read_and_what_no_data_directory_holds_is_named() {
+        let ok = member("-rw------- 108/114 3 2026-12-07 19:16 global/pg_control").unwrap();
+        assert_eq!(ok, ("global/pg_control".to_string(), None));
+        let dir = member("drwx------ 108/114 0 2026-12-07 19:16 pg_wal/").unwrap();
+        assert_eq!(dir, ("pg_wal".to_string(), None));
+        let spaced = member("-rw------- 108/114 3 2026-12-07 19:16 a name  with spaces").unwrap();
+        assert_eq!(spaced.0, "a name  with spaces");
+        let tblspc =
+            member("lrwxrwxrwx 108/114 0 2026-12-07 19:16 pg_tblspc/16384 -> /etc").unwrap();
+        assert_eq!(tblspc.0, "pg_tblspc/16384");
+        assert!(tblspc.1.is_some_and(|p| p.contains("symbolic link")));
+        for (line, problem) in [
+            ("brw-rw-rw- 0/0 7,0 1970-01-01 00:00 dev_sda", "type 'b'"),
+            ("prw-rw-rw- 0/0 0 1970-01-01 00:00 fifo", "type 'p'"),
+            ("-rwsr-xr-x 0/0 10 1970-01-01 00:00 suid_sh", "set-ID"),
+            (
+                "lrwxrwxrwx 0/0 0 1970-01-01 00:00 base/1/x -> /etc/passwd",
+                "symbolic link",
+            ),
+            ("hrw------- 0/0 0 1970-01-01 00:00 a link to b", "hard link"),
+        ] {
+            let (_, found) = member(line).unwrap();
+            assert!(
+                found.as_deref().is_some_and(|f| f.contains(problem)),
+                "{line}: {found:?}"
+            );
+        }
+        assert!(member("garbage").is_none());
     }
 
     #[test]

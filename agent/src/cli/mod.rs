@@ -28,6 +28,7 @@ mod residency;
 mod restore;
 mod snapshots;
 mod tenant;
+mod wal;
 
 pub use global::Global;
 use global::Opened;
@@ -133,6 +134,9 @@ enum Command {
     /// Tools for adapter authors: check a component.
     #[command(subcommand)]
     Adapter(adapter::Command),
+    /// Stream a PostgreSQL job's WAL into its repository until SIGTERM or
+    /// SIGINT (`[jobs.J.wal]`; point-in-time recovery).
+    WalStream(wal::StreamArgs),
 }
 
 /// What a command ended with, beyond plain failure.
@@ -293,6 +297,18 @@ pub fn main() -> ExitCode {
     };
     let wrote = writer.is_some();
     let g = global.clone();
+    if let Command::WalStream(a) = cli.command {
+        // It stops on SIGTERM or SIGINT after a last flush, by itself.
+        let result = runtime.block_on(wal::stream(&global, a));
+        runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cairn: {e:#}");
+                ExitCode::from(Exit::Failed.code())
+            }
+        };
+    }
     if let Command::Agent(a) = cli.command {
         // The agent handles its own signals (grace period, reload).
         let result = runtime.block_on(agent::run(&global, a));
@@ -330,7 +346,7 @@ pub fn main() -> ExitCode {
             Command::Tenant(c) => tenant::run(&global, c).await,
             Command::Drill(a) => drill::run(&global, a).await,
             Command::Adapter(c) => adapter::run(&global, c).await,
-            Command::Agent(_) => unreachable!("handled above"),
+            Command::Agent(_) | Command::WalStream(_) => unreachable!("handled above"),
         }
     };
     // The command runs as a task of its own, so that SIGTERM or SIGINT is

@@ -53,6 +53,106 @@ pub struct JobConfig {
     pub retention: Option<RetentionConfig>,
     /// The job's restore drill.
     pub drill: Option<DrillConfig>,
+    /// A continuous WAL archive beside the job's base backups (PostgreSQL
+    /// jobs with `mode = "physical"`): `cairn wal-stream --job J`.
+    pub wal: Option<WalConfig>,
+}
+
+/// A job's WAL stream (`[jobs.J.wal]`, docs/design/pitr.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct WalConfig {
+    /// The segment being received is stored at least this often, in
+    /// seconds (1..=60): the bound on what a lost node loses.
+    #[serde(default = "default_flush_secs")]
+    pub flush_secs: u64,
+    /// A window snapshot closes after this many seconds, at the next
+    /// segment boundary (60..=86400).
+    #[serde(default = "default_window_secs")]
+    pub window_secs: u64,
+    /// The replication slot `pg_receivewal` streams from (a-z, 0-9, `_`;
+    /// default `cairn_<job>` with `-` made `_`). A second slot,
+    /// `<slot>_stored`, holds the WAL the repository does not have yet.
+    pub slot: Option<String>,
+    /// Where `pg_receivewal` writes (an absolute path; default
+    /// `<state-dir>/wal/<job>`). Files leave it once the repository holds
+    /// them.
+    pub spool: Option<PathBuf>,
+}
+
+fn default_flush_secs() -> u64 {
+    10
+}
+fn default_window_secs() -> u64 {
+    3600
+}
+
+impl WalConfig {
+    /// The slot of job `job`.
+    pub fn slot(&self, job: &str) -> String {
+        self.slot
+            .clone()
+            .unwrap_or_else(|| format!("cairn_{}", job.replace('-', "_")))
+    }
+
+    /// The spool of job `job`, with the agent's state directory `state`.
+    pub fn spool(&self, job: &str, state: &std::path::Path) -> PathBuf {
+        self.spool
+            .clone()
+            .unwrap_or_else(|| state.join("wal").join(job))
+    }
+
+    /// Check the settings of job `name` (whose adapter and config are given).
+    pub fn validate(&self, name: &str, job: &JobConfig) -> Result<(), String> {
+        let mode = job
+            .config
+            .as_ref()
+            .and_then(|c| c.get("mode"))
+            .and_then(|m| m.as_str());
+        if job.adapter != "postgres" || mode != Some("physical") {
+            return Err(format!(
+                "job {name}: [jobs.{name}.wal] streams PostgreSQL WAL: the job needs adapter = \"postgres\" and config.mode = \"physical\""
+            ));
+        }
+        for program in ["pg_receivewal", "psql"] {
+            if !job
+                .grants
+                .programs
+                .iter()
+                .any(|p| p == program || p.ends_with(&format!("/{program}")))
+            {
+                return Err(format!(
+                    "job {name}: the WAL stream runs {program}; add it to grants.programs"
+                ));
+            }
+        }
+        if !(1..=60).contains(&self.flush_secs) {
+            return Err(format!("job {name}: wal.flush-secs must be 1..=60"));
+        }
+        if !(60..=86_400).contains(&self.window_secs) {
+            return Err(format!("job {name}: wal.window-secs must be 60..=86400"));
+        }
+        let slot = self.slot(name);
+        if slot.is_empty()
+            || slot.len() > 56
+            || !slot
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(format!(
+                "job {name}: wal.slot {slot:?}: a slot name uses a-z, 0-9 and '_', at most 56 characters (\"_stored\" is added for the second slot)"
+            ));
+        }
+        if let Some(spool) = &self.spool
+            && !spool.is_absolute()
+        {
+            return Err(format!(
+                "job {name}: wal.spool {} is not an absolute path",
+                spool.display()
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A job's grants beyond its paths.

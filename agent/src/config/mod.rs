@@ -245,6 +245,9 @@ impl Config {
             if job.timeout_secs == Some(0) {
                 return Err(format!("job {name}: timeout-secs must be positive"));
             }
+            if let Some(wal) = &job.wal {
+                wal.validate(name, job)?;
+            }
         }
         let mut grouped: BTreeMap<&str, &str> = BTreeMap::new();
         for (name, group) in &self.groups {

@@ -132,6 +132,8 @@ pub async fn run(store: &Store, o: Options) -> Result<Report> {
         );
     }
     let (started, clock) = o.began;
+    let physical = matches!(&o.source, AdapterSource::Bundled(n) if n == "postgres")
+        && o.config.get("mode").and_then(|m| m.as_str()) == Some("physical");
     let repo = &store.repo;
     let adapter_name = o.source.name();
     // Dropped on every way out: the lock goes with it.
@@ -199,18 +201,28 @@ pub async fn run(store: &Store, o: Options) -> Result<Report> {
     }
     let outcome = outcome?;
     let mut tags = o.tags.clone();
-    if recorded_paths == ["/postgres"] {
-        // A physical base backup: tagged with its WAL bounds, or no
-        // snapshot at all if its record does not hold together.
+    // A physical base backup of the bundled PostgreSQL adapter is tagged
+    // with its WAL bounds, or there is no snapshot at all if its record
+    // does not hold together. No other snapshot is read for one: what a
+    // file system or another adapter stores under /postgres is its own.
+    if physical {
+        let what = match &o.job {
+            Some(j) => format!("job {j}"),
+            None => format!("adapter {adapter_name}"),
+        };
         let base = crate::pitr::basebackup::read(repo, outcome.tree)
             .await
             .map_err(|e| match e {
                 crate::pitr::PitrError::Repo(e) => Error::Repo(e),
-                e => Error::Adapter(anyhow::anyhow!(
-                    "adapter {adapter_name}: {e}; no snapshot was written"
-                )),
+                e => Error::Adapter(anyhow::anyhow!("{what}: {e}; no snapshot was written")),
             })?;
-        tags.extend(base.iter().flat_map(|b| b.tags()));
+        let Some(base) = base else {
+            return Err(Error::Adapter(anyhow::anyhow!(
+                "{what}: a physical backup without {}; no snapshot was written",
+                crate::pitr::basebackup::RECORD
+            )));
+        };
+        tags.extend(base.tags());
     }
     let snapshot = Snapshot {
         time: o.time.unwrap_or(started),

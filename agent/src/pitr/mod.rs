@@ -4,10 +4,13 @@
 //! names and orders WAL ([`lsn`]), follows timelines ([`history`]) and
 //! decides which WAL the kept base backups need ([`retention`]).
 
+pub mod archive;
 pub mod basebackup;
 pub mod history;
 pub mod lsn;
 pub mod retention;
+pub mod spool;
+pub mod stream;
 
 use crate::repo::RepoError;
 
@@ -30,6 +33,10 @@ pub enum PitrError {
 
 /// Whether `tag` is one Cairn sets itself on PostgreSQL base backups and
 /// WAL (`pg-…`, `wal-…`, `cairn-wal`): a user's tag may not pose as one.
+/// A tag with commas counts as each of its parts, as restic's `--tag`
+/// reads it.
 pub fn reserved_tag(tag: &str) -> bool {
-    tag.starts_with("pg-") || tag.starts_with("wal-") || tag == "cairn-wal"
+    tag.split(',')
+        .map(str::trim)
+        .any(|t| t.starts_with("pg-") || t.starts_with("wal-") || t == "cairn-wal")
 }

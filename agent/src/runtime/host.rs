@@ -34,6 +34,7 @@ mod secrets;
 mod snapshot;
 
 pub use process::ChildState;
+pub(crate) use process::{Spawn, spawn_confined};
 
 /// Files up to this size are read in one go on the calling task: a hop to
 /// a blocking thread would cost more than the read.

@@ -14,6 +14,7 @@ mod source;
 
 pub use grants::{GrantError, Grants};
 pub use host::{BackupOutcome, BackupRequest, RestoreOutcome, RestoreProgress, RestoreRequest};
+pub(crate) use host::{Spawn, spawn_confined};
 pub use output::stream_adapter_stderr;
 pub use probe::{AdapterFailure, AdapterInfo, Footprint, Inspected};
 pub use source::AdapterSource;

@@ -14,6 +14,7 @@ use super::{AdapterError, HostResult, HostState, Job, MAX_READ, WriterState, fau
 use crate::pipeline::chunker::Chunker;
 use crate::read::ContentReader;
 use crate::repo::RepoError;
+use crate::runtime::Grants;
 use crate::runtime::bindings::cairn::adapter0_2_0::process;
 use crate::runtime::host::ReaderState;
 use std::os::unix::process::ExitStatusExt;
@@ -308,87 +309,20 @@ impl process::Host for HostState {
     }
 
     async fn spawn(&mut self, cmd: process::Command) -> HostResult<Resource<ChildState>> {
-        let Some(path) = self.grants.program(&cmd.program).map(|p| p.to_path_buf()) else {
-            tracing::warn!(adapter = %self.adapter, program = %crate::util::escaped(&cmd.program), "Denied the adapter a program its job does not grant.");
-            return Ok(Err(AdapterError::Denied(format!(
-                "program {}: this job does not grant it (granted: {})",
-                cmd.program,
-                self.grants.program_names().join(", ")
-            ))));
+        let spawn = Spawn {
+            program: &cmd.program,
+            args: &cmd.args,
+            secret_env: &cmd.secret_env,
+            stdin: stdio(cmd.stdin),
+            stdout: stdio(cmd.stdout),
+            label: &self.adapter,
+            die_with_parent: false,
         };
-        let mut command = tokio::process::Command::new(&path);
-        command
-            .args(&cmd.args)
-            .env_clear()
-            .env("PATH", CHILD_PATH)
-            .env("LC_ALL", "C")
-            // No home: the agent user's own password files (~/.pgpass,
-            // ~/.my.cnf) are not the job's to use.
-            .env("HOME", CHILD_HOME)
-            .envs(self.grants.env())
-            .current_dir("/")
-            .stdin(stdio(cmd.stdin))
-            .stdout(stdio(cmd.stdout))
-            .stderr(std::process::Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        for (var, secret) in &cmd.secret_env {
-            if let Err(e) = super::super::grants::check_env_name(var) {
-                return Ok(Err(grant_error(e)));
-            }
-            match self.grants.secret(secret) {
-                Ok(value) => {
-                    command.env(var, std::ffi::OsStr::from_bytes(&value));
-                }
-                Err(e) => return Ok(Err(grant_error(e))),
-            }
-        }
-        // The program runs outside the sandbox: it reaches only the
-        // endpoints the job grants, and cannot read the agent's memory.
-        let confinement = match super::confine::Confinement::new() {
+        let (mut child, pid) = match spawn_confined(&self.grants, spawn) {
             Ok(c) => c,
-            Err(e) => {
-                return Err(fault(format!(
-                    "cannot prepare the confinement of program {}: {e}",
-                    cmd.program
-                )));
-            }
+            Err(SpawnError::Adapter(e)) => return Ok(Err(e)),
+            Err(SpawnError::Fault(e)) => return Err(fault(e)),
         };
-        // SAFETY: the hook only makes system calls (prctl, seccomp,
-        // sendmsg, close) with memory it owns, as a forked child must.
-        unsafe {
-            command.pre_exec(confinement.child_hook());
-        }
-        let mut child = match command.spawn() {
-            Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Err(AdapterError::NotFound(format!(
-                    "program {} ({}): {e}",
-                    cmd.program,
-                    path.display()
-                ))));
-            }
-            Err(e) => {
-                return Ok(Err(AdapterError::Io(format!(
-                    "starting {} ({}): {e}",
-                    cmd.program,
-                    path.display()
-                ))));
-            }
-        };
-        let pid = child.id().unwrap_or_default();
-        let allowed =
-            super::confine::Allowed::for_job(self.grants.connect(), self.grants.sockets());
-        if let Err(e) = confinement.supervise(
-            allowed,
-            format!("{} (pid {pid})", crate::util::escaped(&cmd.program)),
-        ) {
-            let _ = child.start_kill();
-            return Err(fault(format!(
-                "cannot supervise the network use of program {}: {e}",
-                cmd.program
-            )));
-        }
         // Arguments may carry names, never secrets (those go by reference).
         tracing::info!(adapter = %self.adapter, program = %crate::util::escaped(&cmd.program), pid, args = ?cmd.args, "Started a process.");
         let stderr = child.stderr.take().map(|e| tokio::spawn(drain_tail(e)));
@@ -414,6 +348,149 @@ impl process::Host for HostState {
         });
         Ok(Ok(self.table.push(state)?))
     }
+}
+
+/// A granted program to start (see [`spawn_confined`]).
+pub(crate) struct Spawn<'a> {
+    /// The program's granted name.
+    pub program: &'a str,
+    /// Its arguments.
+    pub args: &'a [String],
+    /// Environment variables whose values are granted secrets: (variable, secret name).
+    pub secret_env: &'a [(String, String)],
+    /// Its standard input.
+    pub stdin: std::process::Stdio,
+    /// Its standard output.
+    pub stdout: std::process::Stdio,
+    /// Who starts it, for the logs (the adapter, or a host task).
+    pub label: &'a str,
+    /// Send it SIGTERM when the thread that started it ends (the agent
+    /// killed, say): for programs that outlive a call, which would
+    /// otherwise run on as orphans.
+    pub die_with_parent: bool,
+}
+
+/// Why a program did not start.
+#[derive(Debug)]
+pub(crate) enum SpawnError {
+    /// Refused or failed in a way the caller may report and handle (not
+    /// granted, not found, the OS refused).
+    Adapter(AdapterError),
+    /// The confinement could not be set up: nothing may run.
+    Fault(String),
+}
+
+impl std::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpawnError::Adapter(e) => write!(f, "{e}"),
+            SpawnError::Fault(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Start a program `grants` grants, natively, the way every granted
+/// program starts: a clean environment (`PATH`, `LC_ALL=C`, no home, the
+/// job's variables and the secrets named), `/` as its working directory,
+/// its own process group, standard error piped (the caller drains it),
+/// killed when dropped, and confined (it reaches only the endpoints and
+/// sockets the job grants, gains no privilege, cannot read the agent's
+/// memory). Returns the child and its process id.
+pub(crate) fn spawn_confined(
+    grants: &Grants,
+    cmd: Spawn<'_>,
+) -> Result<(tokio::process::Child, u32), SpawnError> {
+    let Some(path) = grants.program(cmd.program).map(|p| p.to_path_buf()) else {
+        tracing::warn!(by = %cmd.label, program = %crate::util::escaped(cmd.program), "Denied a program the job does not grant.");
+        return Err(SpawnError::Adapter(AdapterError::Denied(format!(
+            "program {}: this job does not grant it (granted: {})",
+            cmd.program,
+            grants.program_names().join(", ")
+        ))));
+    };
+    let mut command = tokio::process::Command::new(&path);
+    command
+        .args(cmd.args)
+        .env_clear()
+        .env("PATH", CHILD_PATH)
+        .env("LC_ALL", "C")
+        // No home: the agent user's own password files (~/.pgpass,
+        // ~/.my.cnf) are not the job's to use.
+        .env("HOME", CHILD_HOME)
+        .envs(grants.env())
+        .current_dir("/")
+        .stdin(cmd.stdin)
+        .stdout(cmd.stdout)
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    for (var, secret) in cmd.secret_env {
+        super::super::grants::check_env_name(var)
+            .map_err(|e| SpawnError::Adapter(grant_error(e)))?;
+        let value = grants
+            .secret(secret)
+            .map_err(|e| SpawnError::Adapter(grant_error(e)))?;
+        command.env(var, std::ffi::OsStr::from_bytes(&value));
+    }
+    if cmd.die_with_parent {
+        let parent = rustix::process::getpid();
+        // SAFETY: prctl and getppid only, on no memory of the parent's.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before the line above.
+                if rustix::process::getppid() != Some(parent) {
+                    return Err(std::io::Error::other("the agent ended"));
+                }
+                Ok(())
+            });
+        }
+    }
+    // The program runs outside the sandbox: it reaches only the
+    // endpoints the job grants, and cannot read the agent's memory.
+    let confinement = super::confine::Confinement::new().map_err(|e| {
+        SpawnError::Fault(format!(
+            "cannot prepare the confinement of program {}: {e}",
+            cmd.program
+        ))
+    })?;
+    // SAFETY: the hook only makes system calls (prctl, seccomp,
+    // sendmsg, close) with memory it owns, as a forked child must.
+    unsafe {
+        command.pre_exec(confinement.child_hook());
+    }
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(SpawnError::Adapter(AdapterError::NotFound(format!(
+                "program {} ({}): {e}",
+                cmd.program,
+                path.display()
+            ))));
+        }
+        Err(e) => {
+            return Err(SpawnError::Adapter(AdapterError::Io(format!(
+                "starting {} ({}): {e}",
+                cmd.program,
+                path.display()
+            ))));
+        }
+    };
+    let pid = child.id().unwrap_or_default();
+    let allowed = super::confine::Allowed::for_job(grants.connect(), grants.sockets());
+    if let Err(e) = confinement.supervise(
+        allowed,
+        format!("{} (pid {pid})", crate::util::escaped(cmd.program)),
+    ) {
+        let _ = child.start_kill();
+        return Err(SpawnError::Fault(format!(
+            "cannot supervise the network use of program {}: {e}",
+            cmd.program
+        )));
+    }
+    Ok((child, pid))
 }
 
 use std::os::unix::ffi::OsStrExt;

@@ -13,8 +13,10 @@ pub(super) const AUDIT_ARCH: u32 = 0xC000_00B7;
 /// agent running as root): reading other processes' memory
 /// (`SYS_PTRACE`, `SYS_RAWIO`), loading kernel code (`SYS_MODULE`, `BPF`),
 /// namespaces and mounts (`SYS_ADMIN`), the network's configuration and
-/// raw packets (`NET_ADMIN`, `NET_RAW`), and `PERFMON`.
-pub(super) const DROPPED_CAPS: [libc::c_ulong; 8] = [16, 17, 19, 21, 12, 13, 39, 38];
+/// raw packets (`NET_ADMIN`, `NET_RAW`), `PERFMON`, and making device
+/// nodes (`MKNOD`: a `tar` extracting a hostile archive as root would
+/// otherwise plant a block device in the target).
+pub(super) const DROPPED_CAPS: [libc::c_ulong; 9] = [16, 17, 19, 21, 12, 13, 39, 38, 27];
 
 /// Where seccomp_data keeps things (linux/seccomp.h).
 pub(super) const NR: u32 = 0;

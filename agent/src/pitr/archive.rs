@@ -1,0 +1,988 @@
+//! WAL in the repository: one *window* snapshot per job, timeline and
+//! stretch of time (docs/design/pitr.md §4), replaced by a new version at
+//! every flush while it is open, so a day of WAL is about 24 snapshots
+//! rather than thousands, and every version is a whole, restic-readable
+//! snapshot:
+//!
+//! ```text
+//! /postgres-wal/window.json                               what the window holds
+//! /postgres-wal/history/00000002.history                  every history file known
+//! /postgres-wal/000000010000000A/000000010000000A0000003F complete segments
+//! /postgres-wal/000000010000000A/000000010000000A00000040.partial   (open window only)
+//! ```
+//!
+//! A flush pumps only what changed in the spool; files stored by earlier
+//! versions keep their nodes (no byte is read again), and the partial is
+//! stored whole, zeros included, so that a `restic restore` of a window
+//! gives segment files PostgreSQL can replay. Content-defined chunking
+//! makes each new version of a partial cost about one chunk.
+//!
+//! The new version is saved before the previous one is removed: a crash
+//! between the two leaves two versions, and [`WindowWriter::resume`]
+//! keeps the newest.
+
+use super::PitrError;
+use super::lsn::{Lsn, Segment, SegmentSize, WalFile, history_name};
+use super::spool::{Seen, Spool};
+use crate::pipeline::chunker::{Chunker, ChunkerParams};
+use crate::pipeline::tree_builder::TreeBuilder;
+use crate::pipeline::{Pipeline, PipelineOptions};
+use crate::repo::snapshot::Snapshot;
+use crate::repo::tree::Node;
+use crate::repo::{Id, RepoError, Repository};
+use crate::storage::FileType;
+use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The folder every window's files are under.
+pub const ROOT: &str = "/postgres-wal";
+
+/// A file stored in the open window, and how it looked in the spool then.
+#[derive(Clone, Debug)]
+struct Stored {
+    node: Node,
+    seen: Option<Seen>,
+}
+
+/// What one window holds.
+#[derive(Clone, Debug)]
+struct Window {
+    /// Its identity across versions (the `wal-window` tag).
+    key: String,
+    tli: u32,
+    opened: DateTime<Utc>,
+    segments: BTreeMap<u64, Stored>,
+    partial: Option<(u64, Stored)>,
+    /// The snapshot of its newest version.
+    snapshot: Option<Id>,
+}
+
+/// `window.json`: what a window holds, for people and tools reading the
+/// repository without Cairn.
+#[derive(serde::Serialize, serde::Deserialize, Debug)]
+struct WindowRecord {
+    format: u32,
+    system: String,
+    timeline: u32,
+    wal_segment_size: u64,
+    first: Option<String>,
+    last: Option<String>,
+    partial: Option<String>,
+    stored_lsn: String,
+    opened: String,
+    closed: bool,
+}
+
+/// What the writer needs to know of the stream it archives.
+#[derive(Clone, Debug)]
+pub struct Stream {
+    /// The job.
+    pub job: String,
+    /// The host name recorded.
+    pub host: String,
+    /// The cluster's system identifier.
+    pub system: u64,
+    /// Its WAL segment size.
+    pub size: SegmentSize,
+    /// zstd level.
+    pub compression: i32,
+}
+
+/// What one flush stored.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Flushed {
+    /// Files pumped (new or changed), by name.
+    pub files: Vec<String>,
+    /// The window's new version, if anything changed.
+    pub snapshot: Option<Id>,
+    /// Windows closed by this flush (their final versions).
+    pub closed: Vec<Id>,
+}
+
+/// Keeps a job's open window and writes its versions.
+pub struct WindowWriter {
+    repo: Arc<Repository>,
+    stream: Stream,
+    window: Option<Window>,
+    history: BTreeMap<u32, Stored>,
+    /// Per timeline, the last complete segment closed windows hold: the
+    /// spool may still show it (the receiver resumes after it), and it is
+    /// not stored twice.
+    archived: BTreeMap<u32, u64>,
+}
+
+impl WindowWriter {
+    /// A writer that continues the job's open window, if the repository
+    /// holds one; older versions of it (a crash between saving a version
+    /// and removing the previous one) are removed.
+    pub async fn resume(repo: Arc<Repository>, stream: Stream) -> Result<Self, PitrError> {
+        let mut writer = WindowWriter {
+            repo,
+            stream,
+            window: None,
+            history: BTreeMap::new(),
+            archived: BTreeMap::new(),
+        };
+        let mine: Vec<(Id, Snapshot)> = writer
+            .repo
+            .snapshots()
+            .await?
+            .into_iter()
+            .filter(|(_, s)| writer.is_mine(s))
+            .collect();
+        // Per window, the newest version wins; the others go.
+        let mut newest: BTreeMap<String, (Id, Snapshot)> = BTreeMap::new();
+        let mut stale = Vec::new();
+        for (id, snap) in mine {
+            let Some(key) = tag(&snap.tags, "wal-window").map(str::to_string) else {
+                continue;
+            };
+            match newest.get(&key) {
+                Some((_, kept)) if version(kept) >= version(&snap) => stale.push(id),
+                Some((old, _)) => {
+                    stale.push(*old);
+                    newest.insert(key, (id, snap));
+                }
+                None => {
+                    newest.insert(key, (id, snap));
+                }
+            }
+        }
+        for id in stale {
+            writer.remove_snapshot(id).await?;
+        }
+        // The open one, if any, becomes the window; history files come
+        // from the newest window of all.
+        for (_, snap) in newest.values() {
+            let last = tag(&snap.tags, "wal-last").and_then(|n| {
+                match WalFile::parse(n, writer.stream.size) {
+                    Some(WalFile::Segment(s)) => Some(s),
+                    _ => None,
+                }
+            });
+            if let Some(s) = last {
+                let max = writer.archived.entry(s.tli).or_insert(s.segno);
+                *max = (*max).max(s.segno);
+            }
+        }
+        let mut by_time: Vec<(Id, Snapshot)> = newest.into_values().collect();
+        by_time.sort_by_key(|(_, s)| (s.time, version(s)));
+        if let Some((id, snap)) = by_time.last() {
+            let (window, history) = writer.load(*id, snap).await?;
+            writer.history = history;
+            if snap.tags.iter().any(|t| t == "wal-open") {
+                writer.window = Some(window);
+            }
+        }
+        Ok(writer)
+    }
+
+    fn is_mine(&self, s: &Snapshot) -> bool {
+        s.cairn_job.as_deref() == Some(&self.stream.job)
+            && s.tags.iter().any(|t| t == "cairn-wal")
+            && tag(&s.tags, "pg-system") == Some(&self.stream.system.to_string())
+    }
+
+    /// Read a window version's tree back into its state.
+    async fn load(
+        &self,
+        id: Id,
+        snap: &Snapshot,
+    ) -> Result<(Window, BTreeMap<u32, Stored>), PitrError> {
+        let bad =
+            |why: String| PitrError::Archive(format!("WAL window snapshot {}: {why}", id.short()));
+        let key = tag(&snap.tags, "wal-window")
+            .ok_or_else(|| bad("no wal-window tag".into()))?
+            .to_string();
+        let tli = tag(&snap.tags, "pg-tli")
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| bad("no pg-tli tag".into()))?;
+        let mut window = Window {
+            key,
+            tli,
+            opened: snap.time.with_timezone(&Utc),
+            segments: BTreeMap::new(),
+            partial: None,
+            snapshot: Some(id),
+        };
+        let mut history = BTreeMap::new();
+        let root = crate::read::lookup(&self.repo, snap.tree, ROOT)
+            .await?
+            .and_then(|n| n.subtree)
+            .ok_or_else(|| bad(format!("no {ROOT} folder")))?;
+        for dir in self.repo.load_tree(&root).await?.nodes {
+            let Some(sub) = dir.subtree.filter(|_| dir.kind == "dir") else {
+                continue;
+            };
+            for node in self.repo.load_tree(&sub).await?.nodes {
+                let stored = Stored {
+                    node: node.clone(),
+                    seen: None,
+                };
+                match WalFile::parse(&node.name, self.stream.size) {
+                    Some(WalFile::Segment(s)) if s.tli == tli => {
+                        window.segments.insert(s.segno, stored);
+                    }
+                    Some(WalFile::Partial(s)) if s.tli == tli => {
+                        window.partial = Some((s.segno, stored));
+                    }
+                    Some(WalFile::History(t)) => {
+                        history.insert(t, stored);
+                    }
+                    _ => return Err(bad(format!("{:?} does not belong in it", node.name))),
+                }
+            }
+        }
+        Ok((window, history))
+    }
+
+    async fn remove_snapshot(&self, id: Id) -> Result<(), PitrError> {
+        match self
+            .repo
+            .backend()
+            .remove(FileType::Snapshot, &id.to_hex())
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(RepoError::from(e).into()),
+        }
+    }
+
+    /// The timeline of the open window.
+    pub fn timeline(&self) -> Option<u32> {
+        self.window.as_ref().map(|w| w.tli)
+    }
+
+    /// Whether complete segment `seg` is in the repository (in the open
+    /// window, or at or before the last one closed windows hold).
+    pub fn is_stored(&self, seg: Segment) -> bool {
+        self.archived.get(&seg.tli).is_some_and(|m| seg.segno <= *m)
+            || self
+                .window
+                .as_ref()
+                .is_some_and(|w| w.tli == seg.tli && w.segments.contains_key(&seg.segno))
+    }
+
+    /// Whether timeline `tli`'s history file is in the repository.
+    pub fn has_history(&self, tli: u32) -> bool {
+        self.history.contains_key(&tli)
+    }
+
+    /// Where the newest complete segment the repository holds ends.
+    pub fn stored_end(&self) -> Lsn {
+        let open = self
+            .window
+            .as_ref()
+            .and_then(|w| w.segments.keys().next_back().copied());
+        self.archived
+            .values()
+            .copied()
+            .chain(open)
+            .max()
+            .map_or(Lsn(0), |s| self.stream.size.end(s))
+    }
+
+    /// Store what changed in `spool` (read from `dir`) since the last
+    /// flush. `stored` is the WAL position the stored files reach.
+    /// `close` ends the open window after this flush (its final version
+    /// keeps no partial that a complete segment replaces).
+    pub async fn flush(
+        &mut self,
+        dir: &Path,
+        spool: &Spool,
+        stored: Lsn,
+        close: bool,
+    ) -> Result<Flushed, PitrError> {
+        let mut out = Flushed::default();
+        // A newer timeline in the spool: the open window is finished with
+        // what it has of its own timeline, and a window opens for the new one.
+        let newest_tli = spool
+            .complete
+            .keys()
+            .chain(spool.partial.keys())
+            .map(|s| s.tli)
+            .max();
+        if let (Some(w), Some(t)) = (&self.window, newest_tli)
+            && t > w.tli
+        {
+            let old = w.tli;
+            let (snapshot, pumped) = self.write(dir, spool, old, stored, true).await?;
+            out.files.extend(pumped);
+            out.closed.extend(snapshot);
+            self.window = None;
+        }
+        let Some(tli) = newest_tli.or(self.timeline()) else {
+            return Ok(out);
+        };
+        let (snapshot, pumped) = self.write(dir, spool, tli, stored, close).await?;
+        out.files.extend(pumped);
+        if close {
+            out.closed.extend(snapshot);
+            self.window = None;
+        } else {
+            out.snapshot = snapshot;
+        }
+        Ok(out)
+    }
+
+    /// Bring the window of timeline `tli` up to date with the spool and,
+    /// if anything changed (or it closes), save its new version.
+    async fn write(
+        &mut self,
+        dir: &Path,
+        spool: &Spool,
+        tli: u32,
+        stored: Lsn,
+        close: bool,
+    ) -> Result<(Option<Id>, Vec<String>), PitrError> {
+        let size = self.stream.size;
+        let mut window = match self.window.take() {
+            Some(w) if w.tli == tli => w,
+            _ => {
+                let opened = Utc::now();
+                Window {
+                    key: format!(
+                        "{}-{:04x}",
+                        opened.format("%Y%m%dT%H%M%SZ"),
+                        rand::random::<u16>()
+                    ),
+                    tli,
+                    opened,
+                    segments: BTreeMap::new(),
+                    partial: None,
+                    snapshot: None,
+                }
+            }
+        };
+        // What to pump: new or changed files of this timeline, and history.
+        let mut todo: Vec<(WalFile, Seen)> = Vec::new();
+        let floor = self.archived.get(&tli).copied();
+        let fresh = |s: &Segment| s.tli == tli && floor.is_none_or(|f| s.segno > f);
+        for (seg, seen) in spool.complete.iter().filter(|(s, _)| fresh(s)) {
+            if window.segments.get(&seg.segno).and_then(|s| s.seen) != Some(*seen) {
+                todo.push((WalFile::Segment(*seg), *seen));
+            }
+        }
+        let partial = spool
+            .partial
+            .iter()
+            .rfind(|(s, _)| fresh(s))
+            // A partial that a complete copy replaces is not stored.
+            .filter(|(s, _)| {
+                !spool.complete.contains_key(s) && !window.segments.contains_key(&s.segno)
+            });
+        if let Some((seg, seen)) = partial
+            && window
+                .partial
+                .as_ref()
+                .and_then(|(n, s)| (*n == seg.segno).then_some(s.seen))
+                .flatten()
+                != Some(*seen)
+        {
+            todo.push((WalFile::Partial(*seg), *seen));
+        }
+        for (t, seen) in &spool.history {
+            if self.history.get(t).and_then(|s| s.seen) != Some(*seen) {
+                todo.push((WalFile::History(*t), *seen));
+            }
+        }
+        let partial_done = window
+            .partial
+            .as_ref()
+            .is_some_and(|(segno, _)| spool.complete.contains_key(&Segment { tli, segno: *segno }));
+        if todo.is_empty() && !close && !partial_done && window.snapshot.is_some() {
+            self.window = Some(window);
+            return Ok((None, Vec::new()));
+        }
+        let pipeline = Pipeline::start(
+            self.repo.clone(),
+            PipelineOptions {
+                compression_level: self.stream.compression,
+                ..Default::default()
+            },
+        );
+        let params = ChunkerParams::new(self.repo.config().chunker_polynomial.0);
+        let mut pumped = Vec::new();
+        for (file, seen) in &todo {
+            let name = file.name(size);
+            let node = store_file(&pipeline, &params, &dir.join(&name), &name).await?;
+            let stored_node = Stored {
+                node,
+                seen: Some(*seen),
+            };
+            match file {
+                WalFile::Segment(s) => {
+                    if let Some(before) = window.segments.get(&s.segno)
+                        && before.node.content != stored_node.node.content
+                    {
+                        return Err(PitrError::Archive(format!(
+                            "WAL segment {name} is already archived with different content: the stream stops rather than replace it (another cluster writing into this job's archive?)"
+                        )));
+                    }
+                    window.segments.insert(s.segno, stored_node);
+                }
+                WalFile::Partial(s) => window.partial = Some((s.segno, stored_node)),
+                WalFile::History(t) => {
+                    if let Some(before) = self.history.get(t)
+                        && before.node.content != stored_node.node.content
+                    {
+                        return Err(PitrError::Archive(format!(
+                            "history file {name} is already archived with different content: two clusters promoted to the same timeline ID into one archive"
+                        )));
+                    }
+                    self.history.insert(*t, stored_node);
+                }
+            }
+            pumped.push(name);
+        }
+        // A partial goes once its segment is complete. One the spool no
+        // longer shows, but whose segment is not complete either, stays:
+        // it may be the only copy of that WAL.
+        if window
+            .partial
+            .as_ref()
+            .is_some_and(|(segno, _)| window.segments.contains_key(segno))
+        {
+            window.partial = None;
+        }
+        let record = WindowRecord {
+            format: 1,
+            system: self.stream.system.to_string(),
+            timeline: tli,
+            wal_segment_size: size.bytes(),
+            first: window
+                .segments
+                .keys()
+                .next()
+                .map(|s| Segment { tli, segno: *s }.name(size)),
+            last: window
+                .segments
+                .keys()
+                .next_back()
+                .map(|s| Segment { tli, segno: *s }.name(size)),
+            partial: window
+                .partial
+                .as_ref()
+                .map(|(s, _)| Segment { tli, segno: *s }.name(size)),
+            stored_lsn: stored.to_string(),
+            opened: window.opened.to_rfc3339(),
+            closed: close,
+        };
+        let tree = self.tree(&pipeline, &window, &record).await?;
+        pipeline.finish().await?;
+        let mut tags = vec![
+            "cairn-wal".to_string(),
+            format!("pg-system={}", self.stream.system),
+            format!("pg-tli={tli}"),
+            format!("wal-window={}", window.key),
+            format!("wal-stored={stored}"),
+            if close { "wal-closed" } else { "wal-open" }.to_string(),
+        ];
+        tags.extend(record.first.iter().map(|f| format!("wal-first={f}")));
+        tags.extend(record.last.iter().map(|f| format!("wal-last={f}")));
+        tags.extend(record.partial.iter().map(|f| format!("wal-partial={f}")));
+        let snapshot = Snapshot {
+            time: window.opened.fixed_offset(),
+            parent: window.snapshot,
+            tree,
+            paths: vec![ROOT.to_string()],
+            hostname: self.stream.host.clone(),
+            username: whoami::username(),
+            uid: rustix::process::getuid().as_raw(),
+            gid: rustix::process::getgid().as_raw(),
+            excludes: Vec::new(),
+            tags,
+            original: None,
+            program_version: format!("cairn {}", env!("CARGO_PKG_VERSION")),
+            cairn_adapter: Some("postgres".into()),
+            cairn_component: None,
+            cairn_job: Some(self.stream.job.clone()),
+            cairn_skipped: Vec::new(),
+        };
+        let id = self.repo.save_snapshot(&snapshot).await?;
+        if let Some(previous) = window.snapshot.replace(id) {
+            self.remove_snapshot(previous).await?;
+        }
+        if close {
+            if let Some(last) = window.segments.keys().next_back() {
+                let max = self.archived.entry(tli).or_insert(*last);
+                *max = (*max).max(*last);
+            }
+        } else {
+            self.window = Some(window);
+        }
+        Ok((Some(id), pumped))
+    }
+
+    /// The window's tree: every file it holds, in depth-first order.
+    async fn tree(
+        &self,
+        pipeline: &Pipeline,
+        window: &Window,
+        record: &WindowRecord,
+    ) -> Result<Id, PitrError> {
+        let size = self.stream.size;
+        let mut files: BTreeMap<Vec<String>, Node> = BTreeMap::new();
+        let folder = |segno: u64| {
+            Segment {
+                tli: window.tli,
+                segno,
+            }
+            .name(size)[..16]
+                .to_string()
+        };
+        for (segno, s) in &window.segments {
+            files.insert(vec![folder(*segno), s.node.name.clone()], s.node.clone());
+        }
+        if let Some((segno, s)) = &window.partial {
+            files.insert(vec![folder(*segno), s.node.name.clone()], s.node.clone());
+        }
+        for (t, s) in &self.history {
+            files.insert(vec!["history".into(), history_name(*t)], s.node.clone());
+        }
+        let json = serde_json::to_vec_pretty(record).expect("the record serialises");
+        let mut node = Node::new("window.json", "file");
+        node.mode = 0o600;
+        node.size = json.len() as u64;
+        node.mtime = Some(Utc::now().fixed_offset());
+        node.content = Some(vec![pipeline.add_data(json).await?.get().await?]);
+        files.insert(vec!["window.json".into()], node);
+        let mut builder = TreeBuilder::new();
+        let mut make_dir = |path: &[String]| {
+            let mut n = Node::new(path.last().cloned().unwrap_or_default(), "dir");
+            n.mode = 0o700;
+            n.mtime = Some(window.opened.fixed_offset());
+            n
+        };
+        for (path, node) in files {
+            let full = format!("{ROOT}/{}", path.join("/"));
+            builder
+                .add(&full, node, Vec::new(), pipeline, &mut make_dir)
+                .await
+                .map_err(|e| PitrError::Archive(format!("building the window's tree: {e}")))?;
+        }
+        builder
+            .finish(pipeline)
+            .await
+            .map_err(|e| PitrError::Archive(format!("building the window's tree: {e}")))
+    }
+}
+
+/// The value of tag `key=value`.
+pub fn tag<'a>(tags: &'a [String], key: &str) -> Option<&'a str> {
+    tags.iter()
+        .find_map(|t| t.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// The order of a window's versions: by the WAL they reach, then closed
+/// after open.
+fn version(s: &Snapshot) -> (Lsn, bool) {
+    let stored = tag(&s.tags, "wal-stored")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or_default();
+    (stored, s.tags.iter().any(|t| t == "wal-closed"))
+}
+
+/// Pump the spool file `path` into the pipeline; its node, named `name`.
+async fn store_file(
+    pipeline: &Pipeline,
+    params: &ChunkerParams,
+    path: &Path,
+    name: &str,
+) -> Result<Node, PitrError> {
+    let sender = pipeline.data_sender();
+    let params = params.clone();
+    let path_buf: PathBuf = path.to_path_buf();
+    let (pending, size, mtime) = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path_buf)?;
+        let meta = file.metadata()?;
+        let mut chunker = Chunker::new(params);
+        let mut pending = Vec::new();
+        let size =
+            crate::pipeline::pump::pump(file, Vec::new(), &mut chunker, &sender, &mut pending)
+                .map_err(|e| match e {
+                    crate::pipeline::pump::PumpError::Read(e) => e,
+                    crate::pipeline::pump::PumpError::Stopped(e) => {
+                        std::io::Error::other(e.to_string())
+                    }
+                })?;
+        if let Some(last) = chunker.finish() {
+            pending.push(
+                sender
+                    .add_blocking(last)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?,
+            );
+        }
+        Ok::<_, std::io::Error>((pending, size, meta.modified()?))
+    })
+    .await
+    .map_err(|e| PitrError::Archive(format!("reading {}: {e}", path.display())))?
+    .map_err(|e| PitrError::Archive(format!("reading {}: {e}", path.display())))?;
+    let mut content = Vec::with_capacity(pending.len());
+    for p in pending {
+        content.push(p.get().await?);
+    }
+    let mut node = Node::new(name, "file");
+    node.mode = 0o600;
+    node.size = size;
+    node.mtime = Some(DateTime::<Utc>::from(mtime).fixed_offset());
+    node.content = Some(content);
+    Ok(node)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::read::{ContentReader, lookup};
+    use crate::testing::{memory_repo, runtime};
+
+    const MIB: usize = 1 << 20;
+
+    fn size() -> SegmentSize {
+        SegmentSize::new(MIB as u64).unwrap()
+    }
+
+    fn stream() -> Stream {
+        Stream {
+            job: "pitr".into(),
+            host: "node-1".into(),
+            system: 7_412_345_678_901_234_567,
+            size: size(),
+            compression: 3,
+        }
+    }
+
+    /// A segment's worth of WAL-like bytes: `data` random bytes, then zeros.
+    fn wal(seed: u8, data: usize) -> Vec<u8> {
+        let mut v: Vec<u8> = (0..data)
+            .map(|i| {
+                ((i as u64 * 2_654_435_761) ^ (u64::from(seed) * 40_503)) as u8 ^ (i >> 7) as u8
+            })
+            .collect();
+        v.resize(MIB, 0);
+        v
+    }
+
+    fn name(tli: u32, segno: u64) -> String {
+        Segment { tli, segno }.name(size())
+    }
+
+    async fn windows(repo: &Arc<Repository>) -> Vec<(Id, Snapshot)> {
+        repo.snapshots()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(_, s)| s.tags.iter().any(|t| t == "cairn-wal"))
+            .collect()
+    }
+
+    async fn file(repo: &Arc<Repository>, root: Id, path: &str) -> Option<Vec<u8>> {
+        let node = lookup(repo, root, path).await.unwrap()?;
+        let mut r = ContentReader::new(repo.clone(), node.content.unwrap_or_default());
+        let mut out = Vec::new();
+        loop {
+            let piece = r.read(MIB).await.unwrap();
+            if piece.is_empty() {
+                return Some(out);
+            }
+            out.extend_from_slice(&piece);
+        }
+    }
+
+    fn scan(dir: &Path) -> Spool {
+        Spool::scan(dir, size()).unwrap()
+    }
+
+    /// Files written a moment apart get distinct modification times.
+    fn put(dir: &Path, name: &str, bytes: &[u8]) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+
+    #[test]
+    fn each_flush_replaces_the_window_with_a_version_holding_every_segment() {
+        runtime().block_on(async {
+            let (_, repo) = memory_repo("wal-versions").await;
+            let spool = tempfile::tempdir().unwrap();
+            let dir = spool.path();
+            put(dir, &name(1, 7), &wal(7, MIB));
+            put(dir, &format!("{}.partial", name(1, 8)), &wal(8, 100_000));
+            let mut w = WindowWriter::resume(repo.clone(), stream()).await.unwrap();
+            let first = w
+                .flush(dir, &scan(dir), Lsn(8 * MIB as u64 + 100_000), false)
+                .await
+                .unwrap();
+            assert_eq!(first.files, [name(1, 7), format!("{}.partial", name(1, 8))]);
+            let a = first.snapshot.expect("a first version");
+            let listed = windows(&repo).await;
+            assert_eq!(listed.len(), 1);
+            let tags = &listed[0].1.tags;
+            for t in [
+                "cairn-wal",
+                "wal-open",
+                "pg-tli=1",
+                &format!("wal-first={}", name(1, 7)),
+                &format!("wal-partial={}", name(1, 8)),
+            ] {
+                assert!(tags.iter().any(|x| x == t), "{t} not in {tags:?}");
+            }
+            assert_eq!(listed[0].1.paths, [ROOT]);
+
+            // Nothing changed: no new version.
+            let same = w
+                .flush(dir, &scan(dir), Lsn(8 * MIB as u64 + 100_000), false)
+                .await
+                .unwrap();
+            assert_eq!(same, Flushed::default());
+
+            // The partial grows: a new version replaces the first.
+            put(dir, &format!("{}.partial", name(1, 8)), &wal(8, 300_000));
+            let grown = w
+                .flush(dir, &scan(dir), Lsn(8 * MIB as u64 + 300_000), false)
+                .await
+                .unwrap();
+            assert_eq!(grown.files, [format!("{}.partial", name(1, 8))]);
+            let b = grown.snapshot.unwrap();
+            let listed = windows(&repo).await;
+            assert_eq!(listed.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [b]);
+            assert_eq!(listed[0].1.parent, Some(a));
+
+            // The segment completes and the next one starts.
+            std::fs::remove_file(dir.join(format!("{}.partial", name(1, 8)))).unwrap();
+            put(dir, &name(1, 8), &wal(8, MIB));
+            put(dir, &format!("{}.partial", name(1, 9)), &wal(9, 10_000));
+            let next = w
+                .flush(dir, &scan(dir), Lsn(9 * MIB as u64 + 10_000), false)
+                .await
+                .unwrap();
+            let c = next.snapshot.unwrap();
+            let (_, snap) = windows(&repo).await.pop().unwrap();
+            let folder = &name(1, 8)[..16];
+            assert_eq!(
+                file(&repo, snap.tree, &format!("{ROOT}/{folder}/{}", name(1, 7)))
+                    .await
+                    .unwrap(),
+                wal(7, MIB)
+            );
+            assert_eq!(
+                file(&repo, snap.tree, &format!("{ROOT}/{folder}/{}", name(1, 8)))
+                    .await
+                    .unwrap(),
+                wal(8, MIB)
+            );
+            assert_eq!(
+                file(
+                    &repo,
+                    snap.tree,
+                    &format!("{ROOT}/{folder}/{}.partial", name(1, 9))
+                )
+                .await
+                .unwrap(),
+                wal(9, 10_000),
+                "a partial is stored whole, zeros included"
+            );
+            assert!(
+                file(
+                    &repo,
+                    snap.tree,
+                    &format!("{ROOT}/{folder}/{}.partial", name(1, 8))
+                )
+                .await
+                .is_none()
+            );
+            let record: serde_json::Value = serde_json::from_slice(
+                &file(&repo, snap.tree, &format!("{ROOT}/window.json"))
+                    .await
+                    .unwrap(),
+            )
+            .unwrap();
+            assert_eq!(record["last"], name(1, 8));
+            assert_eq!(windows(&repo).await.len(), 1, "version {} alone", c.short());
+
+            // Closing: the final version is tagged closed; the next flush opens another window.
+            let closed = w
+                .flush(dir, &scan(dir), Lsn(9 * MIB as u64 + 10_000), true)
+                .await
+                .unwrap();
+            assert_eq!(closed.closed.len(), 1);
+            put(dir, &format!("{}.partial", name(1, 9)), &wal(9, 20_000));
+            let reopened = w
+                .flush(dir, &scan(dir), Lsn(9 * MIB as u64 + 20_000), false)
+                .await
+                .unwrap();
+            assert!(reopened.snapshot.is_some());
+            // What the closed window holds is not stored again.
+            assert_eq!(reopened.files, [format!("{}.partial", name(1, 9))]);
+            let listed = windows(&repo).await;
+            assert_eq!(listed.len(), 2);
+            let keys: std::collections::BTreeSet<_> = listed
+                .iter()
+                .map(|(_, s)| tag(&s.tags, "wal-window").unwrap().to_string())
+                .collect();
+            assert_eq!(keys.len(), 2, "two windows: {keys:?}");
+        });
+    }
+
+    #[test]
+    fn a_restarted_writer_keeps_the_newest_version_and_goes_on_from_it() {
+        runtime().block_on(async {
+            let (backend, repo) = memory_repo("wal-resume").await;
+            let spool = tempfile::tempdir().unwrap();
+            let dir = spool.path();
+            put(dir, &name(1, 3), &wal(3, MIB));
+            put(dir, &format!("{}.partial", name(1, 4)), &wal(4, 50_000));
+            let mut w = WindowWriter::resume(repo.clone(), stream()).await.unwrap();
+            let a = w
+                .flush(dir, &scan(dir), Lsn(4 * MIB as u64 + 50_000), false)
+                .await
+                .unwrap()
+                .snapshot
+                .unwrap();
+            let old = backend
+                .get(FileType::Snapshot, &a.to_hex())
+                .unwrap()
+                .to_vec();
+            put(dir, &format!("{}.partial", name(1, 4)), &wal(4, 80_000));
+            let b = w
+                .flush(dir, &scan(dir), Lsn(4 * MIB as u64 + 80_000), false)
+                .await
+                .unwrap()
+                .snapshot
+                .unwrap();
+            // A crash between saving b and removing a leaves both.
+            backend.put_raw(FileType::Snapshot, &a.to_hex(), old);
+            assert_eq!(windows(&repo).await.len(), 2);
+            drop(w);
+            let mut w = WindowWriter::resume(repo.clone(), stream()).await.unwrap();
+            let listed = windows(&repo).await;
+            assert_eq!(listed.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [b]);
+            assert_eq!(w.timeline(), Some(1));
+            // The restarted writer reads the spool again, finds the same
+            // content, and continues the same window.
+            put(dir, &name(1, 4), &wal(4, MIB));
+            std::fs::remove_file(dir.join(format!("{}.partial", name(1, 4)))).unwrap();
+            let c = w
+                .flush(dir, &scan(dir), Lsn(5 * MIB as u64), false)
+                .await
+                .unwrap();
+            let listed = windows(&repo).await;
+            assert_eq!(listed.len(), 1);
+            assert_eq!(listed[0].1.parent, Some(b));
+            assert_eq!(c.snapshot, Some(listed[0].0));
+            assert!(
+                listed[0]
+                    .1
+                    .tags
+                    .contains(&format!("wal-last={}", name(1, 4))),
+                "{:?}",
+                listed[0].1.tags
+            );
+            assert!(
+                !listed[0]
+                    .1
+                    .tags
+                    .iter()
+                    .any(|t| t.starts_with("wal-partial=")),
+                "{:?}",
+                listed[0].1.tags
+            );
+        });
+    }
+
+    #[test]
+    fn a_segment_archived_with_other_content_stops_the_stream_and_replaces_nothing() {
+        runtime().block_on(async {
+            let (_, repo) = memory_repo("wal-differs").await;
+            let spool = tempfile::tempdir().unwrap();
+            let dir = spool.path();
+            put(dir, &name(1, 7), &wal(7, MIB));
+            let mut w = WindowWriter::resume(repo.clone(), stream()).await.unwrap();
+            let a = w
+                .flush(dir, &scan(dir), Lsn(8 * MIB as u64), false)
+                .await
+                .unwrap()
+                .snapshot
+                .unwrap();
+            put(dir, &name(1, 7), &wal(99, MIB));
+            let err = w
+                .flush(dir, &scan(dir), Lsn(8 * MIB as u64), false)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&name(1, 7)) && err.contains("different content"),
+                "{err}"
+            );
+            assert_eq!(
+                windows(&repo)
+                    .await
+                    .iter()
+                    .map(|(id, _)| *id)
+                    .collect::<Vec<_>>(),
+                [a]
+            );
+        });
+    }
+
+    #[test]
+    fn a_timeline_switch_closes_the_old_window_and_opens_one_for_the_new_timeline() {
+        runtime().block_on(async {
+            let (_, repo) = memory_repo("wal-switch").await;
+            let spool = tempfile::tempdir().unwrap();
+            let dir = spool.path();
+            put(dir, &name(1, 7), &wal(7, MIB));
+            put(dir, &format!("{}.partial", name(1, 8)), &wal(8, 5_000));
+            let mut w = WindowWriter::resume(repo.clone(), stream()).await.unwrap();
+            w.flush(dir, &scan(dir), Lsn(8 * MIB as u64 + 5_000), false)
+                .await
+                .unwrap();
+            // The receiver followed a promotion: history, and timeline 2's copy of segment 8.
+            put(
+                dir,
+                "00000002.history",
+                b"1\t0/800C48\tno recovery target specified\n",
+            );
+            put(dir, &format!("{}.partial", name(2, 8)), &wal(28, 9_000));
+            let out = w
+                .flush(dir, &scan(dir), Lsn(8 * MIB as u64 + 9_000), false)
+                .await
+                .unwrap();
+            assert_eq!(out.closed.len(), 1);
+            assert_eq!(w.timeline(), Some(2));
+            let listed = windows(&repo).await;
+            assert_eq!(listed.len(), 2);
+            let of = |t: &str| {
+                listed
+                    .iter()
+                    .find(|(_, s)| s.tags.iter().any(|x| x == t))
+                    .unwrap()
+                    .1
+                    .clone()
+            };
+            let one = of("pg-tli=1");
+            assert!(one.tags.iter().any(|t| t == "wal-closed"), "{:?}", one.tags);
+            // The old timeline's last segment stays as its partial: it is that timeline's only copy.
+            assert!(
+                one.tags.contains(&format!("wal-partial={}", name(1, 8))),
+                "{:?}",
+                one.tags
+            );
+            let two = of("pg-tli=2");
+            assert!(two.tags.iter().any(|t| t == "wal-open"), "{:?}", two.tags);
+            assert!(
+                two.tags.contains(&format!("wal-partial={}", name(2, 8))),
+                "{:?}",
+                two.tags
+            );
+            assert_eq!(
+                file(&repo, two.tree, &format!("{ROOT}/history/00000002.history"))
+                    .await
+                    .unwrap(),
+                b"1\t0/800C48\tno recovery target specified\n"
+            );
+        });
+    }
+}

@@ -1,0 +1,487 @@
+//! `cairn wal-stream`: a granted `pg_receivewal` writes the WAL into a
+//! spool; every flush stores what changed into the job's open window
+//! ([`super::archive`]) and then lets the spool go (docs/design/pitr.md §5).
+//!
+//! Two slots keep WAL on the server until the repository holds it: the
+//! receiver's (`<slot>`, which follows what the receiver fsynced into the
+//! spool) and a hold slot (`<slot>_stored`) that this loop advances only
+//! to what a saved snapshot holds. So neither a killed agent nor a lost
+//! spool opens a gap while the server lives; the cost is WAL kept on the
+//! server while the repository is unreachable.
+//!
+//! `--no-loop` leaves retries to this loop: every exit of the receiver is
+//! logged with its standard error's tail and it starts again after 1, 2,
+//! 4 ... 30 seconds. Flushes take the repository's shared lock, so prune
+//! (exclusive) waits for a flush and a flush for a prune; after a prune
+//! the index is read again before anything is deduplicated against it.
+
+use super::PitrError;
+use super::archive::{Stream, WindowWriter};
+use super::lsn::{Lsn, SegmentSize, WalFile};
+use super::spool::Spool;
+use crate::ops::Store;
+use crate::runtime::{Grants, Spawn, spawn_confined};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncBufReadExt;
+
+/// Where the server is and how the job reaches it (the adapter config's
+/// keys of the same names).
+#[derive(Clone, Debug)]
+pub struct Connection {
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// The role (it needs REPLICATION).
+    pub user: String,
+    /// The granted secret holding the password, if any.
+    pub password_secret: Option<String>,
+}
+
+/// What a stream needs.
+pub struct Options {
+    /// The job.
+    pub job: String,
+    /// The host name recorded in window snapshots.
+    pub host: String,
+    /// The job's grants (`pg_receivewal`, `psql`, the server's endpoint, the secret).
+    pub grants: Grants,
+    /// The server.
+    pub connection: Connection,
+    /// The receiver's slot; the hold slot is `<slot>_stored`.
+    pub slot: String,
+    /// The spool directory.
+    pub spool: PathBuf,
+    /// Store the partial at least this often.
+    pub flush: Duration,
+    /// Close a window after this long.
+    pub window: Duration,
+    /// zstd level.
+    pub compression: i32,
+    /// Resolves when the stream is to stop (after a last flush).
+    pub stop: tokio::sync::watch::Receiver<bool>,
+    /// Called after every flush and receiver event.
+    pub on_status: Box<dyn Fn(&Status) + Send + Sync>,
+}
+
+/// The stream's state, after each flush.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Status {
+    /// `streaming`, `receiver-restarting` or `stopped`.
+    pub state: String,
+    /// The timeline being archived.
+    pub timeline: Option<u32>,
+    /// The server's WAL position when last asked.
+    pub server_lsn: Option<String>,
+    /// What the repository holds up to.
+    pub stored_lsn: Option<String>,
+    /// Bytes between the two.
+    pub lag_bytes: Option<u64>,
+    /// Files stored so far by this stream.
+    pub files_stored: u64,
+    /// Times the receiver was started again.
+    pub receiver_restarts: u64,
+    /// The receiver's last error.
+    pub error: Option<String>,
+    /// Bytes in the spool.
+    pub spool_bytes: u64,
+}
+
+/// A running `pg_receivewal`.
+struct Receiver {
+    child: tokio::process::Child,
+    tail: Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
+}
+
+/// Run the stream until `o.stop` says so. Returns the last status.
+pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
+    let fail = |what: &str, e: std::io::Error| {
+        PitrError::Archive(format!("WAL spool {}: {what}: {e}", o.spool.display()))
+    };
+    std::fs::create_dir_all(&o.spool).map_err(|e| fail("creating it", e))?;
+    std::fs::set_permissions(
+        &o.spool,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .map_err(|e| fail("making it private", e))?;
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(o.spool.join("streamer.lock"))
+        .map_err(|e| fail("opening streamer.lock", e))?;
+    rustix::fs::flock(
+        &lock_file,
+        rustix::fs::FlockOperation::NonBlockingLockExclusive,
+    )
+    .map_err(|_| {
+        PitrError::Archive(format!(
+            "job {}: another wal-stream holds the spool {}",
+            o.job,
+            o.spool.display()
+        ))
+    })?;
+    let pg = Pg {
+        grants: &o.grants,
+        conn: &o.connection,
+        job: &o.job,
+    };
+    let identity = pg
+        .query("SELECT system_identifier, (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'), pg_is_in_recovery() FROM pg_control_system()")
+        .await?;
+    let fields: Vec<&str> = identity.trim().split('|').collect();
+    let (system, size) = match fields.as_slice() {
+        [system, size, "f"] => (
+            system.parse::<u64>().ok(),
+            size.parse::<u64>()
+                .ok()
+                .and_then(|s| SegmentSize::new(s).ok()),
+        ),
+        [_, _, "t"] => {
+            return Err(PitrError::Archive(format!(
+                "job {}: {}:{} is a standby; stream from the primary",
+                o.job, o.connection.host, o.connection.port
+            )));
+        }
+        _ => (None, None),
+    };
+    let (Some(system), Some(size)) = (system, size) else {
+        return Err(PitrError::Archive(format!(
+            "job {}: unexpected answer from the server: {identity:?}",
+            o.job
+        )));
+    };
+    // The receiver's slot (exits 0 when it exists) and the hold slot.
+    pg.run(
+        "pg_receivewal",
+        &[
+            "--create-slot",
+            "--if-not-exists",
+            &format!("--slot={}", o.slot),
+        ],
+    )
+    .await?;
+    let hold = format!("{}_stored", o.slot);
+    pg.query(&format!(
+        "SELECT pg_create_physical_replication_slot('{hold}', true) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = '{hold}')"
+    ))
+    .await?;
+    let repo = store.repo.clone();
+    {
+        let _lock = repo.lock(false).await?;
+        repo.load_index().await?;
+        repo.adopt_unindexed_packs().await?;
+    }
+    let mut index_files = index_names(&repo).await?;
+    let mut writer = {
+        let _lock = repo.lock(false).await?;
+        WindowWriter::resume(
+            repo.clone(),
+            Stream {
+                job: o.job.clone(),
+                host: o.host.clone(),
+                system,
+                size,
+                compression: o.compression,
+            },
+        )
+        .await?
+    };
+    let mut status = Status {
+        state: "starting".into(),
+        ..Default::default()
+    };
+    let mut receiver: Option<Receiver> = None;
+    let mut next_start = Instant::now();
+    let mut backoff = Duration::from_secs(1);
+    let mut started_at = Instant::now();
+    let mut last_flush = Instant::now() - o.flush;
+    let mut flushed_partial: Option<(WalFile, super::spool::Seen)> = None;
+    let mut opened = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = o.stop.changed(), if !stopping => stopping = true,
+        }
+        stopping |= *o.stop.borrow();
+        // The receiver: started, watched, restarted with backoff.
+        if let Some(r) = &mut receiver
+            && let Ok(Some(exit)) = r.child.try_wait()
+        {
+            let tail = r
+                .tail
+                .lock()
+                .expect("tail")
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(" | ");
+            tracing::warn!(job = %o.job, %exit, stderr = %tail, "pg_receivewal exited; it starts again after a pause.");
+            status.error = Some(format!("pg_receivewal {exit}: {tail}"));
+            status.state = "receiver-restarting".into();
+            if started_at.elapsed() > Duration::from_secs(60) {
+                backoff = Duration::from_secs(1);
+            }
+            next_start = Instant::now() + backoff;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+            receiver = None;
+            (o.on_status)(&status);
+        }
+        if receiver.is_none() && !stopping && Instant::now() >= next_start {
+            receiver = Some(start_receiver(&o, size)?);
+            if status.state == "receiver-restarting" {
+                status.receiver_restarts += 1;
+            }
+            status.state = "streaming".into();
+            started_at = Instant::now();
+        }
+        if stopping && let Some(mut r) = receiver.take() {
+            // SIGINT: pg_receivewal fsyncs and exits 0.
+            if let Some(pid) = r
+                .child
+                .id()
+                .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+            {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
+            }
+            if tokio::time::timeout(Duration::from_secs(10), r.child.wait())
+                .await
+                .is_err()
+            {
+                let _ = r.child.kill().await;
+            }
+        }
+        // What the receiver has fsynced, read before the spool is: what
+        // is stored then covers at least this.
+        let received = pg.slot_lsn(&o.slot).await.unwrap_or(None);
+        let spool = Spool::scan(&o.spool, size).map_err(|e| fail("reading it", e))?;
+        let partial = spool.receiving().and_then(|s| {
+            spool
+                .partial
+                .get(&s)
+                .map(|seen| (WalFile::Partial(s), *seen))
+        });
+        let new_file = spool.complete.keys().any(|s| !writer.is_stored(*s))
+            || spool.history.keys().any(|t| !writer.has_history(*t));
+        let partial_due = partial != flushed_partial && last_flush.elapsed() >= o.flush;
+        if !(new_file || partial_due || stopping) {
+            continue;
+        }
+        let close = new_file && opened.elapsed() >= o.window;
+        let _lock = repo.lock(false).await?;
+        // A prune or index rebuild since the last flush removed index
+        // files: read the index again before deduplicating against it.
+        let names = index_names(&repo).await?;
+        if index_files.iter().any(|n| !names.contains(n)) {
+            repo.load_index().await?;
+        }
+        let stored_before = writer.stored_end();
+        let flushed = writer
+            .flush(
+                &o.spool,
+                &spool,
+                received.unwrap_or_default().max(stored_before),
+                close,
+            )
+            .await?;
+        index_files = index_names(&repo).await?;
+        drop(_lock);
+        if close {
+            opened = Instant::now();
+        }
+        last_flush = Instant::now();
+        flushed_partial = partial;
+        status.files_stored += flushed.files.len() as u64;
+        // The hold slot follows what the repository holds now.
+        let stored = writer.stored_end().max(match (&partial, received) {
+            (Some(_), Some(r)) => r,
+            _ => Lsn(0),
+        });
+        if stored > Lsn(0) {
+            pg.query(&format!(
+                "SELECT pg_replication_slot_advance('{hold}', GREATEST(restart_lsn, '{stored}'::pg_lsn)) FROM pg_replication_slots WHERE slot_name = '{hold}' AND restart_lsn IS NOT NULL"
+            ))
+            .await?;
+        }
+        // Stored complete segments leave the spool, but the newest: the
+        // receiver resumes after the newest complete file it finds.
+        let newest = spool.complete.keys().next_back().copied();
+        for seg in spool
+            .complete
+            .keys()
+            .filter(|s| Some(**s) != newest && writer.is_stored(**s))
+        {
+            let path = o.spool.join(seg.name(size));
+            if let Err(e) = std::fs::remove_file(&path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(fail(&format!("removing {}", path.display()), e));
+            }
+        }
+        let server = pg.query("SELECT pg_current_wal_lsn()").await.ok();
+        let server: Option<Lsn> = server.and_then(|s| s.trim().parse().ok());
+        status.timeline = writer.timeline();
+        status.stored_lsn = Some(stored.to_string());
+        status.server_lsn = server.map(|s| s.to_string());
+        status.lag_bytes = server.map(|s| s.0.saturating_sub(stored.0));
+        status.spool_bytes = Spool::scan(&o.spool, size).map(|s| s.bytes()).unwrap_or(0);
+        if stopping {
+            status.state = "stopped".into();
+            (o.on_status)(&status);
+            return Ok(status);
+        }
+        (o.on_status)(&status);
+    }
+}
+
+/// The names of the repository's index files.
+async fn index_names(
+    repo: &crate::repo::Repository,
+) -> Result<std::collections::BTreeSet<String>, PitrError> {
+    Ok(repo
+        .backend()
+        .list(crate::storage::FileType::Index)
+        .await
+        .map_err(crate::repo::RepoError::from)?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect())
+}
+
+/// Start `pg_receivewal` into the spool.
+fn start_receiver(o: &Options, _size: SegmentSize) -> Result<Receiver, PitrError> {
+    let args = vec![
+        format!("--directory={}", o.spool.display()),
+        format!("--slot={}", o.slot),
+        "--synchronous".into(),
+        "--no-loop".into(),
+        "--verbose".into(),
+        format!("--host={}", o.connection.host),
+        format!("--port={}", o.connection.port),
+        format!("--username={}", o.connection.user),
+        "--no-password".into(),
+    ];
+    let secret_env: Vec<(String, String)> = o
+        .connection
+        .password_secret
+        .iter()
+        .map(|s| ("PGPASSWORD".to_string(), s.clone()))
+        .collect();
+    let (mut child, pid) = spawn_confined(
+        &o.grants,
+        Spawn {
+            program: "pg_receivewal",
+            args: &args,
+            secret_env: &secret_env,
+            stdin: std::process::Stdio::null(),
+            stdout: std::process::Stdio::null(),
+            label: &format!("wal-stream {}", o.job),
+            // A killed streamer must not leave its receiver holding the slot.
+            die_with_parent: true,
+        },
+    )
+    .map_err(|e| PitrError::Archive(format!("job {}: {e}", o.job)))?;
+    tracing::info!(job = %o.job, pid, "Started pg_receivewal.");
+    let tail = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+    if let Some(stderr) = child.stderr.take() {
+        let tail = tail.clone();
+        let job = o.job.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::debug!(%job, line = %line, "pg_receivewal");
+                let mut t = tail.lock().expect("tail");
+                t.push_back(line);
+                if t.len() > 5 {
+                    t.pop_front();
+                }
+            }
+        });
+    }
+    Ok(Receiver { child, tail })
+}
+
+/// The job's programs against its server.
+struct Pg<'a> {
+    grants: &'a Grants,
+    conn: &'a Connection,
+    job: &'a str,
+}
+
+impl Pg<'_> {
+    /// Run `program` with the connection options and `args`; its output.
+    async fn run(&self, program: &str, args: &[&str]) -> Result<String, PitrError> {
+        let mut all: Vec<String> = vec![
+            format!("--host={}", self.conn.host),
+            format!("--port={}", self.conn.port),
+            format!("--username={}", self.conn.user),
+            "--no-password".into(),
+        ];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let secret_env: Vec<(String, String)> = self
+            .conn
+            .password_secret
+            .iter()
+            .map(|s| ("PGPASSWORD".to_string(), s.clone()))
+            .collect();
+        let (child, _) = spawn_confined(
+            self.grants,
+            Spawn {
+                program,
+                args: &all,
+                secret_env: &secret_env,
+                stdin: std::process::Stdio::null(),
+                stdout: std::process::Stdio::piped(),
+                label: &format!("wal-stream {}", self.job),
+                die_with_parent: false,
+            },
+        )
+        .map_err(|e| PitrError::Archive(format!("job {}: {e}", self.job)))?;
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .map_err(|_| PitrError::Archive(format!("job {}: {program} took over 60 s", self.job)))?
+            .map_err(|e| PitrError::Archive(format!("job {}: {program}: {e}", self.job)))?;
+        if !out.status.success() {
+            return Err(PitrError::Archive(format!(
+                "job {}: {program} {}: {}",
+                self.job,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// One SQL statement in the `postgres` database.
+    async fn query(&self, sql: &str) -> Result<String, PitrError> {
+        self.run(
+            "psql",
+            &[
+                "--no-psqlrc",
+                "--quiet",
+                "--tuples-only",
+                "--no-align",
+                "--set=ON_ERROR_STOP=1",
+                "--dbname=postgres",
+                "--command",
+                sql,
+            ],
+        )
+        .await
+    }
+
+    /// The position slot `slot` holds WAL from (for the receiver's slot:
+    /// what the receiver has fsynced).
+    async fn slot_lsn(&self, slot: &str) -> Result<Option<Lsn>, PitrError> {
+        let out = self
+            .query(&format!(
+                "SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
+            ))
+            .await?;
+        Ok(out.trim().parse().ok())
+    }
+}
