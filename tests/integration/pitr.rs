@@ -482,15 +482,34 @@ fn streamed_wal_and_a_base_backup_recover_every_committed_row_through_restic_alo
     let base_id = base["snapshot_id"].as_str().unwrap().to_string();
     // Killed outright: its receiver goes with it (the slot is released),
     // and what it had not stored stays on the server, held by the slots.
+    // Let a flush store the newest segment first.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
     let mut killed = stream;
     killed.kill().unwrap();
     killed.wait().unwrap();
     wait_slot_active(slot, false);
+    // And its spool is lost too (a new disk): the next stream must not go
+    // on from where the receiver's slot says the spool had got to.
+    for f in std::fs::read_dir(&spool).unwrap() {
+        let f = f.unwrap().path();
+        if f.file_name().unwrap() != "streamer.lock" {
+            std::fs::remove_file(f).unwrap();
+        }
+    }
     insert_markers(db, 30);
     psql("postgres", "SELECT pg_switch_wal()");
     let stream = start_stream();
+    // Prune takes the repository's exclusive lock: flushes wait for it,
+    // and the stream goes on.
+    for _ in 0..3 {
+        insert_markers(db, 5);
+        s.cairn_config_ok(
+            &config,
+            &["--tenant", "acme", "--retry-lock", "60s", "prune"],
+        );
+    }
     // These stay in the segment being received: only the partial has them.
-    insert_markers(db, 20);
+    insert_markers(db, 5);
     wait_caught_up(slot);
     // A flush of the partial happens within a second; then stop.
     std::thread::sleep(std::time::Duration::from_millis(2500));

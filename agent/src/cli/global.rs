@@ -27,6 +27,8 @@ pub struct Global {
     pub json: bool,
     /// Read without a lock (`--no-lock`).
     pub(super) no_lock: bool,
+    /// `--retry-lock`.
+    pub(super) retry_lock: Option<std::time::Duration>,
     /// No local metadata cache (`--no-cache`).
     pub(super) no_cache: bool,
     /// `--connections`.
@@ -227,6 +229,9 @@ impl Global {
     /// Apply `--connections` and the metadata cache (for a repository not
     /// on a local disk, unless `--no-cache`) to a repository just opened.
     pub fn tune(&self, repo: &mut Repository) {
+        if let Some(d) = self.retry_lock {
+            repo.set_lock_retry(d);
+        }
         if let Some(n) = self.connections {
             repo.set_connections(n.into());
         }

@@ -74,6 +74,12 @@ pub struct Cli {
     /// falls back to this, with a warning, when the storage refuses the lock.
     #[arg(long, global = true)]
     no_lock: bool,
+    /// When another process holds the repository's lock, try again for up
+    /// to this long (`30s`, `5m`, `1h`) instead of failing at once, as
+    /// restic's `--retry-lock`: forget and prune beside a running
+    /// `wal-stream`, whose flushes lock for a moment every few seconds.
+    #[arg(long, global = true, value_parser = parse_retry)]
+    retry_lock: Option<std::time::Duration>,
     /// Do not keep a local copy of the repository's index, snapshots and
     /// trees (kept by default for repositories on object storage, under
     /// `$CAIRN_CACHE_DIR/repos/` or `~/.cache/cairn/repos/`).
@@ -137,6 +143,20 @@ enum Command {
     /// Stream a PostgreSQL job's WAL into its repository until SIGTERM or
     /// SIGINT (`[jobs.J.wal]`; point-in-time recovery).
     WalStream(wal::StreamArgs),
+}
+
+/// A `--retry-lock` duration: a number and `s`, `m` or `h`.
+fn parse_retry(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{s:?}: give a duration like 30s, 5m or 1h");
+    let (n, unit) = s.split_at(s.len().checked_sub(1).ok_or_else(bad)?);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60).ok_or_else(bad)?,
+        "h" => n.checked_mul(3600).ok_or_else(bad)?,
+        _ => return Err(bad()),
+    };
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 /// What a command ended with, beyond plain failure.
@@ -265,6 +285,7 @@ pub fn main() -> ExitCode {
         tenant: cli.tenant,
         json: cli.json,
         no_lock: cli.no_lock,
+        retry_lock: cli.retry_lock,
         no_cache: cli.no_cache,
         connections: cli.connections,
         env_password: crate::util::take_env_secret("CAIRN_PASSWORD").map(Arc::from),

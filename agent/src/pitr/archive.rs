@@ -111,6 +111,9 @@ pub struct WindowWriter {
     /// spool may still show it (the receiver resumes after it), and it is
     /// not stored twice.
     archived: BTreeMap<u32, u64>,
+    /// The newest complete segment of the closed windows, with its node
+    /// (to seed an empty spool).
+    last_closed: Option<(Segment, Node)>,
 }
 
 impl WindowWriter {
@@ -124,6 +127,7 @@ impl WindowWriter {
             window: None,
             history: BTreeMap::new(),
             archived: BTreeMap::new(),
+            last_closed: None,
         };
         let mine: Vec<(Id, Snapshot)> = writer
             .repo
@@ -174,6 +178,12 @@ impl WindowWriter {
             writer.history = history;
             if snap.tags.iter().any(|t| t == "wal-open") {
                 writer.window = Some(window);
+            } else if let Some((segno, s)) = window.segments.iter().next_back() {
+                let seg = Segment {
+                    tli: window.tli,
+                    segno: *segno,
+                };
+                writer.last_closed = Some((seg, s.node.clone()));
             }
         }
         Ok(writer)
@@ -269,6 +279,46 @@ impl WindowWriter {
     /// Whether timeline `tli`'s history file is in the repository.
     pub fn has_history(&self, tli: u32) -> bool {
         self.history.contains_key(&tli)
+    }
+
+    /// The newest complete segment the repository holds, written into
+    /// `dir` under its name (from the repository). An empty spool is
+    /// seeded with it, so that `pg_receivewal` goes on right after it,
+    /// from WAL the hold slot kept, rather than from where its own slot
+    /// says the lost spool had got to.
+    pub async fn seed(&self, dir: &Path) -> Result<Option<Segment>, PitrError> {
+        let open = self.window.as_ref().and_then(|w| {
+            w.segments.iter().next_back().map(|(segno, s)| {
+                (
+                    Segment {
+                        tli: w.tli,
+                        segno: *segno,
+                    },
+                    s.node.clone(),
+                )
+            })
+        });
+        let Some((seg, node)) = open.or_else(|| self.last_closed.clone()) else {
+            return Ok(None);
+        };
+        let name = seg.name(self.stream.size);
+        let path = dir.join(format!("{name}.seeding"));
+        let mut reader =
+            crate::read::ContentReader::new(self.repo.clone(), node.content.unwrap_or_default());
+        let io = |e: std::io::Error| {
+            PitrError::Archive(format!("seeding the spool with segment {name}: {e}"))
+        };
+        let mut file = std::fs::File::create(&path).map_err(io)?;
+        loop {
+            let piece = reader.read(1 << 20).await?;
+            if piece.is_empty() {
+                break;
+            }
+            std::io::Write::write_all(&mut file, &piece).map_err(io)?;
+        }
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&path, dir.join(&name)).map_err(io)?;
+        Ok(Some(seg))
     }
 
     /// Where the newest complete segment the repository holds ends.
@@ -507,9 +557,10 @@ impl WindowWriter {
             self.remove_snapshot(previous).await?;
         }
         if close {
-            if let Some(last) = window.segments.keys().next_back() {
+            if let Some((last, s)) = window.segments.iter().next_back() {
                 let max = self.archived.entry(tli).or_insert(*last);
                 *max = (*max).max(*last);
+                self.last_closed = Some((Segment { tli, segno: *last }, s.node.clone()));
             }
         } else {
             self.window = Some(window);
@@ -860,6 +911,15 @@ mod tests {
             let listed = windows(&repo).await;
             assert_eq!(listed.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [b]);
             assert_eq!(w.timeline(), Some(1));
+            // A lost spool is seeded with the newest stored segment, whole.
+            let fresh = tempfile::tempdir().unwrap();
+            let seeded = w.seed(fresh.path()).await.unwrap();
+            assert_eq!(seeded, Some(Segment { tli: 1, segno: 3 }));
+            assert_eq!(
+                std::fs::read(fresh.path().join(name(1, 3))).unwrap(),
+                wal(3, MIB)
+            );
+            assert_eq!(std::fs::read_dir(fresh.path()).unwrap().count(), 1);
             // The restarted writer reads the spool again, finds the same
             // content, and continues the same window.
             put(dir, &name(1, 4), &wal(4, MIB));

@@ -189,6 +189,16 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
         )
         .await?
     };
+    // A spool that lost its files (a new disk, a wiped state directory)
+    // would let the receiver go on from its slot, past WAL the repository
+    // lacks: it starts after the newest stored segment instead.
+    let present = Spool::scan(&o.spool, size).map_err(|e| fail("reading it", e))?;
+    if present.complete.is_empty()
+        && present.partial.is_empty()
+        && let Some(seg) = writer.seed(&o.spool).await?
+    {
+        tracing::info!(job = %o.job, segment = %seg.name(size), "Seeded the empty spool with the newest stored segment.");
+    }
     let mut status = Status {
         state: "starting".into(),
         ..Default::default()
@@ -272,7 +282,21 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
             continue;
         }
         let close = new_file && opened.elapsed() >= o.window;
-        let _lock = repo.lock(false).await?;
+        let _lock = match lock_waiting(&repo, &o.job, stopping).await? {
+            Some(lock) => lock,
+            // Forget or prune holds the repository: the spool (and the
+            // slots) hold the WAL meanwhile; try again at the next tick.
+            None => {
+                if status.state != "waiting-lock" {
+                    status.state = "waiting-lock".into();
+                    (o.on_status)(&status);
+                }
+                continue;
+            }
+        };
+        if status.state == "waiting-lock" {
+            status.state = "streaming".into();
+        }
         // A prune or index rebuild since the last flush removed index
         // files: read the index again before deduplicating against it.
         let names = index_names(&repo).await?;
@@ -335,6 +359,38 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
             return Ok(status);
         }
         (o.on_status)(&status);
+    }
+}
+
+/// The repository's shared lock; `None` while someone holds it
+/// exclusively (forget, prune), after a short wait. A stopping stream
+/// waits up to a minute for its last flush.
+async fn lock_waiting(
+    repo: &Arc<crate::repo::Repository>,
+    job: &str,
+    stopping: bool,
+) -> Result<Option<crate::repo::lock::LockGuard>, PitrError> {
+    let deadline = Instant::now() + Duration::from_secs(if stopping { 60 } else { 0 });
+    loop {
+        match repo.lock(false).await {
+            Ok(lock) => return Ok(Some(lock)),
+            Err(crate::repo::RepoError::Locked(who)) => {
+                tracing::info!(%job, holder = %who, "The repository is locked exclusively; the flush waits.");
+                if Instant::now() >= deadline {
+                    return if stopping {
+                        Err(PitrError::Archive(format!(
+                            "job {job}: the repository stayed locked ({who}); the last flush was not stored, the slots keep the WAL for the next stream"
+                        )))
+                    } else {
+                        Ok(None)
+                    };
+                }
+                // 1 to 3 s: two waiting processes do not retry in step.
+                let jitter = Duration::from_millis(1000 + u64::from(rand::random::<u16>() % 2000));
+                tokio::time::sleep(jitter).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

@@ -98,10 +98,35 @@ fn is_zombie(pid: rustix::process::Pid) -> bool {
 }
 
 impl Repository {
-    /// Take a lock (shared, or exclusive), removing stale locks on the way.
+    /// Try again for up to `d` when a conflicting lock is held (restic's
+    /// `--retry-lock`).
+    pub fn set_lock_retry(&self, d: std::time::Duration) {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.lock_retry
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Take a lock (shared, or exclusive), removing stale locks on the way,
+    /// trying again every 1 to 3 seconds (jittered, so two waiting
+    /// processes do not collide in step) for up to the retry time set.
     /// The lock is refreshed in the background until its guard is dropped,
     /// which removes it.
     pub async fn lock(self: &Arc<Self>, exclusive: bool) -> Result<LockGuard, RepoError> {
+        let retry = self.lock_retry.load(std::sync::atomic::Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(retry);
+        loop {
+            match self.lock_once(exclusive).await {
+                Err(RepoError::Locked(who)) if std::time::Instant::now() < deadline => {
+                    tracing::info!(holder = %who, "The repository is locked; trying again.");
+                    let pause = 1000 + u64::from(rand::random::<u16>() % 2000);
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn lock_once(self: &Arc<Self>, exclusive: bool) -> Result<LockGuard, RepoError> {
         // A lock this process dropped a moment ago is not someone else's.
         settle_dropped(Some(self)).await;
         self.check_locks(exclusive, None).await?;
@@ -383,6 +408,32 @@ mod tests {
             // The drop's removal is waited for before locking again.
             let exclusive = repo.lock(true).await.unwrap();
             exclusive.ensure_held().unwrap();
+        });
+    }
+
+    #[test]
+    fn with_a_retry_time_a_lock_waits_for_the_holder_to_let_go() {
+        let _one = serial();
+        runtime().block_on(async {
+            let (_, repo) = memory_repo("locks").await;
+            let exclusive = repo.lock(true).await.unwrap();
+            repo.set_lock_retry(std::time::Duration::from_secs(20));
+            let started = std::time::Instant::now();
+            let release = tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+                drop(exclusive);
+            });
+            let shared = repo.lock(false).await.unwrap();
+            assert!(started.elapsed() >= std::time::Duration::from_millis(1500));
+            shared.ensure_held().unwrap();
+            release.await.unwrap();
+            drop(shared);
+            // A retry time that runs out ends in the same refusal.
+            let held = repo.lock(true).await.unwrap();
+            repo.set_lock_retry(std::time::Duration::from_millis(1));
+            let refused = repo.lock(false).await.err().expect("refused");
+            assert!(matches!(refused, RepoError::Locked(_)), "{refused}");
+            drop(held);
         });
     }
 

@@ -46,6 +46,9 @@ const MAX_UNPACKED: u64 = 1 << 30;
 
 /// An open repository.
 pub struct Repository {
+    /// How long [`Repository::lock`] tries again while another process
+    /// holds a conflicting lock, in milliseconds (zero: fail at once).
+    lock_retry: std::sync::atomic::AtomicU64,
     backend: Arc<dyn Backend>,
     key: Key,
     config: RepoConfig,
@@ -242,6 +245,7 @@ impl Repository {
             cache: None,
             caching: Default::default(),
             not_cached: Default::default(),
+            lock_retry: Default::default(),
         }
     }
 
