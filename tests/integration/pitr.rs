@@ -150,13 +150,18 @@ impl Recovered {
 
 impl Drop for Recovered {
     fn drop(&mut self) {
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(pg_bin("pg_ctl"))
-            .args(["stop", "-m", "immediate", "-w", "-D"])
-            .arg(&self.data)
-            .output();
+        stop_server(&self.data);
     }
+}
+
+/// Stop the server of data directory `data`, if it runs (for drops: no panic).
+fn stop_server(data: &Path) {
+    let _ = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(pg_bin("pg_ctl"))
+        .args(["stop", "-m", "immediate", "-w", "-D"])
+        .arg(data)
+        .output();
 }
 
 /// A physical replication slot holding the source's WAL, dropped when
@@ -370,6 +375,106 @@ fn insert_markers(db: &str, n: usize) {
     }
 }
 
+/// Let a flush store the partial (they come every second), then stop the
+/// stream with SIGTERM; it must end well, saying so. Its output.
+fn stop_stream(stream: std::process::Child) -> String {
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(stream.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let out = stream.wait_with_output().unwrap();
+    assert!(out.status.success(), "wal-stream: {}", text(&out));
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let last = printed.lines().last().unwrap_or_default();
+    assert!(last.contains("stopped"), "{printed}");
+    printed
+}
+
+/// Restore base backup `base_id` of job `pg` into a new directory and
+/// start it on `port`, recovering with the WAL restic put in `wal`.
+fn recover_from_wal(s: &Scratch, config: &Path, base_id: &str, wal: &Path, port: u16) -> Recovered {
+    let data = s.path(&format!("data-{port}"));
+    s.cairn_config_ok(
+        config,
+        &[
+            "restore",
+            "--job",
+            "pg",
+            base_id,
+            "--target",
+            data.to_str().unwrap(),
+        ],
+    );
+    Recovered::start(
+        s,
+        &data,
+        port,
+        &format!(
+            "restore_command = 'cp {}/postgres-wal/*/%f %p'\n",
+            wal.display()
+        ),
+    )
+}
+
+/// Restore the WAL windows `windows` (restic's JSON) with restic into
+/// `wal`, check that their complete segments follow each other with no
+/// gap, rename the newest partial to its full name (as PostgreSQL's docs
+/// say, it then replays) and give the tree to the postgres user. Returns
+/// the complete segments' names and files.
+fn restic_wal(s: &Scratch, windows: &[serde_json::Value], wal: &Path) -> Vec<(String, PathBuf)> {
+    for w in windows {
+        let id = w["short_id"].as_str().unwrap();
+        s.restic_ok(&["restore", id, "--target", wal.to_str().unwrap()]);
+    }
+    let mut files = Vec::new();
+    let mut partials = Vec::new();
+    for folder in std::fs::read_dir(wal.join("postgres-wal")).unwrap() {
+        let folder = folder.unwrap().path();
+        if !folder.is_dir() || folder.ends_with("history") {
+            continue;
+        }
+        for file in std::fs::read_dir(&folder).unwrap() {
+            let file = file.unwrap().path();
+            let name = file.file_name().unwrap().to_str().unwrap().to_string();
+            match name.strip_suffix(".partial") {
+                Some(stem) => partials.push((stem.to_string(), file)),
+                None => files.push((name, file)),
+            }
+        }
+    }
+    files.sort();
+    let segno = |name: &str| {
+        u64::from_str_radix(&name[8..16], 16).unwrap() * 256
+            + u64::from_str_radix(&name[16..], 16).unwrap()
+    };
+    let numbers: Vec<u64> = files.iter().map(|(n, _)| segno(n)).collect();
+    assert!(numbers.len() >= 3, "{numbers:X?}");
+    assert!(
+        numbers.windows(2).all(|w| w[1] == w[0] + 1),
+        "segments with a gap: {numbers:X?}"
+    );
+    partials.sort();
+    let (stem, newest) = partials
+        .pop()
+        .expect("the segment being received is in a window");
+    assert_eq!(
+        segno(&stem),
+        numbers[numbers.len() - 1] + 1,
+        "the partial follows the last segment"
+    );
+    std::fs::rename(&newest, newest.with_file_name(&stem)).unwrap();
+    // The window's folders are private (0700): the server's user reads them.
+    let out = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(wal)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "chown: {}", text(&out));
+    files
+}
+
 /// Wait until slot `slot` is in use by a receiver (`active`) or free.
 fn wait_slot_active(slot: &str, active: bool) {
     let want = if active { "t" } else { "f" };
@@ -511,17 +616,7 @@ fn streamed_wal_and_a_base_backup_recover_every_committed_row_through_restic_alo
     // These stay in the segment being received: only the partial has them.
     insert_markers(db, 5);
     wait_caught_up(slot);
-    // A flush of the partial happens within a second; then stop.
-    std::thread::sleep(std::time::Duration::from_millis(2500));
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(stream.id() as i32).unwrap(),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
-    let out = stream.wait_with_output().unwrap();
-    assert!(out.status.success(), "wal-stream: {}", text(&out));
-    let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(printed.contains("stopped"), "{printed}");
+    stop_stream(stream);
     let expected = psql(db, "SELECT count(*), max(id) FROM marker");
     assert_eq!(expected.trim(), "80|80");
 
@@ -531,83 +626,27 @@ fn streamed_wal_and_a_base_backup_recover_every_committed_row_through_restic_alo
     assert_eq!(windows.len(), 1, "one window: {listed}");
     s.restic_ok(&["check", "--read-data"]);
     let wal = s.path("wal");
-    let window_id = windows[0]["short_id"].as_str().unwrap();
-    s.restic_ok(&["restore", window_id, "--target", wal.to_str().unwrap()]);
-    // Every complete segment restic gives back is the server's own, byte for byte.
+    let files = restic_wal(&s, &windows, &wal);
+    // Every complete segment restic gave back is the server's own, byte for byte.
     let source_wal = PathBuf::from(psql("postgres", "SHOW data_directory").trim()).join("pg_wal");
     let mut compared = 0;
-    let mut partial = None;
-    let mut segments = Vec::new();
-    for folder in std::fs::read_dir(wal.join("postgres-wal")).unwrap() {
-        let folder = folder.unwrap().path();
-        if !folder.is_dir() || folder.ends_with("history") {
-            continue;
-        }
-        for file in std::fs::read_dir(&folder).unwrap() {
-            let file = file.unwrap().path();
-            let name = file.file_name().unwrap().to_str().unwrap().to_string();
-            if let Some(stem) = name.strip_suffix(".partial") {
-                partial = Some((file.clone(), folder.join(stem)));
-                continue;
-            }
-            segments.push(
-                u64::from_str_radix(&name[8..16], 16).unwrap() * 256
-                    + u64::from_str_radix(&name[16..], 16).unwrap(),
+    for (name, file) in &files {
+        let theirs = source_wal.join(name);
+        if theirs.exists() {
+            assert!(
+                std::fs::read(file).unwrap() == std::fs::read(&theirs).unwrap(),
+                "segment {name} differs from the server's"
             );
-            let theirs = source_wal.join(&name);
-            if theirs.exists() {
-                assert!(
-                    std::fs::read(&file).unwrap() == std::fs::read(&theirs).unwrap(),
-                    "segment {name} differs from the server's"
-                );
-                compared += 1;
-            }
+            compared += 1;
         }
     }
-    // No gap across the kill: every segment from the first to the last.
-    segments.sort();
-    assert!(segments.len() >= 3, "{segments:?}");
-    assert!(
-        segments.windows(2).all(|w| w[1] == w[0] + 1),
-        "segments with a gap: {segments:X?}"
-    );
     assert!(
         compared >= 2,
         "{compared} segments compared with the server's pg_wal"
     );
-    // As PostgreSQL's docs say for a partial: renamed to its full name, it replays.
-    let (from, to) = partial.expect("the segment being received is in the window");
-    std::fs::rename(from, to).unwrap();
-    // The window's folders are private (0700): the server's user reads them.
-    let out = Command::new("chown")
-        .args(["-R", "postgres:postgres"])
-        .arg(&wal)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "chown: {}", text(&out));
 
     // The base backup recovers with nothing but what restic restored, to the last row.
-    let data = s.path("data");
-    s.cairn_config_ok(
-        &config,
-        &[
-            "restore",
-            "--job",
-            "pg",
-            &base_id,
-            "--target",
-            data.to_str().unwrap(),
-        ],
-    );
-    let server = Recovered::start(
-        &s,
-        &data,
-        5438,
-        &format!(
-            "restore_command = 'cp {}/postgres-wal/*/%f %p'\n",
-            wal.display()
-        ),
-    );
+    let server = recover_from_wal(&s, &config, &base_id, &wal, 5438);
     assert_eq!(
         server
             .query(db, "SELECT count(*), max(id) FROM marker")
@@ -616,4 +655,195 @@ fn streamed_wal_and_a_base_backup_recover_every_committed_row_through_restic_alo
     );
     drop(server);
     psql("postgres", &format!("DROP DATABASE {db} WITH (FORCE)"));
+}
+
+/// A throw-away cluster of this test's own (initdb), on `port`, that a
+/// test may restart; stopped when dropped.
+struct Cluster {
+    data: PathBuf,
+    port: u16,
+}
+
+impl Cluster {
+    fn create(s: &Scratch, name: &str, port: u16) -> Cluster {
+        let data = s.path(name);
+        std::fs::create_dir(&data).unwrap();
+        let out = Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "chown: {}", text(&out));
+        as_postgres(
+            &pg_bin("initdb"),
+            &["--auth=trust", "--no-sync", "-D", data.to_str().unwrap()],
+        );
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n",
+        )
+        .unwrap();
+        let conf = format!(
+            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\n",
+            data.display()
+        );
+        let mut all = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
+        all.push_str(&conf);
+        std::fs::write(data.join("postgresql.conf"), all).unwrap();
+        let cluster = Cluster { data, port };
+        cluster.pg_ctl(&["start"]);
+        cluster
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let log = self.data.join("server.log");
+        let mut all = args.to_vec();
+        all.extend([
+            "-w",
+            "-t",
+            "60",
+            "-D",
+            self.data.to_str().unwrap(),
+            "-l",
+            log.to_str().unwrap(),
+        ]);
+        as_postgres(&pg_bin("pg_ctl"), &all);
+    }
+
+    fn sql(&self, db: &str, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-X",
+                "-At",
+            ])
+            .args(["-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "psql {sql}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        stop_server(&self.data);
+    }
+}
+
+#[test]
+fn the_stream_rides_out_a_server_restart_and_rapid_segment_switches_with_no_gap() {
+    let s = Scratch::new();
+    s.init();
+    std::fs::set_permissions(s.path(""), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let source = Cluster::create(&s, "source", 5441);
+    source.sql(
+        "postgres",
+        "CREATE TABLE marker (id serial PRIMARY KEY, at timestamptz NOT NULL)",
+    );
+    let insert = |n: usize| {
+        for _ in 0..n {
+            source.sql(
+                "postgres",
+                "INSERT INTO marker (at) VALUES (clock_timestamp())",
+            );
+        }
+    };
+    let config = s.path("pitr.toml");
+    let password = s.path("password");
+    std::fs::write(&password, crate::common::PASSWORD).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nstate-dir = {:?}\n\n[tenants.acme]\nrepository = {:?}\npassword-file = {:?}\n\n[jobs.pg]\ntenant = \"acme\"\nadapter = \"postgres\"\n\
+             config = {{ host = \"127.0.0.1\", port = 5441, user = \"postgres\", mode = \"physical\" }}\n\
+             grants = {{ programs = [\"pg_basebackup\", \"pg_receivewal\", \"psql\", \"tar\"], connect = [\"127.0.0.1:5441\"] }}\n\
+             wal = {{ flush-secs = 1 }}\n",
+            s.path("state"),
+            s.repo(),
+            password
+        ),
+    )
+    .unwrap();
+    let stream = s
+        .cairn_cmd(&[
+            "--config",
+            config.to_str().unwrap(),
+            "wal-stream",
+            "--job",
+            "pg",
+        ])
+        .env_remove("CAIRN_REPOSITORY")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let slot_active = |want: &str| {
+        for _ in 0..300 {
+            let a = source.sql(
+                "postgres",
+                "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = 'cairn_pg'",
+            );
+            if a.trim() == want {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("slot cairn_pg never became active = {want}");
+    };
+    slot_active("t");
+    insert(10);
+    let base = last_json(&s.cairn_config_ok(&config, &["--json", "backup", "--job", "pg"]));
+    let base_id = base["snapshot_id"].as_str().unwrap().to_string();
+    insert(10);
+    // The server goes away and comes back: the receiver is started again.
+    source.pg_ctl(&["restart", "-m", "fast"]);
+    insert(10);
+    slot_active("t");
+    // Segments completing faster than the stream looks at the spool.
+    for _ in 0..12 {
+        insert(1);
+        source.sql("postgres", "SELECT pg_switch_wal()");
+    }
+    insert(5);
+    let target = source.sql("postgres", "SELECT pg_current_wal_flush_lsn()");
+    for _ in 0..300 {
+        let caught = source.sql(
+            "postgres",
+            &format!("SELECT restart_lsn >= '{}'::pg_lsn FROM pg_replication_slots WHERE slot_name = 'cairn_pg'", target.trim()),
+        );
+        if caught.trim() == "t" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let printed = stop_stream(stream);
+    let last = printed.lines().last().unwrap_or_default();
+    assert!(
+        !last.contains(" 0 receiver restarts"),
+        "the restart was not seen: {printed}"
+    );
+    assert_eq!(
+        source.sql("postgres", "SELECT count(*) FROM marker").trim(),
+        "47"
+    );
+
+    let listed = s.restic_ok(&["snapshots", "--json", "--tag", "cairn-wal"]);
+    let windows: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
+    s.restic_ok(&["check", "--read-data"]);
+    let wal = s.path("wal");
+    let files = restic_wal(&s, &windows, &wal);
+    assert!(files.len() >= 12, "{} segments", files.len());
+    let server = recover_from_wal(&s, &config, &base_id, &wal, 5442);
+    assert_eq!(
+        server
+            .query("postgres", "SELECT count(*), max(id) FROM marker")
+            .trim(),
+        "47|47"
+    );
 }

@@ -266,6 +266,33 @@ impl WindowWriter {
         self.window.as_ref().map(|w| w.tli)
     }
 
+    /// Make sure the open window's newest version is still in the
+    /// repository (a `forget` by id may have removed it, and a prune its
+    /// data): if it is gone, nothing of it is built on; the next flush
+    /// starts a new window from what the spool holds, and history files
+    /// are stored again. Returns whether it was gone.
+    pub async fn check_open(&mut self) -> Result<bool, PitrError> {
+        let Some(id) = self.window.as_ref().and_then(|w| w.snapshot) else {
+            return Ok(false);
+        };
+        match self
+            .repo
+            .backend()
+            .size(FileType::Snapshot, &id.to_hex())
+            .await
+        {
+            Ok(_) => Ok(false),
+            Err(e) if e.is_not_found() => {
+                tracing::warn!(job = %self.stream.job, snapshot = %id.short(), "The open WAL window was removed from the repository; a new one starts.");
+                self.window = None;
+                self.history.clear();
+                self.last_closed = None;
+                Ok(true)
+            }
+            Err(e) => Err(RepoError::from(e).into()),
+        }
+    }
+
     /// Whether complete segment `seg` is in the repository (in the open
     /// window, or at or before the last one closed windows hold).
     pub fn is_stored(&self, seg: Segment) -> bool {
@@ -287,16 +314,12 @@ impl WindowWriter {
     /// from WAL the hold slot kept, rather than from where its own slot
     /// says the lost spool had got to.
     pub async fn seed(&self, dir: &Path) -> Result<Option<Segment>, PitrError> {
-        let open = self.window.as_ref().and_then(|w| {
-            w.segments.iter().next_back().map(|(segno, s)| {
-                (
-                    Segment {
-                        tli: w.tli,
-                        segno: *segno,
-                    },
-                    s.node.clone(),
-                )
-            })
+        // The end of the gapless run, not the newest: the receiver must
+        // fill a gap, never step over it.
+        let open = self.contiguous().and_then(|seg| {
+            let w = self.window.as_ref()?;
+            let node = w.segments.get(&seg.segno)?.node.clone();
+            Some((seg, node))
         });
         let Some((seg, node)) = open.or_else(|| self.last_closed.clone()) else {
             return Ok(None);
@@ -321,18 +344,35 @@ impl WindowWriter {
         Ok(Some(seg))
     }
 
-    /// Where the newest complete segment the repository holds ends.
+    /// The newest complete segment of the open window's timeline that the
+    /// repository holds with every segment before it (since the first
+    /// one stored): the hold slot never passes a gap.
+    pub fn contiguous(&self) -> Option<Segment> {
+        let w = self.window.as_ref()?;
+        let mut end = self.archived.get(&w.tli).copied();
+        for segno in w.segments.keys() {
+            match end {
+                Some(e) if *segno <= e => {}
+                Some(e) if *segno != e + 1 => break,
+                _ => end = Some(*segno),
+            }
+        }
+        end.map(|segno| Segment { tli: w.tli, segno })
+    }
+
+    /// Where [`WindowWriter::contiguous`] ends, or 0.
     pub fn stored_end(&self) -> Lsn {
-        let open = self
-            .window
-            .as_ref()
-            .and_then(|w| w.segments.keys().next_back().copied());
-        self.archived
-            .values()
-            .copied()
-            .chain(open)
-            .max()
-            .map_or(Lsn(0), |s| self.stream.size.end(s))
+        self.contiguous()
+            .map_or(Lsn(0), |s| self.stream.size.end(s.segno))
+    }
+
+    /// The segment of the open window's partial.
+    pub fn partial_segment(&self) -> Option<Segment> {
+        let w = self.window.as_ref()?;
+        w.partial.as_ref().map(|(segno, _)| Segment {
+            tli: w.tli,
+            segno: *segno,
+        })
     }
 
     /// Store what changed in `spool` (read from `dir`) since the last
@@ -458,7 +498,11 @@ impl WindowWriter {
         let mut pumped = Vec::new();
         for (file, seen) in &todo {
             let name = file.name(size);
-            let node = store_file(&pipeline, &params, &dir.join(&name), &name).await?;
+            // Renamed (a partial completed) or removed since the scan:
+            // the next flush sees what it became.
+            let Some(node) = store_file(&pipeline, &params, &dir.join(&name), &name).await? else {
+                continue;
+            };
             let stored_node = Stored {
                 node,
                 seen: Some(*seen),
@@ -637,18 +681,23 @@ fn version(s: &Snapshot) -> (Lsn, bool) {
     (stored, s.tags.iter().any(|t| t == "wal-closed"))
 }
 
-/// Pump the spool file `path` into the pipeline; its node, named `name`.
+/// Pump the spool file `path` into the pipeline; its node, named `name`
+/// (`None` if the file is gone).
 async fn store_file(
     pipeline: &Pipeline,
     params: &ChunkerParams,
     path: &Path,
     name: &str,
-) -> Result<Node, PitrError> {
+) -> Result<Option<Node>, PitrError> {
     let sender = pipeline.data_sender();
     let params = params.clone();
     let path_buf: PathBuf = path.to_path_buf();
-    let (pending, size, mtime) = tokio::task::spawn_blocking(move || {
-        let file = std::fs::File::open(&path_buf)?;
+    let (pending, size, mtime) = match tokio::task::spawn_blocking(move || {
+        let file = match std::fs::File::open(&path_buf) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
         let meta = file.metadata()?;
         let mut chunker = Chunker::new(params);
         let mut pending = Vec::new();
@@ -667,11 +716,15 @@ async fn store_file(
                     .map_err(|e| std::io::Error::other(e.to_string()))?,
             );
         }
-        Ok::<_, std::io::Error>((pending, size, meta.modified()?))
+        Ok::<_, std::io::Error>(Some((pending, size, meta.modified()?)))
     })
     .await
     .map_err(|e| PitrError::Archive(format!("reading {}: {e}", path.display())))?
-    .map_err(|e| PitrError::Archive(format!("reading {}: {e}", path.display())))?;
+    .map_err(|e| PitrError::Archive(format!("reading {}: {e}", path.display())))?
+    {
+        Some(read) => read,
+        None => return Ok(None),
+    };
     let mut content = Vec::with_capacity(pending.len());
     for p in pending {
         content.push(p.get().await?);
@@ -681,7 +734,7 @@ async fn store_file(
     node.size = size;
     node.mtime = Some(DateTime::<Utc>::from(mtime).fixed_offset());
     node.content = Some(content);
-    Ok(node)
+    Ok(Some(node))
 }
 
 #[cfg(test)]
@@ -1042,6 +1095,72 @@ mod tests {
                     .await
                     .unwrap(),
                 b"1\t0/800C48\tno recovery target specified\n"
+            );
+        });
+    }
+
+    #[test]
+    fn the_hold_position_and_the_seed_stop_at_a_gap() {
+        runtime().block_on(async {
+            let (_, repo) = memory_repo("wal-gap").await;
+            let spool = tempfile::tempdir().unwrap();
+            let dir = spool.path();
+            for segno in [3, 4, 6] {
+                put(dir, &name(1, segno), &wal(segno as u8, MIB));
+            }
+            let mut w = WindowWriter::resume(repo.clone(), stream()).await.unwrap();
+            w.flush(dir, &scan(dir), Lsn(7 * MIB as u64), false)
+                .await
+                .unwrap();
+            assert_eq!(w.contiguous(), Some(Segment { tli: 1, segno: 4 }));
+            assert_eq!(w.stored_end(), Lsn(5 * MIB as u64));
+            let fresh = tempfile::tempdir().unwrap();
+            assert_eq!(
+                w.seed(fresh.path()).await.unwrap(),
+                Some(Segment { tli: 1, segno: 4 })
+            );
+            // Filled in: the run goes on to 6.
+            put(dir, &name(1, 5), &wal(5, MIB));
+            w.flush(dir, &scan(dir), Lsn(7 * MIB as u64), false)
+                .await
+                .unwrap();
+            assert_eq!(w.contiguous(), Some(Segment { tli: 1, segno: 6 }));
+        });
+    }
+
+    #[test]
+    fn a_forgotten_open_window_is_not_built_on() {
+        runtime().block_on(async {
+            let (backend, repo) = memory_repo("wal-forgotten").await;
+            let spool = tempfile::tempdir().unwrap();
+            let dir = spool.path();
+            put(dir, &name(1, 3), &wal(3, MIB));
+            put(dir, "00000002.history", b"1\t0/800C48\tx\n");
+            let mut w = WindowWriter::resume(repo.clone(), stream()).await.unwrap();
+            let a = w
+                .flush(dir, &scan(dir), Lsn(4 * MIB as u64), false)
+                .await
+                .unwrap()
+                .snapshot
+                .unwrap();
+            assert!(!w.check_open().await.unwrap());
+            crate::storage::Backend::remove(&*backend, FileType::Snapshot, &a.to_hex())
+                .await
+                .unwrap();
+            assert!(w.check_open().await.unwrap());
+            // The next flush stores everything the spool holds again, history included.
+            let out = w
+                .flush(dir, &scan(dir), Lsn(4 * MIB as u64), false)
+                .await
+                .unwrap();
+            assert_eq!(out.files, [name(1, 3), "00000002.history".to_string()]);
+            let snap = out.snapshot.unwrap();
+            assert_ne!(snap, a);
+            let listed = repo.snapshots().await.unwrap();
+            assert_eq!(listed.len(), 1);
+            assert_eq!(
+                listed[0].1.parent, None,
+                "a new window, not a version of the forgotten one"
             );
         });
     }

@@ -21,6 +21,7 @@ use super::lsn::{Lsn, SegmentSize, WalFile};
 use super::spool::Spool;
 use crate::ops::Store;
 use crate::runtime::{Grants, Spawn, spawn_confined};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -100,12 +101,7 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
     let fail = |what: &str, e: std::io::Error| {
         PitrError::Archive(format!("WAL spool {}: {what}: {e}", o.spool.display()))
     };
-    std::fs::create_dir_all(&o.spool).map_err(|e| fail("creating it", e))?;
-    std::fs::set_permissions(
-        &o.spool,
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )
-    .map_err(|e| fail("making it private", e))?;
+    claim_spool(&o.spool, &o.job)?;
     let lock_file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -211,6 +207,7 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
     let mut flushed_partial: Option<(WalFile, super::spool::Seen)> = None;
     let mut opened = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut stored_tag = Lsn(0);
     let mut stopping = false;
     loop {
         tokio::select! {
@@ -242,6 +239,7 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
             (o.on_status)(&status);
         }
         if receiver.is_none() && !stopping && Instant::now() >= next_start {
+            clear_short_partials(&o.spool, size, &o.job)?;
             receiver = Some(start_receiver(&o, size)?);
             if status.state == "receiver-restarting" {
                 status.receiver_restarts += 1;
@@ -297,21 +295,21 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
         if status.state == "waiting-lock" {
             status.state = "streaming".into();
         }
+        // A forget may have removed the open window: build on nothing of it.
+        if writer.check_open().await? {
+            status.error = Some("the open WAL window was removed from the repository; a new window started from what the spool holds".into());
+        }
         // A prune or index rebuild since the last flush removed index
         // files: read the index again before deduplicating against it.
         let names = index_names(&repo).await?;
         if index_files.iter().any(|n| !names.contains(n)) {
             repo.load_index().await?;
         }
-        let stored_before = writer.stored_end();
-        let flushed = writer
-            .flush(
-                &o.spool,
-                &spool,
-                received.unwrap_or_default().max(stored_before),
-                close,
-            )
-            .await?;
+        // The version order of the window (wal-stored) never goes back.
+        stored_tag = stored_tag
+            .max(writer.stored_end())
+            .max(received.unwrap_or_default());
+        let flushed = writer.flush(&o.spool, &spool, stored_tag, close).await?;
         index_files = index_names(&repo).await?;
         drop(_lock);
         if close {
@@ -320,16 +318,29 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
         last_flush = Instant::now();
         flushed_partial = partial;
         status.files_stored += flushed.files.len() as u64;
-        // The hold slot follows what the repository holds now.
-        let stored = writer.stored_end().max(match (&partial, received) {
-            (Some(_), Some(r)) => r,
-            _ => Lsn(0),
-        });
-        if stored > Lsn(0) {
-            pg.query(&format!(
-                "SELECT pg_replication_slot_advance('{hold}', GREATEST(restart_lsn, '{stored}'::pg_lsn)) FROM pg_replication_slots WHERE slot_name = '{hold}' AND restart_lsn IS NOT NULL"
-            ))
-            .await?;
+        // The hold slot follows what the repository holds without a gap:
+        // the gapless run of complete segments, and into the partial
+        // right after it as far as the receiver had fsynced before the
+        // scan (so at least that much was in the partial stored).
+        let contiguous_end = writer.stored_end();
+        let in_partial = match (writer.partial_segment(), writer.contiguous(), received) {
+            (Some(p), Some(c), Some(r)) if p.segno == c.segno + 1 && r > contiguous_end => {
+                Some(r.min(size.end(p.segno)))
+            }
+            _ => None,
+        };
+        let stored = in_partial.unwrap_or(contiguous_end);
+        if stored > Lsn(0)
+            && let Err(e) = pg
+                .query(&format!(
+                    "SELECT pg_replication_slot_advance('{hold}', GREATEST(restart_lsn, '{stored}'::pg_lsn)) FROM pg_replication_slots WHERE slot_name = '{hold}' AND restart_lsn IS NOT NULL"
+                ))
+                .await
+        {
+            // The server is away (a restart): the slot is advanced at a
+            // later flush; the receiver's restart is handled above.
+            tracing::warn!(job = %o.job, error = %e, "Could not advance the hold slot.");
+            status.error = Some(e.to_string());
         }
         // Stored complete segments leave the spool, but the newest: the
         // receiver resumes after the newest complete file it finds.
@@ -360,6 +371,78 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
         }
         (o.on_status)(&status);
     }
+}
+
+/// Make `spool` this job's spool: a new directory (created 0700), or one
+/// that is empty or already a spool (it holds `streamer.lock`). Anything
+/// else (`/`, a data directory, the server's pg_wal) is refused, never
+/// changed: the streamer deletes the segments it stored from its spool.
+fn claim_spool(spool: &std::path::Path, job: &str) -> Result<(), PitrError> {
+    let refuse = |why: String| {
+        PitrError::Archive(format!("job {job}: wal.spool {}: {why}", spool.display()))
+    };
+    match std::fs::symlink_metadata(spool) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = spool.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| refuse(e.to_string()))?;
+            }
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(spool)
+                .map_err(|e| refuse(e.to_string()))
+        }
+        Err(e) => Err(refuse(e.to_string())),
+        Ok(m) if !m.is_dir() => Err(refuse("not a directory".into())),
+        Ok(_) => {
+            let mut entries = std::fs::read_dir(spool).map_err(|e| refuse(e.to_string()))?;
+            if entries.next().is_none() || spool.join("streamer.lock").exists() {
+                Ok(())
+            } else {
+                Err(refuse(
+                    "this directory holds files but is no WAL spool (it has no streamer.lock); give a new or empty directory".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// Remove a `.partial` that `pg_receivewal` left short (killed while it
+/// zero-filled a new segment, or out of disk): it refuses to start
+/// beside one. It holds no WAL yet (the receiver writes data only once
+/// the file has its full size), which is checked: one with data is an
+/// error that names it.
+fn clear_short_partials(
+    dir: &std::path::Path,
+    size: SegmentSize,
+    job: &str,
+) -> Result<(), PitrError> {
+    let spool = Spool::scan(dir, size).map_err(|e| {
+        PitrError::Archive(format!(
+            "job {job}: reading the spool {}: {e}",
+            dir.display()
+        ))
+    })?;
+    for (seg, seen) in &spool.partial {
+        if seen.size == 0 || seen.size == size.bytes() {
+            continue;
+        }
+        let path = dir.join(WalFile::Partial(*seg).name(size));
+        let bytes = std::fs::read(&path).map_err(|e| {
+            PitrError::Archive(format!("job {job}: reading {}: {e}", path.display()))
+        })?;
+        if bytes.iter().any(|b| *b != 0) {
+            return Err(PitrError::Archive(format!(
+                "job {job}: {} is {} bytes, not a whole segment, and holds data; pg_receivewal cannot go on beside it (move it away once the WAL is safe)",
+                path.display(),
+                bytes.len()
+            )));
+        }
+        std::fs::remove_file(&path).map_err(|e| {
+            PitrError::Archive(format!("job {job}: removing {}: {e}", path.display()))
+        })?;
+        tracing::warn!(%job, file = %path.display(), bytes = bytes.len(), "Removed a short, empty partial segment the receiver left.");
+    }
+    Ok(())
 }
 
 /// The repository's shared lock; `None` while someone holds it
@@ -539,5 +622,72 @@ impl Pg<'_> {
             ))
             .await?;
         Ok(out.trim().parse().ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn only_a_new_empty_or_earlier_spool_is_taken_and_nothing_else_is_changed() {
+        let root = tempfile::tempdir().unwrap();
+        let fresh = root.path().join("state/wal/pgw");
+        claim_spool(&fresh, "pgw").unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // An earlier spool (it holds streamer.lock) and an empty directory.
+        std::fs::write(fresh.join("streamer.lock"), "").unwrap();
+        std::fs::write(fresh.join("000000010000000000000003"), "x").unwrap();
+        claim_spool(&fresh, "pgw").unwrap();
+        let empty = root.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o755)).unwrap();
+        claim_spool(&empty, "pgw").unwrap();
+        // An existing directory's mode is left alone.
+        let mode = std::fs::metadata(&empty).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o755);
+        // A directory with files that is no spool (a pg_wal, say), or a file.
+        let other = root.path().join("pg_wal");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join("000000010000000000000003"), "x").unwrap();
+        let err = claim_spool(&other, "pgw").unwrap_err().to_string();
+        assert!(
+            err.contains("job pgw") && err.contains("no WAL spool"),
+            "{err}"
+        );
+        let file = root.path().join("afile");
+        std::fs::write(&file, "x").unwrap();
+        assert!(
+            claim_spool(&file, "pgw")
+                .unwrap_err()
+                .to_string()
+                .contains("not a directory")
+        );
+    }
+
+    #[test]
+    fn a_short_empty_partial_is_removed_and_one_with_data_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = SegmentSize::new(1 << 20).unwrap();
+        let short = dir.path().join("000000010000000000000007.partial");
+        let whole = dir.path().join("000000010000000000000006.partial");
+        std::fs::write(&short, vec![0u8; 300_000]).unwrap();
+        std::fs::write(&whole, vec![1u8; 1 << 20]).unwrap();
+        clear_short_partials(dir.path(), size, "pgw").unwrap();
+        assert!(!short.exists());
+        assert!(whole.exists(), "a whole partial is the receiver's");
+        let mut data = vec![0u8; 300_000];
+        data[10] = 7;
+        std::fs::write(&short, data).unwrap();
+        let err = clear_short_partials(dir.path(), size, "pgw")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("holds data") && err.contains("000000010000000000000007.partial"),
+            "{err}"
+        );
+        assert!(short.exists());
     }
 }
