@@ -263,22 +263,26 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
                 let _ = r.child.kill().await;
             }
         }
-        // What the receiver has fsynced, read before the spool is: what
-        // is stored then covers at least this.
-        let received = pg.slot_lsn(&o.slot).await.unwrap_or(None);
-        let spool = Spool::scan(&o.spool, size).map_err(|e| fail("reading it", e))?;
-        let partial = spool.receiving().and_then(|s| {
-            spool
-                .partial
-                .get(&s)
-                .map(|seen| (WalFile::Partial(s), *seen))
-        });
-        let new_file = spool.complete.keys().any(|s| !writer.is_stored(*s))
-            || spool.history.keys().any(|t| !writer.has_history(*t));
-        let partial_due = partial != flushed_partial && last_flush.elapsed() >= o.flush;
+        let receiving = |spool: &Spool| {
+            spool.receiving().and_then(|s| {
+                spool
+                    .partial
+                    .get(&s)
+                    .map(|seen| (WalFile::Partial(s), *seen))
+            })
+        };
+        let look = Spool::scan(&o.spool, size).map_err(|e| fail("reading it", e))?;
+        let new_file = look.complete.keys().any(|s| !writer.is_stored(*s))
+            || look.history.keys().any(|t| !writer.has_history(*t));
+        let partial_due = receiving(&look) != flushed_partial && last_flush.elapsed() >= o.flush;
         if !(new_file || partial_due || stopping) {
             continue;
         }
+        // What the receiver has fsynced, read before the spool is looked
+        // at again: what is stored then covers at least this.
+        let received = pg.slot_lsn(&o.slot).await.unwrap_or(None);
+        let spool = Spool::scan(&o.spool, size).map_err(|e| fail("reading it", e))?;
+        let partial = receiving(&spool);
         let close = new_file && opened.elapsed() >= o.window;
         let _lock = match lock_waiting(&repo, &o.job, stopping).await? {
             Some(lock) => lock,
