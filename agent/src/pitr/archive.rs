@@ -114,6 +114,9 @@ pub struct WindowWriter {
     /// The newest complete segment of the closed windows, with its node
     /// (to seed an empty spool).
     last_closed: Option<(Segment, Node)>,
+    /// The `wal-stored` of the open window's newest version when resumed:
+    /// later versions never say less.
+    stored_tag: Lsn,
 }
 
 impl WindowWriter {
@@ -128,6 +131,7 @@ impl WindowWriter {
             history: BTreeMap::new(),
             archived: BTreeMap::new(),
             last_closed: None,
+            stored_tag: Lsn(0),
         };
         let mine: Vec<(Id, Snapshot)> = writer
             .repo
@@ -159,30 +163,44 @@ impl WindowWriter {
         }
         // The open one, if any, becomes the window; history files come
         // from the newest window of all.
-        for (_, snap) in newest.values() {
-            let last = tag(&snap.tags, "wal-last").and_then(|n| {
-                match WalFile::parse(n, writer.stream.size) {
-                    Some(WalFile::Segment(s)) => Some(s),
-                    _ => None,
-                }
-            });
-            if let Some(s) = last {
+        // Closed windows say how far they reach (`wal-last`); the open
+        // one is loaded whole, so a gap inside it is seen.
+        let last_of = |snap: &Snapshot| {
+            tag(&snap.tags, "wal-last").and_then(|n| match WalFile::parse(n, writer.stream.size) {
+                Some(WalFile::Segment(s)) => Some(s),
+                _ => None,
+            })
+        };
+        let mut newest_closed: Option<(Segment, Id)> = None;
+        for (id, snap) in newest.values() {
+            if !snap.tags.iter().any(|t| t == "wal-closed") {
+                continue;
+            }
+            if let Some(s) = last_of(snap) {
                 let max = writer.archived.entry(s.tli).or_insert(s.segno);
                 *max = (*max).max(s.segno);
+                if newest_closed.is_none_or(|(n, _)| s > n) {
+                    newest_closed = Some((s, *id));
+                }
             }
         }
-        let mut by_time: Vec<(Id, Snapshot)> = newest.into_values().collect();
+        let mut by_time: Vec<(Id, Snapshot)> = newest.values().cloned().collect();
         by_time.sort_by_key(|(_, s)| (s.time, version(s)));
         if let Some((id, snap)) = by_time.last() {
             let (window, history) = writer.load(*id, snap).await?;
             writer.history = history;
             if snap.tags.iter().any(|t| t == "wal-open") {
+                writer.stored_tag = version(snap).0;
                 writer.window = Some(window);
-            } else if let Some((segno, s)) = window.segments.iter().next_back() {
-                let seg = Segment {
-                    tli: window.tli,
-                    segno: *segno,
-                };
+            }
+        }
+        // The newest segment closed windows hold, with its node: what an
+        // empty spool is seeded with when the open window has none yet.
+        if let Some((seg, id)) = newest_closed
+            && let Some((_, snap)) = newest.values().find(|(i, _)| *i == id)
+        {
+            let (window, _) = writer.load(id, snap).await?;
+            if let Some(s) = window.segments.get(&seg.segno) {
                 writer.last_closed = Some((seg, s.node.clone()));
             }
         }
@@ -321,7 +339,11 @@ impl WindowWriter {
             let node = w.segments.get(&seg.segno)?.node.clone();
             Some((seg, node))
         });
-        let Some((seg, node)) = open.or_else(|| self.last_closed.clone()) else {
+        let closed = self
+            .last_closed
+            .clone()
+            .filter(|(seg, _)| self.contiguous().is_none_or(|c| c == *seg));
+        let Some((seg, node)) = open.or(closed) else {
             return Ok(None);
         };
         let name = seg.name(self.stream.size);
@@ -364,6 +386,26 @@ impl WindowWriter {
     pub fn stored_end(&self) -> Lsn {
         self.contiguous()
             .map_or(Lsn(0), |s| self.stream.size.end(s.segno))
+    }
+
+    /// The `wal-stored` the open window's newest version had when this
+    /// writer resumed it (0 without one).
+    pub fn resumed_stored(&self) -> Lsn {
+        self.stored_tag
+    }
+
+    /// How the open window's partial looked in the spool when stored
+    /// (`None` if it holds none, or it was loaded from the repository).
+    pub fn partial_seen(&self) -> Option<(Segment, Seen)> {
+        let w = self.window.as_ref()?;
+        let (segno, s) = w.partial.as_ref()?;
+        Some((
+            Segment {
+                tli: w.tli,
+                segno: *segno,
+            },
+            s.seen?,
+        ))
     }
 
     /// The segment of the open window's partial.
@@ -1162,6 +1204,52 @@ mod tests {
                 listed[0].1.parent, None,
                 "a new window, not a version of the forgotten one"
             );
+        });
+    }
+
+    #[test]
+    fn after_a_restart_the_seed_comes_from_the_closed_window_and_a_gap_stays_seen() {
+        runtime().block_on(async {
+            let (_, repo) = memory_repo("wal-restart-gap").await;
+            let spool = tempfile::tempdir().unwrap();
+            let dir = spool.path();
+            put(dir, &name(1, 3), &wal(3, MIB));
+            put(dir, &format!("{}.partial", name(1, 4)), &wal(4, 1_000));
+            let mut w = WindowWriter::resume(repo.clone(), stream()).await.unwrap();
+            w.flush(dir, &scan(dir), Lsn(4 * MIB as u64 + 1_000), true)
+                .await
+                .unwrap();
+            // The next window holds only the partial.
+            put(dir, &format!("{}.partial", name(1, 4)), &wal(4, 2_000));
+            w.flush(dir, &scan(dir), Lsn(4 * MIB as u64 + 2_000), false)
+                .await
+                .unwrap();
+            drop(w);
+            let w = WindowWriter::resume(repo.clone(), stream()).await.unwrap();
+            assert_eq!(w.resumed_stored(), Lsn(4 * MIB as u64 + 2_000));
+            let fresh = tempfile::tempdir().unwrap();
+            assert_eq!(
+                w.seed(fresh.path()).await.unwrap(),
+                Some(Segment { tli: 1, segno: 3 }),
+                "seeded from the closed window"
+            );
+            assert_eq!(
+                std::fs::read(fresh.path().join(name(1, 3))).unwrap(),
+                wal(3, MIB)
+            );
+            drop(w);
+            // Segment 7 arrives with 4 to 6 missing: the run stops at 3,
+            // also for a writer that resumes the window.
+            let mut w = WindowWriter::resume(repo.clone(), stream()).await.unwrap();
+            put(dir, &name(1, 7), &wal(7, MIB));
+            w.flush(dir, &scan(dir), Lsn(8 * MIB as u64), false)
+                .await
+                .unwrap();
+            assert_eq!(w.contiguous(), Some(Segment { tli: 1, segno: 3 }));
+            drop(w);
+            let w = WindowWriter::resume(repo.clone(), stream()).await.unwrap();
+            assert_eq!(w.contiguous(), Some(Segment { tli: 1, segno: 3 }));
+            assert_eq!(w.stored_end(), Lsn(4 * MIB as u64));
         });
     }
 }

@@ -188,6 +188,9 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
     // A spool that lost its files (a new disk, a wiped state directory)
     // would let the receiver go on from its slot, past WAL the repository
     // lacks: it starts after the newest stored segment instead.
+    // Short empty partials go first: they are not WAL, and would hide an
+    // empty spool.
+    clear_short_partials(&o.spool, size, &o.job)?;
     let present = Spool::scan(&o.spool, size).map_err(|e| fail("reading it", e))?;
     if present.complete.is_empty()
         && present.partial.is_empty()
@@ -207,7 +210,7 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
     let mut flushed_partial: Option<(WalFile, super::spool::Seen)> = None;
     let mut opened = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut stored_tag = Lsn(0);
+    let mut stored_tag = writer.resumed_stored();
     let mut stopping = false;
     loop {
         tokio::select! {
@@ -327,8 +330,16 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
         // right after it as far as the receiver had fsynced before the
         // scan (so at least that much was in the partial stored).
         let contiguous_end = writer.stored_end();
-        let in_partial = match (writer.partial_segment(), writer.contiguous(), received) {
-            (Some(p), Some(c), Some(r)) if p.segno == c.segno + 1 && r > contiguous_end => {
+        // Only if the partial stored is the one looked at after `received`
+        // was read (not one a rename race left behind).
+        let scanned = partial.and_then(|(f, seen)| match f {
+            WalFile::Partial(seg) => Some((seg, seen)),
+            _ => None,
+        });
+        let in_partial = match (writer.partial_seen(), writer.contiguous(), received) {
+            (Some((p, seen)), Some(c), Some(r))
+                if Some((p, seen)) == scanned && p.segno == c.segno + 1 && r > contiguous_end =>
+            {
                 Some(r.min(size.end(p.segno)))
             }
             _ => None,
