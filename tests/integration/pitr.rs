@@ -204,6 +204,15 @@ impl Drop for Slot {
     }
 }
 
+/// Database `db` on the main cluster, new and empty.
+fn fresh_database(db: &str) {
+    psql(
+        "postgres",
+        &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+    );
+    psql("postgres", &format!("CREATE DATABASE {db}"));
+}
+
 /// What a table holds, as one line: row count and a digest of its rows in order.
 fn table_digest(query: impl Fn(&str) -> String, table: &str) -> String {
     query(&format!(
@@ -221,11 +230,7 @@ fn a_physical_base_backup_restores_and_recovers_to_exactly_the_rows_committed_be
     std::fs::set_permissions(s.path(""), std::fs::Permissions::from_mode(0o711)).unwrap();
     let db = "cairn_t_pitr_base";
     let slot = "cairn_t_pitr_base_keep";
-    psql(
-        "postgres",
-        &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
-    );
-    psql("postgres", &format!("CREATE DATABASE {db}"));
+    fresh_database(db);
     // 200,000 rows: base.tar is several chunks, not one.
     psql(
         db,
@@ -493,16 +498,14 @@ fn wait_slot_active(slot: &str, active: bool) {
 
 /// Wait until the receiver of slot `slot` has everything the server had
 /// flushed when this was called (other tests write WAL all the while).
-fn wait_caught_up(slot: &str) {
-    let target = psql("postgres", "SELECT pg_current_wal_flush_lsn()");
+/// `sql` runs a query on the server's `postgres` database.
+fn wait_caught_up(slot: &str, sql: impl Fn(&str) -> String) {
+    let target = sql("SELECT pg_current_wal_flush_lsn()");
     let target = target.trim();
     for _ in 0..300 {
-        let caught = psql(
-            "postgres",
-            &format!(
-                "SELECT restart_lsn >= '{target}'::pg_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
-            ),
-        );
+        let caught = sql(&format!(
+            "SELECT restart_lsn >= '{target}'::pg_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        ));
         if caught.trim() == "t" {
             return;
         }
@@ -517,11 +520,7 @@ fn streamed_wal_and_a_base_backup_recover_every_committed_row_through_restic_alo
     s.init();
     std::fs::set_permissions(s.path(""), std::fs::Permissions::from_mode(0o711)).unwrap();
     let db = "cairn_t_pitr_wal";
-    psql(
-        "postgres",
-        &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
-    );
-    psql("postgres", &format!("CREATE DATABASE {db}"));
+    fresh_database(db);
     psql(
         db,
         "CREATE TABLE marker (id serial PRIMARY KEY, at timestamptz NOT NULL)",
@@ -615,7 +614,7 @@ fn streamed_wal_and_a_base_backup_recover_every_committed_row_through_restic_alo
     }
     // These stay in the segment being received: only the partial has them.
     insert_markers(db, 5);
-    wait_caught_up(slot);
+    wait_caught_up(slot, |q| psql("postgres", q));
     stop_stream(stream);
     let expected = psql(db, "SELECT count(*), max(id) FROM marker");
     assert_eq!(expected.trim(), "80|80");
@@ -811,17 +810,7 @@ fn the_stream_rides_out_a_server_restart_and_rapid_segment_switches_with_no_gap(
         source.sql("postgres", "SELECT pg_switch_wal()");
     }
     insert(5);
-    let target = source.sql("postgres", "SELECT pg_current_wal_flush_lsn()");
-    for _ in 0..300 {
-        let caught = source.sql(
-            "postgres",
-            &format!("SELECT restart_lsn >= '{}'::pg_lsn FROM pg_replication_slots WHERE slot_name = 'cairn_pg'", target.trim()),
-        );
-        if caught.trim() == "t" {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_caught_up("cairn_pg", |q| source.sql("postgres", q));
     let printed = stop_stream(stream);
     let last = printed.lines().last().unwrap_or_default();
     assert!(

@@ -318,39 +318,38 @@ pub fn main() -> ExitCode {
     };
     let wrote = writer.is_some();
     let g = global.clone();
-    if let Command::WalStream(a) = cli.command {
-        // It stops on SIGTERM or SIGINT after a last flush, by itself.
-        let result = runtime.block_on(wal::stream(&global, a));
+    // The agent (grace period, reload) and wal-stream (a last flush)
+    // handle their own signals.
+    let ended = |runtime: tokio::runtime::Runtime, result: anyhow::Result<()>| {
         runtime.shutdown_timeout(std::time::Duration::from_secs(5));
-        return match result {
+        match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("cairn: {e:#}");
                 ExitCode::from(Exit::Failed.code())
             }
-        };
-    }
-    if let Command::Agent(a) = cli.command {
-        // The agent handles its own signals (grace period, reload).
-        let result = runtime.block_on(agent::run(&global, a));
-        runtime.shutdown_timeout(std::time::Duration::from_secs(5));
-        return match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("cairn: {e:#}");
-                ExitCode::from(Exit::Failed.code())
-            }
-        };
-    }
+        }
+    };
+    let command = match cli.command {
+        Command::Agent(a) => {
+            let result = runtime.block_on(agent::run(&global, a));
+            return ended(runtime, result);
+        }
+        Command::WalStream(a) => {
+            let result = runtime.block_on(wal::stream(&global, a));
+            return ended(runtime, result);
+        }
+        other => other,
+    };
     if let (true, Some(name)) = (cli.no_lock, writer) {
         eprintln!(
             "cairn: --no-lock is for commands that only read (restore, verify, check, ls, snapshots, drill); {name} writes and must lock"
         );
         return ExitCode::from(Exit::Failed.code());
     }
-    let stopped = stop_note(&cli.command);
+    let stopped = stop_note(&command);
     let command = async move {
-        match cli.command {
+        match command {
             Command::Init(a) => init::run(&global, a).await,
             Command::Backup(a) => backup::run(&global, a).await,
             Command::Snapshots(a) => snapshots::run(&global, a).await,

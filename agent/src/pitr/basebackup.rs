@@ -110,7 +110,9 @@ pub async fn read(repo: &Arc<Repository>, root: Id) -> Result<Option<BaseBackup>
         return Ok(None);
     };
     let bad = |why: String| PitrError::BaseBackup(format!("{RECORD}: {why}"));
-    let text = read_prefix(repo, node.content.unwrap_or_default(), MAX_RECORD + 1).await?;
+    let text = ContentReader::new(repo.clone(), node.content.unwrap_or_default())
+        .read_up_to(MAX_RECORD + 1)
+        .await?;
     if text.len() > MAX_RECORD {
         return Err(bad(format!("larger than {} KiB", MAX_RECORD >> 10)));
     }
@@ -136,7 +138,9 @@ pub async fn read(repo: &Arc<Repository>, root: Id) -> Result<Option<BaseBackup>
             "{RECORD} is there but {BASE_TAR} is not"
         )));
     };
-    let head = read_prefix(repo, tar.content.unwrap_or_default(), 512 + 4096).await?;
+    let head = ContentReader::new(repo.clone(), tar.content.unwrap_or_default())
+        .read_up_to(512 + 4096)
+        .await?;
     let label = Label::from_tar_head(&head)?;
     if label.timeline != record.timeline || label.start < before || label.start > stop {
         return Err(PitrError::BaseBackup(format!(
@@ -152,24 +156,6 @@ pub async fn read(repo: &Arc<Repository>, root: Id) -> Result<Option<BaseBackup>
         stop_time,
         segment_size,
     }))
-}
-
-/// The first `max` bytes (or fewer, if the file is shorter) of a file.
-async fn read_prefix(
-    repo: &Arc<Repository>,
-    content: Vec<Id>,
-    max: usize,
-) -> Result<Vec<u8>, PitrError> {
-    let mut reader = ContentReader::new(repo.clone(), content);
-    let mut out = Vec::new();
-    while out.len() < max {
-        let piece = reader.read(max - out.len()).await?;
-        if piece.is_empty() {
-            break;
-        }
-        out.extend_from_slice(&piece);
-    }
-    Ok(out)
 }
 
 /// What `backup_label` says.

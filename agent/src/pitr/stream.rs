@@ -41,6 +41,26 @@ pub struct Connection {
     pub password_secret: Option<String>,
 }
 
+impl Connection {
+    /// The options every PostgreSQL client program takes to reach the server.
+    fn args(&self) -> Vec<String> {
+        vec![
+            format!("--host={}", self.host),
+            format!("--port={}", self.port),
+            format!("--username={}", self.user),
+            "--no-password".into(),
+        ]
+    }
+
+    /// The password, by reference to the granted secret.
+    fn secret_env(&self) -> Vec<(String, String)> {
+        self.password_secret
+            .iter()
+            .map(|s| ("PGPASSWORD".to_string(), s.clone()))
+            .collect()
+    }
+}
+
 /// What a stream needs.
 pub struct Options {
     /// The job.
@@ -243,7 +263,7 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
         }
         if receiver.is_none() && !stopping && Instant::now() >= next_start {
             clear_short_partials(&o.spool, size, &o.job)?;
-            receiver = Some(start_receiver(&o, size)?);
+            receiver = Some(start_receiver(&o)?);
             if status.state == "receiver-restarting" {
                 status.receiver_restarts += 1;
             }
@@ -317,7 +337,9 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
             .max(writer.stored_end())
             .max(received.unwrap_or_default());
         let flushed = writer.flush(&o.spool, &spool, stored_tag, close).await?;
-        index_files = index_names(&repo).await?;
+        // What was listed before this flush: the next one asks whether any
+        // of it went (this flush's own index file only adds).
+        index_files = names;
         drop(_lock);
         if close {
             opened = Instant::now();
@@ -461,34 +483,24 @@ fn clear_short_partials(
 }
 
 /// The repository's shared lock; `None` while someone holds it
-/// exclusively (forget, prune), after a short wait. A stopping stream
-/// waits up to a minute for its last flush.
+/// exclusively (forget, prune). A stopping stream waits up to a minute
+/// for its last flush; otherwise the next look tries again.
 async fn lock_waiting(
     repo: &Arc<crate::repo::Repository>,
     job: &str,
     stopping: bool,
 ) -> Result<Option<crate::repo::lock::LockGuard>, PitrError> {
-    let deadline = Instant::now() + Duration::from_secs(if stopping { 60 } else { 0 });
-    loop {
-        match repo.lock(false).await {
-            Ok(lock) => return Ok(Some(lock)),
-            Err(crate::repo::RepoError::Locked(who)) => {
-                tracing::info!(%job, holder = %who, "The repository is locked exclusively; the flush waits.");
-                if Instant::now() >= deadline {
-                    return if stopping {
-                        Err(PitrError::Archive(format!(
-                            "job {job}: the repository stayed locked ({who}); the last flush was not stored, the slots keep the WAL for the next stream"
-                        )))
-                    } else {
-                        Ok(None)
-                    };
-                }
-                // 1 to 3 s: two waiting processes do not retry in step.
-                let jitter = Duration::from_millis(1000 + u64::from(rand::random::<u16>() % 2000));
-                tokio::time::sleep(jitter).await;
-            }
-            Err(e) => return Err(e.into()),
+    let wait = Duration::from_secs(if stopping { 60 } else { 0 });
+    match repo.lock_within(false, wait).await {
+        Ok(lock) => Ok(Some(lock)),
+        Err(crate::repo::RepoError::Locked(who)) if stopping => Err(PitrError::Archive(format!(
+            "job {job}: the repository stayed locked ({who}); the last flush was not stored, the slots keep the WAL for the next stream"
+        ))),
+        Err(crate::repo::RepoError::Locked(who)) => {
+            tracing::info!(%job, holder = %who, "The repository is locked exclusively; the flush waits.");
+            Ok(None)
         }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -507,24 +519,16 @@ async fn index_names(
 }
 
 /// Start `pg_receivewal` into the spool.
-fn start_receiver(o: &Options, _size: SegmentSize) -> Result<Receiver, PitrError> {
-    let args = vec![
+fn start_receiver(o: &Options) -> Result<Receiver, PitrError> {
+    let mut args = o.connection.args();
+    args.extend([
         format!("--directory={}", o.spool.display()),
         format!("--slot={}", o.slot),
         "--synchronous".into(),
         "--no-loop".into(),
         "--verbose".into(),
-        format!("--host={}", o.connection.host),
-        format!("--port={}", o.connection.port),
-        format!("--username={}", o.connection.user),
-        "--no-password".into(),
-    ];
-    let secret_env: Vec<(String, String)> = o
-        .connection
-        .password_secret
-        .iter()
-        .map(|s| ("PGPASSWORD".to_string(), s.clone()))
-        .collect();
+    ]);
+    let secret_env = o.connection.secret_env();
     let (mut child, pid) = spawn_confined(
         &o.grants,
         Spawn {
@@ -569,19 +573,9 @@ struct Pg<'a> {
 impl Pg<'_> {
     /// Run `program` with the connection options and `args`; its output.
     async fn run(&self, program: &str, args: &[&str]) -> Result<String, PitrError> {
-        let mut all: Vec<String> = vec![
-            format!("--host={}", self.conn.host),
-            format!("--port={}", self.conn.port),
-            format!("--username={}", self.conn.user),
-            "--no-password".into(),
-        ];
+        let mut all = self.conn.args();
         all.extend(args.iter().map(|a| a.to_string()));
-        let secret_env: Vec<(String, String)> = self
-            .conn
-            .password_secret
-            .iter()
-            .map(|s| ("PGPASSWORD".to_string(), s.clone()))
-            .collect();
+        let secret_env = self.conn.secret_env();
         let (child, _) = spawn_confined(
             self.grants,
             Spawn {

@@ -271,6 +271,20 @@ impl ContentReader {
         self.stream.next().await.transpose()
     }
 
+    /// The next `max` bytes, or fewer at the end: reads across blobs
+    /// until it has them.
+    pub async fn read_up_to(&mut self, max: usize) -> Result<Vec<u8>, RepoError> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let piece = self.read(max - out.len()).await?;
+            if piece.is_empty() {
+                break;
+            }
+            out.extend_from_slice(&piece);
+        }
+        Ok(out)
+    }
+
     /// Up to `max` bytes; an empty vector at the end.
     pub async fn read(&mut self, max: usize) -> Result<Vec<u8>, RepoError> {
         while self.pos >= self.current.len() {

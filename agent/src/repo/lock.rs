@@ -113,7 +113,18 @@ impl Repository {
     /// which removes it.
     pub async fn lock(self: &Arc<Self>, exclusive: bool) -> Result<LockGuard, RepoError> {
         let retry = self.lock_retry.load(std::sync::atomic::Ordering::Relaxed);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(retry);
+        self.lock_within(exclusive, std::time::Duration::from_millis(retry))
+            .await
+    }
+
+    /// [`Repository::lock`], trying again for up to `wait` whatever the
+    /// retry time set (zero: once).
+    pub async fn lock_within(
+        self: &Arc<Self>,
+        exclusive: bool,
+        wait: std::time::Duration,
+    ) -> Result<LockGuard, RepoError> {
+        let deadline = std::time::Instant::now() + wait;
         loop {
             match self.lock_once(exclusive).await {
                 Err(RepoError::Locked(who)) if std::time::Instant::now() < deadline => {

@@ -281,19 +281,6 @@ async fn fetch_one(
     }
 }
 
-/// The content of a snapshot file, read up to `max` bytes (less at its end).
-async fn read_up_to(reader: &mut ContentReader, max: usize) -> Result<Vec<u8>, RepoError> {
-    let mut out = Vec::new();
-    while out.len() < max {
-        let b = reader.read(max - out.len()).await?;
-        if b.is_empty() {
-            break;
-        }
-        out.extend_from_slice(&b);
-    }
-    Ok(out)
-}
-
 /// Why one object was not stored.
 enum StoreError {
     Object(AdapterError),
@@ -367,7 +354,8 @@ async fn store_one(
     }
     let mut reader = ContentReader::new(repo, node.content.clone().unwrap_or_default());
     if size < s3.multipart_threshold() {
-        let data = read_up_to(&mut reader, size as usize + 1)
+        let data = reader
+            .read_up_to(size as usize + 1)
             .await
             .map_err(StoreError::Repo)?;
         if data.len() as u64 != size {
@@ -434,7 +422,8 @@ async fn upload_parts(
         .part_size()
         .max(size.div_ceil(10_000).div_ceil(1 << 20) << 20);
     loop {
-        let body = read_up_to(reader, part_size as usize)
+        let body = reader
+            .read_up_to(part_size as usize)
             .await
             .map_err(StoreError::Repo)?;
         if body.is_empty() && !parts.is_empty() {
