@@ -661,10 +661,23 @@ fn streamed_wal_and_a_base_backup_recover_every_committed_row_through_restic_alo
 struct Cluster {
     data: PathBuf,
     port: u16,
+    /// `-c config_file=…` when its configuration is kept outside the
+    /// data directory, as Debian keeps it.
+    options: Option<String>,
 }
 
 impl Cluster {
     fn create(s: &Scratch, name: &str, port: u16) -> Cluster {
+        Cluster::create_with(s, name, port, false)
+    }
+
+    /// A cluster whose configuration files are outside its data
+    /// directory (as on Debian): its base backups carry none.
+    fn create_debian_like(s: &Scratch, name: &str, port: u16) -> Cluster {
+        Cluster::create_with(s, name, port, true)
+    }
+
+    fn create_with(s: &Scratch, name: &str, port: u16, conf_outside: bool) -> Cluster {
         let data = s.path(name);
         std::fs::create_dir(&data).unwrap();
         let out = Command::new("chown")
@@ -689,7 +702,34 @@ impl Cluster {
         let mut all = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
         all.push_str(&conf);
         std::fs::write(data.join("postgresql.conf"), all).unwrap();
-        let cluster = Cluster { data, port };
+        let mut options = None;
+        if conf_outside {
+            let etc = s.path(&format!("{name}-etc"));
+            std::fs::create_dir(&etc).unwrap();
+            for f in ["postgresql.conf", "pg_hba.conf", "pg_ident.conf"] {
+                std::fs::rename(data.join(f), etc.join(f)).unwrap();
+            }
+            let mut conf = std::fs::read_to_string(etc.join("postgresql.conf")).unwrap();
+            conf.push_str(&format!(
+                "data_directory = '{}'\nhba_file = '{}/pg_hba.conf'\nident_file = '{}/pg_ident.conf'\n",
+                data.display(),
+                etc.display(),
+                etc.display()
+            ));
+            std::fs::write(etc.join("postgresql.conf"), conf).unwrap();
+            let out = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&etc)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "chown: {}", text(&out));
+            options = Some(format!("-c config_file={}/postgresql.conf", etc.display()));
+        }
+        let cluster = Cluster {
+            data,
+            port,
+            options,
+        };
         cluster.pg_ctl(&["start"]);
         cluster
     }
@@ -706,6 +746,9 @@ impl Cluster {
             "-l",
             log.to_str().unwrap(),
         ]);
+        if let Some(o) = &self.options {
+            all.extend(["-o", o.as_str()]);
+        }
         as_postgres(&pg_bin("pg_ctl"), &all);
     }
 
@@ -835,4 +878,425 @@ fn the_stream_rides_out_a_server_restart_and_rapid_segment_switches_with_no_gap(
             .trim(),
         "47|47"
     );
+}
+
+/// Run `bin` (a copy of cairn) with `--config config ARGS`, as
+/// `Scratch::cairn_config` runs this build's.
+fn cairn_copy(s: &Scratch, bin: &Path, config: &Path, args: &[&str]) -> std::process::Output {
+    let template = s.cairn_cmd(&[]);
+    let mut c = Command::new(bin);
+    for (k, v) in template.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c.arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("CAIRN_REPOSITORY")
+        .output()
+        .expect("run cairn")
+}
+
+/// One marker row as its writer saw it.
+#[derive(Clone, Debug)]
+struct Marker {
+    id: u64,
+    xid: u64,
+    /// The WAL insert position read after its commit.
+    lsn_after: String,
+    sent: chrono::DateTime<chrono::Utc>,
+    acked: chrono::DateTime<chrono::Utc>,
+}
+
+/// Insert a marker row every 100 ms into `marker` of the cluster on
+/// `port`, one transaction each, until `stop`; what each was.
+fn mark(port: u16, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Vec<Marker> {
+    let mut markers = Vec::new();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let sent = chrono::Utc::now();
+        let out = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+            .args(["-X", "-qAt", "-v", "ON_ERROR_STOP=1", "-d", "postgres"])
+            .args([
+                "-c",
+                "INSERT INTO marker (at) VALUES (clock_timestamp()) RETURNING id, txid_current()",
+                "-c",
+                "SELECT pg_current_wal_insert_lsn()",
+            ])
+            .output()
+            .unwrap();
+        let acked = chrono::Utc::now();
+        assert!(out.status.success(), "marker: {}", text(&out));
+        let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut lines = printed.lines();
+        let (id, xid) = lines.next().unwrap().split_once('|').unwrap();
+        markers.push(Marker {
+            id: id.parse().unwrap(),
+            xid: xid.parse().unwrap(),
+            lsn_after: lines.next().unwrap().trim().to_string(),
+            sent,
+            acked,
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    markers
+}
+
+/// The moment halfway between marker `i`'s ack and marker `i + 1`'s send.
+fn between(markers: &[Marker], i: usize) -> chrono::DateTime<chrono::Utc> {
+    let (a, b) = (markers[i].acked, markers[i + 1].sent);
+    a + (b - a) / 2
+}
+
+#[test]
+fn restores_to_a_time_a_position_a_transaction_and_the_end_hold_exactly_the_rows_committed_by_then()
+{
+    let s = Scratch::new();
+    s.init();
+    std::fs::set_permissions(s.path(""), std::fs::Permissions::from_mode(0o711)).unwrap();
+    // Its configuration outside the data directory, as on Debian: the
+    // restore starts the copy with a minimal one of its own.
+    let source = Cluster::create_debian_like(&s, "source", 5443);
+    source.sql(
+        "postgres",
+        "CREATE TABLE marker (id serial PRIMARY KEY, at timestamptz NOT NULL)",
+    );
+    // restore_command runs cairn as the cluster's owner: this build's
+    // binary, copied where postgres may run it.
+    let bin = s.path("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cairn = bin.join("cairn");
+    std::fs::copy(crate::common::cairn_bin(), &cairn).unwrap();
+    std::fs::set_permissions(&cairn, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = s.path("pitr.toml");
+    let password = s.path("password");
+    std::fs::write(&password, crate::common::PASSWORD).unwrap();
+    let pg_ctl = pg_bin("pg_ctl");
+    let write_config = |file: &Path, programs: &str| {
+        std::fs::write(
+            file,
+            format!(
+                "[agent]\nstate-dir = {:?}\n\n[tenants.acme]\nrepository = {:?}\npassword-file = {:?}\n\n[jobs.pg]\ntenant = \"acme\"\nadapter = \"postgres\"\n\
+                 config = {{ host = \"127.0.0.1\", port = 5443, user = \"postgres\", mode = \"physical\" }}\n\
+                 grants = {{ programs = {programs}, connect = [\"127.0.0.1:5443\"] }}\n\
+                 wal = {{ flush-secs = 1 }}\n",
+                s.path("state"),
+                s.repo(),
+                password
+            ),
+        )
+        .unwrap();
+    };
+    write_config(
+        &config,
+        &format!(
+            "[\"pg_basebackup\", \"pg_receivewal\", \"psql\", \"tar\", {:?}]",
+            pg_ctl
+        ),
+    );
+    let stream = s
+        .cairn_cmd(&[
+            "--config",
+            config.to_str().unwrap(),
+            "wal-stream",
+            "--job",
+            "pg",
+        ])
+        .env_remove("CAIRN_REPOSITORY")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..300 {
+        let a = source.sql(
+            "postgres",
+            "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = 'cairn_pg'",
+        );
+        if a.trim() == "t" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Markers all along, through both base backups.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || mark(5443, stop))
+    };
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let base = |s: &Scratch| {
+        let b = last_json(&s.cairn_config_ok(&config, &["--json", "backup", "--job", "pg"]));
+        (
+            b["snapshot_id"].as_str().unwrap().to_string(),
+            chrono::Utc::now(),
+        )
+    };
+    let b1_began = chrono::Utc::now();
+    let (b1, b1_done) = base(&s);
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let b2_began = chrono::Utc::now();
+    let (b2, b2_done) = base(&s);
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let markers = writer.join().unwrap();
+    assert!(markers.len() > 40, "{} markers", markers.len());
+    assert!(
+        markers
+            .iter()
+            .enumerate()
+            .all(|(i, m)| m.id == i as u64 + 1),
+        "ids 1..: {markers:?}"
+    );
+    wait_caught_up("cairn_pg", |q| source.sql("postgres", q));
+    stop_stream(stream);
+    let short = |id: &str| id[..8].to_string();
+
+    // Restore, start, and read what the copy holds.
+    let mut n = 0;
+    let mut restore = |args: &[&str]| -> (serde_json::Value, Recovered) {
+        n += 1;
+        let data = s.path(&format!("restored-{n}"));
+        let mut all = vec![
+            "--json",
+            "restore",
+            "--job",
+            "pg",
+            "--target",
+            data.to_str().unwrap(),
+            "--start",
+        ];
+        all.extend(args);
+        let out = cairn_copy(&s, &cairn, &config, &all);
+        assert!(out.status.success(), "restore {args:?}: {}", text(&out));
+        let report = last_json(&String::from_utf8_lossy(&out.stdout));
+        let server = Recovered {
+            data: data.clone(),
+            sockets: PathBuf::from(report["socket_dir"].as_str().unwrap()),
+            port: report["port"].as_u64().unwrap() as u16,
+        };
+        (report, server)
+    };
+    let rows = |server: &Recovered| {
+        server
+            .query(
+                "postgres",
+                "SELECT count(*) || '|' || coalesce(max(id), 0) FROM marker",
+            )
+            .trim()
+            .to_string()
+    };
+    let check_time =
+        |report: &serde_json::Value, i: usize, target: chrono::DateTime<chrono::Utc>| {
+            let reached: chrono::DateTime<chrono::Utc> = report["reached_commit_time"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no reached_commit_time: {report}"))
+                .parse()
+                .unwrap();
+            assert!(
+                reached >= markers[i].sent && reached <= target,
+                "reached {reached}, marker {} sent {} and the target {target}: {report}",
+                markers[i].id,
+                markers[i].sent
+            );
+        };
+
+    // 1. A moment between the two base backups: the first one, replayed
+    // to exactly the markers acknowledged by then.
+    let i = markers
+        .iter()
+        .rposition(|m| m.acked < b2_began - chrono::Duration::milliseconds(500))
+        .unwrap();
+    assert!(
+        markers[i].sent > b1_done,
+        "no marker between the base backups"
+    );
+    let target = between(&markers, i);
+    let (report, server) = restore(&["--until", &target.to_rfc3339(), "--action", "pause"]);
+    assert_eq!(
+        report["base_snapshot"].as_str().map(short),
+        Some(short(&b1)),
+        "{report}"
+    );
+    assert_eq!(report["state"], "paused", "{report}");
+    assert_eq!(
+        rows(&server),
+        format!("{}|{}", i + 1, i + 1),
+        "target {target}: {report}"
+    );
+    check_time(&report, i, target);
+    drop(server);
+
+    // 2. After the second base backup, in PostgreSQL's own notation: the second one.
+    let i = markers
+        .iter()
+        .position(|m| m.sent > b2_done + chrono::Duration::milliseconds(500))
+        .unwrap();
+    let target = between(&markers, i);
+    let (report, server) = restore(&[
+        "--until",
+        &target.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
+        "--action",
+        "pause",
+    ]);
+    assert_eq!(
+        report["base_snapshot"].as_str().map(short),
+        Some(short(&b2)),
+        "{report}"
+    );
+    assert_eq!(
+        rows(&server),
+        format!("{}|{}", i + 1, i + 1),
+        "target {target}: {report}"
+    );
+    check_time(&report, i, target);
+    drop(server);
+
+    // 3. Near the end, where only the partial of the segment being
+    // received may hold it; promoted this time.
+    let i = markers.len() - 4;
+    let target = between(&markers, i);
+    let (report, server) = restore(&["--until", &target.to_rfc3339()]);
+    assert_eq!(report["state"], "promoted", "{report}");
+    assert_eq!(report["new_timeline"], 2, "{report}");
+    assert_eq!(
+        rows(&server),
+        format!("{}|{}", i + 1, i + 1),
+        "target {target}: {report}"
+    );
+    // Promoted: it takes writes.
+    server.query("postgres", "INSERT INTO marker (at) VALUES (now())");
+    drop(server);
+
+    // 4. A WAL position read after a commit, and 5. a transaction: the
+    // rows up to that marker, no more.
+    let i = markers.len() / 2;
+    let (report, server) = restore(&["--until-lsn", &markers[i].lsn_after, "--action", "pause"]);
+    assert_eq!(
+        rows(&server),
+        format!("{}|{}", i + 1, i + 1),
+        "lsn {}: {report}",
+        markers[i].lsn_after
+    );
+    drop(server);
+    let i = markers.len() / 3;
+    let (report, server) = restore(&[
+        "--until-xid",
+        &markers[i].xid.to_string(),
+        "--action",
+        "pause",
+    ]);
+    assert_eq!(
+        report["base_snapshot"].as_str().map(short),
+        Some(short(&b1)),
+        "the oldest base reaches every transaction: {report}"
+    );
+    assert_eq!(
+        rows(&server),
+        format!("{}|{}", i + 1, i + 1),
+        "xid {}: {report}",
+        markers[i].xid
+    );
+    drop(server);
+
+    // 6. The end of the archive: every acknowledged marker.
+    let (report, server) = restore(&["--until", "latest"]);
+    assert_eq!(report["state"], "promoted", "{report}");
+    assert_eq!(
+        rows(&server),
+        format!("{}|{}", markers.len(), markers.len()),
+        "{report}"
+    );
+    assert!(
+        report["wal_files_served"].as_u64().unwrap() >= 2,
+        "{report}"
+    );
+    // The last markers were only in the partial of the segment being
+    // received: it was served under its full name and replayed.
+    assert_eq!(report["wal_to_partial"], true, "{report}");
+    drop(server);
+
+    // Refused before anything is written, each saying why: a moment
+    // before the first base backup ended, a time without a zone, --start
+    // without pg_ctl granted.
+    let early = b1_began - chrono::Duration::seconds(1);
+    let empty = s.path("never");
+    for (args, says) in [
+        (
+            vec!["--until".to_string(), early.to_rfc3339()],
+            "no base backup can recover to time",
+        ),
+        (
+            vec!["--until".into(), "2026-12-07 10:00:00".into()],
+            "time zone",
+        ),
+    ] {
+        let mut all = vec![
+            "restore",
+            "--job",
+            "pg",
+            "--target",
+            empty.to_str().unwrap(),
+        ];
+        all.extend(args.iter().map(String::as_str));
+        let out = s.cairn_config(&config, &all);
+        assert!(!out.status.success(), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(says), "{args:?}: {}", text(&out));
+        assert!(!empty.exists(), "{args:?} made the target");
+    }
+    let no_pg_ctl = s.path("no-pg-ctl.toml");
+    write_config(
+        &no_pg_ctl,
+        r#"["pg_basebackup", "pg_receivewal", "psql", "tar"]"#,
+    );
+    let out = s.cairn_config(
+        &no_pg_ctl,
+        &[
+            "restore",
+            "--job",
+            "pg",
+            "--until",
+            "latest",
+            "--start",
+            "--target",
+            empty.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("does not grant pg_ctl"),
+        "{}",
+        text(&out)
+    );
+    assert!(!empty.exists());
+
+    // `wal-fetch --job` reads the archive directly: the bytes restic
+    // restores; a name the archive lacks exits 1, as restore_command must.
+    let listed = s.restic_ok(&["snapshots", "--json", "--tag", "cairn-wal"]);
+    let windows: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
+    let wal = s.path("wal");
+    let files = restic_wal(&s, &windows, &wal);
+    let (name, file) = &files[files.len() / 2];
+    let fetched = s.path("fetched");
+    s.cairn_config_ok(
+        &config,
+        &["wal-fetch", "--job", "pg", name, fetched.to_str().unwrap()],
+    );
+    assert!(
+        std::fs::read(&fetched).unwrap() == std::fs::read(file).unwrap(),
+        "{name} fetched differs from restic's"
+    );
+    for name in [
+        "0000000900000000000000FF",
+        "00000009.history",
+        "../../etc/passwd",
+    ] {
+        let out = s.cairn_config(
+            &config,
+            &["wal-fetch", "--job", "pg", name, fetched.to_str().unwrap()],
+        );
+        assert_eq!(out.status.code(), Some(1), "{name}: {}", text(&out));
+    }
 }

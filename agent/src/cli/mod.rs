@@ -143,6 +143,11 @@ enum Command {
     /// Stream a PostgreSQL job's WAL into its repository until SIGTERM or
     /// SIGINT (`[jobs.J.wal]`; point-in-time recovery).
     WalStream(wal::StreamArgs),
+    /// Fetch one WAL file for a recovering PostgreSQL server: its
+    /// `restore_command` (`cairn wal-fetch --socket S %f %p`, written by
+    /// `restore --until --start`; or `--job J` to read the archive
+    /// directly). Exits 0 with the file written, 1 if the archive has none.
+    WalFetch(wal::FetchArgs),
 }
 
 /// A `--retry-lock` duration: a number and `s`, `m` or `h`.
@@ -331,6 +336,24 @@ pub fn main() -> ExitCode {
         }
     };
     let command = match cli.command {
+        // restore_command: 0 with the file written, 1 without (PostgreSQL
+        // reads any other failure as "not there" too, but a signal or a
+        // code above 125 as fatal).
+        Command::WalFetch(a) => {
+            let result = match &a.socket {
+                Some(_) => wal::fetch_over_socket(&a),
+                None => runtime.block_on(wal::fetch(&global, a)),
+            };
+            runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+            return match result {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("cairn wal-fetch: {e:#}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         Command::Agent(a) => {
             let result = runtime.block_on(agent::run(&global, a));
             return ended(runtime, result);
@@ -366,7 +389,9 @@ pub fn main() -> ExitCode {
             Command::Tenant(c) => tenant::run(&global, c).await,
             Command::Drill(a) => drill::run(&global, a).await,
             Command::Adapter(c) => adapter::run(&global, c).await,
-            Command::Agent(_) | Command::WalStream(_) => unreachable!("handled above"),
+            Command::Agent(_) | Command::WalStream(_) | Command::WalFetch(_) => {
+                unreachable!("handled above")
+            }
         }
     };
     // The command runs as a task of its own, so that SIGTERM or SIGINT is

@@ -2,15 +2,20 @@
 
 use super::job::{AdapterFlags, LimitFlags};
 use super::{Global, Outcome, out};
-use crate::ops::{Store, restore};
+use crate::ops::{Store, pitr_restore, restore};
+use crate::pitr::plan::Target;
+use crate::pitr::recover::Action;
 use crate::runtime::{AdapterSource, Grants};
 use anyhow::{Context, bail};
 
 /// Flags of `restore`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Snapshot id (or unique prefix), or `latest` (with --job: the job's latest).
-    snapshot: String,
+    /// Snapshot id (or unique prefix), or `latest` (with --job: the job's
+    /// latest). With --until, --until-lsn or --until-xid: the base backup
+    /// to recover from (default: the newest that fits the target).
+    #[arg(required_unless_present_any = ["until", "until_lsn", "until_xid"])]
+    snapshot: Option<String>,
     /// Restore with this job of the config file: its tenant, adapter,
     /// adapter configuration and grants (into the job's server, say).
     #[arg(long)]
@@ -36,6 +41,76 @@ pub struct Args {
     overwrite: String,
     #[command(flatten)]
     limits: LimitFlags,
+    /// Point-in-time recovery of a PostgreSQL job that streams its WAL
+    /// (`[jobs.J.wal]`): recover to this moment, as the server's commit
+    /// times say (`2026-12-06 10:04:05+00`, RFC 3339; a time zone is
+    /// required), or `latest` for all the WAL archived.
+    #[arg(long, requires = "job", conflicts_with_all = ["until_lsn", "until_xid"])]
+    until: Option<String>,
+    /// Point-in-time recovery to just after the WAL record at this
+    /// position (`16/B374D848`).
+    #[arg(long, requires = "job", conflicts_with = "until_xid")]
+    until_lsn: Option<String>,
+    /// Point-in-time recovery to just after this transaction's commit.
+    #[arg(long, requires = "job")]
+    until_xid: Option<u64>,
+    /// With --until…: the timeline to follow (default: the newest one of
+    /// the archive in the base backup's lineage).
+    #[arg(long)]
+    timeline: Option<u32>,
+    /// With --until…: start the recovered server as the data directory's
+    /// owner (the job must grant `pg_ctl`), serve it the WAL, and wait
+    /// until it reaches the target.
+    #[arg(long)]
+    start: bool,
+    /// With --start: the server also listens on 127.0.0.1 at this port
+    /// (default: a private unix socket only).
+    #[arg(long, requires = "start")]
+    port: Option<u16>,
+    /// With --start: the server's configuration file (default: the
+    /// restored postgresql.conf, else a minimal one: the owner alone, over
+    /// the socket).
+    #[arg(long, requires = "start")]
+    pg_conf: Option<std::path::PathBuf>,
+    /// With --until…: what the server does at the target: `pause` (stays
+    /// in recovery, readable), `promote` (opens for writes on a new
+    /// timeline) or `shutdown`. A `latest` recovery always promotes.
+    #[arg(long, default_value = "promote", value_parser = ["pause", "promote", "shutdown"])]
+    action: String,
+}
+
+/// A recovery target given on the command line.
+fn pitr_target(a: &Args) -> anyhow::Result<Option<Target>> {
+    if let Some(u) = &a.until {
+        if u == "latest" {
+            return Ok(Some(Target::Latest));
+        }
+        return Ok(Some(Target::Time(parse_time(u)?)));
+    }
+    if let Some(l) = &a.until_lsn {
+        let lsn = l
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--until-lsn {l:?}: {e}"))?;
+        return Ok(Some(Target::Lsn(lsn)));
+    }
+    Ok(a.until_xid.map(Target::Xid))
+}
+
+/// A moment with its time zone: RFC 3339, or PostgreSQL's
+/// `2026-12-06 10:04:05.123+00`.
+fn parse_time(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    let t = s.trim();
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(t) {
+        return Ok(t.to_utc());
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z"] {
+        if let Ok(t) = chrono::DateTime::parse_from_str(t, format) {
+            return Ok(t.to_utc());
+        }
+    }
+    bail!(
+        "--until {s:?}: give a moment with its time zone, like 2026-12-06 10:04:05+00 or 2026-12-06T10:04:05Z, or `latest`"
+    )
 }
 
 /// Flags of `verify`.
@@ -66,14 +141,17 @@ struct Plan {
     source: AdapterSource,
     grants: Grants,
     config: Option<serde_json::Value>,
+    /// A point-in-time recovery's plan.
+    pitr: Option<pitr_restore::Planned>,
 }
 
 async fn plan(
     g: &Global,
-    spec: &str,
+    spec: Option<&str>,
     job: Option<&str>,
     adapter: Option<&str>,
     mut flags: AdapterFlags,
+    pitr: Option<(Target, Option<u32>)>,
 ) -> anyhow::Result<Plan> {
     let mut env = Default::default();
     let mut job_adapter = None;
@@ -90,7 +168,16 @@ async fn plan(
         None => g.clone(),
     };
     let store = g.open().await?;
-    let (id, snap) = store.repo.find_snapshot_of(spec, job).await?;
+    let (pitr, spec) = match (pitr, job) {
+        (Some((target, timeline)), Some(job)) => {
+            let planned = pitr_restore::plan(&store, job, target, timeline, spec).await?;
+            let base = planned.plan.base.id.0.to_hex();
+            (Some(planned), base)
+        }
+        (Some(_), None) => bail!("--until, --until-lsn and --until-xid need --job"),
+        (None, _) => (None, spec.context("give a snapshot")?.to_string()),
+    };
+    let (id, snap) = store.repo.find_snapshot_of(&spec, job).await?;
     let source = match adapter.map(str::to_string).or(job_adapter) {
         Some(name) => AdapterSource::parse(&name).pinned(pin.as_deref()),
         None => restore::snapshot_adapter(&id, &snap)?,
@@ -107,6 +194,7 @@ async fn plan(
         source,
         grants,
         config,
+        pitr,
     })
 }
 
@@ -127,6 +215,15 @@ async fn writes_paths(source: &crate::runtime::AdapterSource) -> bool {
 
 /// Run `restore`.
 pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
+    let target_of_pitr = pitr_target(&a)?;
+    if target_of_pitr.is_none() && (a.start || a.timeline.is_some() || a.action != "promote") {
+        bail!(
+            "--start, --timeline and --action are for point-in-time recovery: give --until, --until-lsn or --until-xid"
+        );
+    }
+    if target_of_pitr.is_some() && a.target.is_none() {
+        bail!("--until…: give --target, the empty directory to restore the base backup into");
+    }
     let Plan {
         store,
         id,
@@ -134,14 +231,25 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
         source,
         mut grants,
         config: adapter_config,
+        pitr,
     } = plan(
         g,
-        &a.snapshot,
+        a.snapshot.as_deref(),
         a.job.as_deref(),
         a.adapter.as_deref(),
         a.adapter_flags,
+        target_of_pitr.map(|t| (t, a.timeline)),
     )
     .await?;
+    // Checked before a byte is written: --start needs pg_ctl.
+    let pg_ctl = pitr_restore::granted(&grants, "pg_ctl");
+    let psql = pitr_restore::granted(&grants, "psql");
+    if a.start && pg_ctl.is_none() {
+        bail!(
+            "--start: job {} does not grant pg_ctl (add its path to the job's programs, /usr/lib/postgresql/15/bin/pg_ctl on Debian)",
+            a.job.as_deref().unwrap_or_default()
+        );
+    }
     // A file adapter's snapshot records the paths it backed up; a service
     // adapter's records `/<adapter>` only, and its settings have no target.
     let files = snap.paths != [format!("/{}", snap.adapter())];
@@ -212,6 +320,75 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
     for entry in &report.not_restored {
         super::note(format!("not restored: {}", crate::util::escaped(entry)));
     }
+    if let Some(planned) = pitr {
+        if !report.not_restored.is_empty() {
+            bail!(
+                "the base backup {} was not restored whole into {}: no recovery settings written",
+                id.short(),
+                report.target
+            );
+        }
+        let recovery = pitr_restore::Recovery {
+            job: a.job.clone().unwrap_or_default(),
+            start: a.start,
+            port: a.port,
+            pg_conf: a.pg_conf.clone(),
+            action: match a.action.as_str() {
+                "pause" => Action::Pause,
+                "shutdown" => Action::Shutdown,
+                _ => Action::Promote,
+            },
+            exe: std::env::current_exe().context("finding this program's path")?,
+            config: g.config_path.clone(),
+            pg_ctl,
+            psql,
+        };
+        let r = pitr_restore::recover(&planned, std::path::Path::new(&report.target), &recovery)
+            .await?;
+        if g.json {
+            super::emit(&r);
+        } else {
+            out(format!(
+                "restored base backup {} to {} ({} files, {}); recovery to {} on timeline {}, WAL {} to {}{}",
+                id.short(),
+                r.data_directory,
+                report.files,
+                indicatif::HumanBytes(report.bytes),
+                r.target,
+                r.timeline,
+                r.wal_from,
+                r.wal_to,
+                if r.wal_to_partial { " (partial)" } else { "" }
+            ));
+            if r.started {
+                out(format!(
+                    "the server {} after {:.1} s: last commit replayed at {}, WAL position {}{}; {} WAL files served",
+                    r.state,
+                    r.seconds,
+                    r.reached_commit_time.as_deref().unwrap_or("(none)"),
+                    r.reached_lsn.as_deref().unwrap_or("-"),
+                    r.new_timeline
+                        .map_or(String::new(), |t| format!(", new timeline {t}")),
+                    r.wal_files_served
+                ));
+                if let Some(stopped) = &r.stopped {
+                    out(format!("the server's log: {stopped}"));
+                }
+                out(format!(
+                    "it runs on: psql -h {} -p {} (log: {})",
+                    r.socket_dir.as_deref().unwrap_or_default(),
+                    r.port.unwrap_or_default(),
+                    r.log.as_deref().unwrap_or_default()
+                ));
+            } else {
+                out(format!(
+                    "recovery settings written; start it as the directory's owner with pg_ctl start -D {}. Its restore_command runs {}: that user needs the config, the password file and the repository (or use --start, which serves the WAL itself)",
+                    r.data_directory, r.restore_command
+                ));
+            }
+        }
+        return Ok(Outcome::Ok);
+    }
     if g.json {
         super::emit(&report);
     } else {
@@ -242,12 +419,14 @@ pub async fn verify(g: &Global, a: VerifyArgs) -> anyhow::Result<Outcome> {
         source,
         grants,
         config,
+        pitr: _,
     } = plan(
         g,
-        &a.snapshot,
+        Some(&a.snapshot),
         a.job.as_deref(),
         a.adapter.as_deref(),
         a.adapter_flags,
+        None,
     )
     .await?;
     let options = restore::Options {

@@ -107,3 +107,49 @@ pub async fn stream(g: &Global, a: StreamArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!(e))?;
     Ok(())
 }
+
+/// `wal-fetch` flags: PostgreSQL's `restore_command`, `… %f %p`.
+#[derive(clap::Args, Debug)]
+pub struct FetchArgs {
+    /// The socket of a running `cairn restore --start`, which serves the
+    /// WAL (its restore_command names it).
+    #[arg(long, conflicts_with = "job", required_unless_present = "job")]
+    pub socket: Option<std::path::PathBuf>,
+    /// Fetch from this job's archive directly (the config, the password
+    /// and the repository must be readable by the user running it).
+    #[arg(long)]
+    pub job: Option<String>,
+    /// With --job: the cluster's system identifier (default: the cluster
+    /// of the job's newest WAL window).
+    #[arg(long, requires = "job")]
+    pub system: Option<u64>,
+    /// The file PostgreSQL asks for (`%f`): a segment or history file name.
+    pub name: String,
+    /// Where to write it (`%p`).
+    pub path: std::path::PathBuf,
+}
+
+/// `wal-fetch --socket`: ask the restore serving the WAL. Whether the
+/// archive has the file.
+pub fn fetch_over_socket(a: &FetchArgs) -> anyhow::Result<bool> {
+    let socket = a.socket.as_ref().context("give --socket or --job")?;
+    crate::pitr::fetch::fetch_over_socket(socket, &a.name, &a.path).map_err(|e| anyhow::anyhow!(e))
+}
+
+/// `wal-fetch --job`: read the job's archive directly. Whether it has
+/// the file.
+pub async fn fetch(g: &Global, a: FetchArgs) -> anyhow::Result<bool> {
+    let job = a.job.as_deref().context("give --socket or --job")?;
+    if !crate::pitr::fetch::valid_request(&a.name) {
+        bail!("{:?} is not a WAL segment or history file name", a.name);
+    }
+    let (_, g) = super::job::load(g, job)?;
+    let store = g.open().await?;
+    let _lock = store.read_lock().await?;
+    let Some(catalog) =
+        crate::pitr::fetch::Catalog::load_for_job(store.repo.clone(), job, a.system).await?
+    else {
+        bail!("job {job} has no archived WAL (does `cairn wal-stream --job {job}` run?)");
+    };
+    Ok(catalog.fetch_to(&a.name, &a.path).await?)
+}

@@ -716,7 +716,7 @@ pub fn tag<'a>(tags: &'a [String], key: &str) -> Option<&'a str> {
 
 /// The order of a window's versions: by the WAL they reach, then closed
 /// after open.
-fn version(s: &Snapshot) -> (Lsn, bool) {
+pub(crate) fn version(s: &Snapshot) -> (Lsn, bool) {
     let stored = tag(&s.tags, "wal-stored")
         .and_then(|l| l.parse().ok())
         .unwrap_or_default();

@@ -6,8 +6,11 @@
 
 pub mod archive;
 pub mod basebackup;
+pub mod fetch;
 pub mod history;
 pub mod lsn;
+pub mod plan;
+pub mod recover;
 pub mod retention;
 pub mod spool;
 pub mod stream;
