@@ -146,7 +146,7 @@ impl Agent {
         }
     }
 
-    fn metrics(&self) -> String {
+    pub(crate) fn metrics(&self) -> String {
         let (status, body) = self.call("GET", "/metrics", Some(TOKEN), None);
         assert_eq!(status, 200);
         body.as_str().unwrap().to_string()
@@ -199,7 +199,7 @@ impl Agent {
     }
 
     /// Send SIGTERM and wait for the exit; its code.
-    fn terminate(&mut self, within: Duration) -> Option<i32> {
+    pub(crate) fn terminate(&mut self, within: Duration) -> Option<i32> {
         self.signal(rustix::process::Signal::TERM);
         let mut child = self.child.take().unwrap();
         let deadline = Instant::now() + within;
@@ -286,7 +286,7 @@ fn time(v: &serde_json::Value) -> chrono::DateTime<chrono::FixedOffset> {
         .unwrap()
 }
 
-fn metric(metrics: &str, series: &str) -> Option<f64> {
+pub(crate) fn metric(metrics: &str, series: &str) -> Option<f64> {
     metrics
         .lines()
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))

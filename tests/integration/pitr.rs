@@ -1300,3 +1300,168 @@ fn restores_to_a_time_a_position_a_transaction_and_the_end_hold_exactly_the_rows
         assert_eq!(out.status.code(), Some(1), "{name}: {}", text(&out));
     }
 }
+
+/// The pid of the `wal-stream` child whose command line names `config_dir`
+/// (the agent's frozen config is under its state directory).
+fn stream_child(config_dir: &Path) -> Option<i32> {
+    let want = config_dir.to_str().unwrap();
+    std::fs::read_dir("/proc").ok()?.find_map(|e| {
+        let e = e.ok()?;
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        (args.iter().any(|a| a == "wal-stream") && args.iter().any(|a| a.starts_with(want)))
+            .then_some(pid)
+    })
+}
+
+#[test]
+fn the_agent_keeps_a_wal_stream_running_reports_its_lag_and_restarts_it_when_it_is_killed() {
+    let s = Scratch::new();
+    std::fs::set_permissions(s.path(""), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let source = Cluster::create(&s, "source", 5444);
+    source.sql(
+        "postgres",
+        "CREATE TABLE marker (id serial PRIMARY KEY, at timestamptz NOT NULL)",
+    );
+    let insert = |n: usize| {
+        for _ in 0..n {
+            source.sql(
+                "postgres",
+                "INSERT INTO marker (at) VALUES (clock_timestamp())",
+            );
+        }
+    };
+    let bin = s.path("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cairn = bin.join("cairn");
+    std::fs::copy(crate::common::cairn_bin(), &cairn).unwrap();
+    std::fs::set_permissions(&cairn, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let jobs = format!(
+        "[jobs.pg]\ntenant = \"acme\"\nadapter = \"postgres\"\n\
+         config = {{ host = \"127.0.0.1\", port = 5444, user = \"postgres\", mode = \"physical\" }}\n\
+         grants = {{ programs = [\"pg_basebackup\", \"pg_receivewal\", \"psql\", \"tar\", {:?}], connect = [\"127.0.0.1:5444\"] }}\n\
+         wal = {{ flush-secs = 1 }}\n",
+        pg_bin("pg_ctl")
+    );
+    let mut agent = crate::agent::start_agent(&s, "", &jobs);
+    let wal = |agent: &crate::agent::Agent| {
+        let jobs = agent.get("/v1/jobs");
+        jobs["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["name"] == "pg")
+            .unwrap()
+            .clone()
+    };
+    let wait_for =
+        |agent: &crate::agent::Agent, what: &str, ok: &dyn Fn(&serde_json::Value) -> bool| {
+            for _ in 0..600 {
+                let job = wal(agent);
+                if ok(&job) {
+                    return job;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            panic!("{what}: {}\n{}", wal(agent), agent.log());
+        };
+    wait_for(&agent, "the stream runs and stores", &|j| {
+        j["wal"]["state"] == "streaming" && j["wal"]["stored_lsn"].is_string()
+    });
+    insert(10);
+    let base = agent.run_job("pg");
+    assert_eq!(base["status"], "succeeded", "{base}");
+    insert(10);
+    let series = |name: &str| format!("{name}{{job=\"pg\",tenant=\"acme\"}}");
+    let metrics = agent.metrics();
+    assert_eq!(
+        crate::agent::metric(&metrics, &series("cairn_wal_stream_up")),
+        Some(1.0),
+        "{metrics}"
+    );
+    for name in [
+        "cairn_wal_lag_bytes",
+        "cairn_wal_lag_seconds",
+        "cairn_wal_stored_lsn",
+        "cairn_wal_server_lsn",
+        "cairn_wal_files_stored_total",
+    ] {
+        assert!(
+            crate::agent::metric(&metrics, &series(name)).is_some(),
+            "{name}: {metrics}"
+        );
+    }
+    assert!(
+        crate::agent::metric(&metrics, &series("cairn_wal_lag_seconds")).unwrap() < 30.0,
+        "{metrics}"
+    );
+
+    // The stream's child killed outright: the agent starts another, and
+    // the run of the first says how it ended.
+    let child = stream_child(&s.path("state")).expect("the agent's wal-stream child");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    insert(10);
+    let job = wait_for(&agent, "the stream restarted", &|j| {
+        j["wal"]["restarts"].as_u64() >= Some(1)
+            && j["wal"]["up"] == true
+            && j["wal"]["state"] == "streaming"
+    });
+    let runs = job["recent_runs"].as_array().unwrap();
+    assert!(
+        runs.iter()
+            .any(|r| r["kind"] == "stream" && r["status"] == "failed"),
+        "{job}"
+    );
+    assert_ne!(stream_child(&s.path("state")), Some(child));
+    insert(5);
+    wait_caught_up("cairn_pg", |q| source.sql("postgres", q));
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // SIGTERM: the agent stops its stream after a last flush, and exits 0.
+    assert_eq!(agent.terminate(std::time::Duration::from_secs(60)), Some(0));
+    assert!(
+        stream_child(&s.path("state")).is_none(),
+        "the stream outlived the agent"
+    );
+
+    // Every row, through the archive the agent's streams wrote.
+    let data = s.path("restored");
+    let out = cairn_copy(
+        &s,
+        &cairn,
+        &s.path("agent.toml"),
+        &[
+            "--json",
+            "restore",
+            "--job",
+            "pg",
+            "--until",
+            "latest",
+            "--start",
+            "--target",
+            data.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let report = last_json(&String::from_utf8_lossy(&out.stdout));
+    let server = Recovered {
+        data,
+        sockets: PathBuf::from(report["socket_dir"].as_str().unwrap()),
+        port: report["port"].as_u64().unwrap() as u16,
+    };
+    assert_eq!(
+        server
+            .query("postgres", "SELECT count(*) || '|' || max(id) FROM marker")
+            .trim(),
+        "35|35",
+        "{report}"
+    );
+}

@@ -83,7 +83,10 @@ pub async fn stream(g: &Global, a: StreamArgs) -> anyhow::Result<()> {
         compression: job.compression,
         stop: stop_rx,
         on_status: Box::new(move |s: &Status| {
-            if json {
+            // Under the agent, the state goes to it (its metrics and API).
+            if crate::ops::protocol::is_child() {
+                super::to_agent(crate::ops::protocol::Message::WalStatus(s.clone()));
+            } else if json {
                 super::emit(s);
             } else {
                 super::out(format!(

@@ -406,6 +406,7 @@ async fn jobs(State(api): State<Api>) -> Json<serde_json::Value> {
     let agent = &api.agent;
     let loaded = agent.loaded();
     let c = &loaded.config;
+    let streams = agent.stream_states();
     let runs = lock(&agent.runs);
     let mut out = Vec::new();
     for (name, j) in &c.jobs {
@@ -437,6 +438,7 @@ async fn jobs(State(api): State<Api>) -> Json<serde_json::Value> {
             "drill_schedule": j.drill.as_ref().and_then(|d| d.schedule.clone()),
             "next_drill": agent.next_run(&Target::Drill(name.clone())),
             "recent_runs": runs.of_job(name, 5),
+            "wal": streams.get(name).map(super::streams::view),
         }));
     }
     let groups: Vec<serde_json::Value> = c

@@ -3,6 +3,7 @@
 
 use super::Agent;
 use super::state::JobStats;
+use super::streams::StreamState;
 use crate::ops::drills::{self, DrillRecord};
 use crate::util::lock;
 use std::collections::BTreeMap;
@@ -132,6 +133,101 @@ const DRILL_SERIES: [DrillSeries; 4] = [
     ),
 ];
 
+/// A series of each WAL stream.
+type WalSeries = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&StreamState) -> Option<f64>,
+);
+
+/// A stream's position as a number (bytes since 0/0).
+fn lsn(s: Option<&String>) -> Option<f64> {
+    s.and_then(|l| l.parse::<crate::pitr::lsn::Lsn>().ok())
+        .map(|l| l.0 as f64)
+}
+
+const WAL_SERIES: [WalSeries; 10] = [
+    (
+        "cairn_wal_stream_up",
+        "gauge",
+        "1 while the job's WAL stream runs, else 0.",
+        |s| Some(if s.up { 1.0 } else { 0.0 }),
+    ),
+    (
+        "cairn_wal_lag_bytes",
+        "gauge",
+        "WAL the server has written and the repository does not hold yet, as of the last flush.",
+        |s| s.status.as_ref()?.lag_bytes.map(|b| b as f64),
+    ),
+    (
+        "cairn_wal_lag_seconds",
+        "gauge",
+        "How old, at most, the oldest WAL not yet in the repository was at the last flush.",
+        |s| s.status.as_ref()?.lag_seconds,
+    ),
+    (
+        "cairn_wal_server_lsn",
+        "gauge",
+        "The server's WAL position at the last flush (bytes).",
+        |s| lsn(s.status.as_ref()?.server_lsn.as_ref()),
+    ),
+    (
+        "cairn_wal_stored_lsn",
+        "gauge",
+        "The WAL position the repository holds without a gap (bytes).",
+        |s| lsn(s.status.as_ref()?.stored_lsn.as_ref()),
+    ),
+    (
+        "cairn_wal_timeline",
+        "gauge",
+        "The timeline being archived.",
+        |s| s.status.as_ref()?.timeline.map(f64::from),
+    ),
+    (
+        "cairn_wal_files_stored_total",
+        "counter",
+        "WAL files (segments, partial versions, history files) stored by the agent's streams.",
+        |s| {
+            Some(
+                (s.files_stored_total
+                    + if s.up {
+                        s.status.as_ref().map_or(0, |x| x.files_stored)
+                    } else {
+                        0
+                    }) as f64,
+            )
+        },
+    ),
+    (
+        "cairn_wal_receiver_restarts_total",
+        "counter",
+        "Times pg_receivewal was started again after it exited (a server restart, say).",
+        |s| {
+            Some(
+                (s.receiver_restarts_total
+                    + if s.up {
+                        s.status.as_ref().map_or(0, |x| x.receiver_restarts)
+                    } else {
+                        0
+                    }) as f64,
+            )
+        },
+    ),
+    (
+        "cairn_wal_stream_restarts_total",
+        "counter",
+        "Times the stream was started again after it ended.",
+        |s| Some(s.restarts as f64),
+    ),
+    (
+        "cairn_wal_spool_bytes",
+        "gauge",
+        "Bytes in the stream's spool.",
+        |s| s.status.as_ref().map(|x| x.spool_bytes as f64),
+    ),
+];
+
 /// The agent's metrics.
 pub fn render(agent: &Agent) -> String {
     let loaded = agent.loaded();
@@ -200,6 +296,17 @@ pub fn render(agent: &Agent) -> String {
         o.sample(metric, &[], value);
     }
     drop(runs);
+
+    let streams = agent.stream_states();
+    for (metric, kind, help, value) in WAL_SERIES {
+        o.family(metric, kind, help);
+        for (job, s) in &streams {
+            let tenant = config.jobs.get(job).map_or("", |j| j.tenant.as_str());
+            if let Some(v) = value(s) {
+                o.sample(metric, &[("job", job), ("tenant", tenant)], v);
+            }
+        }
+    }
 
     let records = drills::read(&config.agent.state_dir).unwrap_or_default();
     let mut latest: BTreeMap<&str, &DrillRecord> = BTreeMap::new();

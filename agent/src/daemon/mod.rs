@@ -22,6 +22,7 @@ mod runs;
 mod scheduler;
 mod shutdown;
 pub mod state;
+pub mod streams;
 
 pub use frozen::Loaded;
 pub use request::{RestoreSpec, Target, TriggerError};
@@ -54,6 +55,10 @@ pub struct Agent {
     scheduler_up: std::sync::atomic::AtomicBool,
     /// Held while a reload checks the new config: one at a time.
     reloading: tokio::sync::Mutex<()>,
+    /// Each WAL stream's state, by job.
+    streams: Mutex<BTreeMap<String, streams::StreamState>>,
+    /// Each WAL stream's supervisor, by job.
+    stream_handles: Mutex<BTreeMap<String, streams::Handle>>,
 }
 
 impl Agent {
@@ -77,6 +82,8 @@ impl Agent {
             next_runs: Mutex::new(BTreeMap::new()),
             scheduler_up: std::sync::atomic::AtomicBool::new(false),
             reloading: tokio::sync::Mutex::new(()),
+            streams: Mutex::new(BTreeMap::new()),
+            stream_handles: Mutex::new(BTreeMap::new()),
         }))
     }
 

@@ -9,7 +9,6 @@
 //! group, so a Ctrl-C at the agent's terminal reaches the agent alone, and
 //! die with SIGTERM if the agent itself dies.
 
-use crate::ops::backup::Progress;
 use crate::ops::protocol::{self, End, Exit, Message};
 use std::collections::VecDeque;
 use std::process::Stdio;
@@ -72,15 +71,16 @@ impl Finished {
     }
 }
 
-/// Run `cairn <args>`; `on_status` sees each progress line. The child is
-/// stopped (SIGTERM, then SIGKILL after [`STOP_GRACE`]) at `timeout` or
-/// when `abort` turns true.
+/// Run `cairn <args>`; `on_live` sees each live message (a backup's
+/// progress, a WAL stream's state), which is not kept: a child that runs
+/// for weeks says them all the while. The child is stopped (SIGTERM, then
+/// SIGKILL after [`STOP_GRACE`]) at `timeout` or when `abort` turns true.
 pub async fn run(
     label: &str,
     args: &[String],
     timeout: Option<Duration>,
     mut abort: tokio::sync::watch::Receiver<bool>,
-    mut on_progress: impl FnMut(&Progress),
+    mut on_live: impl FnMut(&Message),
 ) -> std::io::Result<Finished> {
     // /proc/self/exe still names this binary after an upgrade replaced
     // the file (current_exe would then end in " (deleted)").
@@ -161,8 +161,8 @@ pub async fn run(
         tokio::select! {
             line = lines.next_line(), if stdout_open => match line {
                 Ok(Some(line)) => {
-                    if let Some(p) = receive(label, &line, &mut out) {
-                        on_progress(&p);
+                    if let Some(m) = receive(label, &line, &mut out) {
+                        on_live(&m);
                     }
                 }
                 _ => stdout_open = false,
@@ -207,16 +207,16 @@ pub async fn run(
 }
 
 /// Take one line of a child's output: a message is kept (an end as its
-/// end, a report with its messages); progress is handed back; anything
-/// else is logged and dropped.
-fn receive(label: &str, line: &str, out: &mut Finished) -> Option<Progress> {
+/// end, a report with its messages); a live one (progress, a stream's
+/// state) is handed back; anything else is logged and dropped.
+fn receive(label: &str, line: &str, out: &mut Finished) -> Option<Message> {
     // The end is the last word: nothing after it counts.
     if out.end.is_some() {
         tracing::warn!(run = %label, line = %crate::util::escaped(line), "Ignoring output after the command's end message.");
         return None;
     }
     match protocol::decode(line) {
-        Ok(Message::Progress(p)) => return Some(p),
+        Ok(m @ (Message::Progress(_) | Message::WalStatus(_))) => return Some(m),
         Ok(Message::End(end)) => out.end = Some(end),
         Ok(m) => out.messages.push(m),
         Err(e) => {
@@ -310,6 +310,7 @@ impl Drop for KillGroupOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::backup::Progress;
     use crate::ops::protocol::{ErrorKind, Failure, encode};
 
     fn end() -> Message {
@@ -332,10 +333,10 @@ mod tests {
             bytes_read: 10,
             bytes_stored: 5,
         });
-        assert_eq!(
-            receive("t", &encode(&progress), &mut f).map(|p| p.bytes_read),
-            Some(10)
-        );
+        assert!(matches!(
+            receive("t", &encode(&progress), &mut f),
+            Some(Message::Progress(p)) if p.bytes_read == 10
+        ));
         assert!(receive("t", "restored 3 files", &mut f).is_none());
         assert!(receive("t", "{\"message_type\":\"summary\"}", &mut f).is_none());
         receive("t", &encode(&end()), &mut f);

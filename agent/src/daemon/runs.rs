@@ -29,11 +29,13 @@ impl Agent {
         timeout: Option<Duration>,
     ) -> (Status, Option<runner::Finished>) {
         let progress_id = id.to_string();
-        let finished = runner::run(id, &args, timeout, self.abort.subscribe(), |p| {
-            lock(&self.runs).update(&progress_id, |r| {
-                r.progress.bytes_read = p.bytes_read;
-                r.progress.bytes_stored = p.bytes_stored;
-            });
+        let finished = runner::run(id, &args, timeout, self.abort.subscribe(), |m| {
+            if let Message::Progress(p) = m {
+                lock(&self.runs).update(&progress_id, |r| {
+                    r.progress.bytes_read = p.bytes_read;
+                    r.progress.bytes_stored = p.bytes_stored;
+                });
+            }
         })
         .await;
         let f = match finished {

@@ -12,6 +12,9 @@ impl Agent {
     /// aborted (no snapshot) and waited for.
     pub async fn shutdown(&self, grace: Duration) {
         self.stopping.send_replace(true);
+        // Streams never end by themselves: they stop first, beside the
+        // runs' grace period (a last flush takes seconds).
+        let streams = self.stop_streams(runner::STOP_GRACE + Duration::from_secs(10));
         let mut active = self.active.subscribe();
         let n = *active.borrow();
         if n > 0 {
@@ -47,6 +50,7 @@ impl Agent {
                 tracing::error!("Runs did not end after being stopped; exiting anyway.");
             }
         }
+        streams.await;
     }
 }
 
@@ -70,6 +74,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         None => None,
     };
     tokio::spawn(agent.clone().schedule());
+    agent.sync_streams();
     tracing::info!(
         config = %config_path.display(),
         jobs = loaded.config.jobs.len(),
@@ -84,7 +89,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 let (agent, path) = (agent.clone(), config_path.to_path_buf());
                 tokio::spawn(async move {
                     match agent.reload().await {
-                        Ok(()) => tracing::info!(config = %path.display(), "Reloaded the config."),
+                        Ok(()) => {
+                            tracing::info!(config = %path.display(), "Reloaded the config.");
+                            agent.sync_streams();
+                        }
                         Err(e) => tracing::error!(config = %path.display(), error = %format!("{e:#}"), "The new config is refused; the old one stays in force."),
                     }
                 });

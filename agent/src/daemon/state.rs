@@ -23,6 +23,9 @@ pub enum Kind {
     Drill,
     /// A restore asked for through the API.
     Restore,
+    /// One life of a job's WAL stream (`cairn wal-stream`), from its start
+    /// to its end (a restart is a new run).
+    Stream,
 }
 
 /// Where a run is.

@@ -41,6 +41,8 @@ pub enum Message {
     Drill(super::drills::DrillRecord),
     /// The repository's snapshots, oldest first.
     Snapshots(Vec<crate::repo::snapshot::Listed>),
+    /// A WAL stream's state (after each flush, while it runs).
+    WalStatus(crate::pitr::stream::Status),
     /// The last message: how the command ended.
     End(End),
 }

@@ -88,9 +88,10 @@ pub struct Options {
 }
 
 /// The stream's state, after each flush.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct Status {
-    /// `streaming`, `receiver-restarting` or `stopped`.
+    /// `starting`, `streaming`, `waiting-lock`, `receiver-restarting` or
+    /// `stopped`.
     pub state: String,
     /// The timeline being archived.
     pub timeline: Option<u32>,
@@ -100,6 +101,13 @@ pub struct Status {
     pub stored_lsn: Option<String>,
     /// Bytes between the two.
     pub lag_bytes: Option<u64>,
+    /// How old, at most, the oldest WAL not yet in the repository is: the
+    /// time since the server was last seen at a position the repository
+    /// now holds (0 when it holds all the server had). Its resolution is
+    /// the flush interval.
+    pub lag_seconds: Option<f64>,
+    /// When a flush last stored something (RFC 3339).
+    pub last_stored_at: Option<String>,
     /// Files stored so far by this stream.
     pub files_stored: u64,
     /// Times the receiver was started again.
@@ -232,6 +240,9 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut stored_tag = writer.resumed_stored();
     let mut stopping = false;
+    // The server's position as seen at each flush, oldest first: how old
+    // the WAL not yet stored is.
+    let mut seen: std::collections::VecDeque<(Instant, Lsn)> = std::collections::VecDeque::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -347,6 +358,10 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
         last_flush = Instant::now();
         flushed_partial = partial;
         status.files_stored += flushed.files.len() as u64;
+        if !flushed.files.is_empty() {
+            status.last_stored_at =
+                Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        }
         // The hold slot follows what the repository holds without a gap:
         // the gapless run of complete segments, and into the partial
         // right after it as far as the receiver had fsynced before the
@@ -400,6 +415,10 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
         status.stored_lsn = Some(stored.to_string());
         status.server_lsn = server.map(|s| s.to_string());
         status.lag_bytes = server.map(|s| s.0.saturating_sub(stored.0));
+        if let Some(s) = server {
+            seen.push_back((Instant::now(), s));
+        }
+        status.lag_seconds = lag_seconds(&mut seen, stored);
         status.spool_bytes = Spool::scan(&o.spool, size).map(|s| s.bytes()).unwrap_or(0);
         if stopping {
             status.state = "stopped".into();
@@ -408,6 +427,28 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
         }
         (o.on_status)(&status);
     }
+}
+
+/// How old, at most, the oldest WAL past `stored` is, from the server's
+/// positions `seen` (oldest first): the time since the newest sighting the
+/// repository covers. Sightings older than that one are dropped.
+fn lag_seconds(seen: &mut std::collections::VecDeque<(Instant, Lsn)>, stored: Lsn) -> Option<f64> {
+    let (_, newest) = *seen.back()?;
+    if newest <= stored {
+        seen.clear();
+        seen.push_back((Instant::now(), newest));
+        return Some(0.0);
+    }
+    while seen.len() > 1 && seen[1].1 <= stored {
+        seen.pop_front();
+    }
+    // Bounded: a stream that stores nothing for long keeps its first
+    // sighting and a day of the rest at most.
+    while seen.len() > 100_000 {
+        seen.remove(1);
+    }
+    let (at, _) = seen.front()?;
+    Some(at.elapsed().as_secs_f64())
 }
 
 /// Make `spool` this job's spool: a new directory (created 0700), or one
@@ -638,6 +679,33 @@ impl Pg<'_> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn lag_is_the_age_of_the_newest_sighting_the_repository_covers() {
+        let now = Instant::now();
+        let ago = |s: u64| now - Duration::from_secs(s);
+        let mut seen: std::collections::VecDeque<(Instant, Lsn)> = [
+            (ago(30), Lsn(100)),
+            (ago(20), Lsn(200)),
+            (ago(10), Lsn(300)),
+        ]
+        .into();
+        // Stored up to 200: everything after was written since 20 s ago.
+        let lag = lag_seconds(&mut seen, Lsn(250)).unwrap();
+        assert!((20.0..21.0).contains(&lag), "{lag}");
+        assert_eq!(seen.len(), 2, "older sightings go");
+        // Nothing covered yet: since the oldest sighting.
+        let mut none: std::collections::VecDeque<(Instant, Lsn)> =
+            [(ago(5), Lsn(100)), (ago(1), Lsn(200))].into();
+        let lag = lag_seconds(&mut none, Lsn(50)).unwrap();
+        assert!((5.0..6.0).contains(&lag), "{lag}");
+        // All stored: no lag.
+        assert_eq!(lag_seconds(&mut seen, Lsn(300)), Some(0.0));
+        assert_eq!(
+            lag_seconds(&mut std::collections::VecDeque::new(), Lsn(1)),
+            None
+        );
+    }
 
     #[test]
     fn only_a_new_empty_or_earlier_spool_is_taken_and_nothing_else_is_changed() {
