@@ -1465,3 +1465,210 @@ fn the_agent_keeps_a_wal_stream_running_reports_its_lag_and_restarts_it_when_it_
         "{report}"
     );
 }
+
+/// The name of the segment holding position `lsn` (`X/Y`) on timeline 1,
+/// 16 MiB segments.
+fn segment_of(lsn: &str) -> String {
+    let (hi, lo) = lsn.split_once('/').unwrap();
+    let pos = (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap();
+    let segno = pos >> 24;
+    format!("00000001{:08X}{:08X}", segno >> 8, segno & 0xFF)
+}
+
+#[test]
+fn retention_keeps_exactly_the_wal_from_the_oldest_kept_base_backup_which_still_recovers() {
+    let s = Scratch::new();
+    s.init();
+    std::fs::set_permissions(s.path(""), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let source = Cluster::create(&s, "source", 5445);
+    source.sql(
+        "postgres",
+        "CREATE TABLE marker (id serial PRIMARY KEY, at timestamptz NOT NULL)",
+    );
+    let insert_and_switch = |n: usize| {
+        for _ in 0..n {
+            source.sql(
+                "postgres",
+                "INSERT INTO marker (at) VALUES (clock_timestamp())",
+            );
+        }
+        source.sql("postgres", "SELECT pg_switch_wal()");
+    };
+    let bin = s.path("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cairn = bin.join("cairn");
+    std::fs::copy(crate::common::cairn_bin(), &cairn).unwrap();
+    std::fs::set_permissions(&cairn, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = s.path("pitr.toml");
+    std::fs::write(s.path("password"), crate::common::PASSWORD).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nstate-dir = {:?}\n\n[tenants.acme]\nrepository = {:?}\npassword-file = {:?}\n\n[jobs.pg]\ntenant = \"acme\"\nadapter = \"postgres\"\n\
+             config = {{ host = \"127.0.0.1\", port = 5445, user = \"postgres\", mode = \"physical\" }}\n\
+             grants = {{ programs = [\"pg_basebackup\", \"pg_receivewal\", \"psql\", \"tar\", {:?}], connect = [\"127.0.0.1:5445\"] }}\n\
+             wal = {{ flush-secs = 1, window-secs = 5 }}\n",
+            s.path("state"),
+            s.repo(),
+            s.path("password"),
+            pg_bin("pg_ctl")
+        ),
+    )
+    .unwrap();
+    let stream = s
+        .cairn_cmd(&[
+            "--config",
+            config.to_str().unwrap(),
+            "wal-stream",
+            "--job",
+            "pg",
+        ])
+        .env_remove("CAIRN_REPOSITORY")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..300 {
+        let a = source.sql(
+            "postgres",
+            "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = 'cairn_pg'",
+        );
+        if a.trim() == "t" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let base = || {
+        let b = last_json(&s.cairn_config_ok(&config, &["--json", "backup", "--job", "pg"]));
+        b["snapshot_id"].as_str().unwrap().to_string()
+    };
+    // Windows close every 5 s (at the next segment): B1 and B2 fall in
+    // different windows, and the windows around B2's start close too.
+    insert_and_switch(3);
+    let b1 = base();
+    for _ in 0..3 {
+        insert_and_switch(3);
+        std::thread::sleep(std::time::Duration::from_secs(3));
+    }
+    let b2 = base();
+    for _ in 0..4 {
+        insert_and_switch(3);
+        std::thread::sleep(std::time::Duration::from_secs(3));
+    }
+    insert_and_switch(2);
+    wait_caught_up("cairn_pg", |q| source.sql("postgres", q));
+    stop_stream(stream);
+    let rows = source.sql("postgres", "SELECT count(*) || '|' || max(id) FROM marker");
+    let b2_start = {
+        let listed = s.restic_ok(&["snapshots", "--json", "--tag", "pg-basebackup"]);
+        let all: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
+        let b = all
+            .iter()
+            .find(|v| b2.starts_with(v["short_id"].as_str().unwrap()))
+            .unwrap();
+        b["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|t| t.as_str()?.strip_prefix("pg-start="))
+            .unwrap()
+            .to_string()
+    };
+    let first_kept = segment_of(&b2_start);
+    let windows_before: Vec<serde_json::Value> =
+        serde_json::from_str(&s.restic_ok(&["snapshots", "--json", "--tag", "cairn-wal"])).unwrap();
+    assert!(
+        windows_before.len() >= 4,
+        "{} windows",
+        windows_before.len()
+    );
+
+    // A dry run says what it would do, and does nothing.
+    let forget = |extra: &[&str]| {
+        let mut args = vec!["--tenant", "acme", "--json", "forget", "--keep-last", "1"];
+        args.extend(extra);
+        let out = s.cairn_config_ok(&config, &args);
+        out.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v.get("wal").is_some())
+            .unwrap_or_else(|| panic!("no WAL report: {out}"))
+    };
+    let dry = forget(&["--dry-run"]);
+    let windows = dry["wal"][0]["windows"].as_array().unwrap().clone();
+    assert!(!windows.is_empty(), "{dry}");
+    assert!(windows.iter().any(|w| w["action"] == "removed"), "{dry}");
+    let after_dry: Vec<serde_json::Value> =
+        serde_json::from_str(&s.restic_ok(&["snapshots", "--json", "--tag", "cairn-wal"])).unwrap();
+    assert_eq!(after_dry.len(), windows_before.len());
+
+    // The policy keeps B2; the WAL step keeps exactly what B2 needs.
+    let report = forget(&["--prune"]);
+    assert_eq!(report["wal"][0]["kept_base_backups"], 1, "{report}");
+    let bases: Vec<serde_json::Value> =
+        serde_json::from_str(&s.restic_ok(&["snapshots", "--json", "--tag", "pg-basebackup"]))
+            .unwrap();
+    assert_eq!(bases.len(), 1);
+    assert!(b2.starts_with(bases[0]["short_id"].as_str().unwrap()));
+    assert!(!b1.starts_with(bases[0]["short_id"].as_str().unwrap()));
+    s.restic_ok(&["check", "--read-data"]);
+    let listed = s.restic_ok(&["snapshots", "--json", "--tag", "cairn-wal"]);
+    let windows: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
+    let wal = s.path("wal");
+    let files = restic_wal(&s, &windows, &wal);
+    assert_eq!(
+        files[0].0, first_kept,
+        "the archive starts at B2's start segment ({b2_start})"
+    );
+
+    // B2, the oldest kept, recovers to the last row.
+    let data = s.path("restored");
+    let out = cairn_copy(
+        &s,
+        &cairn,
+        &config,
+        &[
+            "--json",
+            "restore",
+            "--job",
+            "pg",
+            "--until",
+            "latest",
+            "--start",
+            "--target",
+            data.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let r = last_json(&String::from_utf8_lossy(&out.stdout));
+    assert!(
+        b2.starts_with(&r["base_snapshot"].as_str().unwrap()[..8]),
+        "{r}"
+    );
+    let server = Recovered {
+        data,
+        sockets: PathBuf::from(r["socket_dir"].as_str().unwrap()),
+        port: r["port"].as_u64().unwrap() as u16,
+    };
+    assert_eq!(
+        server
+            .query("postgres", "SELECT count(*) || '|' || max(id) FROM marker")
+            .trim(),
+        rows.trim()
+    );
+    // Restoring to before B2 now fails, naming why, before anything is written.
+    let out = s.cairn_config(
+        &config,
+        &[
+            "restore",
+            "--job",
+            "pg",
+            b1.as_str(),
+            "--until",
+            "latest",
+            "--target",
+            s.path("never").to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+}

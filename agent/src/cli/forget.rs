@@ -200,6 +200,9 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
     super::to_agent(crate::ops::protocol::Message::Forget(report.clone()));
     if g.json {
         out(serde_json::to_value(&report.groups)?);
+        if !report.wal.is_empty() {
+            out(serde_json::json!({ "wal": report.wal }));
+        }
         if let Some(p) = &report.pruned {
             out(serde_json::to_value(p)?);
         }
@@ -243,6 +246,26 @@ fn print(report: &forget::Report) {
                 listed.short_id,
                 listed.snapshot.time.format("%Y-%m-%d %H:%M:%S"),
                 v.reasons.join(", ")
+            ));
+        }
+    }
+    for w in &report.wal {
+        out(format!(
+            "WAL of job {} (cluster {}, {} base backups kept):{}",
+            w.job,
+            w.system,
+            w.kept_base_backups,
+            w.note.as_ref().map_or(String::new(), |n| format!(" {n}"))
+        ));
+        for t in &w.windows {
+            out(format!(
+                "  {} window {} ({} files dropped{})",
+                t.action,
+                t.window,
+                t.files_dropped,
+                t.first_kept
+                    .as_ref()
+                    .map_or(String::new(), |f| format!(", keeps from {f}"))
             ));
         }
     }

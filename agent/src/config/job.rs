@@ -67,7 +67,7 @@ pub struct WalConfig {
     #[serde(default = "default_flush_secs")]
     pub flush_secs: u64,
     /// A window snapshot closes after this many seconds, at the next
-    /// segment boundary (60..=86400).
+    /// segment boundary (5..=86400).
     #[serde(default = "default_window_secs")]
     pub window_secs: u64,
     /// The replication slot `pg_receivewal` streams from (a-z, 0-9, `_`;
@@ -129,8 +129,8 @@ impl WalConfig {
         if !(1..=60).contains(&self.flush_secs) {
             return Err(format!("job {name}: wal.flush-secs must be 1..=60"));
         }
-        if !(60..=86_400).contains(&self.window_secs) {
-            return Err(format!("job {name}: wal.window-secs must be 60..=86400"));
+        if !(5..=86_400).contains(&self.window_secs) {
+            return Err(format!("job {name}: wal.window-secs must be 5..=86400"));
         }
         let slot = self.slot(name);
         if slot.is_empty()

@@ -154,6 +154,26 @@ pub struct Report {
     pub dry_run: bool,
     /// The prune that followed, if one did.
     pub pruned: Option<PruneReport>,
+    /// What a policy's WAL step did to each PostgreSQL job's WAL archive.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wal: Vec<WalRetention>,
+}
+
+/// What the WAL step of a policy forget did to one job's archive of one
+/// cluster: the closed windows removed or rewritten so that exactly the
+/// WAL the kept base backups need stays (docs/retention.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WalRetention {
+    /// The job.
+    pub job: String,
+    /// The cluster's system identifier.
+    pub system: String,
+    /// Base backups of that cluster the repository keeps.
+    pub kept_base_backups: usize,
+    /// Windows removed or rewritten.
+    pub windows: Vec<crate::pitr::archive::Trimmed>,
+    /// Why nothing was trimmed, when nothing could be.
+    pub note: Option<String>,
 }
 
 impl Options {
@@ -196,6 +216,7 @@ pub async fn run(store: &Store, o: Options) -> Result<Report> {
         removed: 0,
         dry_run: o.dry_run,
         pruned: None,
+        wal: Vec::new(),
     };
     let work = async {
         let groups = match o.snapshots.is_empty() {
@@ -212,6 +233,19 @@ pub async fn run(store: &Store, o: Options) -> Result<Report> {
                 remove_all(store, &doomed).await?;
             }
             report.removed += doomed.len();
+        }
+        // A policy keeps base backups; their WAL follows. Snapshots named
+        // by id are removed as named, nothing more.
+        if o.snapshots.is_empty() {
+            let removed: HashSet<Id> = groups
+                .iter()
+                .flat_map(|(_, m)| m.iter().filter(|(_, _, v)| !v.keep).map(|(id, _, _)| *id))
+                .collect();
+            report.wal = wal_step(store, &removed, o.dry_run, &|| match &lock {
+                Some(held) => store.still_safe(held),
+                None => Ok(()),
+            })
+            .await?;
         }
         report.groups = groups.into_iter().map(group).collect();
         if let (Some(held), true) = (&lock, o.prune) {
@@ -231,6 +265,119 @@ pub async fn run(store: &Store, o: Options) -> Result<Report> {
     }
 }
 
+/// The WAL step: for each job and cluster with a WAL archive, drop from
+/// its closed windows every segment no kept base backup of that cluster
+/// needs (`pitr::retention::needed`). The open window is left to the
+/// stream (it is trimmed once closed, at a later forget); history files
+/// always stay; with no base backup kept, nothing is trimmed.
+async fn wal_step(
+    store: &Store,
+    removed: &HashSet<Id>,
+    dry_run: bool,
+    safe: &(dyn Fn() -> std::result::Result<(), crate::repo::RepoError> + Sync),
+) -> Result<Vec<WalRetention>> {
+    use crate::pitr::archive::{tag, trim_window};
+    use crate::pitr::basebackup::BaseBackup;
+    use crate::pitr::lsn::WalFile;
+    use crate::pitr::retention::{KeptBase, needed};
+    let snaps: Vec<(Id, Snapshot)> = store
+        .repo
+        .snapshots()
+        .await?
+        .into_iter()
+        .filter(|(id, _)| !removed.contains(id))
+        .collect();
+    let mut archives: BTreeMap<(String, u64), ()> = BTreeMap::new();
+    for (_, s) in &snaps {
+        if s.tags.iter().any(|t| t == "cairn-wal")
+            && let (Some(job), Some(system)) = (
+                s.cairn_job.clone(),
+                tag(&s.tags, "pg-system").and_then(|v| v.parse().ok()),
+            )
+        {
+            archives.insert((job, system), ());
+        }
+    }
+    let mut out = Vec::new();
+    if archives.is_empty() {
+        return Ok(out);
+    }
+    // Windows are read (trees, history files): the index is needed.
+    store.repo.load_index().await?;
+    for (job, system) in archives.into_keys() {
+        let bases: Vec<BaseBackup> = snaps
+            .iter()
+            .filter(|(_, s)| s.cairn_job.as_deref() == Some(job.as_str()))
+            .filter_map(|(_, s)| BaseBackup::from_tags(&s.tags))
+            .filter(|b| b.system == system)
+            .collect();
+        let mut r = WalRetention {
+            job: job.clone(),
+            system: system.to_string(),
+            kept_base_backups: bases.len(),
+            windows: Vec::new(),
+            note: None,
+        };
+        let Some(size) = bases.first().map(|b| b.segment_size) else {
+            r.note = Some("no base backup of this cluster is kept: its WAL stays".into());
+            tracing::warn!(job = %job, system, "No base backup of the cluster is kept: its WAL archive is left whole.");
+            out.push(r);
+            continue;
+        };
+        let kept: Vec<KeptBase> = bases
+            .iter()
+            .map(|b| KeptBase {
+                tli: b.tli,
+                start: b.start,
+            })
+            .collect();
+        let catalog =
+            crate::pitr::fetch::Catalog::load(store.repo.clone(), &snaps, &job, system, size)
+                .await
+                .map_err(|e| Error::Invalid(format!("job {job}'s WAL archive: {e}")))?;
+        let mut paths = BTreeMap::new();
+        for t in catalog.timelines() {
+            let text = catalog
+                .history_text(t)
+                .await
+                .map_err(|e| Error::Invalid(format!("job {job}'s WAL archive: {e}")))?;
+            if let Some(text) = text {
+                let path = crate::pitr::history::Path::parse(t, &text)
+                    .map_err(|e| Error::Invalid(format!("job {job}'s WAL archive: {e}")))?;
+                paths.insert(t, path);
+            }
+        }
+        // The newest version of each closed window.
+        let mut closed: BTreeMap<&str, (&Id, &Snapshot)> = BTreeMap::new();
+        for (id, s) in &snaps {
+            if crate::pitr::fetch::is_window(s, &job, system)
+                && s.tags.iter().any(|t| t == "wal-closed")
+                && let Some(key) = tag(&s.tags, "wal-window")
+                && closed.get(key).is_none_or(|(_, kept)| {
+                    crate::pitr::archive::version(kept) < crate::pitr::archive::version(s)
+                })
+            {
+                closed.insert(key, (id, s));
+            }
+        }
+        for (id, s) in closed.into_values() {
+            safe()?;
+            let keep = |f: WalFile| match f {
+                WalFile::Segment(seg) | WalFile::Partial(seg) => needed(seg, &kept, &paths, size),
+                WalFile::History(_) => true,
+            };
+            if let Some(t) = trim_window(&store.repo, size, *id, s, keep, dry_run)
+                .await
+                .map_err(|e| Error::Invalid(format!("job {job}'s WAL archive: {e}")))?
+            {
+                r.windows.push(t);
+            }
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
 /// One group's snapshots, newest first, each with what was decided.
 type Decided = (GroupKey, Vec<(Id, Snapshot, Verdict)>);
 
@@ -240,8 +387,8 @@ async fn by_policy(store: &Store, o: &Options) -> Result<Vec<Decided>> {
     for (id, snap) in store.repo.snapshots().await? {
         // WAL windows are not backups a keep-rule counts: a policy that
         // chose the open window, or the WAL a kept base backup needs,
-        // would break point-in-time recovery. They are forgotten by id
-        // only, until WAL-aware retention (issue 17) decides for them.
+        // would break point-in-time recovery. The WAL step after the
+        // policy trims them to what the kept base backups need.
         if snap.tags.iter().any(|t| t == "cairn-wal") {
             continue;
         }

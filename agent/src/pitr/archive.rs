@@ -187,7 +187,7 @@ impl WindowWriter {
         let mut by_time: Vec<(Id, Snapshot)> = newest.values().cloned().collect();
         by_time.sort_by_key(|(_, s)| (s.time, version(s)));
         if let Some((id, snap)) = by_time.last() {
-            let (window, history) = writer.load(*id, snap).await?;
+            let (window, history) = load(&writer.repo, writer.stream.size, *id, snap).await?;
             writer.history = history;
             if snap.tags.iter().any(|t| t == "wal-open") {
                 writer.stored_tag = version(snap).0;
@@ -199,7 +199,7 @@ impl WindowWriter {
         if let Some((seg, id)) = newest_closed
             && let Some((_, snap)) = newest.values().find(|(i, _)| *i == id)
         {
-            let (window, _) = writer.load(id, snap).await?;
+            let (window, _) = load(&writer.repo, writer.stream.size, id, snap).await?;
             if let Some(s) = window.segments.get(&seg.segno) {
                 writer.last_closed = Some((seg, s.node.clone()));
             }
@@ -211,59 +211,6 @@ impl WindowWriter {
         s.cairn_job.as_deref() == Some(&self.stream.job)
             && s.tags.iter().any(|t| t == "cairn-wal")
             && tag(&s.tags, "pg-system") == Some(&self.stream.system.to_string())
-    }
-
-    /// Read a window version's tree back into its state.
-    async fn load(
-        &self,
-        id: Id,
-        snap: &Snapshot,
-    ) -> Result<(Window, BTreeMap<u32, Stored>), PitrError> {
-        let bad =
-            |why: String| PitrError::Archive(format!("WAL window snapshot {}: {why}", id.short()));
-        let key = tag(&snap.tags, "wal-window")
-            .ok_or_else(|| bad("no wal-window tag".into()))?
-            .to_string();
-        let tli = tag(&snap.tags, "pg-tli")
-            .and_then(|t| t.parse().ok())
-            .ok_or_else(|| bad("no pg-tli tag".into()))?;
-        let mut window = Window {
-            key,
-            tli,
-            opened: snap.time.with_timezone(&Utc),
-            segments: BTreeMap::new(),
-            partial: None,
-            snapshot: Some(id),
-        };
-        let mut history = BTreeMap::new();
-        let root = crate::read::lookup(&self.repo, snap.tree, ROOT)
-            .await?
-            .and_then(|n| n.subtree)
-            .ok_or_else(|| bad(format!("no {ROOT} folder")))?;
-        for dir in self.repo.load_tree(&root).await?.nodes {
-            let Some(sub) = dir.subtree.filter(|_| dir.kind == "dir") else {
-                continue;
-            };
-            for node in self.repo.load_tree(&sub).await?.nodes {
-                let stored = Stored {
-                    node: node.clone(),
-                    seen: None,
-                };
-                match WalFile::parse(&node.name, self.stream.size) {
-                    Some(WalFile::Segment(s)) if s.tli == tli => {
-                        window.segments.insert(s.segno, stored);
-                    }
-                    Some(WalFile::Partial(s)) if s.tli == tli => {
-                        window.partial = Some((s.segno, stored));
-                    }
-                    Some(WalFile::History(t)) => {
-                        history.insert(t, stored);
-                    }
-                    _ => return Err(bad(format!("{:?} does not belong in it", node.name))),
-                }
-            }
-        }
-        Ok((window, history))
     }
 
     async fn remove_snapshot(&self, id: Id) -> Result<(), PitrError> {
@@ -607,7 +554,7 @@ impl WindowWriter {
             opened: window.opened.to_rfc3339(),
             closed: close,
         };
-        let tree = self.tree(&pipeline, &window, &record).await?;
+        let tree = build_tree(&pipeline, &window, &self.history, &record, size).await?;
         pipeline.finish().await?;
         let mut tags = vec![
             "cairn-wal".to_string(),
@@ -653,59 +600,218 @@ impl WindowWriter {
         }
         Ok((Some(id), pumped))
     }
+}
 
-    /// The window's tree: every file it holds, in depth-first order.
-    async fn tree(
-        &self,
-        pipeline: &Pipeline,
-        window: &Window,
-        record: &WindowRecord,
-    ) -> Result<Id, PitrError> {
-        let size = self.stream.size;
-        let mut files: BTreeMap<Vec<String>, Node> = BTreeMap::new();
-        let folder = |segno: u64| {
-            Segment {
-                tli: window.tli,
-                segno,
+/// Read a window version's tree back into its state.
+async fn load(
+    repo: &Repository,
+    size: SegmentSize,
+    id: Id,
+    snap: &Snapshot,
+) -> Result<(Window, BTreeMap<u32, Stored>), PitrError> {
+    let bad =
+        |why: String| PitrError::Archive(format!("WAL window snapshot {}: {why}", id.short()));
+    let key = tag(&snap.tags, "wal-window")
+        .ok_or_else(|| bad("no wal-window tag".into()))?
+        .to_string();
+    let tli = tag(&snap.tags, "pg-tli")
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| bad("no pg-tli tag".into()))?;
+    let mut window = Window {
+        key,
+        tli,
+        opened: snap.time.with_timezone(&Utc),
+        segments: BTreeMap::new(),
+        partial: None,
+        snapshot: Some(id),
+    };
+    let mut history = BTreeMap::new();
+    let root = crate::read::lookup(repo, snap.tree, ROOT)
+        .await?
+        .and_then(|n| n.subtree)
+        .ok_or_else(|| bad(format!("no {ROOT} folder")))?;
+    for dir in repo.load_tree(&root).await?.nodes {
+        let Some(sub) = dir.subtree.filter(|_| dir.kind == "dir") else {
+            continue;
+        };
+        for node in repo.load_tree(&sub).await?.nodes {
+            let stored = Stored {
+                node: node.clone(),
+                seen: None,
+            };
+            match WalFile::parse(&node.name, size) {
+                Some(WalFile::Segment(s)) if s.tli == tli => {
+                    window.segments.insert(s.segno, stored);
+                }
+                Some(WalFile::Partial(s)) if s.tli == tli => {
+                    window.partial = Some((s.segno, stored));
+                }
+                Some(WalFile::History(t)) => {
+                    history.insert(t, stored);
+                }
+                _ => return Err(bad(format!("{:?} does not belong in it", node.name))),
             }
-            .name(size)[..16]
-                .to_string()
-        };
-        for (segno, s) in &window.segments {
-            files.insert(vec![folder(*segno), s.node.name.clone()], s.node.clone());
         }
-        if let Some((segno, s)) = &window.partial {
-            files.insert(vec![folder(*segno), s.node.name.clone()], s.node.clone());
-        }
-        for (t, s) in &self.history {
-            files.insert(vec!["history".into(), history_name(*t)], s.node.clone());
-        }
-        let json = serde_json::to_vec_pretty(record).expect("the record serialises");
-        let mut node = Node::new("window.json", "file");
-        node.mode = 0o600;
-        node.size = json.len() as u64;
-        node.mtime = Some(Utc::now().fixed_offset());
-        node.content = Some(vec![pipeline.add_data(json).await?.get().await?]);
-        files.insert(vec!["window.json".into()], node);
-        let mut builder = TreeBuilder::new();
-        let mut make_dir = |path: &[String]| {
-            let mut n = Node::new(path.last().cloned().unwrap_or_default(), "dir");
-            n.mode = 0o700;
-            n.mtime = Some(window.opened.fixed_offset());
-            n
-        };
-        for (path, node) in files {
-            let full = format!("{ROOT}/{}", path.join("/"));
-            builder
-                .add(&full, node, Vec::new(), pipeline, &mut make_dir)
-                .await
-                .map_err(|e| PitrError::Archive(format!("building the window's tree: {e}")))?;
-        }
-        builder
-            .finish(pipeline)
-            .await
-            .map_err(|e| PitrError::Archive(format!("building the window's tree: {e}")))
     }
+    Ok((window, history))
+}
+
+/// A window's tree: every file it holds (history files from `history`),
+/// in depth-first order.
+async fn build_tree(
+    pipeline: &Pipeline,
+    window: &Window,
+    history: &BTreeMap<u32, Stored>,
+    record: &WindowRecord,
+    size: SegmentSize,
+) -> Result<Id, PitrError> {
+    let mut files: BTreeMap<Vec<String>, Node> = BTreeMap::new();
+    let folder = |segno: u64| {
+        Segment {
+            tli: window.tli,
+            segno,
+        }
+        .name(size)[..16]
+            .to_string()
+    };
+    for (segno, s) in &window.segments {
+        files.insert(vec![folder(*segno), s.node.name.clone()], s.node.clone());
+    }
+    if let Some((segno, s)) = &window.partial {
+        files.insert(vec![folder(*segno), s.node.name.clone()], s.node.clone());
+    }
+    for (t, s) in history {
+        files.insert(vec!["history".into(), history_name(*t)], s.node.clone());
+    }
+    let json = serde_json::to_vec_pretty(record).expect("the record serialises");
+    let mut node = Node::new("window.json", "file");
+    node.mode = 0o600;
+    node.size = json.len() as u64;
+    node.mtime = Some(Utc::now().fixed_offset());
+    node.content = Some(vec![pipeline.add_data(json).await?.get().await?]);
+    files.insert(vec!["window.json".into()], node);
+    let mut builder = TreeBuilder::new();
+    let mut make_dir = |path: &[String]| {
+        let mut n = Node::new(path.last().cloned().unwrap_or_default(), "dir");
+        n.mode = 0o700;
+        n.mtime = Some(window.opened.fixed_offset());
+        n
+    };
+    for (path, node) in files {
+        let full = format!("{ROOT}/{}", path.join("/"));
+        builder
+            .add(&full, node, Vec::new(), pipeline, &mut make_dir)
+            .await
+            .map_err(|e| PitrError::Archive(format!("building the window's tree: {e}")))?;
+    }
+    builder
+        .finish(pipeline)
+        .await
+        .map_err(|e| PitrError::Archive(format!("building the window's tree: {e}")))
+}
+
+/// What retention did (or, in a dry run, would do) to one closed window.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Trimmed {
+    /// The window (its `wal-window` tag).
+    pub window: String,
+    /// Its snapshot.
+    pub snapshot: String,
+    /// `removed` (nothing of it is needed) or `rewritten` (some is).
+    pub action: String,
+    /// Segments and partials dropped.
+    pub files_dropped: usize,
+    /// The first segment it keeps, when rewritten.
+    pub first_kept: Option<String>,
+    /// Its new version, when rewritten.
+    pub new_snapshot: Option<String>,
+}
+
+/// Drop from window snapshot `id` the segments and partials `keep` says
+/// no to. A window left with none is removed; one that loses some is
+/// rewritten: a new version with the same key and tags, its tree built
+/// from the nodes it keeps (no data is read), saved before the old one is
+/// removed. History files always stay. `None`: it keeps everything.
+pub async fn trim_window(
+    repo: &Arc<Repository>,
+    size: SegmentSize,
+    id: Id,
+    snap: &Snapshot,
+    keep: impl Fn(WalFile) -> bool,
+    dry_run: bool,
+) -> Result<Option<Trimmed>, PitrError> {
+    let (mut window, history) = load(repo, size, id, snap).await?;
+    let tli = window.tli;
+    let before = window.segments.len() + usize::from(window.partial.is_some());
+    window
+        .segments
+        .retain(|segno, _| keep(WalFile::Segment(Segment { tli, segno: *segno })));
+    if window
+        .partial
+        .as_ref()
+        .is_some_and(|(segno, _)| !keep(WalFile::Partial(Segment { tli, segno: *segno })))
+    {
+        window.partial = None;
+    }
+    let after = window.segments.len() + usize::from(window.partial.is_some());
+    if after == before {
+        return Ok(None);
+    }
+    let name = |segno: u64| Segment { tli, segno }.name(size);
+    let mut trimmed = Trimmed {
+        window: window.key.clone(),
+        snapshot: id.to_hex(),
+        action: if after == 0 { "removed" } else { "rewritten" }.into(),
+        files_dropped: before - after,
+        first_kept: window.segments.keys().next().map(|s| name(*s)),
+        new_snapshot: None,
+    };
+    if dry_run {
+        return Ok(Some(trimmed));
+    }
+    if after > 0 {
+        let record = WindowRecord {
+            format: 1,
+            system: tag(&snap.tags, "pg-system").unwrap_or_default().to_string(),
+            timeline: tli,
+            wal_segment_size: size.bytes(),
+            first: window.segments.keys().next().map(|s| name(*s)),
+            last: window.segments.keys().next_back().map(|s| name(*s)),
+            partial: window.partial.as_ref().map(|(s, _)| name(*s)),
+            stored_lsn: tag(&snap.tags, "wal-stored").unwrap_or("0/0").to_string(),
+            opened: window.opened.to_rfc3339(),
+            closed: snap.tags.iter().any(|t| t == "wal-closed"),
+        };
+        let pipeline = Pipeline::start(repo.clone(), PipelineOptions::default());
+        let tree = build_tree(&pipeline, &window, &history, &record, size).await?;
+        pipeline.finish().await?;
+        let mut new = snap.clone();
+        new.tree = tree;
+        new.parent = Some(id);
+        new.tags.retain(|t| {
+            !(t.starts_with("wal-first=")
+                || t.starts_with("wal-last=")
+                || t.starts_with("wal-partial="))
+        });
+        new.tags
+            .extend(record.first.iter().map(|f| format!("wal-first={f}")));
+        new.tags
+            .extend(record.last.iter().map(|f| format!("wal-last={f}")));
+        new.tags
+            .extend(record.partial.iter().map(|f| format!("wal-partial={f}")));
+        let new_id = repo.save_snapshot(&new).await?;
+        trimmed.new_snapshot = Some(new_id.to_hex());
+    }
+    match repo
+        .backend()
+        .remove(FileType::Snapshot, &id.to_hex())
+        .await
+    {
+        Ok(()) => {}
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(RepoError::from(e).into()),
+    }
+    Ok(Some(trimmed))
 }
 
 /// The value of tag `key=value`.
