@@ -1672,3 +1672,222 @@ fn retention_keeps_exactly_the_wal_from_the_oldest_kept_base_backup_which_still_
     );
     assert!(!out.status.success(), "{}", text(&out));
 }
+
+#[test]
+fn after_a_failover_the_archive_follows_the_promoted_standby_s_timeline_and_restores_across_it() {
+    let s = Scratch::new();
+    s.init();
+    std::fs::set_permissions(s.path(""), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let primary = Cluster::create(&s, "primary", 5446);
+    primary.sql(
+        "postgres",
+        "CREATE TABLE marker (id serial PRIMARY KEY, at timestamptz NOT NULL)",
+    );
+    // A streaming standby of it, on 5447.
+    let standby_data = s.path("standby");
+    std::fs::create_dir(&standby_data).unwrap();
+    let out = Command::new("chown")
+        .args(["postgres:postgres"])
+        .arg(&standby_data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "chown: {}", text(&out));
+    as_postgres(
+        &pg_bin("pg_basebackup"),
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "5446",
+            "-U",
+            "postgres",
+            "-R",
+            "-X",
+            "stream",
+            "-D",
+            standby_data.to_str().unwrap(),
+        ],
+    );
+    std::fs::set_permissions(&standby_data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let conf = standby_data.join("postgresql.conf");
+    let mut settings = std::fs::read_to_string(&conf).unwrap();
+    settings.push_str(&format!(
+        "\nport = 5447\nunix_socket_directories = '{}'\n",
+        standby_data.display()
+    ));
+    std::fs::write(&conf, settings).unwrap();
+    let standby = Cluster {
+        data: standby_data,
+        port: 5447,
+        options: None,
+    };
+    standby.pg_ctl(&["start"]);
+    let insert = |c: &Cluster, n: usize| {
+        for _ in 0..n {
+            c.sql(
+                "postgres",
+                "INSERT INTO marker (at) VALUES (clock_timestamp())",
+            );
+        }
+    };
+    let bin = s.path("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cairn = bin.join("cairn");
+    std::fs::copy(crate::common::cairn_bin(), &cairn).unwrap();
+    std::fs::set_permissions(&cairn, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = s.path("pitr.toml");
+    std::fs::write(s.path("password"), crate::common::PASSWORD).unwrap();
+    let write_config = |port: u16| {
+        std::fs::write(
+            &config,
+            format!(
+                "[agent]\nstate-dir = {:?}\n\n[tenants.acme]\nrepository = {:?}\npassword-file = {:?}\n\n[jobs.pg]\ntenant = \"acme\"\nadapter = \"postgres\"\n\
+                 config = {{ host = \"127.0.0.1\", port = {port}, user = \"postgres\", mode = \"physical\" }}\n\
+                 grants = {{ programs = [\"pg_basebackup\", \"pg_receivewal\", \"psql\", \"tar\", {:?}], connect = [\"127.0.0.1:{port}\"] }}\n\
+                 wal = {{ flush-secs = 1 }}\n",
+                s.path("state"),
+                s.repo(),
+                s.path("password"),
+                pg_bin("pg_ctl")
+            ),
+        )
+        .unwrap();
+    };
+    let start_stream = |c: &Cluster| {
+        let child = s
+            .cairn_cmd(&[
+                "--config",
+                config.to_str().unwrap(),
+                "wal-stream",
+                "--job",
+                "pg",
+            ])
+            .env_remove("CAIRN_REPOSITORY")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        for _ in 0..300 {
+            let a = c.sql(
+                "postgres",
+                "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = 'cairn_pg'",
+            );
+            if a.trim() == "t" {
+                return child;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("the stream did not start");
+    };
+    write_config(5446);
+    let stream = start_stream(&primary);
+    insert(&primary, 5);
+    let base = last_json(&s.cairn_config_ok(&config, &["--json", "backup", "--job", "pg"]));
+    let base_id = base["snapshot_id"].as_str().unwrap().to_string();
+    insert(&primary, 10);
+    let before_failover = chrono::Utc::now();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // The standby has every commit; so has the archive.
+    let target = primary.sql("postgres", "SELECT pg_current_wal_flush_lsn()");
+    for _ in 0..300 {
+        let replayed = standby.sql(
+            "postgres",
+            &format!(
+                "SELECT pg_last_wal_replay_lsn() >= '{}'::pg_lsn",
+                target.trim()
+            ),
+        );
+        if replayed.trim() == "t" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    wait_caught_up("cairn_pg", |q| primary.sql("postgres", q));
+    stop_stream(stream);
+    // Failover: the primary stops, the standby is promoted (timeline 2)
+    // and takes writes; the job is pointed at it.
+    primary.pg_ctl(&["stop", "-m", "fast"]);
+    standby.pg_ctl(&["promote"]);
+    for _ in 0..300 {
+        if standby.sql("postgres", "SELECT pg_is_in_recovery()").trim() == "f" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    insert(&standby, 7);
+    write_config(5447);
+    let stream = start_stream(&standby);
+    insert(&standby, 3);
+    wait_caught_up("cairn_pg", |q| standby.sql("postgres", q));
+    stop_stream(stream);
+    // (Sequences skip ahead at a promotion: the ids are not 1..=25.)
+    let expected = standby.sql("postgres", "SELECT count(*) || '|' || max(id) FROM marker");
+    assert!(expected.starts_with("25|"), "{expected}");
+    // The archive has both timelines and the history file.
+    let listed = s.restic_ok(&["snapshots", "--json", "--tag", "cairn-wal"]);
+    let windows: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
+    let tlis: std::collections::BTreeSet<String> = windows
+        .iter()
+        .flat_map(|w| w["tags"].as_array().unwrap().iter())
+        .filter_map(|t| t.as_str()?.strip_prefix("pg-tli=").map(str::to_string))
+        .collect();
+    assert_eq!(tlis.len(), 2, "{listed}");
+
+    let restore = |n: &str, args: &[&str]| {
+        let data = s.path(n);
+        let mut all = vec![
+            "--json",
+            "restore",
+            "--job",
+            "pg",
+            "--target",
+            data.to_str().unwrap(),
+            "--start",
+        ];
+        all.extend(args);
+        let out = cairn_copy(&s, &cairn, &config, &all);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        let r = last_json(&String::from_utf8_lossy(&out.stdout));
+        let server = Recovered {
+            data,
+            sockets: PathBuf::from(r["socket_dir"].as_str().unwrap()),
+            port: r["port"].as_u64().unwrap() as u16,
+        };
+        (r, server)
+    };
+    // The end of the archive: the base backup on timeline 1, followed
+    // across the switch to timeline 2.
+    let (r, server) = restore("latest", &["--until", "latest"]);
+    assert_eq!(r["timeline"], 2, "{r}");
+    assert!(
+        base_id.starts_with(&r["base_snapshot"].as_str().unwrap()[..8]),
+        "{r}"
+    );
+    assert_eq!(r["new_timeline"], 3, "{r}");
+    assert_eq!(
+        server
+            .query("postgres", "SELECT count(*) || '|' || max(id) FROM marker")
+            .trim(),
+        expected.trim(),
+        "{r}"
+    );
+    drop(server);
+    // A moment before the failover: the rows of timeline 1 only.
+    let (r, server) = restore(
+        "before",
+        &[
+            "--until",
+            &before_failover.to_rfc3339(),
+            "--action",
+            "pause",
+        ],
+    );
+    assert_eq!(
+        server
+            .query("postgres", "SELECT count(*) || '|' || max(id) FROM marker")
+            .trim(),
+        "15|15",
+        "{r}"
+    );
+}
