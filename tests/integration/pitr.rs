@@ -44,10 +44,10 @@ fn as_postgres(program: &Path, args: &[&str]) -> String {
 }
 
 /// A server started on a restored directory, stopped when dropped.
-struct Recovered {
-    data: PathBuf,
-    sockets: PathBuf,
-    port: u16,
+pub(crate) struct Recovered {
+    pub(crate) data: PathBuf,
+    pub(crate) sockets: PathBuf,
+    pub(crate) port: u16,
 }
 
 impl Recovered {
@@ -141,7 +141,7 @@ impl Recovered {
     }
 
     /// Run `sql` on `db`; its output, which must be a success.
-    fn query(&self, db: &str, sql: &str) -> String {
+    pub(crate) fn query(&self, db: &str, sql: &str) -> String {
         let out = self.psql(db, sql);
         assert!(out.status.success(), "{sql}: {}", text(&out));
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -382,7 +382,7 @@ fn insert_markers(db: &str, n: usize) {
 
 /// Let a flush store the partial (they come every second), then stop the
 /// stream with SIGTERM; it must end well, saying so. Its output.
-fn stop_stream(stream: std::process::Child) -> String {
+pub(crate) fn stop_stream(stream: std::process::Child) -> String {
     std::thread::sleep(std::time::Duration::from_millis(2500));
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(stream.id() as i32).unwrap(),
@@ -499,7 +499,7 @@ fn wait_slot_active(slot: &str, active: bool) {
 /// Wait until the receiver of slot `slot` has everything the server had
 /// flushed when this was called (other tests write WAL all the while).
 /// `sql` runs a query on the server's `postgres` database.
-fn wait_caught_up(slot: &str, sql: impl Fn(&str) -> String) {
+pub(crate) fn wait_caught_up(slot: &str, sql: impl Fn(&str) -> String) {
     let target = sql("SELECT pg_current_wal_flush_lsn()");
     let target = target.trim();
     for _ in 0..300 {
@@ -658,7 +658,7 @@ fn streamed_wal_and_a_base_backup_recover_every_committed_row_through_restic_alo
 
 /// A throw-away cluster of this test's own (initdb), on `port`, that a
 /// test may restart; stopped when dropped.
-struct Cluster {
+pub(crate) struct Cluster {
     data: PathBuf,
     port: u16,
     /// `-c config_file=…` when its configuration is kept outside the
@@ -667,7 +667,7 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn create(s: &Scratch, name: &str, port: u16) -> Cluster {
+    pub(crate) fn create(s: &Scratch, name: &str, port: u16) -> Cluster {
         Cluster::create_with(s, name, port, false)
     }
 
@@ -752,7 +752,7 @@ impl Cluster {
         as_postgres(&pg_bin("pg_ctl"), &all);
     }
 
-    fn sql(&self, db: &str, sql: &str) -> String {
+    pub(crate) fn sql(&self, db: &str, sql: &str) -> String {
         let out = Command::new("psql")
             .args([
                 "-h",

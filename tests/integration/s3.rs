@@ -1093,3 +1093,132 @@ fn forget_and_prune_on_a_pair_need_both_regions_and_leave_both_whole() {
     }
     w.restore_same("acme", "after-prune", &src);
 }
+
+#[test]
+fn a_wal_stream_on_a_region_pair_lands_in_both_regions_and_recovers_with_the_primary_down() {
+    use crate::pitr::{Cluster, Recovered, pg_bin, stop_stream, wait_caught_up};
+    use std::os::unix::fs::PermissionsExt;
+    let mut w = World::new(&["eu-west-1", "eu-central-1"]);
+    std::fs::set_permissions(w.s.path(""), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let source = Cluster::create(&w.s, "source", 5448);
+    source.sql(
+        "postgres",
+        "CREATE TABLE marker (id serial PRIMARY KEY, at timestamptz NOT NULL)",
+    );
+    let insert = |n: usize| {
+        for _ in 0..n {
+            source.sql(
+                "postgres",
+                "INSERT INTO marker (at) VALUES (clock_timestamp())",
+            );
+        }
+    };
+    w.write_config(&format!(
+        "{}[agent]\nstate-dir = {:?}\n[regimes.eu]\nregions = [\"eu-west-1\", \"eu-central-1\"]\n{}\
+         [jobs.pg]\ntenant = \"acme\"\nadapter = \"postgres\"\n\
+         config = {{ host = \"127.0.0.1\", port = 5448, user = \"postgres\", mode = \"physical\" }}\n\
+         grants = {{ programs = [\"pg_basebackup\", \"pg_receivewal\", \"psql\", \"tar\", {:?}], connect = [\"127.0.0.1:5448\"] }}\n\
+         wal = {{ flush-secs = 1 }}\n",
+        w.regions_toml(&BTreeMap::new()),
+        w.s.path("state"),
+        tenant_toml(&w, "acme", "eu", "eu-west-1", "eu-central-1", ""),
+        pg_bin("pg_ctl"),
+    ));
+    w.cairn_ok(&["init", "--tenant", "acme"]);
+    let stream = w
+        .cmd(&["wal-stream", "--job", "pg"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..300 {
+        let a = source.sql(
+            "postgres",
+            "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = 'cairn_pg'",
+        );
+        if a.trim() == "t" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    insert(10);
+    w.cairn_ok(&["backup", "--job", "pg"]);
+    insert(10);
+    source.sql("postgres", "SELECT pg_switch_wal()");
+    insert(5);
+    wait_caught_up("cairn_pg", |q| source.sql("postgres", q));
+    stop_stream(stream);
+
+    // Every window is in both regions, and nothing outside the pair.
+    let strip_locks = |s: BTreeSet<String>| -> BTreeSet<String> {
+        s.into_iter().filter(|k| !k.contains("/locks/")).collect()
+    };
+    assert_eq!(
+        strip_locks(w.keys("eu-west-1")),
+        strip_locks(w.keys("eu-central-1"))
+    );
+    w.cairn_ok(&["residency", "report"]);
+    for region in ["eu-west-1", "eu-central-1"] {
+        let out = w.restic(
+            region,
+            "acme",
+            &["snapshots", "--json", "--tag", "cairn-wal"],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        let windows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(!windows.is_empty(), "{region}: no WAL window");
+        let out = w.restic(region, "acme", &["check", "--read-data"]);
+        assert!(out.status.success(), "{region}: {}", text(&out));
+    }
+
+    // The primary region down: the base backup and the WAL come from the
+    // secondary, and the copy holds every row.
+    let bin = w.s.path("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cairn = bin.join("cairn");
+    std::fs::copy(crate::common::cairn_bin(), &cairn).unwrap();
+    std::fs::set_permissions(&cairn, std::fs::Permissions::from_mode(0o755)).unwrap();
+    w.garages.get_mut("eu-west-1").unwrap().stop();
+    let template = w.cmd(&[]);
+    let mut c = Command::new(&cairn);
+    for (k, v) in template.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    let data = w.s.path("restored");
+    let out = c
+        .arg("--config")
+        .arg(&w.config)
+        .args([
+            "--json",
+            "--no-lock",
+            "restore",
+            "--job",
+            "pg",
+            "--until",
+            "latest",
+            "--start",
+            "--target",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    w.garages.get_mut("eu-west-1").unwrap().restart();
+    assert!(out.status.success(), "{}", text(&out));
+    let r = crate::common::last_json(&String::from_utf8_lossy(&out.stdout));
+    let server = Recovered {
+        data,
+        sockets: PathBuf::from(r["socket_dir"].as_str().unwrap()),
+        port: r["port"].as_u64().unwrap() as u16,
+    };
+    assert_eq!(
+        server
+            .query("postgres", "SELECT count(*) || '|' || max(id) FROM marker")
+            .trim(),
+        "25|25",
+        "{r}"
+    );
+}
