@@ -6,7 +6,7 @@
 
 use crate::common::{Scratch, last_json, text};
 use crate::postgres::psql;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -656,6 +656,79 @@ fn streamed_wal_and_a_base_backup_recover_every_committed_row_through_restic_alo
     psql("postgres", &format!("DROP DATABASE {db} WITH (FORCE)"));
 }
 
+/// This build's cairn, copied under `dir` where the postgres user may run
+/// it (restore_command runs it as the cluster's owner; the build's own
+/// binary is under root's home).
+pub(crate) fn cairn_for_postgres(dir: &Path) -> PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cairn = bin.join("cairn");
+    std::fs::copy(crate::common::cairn_bin(), &cairn).unwrap();
+    std::fs::set_permissions(&cairn, std::fs::Permissions::from_mode(0o755)).unwrap();
+    cairn
+}
+
+/// Every program a streamed job needs, `pg_ctl` (for `restore --start`)
+/// included, as a TOML array.
+pub(crate) fn stream_programs() -> String {
+    format!(
+        "[\"pg_basebackup\", \"pg_receivewal\", \"psql\", \"tar\", {:?}]",
+        pg_bin("pg_ctl")
+    )
+}
+
+/// Config file `file` in `s`: tenant acme on the scratch repository, and
+/// job `pg` taking physical base backups of the cluster on `port`, granted
+/// `programs` (a TOML array), streaming its WAL with `wal` (the keys of
+/// its inline table).
+fn stream_config(s: &Scratch, file: &str, port: u16, programs: &str, wal: &str) -> PathBuf {
+    let config = s.path(file);
+    std::fs::write(s.path("password"), crate::common::PASSWORD).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nstate-dir = {:?}\n\n[tenants.acme]\nrepository = {:?}\npassword-file = {:?}\n\n{}wal = {{ {wal} }}\n",
+            s.path("state"),
+            s.repo(),
+            s.path("password"),
+            stream_job(port, programs),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Job `pg` of tenant acme: physical base backups of the cluster on
+/// `port`, granted `programs` (the `wal` line is the caller's).
+pub(crate) fn stream_job(port: u16, programs: &str) -> String {
+    format!(
+        "[jobs.pg]\ntenant = \"acme\"\nadapter = \"postgres\"\n\
+         config = {{ host = \"127.0.0.1\", port = {port}, user = \"postgres\", mode = \"physical\" }}\n\
+         grants = {{ programs = {programs}, connect = [\"127.0.0.1:{port}\"] }}\n"
+    )
+}
+
+/// `cairn wal-stream --job pg` with `config`, its output piped, once its
+/// receiver streams from `cluster`.
+fn start_stream(s: &Scratch, config: &Path, cluster: &Cluster) -> std::process::Child {
+    let child = s
+        .cairn_cmd(&[
+            "--config",
+            config.to_str().unwrap(),
+            "wal-stream",
+            "--job",
+            "pg",
+        ])
+        .env_remove("CAIRN_REPOSITORY")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    cluster.wait_slot(true);
+    child
+}
+
 /// A throw-away cluster of this test's own (initdb), on `port`, that a
 /// test may restart; stopped when dropped.
 pub(crate) struct Cluster {
@@ -752,6 +825,22 @@ impl Cluster {
         as_postgres(&pg_bin("pg_ctl"), &all);
     }
 
+    /// Wait until the stream's slot `cairn_pg` is in use (`active`) or free.
+    pub(crate) fn wait_slot(&self, active: bool) {
+        let want = if active { "t" } else { "f" };
+        for _ in 0..300 {
+            let a = self.sql(
+                "postgres",
+                "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = 'cairn_pg'",
+            );
+            if a.trim() == want {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("slot cairn_pg is not active = {active} after 30 s");
+    }
+
     pub(crate) fn sql(&self, db: &str, sql: &str) -> String {
         let out = Command::new("psql")
             .args([
@@ -796,49 +885,14 @@ fn the_stream_rides_out_a_server_restart_and_rapid_segment_switches_with_no_gap(
             );
         }
     };
-    let config = s.path("pitr.toml");
-    let password = s.path("password");
-    std::fs::write(&password, crate::common::PASSWORD).unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "[agent]\nstate-dir = {:?}\n\n[tenants.acme]\nrepository = {:?}\npassword-file = {:?}\n\n[jobs.pg]\ntenant = \"acme\"\nadapter = \"postgres\"\n\
-             config = {{ host = \"127.0.0.1\", port = 5441, user = \"postgres\", mode = \"physical\" }}\n\
-             grants = {{ programs = [\"pg_basebackup\", \"pg_receivewal\", \"psql\", \"tar\"], connect = [\"127.0.0.1:5441\"] }}\n\
-             wal = {{ flush-secs = 1 }}\n",
-            s.path("state"),
-            s.repo(),
-            password
-        ),
-    )
-    .unwrap();
-    let stream = s
-        .cairn_cmd(&[
-            "--config",
-            config.to_str().unwrap(),
-            "wal-stream",
-            "--job",
-            "pg",
-        ])
-        .env_remove("CAIRN_REPOSITORY")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let slot_active = |want: &str| {
-        for _ in 0..300 {
-            let a = source.sql(
-                "postgres",
-                "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = 'cairn_pg'",
-            );
-            if a.trim() == want {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        panic!("slot cairn_pg never became active = {want}");
-    };
-    slot_active("t");
+    let config = stream_config(
+        &s,
+        "pitr.toml",
+        5441,
+        r#"["pg_basebackup", "pg_receivewal", "psql", "tar"]"#,
+        "flush-secs = 1",
+    );
+    let stream = start_stream(&s, &config, &source);
     insert(10);
     let base = last_json(&s.cairn_config_ok(&config, &["--json", "backup", "--job", "pg"]));
     let base_id = base["snapshot_id"].as_str().unwrap().to_string();
@@ -846,7 +900,7 @@ fn the_stream_rides_out_a_server_restart_and_rapid_segment_switches_with_no_gap(
     // The server goes away and comes back: the receiver is started again.
     source.pg_ctl(&["restart", "-m", "fast"]);
     insert(10);
-    slot_active("t");
+    source.wait_slot(true);
     // Segments completing faster than the stream looks at the spool.
     for _ in 0..12 {
         insert(1);
@@ -965,61 +1019,9 @@ fn restores_to_a_time_a_position_a_transaction_and_the_end_hold_exactly_the_rows
     );
     // restore_command runs cairn as the cluster's owner: this build's
     // binary, copied where postgres may run it.
-    let bin = s.path("bin");
-    std::fs::create_dir(&bin).unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let cairn = bin.join("cairn");
-    std::fs::copy(crate::common::cairn_bin(), &cairn).unwrap();
-    std::fs::set_permissions(&cairn, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let config = s.path("pitr.toml");
-    let password = s.path("password");
-    std::fs::write(&password, crate::common::PASSWORD).unwrap();
-    let pg_ctl = pg_bin("pg_ctl");
-    let write_config = |file: &Path, programs: &str| {
-        std::fs::write(
-            file,
-            format!(
-                "[agent]\nstate-dir = {:?}\n\n[tenants.acme]\nrepository = {:?}\npassword-file = {:?}\n\n[jobs.pg]\ntenant = \"acme\"\nadapter = \"postgres\"\n\
-                 config = {{ host = \"127.0.0.1\", port = 5443, user = \"postgres\", mode = \"physical\" }}\n\
-                 grants = {{ programs = {programs}, connect = [\"127.0.0.1:5443\"] }}\n\
-                 wal = {{ flush-secs = 1 }}\n",
-                s.path("state"),
-                s.repo(),
-                password
-            ),
-        )
-        .unwrap();
-    };
-    write_config(
-        &config,
-        &format!(
-            "[\"pg_basebackup\", \"pg_receivewal\", \"psql\", \"tar\", {:?}]",
-            pg_ctl
-        ),
-    );
-    let stream = s
-        .cairn_cmd(&[
-            "--config",
-            config.to_str().unwrap(),
-            "wal-stream",
-            "--job",
-            "pg",
-        ])
-        .env_remove("CAIRN_REPOSITORY")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    for _ in 0..300 {
-        let a = source.sql(
-            "postgres",
-            "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = 'cairn_pg'",
-        );
-        if a.trim() == "t" {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let cairn = cairn_for_postgres(&s.path(""));
+    let config = stream_config(&s, "pitr.toml", 5443, &stream_programs(), "flush-secs = 1");
+    let stream = start_stream(&s, &config, &source);
     // Markers all along, through both base backups.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
@@ -1246,10 +1248,12 @@ fn restores_to_a_time_a_position_a_transaction_and_the_end_hold_exactly_the_rows
         assert!(text(&out).contains(says), "{args:?}: {}", text(&out));
         assert!(!empty.exists(), "{args:?} made the target");
     }
-    let no_pg_ctl = s.path("no-pg-ctl.toml");
-    write_config(
-        &no_pg_ctl,
+    let no_pg_ctl = stream_config(
+        &s,
+        "no-pg-ctl.toml",
+        5443,
         r#"["pg_basebackup", "pg_receivewal", "psql", "tar"]"#,
+        "flush-secs = 1",
     );
     let out = s.cairn_config(
         &no_pg_ctl,
@@ -1299,6 +1303,58 @@ fn restores_to_a_time_a_position_a_transaction_and_the_end_hold_exactly_the_rows
         );
         assert_eq!(out.status.code(), Some(1), "{name}: {}", text(&out));
     }
+    // A destination that is not a regular file is refused and left alone
+    // (exit 126: PostgreSQL stops recovery rather than go on without it).
+    let fifo = s.path("fifo");
+    let out = Command::new("mkfifo").arg(&fifo).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let out = s.cairn_config(
+        &config,
+        &["wal-fetch", "--job", "pg", name, fifo.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out));
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    // Over a socket: none there (the restore ended and removed it) is
+    // "missing", exit 1; one nobody answers (the restore was killed) is
+    // "cannot tell", 126, so that recovery stops instead of ending early.
+    let gone = s.path("gone.sock");
+    let out = s.cairn(&[
+        "wal-fetch",
+        "--socket",
+        gone.to_str().unwrap(),
+        name,
+        fetched.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    drop(std::os::unix::net::UnixListener::bind(&gone).unwrap());
+    let out = s.cairn(&[
+        "wal-fetch",
+        "--socket",
+        gone.to_str().unwrap(),
+        name,
+        fetched.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out));
+    // A transaction id past 32 bits would silently mean another one.
+    let out = s.cairn_config(
+        &config,
+        &[
+            "restore",
+            "--job",
+            "pg",
+            "--until-xid",
+            "4294968033",
+            "--target",
+            empty.to_str().unwrap(),
+        ],
+    );
+    assert!(text(&out).contains("32-bit"), "{}", text(&out));
+    assert!(!empty.exists());
 }
 
 /// The pid of the `wal-stream` child whose command line names `config_dir`
@@ -1335,18 +1391,10 @@ fn the_agent_keeps_a_wal_stream_running_reports_its_lag_and_restarts_it_when_it_
             );
         }
     };
-    let bin = s.path("bin");
-    std::fs::create_dir(&bin).unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let cairn = bin.join("cairn");
-    std::fs::copy(crate::common::cairn_bin(), &cairn).unwrap();
-    std::fs::set_permissions(&cairn, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cairn = cairn_for_postgres(&s.path(""));
     let jobs = format!(
-        "[jobs.pg]\ntenant = \"acme\"\nadapter = \"postgres\"\n\
-         config = {{ host = \"127.0.0.1\", port = 5444, user = \"postgres\", mode = \"physical\" }}\n\
-         grants = {{ programs = [\"pg_basebackup\", \"pg_receivewal\", \"psql\", \"tar\", {:?}], connect = [\"127.0.0.1:5444\"] }}\n\
-         wal = {{ flush-secs = 1 }}\n",
-        pg_bin("pg_ctl")
+        "{}wal = {{ flush-secs = 1 }}\n",
+        stream_job(5444, &stream_programs())
     );
     let mut agent = crate::agent::start_agent(&s, "", &jobs);
     let wal = |agent: &crate::agent::Agent| {
@@ -1494,51 +1542,15 @@ fn retention_keeps_exactly_the_wal_from_the_oldest_kept_base_backup_which_still_
         }
         source.sql("postgres", "SELECT pg_switch_wal()");
     };
-    let bin = s.path("bin");
-    std::fs::create_dir(&bin).unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let cairn = bin.join("cairn");
-    std::fs::copy(crate::common::cairn_bin(), &cairn).unwrap();
-    std::fs::set_permissions(&cairn, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let config = s.path("pitr.toml");
-    std::fs::write(s.path("password"), crate::common::PASSWORD).unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "[agent]\nstate-dir = {:?}\n\n[tenants.acme]\nrepository = {:?}\npassword-file = {:?}\n\n[jobs.pg]\ntenant = \"acme\"\nadapter = \"postgres\"\n\
-             config = {{ host = \"127.0.0.1\", port = 5445, user = \"postgres\", mode = \"physical\" }}\n\
-             grants = {{ programs = [\"pg_basebackup\", \"pg_receivewal\", \"psql\", \"tar\", {:?}], connect = [\"127.0.0.1:5445\"] }}\n\
-             wal = {{ flush-secs = 1, window-secs = 5 }}\n",
-            s.path("state"),
-            s.repo(),
-            s.path("password"),
-            pg_bin("pg_ctl")
-        ),
-    )
-    .unwrap();
-    let stream = s
-        .cairn_cmd(&[
-            "--config",
-            config.to_str().unwrap(),
-            "wal-stream",
-            "--job",
-            "pg",
-        ])
-        .env_remove("CAIRN_REPOSITORY")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    for _ in 0..300 {
-        let a = source.sql(
-            "postgres",
-            "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = 'cairn_pg'",
-        );
-        if a.trim() == "t" {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let cairn = cairn_for_postgres(&s.path(""));
+    let config = stream_config(
+        &s,
+        "pitr.toml",
+        5445,
+        &stream_programs(),
+        "flush-secs = 1, window-secs = 5",
+    );
+    let stream = start_stream(&s, &config, &source);
     let base = || {
         let b = last_json(&s.cairn_config_ok(&config, &["--json", "backup", "--job", "pg"]));
         b["snapshot_id"].as_str().unwrap().to_string()
@@ -1730,58 +1742,11 @@ fn after_a_failover_the_archive_follows_the_promoted_standby_s_timeline_and_rest
             );
         }
     };
-    let bin = s.path("bin");
-    std::fs::create_dir(&bin).unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let cairn = bin.join("cairn");
-    std::fs::copy(crate::common::cairn_bin(), &cairn).unwrap();
-    std::fs::set_permissions(&cairn, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let config = s.path("pitr.toml");
-    std::fs::write(s.path("password"), crate::common::PASSWORD).unwrap();
-    let write_config = |port: u16| {
-        std::fs::write(
-            &config,
-            format!(
-                "[agent]\nstate-dir = {:?}\n\n[tenants.acme]\nrepository = {:?}\npassword-file = {:?}\n\n[jobs.pg]\ntenant = \"acme\"\nadapter = \"postgres\"\n\
-                 config = {{ host = \"127.0.0.1\", port = {port}, user = \"postgres\", mode = \"physical\" }}\n\
-                 grants = {{ programs = [\"pg_basebackup\", \"pg_receivewal\", \"psql\", \"tar\", {:?}], connect = [\"127.0.0.1:{port}\"] }}\n\
-                 wal = {{ flush-secs = 1 }}\n",
-                s.path("state"),
-                s.repo(),
-                s.path("password"),
-                pg_bin("pg_ctl")
-            ),
-        )
-        .unwrap();
-    };
-    let start_stream = |c: &Cluster| {
-        let child = s
-            .cairn_cmd(&[
-                "--config",
-                config.to_str().unwrap(),
-                "wal-stream",
-                "--job",
-                "pg",
-            ])
-            .env_remove("CAIRN_REPOSITORY")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        for _ in 0..300 {
-            let a = c.sql(
-                "postgres",
-                "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = 'cairn_pg'",
-            );
-            if a.trim() == "t" {
-                return child;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        panic!("the stream did not start");
-    };
-    write_config(5446);
-    let stream = start_stream(&primary);
+    let cairn = cairn_for_postgres(&s.path(""));
+    let write_config =
+        |port: u16| stream_config(&s, "pitr.toml", port, &stream_programs(), "flush-secs = 1");
+    let config = write_config(5446);
+    let stream = start_stream(&s, &config, &primary);
     insert(&primary, 5);
     let base = last_json(&s.cairn_config_ok(&config, &["--json", "backup", "--job", "pg"]));
     let base_id = base["snapshot_id"].as_str().unwrap().to_string();
@@ -1817,7 +1782,7 @@ fn after_a_failover_the_archive_follows_the_promoted_standby_s_timeline_and_rest
     }
     insert(&standby, 7);
     write_config(5447);
-    let stream = start_stream(&standby);
+    let stream = start_stream(&s, &config, &standby);
     insert(&standby, 3);
     wait_caught_up("cairn_pg", |q| standby.sql("postgres", q));
     stop_stream(stream);

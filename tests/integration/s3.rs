@@ -1096,7 +1096,10 @@ fn forget_and_prune_on_a_pair_need_both_regions_and_leave_both_whole() {
 
 #[test]
 fn a_wal_stream_on_a_region_pair_lands_in_both_regions_and_recovers_with_the_primary_down() {
-    use crate::pitr::{Cluster, Recovered, pg_bin, stop_stream, wait_caught_up};
+    use crate::pitr::{
+        Cluster, Recovered, cairn_for_postgres, stop_stream, stream_job, stream_programs,
+        wait_caught_up,
+    };
     use std::os::unix::fs::PermissionsExt;
     let mut w = World::new(&["eu-west-1", "eu-central-1"]);
     std::fs::set_permissions(w.s.path(""), std::fs::Permissions::from_mode(0o711)).unwrap();
@@ -1114,15 +1117,11 @@ fn a_wal_stream_on_a_region_pair_lands_in_both_regions_and_recovers_with_the_pri
         }
     };
     w.write_config(&format!(
-        "{}[agent]\nstate-dir = {:?}\n[regimes.eu]\nregions = [\"eu-west-1\", \"eu-central-1\"]\n{}\
-         [jobs.pg]\ntenant = \"acme\"\nadapter = \"postgres\"\n\
-         config = {{ host = \"127.0.0.1\", port = 5448, user = \"postgres\", mode = \"physical\" }}\n\
-         grants = {{ programs = [\"pg_basebackup\", \"pg_receivewal\", \"psql\", \"tar\", {:?}], connect = [\"127.0.0.1:5448\"] }}\n\
-         wal = {{ flush-secs = 1 }}\n",
+        "{}[agent]\nstate-dir = {:?}\n[regimes.eu]\nregions = [\"eu-west-1\", \"eu-central-1\"]\n{}{}wal = {{ flush-secs = 1 }}\n",
         w.regions_toml(&BTreeMap::new()),
         w.s.path("state"),
         tenant_toml(&w, "acme", "eu", "eu-west-1", "eu-central-1", ""),
-        pg_bin("pg_ctl"),
+        stream_job(5448, &stream_programs()),
     ));
     w.cairn_ok(&["init", "--tenant", "acme"]);
     let stream = w
@@ -1131,16 +1130,7 @@ fn a_wal_stream_on_a_region_pair_lands_in_both_regions_and_recovers_with_the_pri
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    for _ in 0..300 {
-        let a = source.sql(
-            "postgres",
-            "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = 'cairn_pg'",
-        );
-        if a.trim() == "t" {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    source.wait_slot(true);
     insert(10);
     w.cairn_ok(&["backup", "--job", "pg"]);
     insert(10);
@@ -1173,12 +1163,7 @@ fn a_wal_stream_on_a_region_pair_lands_in_both_regions_and_recovers_with_the_pri
 
     // The primary region down: the base backup and the WAL come from the
     // secondary, and the copy holds every row.
-    let bin = w.s.path("bin");
-    std::fs::create_dir(&bin).unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let cairn = bin.join("cairn");
-    std::fs::copy(crate::common::cairn_bin(), &cairn).unwrap();
-    std::fs::set_permissions(&cairn, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cairn = cairn_for_postgres(&w.s.path(""));
     w.garages.get_mut("eu-west-1").unwrap().stop();
     let template = w.cmd(&[]);
     let mut c = Command::new(&cairn);

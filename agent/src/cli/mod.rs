@@ -336,9 +336,11 @@ pub fn main() -> ExitCode {
         }
     };
     let command = match cli.command {
-        // restore_command: 0 with the file written, 1 without (PostgreSQL
-        // reads any other failure as "not there" too, but a signal or a
-        // code above 125 as fatal).
+        // restore_command: 0 with the file written, 1 when the archive
+        // has none. PostgreSQL reads any code up to 125 as "not there" and
+        // would end recovery early, quietly; so a failure to find out
+        // (the restore serving the WAL killed, the repository failing) is
+        // 126, which stops recovery instead.
         Command::WalFetch(a) => {
             let result = match &a.socket {
                 Some(_) => wal::fetch_over_socket(&a),
@@ -350,7 +352,7 @@ pub fn main() -> ExitCode {
                 Ok(false) => ExitCode::from(1),
                 Err(e) => {
                     eprintln!("cairn wal-fetch: {e:#}");
-                    ExitCode::from(1)
+                    ExitCode::from(126)
                 }
             };
         }

@@ -93,6 +93,14 @@ fn pitr_target(a: &Args) -> anyhow::Result<Option<Target>> {
             .map_err(|e| anyhow::anyhow!("--until-lsn {l:?}: {e}"))?;
         return Ok(Some(Target::Lsn(lsn)));
     }
+    if let Some(x) = a.until_xid
+        && x > u64::from(u32::MAX)
+    {
+        bail!(
+            "--until-xid {x}: PostgreSQL's recovery_target_xid is a 32-bit transaction id (it would silently mean {})",
+            x & 0xFFFF_FFFF
+        );
+    }
     Ok(a.until_xid.map(Target::Xid))
 }
 
@@ -143,6 +151,10 @@ struct Plan {
     config: Option<serde_json::Value>,
     /// A point-in-time recovery's plan.
     pitr: Option<pitr_restore::Planned>,
+    /// A point-in-time recovery's shared lock, held from its plan until
+    /// the server has read its last WAL: a prune meanwhile would remove
+    /// what the plan counted on.
+    _pitr_lock: Option<crate::repo::LockGuard>,
 }
 
 async fn plan(
@@ -168,6 +180,10 @@ async fn plan(
         None => g.clone(),
     };
     let store = g.open().await?;
+    let pitr_lock = match pitr {
+        Some(_) => store.read_lock().await?,
+        None => None,
+    };
     let (pitr, spec) = match (pitr, job) {
         (Some((target, timeline)), Some(job)) => {
             let planned = pitr_restore::plan(&store, job, target, timeline, spec).await?;
@@ -195,6 +211,7 @@ async fn plan(
         grants,
         config,
         pitr,
+        _pitr_lock: pitr_lock,
     })
 }
 
@@ -224,6 +241,13 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
     if target_of_pitr.is_some() && a.target.is_none() {
         bail!("--until…: give --target, the empty directory to restore the base backup into");
     }
+    if let Some(t) = a.target.as_ref().filter(|_| a.start)
+        && t.contains(['\'', '"', '\\', '\n'])
+    {
+        bail!(
+            "--target {t:?}: a path with quotes, backslashes or newlines cannot be given to pg_ctl (--start)"
+        );
+    }
     let Plan {
         store,
         id,
@@ -232,6 +256,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
         mut grants,
         config: adapter_config,
         pitr,
+        _pitr_lock,
     } = plan(
         g,
         a.snapshot.as_deref(),
@@ -345,15 +370,18 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
         };
         let r = pitr_restore::recover(&planned, std::path::Path::new(&report.target), &recovery)
             .await?;
+        if let Some(g) = &r.gap {
+            super::note(format!(
+                "the archive lacks WAL segment {g} but holds WAL after it: recovery could not pass it"
+            ));
+        }
         if g.json {
             super::emit(&r);
         } else {
             out(format!(
-                "restored base backup {} to {} ({} files, {}); recovery to {} on timeline {}, WAL {} to {}{}",
+                "restored base backup {} to {}; recovery to {} on timeline {}, WAL {} to {}{}",
                 id.short(),
                 r.data_directory,
-                report.files,
-                indicatif::HumanBytes(report.bytes),
                 r.target,
                 r.timeline,
                 r.wal_from,
@@ -419,7 +447,7 @@ pub async fn verify(g: &Global, a: VerifyArgs) -> anyhow::Result<Outcome> {
         source,
         grants,
         config,
-        pitr: _,
+        ..
     } = plan(
         g,
         Some(&a.snapshot),

@@ -136,7 +136,9 @@ pub struct FetchArgs {
 /// archive has the file.
 pub fn fetch_over_socket(a: &FetchArgs) -> anyhow::Result<bool> {
     let socket = a.socket.as_ref().context("give --socket or --job")?;
-    crate::pitr::fetch::fetch_over_socket(socket, &a.name, &a.path).map_err(|e| anyhow::anyhow!(e))
+    crate::pitr::fetch::fetch_over_socket(socket, &a.name, &a.path)
+        .map(|f| f == crate::pitr::fetch::Fetched::Written)
+        .map_err(|e| anyhow::anyhow!(e))
 }
 
 /// `wal-fetch --job`: read the job's archive directly. Whether it has
@@ -144,7 +146,11 @@ pub fn fetch_over_socket(a: &FetchArgs) -> anyhow::Result<bool> {
 pub async fn fetch(g: &Global, a: FetchArgs) -> anyhow::Result<bool> {
     let job = a.job.as_deref().context("give --socket or --job")?;
     if !crate::pitr::fetch::valid_request(&a.name) {
-        bail!("{:?} is not a WAL segment or history file name", a.name);
+        eprintln!(
+            "cairn wal-fetch: {:?} is not a WAL segment or history file name",
+            a.name
+        );
+        return Ok(false);
     }
     let (_, g) = super::job::load(g, job)?;
     let store = g.open().await?;

@@ -45,6 +45,9 @@ impl plan::Archived for Catalog {
     fn has_partial(&self, s: crate::pitr::lsn::Segment) -> bool {
         Catalog::has_partial(self, s)
     }
+    fn newest(&self, tli: u32) -> Option<crate::pitr::lsn::Segment> {
+        Catalog::newest(self, tli)
+    }
 }
 
 /// Plan the recovery of job `job` to `target`: on `timeline` (default:
@@ -185,6 +188,9 @@ pub struct Report {
     pub wal_to_partial: bool,
     /// Newer base backups not chosen, and why.
     pub passed_over: Vec<String>,
+    /// The first segment the archive lacks after `wal_to` when it holds
+    /// WAL beyond it: recovery cannot pass it.
+    pub gap: Option<String>,
     /// The restored data directory.
     pub data_directory: String,
     /// The restore_command written.
@@ -248,6 +254,7 @@ pub async fn recover(planned: &Planned, data: &Path, r: &Recovery) -> Result<Rep
             .iter()
             .map(|(id, why)| format!("{id}: {why}"))
             .collect(),
+        gap: p.gap.map(|g| g.name(size)),
         data_directory: data.display().to_string(),
         restore_command: String::new(),
         started: r.start,
@@ -262,11 +269,13 @@ pub async fn recover(planned: &Planned, data: &Path, r: &Recovery) -> Result<Rep
         log: None,
         seconds: 0.0,
     };
+    let log_nonce = format!("cairn-{}", hex::encode(rand::random::<[u8; 8]>()));
     let settings = |restore_command: String| recover::Settings {
         restore_command,
         target: &planned.target,
         timeline: p.timeline,
         action: r.action,
+        log_nonce: log_nonce.clone(),
     };
     if !r.start {
         let config = r
@@ -324,20 +333,40 @@ pub async fn recover(planned: &Planned, data: &Path, r: &Recovery) -> Result<Rep
             conf: r.pg_conf.as_deref(),
             port: r.port,
             socket_dir: &dir,
+            log_nonce: &log_nonce,
         },
     );
+    let gap_note = p.gap.map(|g| {
+        format!(
+            "; the archive lacks WAL segment {} (it holds WAL after it): recovery cannot pass it",
+            g.name(size)
+        )
+    });
     let result = match started {
         Ok(server) => {
             report.socket_dir = Some(server.socket_dir.display().to_string());
             report.port = Some(server.port);
             report.log = Some(server.log.display().to_string());
-            server
+            let watched = server
                 .watch(
                     r.action,
                     planned.target == Target::Latest,
                     r.psql.as_deref(),
                 )
-                .await
+                .await;
+            // A failed recovery leaves no server running on the copy.
+            watched.map_err(|e| {
+                let stopped = server.stop_now();
+                format!(
+                    "{e}{}{}",
+                    gap_note.clone().unwrap_or_default(),
+                    if stopped {
+                        "\nthe server was stopped (pg_ctl stop -m immediate)"
+                    } else {
+                        ""
+                    }
+                )
+            })
         }
         Err(e) => Err(e),
     };

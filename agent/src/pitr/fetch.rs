@@ -265,49 +265,38 @@ impl Catalog {
         }
     }
 
-    /// Write file `name` to `dest` (created or truncated, then synced);
-    /// whether the archive has it. A failure midway removes `dest`.
+    /// Write file `name` to `dest` (see [`write_dest`]); whether the
+    /// archive has it.
     pub async fn fetch_to(&self, name: &str, dest: &Path) -> Result<bool, PitrError> {
         let Some(node) = self.find(name) else {
             return Ok(false);
         };
-        let io = |e: std::io::Error| {
-            PitrError::Archive(format!("writing {name} to {}: {e}", dest.display()))
-        };
-        let write = async {
-            let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
-            let mut reader = crate::read::ContentReader::new(
-                self.repo.clone(),
-                node.content.clone().unwrap_or_default(),
-            );
-            let mut written = 0u64;
-            loop {
-                let piece = reader.read(1 << 20).await?;
-                if piece.is_empty() {
-                    break;
-                }
-                written += piece.len() as u64;
-                file.write_all(&piece).await.map_err(io)?;
+        let mut reader = crate::read::ContentReader::new(
+            self.repo.clone(),
+            node.content.clone().unwrap_or_default(),
+        );
+        let mut bytes = Vec::with_capacity(node.size as usize);
+        loop {
+            let piece = reader.read(1 << 20).await?;
+            if piece.is_empty() {
+                break;
             }
-            if written != node.size {
-                return Err(PitrError::Archive(format!(
-                    "{name}: the archive gave {written} bytes, its record says {}",
-                    node.size
-                )));
-            }
-            file.sync_all().await.map_err(io)?;
-            Ok(())
-        };
-        match write.await {
-            Ok(()) => {
-                self.served.fetch_add(1, Ordering::Relaxed);
-                Ok(true)
-            }
-            Err(e) => {
-                let _ = std::fs::remove_file(dest);
-                Err(e)
-            }
+            bytes.extend_from_slice(&piece);
         }
+        if bytes.len() as u64 != node.size {
+            return Err(PitrError::Archive(format!(
+                "{name}: the archive gave {} bytes, its record says {}",
+                bytes.len(),
+                node.size
+            )));
+        }
+        let dest = dest.to_path_buf();
+        tokio::task::spawn_blocking(move || write_dest(&dest, &mut &bytes[..], bytes.len() as u64))
+            .await
+            .map_err(|e| PitrError::Archive(e.to_string()))?
+            .map_err(PitrError::Archive)?;
+        self.served.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
     }
 
     /// Answer `restore_command` clients on `listener` until `stop`: each
@@ -320,12 +309,21 @@ impl Catalog {
         uids: Vec<u32>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
+        // PostgreSQL asks one file at a time: a few connections at once is
+        // plenty, and a flood of idle ones must not exhaust this process.
+        let open = Arc::new(tokio::sync::Semaphore::new(16));
         loop {
             let conn = tokio::select! {
                 c = listener.accept() => c,
                 _ = stop.changed() => return,
             };
             let Ok((stream, _)) = conn else {
+                // Out of descriptors, say: wait rather than spin.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            };
+            let Ok(permit) = open.clone().try_acquire_owned() else {
+                tracing::warn!("wal-fetch socket: too many connections at once; one was closed.");
                 continue;
             };
             let catalog = self.clone();
@@ -334,6 +332,7 @@ impl Catalog {
                 if let Err(e) = catalog.answer(stream, &uids).await {
                     tracing::warn!("wal-fetch socket: {e}");
                 }
+                drop(permit);
             });
         }
     }
@@ -353,7 +352,13 @@ impl Catalog {
         }
         let mut line = String::new();
         let mut read = tokio::io::BufReader::new(read.take(128));
-        read.read_line(&mut line).await?;
+        // A client that connects and says nothing is let go.
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            read.read_line(&mut line),
+        )
+        .await
+        .map_err(|_| std::io::Error::other("a client sent no file name within 10 s"))??;
         let name = line.trim_end_matches('\n');
         let Some(node) = self.find(name) else {
             tracing::info!(file = %crate::util::escaped(name), "wal-fetch: not in the archive");
@@ -370,6 +375,7 @@ impl Catalog {
             Ok(p) => p,
             Err(e) => {
                 let why = e.to_string().replace('\n', " ");
+                tracing::error!(file = %name, error = %why, "wal-fetch: cannot read the file from the repository; recovery stops.");
                 write.write_all(format!("error {why}\n").as_bytes()).await?;
                 return Ok(());
             }
@@ -379,10 +385,10 @@ impl Catalog {
             .await?;
         write.write_all(&first).await?;
         loop {
-            let piece = reader
-                .read(1 << 20)
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let piece = reader.read(1 << 20).await.map_err(|e| {
+                tracing::error!(file = %name, error = %e, "wal-fetch: reading the file from the repository failed midway; recovery stops.");
+                std::io::Error::other(e.to_string())
+            })?;
             if piece.is_empty() {
                 break;
             }
@@ -395,18 +401,74 @@ impl Catalog {
     }
 }
 
-/// The client side of [`Catalog::serve`] (`cairn wal-fetch --socket`),
-/// blocking and small: ask for `name`, write it to `dest` (created or
-/// truncated, then synced). `Ok(false)`: the archive has no such file.
-/// A failure midway removes `dest`.
-pub fn fetch_over_socket(socket: &Path, name: &str, dest: &Path) -> Result<bool, String> {
-    if !valid_request(name) {
+/// Write exactly `size` bytes of `from` to `dest`, as `restore_command`
+/// must: into a new file beside it, synced, then renamed over it, so a
+/// failure leaves nothing at `dest` and removes only the file this made.
+/// A `dest` that exists and is not a regular file is refused, untouched.
+pub fn write_dest(dest: &Path, from: &mut impl Read, size: u64) -> Result<(), String> {
+    if let Ok(meta) = std::fs::symlink_metadata(dest)
+        && !meta.file_type().is_file()
+    {
         return Err(format!(
-            "{name:?} is not a WAL segment or history file name"
+            "{}: exists and is not a regular file; not written",
+            dest.display()
         ));
     }
-    let mut stream = std::os::unix::net::UnixStream::connect(socket)
-        .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
+    let name = dest
+        .file_name()
+        .ok_or_else(|| format!("{}: not a file path", dest.display()))?;
+    let mut tmp_name = name.to_os_string();
+    tmp_name.push(format!(".cairn-{}", std::process::id()));
+    let tmp = dest.with_file_name(tmp_name);
+    let mut write = || -> Result<(), String> {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| format!("creating {}: {e}", tmp.display()))?;
+        let copied = std::io::copy(&mut from.take(size), &mut file)
+            .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+        if copied != size {
+            return Err(format!(
+                "{}: got {copied} of {size} bytes (did the restore stop?)",
+                dest.display()
+            ));
+        }
+        file.sync_all()
+            .map_err(|e| format!("syncing {}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, dest)
+            .map_err(|e| format!("renaming {} to {}: {e}", tmp.display(), dest.display()))
+    };
+    write().inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// What a fetch found out.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fetched {
+    /// The file was written.
+    Written,
+    /// The archive has no such file (or the restore that served it has
+    /// ended and removed its socket): PostgreSQL may go on without it.
+    Missing,
+}
+
+/// The client side of [`Catalog::serve`] (`cairn wal-fetch --socket`),
+/// blocking and small: ask for `name` and write it to `dest` (see
+/// [`write_dest`]). An error means "cannot tell" (the restore was
+/// killed, the repository failed): recovery must stop, not end early.
+pub fn fetch_over_socket(socket: &Path, name: &str, dest: &Path) -> Result<Fetched, String> {
+    if !valid_request(name) {
+        return Ok(Fetched::Missing);
+    }
+    let mut stream = match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(s) => s,
+        // The restore ended and removed its socket (after a pause, say,
+        // a promotion probes history files): nothing more to serve.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Fetched::Missing),
+        Err(e) => return Err(format!("connecting to {}: {e}", socket.display())),
+    };
     stream
         .write_all(format!("{name}\n").as_bytes())
         .map_err(|e| format!("asking {} for {name}: {e}", socket.display()))?;
@@ -417,7 +479,7 @@ pub fn fetch_over_socket(socket: &Path, name: &str, dest: &Path) -> Result<bool,
     let header = String::from_utf8_lossy(&header);
     let header = header.trim_end();
     if header == "missing" {
-        return Ok(false);
+        return Ok(Fetched::Missing);
     }
     if let Some(why) = header.strip_prefix("error ") {
         return Err(format!("{name}: {why}"));
@@ -426,23 +488,8 @@ pub fn fetch_over_socket(socket: &Path, name: &str, dest: &Path) -> Result<bool,
         .strip_prefix("ok ")
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| format!("{name}: the restore answered {header:?}"))?;
-    let mut copy = || -> Result<(), String> {
-        let mut file =
-            std::fs::File::create(dest).map_err(|e| format!("creating {}: {e}", dest.display()))?;
-        let copied = std::io::copy(&mut (&mut reader).take(size), &mut file)
-            .map_err(|e| format!("writing {name} to {}: {e}", dest.display()))?;
-        if copied != size {
-            return Err(format!(
-                "{name}: the restore sent {copied} of {size} bytes (did it stop?)"
-            ));
-        }
-        file.sync_all()
-            .map_err(|e| format!("syncing {}: {e}", dest.display()))
-    };
-    copy().inspect_err(|_| {
-        let _ = std::fs::remove_file(dest);
-    })?;
-    Ok(true)
+    write_dest(dest, &mut reader, size)?;
+    Ok(Fetched::Written)
 }
 
 /// Whether `name` is what `restore_command`'s `%f` may be: a segment

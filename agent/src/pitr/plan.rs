@@ -53,6 +53,8 @@ pub trait Archived {
     fn has_segment(&self, s: Segment) -> bool;
     /// Whether only a partial of segment `s` is archived.
     fn has_partial(&self, s: Segment) -> bool;
+    /// The newest segment of timeline `tli` archived, complete or partial.
+    fn newest(&self, tli: u32) -> Option<Segment>;
 }
 
 /// A plan that holds.
@@ -70,6 +72,9 @@ pub struct Plan<I> {
     /// Whether `last` is held only as a partial (the segment the stream
     /// was receiving).
     pub last_partial: bool,
+    /// The first segment missing after `last` when the archive holds WAL
+    /// beyond it: recovery to a time cannot pass it.
+    pub gap: Option<Segment>,
     /// Why each newer base backup was not chosen.
     pub passed_over: Vec<(I, String)>,
 }
@@ -95,11 +100,12 @@ pub fn plan<I: Clone + std::fmt::Display + PartialEq>(
     sorted.sort_by_key(|c| std::cmp::Reverse((c.base.stop, c.base.stop_time)));
     if let Target::Xid(_) = target {
         // Tags do not say which transactions a base backup already holds:
-        // the oldest one reaches every transaction after it.
+        // the oldest one whose WAL has no gap reaches every transaction
+        // after it.
         sorted.reverse();
     }
     let mut passed_over = Vec::new();
-    let mut found = None;
+    let mut refusal = None;
     for c in sorted {
         if chosen.is_some_and(|id| *id != c.id) {
             continue;
@@ -124,33 +130,61 @@ pub fn plan<I: Clone + std::fmt::Display + PartialEq>(
                 _ => None,
             }
         };
-        match why {
-            Some(why) => passed_over.push((c.id.clone(), why)),
-            None => {
-                found = Some(c.clone());
-                break;
+        if let Some(why) = why {
+            passed_over.push((c.id.clone(), why));
+            continue;
+        }
+        match chain(c, archive, path, size, target) {
+            Ok(plan) => {
+                return Ok(Plan {
+                    passed_over,
+                    ..plan
+                });
             }
+            // A transaction may be after a gap that a newer base backup
+            // starts beyond: try it.
+            Err(e) if matches!(target, Target::Xid(_)) => {
+                passed_over.push((c.id.clone(), e.0.clone()));
+                refusal.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
         }
     }
-    let Some(base) = found else {
-        let mut msg = match chosen {
-            Some(id) => format!("base backup {id} cannot recover to {target}"),
-            None if bases.is_empty() => {
-                "the job has no physical base backup of this cluster (`cairn backup --job` with mode = \"physical\" takes one)".to_string()
-            }
-            None => format!("no base backup can recover to {target}"),
-        };
-        for (id, why) in &passed_over {
-            msg.push_str(&format!("; {id}: {why}"));
+    if let Some(e) = refusal
+        && passed_over.len() == 1
+    {
+        return Err(e);
+    }
+    let mut msg = match chosen {
+        Some(id) => format!("base backup {id} cannot recover to {target}"),
+        None if bases.is_empty() => {
+            "the job has no physical base backup of this cluster (`cairn backup --job` with mode = \"physical\" takes one)".to_string()
         }
-        return Err(PlanError(msg));
+        None => format!("no base backup can recover to {target}"),
     };
-    // The chain: every segment from the base's start on, on the path.
+    for (id, why) in &passed_over {
+        msg.push_str(&format!("; {id}: {why}"));
+    }
+    Err(PlanError(msg))
+}
+
+/// The WAL chain from base backup `c` on `path`: the gapless run of
+/// segments from its start, which must reach its stop, and the target's
+/// position for [`Target::Lsn`]. For [`Target::Latest`] (and an xid,
+/// which may be anywhere) the run must also reach the newest WAL archived
+/// on the path: a gap would end recovery early, quietly.
+fn chain<I: Clone + std::fmt::Display>(
+    c: &Candidate<I>,
+    archive: &impl Archived,
+    path: &TimelinePath,
+    size: SegmentSize,
+    target: &Target,
+) -> Result<Plan<I>, PlanError> {
     let segment = |segno: u64| Segment {
         tli: path.timeline_of_segment(segno, size),
         segno,
     };
-    let first = segment(size.segno(base.base.start));
+    let first = segment(size.segno(c.base.start));
     let mut last = None;
     let mut last_partial = false;
     let mut segno = first.segno;
@@ -168,42 +202,72 @@ pub fn plan<I: Clone + std::fmt::Display + PartialEq>(
         break;
     }
     let missing = segment(segno + u64::from(last_partial));
-    let needed_to = match target {
-        Target::Lsn(l) => Some((*l, format!("the target {l}"))),
-        _ => None,
+    // WAL archived on the path after the missing segment: a gap.
+    let newest = std::iter::once(path.tli)
+        .chain(path.ancestors.iter().map(|a| a.tli))
+        .filter_map(|t| {
+            let n = archive.newest(t)?;
+            // An ancestor's WAL counts only up to where the path leaves it.
+            match path.end(t) {
+                Some(end) => Some(n.segno.min(size.segno(end))),
+                None => Some(n.segno),
+            }
+        })
+        .max();
+    let gap = newest.filter(|n| *n >= missing.segno).map(|_| missing);
+    let lacks = |what: String| {
+        PlanError(format!(
+            "base backup {}: the archive lacks WAL segment {}, needed from its start {} to {what}{}",
+            c.id,
+            missing.name(size),
+            c.base.start,
+            if last_partial {
+                format!(
+                    " (it holds only the part of {} streamed so far)",
+                    last.map(|s| s.name(size)).unwrap_or_default()
+                )
+            } else {
+                String::new()
+            }
+        ))
     };
-    let consistent = (base.base.stop, format!("its stop {}", base.base.stop));
-    for (lsn, what) in [Some(consistent), needed_to].into_iter().flatten() {
-        let reached = last.is_some_and(|l: Segment| {
-            let end = size.end(l.segno);
-            // A partial holds some of its segment; the position may be
-            // in it (recovery finds out).
-            lsn < end || (lsn == end && !last_partial)
-        });
-        if !reached {
+    // The stop: the backup's end record ends at or before it.
+    let stop = c.base.stop;
+    if !last.is_some_and(|l| {
+        let end = size.end(l.segno);
+        stop < end || (stop == end && !last_partial)
+    }) {
+        return Err(lacks(format!("its stop {stop}")));
+    }
+    let last = last.expect("checked above");
+    match target {
+        // Recovery stops after the first record at or past the position:
+        // it reads the segment after the position's whenever no record
+        // starts in the rest of its own (a switch, its very end). Only the
+        // partial at the stream's end may hold the position itself.
+        Target::Lsn(l)
+            if !(size.segno(*l) < last.segno || (last_partial && size.segno(*l) == last.segno)) =>
+        {
+            return Err(lacks(format!("the target {l}")));
+        }
+        Target::Latest | Target::Xid(_) if gap.is_some() => {
             return Err(PlanError(format!(
-                "base backup {}: the archive lacks WAL segment {}, needed from its start {} to {what}{}",
-                base.id,
+                "base backup {}: the archive lacks WAL segment {} but holds WAL after it (to {}): recovery would end quietly before the gap; restore to a moment before it, or from a base backup taken after it",
+                c.id,
                 missing.name(size),
-                base.base.start,
-                if last_partial {
-                    format!(
-                        " (it holds only the part of {} streamed so far)",
-                        last.map(|s| s.name(size)).unwrap_or_default()
-                    )
-                } else {
-                    String::new()
-                }
+                newest.map(|n| segment(n).name(size)).unwrap_or_default()
             )));
         }
+        _ => {}
     }
     Ok(Plan {
         timeline: path.tli,
         first,
-        last: last.expect("checked above"),
+        last,
         last_partial,
-        base,
-        passed_over,
+        gap,
+        base: c.clone(),
+        passed_over: Vec::new(),
     })
 }
 
@@ -235,6 +299,14 @@ mod tests {
         }
         fn has_partial(&self, s: Segment) -> bool {
             !self.complete.contains(&s) && self.partial.contains(&s)
+        }
+        fn newest(&self, tli: u32) -> Option<Segment> {
+            self.complete
+                .iter()
+                .chain(self.partial.iter())
+                .filter(|s| s.tli == tli)
+                .max()
+                .copied()
         }
     }
 
@@ -360,6 +432,48 @@ mod tests {
         let p = plan(&bases, &archive, &path, size, &at(15, 0), None).unwrap();
         assert_eq!(p.last, Segment { tli: 1, segno: 8 });
         assert!(!p.last_partial);
+        assert_eq!(p.gap, Some(Segment { tli: 1, segno: 9 }));
+        // The end of the archive is past the gap: refused, not cut short.
+        let e = plan(&bases, &archive, &path, size, &Target::Latest, None).unwrap_err();
+        assert!(
+            e.0.contains("lacks WAL segment 000000010000000000000009 but holds WAL after it (to 00000001000000000000000B)"),
+            "{e}"
+        );
+        // A transaction: a base backup after the gap is tried.
+        let both = [base("b", 5, 6, 10), base("late", 10, 10, 30)];
+        let p = plan(&both, &archive, &path, size, &Target::Xid(7), None).unwrap();
+        assert_eq!(p.base.id, "late");
+        assert_eq!(p.passed_over.len(), 1);
+        // A position at the very end of the last complete segment needs
+        // the next one (the next record starts there).
+        let whole = held(1, 2..=11, None);
+        let e = plan(&bases, &whole, &path, size, &Target::Lsn(lsn(12, 0)), None).unwrap_err();
+        assert!(
+            e.0.contains("lacks WAL segment 00000001000000000000000C"),
+            "{e}"
+        );
+        let e = plan(
+            &bases,
+            &whole,
+            &path,
+            size,
+            &Target::Lsn(lsn(11, 0xFFF)),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.0.contains("lacks WAL segment 00000001000000000000000C"),
+            "{e}"
+        );
+        plan(
+            &bases,
+            &whole,
+            &path,
+            size,
+            &Target::Lsn(lsn(10, 0xFFF)),
+            None,
+        )
+        .unwrap();
         let e = plan(
             &bases,
             &archive,

@@ -174,6 +174,10 @@ pub struct Settings<'a> {
     pub timeline: u32,
     /// What to do there.
     pub action: Action,
+    /// Starts every line the server logs (`log_line_prefix`): a client
+    /// cannot write a line that starts with it (a role name with a
+    /// newline, say), so the restore believes only lines that do.
+    pub log_nonce: String,
 }
 
 impl Settings<'_> {
@@ -209,6 +213,10 @@ impl Settings<'_> {
         s.push_str(&format!("recovery_target_timeline = '{}'\n", self.timeline));
         // The copy never pushes WAL into the source's archive.
         s.push_str("archive_mode = off\n");
+        s.push_str(&format!(
+            "log_line_prefix = '{} %m [%p] '\n",
+            self.log_nonce
+        ));
         s
     }
 
@@ -252,6 +260,10 @@ pub struct Server {
     pub log: PathBuf,
     /// Its owner.
     pub owner: Owner,
+    /// What its own log lines start with.
+    pub log_nonce: String,
+    /// `pg_ctl`.
+    pub pg_ctl: PathBuf,
 }
 
 /// How to start it.
@@ -265,6 +277,8 @@ pub struct Start<'a> {
     pub port: Option<u16>,
     /// The private directory of its socket.
     pub socket_dir: &'a Path,
+    /// What its log lines start with (see [`Settings::log_nonce`]).
+    pub log_nonce: &'a str,
 }
 
 /// Start the server on restored data directory `data` as its owner.
@@ -364,6 +378,8 @@ pub fn start(data: &Path, owner: &Owner, how: &Start<'_>) -> Result<Server, Stri
         port,
         log,
         owner: owner.clone(),
+        log_nonce: how.log_nonce.to_string(),
+        pg_ctl: how.pg_ctl.to_path_buf(),
     })
 }
 
@@ -401,10 +417,15 @@ struct LogState {
     fatal: Option<String>,
 }
 
-fn read_log(text: &str) -> LogState {
+/// What the server's own lines of `text` (those starting with `nonce`)
+/// say.
+fn read_log(text: &str, nonce: &str) -> LogState {
     let mut s = LogState::default();
     for line in text.lines() {
-        let msg = line.split_once("LOG:  ").map(|(_, m)| m);
+        let Some(line) = line.strip_prefix(nonce) else {
+            continue;
+        };
+        let msg = line.split_once(" LOG:  ").map(|(_, m)| m);
         if let Some(m) = msg {
             if m.starts_with("recovery stopping ") {
                 s.stopped = Some(m.to_string());
@@ -424,11 +445,10 @@ fn read_log(text: &str) -> LogState {
                 s.shut_down = true;
             }
         }
-        if let Some((_, m)) = line.split_once("FATAL:  ") {
-            s.fatal.get_or_insert_with(|| m.to_string());
-        }
-        if let Some((_, m)) = line.split_once("PANIC:  ") {
-            s.fatal.get_or_insert_with(|| m.to_string());
+        for level in [" FATAL:  ", " PANIC:  "] {
+            if let Some((_, m)) = line.split_once(level) {
+                s.fatal = Some(m.to_string());
+            }
         }
     }
     s
@@ -464,10 +484,11 @@ impl Server {
             )
         };
         let mut seen_running = false;
+        let began = std::time::Instant::now();
         loop {
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
             let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let log = read_log(&text);
+            let log = read_log(&text, &self.log_nonce);
             let up = running(&self.data);
             seen_running |= up;
             let done = if latest || action == Action::Promote {
@@ -495,18 +516,36 @@ impl Server {
                 }
                 return Ok(reached);
             }
-            if let Some(f) = &log.fatal {
-                return Err(fail(f));
-            }
+            // Only the server's end fails the restore: a FATAL of one
+            // client's connection is not recovery's.
             if !up && (seen_running || log.shut_down) {
-                return Err(fail("the server stopped before reaching the target"));
+                let why = log
+                    .fatal
+                    .unwrap_or_else(|| "the server stopped before reaching the target".into());
+                return Err(fail(&why));
             }
-            if !up && !seen_running && text.is_empty() {
-                // pg_ctl returned; the postmaster may not have written
-                // its pid yet.
-                continue;
+            if !up && !seen_running && began.elapsed() > std::time::Duration::from_secs(120) {
+                return Err(fail("the server did not start within 120 s"));
             }
         }
+    }
+
+    /// Stop the server at once (a failed restore leaves no server
+    /// running on a half-recovered copy); whether it ran.
+    pub fn stop_now(&self) -> bool {
+        if !running(&self.data) {
+            return false;
+        }
+        let mut command = std::process::Command::new(&self.pg_ctl);
+        command
+            .args(["stop", "-m", "immediate", "-w", "-D"])
+            .arg(&self.data)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if self.owner.apply(&mut command).is_ok() {
+            let _ = command.status();
+        }
+        true
     }
 
     /// Ask the server, as its owner, what it replayed last.
@@ -595,6 +634,7 @@ mod tests {
             target: &target,
             timeline: 2,
             action: Action::Pause,
+            log_nonce: "n0nce".into(),
         };
         let lines = s.lines();
         assert!(lines.contains("restore_command = '''/usr/local/bin/cairn'' wal-fetch --socket ''/tmp/it''''s'' %f %p'\n"), "{lines}");
@@ -605,6 +645,7 @@ mod tests {
         assert!(lines.contains("recovery_target_action = 'pause'\n"));
         assert!(lines.contains("recovery_target_timeline = '2'\n"));
         assert!(lines.contains("archive_mode = off\n"));
+        assert!(lines.contains("log_line_prefix = 'n0nce %m [%p] '\n"));
         let latest = Settings {
             target: &Target::Latest,
             ..s
@@ -616,12 +657,12 @@ mod tests {
     }
 
     #[test]
-    fn the_log_says_where_recovery_stopped_and_what_it_became() {
-        let log = "2026-12-07 15:40:56.001 UTC [9] LOG:  starting point-in-time recovery to 2026-12-07 15:40:55.512751+00
-2026-12-07 15:40:56.300 UTC [9] LOG:  recovery stopping before commit of transaction 26529, time 2026-12-07 15:40:55.512927+00
-2026-12-07 15:40:56.300 UTC [9] LOG:  pausing at the end of recovery
+    fn only_the_server_s_own_log_lines_say_where_recovery_stopped() {
+        let log = "n0nce 2026-12-07 15:40:56.001 UTC [9] LOG:  starting point-in-time recovery to 2026-12-07 15:40:55.512751+00
+n0nce 2026-12-07 15:40:56.300 UTC [9] LOG:  recovery stopping before commit of transaction 26529, time 2026-12-07 15:40:55.512927+00
+n0nce 2026-12-07 15:40:56.300 UTC [9] LOG:  pausing at the end of recovery
 ";
-        let s = read_log(log);
+        let s = read_log(log, "n0nce");
         assert!(s.paused);
         assert_eq!(
             s.stopped.as_deref(),
@@ -629,15 +670,22 @@ mod tests {
                 "recovery stopping before commit of transaction 26529, time 2026-12-07 15:40:55.512927+00"
             )
         );
-        let promoted = "x LOG:  selected new timeline ID: 3\nx LOG:  last completed transaction was at log time 2026-12-07 15:40:55.5+00\nx LOG:  database system is ready to accept connections\n";
-        let s = read_log(promoted);
+        let promoted = "n0nce x LOG:  selected new timeline ID: 3\nn0nce x LOG:  last completed transaction was at log time 2026-12-07 15:40:55.5+00\nn0nce x LOG:  database system is ready to accept connections\n";
+        let s = read_log(promoted, "n0nce");
         assert_eq!(s.new_timeline, Some(3));
         assert!(s.ready);
         assert_eq!(s.last_commit.as_deref(), Some("2026-12-07 15:40:55.5+00"));
-        let failed = "x FATAL:  recovery ended before configured recovery target was reached\n";
+        let failed =
+            "n0nce x FATAL:  recovery ended before configured recovery target was reached\n";
         assert_eq!(
-            read_log(failed).fatal.as_deref(),
+            read_log(failed, "n0nce").fatal.as_deref(),
             Some("recovery ended before configured recovery target was reached")
         );
+        // A client's role name with a newline writes a line of its own:
+        // without the prefix, it says nothing.
+        let forged = "n0nce x FATAL:  role \"x\nLOG:  pausing at the end of recovery\" does not exist\nLOG:  pausing at the end of recovery\nother LOG:  selected new timeline ID: 9\n";
+        let s = read_log(forged, "n0nce");
+        assert!(!s.paused);
+        assert_eq!(s.new_timeline, None);
     }
 }
