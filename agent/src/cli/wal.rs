@@ -29,29 +29,7 @@ pub async fn stream(g: &Global, a: StreamArgs) -> anyhow::Result<()> {
     let mut flags = AdapterFlags::default();
     flags.add_job(&a.job, &job)?;
     let grants = flags.grants(&job.grants.env)?;
-    let adapter = job.config.clone().unwrap_or_default();
-    let text = |key: &str, default: &str| -> anyhow::Result<String> {
-        match adapter.get(key) {
-            None => Ok(default.to_string()),
-            Some(toml::Value::String(s)) => Ok(s.clone()),
-            Some(v) => bail!("job {}: config.{key} = {v} is not a string", a.job),
-        }
-    };
-    let port = match adapter.get("port") {
-        None => 5432,
-        Some(toml::Value::Integer(p)) => u16::try_from(*p)
-            .with_context(|| format!("job {}: config.port {p} is out of range", a.job))?,
-        Some(v) => bail!("job {}: config.port = {v} is not a number", a.job),
-    };
-    let connection = Connection {
-        host: text("host", "127.0.0.1")?,
-        port,
-        user: text("user", "postgres")?,
-        password_secret: adapter
-            .get("password-secret")
-            .and_then(|v| v.as_str())
-            .map(str::to_string),
-    };
+    let connection = Connection::of_job(&a.job, &job).map_err(anyhow::Error::msg)?;
     let store = g.open_without_index().await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

@@ -81,7 +81,7 @@ pub struct WalConfig {
 }
 
 fn default_flush_secs() -> u64 {
-    10
+    5
 }
 fn default_window_secs() -> u64 {
     3600

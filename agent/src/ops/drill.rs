@@ -48,13 +48,16 @@ pub struct Options {
 
 /// What a drill found.
 #[derive(Default)]
-struct Found {
-    snapshot: Option<(Id, crate::repo::snapshot::Snapshot)>,
+pub(super) struct Found {
+    pub(super) snapshot: Option<(Id, crate::repo::snapshot::Snapshot)>,
     /// When the snapshot was chosen: its age then is the recovery point
     /// (a backup may finish after the drill started, and be chosen).
-    chosen: Option<chrono::DateTime<chrono::Utc>>,
-    entries: u64,
-    problems: Vec<String>,
+    pub(super) chosen: Option<chrono::DateTime<chrono::Utc>>,
+    /// The recovery point measured otherwise (a PITR drill: the stream's
+    /// lag when the drill wrote its marker).
+    pub(super) rpo: Option<f64>,
+    pub(super) entries: u64,
+    pub(super) problems: Vec<String>,
 }
 
 /// Drill a job and append the result to the drill record. The record is
@@ -83,15 +86,17 @@ pub async fn run(
         started,
         finished: chrono::Utc::now(),
         passed: result.is_ok() && found.problems.is_empty(),
-        rpo_seconds: found
-            .snapshot
-            .as_ref()
-            .zip(found.chosen)
-            .map(|((_, s), chosen)| {
-                (chosen - s.time.with_timezone(&chrono::Utc))
-                    .as_seconds_f64()
-                    .max(0.0)
-            }),
+        rpo_seconds: found.rpo.or_else(|| {
+            found
+                .snapshot
+                .as_ref()
+                .zip(found.chosen)
+                .map(|((_, s), chosen)| {
+                    (chosen - s.time.with_timezone(&chrono::Utc))
+                        .as_seconds_f64()
+                        .max(0.0)
+                })
+        }),
         rto_seconds: rto,
         entries: found.entries,
         problems: found.problems,
@@ -107,6 +112,10 @@ pub async fn run(
 }
 
 async fn drill(store: &Store, o: &Options, found: &mut Found) -> anyhow::Result<()> {
+    // A job that streams its WAL is drilled to a point in time.
+    if o.job.wal.is_some() && o.snapshot == "latest" {
+        return super::pitr_drill::drill(store, o, found).await;
+    }
     let (name, job, spec, repo) = (&o.job_name, &o.job, &o.snapshot, &store.repo);
     // `latest` is this host's: a node drills what it backed up itself.
     let host = crate::util::hostname();

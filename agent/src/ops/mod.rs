@@ -14,6 +14,7 @@ pub mod conformance;
 pub mod drill;
 pub mod drills;
 pub mod forget;
+pub mod pitr_drill;
 pub mod pitr_restore;
 pub mod protocol;
 pub mod prune;

@@ -61,6 +61,10 @@ pub async fn plan(
     base: Option<&str>,
 ) -> Result<Planned> {
     let snapshots = store.repo.snapshots().await?;
+    // A stream's flush may have saved a window version (and the index
+    // file it needs) since the index was read: read it again, after the
+    // listing, so every listed window's blobs are found.
+    store.repo.load_index().await?;
     let bases: Vec<(Id, chrono::DateTime<chrono::FixedOffset>, BaseBackup)> = snapshots
         .iter()
         .filter(|(_, s)| s.cairn_job.as_deref() == Some(job))

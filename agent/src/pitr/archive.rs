@@ -163,13 +163,17 @@ impl WindowWriter {
         }
         // The open one, if any, becomes the window; history files come
         // from the newest window of all.
-        // Closed windows say how far they reach (`wal-last`); the open
-        // one is loaded whole, so a gap inside it is seen.
+        // Closed windows say where the gapless run of segments ended when
+        // they closed (`wal-run`; `wal-last` for windows written before
+        // that tag, which did not tell); the open one is loaded whole, so
+        // a gap inside it is seen.
         let last_of = |snap: &Snapshot| {
-            tag(&snap.tags, "wal-last").and_then(|n| match WalFile::parse(n, writer.stream.size) {
-                Some(WalFile::Segment(s)) => Some(s),
-                _ => None,
-            })
+            tag(&snap.tags, "wal-run")
+                .or_else(|| tag(&snap.tags, "wal-last"))
+                .and_then(|n| match WalFile::parse(n, writer.stream.size) {
+                    Some(WalFile::Segment(s)) => Some(s),
+                    _ => None,
+                })
         };
         let mut newest_closed: Option<(Segment, Id)> = None;
         for (id, snap) in newest.values() {
@@ -194,14 +198,27 @@ impl WindowWriter {
                 writer.window = Some(window);
             }
         }
-        // The newest segment closed windows hold, with its node: what an
-        // empty spool is seeded with when the open window has none yet.
-        if let Some((seg, id)) = newest_closed
-            && let Some((_, snap)) = newest.values().find(|(i, _)| *i == id)
-        {
-            let (window, _) = load(&writer.repo, writer.stream.size, id, snap).await?;
-            if let Some(s) = window.segments.get(&seg.segno) {
-                writer.last_closed = Some((seg, s.node.clone()));
+        // The end of the closed windows' run, with its node: what an empty
+        // spool is seeded with when the open window has none yet. It may
+        // sit in an earlier window than the one whose tag names it.
+        if let Some((seg, _)) = newest_closed {
+            let name = seg.name(writer.stream.size);
+            let mut holders: Vec<&(Id, Snapshot)> = newest
+                .values()
+                .filter(|(_, s)| {
+                    s.tags.iter().any(|t| t == "wal-closed")
+                        && tag(&s.tags, "pg-tli") == Some(&seg.tli.to_string())
+                        && tag(&s.tags, "wal-first").is_some_and(|f| f <= name.as_str())
+                        && tag(&s.tags, "wal-last").is_some_and(|l| l >= name.as_str())
+                })
+                .collect();
+            holders.sort_by_key(|(_, s)| std::cmp::Reverse(s.time));
+            for (id, snap) in holders {
+                let (window, _) = load(&writer.repo, writer.stream.size, *id, snap).await?;
+                if let Some(s) = window.segments.get(&seg.segno) {
+                    writer.last_closed = Some((seg, s.node.clone()));
+                    break;
+                }
             }
         }
         Ok(writer)
@@ -317,7 +334,17 @@ impl WindowWriter {
     /// repository holds with every segment before it (since the first
     /// one stored): the hold slot never passes a gap.
     pub fn contiguous(&self) -> Option<Segment> {
-        let w = self.window.as_ref()?;
+        // Between windows: where the closed ones' run ends.
+        let Some(w) = self.window.as_ref() else {
+            return self
+                .archived
+                .iter()
+                .next_back()
+                .map(|(tli, segno)| Segment {
+                    tli: *tli,
+                    segno: *segno,
+                });
+        };
         let mut end = self.archived.get(&w.tli).copied();
         for segno in w.segments.keys() {
             match end {
@@ -327,6 +354,26 @@ impl WindowWriter {
             }
         }
         end.map(|segno| Segment { tli: w.tli, segno })
+    }
+
+    /// The first segment missing after the gapless run when the open
+    /// window holds WAL beyond it (a segment lost from the spool, a
+    /// receiver that skipped ahead): the hold slot stays before it, and
+    /// the receiver must fetch it again.
+    pub fn gap(&self) -> Option<Segment> {
+        let w = self.window.as_ref()?;
+        let next = self.contiguous()?.segno + 1;
+        let beyond = w.segments.keys().any(|s| *s > next)
+            || w.partial.as_ref().is_some_and(|(s, _)| *s > next);
+        beyond.then_some(Segment {
+            tli: w.tli,
+            segno: next,
+        })
+    }
+
+    /// When the open window opened.
+    pub fn opened(&self) -> Option<DateTime<Utc>> {
+        self.window.as_ref().map(|w| w.opened)
     }
 
     /// Where [`WindowWriter::contiguous`] ends, or 0.
@@ -487,6 +534,16 @@ impl WindowWriter {
         let mut pumped = Vec::new();
         for (file, seen) in &todo {
             let name = file.name(size);
+            // A complete segment is checked before it counts: a truncated
+            // file, or one of another cluster, is left out (and out of the
+            // spool, so the receiver fetches it again).
+            if let WalFile::Segment(s) = file
+                && let Err(why) = check_segment(&dir.join(&name), *s, size, self.stream.system)
+            {
+                tracing::error!(job = %self.stream.job, segment = %name, reason = %why, "A spool file is not a segment of this cluster: not stored, removed from the spool.");
+                let _ = std::fs::remove_file(dir.join(&name));
+                continue;
+            }
             // Renamed (a partial completed) or removed since the scan:
             // the next flush sees what it became.
             let Some(node) = store_file(&pipeline, &params, &dir.join(&name), &name).await? else {
@@ -556,6 +613,21 @@ impl WindowWriter {
         };
         let tree = build_tree(&pipeline, &window, &self.history, &record, size).await?;
         pipeline.finish().await?;
+        // Closing: where the gapless run ends now (never past a gap; a
+        // restarted writer believes this tag).
+        let run_end = close
+            .then(|| {
+                let mut end = self.archived.get(&tli).copied();
+                for segno in window.segments.keys() {
+                    match end {
+                        Some(e) if *segno <= e => {}
+                        Some(e) if *segno != e + 1 => break,
+                        _ => end = Some(*segno),
+                    }
+                }
+                end
+            })
+            .flatten();
         let mut tags = vec![
             "cairn-wal".to_string(),
             format!("pg-system={}", self.stream.system),
@@ -567,6 +639,7 @@ impl WindowWriter {
         tags.extend(record.first.iter().map(|f| format!("wal-first={f}")));
         tags.extend(record.last.iter().map(|f| format!("wal-last={f}")));
         tags.extend(record.partial.iter().map(|f| format!("wal-partial={f}")));
+        tags.extend(run_end.map(|e| format!("wal-run={}", Segment { tli, segno: e }.name(size))));
         let snapshot = Snapshot {
             time: window.opened.fixed_offset(),
             parent: window.snapshot,
@@ -590,10 +663,11 @@ impl WindowWriter {
             self.remove_snapshot(previous).await?;
         }
         if close {
-            if let Some((last, s)) = window.segments.iter().next_back() {
-                let max = self.archived.entry(tli).or_insert(*last);
-                *max = (*max).max(*last);
-                self.last_closed = Some((Segment { tli, segno: *last }, s.node.clone()));
+            if let Some(end) = run_end {
+                self.archived.insert(tli, end);
+                if let Some(s) = window.segments.get(&end) {
+                    self.last_closed = Some((Segment { tli, segno: end }, s.node.clone()));
+                }
             }
         } else {
             self.window = Some(window);
@@ -708,6 +782,45 @@ async fn build_tree(
         .finish(pipeline)
         .await
         .map_err(|e| PitrError::Archive(format!("building the window's tree: {e}")))
+}
+
+/// Whether the spool file `path` is complete segment `seg` of cluster
+/// `system`: its size, and its first page's long header (magic bit, system
+/// identifier, segment size, the page's address).
+fn check_segment(path: &Path, seg: Segment, size: SegmentSize, system: u64) -> Result<(), String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    if len != size.bytes() {
+        return Err(format!("{len} bytes, not {}", size.bytes()));
+    }
+    let mut head = [0u8; 40];
+    file.read_exact(&mut head).map_err(|e| e.to_string())?;
+    let u16_at = |i: usize| u16::from_le_bytes([head[i], head[i + 1]]);
+    let u32_at = |i: usize| u32::from_le_bytes(head[i..i + 4].try_into().expect("4 bytes"));
+    let u64_at = |i: usize| u64::from_le_bytes(head[i..i + 8].try_into().expect("8 bytes"));
+    // XLogLongPageHeaderData: xlp_info at 2 (XLP_LONG_HEADER = 0x0002),
+    // xlp_pageaddr at 8, xlp_sysid at 24, xlp_seg_size at 32.
+    if u16_at(2) & 0x0002 == 0 {
+        return Err("its first page has no long header".into());
+    }
+    if u64_at(8) != size.start(seg.segno).0 {
+        return Err(format!(
+            "its first page is at {}, not {}",
+            Lsn(u64_at(8)),
+            size.start(seg.segno)
+        ));
+    }
+    if u64_at(24) != system {
+        return Err(format!(
+            "it belongs to cluster {}, not {system}",
+            u64_at(24)
+        ));
+    }
+    if u64::from(u32_at(32)) != size.bytes() {
+        return Err(format!("its segment size is {}", u32_at(32)));
+    }
+    Ok(())
 }
 
 /// What retention did (or, in a dry run, would do) to one closed window.
@@ -907,7 +1020,9 @@ mod tests {
         }
     }
 
-    /// A segment's worth of WAL-like bytes: `data` random bytes, then zeros.
+    /// A segment's worth of WAL-like bytes: `data` random bytes, then
+    /// zeros, the first page's long header saying segment `seed` of
+    /// [`stream`]'s cluster.
     fn wal(seed: u8, data: usize) -> Vec<u8> {
         let mut v: Vec<u8> = (0..data)
             .map(|i| {
@@ -915,7 +1030,16 @@ mod tests {
             })
             .collect();
         v.resize(MIB, 0);
+        header(&mut v, u64::from(seed));
         v
+    }
+
+    /// Write the long page header of segment `segno` into `bytes`.
+    fn header(bytes: &mut [u8], segno: u64) {
+        bytes[2..4].copy_from_slice(&2u16.to_le_bytes());
+        bytes[8..16].copy_from_slice(&(segno * MIB as u64).to_le_bytes());
+        bytes[24..32].copy_from_slice(&stream().system.to_le_bytes());
+        bytes[32..36].copy_from_slice(&(MIB as u32).to_le_bytes());
     }
 
     fn name(tli: u32, segno: u64) -> String {
@@ -949,8 +1073,15 @@ mod tests {
     }
 
     /// Files written a moment apart get distinct modification times.
+    /// A complete segment's header names it, as the receiver's do.
     fn put(dir: &Path, name: &str, bytes: &[u8]) {
         std::thread::sleep(std::time::Duration::from_millis(5));
+        let mut bytes = bytes.to_vec();
+        if let Some(WalFile::Segment(s)) = WalFile::parse(name, size())
+            && bytes.len() == MIB
+        {
+            header(&mut bytes, s.segno);
+        }
         std::fs::write(dir.join(name), bytes).unwrap();
     }
 
@@ -1273,6 +1404,74 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(w.contiguous(), Some(Segment { tli: 1, segno: 6 }));
+        });
+    }
+
+    #[test]
+    fn a_window_closed_over_a_gap_counts_only_the_run_before_it() {
+        runtime().block_on(async {
+            let (_, repo) = memory_repo("wal-gap-close").await;
+            let spool = tempfile::tempdir().unwrap();
+            let dir = spool.path();
+            for segno in [3, 4, 6, 7] {
+                put(dir, &name(1, segno), &wal(segno as u8, MIB));
+            }
+            let mut w = WindowWriter::resume(repo.clone(), stream()).await.unwrap();
+            assert_eq!(w.gap(), None);
+            w.flush(dir, &scan(dir), Lsn(8 * MIB as u64), false)
+                .await
+                .unwrap();
+            assert_eq!(w.gap(), Some(Segment { tli: 1, segno: 5 }));
+            let closed = w
+                .flush(dir, &scan(dir), Lsn(8 * MIB as u64), true)
+                .await
+                .unwrap();
+            assert_eq!(closed.closed.len(), 1);
+            let (_, snap) = repo
+                .find_snapshot(&closed.closed[0].to_hex())
+                .await
+                .unwrap();
+            assert!(
+                snap.tags.contains(&format!("wal-run={}", name(1, 4))),
+                "{:?}",
+                snap.tags
+            );
+            // Neither this writer nor a restarted one counts 6 and 7 as
+            // archived: they are stored again after 5 is fetched.
+            assert!(w.is_stored(Segment { tli: 1, segno: 4 }));
+            assert!(!w.is_stored(Segment { tli: 1, segno: 6 }));
+            let again = WindowWriter::resume(repo.clone(), stream()).await.unwrap();
+            assert!(again.is_stored(Segment { tli: 1, segno: 4 }));
+            assert!(!again.is_stored(Segment { tli: 1, segno: 6 }));
+            let fresh = tempfile::tempdir().unwrap();
+            assert_eq!(
+                again.seed(fresh.path()).await.unwrap(),
+                Some(Segment { tli: 1, segno: 4 })
+            );
+        });
+    }
+
+    #[test]
+    fn a_spool_file_that_is_not_this_cluster_s_segment_is_not_stored() {
+        runtime().block_on(async {
+            let (_, repo) = memory_repo("wal-foreign").await;
+            let spool = tempfile::tempdir().unwrap();
+            let dir = spool.path();
+            put(dir, &name(1, 3), &wal(3, MIB));
+            // Truncated, and another cluster's (its header's system id).
+            std::fs::write(dir.join(name(1, 4)), &wal(4, MIB)[..16384]).unwrap();
+            let mut other = wal(5, MIB);
+            other[24..32].copy_from_slice(&42u64.to_le_bytes());
+            std::fs::write(dir.join(name(1, 5)), &other).unwrap();
+            let mut w = WindowWriter::resume(repo.clone(), stream()).await.unwrap();
+            let flushed = w
+                .flush(dir, &scan(dir), Lsn(6 * MIB as u64), false)
+                .await
+                .unwrap();
+            assert_eq!(flushed.files, [name(1, 3)]);
+            assert_eq!(w.contiguous(), Some(Segment { tli: 1, segno: 3 }));
+            assert!(!dir.join(name(1, 4)).exists());
+            assert!(!dir.join(name(1, 5)).exists());
         });
     }
 

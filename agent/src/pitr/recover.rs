@@ -595,6 +595,75 @@ pub fn private_dir(owner: &Owner) -> Result<PathBuf, String> {
     Ok(dir)
 }
 
+/// Stop the server of data directory `data` as its owner (`mode`: `fast`
+/// or `immediate`), waiting for it.
+pub fn stop(pg_ctl: &Path, data: &Path, owner: &Owner, mode: &str) -> Result<(), String> {
+    let mut command = std::process::Command::new(pg_ctl);
+    command
+        .args(["stop", "-m", mode, "-w", "-D"])
+        .arg(data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    owner.apply(&mut command)?;
+    let out = command
+        .output()
+        .map_err(|e| format!("{} stop: {e}", pg_ctl.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} stop -D {}: {}",
+            pg_ctl.display(),
+            data.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// Run `sql` on database `db` of the server whose socket is in
+/// `socket_dir` on `port`, as its owner; the rows, `|`-separated.
+pub fn query(
+    psql: &Path,
+    socket_dir: &Path,
+    port: u16,
+    owner: &Owner,
+    db: &str,
+    sql: &str,
+) -> Result<String, String> {
+    let mut command = std::process::Command::new(psql);
+    command
+        .arg("-h")
+        .arg(socket_dir)
+        .args(["-p", &port.to_string(), "-U", &owner.name, "-d", db])
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]);
+    owner.apply(&mut command)?;
+    let out = command
+        .output()
+        .map_err(|e| format!("{}: {e}", psql.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "psql on the recovered copy: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether the owner can enter `dir` (the server runs as them).
+pub fn owner_can_enter(owner: &Owner, dir: &Path) -> Result<(), String> {
+    let mut command = std::process::Command::new("test");
+    command.arg("-x").arg(dir);
+    owner.apply(&mut command)?;
+    match command.status() {
+        Ok(s) if s.success() => Ok(()),
+        _ => Err(format!(
+            "{} cannot enter {}: the server runs as its data directory's owner; make the directories above it traversable for {} (chmod o+x)",
+            owner.name,
+            dir.display(),
+            owner.name
+        )),
+    }
+}
+
 /// Whether the owner can run `program` (restore_command runs it as them).
 pub fn owner_can_run(owner: &Owner, program: &Path) -> Result<(), String> {
     let mut command = std::process::Command::new(program);

@@ -17,7 +17,7 @@
 
 use super::PitrError;
 use super::archive::{Stream, WindowWriter};
-use super::lsn::{Lsn, SegmentSize, WalFile};
+use super::lsn::{Lsn, Segment, SegmentSize, WalFile};
 use super::spool::Spool;
 use crate::ops::Store;
 use crate::runtime::{Grants, Spawn, spawn_confined};
@@ -42,6 +42,34 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// The server job `job` names: its adapter config's `host`, `port`,
+    /// `user` and `password-secret`.
+    pub fn of_job(name: &str, job: &crate::config::JobConfig) -> Result<Connection, String> {
+        let adapter = job.config.clone().unwrap_or_default();
+        let text = |key: &str, default: &str| -> Result<String, String> {
+            match adapter.get(key) {
+                None => Ok(default.to_string()),
+                Some(toml::Value::String(s)) => Ok(s.clone()),
+                Some(v) => Err(format!("job {name}: config.{key} = {v} is not a string")),
+            }
+        };
+        let port = match adapter.get("port") {
+            None => 5432,
+            Some(toml::Value::Integer(p)) => u16::try_from(*p)
+                .map_err(|_| format!("job {name}: config.port {p} is out of range"))?,
+            Some(v) => return Err(format!("job {name}: config.port = {v} is not a number")),
+        };
+        Ok(Connection {
+            host: text("host", "127.0.0.1")?,
+            port,
+            user: text("user", "postgres")?,
+            password_secret: adapter
+                .get("password-secret")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+        })
+    }
+
     /// The options every PostgreSQL client program takes to reach the server.
     fn args(&self) -> Vec<String> {
         vec![
@@ -130,12 +158,15 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
         PitrError::Archive(format!("WAL spool {}: {what}: {e}", o.spool.display()))
     };
     claim_spool(&o.spool, &o.job)?;
-    let lock_file = std::fs::OpenOptions::new()
+    // streamer.lock marks the directory as a spool; the lock itself is
+    // on the directory, which emptying the spool cannot remove.
+    std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(o.spool.join("streamer.lock"))
         .map_err(|e| fail("opening streamer.lock", e))?;
+    let lock_file = std::fs::File::open(&o.spool).map_err(|e| fail("opening it", e))?;
     rustix::fs::flock(
         &lock_file,
         rustix::fs::FlockOperation::NonBlockingLockExclusive,
@@ -177,21 +208,8 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
             o.job
         )));
     };
-    // The receiver's slot (exits 0 when it exists) and the hold slot.
-    pg.run(
-        "pg_receivewal",
-        &[
-            "--create-slot",
-            "--if-not-exists",
-            &format!("--slot={}", o.slot),
-        ],
-    )
-    .await?;
+    ensure_slots(&pg, &o.slot).await?;
     let hold = format!("{}_stored", o.slot);
-    pg.query(&format!(
-        "SELECT pg_create_physical_replication_slot('{hold}', true) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = '{hold}')"
-    ))
-    .await?;
     let repo = store.repo.clone();
     {
         let _lock = repo.lock(false).await?;
@@ -274,6 +292,12 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
         }
         if receiver.is_none() && !stopping && Instant::now() >= next_start {
             clear_short_partials(&o.spool, size, &o.job)?;
+            // A failover's new primary has neither slot yet.
+            if status.state == "receiver-restarting"
+                && let Err(e) = ensure_slots(&pg, &o.slot).await
+            {
+                tracing::warn!(job = %o.job, error = %e, "Could not make sure the slots exist.");
+            }
             receiver = Some(start_receiver(&o)?);
             if status.state == "receiver-restarting" {
                 status.receiver_restarts += 1;
@@ -317,7 +341,12 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
         let received = pg.slot_lsn(&o.slot).await.unwrap_or(None);
         let spool = Spool::scan(&o.spool, size).map_err(|e| fail("reading it", e))?;
         let partial = receiving(&spool);
-        let close = new_file && opened.elapsed() >= o.window;
+        // The window's own age (a restarted streamer goes on with it).
+        let age = writer
+            .opened()
+            .map(|t| (chrono::Utc::now() - t).to_std().unwrap_or_default())
+            .unwrap_or_else(|| opened.elapsed());
+        let close = new_file && age >= o.window;
         let _lock = match lock_waiting(&repo, &o.job, stopping).await? {
             Some(lock) => lock,
             // Forget or prune holds the repository: the spool (and the
@@ -409,6 +438,62 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
                 return Err(fail(&format!("removing {}", path.display()), e));
             }
         }
+        // A gap the spool will not fill (a segment lost from it, a
+        // receiver that skipped ahead): the receiver starts again right
+        // after the gapless run, from WAL the hold slot kept.
+        if let Some(gap) = writer.gap()
+            && !spool.complete.contains_key(&gap)
+            && !stopping
+        {
+            let name = gap.name(size);
+            tracing::error!(job = %o.job, segment = %name, "A WAL segment is missing from the spool and the repository; the receiver starts again from it.");
+            status.error = Some(format!(
+                "WAL segment {name} was missing from the spool and the repository: fetched again from the server (the hold slot kept it)"
+            ));
+            if let Some(mut r) = receiver.take() {
+                if let Some(pid) = r
+                    .child
+                    .id()
+                    .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+                {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
+                }
+                if tokio::time::timeout(Duration::from_secs(10), r.child.wait())
+                    .await
+                    .is_err()
+                {
+                    let _ = r.child.kill().await;
+                }
+            }
+            let now = Spool::scan(&o.spool, size).map_err(|e| fail("reading it", e))?;
+            let after = now
+                .complete
+                .keys()
+                .chain(now.partial.keys())
+                .filter(|s| s.tli == gap.tli && s.segno >= gap.segno)
+                .copied()
+                .collect::<Vec<_>>();
+            for s in after {
+                for file in [s.name(size), format!("{}.partial", s.name(size))] {
+                    let path = o.spool.join(&file);
+                    if let Err(e) = std::fs::remove_file(&path)
+                        && e.kind() != std::io::ErrorKind::NotFound
+                    {
+                        return Err(fail(&format!("removing {}", path.display()), e));
+                    }
+                }
+            }
+            let before = Segment {
+                tli: gap.tli,
+                segno: gap.segno - 1,
+            };
+            if !now.complete.contains_key(&before) {
+                let _lock = repo.lock(false).await?;
+                writer.seed(&o.spool).await?;
+            }
+            status.receiver_restarts += 1;
+            next_start = Instant::now();
+        }
         let server = pg.query("SELECT pg_current_wal_lsn()").await.ok();
         let server: Option<Lsn> = server.and_then(|s| s.trim().parse().ok());
         status.timeline = writer.timeline();
@@ -449,6 +534,26 @@ fn lag_seconds(seen: &mut std::collections::VecDeque<(Instant, Lsn)>, stored: Ls
     }
     let (at, _) = seen.front()?;
     Some(at.elapsed().as_secs_f64())
+}
+
+/// Create the receiver's slot (pg_receivewal exits 0 when it exists) and
+/// the hold slot `<slot>_stored`, where missing.
+async fn ensure_slots(pg: &Pg<'_>, slot: &str) -> Result<(), PitrError> {
+    pg.run(
+        "pg_receivewal",
+        &[
+            "--create-slot",
+            "--if-not-exists",
+            &format!("--slot={slot}"),
+        ],
+    )
+    .await?;
+    let hold = format!("{slot}_stored");
+    pg.query(&format!(
+        "SELECT pg_create_physical_replication_slot('{hold}', true) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = '{hold}')"
+    ))
+    .await?;
+    Ok(())
 }
 
 /// Make `spool` this job's spool: a new directory (created 0700), or one
@@ -605,10 +710,11 @@ fn start_receiver(o: &Options) -> Result<Receiver, PitrError> {
 }
 
 /// The job's programs against its server.
-struct Pg<'a> {
-    grants: &'a Grants,
-    conn: &'a Connection,
-    job: &'a str,
+/// The job's server, reached with its granted client programs.
+pub(crate) struct Pg<'a> {
+    pub(crate) grants: &'a Grants,
+    pub(crate) conn: &'a Connection,
+    pub(crate) job: &'a str,
 }
 
 impl Pg<'_> {
@@ -646,7 +752,7 @@ impl Pg<'_> {
     }
 
     /// One SQL statement in the `postgres` database.
-    async fn query(&self, sql: &str) -> Result<String, PitrError> {
+    pub(crate) async fn query(&self, sql: &str) -> Result<String, PitrError> {
         self.run(
             "psql",
             &[
@@ -665,7 +771,7 @@ impl Pg<'_> {
 
     /// The position slot `slot` holds WAL from (for the receiver's slot:
     /// what the receiver has fsynced).
-    async fn slot_lsn(&self, slot: &str) -> Result<Option<Lsn>, PitrError> {
+    pub(crate) async fn slot_lsn(&self, slot: &str) -> Result<Option<Lsn>, PitrError> {
         let out = self
             .query(&format!(
                 "SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
