@@ -385,5 +385,30 @@ pub async fn recover(planned: &Planned, data: &Path, r: &Recovery) -> Result<Rep
     report.reached_commit_time = reached.commit_time;
     report.reached_lsn = reached.lsn;
     report.new_timeline = reached.new_timeline;
+    // `latest` must replay (nearly) all the archive holds: a recovery that
+    // ended well before its last segments met a damaged one, and the
+    // promoted copy lacks what follows. The last two segments are spared:
+    // a partial may begin with a record it does not hold whole.
+    if planned.target == Target::Latest
+        && p.last.segno >= 1
+        && let Some(reached) = report
+            .reached_lsn
+            .as_deref()
+            .and_then(|l| l.parse::<crate::pitr::lsn::Lsn>().ok())
+        && reached < size.start(p.last.segno - 1)
+    {
+        let stopped = recover::stop(pg_ctl, data, &owner, "immediate").is_ok();
+        return Err(Error::Local(anyhow::anyhow!(
+            "recovery ended at {reached}, in segment {}, before the end of the archived WAL ({}): a segment there is damaged (see the server's log, {}); the copy lacks what follows{}",
+            crate::pitr::lsn::Segment {
+                tli: p.timeline,
+                segno: size.segno(reached)
+            }
+            .name(size),
+            p.last.name(size),
+            report.log.as_deref().unwrap_or_default(),
+            if stopped { " and was stopped" } else { "" }
+        )));
+    }
     Ok(report)
 }
