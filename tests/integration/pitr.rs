@@ -841,6 +841,24 @@ impl Cluster {
         panic!("slot cairn_pg is not active = {active} after 30 s");
     }
 
+    /// Create table `marker` (a serial id, a time) in `postgres`.
+    pub(crate) fn create_markers(&self) {
+        self.sql(
+            "postgres",
+            "CREATE TABLE marker (id serial PRIMARY KEY, at timestamptz NOT NULL)",
+        );
+    }
+
+    /// Insert `n` marker rows, one transaction each.
+    pub(crate) fn insert_markers(&self, n: usize) {
+        for _ in 0..n {
+            self.sql(
+                "postgres",
+                "INSERT INTO marker (at) VALUES (clock_timestamp())",
+            );
+        }
+    }
+
     pub(crate) fn sql(&self, db: &str, sql: &str) -> String {
         let out = Command::new("psql")
             .args([
@@ -873,17 +891,9 @@ fn the_stream_rides_out_a_server_restart_and_rapid_segment_switches_with_no_gap(
     s.init();
     std::fs::set_permissions(s.path(""), std::fs::Permissions::from_mode(0o711)).unwrap();
     let source = Cluster::create(&s, "source", 5441);
-    source.sql(
-        "postgres",
-        "CREATE TABLE marker (id serial PRIMARY KEY, at timestamptz NOT NULL)",
-    );
+    source.create_markers();
     let insert = |n: usize| {
-        for _ in 0..n {
-            source.sql(
-                "postgres",
-                "INSERT INTO marker (at) VALUES (clock_timestamp())",
-            );
-        }
+        source.insert_markers(n);
     };
     let config = stream_config(
         &s,
@@ -1035,10 +1045,7 @@ fn restores_to_a_time_a_position_a_transaction_and_the_end_hold_exactly_the_rows
     // Its configuration outside the data directory, as on Debian: the
     // restore starts the copy with a minimal one of its own.
     let source = Cluster::create_debian_like(&s, "source", 5443);
-    source.sql(
-        "postgres",
-        "CREATE TABLE marker (id serial PRIMARY KEY, at timestamptz NOT NULL)",
-    );
+    source.create_markers();
     // restore_command runs cairn as the cluster's owner: this build's
     // binary, copied where postgres may run it.
     let cairn = cairn_for_postgres(&s.path(""));
@@ -1401,17 +1408,9 @@ fn the_agent_keeps_a_wal_stream_running_reports_its_lag_and_restarts_it_when_it_
     let s = Scratch::new();
     std::fs::set_permissions(s.path(""), std::fs::Permissions::from_mode(0o711)).unwrap();
     let source = Cluster::create(&s, "source", 5444);
-    source.sql(
-        "postgres",
-        "CREATE TABLE marker (id serial PRIMARY KEY, at timestamptz NOT NULL)",
-    );
+    source.create_markers();
     let insert = |n: usize| {
-        for _ in 0..n {
-            source.sql(
-                "postgres",
-                "INSERT INTO marker (at) VALUES (clock_timestamp())",
-            );
-        }
+        source.insert_markers(n);
     };
     let cairn = cairn_for_postgres(&s.path(""));
     let jobs = format!(
@@ -1590,17 +1589,9 @@ fn retention_keeps_exactly_the_wal_from_the_oldest_kept_base_backup_which_still_
     s.init();
     std::fs::set_permissions(s.path(""), std::fs::Permissions::from_mode(0o711)).unwrap();
     let source = Cluster::create(&s, "source", 5445);
-    source.sql(
-        "postgres",
-        "CREATE TABLE marker (id serial PRIMARY KEY, at timestamptz NOT NULL)",
-    );
+    source.create_markers();
     let insert_and_switch = |n: usize| {
-        for _ in 0..n {
-            source.sql(
-                "postgres",
-                "INSERT INTO marker (at) VALUES (clock_timestamp())",
-            );
-        }
+        source.insert_markers(n);
         source.sql("postgres", "SELECT pg_switch_wal()");
     };
     let cairn = cairn_for_postgres(&s.path(""));
@@ -1633,12 +1624,7 @@ fn retention_keeps_exactly_the_wal_from_the_oldest_kept_base_backup_which_still_
         std::thread::sleep(std::time::Duration::from_secs(8));
     }
     // The last rows stay in the segment being received (its partial).
-    for _ in 0..2 {
-        source.sql(
-            "postgres",
-            "INSERT INTO marker (at) VALUES (clock_timestamp())",
-        );
-    }
+    source.insert_markers(2);
     wait_caught_up("cairn_pg", |q| source.sql("postgres", q));
     stop_stream(stream);
     let rows = source.sql("postgres", "SELECT count(*) || '|' || max(id) FROM marker");
@@ -1761,10 +1747,7 @@ fn after_a_failover_the_archive_follows_the_promoted_standby_s_timeline_and_rest
     s.init();
     std::fs::set_permissions(s.path(""), std::fs::Permissions::from_mode(0o711)).unwrap();
     let primary = Cluster::create(&s, "primary", 5446);
-    primary.sql(
-        "postgres",
-        "CREATE TABLE marker (id serial PRIMARY KEY, at timestamptz NOT NULL)",
-    );
+    primary.create_markers();
     // A streaming standby of it, on 5447.
     let standby_data = s.path("standby");
     std::fs::create_dir(&standby_data).unwrap();
@@ -1805,12 +1788,7 @@ fn after_a_failover_the_archive_follows_the_promoted_standby_s_timeline_and_rest
     };
     standby.pg_ctl(&["start"]);
     let insert = |c: &Cluster, n: usize| {
-        for _ in 0..n {
-            c.sql(
-                "postgres",
-                "INSERT INTO marker (at) VALUES (clock_timestamp())",
-            );
-        }
+        c.insert_markers(n);
     };
     let cairn = cairn_for_postgres(&s.path(""));
     let write_config =

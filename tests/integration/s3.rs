@@ -1104,17 +1104,9 @@ fn a_wal_stream_on_a_region_pair_lands_in_both_regions_and_recovers_with_the_pri
     let mut w = World::new(&["eu-west-1", "eu-central-1"]);
     std::fs::set_permissions(w.s.path(""), std::fs::Permissions::from_mode(0o711)).unwrap();
     let source = Cluster::create(&w.s, "source", 5448);
-    source.sql(
-        "postgres",
-        "CREATE TABLE marker (id serial PRIMARY KEY, at timestamptz NOT NULL)",
-    );
+    source.create_markers();
     let insert = |n: usize| {
-        for _ in 0..n {
-            source.sql(
-                "postgres",
-                "INSERT INTO marker (at) VALUES (clock_timestamp())",
-            );
-        }
+        source.insert_markers(n);
     };
     w.write_config(&format!(
         "{}[agent]\nstate-dir = {:?}\n[regimes.eu]\nregions = [\"eu-west-1\", \"eu-central-1\"]\n{}{}wal = {{ flush-secs = 1 }}\n",

@@ -188,31 +188,13 @@ const WAL_SERIES: [WalSeries; 10] = [
         "cairn_wal_files_stored_total",
         "counter",
         "WAL files (segments, partial versions, history files) stored by the agent's streams.",
-        |s| {
-            Some(
-                (s.files_stored_total
-                    + if s.up {
-                        s.status.as_ref().map_or(0, |x| x.files_stored)
-                    } else {
-                        0
-                    }) as f64,
-            )
-        },
+        |s| Some(s.files_stored() as f64),
     ),
     (
         "cairn_wal_receiver_restarts_total",
         "counter",
         "Times pg_receivewal was started again after it exited (a server restart, say).",
-        |s| {
-            Some(
-                (s.receiver_restarts_total
-                    + if s.up {
-                        s.status.as_ref().map_or(0, |x| x.receiver_restarts)
-                    } else {
-                        0
-                    }) as f64,
-            )
-        },
+        |s| Some(s.receiver_restarts() as f64),
     ),
     (
         "cairn_wal_stream_restarts_total",

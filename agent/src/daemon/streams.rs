@@ -43,6 +43,23 @@ pub struct StreamState {
     pub receiver_restarts_total: u64,
 }
 
+impl StreamState {
+    /// Files stored, over every child, the running one included.
+    pub fn files_stored(&self) -> u64 {
+        self.files_stored_total + self.live().map_or(0, |s| s.files_stored)
+    }
+
+    /// Receiver restarts, over every child, the running one included.
+    pub fn receiver_restarts(&self) -> u64 {
+        self.receiver_restarts_total + self.live().map_or(0, |s| s.receiver_restarts)
+    }
+
+    /// The running child's state (an ended child's counts are in the totals).
+    fn live(&self) -> Option<&WalStatus> {
+        self.status.as_ref().filter(|_| self.up)
+    }
+}
+
 /// A running supervisor.
 pub(super) struct Handle {
     stop: watch::Sender<bool>,
@@ -248,8 +265,8 @@ pub fn view(s: &StreamState) -> serde_json::Value {
         "lag_bytes": st.and_then(|x| x.lag_bytes),
         "lag_seconds": st.and_then(|x| x.lag_seconds),
         "last_stored_at": st.and_then(|x| x.last_stored_at.clone()),
-        "files_stored": s.files_stored_total + if s.up { st.map_or(0, |x| x.files_stored) } else { 0 },
-        "receiver_restarts": s.receiver_restarts_total + if s.up { st.map_or(0, |x| x.receiver_restarts) } else { 0 },
+        "files_stored": s.files_stored(),
+        "receiver_restarts": s.receiver_restarts(),
         "spool_bytes": st.map(|x| x.spool_bytes),
         "error": st.and_then(|x| x.error.clone()).or_else(|| s.last_error.clone()),
     })

@@ -139,7 +139,9 @@ pub(super) async fn drill(store: &Store, o: &Options, found: &mut Found) -> anyh
         .collect();
     let (before, after) = *pairs
         .get(rand::random::<u64>() as usize % pairs.len().max(1))
-        .context("no two markers within the recovery window (the drill's own are missing?)")?;
+        .with_context(|| {
+            format!("job {name}: no two markers in {TABLE} were written within the recovery window (the drill's own are missing?)")
+        })?;
     let target = before.at + (after.at - before.at) / 2;
 
     // 4. Restore the base backup and recover it to the target.

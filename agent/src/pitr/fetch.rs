@@ -117,16 +117,10 @@ impl Catalog {
                     id.short()
                 ))
             })?;
-        let mut json = Vec::new();
-        let mut reader =
-            crate::read::ContentReader::new(repo.clone(), record.content.unwrap_or_default());
-        loop {
-            let piece = reader.read(1 << 20).await?;
-            if piece.is_empty() {
-                break;
-            }
-            json.extend_from_slice(&piece);
-        }
+        let json =
+            crate::read::ContentReader::new(repo.clone(), record.content.unwrap_or_default())
+                .read_up_to(usize::MAX)
+                .await?;
         let bytes = serde_json::from_slice::<serde_json::Value>(&json)
             .ok()
             .and_then(|v| v["wal_segment_size"].as_u64())
@@ -225,8 +219,7 @@ impl Catalog {
         let Some(held) = self.history.get(&tli) else {
             return Ok(None);
         };
-        let mut bytes = Vec::new();
-        self.copy(&held.node, &mut bytes).await?;
+        let bytes = self.content(&held.node).await?;
         Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
     }
 
@@ -250,19 +243,14 @@ impl Catalog {
         self.served.load(Ordering::Relaxed)
     }
 
-    /// Write `node`'s content into `out`.
-    async fn copy(&self, node: &Node, out: &mut Vec<u8>) -> Result<(), PitrError> {
-        let mut reader = crate::read::ContentReader::new(
+    /// `node`'s content, whole (a segment at most: 1 GiB).
+    async fn content(&self, node: &Node) -> Result<Vec<u8>, PitrError> {
+        Ok(crate::read::ContentReader::new(
             self.repo.clone(),
             node.content.clone().unwrap_or_default(),
-        );
-        loop {
-            let piece = reader.read(1 << 20).await?;
-            if piece.is_empty() {
-                return Ok(());
-            }
-            out.extend_from_slice(&piece);
-        }
+        )
+        .read_up_to(usize::MAX)
+        .await?)
     }
 
     /// Write file `name` to `dest` (see [`write_dest`]); whether the
@@ -271,18 +259,7 @@ impl Catalog {
         let Some(node) = self.find(name) else {
             return Ok(false);
         };
-        let mut reader = crate::read::ContentReader::new(
-            self.repo.clone(),
-            node.content.clone().unwrap_or_default(),
-        );
-        let mut bytes = Vec::with_capacity(node.size as usize);
-        loop {
-            let piece = reader.read(1 << 20).await?;
-            if piece.is_empty() {
-                break;
-            }
-            bytes.extend_from_slice(&piece);
-        }
+        let bytes = self.content(node).await?;
         if bytes.len() as u64 != node.size {
             return Err(PitrError::Archive(format!(
                 "{name}: the archive gave {} bytes, its record says {}",

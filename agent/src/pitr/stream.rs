@@ -152,6 +152,25 @@ struct Receiver {
     tail: Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
 }
 
+impl Receiver {
+    /// Stop it: SIGINT (pg_receivewal fsyncs and exits 0), SIGKILL after 10 s.
+    async fn stop(mut self) {
+        if let Some(pid) = self
+            .child
+            .id()
+            .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
+        }
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
 /// Run the stream until `o.stop` says so. Returns the last status.
 pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
     let fail = |what: &str, e: std::io::Error| {
@@ -305,21 +324,8 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
             status.state = "streaming".into();
             started_at = Instant::now();
         }
-        if stopping && let Some(mut r) = receiver.take() {
-            // SIGINT: pg_receivewal fsyncs and exits 0.
-            if let Some(pid) = r
-                .child
-                .id()
-                .and_then(|p| rustix::process::Pid::from_raw(p as i32))
-            {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
-            }
-            if tokio::time::timeout(Duration::from_secs(10), r.child.wait())
-                .await
-                .is_err()
-            {
-                let _ = r.child.kill().await;
-            }
+        if stopping && let Some(r) = receiver.take() {
+            r.stop().await;
         }
         let receiving = |spool: &Spool| {
             spool.receiving().and_then(|s| {
@@ -450,20 +456,8 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
             status.error = Some(format!(
                 "WAL segment {name} was missing from the spool and the repository: fetched again from the server (the hold slot kept it)"
             ));
-            if let Some(mut r) = receiver.take() {
-                if let Some(pid) = r
-                    .child
-                    .id()
-                    .and_then(|p| rustix::process::Pid::from_raw(p as i32))
-                {
-                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
-                }
-                if tokio::time::timeout(Duration::from_secs(10), r.child.wait())
-                    .await
-                    .is_err()
-                {
-                    let _ = r.child.kill().await;
-                }
+            if let Some(r) = receiver.take() {
+                r.stop().await;
             }
             let now = Spool::scan(&o.spool, size).map_err(|e| fail("reading it", e))?;
             let after = now
