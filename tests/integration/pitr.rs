@@ -935,6 +935,10 @@ fn the_stream_rides_out_a_server_restart_and_rapid_segment_switches_with_no_gap(
     complete.sort();
     assert!(complete.len() >= 2, "{complete:?}");
     std::fs::remove_file(&complete[complete.len() - 2]).unwrap();
+    // And the newest damaged behind its intact header (a bad disk): the
+    // record check refuses it, and it too is fetched again.
+    let newest = complete.last().unwrap();
+    damage_last_record(newest, &source);
     rustix::process::kill_process(streamer, rustix::process::Signal::CONT).unwrap();
     insert(5);
     // Caught up means the repository holds it all (the hold slot): the
@@ -945,6 +949,10 @@ fn the_stream_rides_out_a_server_restart_and_rapid_segment_switches_with_no_gap(
     assert!(
         !last.contains(" 0 receiver restarts"),
         "the restart was not seen: {printed}"
+    );
+    assert!(
+        last.contains("damaged files not stored"),
+        "the damaged segment was not seen: {printed}"
     );
     assert_eq!(
         source.sql("postgres", "SELECT count(*) FROM marker").trim(),
@@ -964,6 +972,34 @@ fn the_stream_rides_out_a_server_restart_and_rapid_segment_switches_with_no_gap(
             .trim(),
         "49|49"
     );
+}
+
+/// Change one byte of the last whole record of the complete segment at
+/// `path` (so its CRC fails) of `cluster`'s WAL, leaving its headers as
+/// they were.
+fn damage_last_record(path: &Path, cluster: &Cluster) {
+    use cairn::pitr::lsn::{SegmentSize, WalFile};
+    use cairn::pitr::records::{Extent, verify_file};
+    let size = SegmentSize::DEFAULT;
+    let Some(WalFile::Segment(seg)) =
+        WalFile::parse(path.file_name().unwrap().to_str().unwrap(), size)
+    else {
+        panic!("{} is not a segment", path.display());
+    };
+    let system: u64 = cluster
+        .sql(
+            "postgres",
+            "SELECT system_identifier FROM pg_control_system()",
+        )
+        .trim()
+        .parse()
+        .unwrap();
+    let v = verify_file(path, seg, size, system, Extent::Complete).unwrap();
+    let at = v.end.unwrap().0 - 1 - size.start(seg.segno).0;
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[at as usize] ^= 0x01;
+    std::fs::write(path, &bytes).unwrap();
+    assert!(verify_file(path, seg, size, system, Extent::Complete).is_err());
 }
 
 /// Run `bin` (a copy of cairn) with `--config config ARGS`, as
@@ -1533,6 +1569,46 @@ fn the_agent_keeps_a_wal_stream_running_reports_its_lag_and_restarts_it_when_it_
     insert(5);
     wait_caught_up("cairn_pg", |q| source.sql("postgres", q));
     std::thread::sleep(std::time::Duration::from_millis(2500));
+    // A point-in-time recovery asked for through the API: the base backup
+    // and the recovery settings, prepared in the restore root.
+    let token = Some(crate::agent::TOKEN);
+    let (status, body) = agent.call(
+        "POST",
+        "/v1/restores",
+        token,
+        Some(r#"{"job": "pg", "until": "latest", "target": "pitr"}"#),
+    );
+    assert_eq!(status, 202, "{body}");
+    let run = agent.wait_run(body["run"]["id"].as_str().unwrap());
+    assert_eq!(run["status"], "succeeded", "{run}\n{}", agent.log());
+    let prepared = s.path("state/restores/pitr");
+    assert!(prepared.join("PG_VERSION").is_file(), "{run}");
+    assert!(prepared.join("recovery.signal").is_file(), "{run}");
+    let settings = std::fs::read_to_string(prepared.join("postgresql.auto.conf")).unwrap();
+    assert!(settings.contains("restore_command"), "{settings}");
+    for (request, says) in [
+        (
+            r#"{"job": "pg", "until": "latest", "target": "p2", "include": ["/x"]}"#,
+            "include",
+        ),
+        (
+            r#"{"job": "pg", "until": "yesterday", "target": "p2"}"#,
+            "yesterday",
+        ),
+        (r#"{"job": "pg", "until": "latest"}"#, "target"),
+        (r#"{"job": "pg", "target": "p2", "start": true}"#, "until"),
+        (
+            r#"{"job": "pg", "until_lsn": "0/1", "until_xid": 5, "target": "p2"}"#,
+            "one of",
+        ),
+    ] {
+        let (status, body) = agent.call("POST", "/v1/restores", token, Some(request));
+        assert_eq!(status, 422, "{request}: {body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(says),
+            "{request}: {body}"
+        );
+    }
     // SIGTERM: the agent stops its stream after a last flush, and exits 0.
     assert_eq!(agent.terminate(std::time::Duration::from_secs(60)), Some(0));
     assert!(
@@ -1669,6 +1745,54 @@ fn retention_keeps_exactly_the_wal_from_the_oldest_kept_base_backup_which_still_
     let after_dry: Vec<serde_json::Value> =
         serde_json::from_str(&s.restic_ok(&["snapshots", "--json", "--tag", "cairn-wal"])).unwrap();
     assert_eq!(after_dry.len(), windows_before.len());
+    // A point-in-time recovery window that begins after B1 ended (and
+    // before B2 did) pins B1, whatever keep-last says, and its WAL with it.
+    let b1_stop: chrono::DateTime<chrono::Utc> = {
+        let listed = s.restic_ok(&["snapshots", "--json", "--tag", "pg-basebackup"]);
+        let all: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
+        let b = all
+            .iter()
+            .find(|v| b1.starts_with(v["short_id"].as_str().unwrap()))
+            .unwrap();
+        b["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|t| t.as_str()?.strip_prefix("pg-stop-time="))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let window = (chrono::Utc::now() - b1_stop).num_seconds() - 2;
+    let windowed = stream_config(
+        &s,
+        "pitr-window.toml",
+        5445,
+        &stream_programs(),
+        &format!("flush-secs = 1, window-secs = 5, pitr-window-secs = {window}"),
+    );
+    let out = s.cairn_config_ok(
+        &windowed,
+        &[
+            "--tenant",
+            "acme",
+            "--json",
+            "forget",
+            "--keep-last",
+            "1",
+            "--dry-run",
+        ],
+    );
+    assert!(
+        out.contains("point-in-time recovery window"),
+        "B1 is not pinned: {out}"
+    );
+    let pinned = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v.get("wal").is_some())
+        .unwrap();
+    assert_eq!(pinned["wal"][0]["kept_base_backups"], 2, "{pinned}");
 
     // The policy keeps B2; the WAL step keeps exactly what B2 needs.
     let report = forget(&["--prune"]);
@@ -1903,4 +2027,329 @@ fn after_a_failover_the_archive_follows_the_promoted_standby_s_timeline_and_rest
         "15|15",
         "{r}"
     );
+}
+
+/// What `pg_waldump` lists of the WAL in `dir` from segment `first` to `last`:
+/// each record's start and total length. Its error, if it ends with one
+/// (it always does at the end of the files; the position is what counts).
+fn waldump(dir: &Path, first: &str, last: &str) -> (Vec<(u64, u64)>, Option<u64>, String) {
+    let out = Command::new(pg_bin("pg_waldump"))
+        .arg("-p")
+        .arg(dir)
+        .args([first, last])
+        .output()
+        .unwrap();
+    let lsn = |s: &str| -> u64 {
+        let (hi, lo) = s.split_once('/').unwrap();
+        (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+    };
+    let mut records = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some((_, after)) = line.split_once("lsn: ") else {
+            continue;
+        };
+        let at = lsn(after.split(',').next().unwrap().trim());
+        let (_, len) = line.split_once("len (rec/tot):").unwrap();
+        let total: u64 = len
+            .split(',')
+            .next()
+            .unwrap()
+            .split('/')
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        records.push((at, total));
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let error = stderr
+        .split_once("error in WAL record at ")
+        .map(|(_, rest)| lsn(rest.split(':').next().unwrap().trim()));
+    (records, error, stderr.into_owned())
+}
+
+/// The stream's record check, read against real WAL with `pg_waldump` as
+/// the independent reader: every segment a busy server wrote passes, with
+/// the records pg_waldump lists; a changed byte in a record, or a page
+/// zeroed behind its intact header, fails where pg_waldump fails; a
+/// partial passes up to where its data ends, and not with a hole.
+#[test]
+fn the_record_check_passes_real_wal_and_fails_where_pg_waldump_does() {
+    use cairn::pitr::lsn::{SegmentSize, WalFile};
+    use cairn::pitr::records::{Extent, verify_file};
+    let s = Scratch::new();
+    std::fs::set_permissions(s.path(""), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let source = Cluster::create(&s, "walsrc", 5449);
+    // A slot keeps every segment from here on out of recycling.
+    source.sql(
+        "postgres",
+        "SELECT pg_create_physical_replication_slot('keep', true)",
+    );
+    source.sql("postgres", "CREATE TABLE t (id int, pad text)");
+    source.sql(
+        "postgres",
+        "INSERT INTO t SELECT g, repeat(md5(g::text), 1 + g % 20) FROM generate_series(1, 60000) g",
+    );
+    source.sql("postgres", "CHECKPOINT");
+    // Full-page images after the checkpoint, records across pages.
+    source.sql("postgres", "UPDATE t SET id = id + 1 WHERE id % 3 = 0");
+    source.sql("postgres", "SELECT pg_switch_wal()");
+    source.sql(
+        "postgres",
+        "INSERT INTO t SELECT g, 'x' FROM generate_series(1, 20000) g",
+    );
+    let current = source
+        .sql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())")
+        .trim()
+        .to_string();
+    let system: u64 = source
+        .sql(
+            "postgres",
+            "SELECT system_identifier FROM pg_control_system()",
+        )
+        .trim()
+        .parse()
+        .unwrap();
+    source.pg_ctl(&["stop", "-m", "fast"]);
+    let size = SegmentSize::DEFAULT;
+    let wal = s.path("wal");
+    std::fs::create_dir(&wal).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(source.data.join("pg_wal"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.len() == 24 && n.as_str() < current.as_str())
+        .collect();
+    names.sort();
+    for n in &names {
+        std::fs::copy(source.data.join("pg_wal").join(n), wal.join(n)).unwrap();
+    }
+    assert!(names.len() >= 4, "{names:?} before {current}");
+    let (listed, _, said) = waldump(&wal, &names[0], names.last().unwrap());
+    let seg_of = |name: &str| match WalFile::parse(name, size) {
+        Some(WalFile::Segment(seg)) => seg,
+        other => panic!("{name}: {other:?}"),
+    };
+    let mut switched = 0;
+    let mut busiest = (0, String::new());
+    for name in &names {
+        let seg = seg_of(name);
+        let v = verify_file(&wal.join(name), seg, size, system, Extent::Complete)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let starting = listed
+            .iter()
+            .filter(|(at, _)| at / size.bytes() == seg.segno)
+            .count() as u64;
+        // pg_waldump lists the record that runs on into the next segment
+        // too; the check reads it whole only with that segment.
+        assert!(
+            v.records == starting || v.records + 1 == starting,
+            "{name}: {} records checked, pg_waldump lists {starting}: {said}",
+            v.records
+        );
+        if v.switched {
+            switched += 1;
+            assert_eq!(v.records, starting, "{name}");
+        } else if v.records > busiest.0 {
+            busiest = (v.records, name.clone());
+        }
+    }
+    assert!(switched >= 1, "no segment ended with a switch");
+    let name = busiest.1;
+    let seg = seg_of(&name);
+    let base = size.start(seg.segno).0;
+    let clean = std::fs::read(wal.join(&name)).unwrap();
+    let damaged = s.path("damaged");
+    std::fs::create_dir(&damaged).unwrap();
+    let check_damaged = |bytes: &[u8], extent: Extent| {
+        std::fs::write(damaged.join(&name), bytes).unwrap();
+        verify_file(&damaged.join(&name), seg, size, system, extent)
+    };
+    // A record in the middle, whole on its page, one byte changed.
+    let in_seg: Vec<(u64, u64)> = listed
+        .iter()
+        .copied()
+        .filter(|(at, total)| {
+            at / size.bytes() == seg.segno && *total >= 64 && at % 8192 + total < 8192
+        })
+        .collect();
+    let (at, total) = in_seg[in_seg.len() / 2];
+    let mut bytes = clean.clone();
+    bytes[(at - base + total / 2) as usize] ^= 0x10;
+    let err = check_damaged(&bytes, Extent::Complete).unwrap_err();
+    let record = cairn::pitr::lsn::Lsn(at).to_string();
+    assert!(
+        err.contains(&format!("record at {record} fails its CRC")),
+        "{err}"
+    );
+    // (pg_waldump names the last good record, and the bad one in its
+    // message.)
+    let (_, pg_error, said) = waldump(&damaged, &name, &name);
+    assert!(pg_error.is_some_and(|e| e < at), "{said}");
+    assert!(
+        said.contains(&format!("checksum in record at {record}")),
+        "{said}"
+    );
+    // A page's body zeroed behind its header.
+    let mut bytes = clean.clone();
+    let page = 600 * 8192;
+    bytes[page + 24..page + 8192].fill(0);
+    let err = check_damaged(&bytes, Extent::Complete).unwrap_err();
+    let (_, pg_error, _) = waldump(&damaged, &name, &name);
+    let pg_error =
+        pg_error.unwrap_or_else(|| panic!("pg_waldump passed what the check refused: {err}"));
+    assert!(pg_error < base + page as u64 + 8192, "{pg_error:X}: {err}");
+    // A partial: everything after a record's end is zero.
+    let (at, total) = in_seg[in_seg.len() / 3];
+    let end = at + total;
+    let mut bytes = clean.clone();
+    bytes[(end - base) as usize..].fill(0);
+    let v = check_damaged(&bytes, Extent::Partial).unwrap();
+    // (Its end, or the one before if its last bytes happen to be zero.)
+    let reached = v.end.unwrap().0;
+    assert!(
+        reached == end || (at - 8..=at).contains(&reached),
+        "{reached:X}, not {end:X}"
+    );
+    // ... but with a hole before more data it is damaged.
+    bytes[(end - base) as usize + 100..(end - base) as usize + 200].fill(1);
+    check_damaged(&bytes, Extent::Partial).unwrap_err();
+    let mut holed = clean.clone();
+    holed[page + 24..page + 8192].fill(0);
+    check_damaged(&holed, Extent::Partial).unwrap_err();
+}
+
+/// A restored copy promoted while the original goes on writing, and the
+/// job pointed at the copy (the issue's "promote a restored copy, keep
+/// writing, restore again to a moment on the new timeline"): the stream
+/// sees that the copy's history left timeline 1 before the archive's end
+/// of it, keeps timeline 1 as it is, and goes on from the fork on
+/// timeline 2. Both restore: the copy's rows by default and to a moment
+/// on timeline 2, the original's with `--timeline 1`.
+#[test]
+fn a_restored_copy_promoted_while_the_original_goes_on_is_archived_from_its_fork() {
+    let s = Scratch::new();
+    s.init();
+    std::fs::set_permissions(s.path(""), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let original = Cluster::create(&s, "original", 5450);
+    original.create_markers();
+    let cairn = cairn_for_postgres(&s.path(""));
+    let write_config =
+        |port: u16| stream_config(&s, "pitr.toml", port, &stream_programs(), "flush-secs = 1");
+    let config = write_config(5450);
+    let rows = |c: &Cluster| c.sql("postgres", "SELECT count(*) || '|' || max(id) FROM marker");
+    let stream = start_stream(&s, &config, &original);
+    original.insert_markers(5);
+    s.cairn_config_ok(&config, &["--json", "backup", "--job", "pg"]);
+    original.insert_markers(10);
+    original.sql("postgres", "SELECT pg_switch_wal()");
+    original.insert_markers(1);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let fork_time = chrono::Utc::now();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The original goes on past the fork, into later segments.
+    original.insert_markers(10);
+    original.sql("postgres", "SELECT pg_switch_wal()");
+    original.insert_markers(5);
+    let original_rows = rows(&original);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let original_later = chrono::Utc::now();
+    // (A commit after the target, for recovery to stop at.)
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    original.insert_markers(1);
+    wait_caught_up("cairn_pg", |q| original.sql("postgres", q));
+    stop_stream(stream);
+    // A copy restored to the fork moment and promoted (timeline 2).
+    let copy_data = s.path("copy");
+    let out = cairn_copy(
+        &s,
+        &cairn,
+        &config,
+        &[
+            "--json",
+            "restore",
+            "--job",
+            "pg",
+            "--target",
+            copy_data.to_str().unwrap(),
+            "--until",
+            &fork_time.to_rfc3339(),
+            "--start",
+            "--port",
+            "5451",
+            "--action",
+            "promote",
+        ],
+    );
+    assert!(out.status.success(), "restore: {}", text(&out));
+    let r = last_json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(r["new_timeline"], 2, "{r}");
+    let copy = Cluster {
+        data: copy_data,
+        port: 5451,
+        options: None,
+    };
+    assert_eq!(rows(&copy).trim(), "16|16", "{r}");
+    // The job now points at the copy, which takes writes.
+    write_config(5451);
+    copy.insert_markers(4);
+    let stream = start_stream(&s, &config, &copy);
+    copy.insert_markers(3);
+    let copy_rows_then = rows(&copy);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let on_copy = chrono::Utc::now();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    copy.insert_markers(2);
+    let copy_rows = rows(&copy);
+    wait_caught_up("cairn_pg", |q| copy.sql("postgres", q));
+    let printed = stop_stream(stream);
+    assert!(
+        printed.contains("left timeline 1 at"),
+        "the fork was not reported: {printed}"
+    );
+    assert!(copy_rows.starts_with("25|"), "{copy_rows}");
+
+    let restore = |n: &str, args: &[&str]| {
+        let data = s.path(n);
+        let mut all = vec![
+            "--json",
+            "restore",
+            "--job",
+            "pg",
+            "--target",
+            data.to_str().unwrap(),
+            "--start",
+            "--action",
+            "pause",
+        ];
+        all.extend(args);
+        let out = cairn_copy(&s, &cairn, &config, &all);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        let r = last_json(&String::from_utf8_lossy(&out.stdout));
+        let server = Recovered {
+            data,
+            sockets: PathBuf::from(r["socket_dir"].as_str().unwrap()),
+            port: r["port"].as_u64().unwrap() as u16,
+        };
+        let got = server
+            .query("postgres", "SELECT count(*) || '|' || max(id) FROM marker")
+            .trim()
+            .to_string();
+        (r, got)
+    };
+    // The end: the copy's timeline, every row it committed.
+    let (r, got) = restore("latest", &["--until", "latest"]);
+    assert_eq!(r["timeline"], 2, "{r}");
+    assert_eq!(got, copy_rows.trim(), "{r}");
+    // A moment on timeline 2.
+    let (r, got) = restore("on-copy", &["--until", &on_copy.to_rfc3339()]);
+    assert_eq!(r["timeline"], 2, "{r}");
+    assert_eq!(got, copy_rows_then.trim(), "{r}");
+    // The original's WAL past the fork is still there, on timeline 1.
+    let (r, got) = restore(
+        "original-restored",
+        &["--until", &original_later.to_rfc3339(), "--timeline", "1"],
+    );
+    assert_eq!(r["timeline"], 1, "{r}");
+    assert_eq!(got, original_rows.trim(), "{r}");
 }

@@ -162,7 +162,9 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
     let policy = a.policy()?;
     // With a config file, the newest snapshot of each job that passed a
     // restore drill is never forgotten by a policy.
-    let pinned = match g.config_path.as_ref() {
+    // And the base backup a job's point-in-time recovery window starts
+    // from.
+    let (pinned, pitr_windows) = match g.config_path.as_ref() {
         Some(_) => {
             let config = g.config()?;
             let records = drills::read(&config.agent.state_dir).with_context(|| {
@@ -171,7 +173,15 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
                     drills::path(&config.agent.state_dir).display()
                 )
             })?;
-            drills::pinned(&records).into_values().collect()
+            let windows = config
+                .jobs
+                .iter()
+                .filter_map(|(name, j)| {
+                    let w = j.wal.as_ref()?.pitr_window_secs;
+                    (w > 0).then(|| (name.clone(), std::time::Duration::from_secs(w)))
+                })
+                .collect();
+            (drills::pinned(&records).into_values().collect(), windows)
         }
         None => Default::default(),
     };
@@ -191,6 +201,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
             job: a.job.clone(),
         },
         pinned,
+        pitr_windows,
         dry_run: a.dry_run,
         prune: a.prune,
     };

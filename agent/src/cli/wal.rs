@@ -68,7 +68,7 @@ pub async fn stream(g: &Global, a: StreamArgs) -> anyhow::Result<()> {
                 super::emit(s);
             } else {
                 super::out(format!(
-                    "wal-stream {job_name}: {} timeline {} stored {} server {} lag {} bytes, {} files stored, {} receiver restarts{}",
+                    "wal-stream {job_name}: {} timeline {} stored {} server {} lag {} bytes, {} files stored, {} receiver restarts{}{}",
                     s.state,
                     s.timeline.map_or("-".into(), |t| t.to_string()),
                     s.stored_lsn.as_deref().unwrap_or("-"),
@@ -76,6 +76,11 @@ pub async fn stream(g: &Global, a: StreamArgs) -> anyhow::Result<()> {
                     s.lag_bytes.map_or("-".into(), |b| b.to_string()),
                     s.files_stored,
                     s.receiver_restarts,
+                    if s.damaged_files > 0 {
+                        format!(", {} damaged files not stored", s.damaged_files)
+                    } else {
+                        String::new()
+                    },
                     s.error
                         .as_ref()
                         .map_or(String::new(), |e| format!(" (last error: {e})")),

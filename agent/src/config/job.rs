@@ -78,6 +78,13 @@ pub struct WalConfig {
     /// `<state-dir>/wal/<job>`). Files leave it once the repository holds
     /// them.
     pub spool: Option<PathBuf>,
+    /// How far back point-in-time recovery must reach, in seconds (0, the
+    /// default, for no such promise; 604800 for a week): `forget` never
+    /// removes the newest base backup that ended before the window
+    /// begins, whatever its keep-rules say, so every moment of the window
+    /// stays recoverable (and the WAL from it on is kept with it).
+    #[serde(default)]
+    pub pitr_window_secs: u64,
 }
 
 fn default_flush_secs() -> u64 {
@@ -131,6 +138,13 @@ impl WalConfig {
         }
         if !(5..=86_400).contains(&self.window_secs) {
             return Err(format!("job {name}: wal.window-secs must be 5..=86400"));
+        }
+        // Ten years at most: a window longer than any retention means a
+        // typo, not a promise.
+        if self.pitr_window_secs > 10 * 366 * 86_400 {
+            return Err(format!(
+                "job {name}: wal.pitr-window-secs must be at most 316224000 (ten years)"
+            ));
         }
         let slot = self.slot(name);
         if slot.is_empty()

@@ -571,7 +571,7 @@ async fn restore(
         ),
         _ => ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.body_text()),
     })?;
-    let run = api.agent.trigger(Target::Restore(spec), "api")?;
+    let run = api.agent.trigger(Target::Restore(Box::new(spec)), "api")?;
     Ok((StatusCode::ACCEPTED, Json(json!({"run": run}))).into_response())
 }
 

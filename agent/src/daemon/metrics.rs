@@ -147,7 +147,7 @@ fn lsn(s: Option<&String>) -> Option<f64> {
         .map(|l| l.0 as f64)
 }
 
-const WAL_SERIES: [WalSeries; 10] = [
+const WAL_SERIES: [WalSeries; 11] = [
     (
         "cairn_wal_stream_up",
         "gauge",
@@ -195,6 +195,12 @@ const WAL_SERIES: [WalSeries; 10] = [
         "counter",
         "Times pg_receivewal was started again after it exited (a server restart, say).",
         |s| Some(s.receiver_restarts() as f64),
+    ),
+    (
+        "cairn_wal_damaged_files_total",
+        "counter",
+        "Spool files that failed the record check (page headers, lengths, CRCs) and were not stored; a complete segment is fetched again.",
+        |s| Some(s.damaged_files() as f64),
     ),
     (
         "cairn_wal_stream_restarts_total",

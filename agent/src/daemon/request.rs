@@ -17,7 +17,7 @@ pub enum Target {
     /// Drill a job.
     Drill(String),
     /// Restore (through the API).
-    Restore(RestoreSpec),
+    Restore(Box<RestoreSpec>),
 }
 
 impl Target {
@@ -61,6 +61,22 @@ pub struct RestoreSpec {
     /// Adapter configuration overrides (`{"target-database": "shop_copy"}`).
     #[serde(default)]
     pub set: BTreeMap<String, String>,
+    /// Point-in-time recovery of a job that streams its WAL (as `cairn
+    /// restore --until`): a moment with its time zone, or `latest`.
+    pub until: Option<String>,
+    /// Or to just after the WAL record at this position.
+    pub until_lsn: Option<String>,
+    /// Or to just after this transaction's commit.
+    pub until_xid: Option<u64>,
+    /// The timeline to follow.
+    pub timeline: Option<u32>,
+    /// Start the recovered server and wait until it reaches the target.
+    #[serde(default)]
+    pub start: bool,
+    /// With `start`: also listen on 127.0.0.1 at this port.
+    pub port: Option<u16>,
+    /// At the target: `pause`, `promote` (the default) or `shutdown`.
+    pub action: Option<String>,
 }
 
 fn latest() -> String {
@@ -68,6 +84,11 @@ fn latest() -> String {
 }
 
 impl RestoreSpec {
+    /// Whether it asks for a point-in-time recovery.
+    pub(super) fn pitr(&self) -> bool {
+        self.until.is_some() || self.until_lsn.is_some() || self.until_xid.is_some()
+    }
+
     pub(super) fn label(&self) -> String {
         match (&self.job, &self.tenant) {
             (Some(j), _) => format!("job {j}"),
@@ -145,6 +166,79 @@ pub(super) fn check_restore(c: &Config, spec: &RestoreSpec) -> Result<(), Trigge
     }
     if let Some(t) = &spec.target {
         restore_target(c, t)?;
+    }
+    check_pitr(c, spec)
+}
+
+/// The point-in-time fields: one target, for a job that streams its WAL,
+/// into a target directory; the rest only with one.
+fn check_pitr(c: &Config, spec: &RestoreSpec) -> Result<(), TriggerError> {
+    let invalid = |m: String| Err(TriggerError::Invalid(m));
+    let targets = [
+        spec.until.is_some(),
+        spec.until_lsn.is_some(),
+        spec.until_xid.is_some(),
+    ];
+    if targets.iter().filter(|t| **t).count() > 1 {
+        return invalid("give one of until, until_lsn and until_xid".into());
+    }
+    if !spec.pitr() {
+        if spec.timeline.is_some() || spec.start || spec.port.is_some() || spec.action.is_some() {
+            return invalid(
+                "timeline, start, port and action are for point-in-time recovery: give until, until_lsn or until_xid".into(),
+            );
+        }
+        return Ok(());
+    }
+    let Some(job) = &spec.job else {
+        return invalid("a point-in-time recovery needs a job".into());
+    };
+    if c.jobs.get(job).is_none_or(|j| j.wal.is_none()) {
+        return invalid(format!(
+            "job {job} does not stream its WAL ([jobs.{job}.wal]): it has no point-in-time recovery"
+        ));
+    }
+    if spec.target.is_none() {
+        return invalid("a point-in-time recovery needs a target directory".into());
+    }
+    if !spec.include.is_empty() || !spec.set.is_empty() {
+        return invalid(
+            "include and set do not apply to a point-in-time recovery (it restores the whole cluster)".into(),
+        );
+    }
+    if let Some(u) = &spec.until
+        && u != "latest"
+        && chrono::DateTime::parse_from_rfc3339(u.trim()).is_err()
+    {
+        return invalid(format!(
+            "until {u:?}: give an RFC 3339 moment with its time zone (2026-12-06T10:04:05Z) or latest"
+        ));
+    }
+    if let Some(l) = &spec.until_lsn
+        && l.parse::<crate::pitr::lsn::Lsn>().is_err()
+    {
+        return invalid(format!(
+            "until_lsn {l:?} is not a WAL position like 16/B374D848"
+        ));
+    }
+    if let Some(x) = spec.until_xid
+        && x > u64::from(u32::MAX)
+    {
+        return invalid(format!("until_xid {x} is not a 32-bit transaction id"));
+    }
+    if spec.timeline == Some(0) {
+        return invalid("timeline 0 does not exist".into());
+    }
+    if spec.port.is_some() && !spec.start {
+        return invalid("port needs start".into());
+    }
+    if spec.port == Some(0) {
+        return invalid("port 0 is not a port".into());
+    }
+    if let Some(a) = &spec.action
+        && !["pause", "promote", "shutdown"].contains(&a.as_str())
+    {
+        return invalid(format!("action {a:?}: give pause, promote or shutdown"));
     }
     Ok(())
 }

@@ -321,7 +321,32 @@ impl Agent {
         for (k, v) in &spec.set {
             args.push(format!("--set={k}={v}"));
         }
-        args.extend(["--".into(), spec.snapshot.clone()]);
+        if let Some(u) = &spec.until {
+            args.push(format!("--until={u}"));
+        }
+        if let Some(l) = &spec.until_lsn {
+            args.push(format!("--until-lsn={l}"));
+        }
+        if let Some(x) = spec.until_xid {
+            args.push(format!("--until-xid={x}"));
+        }
+        if let Some(t) = spec.timeline {
+            args.push(format!("--timeline={t}"));
+        }
+        if spec.start {
+            args.push("--start".into());
+        }
+        if let Some(p) = spec.port {
+            args.push(format!("--port={p}"));
+        }
+        if let Some(a) = &spec.action {
+            args.push(format!("--action={a}"));
+        }
+        // A recovery's base backup is the newest that fits unless one is
+        // named.
+        if !(spec.pitr() && spec.snapshot == "latest") {
+            args.extend(["--".into(), spec.snapshot.clone()]);
+        }
         let (status, f) = self.child(id, args, None).await;
         self.finish_child(id, status, f.as_ref());
     }

@@ -41,6 +41,8 @@ pub struct StreamState {
     pub files_stored_total: u64,
     /// Receiver restarts, over every child.
     pub receiver_restarts_total: u64,
+    /// Damaged spool files, over every child.
+    pub damaged_files_total: u64,
 }
 
 impl StreamState {
@@ -52,6 +54,11 @@ impl StreamState {
     /// Receiver restarts, over every child, the running one included.
     pub fn receiver_restarts(&self) -> u64 {
         self.receiver_restarts_total + self.live().map_or(0, |s| s.receiver_restarts)
+    }
+
+    /// Damaged spool files, over every child, the running one included.
+    pub fn damaged_files(&self) -> u64 {
+        self.damaged_files_total + self.live().map_or(0, |s| s.damaged_files)
     }
 
     /// The running child's state (an ended child's counts are in the totals).
@@ -215,6 +222,7 @@ impl Agent {
                 if let Some(l) = &last {
                     s.files_stored_total += l.files_stored;
                     s.receiver_restarts_total += l.receiver_restarts;
+                    s.damaged_files_total += l.damaged_files;
                 }
                 if status != Status::Succeeded && !asked {
                     s.last_error = error.clone();
@@ -267,6 +275,7 @@ pub fn view(s: &StreamState) -> serde_json::Value {
         "last_stored_at": st.and_then(|x| x.last_stored_at.clone()),
         "files_stored": s.files_stored(),
         "receiver_restarts": s.receiver_restarts(),
+        "damaged_files": s.damaged_files(),
         "spool_bytes": st.map(|x| x.spool_bytes),
         "error": st.and_then(|x| x.error.clone()).or_else(|| s.last_error.clone()),
     })

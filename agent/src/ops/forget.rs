@@ -11,7 +11,7 @@ use crate::retention::{KeepPolicy, Verdict, apply, has_tags};
 use crate::storage::FileType;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// What to forget.
 #[derive(Debug, Default)]
@@ -27,6 +27,11 @@ pub struct Options {
     /// Snapshots a policy never removes (the newest drilled snapshot of
     /// each job), by id.
     pub pinned: HashSet<String>,
+    /// Per job that streams its WAL, how far back point-in-time recovery
+    /// must reach (`wal.pitr-window-secs`): the newest base backup that
+    /// ended before the window starts is never removed by a policy, so
+    /// every moment of the window stays recoverable.
+    pub pitr_windows: BTreeMap<String, std::time::Duration>,
     /// Decide, remove nothing.
     pub dry_run: bool,
     /// Then prune, under the same lock.
@@ -378,13 +383,63 @@ async fn wal_step(
     Ok(out)
 }
 
+/// Per job with a PITR window, its newest base backup (of each cluster)
+/// that ended at or before `now` less the window: recovery to the
+/// window's first moment starts from it. With why.
+fn pitr_window_pins(
+    snapshots: &[(Id, Snapshot)],
+    windows: &BTreeMap<String, std::time::Duration>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> HashMap<Id, String> {
+    use crate::pitr::basebackup::BaseBackup;
+    let mut newest: BTreeMap<(String, u64), (chrono::DateTime<chrono::Utc>, Id)> = BTreeMap::new();
+    for (id, snap) in snapshots {
+        let Some(job) = snap.cairn_job.as_ref() else {
+            continue;
+        };
+        let Some(window) = windows.get(job) else {
+            continue;
+        };
+        let Some(base) = BaseBackup::from_tags(&snap.tags) else {
+            continue;
+        };
+        let Ok(window) = chrono::Duration::from_std(*window) else {
+            continue;
+        };
+        if base.stop_time > now - window {
+            continue;
+        }
+        let slot = newest
+            .entry((job.clone(), base.system))
+            .or_insert((base.stop_time, *id));
+        if base.stop_time > slot.0 {
+            *slot = (base.stop_time, *id);
+        }
+    }
+    newest
+        .into_iter()
+        .map(|((job, _), (_, id))| {
+            let secs = windows[&job].as_secs();
+            (
+                id,
+                format!(
+                    "newest base backup before job {job}'s point-in-time recovery window ({secs} s) begins: every moment of the window stays recoverable"
+                ),
+            )
+        })
+        .collect()
+}
+
 /// One group's snapshots, newest first, each with what was decided.
 type Decided = (GroupKey, Vec<(Id, Snapshot, Verdict)>);
 
 /// Group the selected snapshots and apply the policy to each group.
 async fn by_policy(store: &Store, o: &Options) -> Result<Vec<Decided>> {
     let mut grouped: BTreeMap<GroupKey, Vec<(Id, Snapshot)>> = BTreeMap::new();
-    for (id, snap) in store.repo.snapshots().await? {
+    let snapshots = store.repo.snapshots().await?;
+    let now = chrono::Utc::now();
+    let window_pins = pitr_window_pins(&snapshots, &o.pitr_windows, now);
+    for (id, snap) in snapshots {
         // WAL windows are not backups a keep-rule counts: a policy that
         // chose the open window, or the WAL a kept base backup needs,
         // would break point-in-time recovery. The WAL step after the
@@ -399,7 +454,7 @@ async fn by_policy(store: &Store, o: &Options) -> Result<Vec<Decided>> {
                 .push((id, snap));
         }
     }
-    let now = chrono::Utc::now().fixed_offset();
+    let now = now.fixed_offset();
     let mut groups = Vec::new();
     for (key, members) in grouped {
         let decided = apply(
@@ -421,6 +476,13 @@ async fn by_policy(store: &Store, o: &Options) -> Result<Vec<Decided>> {
                         v.keep = true;
                         v.reasons
                             .push("newest snapshot that passed a restore drill".into());
+                    }
+                    if let Some(why) = window_pins.get(&id) {
+                        if !v.keep {
+                            v.reasons.clear();
+                        }
+                        v.keep = true;
+                        v.reasons.push(why.clone());
                     }
                     (id, s, v)
                 })

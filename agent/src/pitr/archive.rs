@@ -23,6 +23,7 @@
 
 use super::PitrError;
 use super::lsn::{Lsn, Segment, SegmentSize, WalFile, history_name};
+use super::records::{self, Extent};
 use super::spool::{Seen, Spool};
 use crate::pipeline::chunker::{Chunker, ChunkerParams};
 use crate::pipeline::tree_builder::TreeBuilder;
@@ -117,6 +118,14 @@ pub struct WindowWriter {
     /// The `wal-stored` of the open window's newest version when resumed:
     /// later versions never say less.
     stored_tag: Lsn,
+    /// Spool files found damaged (not stored) since the writer started,
+    /// and what was wrong with the last.
+    damaged: u64,
+    last_damage: Option<String>,
+    /// A timeline the server's history left before the WAL the archive
+    /// holds of it ends (see [`WindowWriter::freeze`]): nothing more of
+    /// it is stored from this server.
+    frozen: Option<u32>,
 }
 
 impl WindowWriter {
@@ -132,6 +141,9 @@ impl WindowWriter {
             archived: BTreeMap::new(),
             last_closed: None,
             stored_tag: Lsn(0),
+            damaged: 0,
+            last_damage: None,
+            frozen: None,
         };
         let mine: Vec<(Id, Snapshot)> = writer
             .repo
@@ -336,10 +348,13 @@ impl WindowWriter {
     pub fn contiguous(&self) -> Option<Segment> {
         // Between windows: where the closed ones' run ends.
         let Some(w) = self.window.as_ref() else {
+            // (None while a frozen timeline is the newest: the server's
+            // WAL after the fork is not stored yet.)
             return self
                 .archived
                 .iter()
                 .next_back()
+                .filter(|(tli, _)| Some(**tli) != self.frozen)
                 .map(|(tli, segno)| Segment {
                     tli: *tli,
                     segno: *segno,
@@ -369,6 +384,75 @@ impl WindowWriter {
             tli: w.tli,
             segno: next,
         })
+    }
+
+    /// The newest complete segment the repository holds (of the newest
+    /// timeline), open window or closed.
+    pub fn newest_held(&self) -> Option<Segment> {
+        let open = self.window.as_ref().and_then(|w| {
+            w.segments.keys().next_back().map(|segno| Segment {
+                tli: w.tli,
+                segno: *segno,
+            })
+        });
+        let closed = self
+            .archived
+            .iter()
+            .next_back()
+            .map(|(tli, segno)| Segment {
+                tli: *tli,
+                segno: *segno,
+            });
+        open.max(closed)
+    }
+
+    /// The newest timeline the writer knows of: the open window's, the
+    /// closed windows', or a history file's.
+    pub fn newest_timeline(&self) -> Option<u32> {
+        [
+            self.timeline(),
+            self.archived.keys().next_back().copied(),
+            self.history.keys().next_back().copied(),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+    }
+
+    /// The server's history left the open window's timeline before the
+    /// WAL the archive holds of it ends (a restored copy promoted while
+    /// the original went on, or a failover that lost WAL the old primary
+    /// had sent): what the spool holds of that timeline is stored, its
+    /// window closes as it is (it stays the original's history, restorable
+    /// with `--timeline`), and nothing more of it is stored from this
+    /// server, which goes on from the fork on its own timeline.
+    pub async fn freeze(
+        &mut self,
+        dir: &Path,
+        spool: &Spool,
+        stored: Lsn,
+        tli: u32,
+    ) -> Result<Flushed, PitrError> {
+        let mut out = Flushed::default();
+        if self.timeline() == Some(tli) {
+            let (snapshot, pumped) = self.write(dir, spool, tli, stored, true).await?;
+            out.files.extend(pumped);
+            out.closed.extend(snapshot);
+            self.window = None;
+        }
+        self.frozen = Some(tli);
+        Ok(out)
+    }
+
+    /// Spool files found damaged, and not stored, since the writer
+    /// started.
+    pub fn damaged(&self) -> u64 {
+        self.damaged
+    }
+
+    /// What was wrong with the last damaged spool file.
+    pub fn last_damage(&self) -> Option<&str> {
+        self.last_damage.as_deref()
     }
 
     /// When the open window opened.
@@ -430,6 +514,7 @@ impl WindowWriter {
             .keys()
             .chain(spool.partial.keys())
             .map(|s| s.tli)
+            .filter(|t| Some(*t) != self.frozen)
             .max();
         if let (Some(w), Some(t)) = (&self.window, newest_tli)
             && t > w.tli
@@ -534,14 +619,39 @@ impl WindowWriter {
         let mut pumped = Vec::new();
         for (file, seen) in &todo {
             let name = file.name(size);
-            // A complete segment is checked before it counts: a truncated
-            // file, or one of another cluster, is left out (and out of the
-            // spool, so the receiver fetches it again).
-            if let WalFile::Segment(s) = file
-                && let Err(why) = check_segment(&dir.join(&name), *s, size, self.stream.system)
+            // A segment is read record by record before it counts (page
+            // headers, lengths, the xl_prev chain, every CRC). A damaged
+            // complete one is left out, and out of the spool, so the
+            // receiver fetches it again (the hold slot kept it). A damaged
+            // partial is left as it is, not stored: the next flush looks
+            // again, and its complete copy is checked in turn.
+            let extent = match file {
+                WalFile::Segment(s) => Some((*s, Extent::Complete)),
+                WalFile::Partial(s) => Some((*s, Extent::Partial)),
+                WalFile::History(_) => None,
+            };
+            if let Some((s, extent)) = extent
+                && let Err(why) =
+                    records::verify_file(&dir.join(&name), s, size, self.stream.system, extent)
             {
-                tracing::error!(job = %self.stream.job, segment = %name, reason = %why, "A spool file is not a segment of this cluster: not stored, removed from the spool.");
-                let _ = std::fs::remove_file(dir.join(&name));
+                // Gone since the scan: the next flush sees what it became.
+                if dir.join(&name).exists() {
+                    if extent == Extent::Complete {
+                        tracing::error!(job = %self.stream.job, segment = %name, reason = %why, "A WAL segment in the spool is damaged or not of this cluster: not stored, removed from the spool to be fetched again.");
+                        let _ = std::fs::remove_file(dir.join(&name));
+                    } else {
+                        tracing::error!(job = %self.stream.job, segment = %name, reason = %why, "A partial WAL segment in the spool is damaged: not stored.");
+                    }
+                    self.damaged += 1;
+                    self.last_damage = Some(format!(
+                        "WAL file {name} in the spool failed the record check ({why}): not stored{}",
+                        if extent == Extent::Complete {
+                            ", fetched again from the server"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
                 continue;
             }
             // Renamed (a partial completed) or removed since the scan:
@@ -784,45 +894,6 @@ async fn build_tree(
         .map_err(|e| PitrError::Archive(format!("building the window's tree: {e}")))
 }
 
-/// Whether the spool file `path` is complete segment `seg` of cluster
-/// `system`: its size, and its first page's long header (magic bit, system
-/// identifier, segment size, the page's address).
-fn check_segment(path: &Path, seg: Segment, size: SegmentSize, system: u64) -> Result<(), String> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let len = file.metadata().map_err(|e| e.to_string())?.len();
-    if len != size.bytes() {
-        return Err(format!("{len} bytes, not {}", size.bytes()));
-    }
-    let mut head = [0u8; 40];
-    file.read_exact(&mut head).map_err(|e| e.to_string())?;
-    let u16_at = |i: usize| u16::from_le_bytes([head[i], head[i + 1]]);
-    let u32_at = |i: usize| u32::from_le_bytes(head[i..i + 4].try_into().expect("4 bytes"));
-    let u64_at = |i: usize| u64::from_le_bytes(head[i..i + 8].try_into().expect("8 bytes"));
-    // XLogLongPageHeaderData: xlp_info at 2 (XLP_LONG_HEADER = 0x0002),
-    // xlp_pageaddr at 8, xlp_sysid at 24, xlp_seg_size at 32.
-    if u16_at(2) & 0x0002 == 0 {
-        return Err("its first page has no long header".into());
-    }
-    if u64_at(8) != size.start(seg.segno).0 {
-        return Err(format!(
-            "its first page is at {}, not {}",
-            Lsn(u64_at(8)),
-            size.start(seg.segno)
-        ));
-    }
-    if u64_at(24) != system {
-        return Err(format!(
-            "it belongs to cluster {}, not {system}",
-            u64_at(24)
-        ));
-    }
-    if u64::from(u32_at(32)) != size.bytes() {
-        return Err(format!("its segment size is {}", u32_at(32)));
-    }
-    Ok(())
-}
-
 /// What retention did (or, in a dry run, would do) to one closed window.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Trimmed {
@@ -1020,26 +1091,15 @@ mod tests {
         }
     }
 
-    /// A segment's worth of WAL-like bytes: `data` random bytes, then
-    /// zeros, the first page's long header saying segment `seed` of
-    /// [`stream`]'s cluster.
+    /// Segment `seed` of [`stream`]'s cluster, well-formed WAL (records
+    /// with their content from `seed`) over about `data` bytes, then zeros.
     fn wal(seed: u8, data: usize) -> Vec<u8> {
-        let mut v: Vec<u8> = (0..data)
-            .map(|i| {
-                ((i as u64 * 2_654_435_761) ^ (u64::from(seed) * 40_503)) as u8 ^ (i >> 7) as u8
-            })
-            .collect();
-        v.resize(MIB, 0);
-        header(&mut v, u64::from(seed));
-        v
+        wal_at(u64::from(seed), seed, data)
     }
 
-    /// Write the long page header of segment `segno` into `bytes`.
-    fn header(bytes: &mut [u8], segno: u64) {
-        bytes[2..4].copy_from_slice(&2u16.to_le_bytes());
-        bytes[8..16].copy_from_slice(&(segno * MIB as u64).to_le_bytes());
-        bytes[24..32].copy_from_slice(&stream().system.to_le_bytes());
-        bytes[32..36].copy_from_slice(&(MIB as u32).to_le_bytes());
+    /// The same for segment `segno`, its content from `seed`.
+    fn wal_at(segno: u64, seed: u8, data: usize) -> Vec<u8> {
+        super::records::testing::segment(segno, size(), stream().system, data, seed)
     }
 
     fn name(tli: u32, segno: u64) -> String {
@@ -1073,15 +1133,8 @@ mod tests {
     }
 
     /// Files written a moment apart get distinct modification times.
-    /// A complete segment's header names it, as the receiver's do.
     fn put(dir: &Path, name: &str, bytes: &[u8]) {
         std::thread::sleep(std::time::Duration::from_millis(5));
-        let mut bytes = bytes.to_vec();
-        if let Some(WalFile::Segment(s)) = WalFile::parse(name, size())
-            && bytes.len() == MIB
-        {
-            header(&mut bytes, s.segno);
-        }
         std::fs::write(dir.join(name), bytes).unwrap();
     }
 
@@ -1298,7 +1351,7 @@ mod tests {
                 .unwrap()
                 .snapshot
                 .unwrap();
-            put(dir, &name(1, 7), &wal(99, MIB));
+            put(dir, &name(1, 7), &wal_at(7, 99, MIB));
             let err = w
                 .flush(dir, &scan(dir), Lsn(8 * MIB as u64), false)
                 .await
@@ -1337,7 +1390,11 @@ mod tests {
                 "00000002.history",
                 b"1\t0/800C48\tno recovery target specified\n",
             );
-            put(dir, &format!("{}.partial", name(2, 8)), &wal(28, 9_000));
+            put(
+                dir,
+                &format!("{}.partial", name(2, 8)),
+                &wal_at(8, 28, 9_000),
+            );
             let out = w
                 .flush(dir, &scan(dir), Lsn(8 * MIB as u64 + 9_000), false)
                 .await
@@ -1463,6 +1520,15 @@ mod tests {
             let mut other = wal(5, MIB);
             other[24..32].copy_from_slice(&42u64.to_le_bytes());
             std::fs::write(dir.join(name(1, 5)), &other).unwrap();
+            // One byte of a record changed, its headers intact; and a
+            // partial with a hole before its data ends.
+            let mut damaged = wal(6, MIB);
+            damaged[300_001] ^= 0x20;
+            std::fs::write(dir.join(name(1, 6)), &damaged).unwrap();
+            let mut holed = wal(7, 200_000);
+            holed[100_000..110_000].fill(0);
+            let partial = format!("{}.partial", name(1, 7));
+            std::fs::write(dir.join(&partial), &holed).unwrap();
             let mut w = WindowWriter::resume(repo.clone(), stream()).await.unwrap();
             let flushed = w
                 .flush(dir, &scan(dir), Lsn(6 * MIB as u64), false)
@@ -1472,6 +1538,17 @@ mod tests {
             assert_eq!(w.contiguous(), Some(Segment { tli: 1, segno: 3 }));
             assert!(!dir.join(name(1, 4)).exists());
             assert!(!dir.join(name(1, 5)).exists());
+            assert!(!dir.join(name(1, 6)).exists());
+            assert!(
+                dir.join(&partial).exists(),
+                "a partial stays for the receiver"
+            );
+            assert_eq!(w.damaged(), 4);
+            assert!(
+                w.last_damage().unwrap().contains(&partial),
+                "{:?}",
+                w.last_damage()
+            );
         });
     }
 

@@ -10,6 +10,7 @@ pub mod fetch;
 pub mod history;
 pub mod lsn;
 pub mod plan;
+pub mod records;
 pub mod recover;
 pub mod retention;
 pub mod spool;

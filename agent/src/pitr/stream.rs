@@ -140,6 +140,10 @@ pub struct Status {
     pub files_stored: u64,
     /// Times the receiver was started again.
     pub receiver_restarts: u64,
+    /// Spool files found damaged when read record by record (not stored;
+    /// a complete one is fetched again).
+    #[serde(default)]
+    pub damaged_files: u64,
     /// The receiver's last error.
     pub error: Option<String>,
     /// Bytes in the spool.
@@ -317,6 +321,35 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
             {
                 tracing::warn!(job = %o.job, error = %e, "Could not make sure the slots exist.");
             }
+            // A server whose history left the archive's timeline before
+            // the WAL the archive holds of it ends: that timeline is
+            // frozen, and the receiver starts at the fork.
+            match find_fork(&pg, &writer, &o.spool, size).await {
+                Ok(Lineage::Continues) => {}
+                Ok(Lineage::Forked(fork)) => {
+                    let _lock = repo.lock(false).await?;
+                    let spool = Spool::scan(&o.spool, size).map_err(|e| fail("reading it", e))?;
+                    let flushed = writer
+                        .freeze(&o.spool, &spool, stored_tag, fork.tli)
+                        .await?;
+                    status.files_stored += flushed.files.len() as u64;
+                    seed_at_fork(&o.spool, size, &spool, &fork)
+                        .map_err(|e| fail("seeding it at a fork", e))?;
+                    let why = format!(
+                        "the server's history (timeline {}) left timeline {} at {}, before the end of the WAL the archive holds of it: that timeline is kept as it is (restore it with --timeline {}) and the stream goes on from {} on the server's timeline",
+                        fork.server_tli, fork.tli, fork.at, fork.tli, fork.at
+                    );
+                    tracing::warn!(job = %o.job, "{why}");
+                    status.error = Some(why);
+                }
+                // A server of another lineage: the stream stops, saying so.
+                Ok(Lineage::Foreign(why)) => return Err(PitrError::Archive(why)),
+                // The receiver says what is wrong with the server, if
+                // anything.
+                Err(e) => {
+                    tracing::warn!(job = %o.job, error = %e, "Could not read the server's timeline history.");
+                }
+            }
             receiver = Some(start_receiver(&o)?);
             if status.state == "receiver-restarting" {
                 status.receiver_restarts += 1;
@@ -393,6 +426,10 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
         last_flush = Instant::now();
         flushed_partial = partial;
         status.files_stored += flushed.files.len() as u64;
+        if writer.damaged() > status.damaged_files {
+            status.damaged_files = writer.damaged();
+            status.error = writer.last_damage().map(str::to_string);
+        }
         if !flushed.files.is_empty() {
             status.last_stored_at =
                 Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
@@ -505,6 +542,171 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
             return Ok(status);
         }
         (o.on_status)(&status);
+    }
+}
+
+/// How the server's history relates to the WAL the archive holds.
+enum Lineage {
+    /// The receiver can go on where the archive ends.
+    Continues,
+    /// The server's history left the archive's timeline before that.
+    Forked(Fork),
+    /// The server's timeline does not descend from the archive's.
+    Foreign(String),
+}
+
+/// Where the server's history left a timeline the archive holds WAL of
+/// past that point.
+struct Fork {
+    /// The archive's timeline.
+    tli: u32,
+    /// Where the server's history left it.
+    at: Lsn,
+    /// The server's timeline.
+    server_tli: u32,
+}
+
+/// Whether the server's history left the newest timeline the archive (or
+/// the spool) holds before the WAL held of it ends: a restored copy that
+/// was promoted while the original went on, or a new primary that never
+/// got what the old one had already sent. `pg_receivewal` would ask it
+/// for WAL it never had, and fail for ever.
+async fn find_fork(
+    pg: &Pg<'_>,
+    writer: &WindowWriter,
+    dir: &std::path::Path,
+    size: SegmentSize,
+) -> Result<Lineage, PitrError> {
+    let spool = Spool::scan(dir, size)
+        .map_err(|e| PitrError::Archive(format!("WAL spool {}: {e}", dir.display())))?;
+    let ours = spool
+        .complete
+        .keys()
+        .chain(spool.partial.keys())
+        .map(|s| s.tli)
+        .chain(writer.newest_timeline())
+        .max();
+    let Some(ours) = ours else {
+        return Ok(Lineage::Continues);
+    };
+    let ident = pg.replication("IDENTIFY_SYSTEM").await?;
+    let server_tli: u32 = ident
+        .trim()
+        .split('|')
+        .nth(1)
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| {
+            PitrError::Archive(format!(
+                "job {}: unexpected answer to IDENTIFY_SYSTEM: {ident:?}",
+                pg.job
+            ))
+        })?;
+    if ours >= server_tli {
+        return Ok(Lineage::Continues);
+    }
+    // How far the WAL held of timeline `ours` reaches: where the
+    // receiver would ask the server to go on from.
+    let held = writer
+        .newest_held()
+        .filter(|s| s.tli == ours)
+        .map(|s| size.end(s.segno));
+    let spooled = spool
+        .complete
+        .keys()
+        .filter(|s| s.tli == ours)
+        .map(|s| size.end(s.segno))
+        .chain(
+            spool
+                .partial
+                .keys()
+                .filter(|s| s.tli == ours)
+                .map(|s| size.start(s.segno)),
+        )
+        .max();
+    let Some(reach) = held.max(spooled) else {
+        return Ok(Lineage::Continues);
+    };
+    let answer = pg
+        .replication(&format!("TIMELINE_HISTORY {server_tli}"))
+        .await?;
+    let text = history_content(&answer).ok_or_else(|| {
+        PitrError::Archive(format!(
+            "job {}: unexpected answer to TIMELINE_HISTORY {server_tli}: {answer:?}",
+            pg.job
+        ))
+    })?;
+    let path = super::history::Path::parse(server_tli, &text)
+        .map_err(|e| PitrError::Archive(format!("job {}: {e}", pg.job)))?;
+    let Some(end) = path.end(ours) else {
+        return Ok(Lineage::Foreign(format!(
+            "job {}: the server's timeline {server_tli} does not descend from timeline {ours}, which the archive holds: is the job pointed at a copy that forked from another branch?",
+            pg.job
+        )));
+    };
+    Ok(if reach > end {
+        Lineage::Forked(Fork {
+            tli: ours,
+            at: end,
+            server_tli,
+        })
+    } else {
+        Lineage::Continues
+    })
+}
+
+/// The history file's text from `psql`'s answer to `TIMELINE_HISTORY`
+/// (`name|content`, the content as text or as `\x` hex).
+fn history_content(answer: &str) -> Option<String> {
+    let (name, content) = answer.split_once('|')?;
+    if !name.trim().ends_with(".history") {
+        return None;
+    }
+    let content = content.trim_end_matches('\n');
+    match content.strip_prefix("\\x") {
+        Some(hex) => {
+            let bytes: Option<Vec<u8>> = (0..hex.len() / 2)
+                .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+                .collect();
+            String::from_utf8(bytes?).ok()
+        }
+        None => Some(content.to_string()),
+    }
+}
+
+/// Empty the spool of WAL (history files stay) and leave in it one file
+/// named for the segment before the fork on the archive's timeline: the
+/// receiver goes on from the fork's segment, which the server has on its
+/// way to its own timeline. The file's content is never read (the
+/// receiver looks at names and sizes; the timeline is frozen, so the
+/// writer stores none of it): it is sparse zeros.
+fn seed_at_fork(
+    dir: &std::path::Path,
+    size: SegmentSize,
+    spool: &Spool,
+    fork: &Fork,
+) -> std::io::Result<()> {
+    for seg in spool.complete.keys() {
+        remove_if_there(&dir.join(seg.name(size)))?;
+    }
+    for seg in spool.partial.keys() {
+        remove_if_there(&dir.join(format!("{}.partial", seg.name(size))))?;
+    }
+    let seed = Segment {
+        tli: fork.tli,
+        segno: size.segno(fork.at).saturating_sub(1),
+    };
+    let name = seed.name(size);
+    let tmp = dir.join(format!("{name}.seeding"));
+    let file = std::fs::File::create(&tmp)?;
+    file.set_len(size.bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, dir.join(name))
+}
+
+fn remove_if_there(path: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -758,6 +960,25 @@ impl Pg<'_> {
                 "--dbname=postgres",
                 "--command",
                 sql,
+            ],
+        )
+        .await
+    }
+
+    /// One replication command (`IDENTIFY_SYSTEM`, `TIMELINE_HISTORY n`)
+    /// over a physical replication connection, as `pg_receivewal` makes.
+    pub(crate) async fn replication(&self, command: &str) -> Result<String, PitrError> {
+        self.run(
+            "psql",
+            &[
+                "--no-psqlrc",
+                "--quiet",
+                "--tuples-only",
+                "--no-align",
+                "--set=ON_ERROR_STOP=1",
+                "--dbname=dbname=postgres replication=true",
+                "--command",
+                command,
             ],
         )
         .await
