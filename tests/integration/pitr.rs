@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const PROGRAMS: &str = r#"["pg_basebackup", "psql", "tar"]"#;
+/// What a streamed job needs at least.
+const PROGRAMS_STREAM: &str = r#"["pg_basebackup", "pg_receivewal", "psql", "tar"]"#;
 
 /// A PostgreSQL server program (Debian keeps `pg_ctl` and
 /// `pg_verifybackup` out of the PATH).
@@ -558,19 +560,7 @@ fn streamed_wal_and_a_base_backup_recover_every_committed_row_through_restic_alo
     assert!(text(&out).contains("flush-secs"), "{}", text(&out));
 
     let start_stream = || {
-        let child = s
-            .cairn_cmd(&[
-                "--config",
-                config.to_str().unwrap(),
-                "wal-stream",
-                "--job",
-                "pg",
-            ])
-            .env_remove("CAIRN_REPOSITORY")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = spawn_stream(&s, &config);
         wait_slot_active(slot, true);
         child
     };
@@ -712,21 +702,25 @@ pub(crate) fn stream_job(port: u16, programs: &str) -> String {
 /// `cairn wal-stream --job pg` with `config`, its output piped, once its
 /// receiver streams from `cluster`.
 fn start_stream(s: &Scratch, config: &Path, cluster: &Cluster) -> std::process::Child {
-    let child = s
-        .cairn_cmd(&[
-            "--config",
-            config.to_str().unwrap(),
-            "wal-stream",
-            "--job",
-            "pg",
-        ])
-        .env_remove("CAIRN_REPOSITORY")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_stream(s, config);
     cluster.wait_slot(true);
     child
+}
+
+/// `cairn wal-stream --job pg` with `config`, its output piped.
+fn spawn_stream(s: &Scratch, config: &Path) -> std::process::Child {
+    s.cairn_cmd(&[
+        "--config",
+        config.to_str().unwrap(),
+        "wal-stream",
+        "--job",
+        "pg",
+    ])
+    .env_remove("CAIRN_REPOSITORY")
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap()
 }
 
 /// A throw-away cluster of this test's own (initdb), on `port`, that a
@@ -2352,4 +2346,119 @@ fn a_restored_copy_promoted_while_the_original_goes_on_is_archived_from_its_fork
     );
     assert_eq!(r["timeline"], 1, "{r}");
     assert_eq!(got, original_rows.trim(), "{r}");
+    // A recovery is of the whole cluster: --include is refused, not
+    // ignored.
+    let out = cairn_copy(
+        &s,
+        &cairn,
+        &config,
+        &[
+            "restore",
+            "--job",
+            "pg",
+            "--until",
+            "latest",
+            "--target",
+            s.path("partial").to_str().unwrap(),
+            "--include",
+            "/base",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("--include does not apply"),
+        "{}",
+        text(&out)
+    );
+    assert!(!s.path("partial").exists());
+    // The job pointed back at the original, an older branch than the
+    // archive's: the stream stops and says so, and moves no slot.
+    write_config(5450);
+    let hold = || {
+        original.sql(
+            "postgres",
+            "SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'cairn_pg_stored'",
+        )
+    };
+    let held = hold();
+    original.insert_markers(2);
+    let mut back = spawn_stream(&s, &config);
+    let mut ended = None;
+    for _ in 0..600 {
+        if let Some(status) = back.try_wait().unwrap() {
+            ended = Some(status);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    if ended.is_none() {
+        let _ = back.kill();
+    }
+    let out = back.wait_with_output().unwrap();
+    assert!(
+        ended.is_some_and(|e| !e.success()),
+        "the stream went on with the older branch: {}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("cannot continue this archive"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(hold(), held);
+}
+
+/// The first segment a new stream would store fails the record check
+/// (damaged in the spool): it is a gap at the start of the run, the hold
+/// slot does not pass it, and it is fetched again, byte for byte the
+/// server's.
+#[test]
+fn a_damaged_first_segment_is_fetched_again_before_the_hold_slot_passes_it() {
+    let s = Scratch::new();
+    s.init();
+    std::fs::set_permissions(s.path(""), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let source = Cluster::create(&s, "first", 5452);
+    source.create_markers();
+    let config = stream_config(&s, "pitr.toml", 5452, PROGRAMS_STREAM, "flush-secs = 1");
+    let first = source
+        .sql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())")
+        .trim()
+        .to_string();
+    let stream = start_stream(&s, &config, &source);
+    let streamer = rustix::process::Pid::from_raw(stream.id() as i32).unwrap();
+    rustix::process::kill_process(streamer, rustix::process::Signal::STOP).unwrap();
+    for _ in 0..3 {
+        source.insert_markers(3);
+        source.sql("postgres", "SELECT pg_switch_wal()");
+    }
+    let spooled = s.path("state/wal/pg").join(&first);
+    for _ in 0..100 {
+        if spooled.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    damage_last_record(&spooled, &source);
+    rustix::process::kill_process(streamer, rustix::process::Signal::CONT).unwrap();
+    source.insert_markers(2);
+    wait_caught_up("cairn_pg_stored", |q| source.sql("postgres", q));
+    let printed = stop_stream(stream);
+    assert!(
+        printed.contains("damaged files not stored"),
+        "the damaged segment was not seen: {printed}"
+    );
+    let listed = s.restic_ok(&["snapshots", "--json", "--tag", "cairn-wal"]);
+    let windows: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
+    let wal = s.path("wal");
+    let files = restic_wal(&s, &windows, &wal);
+    let (name, path) = &files[0];
+    assert_eq!(
+        name, &first,
+        "the archive starts at the stream's first segment"
+    );
+    assert!(
+        std::fs::read(path).unwrap()
+            == std::fs::read(source.data.join("pg_wal").join(&first)).unwrap(),
+        "the archived {first} is not the server's"
+    );
 }

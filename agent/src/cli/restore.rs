@@ -241,6 +241,11 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<Outcome> {
     if target_of_pitr.is_some() && a.target.is_none() {
         bail!("--until…: give --target, the empty directory to restore the base backup into");
     }
+    if target_of_pitr.is_some() && !a.include.is_empty() {
+        bail!(
+            "--until… recovers the whole cluster: --include does not apply to a point-in-time recovery"
+        );
+    }
     if let Some(t) = a.target.as_ref().filter(|_| a.start)
         && t.contains(['\'', '"', '\\', '\n'])
     {

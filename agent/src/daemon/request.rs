@@ -67,16 +67,42 @@ pub struct RestoreSpec {
     /// Or to just after the WAL record at this position.
     pub until_lsn: Option<String>,
     /// Or to just after this transaction's commit.
+    #[serde(default, deserialize_with = "whole")]
     pub until_xid: Option<u64>,
     /// The timeline to follow.
+    #[serde(default, deserialize_with = "whole")]
     pub timeline: Option<u32>,
     /// Start the recovered server and wait until it reaches the target.
     #[serde(default)]
     pub start: bool,
     /// With `start`: also listen on 127.0.0.1 at this port.
+    #[serde(default, deserialize_with = "whole")]
     pub port: Option<u16>,
     /// At the target: `pause`, `promote` (the default) or `shutdown`.
     pub action: Option<String>,
+}
+
+/// A whole number as JSON Schema counts one: `114` or `114.0`.
+fn whole<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::de::Error;
+    let Some(n) = <Option<serde_json::Number> as serde::Deserialize>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let value = n
+        .as_u64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(f))
+                .map(|f| f as u64)
+        })
+        .ok_or_else(|| D::Error::custom(format!("{n} is not a whole number of 0 or more")))?;
+    T::try_from(value)
+        .map(Some)
+        .map_err(|_| D::Error::custom(format!("{n} is out of range")))
 }
 
 fn latest() -> String {

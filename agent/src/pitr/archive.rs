@@ -126,6 +126,12 @@ pub struct WindowWriter {
     /// holds of it ends (see [`WindowWriter::freeze`]): nothing more of
     /// it is stored from this server.
     frozen: Option<u32>,
+    /// Complete segments refused by the record check and not stored
+    /// since: the gapless run ends before the first, and it is fetched
+    /// again. Kept in the spool's `cairn-refused` across restarts.
+    refused: std::collections::BTreeSet<Segment>,
+    /// The stored partial, and where its last whole checked record ends.
+    partial_checked: Option<(Segment, Lsn)>,
 }
 
 impl WindowWriter {
@@ -144,6 +150,8 @@ impl WindowWriter {
             damaged: 0,
             last_damage: None,
             frozen: None,
+            refused: Default::default(),
+            partial_checked: None,
         };
         let mine: Vec<(Id, Snapshot)> = writer
             .repo
@@ -361,11 +369,26 @@ impl WindowWriter {
                 });
         };
         let mut end = self.archived.get(&w.tli).copied();
+        // Where the run starts: in a closed window, or at the first
+        // segment stored.
+        let start = match end {
+            Some(_) => 0,
+            None => w.segments.keys().next().copied().unwrap_or(u64::MAX),
+        };
         for segno in w.segments.keys() {
             match end {
                 Some(e) if *segno <= e => {}
                 Some(e) if *segno != e + 1 => break,
                 _ => end = Some(*segno),
+            }
+        }
+        // A refused segment breaks the run, also before its first segment.
+        if let Some(r) = self.first_refused(w.tli) {
+            if r < start {
+                return None;
+            }
+            if end.is_some_and(|e| r <= e) {
+                end = (r > start).then(|| r - 1);
             }
         }
         end.map(|segno| Segment { tli: w.tli, segno })
@@ -377,6 +400,12 @@ impl WindowWriter {
     /// the receiver must fetch it again.
     pub fn gap(&self) -> Option<Segment> {
         let w = self.window.as_ref()?;
+        if let Some(r) = self.first_refused(w.tli) {
+            return Some(Segment {
+                tli: w.tli,
+                segno: r,
+            });
+        }
         let next = self.contiguous()?.segno + 1;
         let beyond = w.segments.keys().any(|s| *s > next)
             || w.partial.as_ref().is_some_and(|(s, _)| *s > next);
@@ -384,6 +413,72 @@ impl WindowWriter {
             tli: w.tli,
             segno: next,
         })
+    }
+
+    /// The first refused segment of timeline `tli`.
+    fn first_refused(&self, tli: u32) -> Option<u64> {
+        self.refused
+            .iter()
+            .filter(|s| s.tli == tli)
+            .map(|s| s.segno)
+            .min()
+    }
+
+    /// Read the refused segments a previous streamer left in `dir`.
+    pub fn load_refused(&mut self, dir: &Path) {
+        let Ok(text) = std::fs::read_to_string(dir.join("cairn-refused")) else {
+            return;
+        };
+        for line in text.lines() {
+            if let Some(WalFile::Segment(s)) = WalFile::parse(line.trim(), self.stream.size)
+                && !self.is_stored(s)
+            {
+                self.refused.insert(s);
+            }
+        }
+    }
+
+    fn save_refused(&self, dir: &Path) {
+        let text: String = self
+            .refused
+            .iter()
+            .map(|s| format!("{}\n", s.name(self.stream.size)))
+            .collect();
+        let path = dir.join("cairn-refused");
+        let tmp = dir.join("cairn-refused.tmp");
+        let written = if text.is_empty() {
+            std::fs::remove_file(&path).or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+        } else {
+            std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path))
+        };
+        if let Err(e) = written {
+            tracing::warn!(job = %self.stream.job, error = %e, "Could not record the refused segments in the spool.");
+        }
+    }
+
+    /// Leave in `dir` an empty partial (sparse zeros, the whole size) of
+    /// segment `seg`: the receiver streams that segment again from its
+    /// start into it (it goes on from the newest file it finds, from a
+    /// partial's start). It holds no record, so nothing of it counts.
+    pub fn placeholder(&self, dir: &Path, seg: Segment) -> std::io::Result<()> {
+        let name = WalFile::Partial(seg).name(self.stream.size);
+        let tmp = dir.join(format!("{name}.seeding"));
+        let file = std::fs::File::create(&tmp)?;
+        file.set_len(self.stream.size.bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, dir.join(name))
+    }
+
+    /// The partial stored, and where the last whole record the check read
+    /// in it ends: the hold slot goes no further into it.
+    pub fn partial_checked(&self) -> Option<(Segment, Lsn)> {
+        self.partial_checked
     }
 
     /// The newest complete segment the repository holds (of the newest
@@ -581,9 +676,13 @@ impl WindowWriter {
             .partial
             .iter()
             .rfind(|(s, _)| fresh(s))
-            // A partial that a complete copy replaces is not stored.
+            // A partial that a complete copy replaces is not stored, nor
+            // one older than the window's (a gap fetched again: the
+            // window keeps the newer WAL it has).
             .filter(|(s, _)| {
-                !spool.complete.contains_key(s) && !window.segments.contains_key(&s.segno)
+                !spool.complete.contains_key(s)
+                    && !window.segments.contains_key(&s.segno)
+                    && window.partial.as_ref().is_none_or(|(n, _)| s.segno >= *n)
             });
         if let Some((seg, seen)) = partial
             && window
@@ -630,13 +729,36 @@ impl WindowWriter {
                 WalFile::Partial(s) => Some((*s, Extent::Partial)),
                 WalFile::History(_) => None,
             };
-            if let Some((s, extent)) = extent
-                && let Err(why) =
-                    records::verify_file(&dir.join(&name), s, size, self.stream.system, extent)
+            // A partial still being padded to its size by the receiver is
+            // not ready yet (not damaged): the next flush looks again.
+            if let Some((_, Extent::Partial)) = extent
+                && std::fs::metadata(dir.join(&name)).is_ok_and(|m| m.len() != size.bytes())
             {
+                continue;
+            }
+            let checked = match extent {
+                Some((s, extent)) => Some((
+                    s,
+                    extent,
+                    records::verify_file(&dir.join(&name), s, size, self.stream.system, extent),
+                )),
+                None => None,
+            };
+            let mut partial_end = None;
+            if let Some((s, extent, Ok(v))) = &checked
+                && *extent == Extent::Partial
+            {
+                // (Where the next record would start: MAXALIGNed, as the
+                // server's positions are.)
+                let end = v.end.map_or(size.start(s.segno), |e| Lsn((e.0 + 7) & !7));
+                partial_end = Some((*s, end));
+            }
+            if let Some((s, extent, Err(why))) = checked {
                 // Gone since the scan: the next flush sees what it became.
                 if dir.join(&name).exists() {
                     if extent == Extent::Complete {
+                        self.refused.insert(s);
+                        self.save_refused(dir);
                         tracing::error!(job = %self.stream.job, segment = %name, reason = %why, "A WAL segment in the spool is damaged or not of this cluster: not stored, removed from the spool to be fetched again.");
                         let _ = std::fs::remove_file(dir.join(&name));
                     } else {
@@ -673,8 +795,14 @@ impl WindowWriter {
                         )));
                     }
                     window.segments.insert(s.segno, stored_node);
+                    if self.refused.remove(s) {
+                        self.save_refused(dir);
+                    }
                 }
-                WalFile::Partial(s) => window.partial = Some((s.segno, stored_node)),
+                WalFile::Partial(s) => {
+                    window.partial = Some((s.segno, stored_node));
+                    self.partial_checked = partial_end.filter(|(p, _)| p == s);
+                }
                 WalFile::History(t) => {
                     if let Some(before) = self.history.get(t)
                         && before.node.content != stored_node.node.content
@@ -1461,6 +1589,61 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(w.contiguous(), Some(Segment { tli: 1, segno: 6 }));
+        });
+    }
+
+    #[test]
+    fn a_refused_first_segment_is_a_gap_the_run_does_not_pass_also_after_a_restart() {
+        runtime().block_on(async {
+            let (_, repo) = memory_repo("wal-refused-first").await;
+            let spool = tempfile::tempdir().unwrap();
+            let dir = spool.path();
+            let mut damaged = wal(3, MIB);
+            damaged[500_000] ^= 0x04;
+            put(dir, &name(1, 3), &damaged);
+            put(dir, &name(1, 4), &wal(4, MIB));
+            let mut w = WindowWriter::resume(repo.clone(), stream()).await.unwrap();
+            w.flush(dir, &scan(dir), Lsn(5 * MIB as u64), false)
+                .await
+                .unwrap();
+            // Segment 4 is stored, but the run does not start after the
+            // hole: nothing is safe to let the server recycle yet.
+            assert_eq!(w.contiguous(), None);
+            assert_eq!(w.stored_end(), Lsn(0));
+            assert_eq!(w.gap(), Some(Segment { tli: 1, segno: 3 }));
+            // A new streamer (a restart) knows it from the spool.
+            let mut again = WindowWriter::resume(repo.clone(), stream()).await.unwrap();
+            again.load_refused(dir);
+            assert_eq!(again.gap(), Some(Segment { tli: 1, segno: 3 }));
+            // The receiver fetches it again into an empty partial, which
+            // does not replace the window's newer one.
+            put(dir, &format!("{}.partial", name(1, 5)), &wal(5, 9_000));
+            again
+                .flush(dir, &scan(dir), Lsn(5 * MIB as u64), false)
+                .await
+                .unwrap();
+            std::fs::remove_file(dir.join(format!("{}.partial", name(1, 5)))).unwrap();
+            again
+                .placeholder(dir, Segment { tli: 1, segno: 3 })
+                .unwrap();
+            let out = again
+                .flush(dir, &scan(dir), Lsn(5 * MIB as u64), false)
+                .await
+                .unwrap();
+            assert!(out.files.is_empty(), "{:?}", out.files);
+            assert_eq!(again.partial_seen().map(|(s, _)| s.segno), Some(5));
+            std::fs::remove_file(dir.join(format!("{}.partial", name(1, 3)))).unwrap();
+            put(dir, &name(1, 3), &wal(3, MIB));
+            let out = again
+                .flush(dir, &scan(dir), Lsn(5 * MIB as u64), false)
+                .await
+                .unwrap();
+            // (A resumed window pumps the spool's files again; they
+            // deduplicate.)
+            assert!(out.files.contains(&name(1, 3)), "{:?}", out.files);
+            assert_eq!(again.contiguous(), Some(Segment { tli: 1, segno: 4 }));
+            assert_eq!(again.gap(), None);
+            assert!(!dir.join("cairn-refused").exists());
         });
     }
 

@@ -29,8 +29,10 @@ const RECORD_HEADER: usize = 24;
 /// `xl_crc`'s offset: the CRC covers the record's data, then this much of
 /// its header.
 const CRC_AT: usize = 20;
-/// `XLogRecordMaxSize` (PostgreSQL 15): no record is longer.
-const RECORD_MAX: u32 = 1020 * 1024 * 1024;
+/// No upper bound of its own on a record's length: PostgreSQL 15 writes
+/// records of a little over 1 GiB (16 caps them at 1020 MiB). A length
+/// that is garbage fails the CRC, or runs on past the segment's end.
+const RECORD_MAX: u32 = u32::MAX;
 /// `xlp_info` bits: the page starts with a record's continuation; the page
 /// has a long header; ...; a record cut off by a crash was abandoned and
 /// this page starts afresh (`XLP_FIRST_IS_OVERWRITE_CONTRECORD`).
@@ -309,10 +311,15 @@ impl Walk {
             // A crash cut that record off; the server abandoned it.
             self.pending = None;
         } else if self.skip.is_some() {
-            return Err(format!(
-                "the page at {} does not continue the record the segment starts with",
-                Lsn(at)
-            ));
+            if info & OVERWRITE_CONTRECORD == 0 {
+                return Err(format!(
+                    "the page at {} does not continue the record the segment starts with",
+                    Lsn(at)
+                ));
+            }
+            // A crash cut off the record the segment started inside; the
+            // server abandoned it and went on here.
+            self.skip = None;
         }
         // Records starting on this page.
         while off < self.block {
@@ -365,11 +372,18 @@ impl Walk {
     }
 
     /// Checks the record just read whole, which ends at `end`: its
-    /// `xl_prev` and CRC. One that ends past a partial's data was cut off
-    /// by the end of what was received: the WAL ends before it.
+    /// `xl_prev` and CRC. One that ends past a partial's data and fails
+    /// them was cut off by the end of what was received: the WAL ends
+    /// before it.
     fn finish(&mut self, end: u64) -> Result<Option<Flow>, String> {
         let p = self.pending.take().expect("a record is pending");
-        if end > self.limit {
+        let crc = !crc32c_append(p.crc, &p.header[..CRC_AT]);
+        let stored = u32_at(&p.header, CRC_AT);
+        // A record whose last bytes are zeros runs past a partial's last
+        // byte that is not zero: whole if its CRC says so, else cut off.
+        if end > self.limit
+            && (crc != stored || self.prev.is_some_and(|prev| u64_at(&p.header, 8) != prev))
+        {
             return Ok(Some(Flow::Ended));
         }
         if let Some(prev) = self.prev
@@ -382,8 +396,6 @@ impl Walk {
                 Lsn(prev)
             ));
         }
-        let crc = !crc32c_append(p.crc, &p.header[..CRC_AT]);
-        let stored = u32_at(&p.header, CRC_AT);
         if crc != stored {
             return Err(format!(
                 "the record at {} fails its CRC ({crc:08x}, not {stored:08x})",
@@ -483,8 +495,8 @@ pub(crate) mod testing {
         system: u64,
         pub(crate) base: u64,
         tli: u32,
-        pos: usize,
-        prev: u64,
+        pub(crate) pos: usize,
+        pub(crate) prev: u64,
         /// Each whole record: its start (offset in the segment) and how
         /// many of its bytes are on its first page.
         pub(crate) whole: Vec<(usize, usize)>,
@@ -512,7 +524,7 @@ pub(crate) mod testing {
             self.seed
         }
 
-        fn page_header(&mut self, rem: usize) {
+        pub(crate) fn page_header(&mut self, rem: usize) {
             let first = self.pos == 0;
             let info: u16 = u16::from(rem > 0) | if first { LONG_HEADER_BIT } else { 0 };
             let at = self.pos;
@@ -717,6 +729,44 @@ mod tests {
         d[BLOCK + 16] ^= 1;
         let err = check(&d, d.len()).unwrap_err();
         assert!(err.contains("continues a record"), "{err}");
+    }
+
+    #[test]
+    fn a_record_abandoned_at_a_crash_is_not_damage() {
+        // The segment starts inside a long record; a crash cut it off and
+        // the server wrote on from the next page, saying so.
+        let (s, size) = seg();
+        let mut b = Builder::new(s, size, SYSTEM);
+        let lead = vec![7u8; 30_000];
+        assert!(b.put(&lead[..10_000], true));
+        // (The page after: the continuation was never written.)
+        b.buf[..BLOCK][16..20].copy_from_slice(&30_000u32.to_le_bytes());
+        b.pos = 2 * BLOCK;
+        b.page_header(0);
+        let info = u16::from_le_bytes([b.buf[2 * BLOCK + 2], b.buf[2 * BLOCK + 3]]);
+        b.buf[2 * BLOCK + 2..2 * BLOCK + 4]
+            .copy_from_slice(&(info | OVERWRITE_CONTRECORD).to_le_bytes());
+        b.prev = b.base + 40;
+        for len in [100, 9000, 24] {
+            assert!(b.record(len, 10, 0));
+        }
+        assert!(b.record(24, RM_XLOG, XLOG_SWITCH));
+        // Page 1 must continue the record too (it is the crash's hole):
+        // a page of the abandoned record was written.
+        let mut with_page1 = b.buf.clone();
+        with_page1[BLOCK..BLOCK + 2].copy_from_slice(&0xD110u16.to_le_bytes());
+        with_page1[BLOCK + 2..BLOCK + 4].copy_from_slice(&1u16.to_le_bytes());
+        with_page1[BLOCK + 4..BLOCK + 8].copy_from_slice(&2u32.to_le_bytes());
+        with_page1[BLOCK + 8..BLOCK + 16].copy_from_slice(&(b.base + BLOCK as u64).to_le_bytes());
+        with_page1[BLOCK + 16..BLOCK + 20]
+            .copy_from_slice(&(30_000u32 - (BLOCK - LONG_HEADER) as u32).to_le_bytes());
+        let v = check(&with_page1, with_page1.len()).unwrap();
+        assert_eq!((v.records, v.switched), (4, true));
+        // Without the flag it is a hole.
+        let mut no_flag = with_page1.clone();
+        no_flag[2 * BLOCK + 2..2 * BLOCK + 4].copy_from_slice(&info.to_le_bytes());
+        let err = check(&no_flag, no_flag.len()).unwrap_err();
+        assert!(err.contains("does not continue"), "{err}");
     }
 
     #[test]

@@ -260,6 +260,8 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
     // Short empty partials go first: they are not WAL, and would hide an
     // empty spool.
     clear_short_partials(&o.spool, size, &o.job)?;
+    // Segments a previous streamer refused are fetched again.
+    writer.load_refused(&o.spool);
     let present = Spool::scan(&o.spool, size).map_err(|e| fail("reading it", e))?;
     if present.complete.is_empty()
         && present.partial.is_empty()
@@ -281,6 +283,8 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut stored_tag = writer.resumed_stored();
     let mut stopping = false;
+    // The gap the receiver was last started again for, and when.
+    let mut refetching: Option<(Segment, Instant)> = None;
     // The server's position as seen at each flush, oldest first: how old
     // the WAL not yet stored is.
     let mut seen: std::collections::VecDeque<(Instant, Lsn)> = std::collections::VecDeque::new();
@@ -303,7 +307,14 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
                 .collect::<Vec<_>>()
                 .join(" | ");
             tracing::warn!(job = %o.job, %exit, stderr = %tail, "pg_receivewal exited; it starts again after a pause.");
-            status.error = Some(format!("pg_receivewal {exit}: {tail}"));
+            // (The server's message, in its language; in English this
+            // one means the archive cannot continue without a gap.)
+            let hint = if tail.contains("has already been removed") {
+                ": the server no longer has WAL the archive lacks; point-in-time recovery cannot cross this gap, so take a new base backup (and check max_slot_wal_keep_size and the slots)"
+            } else {
+                ""
+            };
+            status.error = Some(format!("pg_receivewal {exit}: {tail}{hint}"));
             status.state = "receiver-restarting".into();
             if started_at.elapsed() > Duration::from_secs(60) {
                 backoff = Duration::from_secs(1);
@@ -324,10 +335,13 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
             // A server whose history left the archive's timeline before
             // the WAL the archive holds of it ends: that timeline is
             // frozen, and the receiver starts at the fork.
-            match find_fork(&pg, &writer, &o.spool, size).await {
+            match find_fork(&pg, &writer, &o.spool, size, system).await {
                 Ok(Lineage::Continues) => {}
                 Ok(Lineage::Forked(fork)) => {
-                    let _lock = repo.lock(false).await?;
+                    // (A prune holds the repository: again at the next tick.)
+                    let Some(_lock) = lock_waiting(&repo, &o.job, false).await? else {
+                        continue;
+                    };
                     let spool = Spool::scan(&o.spool, size).map_err(|e| fail("reading it", e))?;
                     let flushed = writer
                         .freeze(&o.spool, &spool, stored_tag, fork.tli)
@@ -453,6 +467,11 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
             }
             _ => None,
         };
+        // No further than the last whole record the check read in it.
+        let in_partial = in_partial.map(|r| match writer.partial_checked() {
+            Some((p, end)) if Some(p) == writer.partial_seen().map(|(s, _)| s) => r.min(end),
+            _ => contiguous_end,
+        });
         let stored = in_partial.unwrap_or(contiguous_end);
         if stored > Lsn(0)
             && let Err(e) = pg
@@ -484,10 +503,13 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
         // A gap the spool will not fill (a segment lost from it, a
         // receiver that skipped ahead): the receiver starts again right
         // after the gapless run, from WAL the hold slot kept.
+        // (Not again while the receiver fetches it: a minute for that.)
         if let Some(gap) = writer.gap()
             && !spool.complete.contains_key(&gap)
             && !stopping
+            && refetching.is_none_or(|(g, t)| g != gap || t.elapsed() > Duration::from_secs(60))
         {
+            refetching = Some((gap, Instant::now()));
             let name = gap.name(size);
             tracing::error!(job = %o.job, segment = %name, "A WAL segment is missing from the spool and the repository; the receiver starts again from it.");
             status.error = Some(format!(
@@ -520,7 +542,14 @@ pub async fn run(store: &Store, mut o: Options) -> Result<Status, PitrError> {
             };
             if !now.complete.contains_key(&before) {
                 let _lock = repo.lock(false).await?;
-                writer.seed(&o.spool).await?;
+                // The end of the gapless run, from the repository; or, when
+                // the gap is where the run would start (a first segment
+                // refused), an empty partial of the gap's segment.
+                if writer.seed(&o.spool).await?.is_none() {
+                    writer
+                        .placeholder(&o.spool, gap)
+                        .map_err(|e| fail("seeding it at a gap", e))?;
+                }
             }
             status.receiver_restarts += 1;
             next_start = Instant::now();
@@ -576,6 +605,7 @@ async fn find_fork(
     writer: &WindowWriter,
     dir: &std::path::Path,
     size: SegmentSize,
+    system: u64,
 ) -> Result<Lineage, PitrError> {
     let spool = Spool::scan(dir, size)
         .map_err(|e| PitrError::Archive(format!("WAL spool {}: {e}", dir.display())))?;
@@ -601,7 +631,13 @@ async fn find_fork(
                 pg.job
             ))
         })?;
-    if ours >= server_tli {
+    if ours > server_tli {
+        return Ok(Lineage::Foreign(format!(
+            "job {}: the server is on timeline {server_tli}, but the archive has gone on to timeline {ours} (a fork or promotion the stream followed): a server of the older branch cannot continue this archive; point the job at the newer one, or give the old branch a job of its own",
+            pg.job
+        )));
+    }
+    if ours == server_tli {
         return Ok(Lineage::Continues);
     }
     // How far the WAL held of timeline `ours` reaches: where the
@@ -616,11 +652,20 @@ async fn find_fork(
         .filter(|s| s.tli == ours)
         .map(|s| size.end(s.segno))
         .chain(
-            spool
-                .partial
-                .keys()
-                .filter(|s| s.tli == ours)
-                .map(|s| size.start(s.segno)),
+            // A partial reaches as far as its last whole record.
+            spool.partial.keys().filter(|s| s.tli == ours).map(|s| {
+                let path = dir.join(format!("{}.partial", s.name(size)));
+                super::records::verify_file(
+                    &path,
+                    *s,
+                    size,
+                    system,
+                    super::records::Extent::Partial,
+                )
+                .ok()
+                .and_then(|v| v.end)
+                .unwrap_or(size.start(s.segno))
+            }),
         )
         .max();
     let Some(reach) = held.max(spooled) else {
