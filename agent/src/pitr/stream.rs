@@ -994,25 +994,19 @@ impl Pg<'_> {
 
     /// One SQL statement in the `postgres` database.
     pub(crate) async fn query(&self, sql: &str) -> Result<String, PitrError> {
-        self.run(
-            "psql",
-            &[
-                "--no-psqlrc",
-                "--quiet",
-                "--tuples-only",
-                "--no-align",
-                "--set=ON_ERROR_STOP=1",
-                "--dbname=postgres",
-                "--command",
-                sql,
-            ],
-        )
-        .await
+        self.psql("--dbname=postgres", sql).await
     }
 
     /// One replication command (`IDENTIFY_SYSTEM`, `TIMELINE_HISTORY n`)
     /// over a physical replication connection, as `pg_receivewal` makes.
     pub(crate) async fn replication(&self, command: &str) -> Result<String, PitrError> {
+        self.psql("--dbname=dbname=postgres replication=true", command)
+            .await
+    }
+
+    /// `psql` with `dbname` (its `--dbname=` option) running `command`;
+    /// its unaligned rows.
+    async fn psql(&self, dbname: &str, command: &str) -> Result<String, PitrError> {
         self.run(
             "psql",
             &[
@@ -1021,7 +1015,7 @@ impl Pg<'_> {
                 "--tuples-only",
                 "--no-align",
                 "--set=ON_ERROR_STOP=1",
-                "--dbname=dbname=postgres replication=true",
+                dbname,
                 "--command",
                 command,
             ],
