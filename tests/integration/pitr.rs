@@ -996,6 +996,38 @@ fn damage_last_record(path: &Path, cluster: &Cluster) {
     assert!(verify_file(path, seg, size, system, Extent::Complete).is_err());
 }
 
+/// `restore --job pg --start ARGS` with `bin` (a copy of cairn) into
+/// scratch directory `name`, which must succeed: its report, and the
+/// server it started.
+fn restore_started(
+    s: &Scratch,
+    bin: &Path,
+    config: &Path,
+    name: &str,
+    args: &[&str],
+) -> (serde_json::Value, Recovered) {
+    let data = s.path(name);
+    let mut all = vec![
+        "--json",
+        "restore",
+        "--job",
+        "pg",
+        "--target",
+        data.to_str().unwrap(),
+        "--start",
+    ];
+    all.extend(args);
+    let out = cairn_copy(s, bin, config, &all);
+    assert!(out.status.success(), "{args:?}: {}", text(&out));
+    let r = last_json(&String::from_utf8_lossy(&out.stdout));
+    let server = Recovered {
+        data,
+        sockets: PathBuf::from(r["socket_dir"].as_str().unwrap()),
+        port: r["port"].as_u64().unwrap() as u16,
+    };
+    (r, server)
+}
+
 /// Run `bin` (a copy of cairn) with `--config config ARGS`, as
 /// `Scratch::cairn_config` runs this build's.
 fn cairn_copy(s: &Scratch, bin: &Path, config: &Path, args: &[&str]) -> std::process::Output {
@@ -1681,9 +1713,11 @@ fn retention_keeps_exactly_the_wal_from_the_oldest_kept_base_backup_which_still_
     // different windows, and the windows around B2's start close too.
     insert_and_switch(3);
     let b1 = base();
-    for _ in 0..3 {
+    // (8 s apart, as below: a window closes at the first new segment
+    // after 5 s, whenever its first flush came.)
+    for _ in 0..2 {
         insert_and_switch(3);
-        std::thread::sleep(std::time::Duration::from_secs(3));
+        std::thread::sleep(std::time::Duration::from_secs(8));
     }
     let b2 = base();
     // Each switch closes a window: a window opens at the flush after the
@@ -1965,28 +1999,7 @@ fn after_a_failover_the_archive_follows_the_promoted_standby_s_timeline_and_rest
         .collect();
     assert_eq!(tlis.len(), 2, "{listed}");
 
-    let restore = |n: &str, args: &[&str]| {
-        let data = s.path(n);
-        let mut all = vec![
-            "--json",
-            "restore",
-            "--job",
-            "pg",
-            "--target",
-            data.to_str().unwrap(),
-            "--start",
-        ];
-        all.extend(args);
-        let out = cairn_copy(&s, &cairn, &config, &all);
-        assert!(out.status.success(), "{args:?}: {}", text(&out));
-        let r = last_json(&String::from_utf8_lossy(&out.stdout));
-        let server = Recovered {
-            data,
-            sockets: PathBuf::from(r["socket_dir"].as_str().unwrap()),
-            port: r["port"].as_u64().unwrap() as u16,
-        };
-        (r, server)
-    };
+    let restore = |n: &str, args: &[&str]| restore_started(&s, &cairn, &config, n, args);
     // The end of the archive: the base backup on timeline 1, followed
     // across the switch to timeline 2.
     let (r, server) = restore("latest", &["--until", "latest"]);
@@ -2304,27 +2317,9 @@ fn a_restored_copy_promoted_while_the_original_goes_on_is_archived_from_its_fork
     assert!(copy_rows.starts_with("25|"), "{copy_rows}");
 
     let restore = |n: &str, args: &[&str]| {
-        let data = s.path(n);
-        let mut all = vec![
-            "--json",
-            "restore",
-            "--job",
-            "pg",
-            "--target",
-            data.to_str().unwrap(),
-            "--start",
-            "--action",
-            "pause",
-        ];
+        let mut all = vec!["--action", "pause"];
         all.extend(args);
-        let out = cairn_copy(&s, &cairn, &config, &all);
-        assert!(out.status.success(), "{args:?}: {}", text(&out));
-        let r = last_json(&String::from_utf8_lossy(&out.stdout));
-        let server = Recovered {
-            data,
-            sockets: PathBuf::from(r["socket_dir"].as_str().unwrap()),
-            port: r["port"].as_u64().unwrap() as u16,
-        };
+        let (r, server) = restore_started(&s, &cairn, &config, n, &all);
         let got = server
             .query("postgres", "SELECT count(*) || '|' || max(id) FROM marker")
             .trim()
